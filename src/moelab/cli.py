@@ -1,0 +1,72 @@
+"""The ``moelab`` command: a thin shell that parses arguments and calls library functions.
+
+Each subcommand lives in ``moelab/commands/<name>.py`` with two functions:
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command
+runs, so ``moelab presets`` does not pay for importing the trainer.
+
+A :class:`~moelab.errors.MoelabError` anywhere below becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from moelab import __version__
+from moelab.errors import EXIT_USER_ERROR, MoelabError
+
+# name -> one-line help. Order is the order of the flow.
+COMMANDS: dict[str, str] = {
+    "presets": "list model presets with parameters and training FLOPs",
+    "prepare": "tokenize text sources into per-domain shards",
+    "train": "train a model under a compute budget (resumes if RUN_DIR has a checkpoint)",
+    "generate": "sample text from a trained run",
+    "eval": "perplexity per domain and zero/few-shot priming",
+    "finetune": "full-parameter fine-tuning on a classification or choice task",
+    "study": "run a compute-matched dense vs MoE grid and write a report",
+    "report": "rebuild a study's report from finished runs",
+    "export": "export a run to a Hugging Face model folder",
+    "import": "import a Hugging Face model folder into a run directory",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line and exit 2, like every other user error
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="moelab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"moelab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, help_text in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _command_module(name).add_arguments(p)
+    return parser
+
+
+def _command_module(name: str):
+    module_name = "import_" if name == "import" else name
+    return importlib.import_module(f"moelab.commands.{module_name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(_command_module(args.command).run(args) or 0)
+    except MoelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

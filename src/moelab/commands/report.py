@@ -1,0 +1,11 @@
+"""`moelab report`: not implemented yet (see the open issue for it)."""
+
+from moelab.errors import MoelabError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("rest", nargs="*")
+
+
+def run(args) -> int:
+    raise MoelabError("'moelab report' is not implemented yet")

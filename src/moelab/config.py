@@ -1,0 +1,236 @@
+"""Configuration dataclasses, YAML loading and dotted overrides, with validation up front.
+
+Every section (model, data, train, eval, study) is a dataclass. ``from_dict`` builds one from plain
+data, rejecting unknown keys and wrong types with a message that names the dotted key, so a typo in
+a 200-line YAML file is one clear line, not a late crash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from moelab.errors import MoelabError
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelConfig:
+    """A decoder-only LM. ``n_experts == 0`` is dense; otherwise every ``moe_every``-th layer
+    (1-based layers moe_every, 2*moe_every, ...) has an MoE FFN of ``n_experts`` experts of size
+    ``d_ffn`` each."""
+
+    name: str = "custom"
+    arch: str = "paper"  # "paper": XGLM-style (LayerNorm, GELU, sinusoidal, biases); "modern"
+    vocab_size: int = 50257
+    n_layers: int = 12
+    d_model: int = 768
+    n_heads: int = 12
+    d_ffn: int = 3072
+    max_seq_len: int = 2048
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    activation_dropout: float = 0.0
+    padding_idx: int = 1  # fairseq's padding index; sinusoidal positions start at padding_idx + 1
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    rope_theta: float = 10000.0  # modern arch only
+    # MoE
+    n_experts: int = 0
+    moe_every: int = 2
+    top_k: int = 2
+    capacity_factor: float | None = 1.0  # None: dropless in training
+    eval_capacity_factor: float | None = None  # None: dropless at evaluation (the default)
+    second_expert_policy: str = "all"  # "all" | "sampling" | "random" (top_k == 2 only)
+    aux_loss_weight: float = 0.01
+    z_loss_weight: float = 0.0
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    def moe_layer_ids(self) -> list[int]:
+        """0-based indices of the layers whose FFN is an MoE (paper: 1-based layers 2, 4, ...)."""
+        if not self.is_moe:
+            return []
+        return [i for i in range(self.n_layers) if (i + 1) % self.moe_every == 0]
+
+    def validate(self) -> ModelConfig:
+        def bad(key: str, why: str) -> MoelabError:
+            return MoelabError(f"model.{key}: {why}")
+
+        if self.arch not in ("paper", "modern"):
+            raise bad("arch", f"must be 'paper' or 'modern', got {self.arch!r}")
+        for key in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ffn", "max_seq_len"):
+            if getattr(self, key) < 1:
+                raise bad(key, f"must be >= 1, got {getattr(self, key)}")
+        if self.d_model % self.n_heads:
+            raise bad("n_heads", f"d_model {self.d_model} is not divisible by {self.n_heads} heads")
+        if self.arch == "paper" and self.d_model % 2:
+            raise bad("d_model", "must be even for sinusoidal positions")
+        if self.arch == "modern" and (self.d_model // self.n_heads) % 2:
+            raise bad("n_heads", "head dim must be even for rotary positions")
+        for key in ("dropout", "attn_dropout", "activation_dropout"):
+            v = getattr(self, key)
+            if not 0.0 <= v < 1.0:
+                raise bad(key, f"must be in [0, 1), got {v}")
+        if self.n_experts < 0:
+            raise bad("n_experts", f"must be >= 0 (0 = dense), got {self.n_experts}")
+        if self.is_moe:
+            if self.moe_every < 1 or self.moe_every > self.n_layers:
+                raise bad("moe_every", f"must be in [1, n_layers={self.n_layers}]")
+            if not 1 <= self.top_k <= self.n_experts:
+                raise bad(
+                    "top_k", f"must be between 1 and n_experts={self.n_experts}, got {self.top_k}"
+                )
+            for key in ("capacity_factor", "eval_capacity_factor"):
+                v = getattr(self, key)
+                if v is not None and not (v > 0 and math.isfinite(v)):
+                    raise bad(key, f"must be > 0 or null (dropless), got {v}")
+            if self.second_expert_policy not in ("all", "sampling", "random"):
+                raise bad("second_expert_policy", "must be 'all', 'sampling' or 'random'")
+            if self.aux_loss_weight < 0 or self.z_loss_weight < 0:
+                raise bad("aux_loss_weight", "loss weights must be >= 0")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Generic loading: dict -> dataclass with type checks, YAML files, dotted overrides
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except MoelabError as e:
+                errors.append(str(e))
+        raise MoelabError(errors[0] if errors else f"{key}: got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise MoelabError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, key)
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise MoelabError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (arg,) = typing.get_args(tp)[:1] or (Any,)
+        items = [_check_type(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MoelabError(f"{key}: expected a mapping, got {type(value).__name__}")
+        _, vt = typing.get_args(tp) or (Any, Any)
+        return {str(k): _check_type(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MoelabError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise MoelabError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # PyYAML reads 3e-4 (no dot) as a string; accept any finite float spelling.
+            try:
+                value = float(value)
+            except ValueError:
+                raise MoelabError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MoelabError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise MoelabError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise MoelabError
+    naming the dotted key (e.g. ``train.lr: expected a number, got 'fast'``)."""
+    if not isinstance(data, dict):
+        raise MoelabError(f"{prefix or cls.__name__}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise MoelabError(
+            f"unknown config key {where}{unknown[0]!s}; valid keys: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _check_type(value, hints[name], key)
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise MoelabError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MoelabError(f"{p}: not valid YAML ({first})") from None
+    except OSError as e:
+        raise MoelabError(f"cannot read config {p}: {e.strerror}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise MoelabError(f"{p}: the top level must be a mapping of sections")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a nested dict copy."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise MoelabError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        parts = [p for p in key.strip().split(".") if p]
+        if not parts:
+            raise MoelabError(f"--set {item!r}: empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise MoelabError(f"--set {item!r}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return out
+
