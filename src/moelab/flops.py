@@ -1,0 +1,142 @@
+"""Parameter counts and training FLOPs per token for any ``ModelConfig``, analytically.
+
+Nothing here allocates weights: the counts follow the module inventory that ``moelab.model``
+builds (a test compares them with ``sum(p.numel())`` of a built model).
+
+Two FLOP accountings, for two jobs:
+
+* :func:`train_flops_per_token` is the paper's (Narayanan et al. 2021) accounting, which counts
+  activation recomputation. It is the one that reproduces every compute figure in the paper, so
+  moelab uses it for budgets and for matching dense and MoE models at equal compute.
+* :func:`palm_flops_per_token` is the PaLM (appendix B) estimate ``6 N + 12 L T D`` without
+  recomputation: the useful work per token, the one to divide by peak FLOP/s for MFU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moelab.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    """Parameter counts of one model. ``active`` counts what one token uses: every shared
+    parameter, the router, and ``top_k`` experts per MoE layer (not all ``n_experts``)."""
+
+    total: int
+    active: int
+    embedding: int  # the tied token embedding / output projection, counted once
+    non_embedding: int  # total - embedding
+    active_non_embedding: int  # active - embedding
+    experts: int  # all expert FFN parameters over all MoE layers (0 for dense)
+    router: int  # all router (gate) weights over all MoE layers (0 for dense)
+
+
+def _ffn_params(cfg: ModelConfig) -> int:
+    """One FFN (a dense FFN or one expert): GELU fc1+fc2 with biases, or SwiGLU w1,w3,w2 without."""
+    d, f = cfg.d_model, cfg.d_ffn
+    if cfg.arch == "modern":
+        return 3 * d * f
+    return (d * f + f) + (f * d + d)
+
+
+def _attention_params(cfg: ModelConfig) -> int:
+    d = cfg.d_model
+    if cfg.arch == "modern":
+        return 4 * d * d  # q, k, v, o without biases
+    return 4 * (d * d + d)  # q, k, v, out with biases
+
+
+def _norm_params(cfg: ModelConfig) -> int:
+    """One normalisation layer: LayerNorm has weight and bias, RMSNorm only a weight."""
+    return cfg.d_model if cfg.arch == "modern" else 2 * cfg.d_model
+
+
+def count_params(cfg: ModelConfig) -> ParamCounts:
+    """Count parameters from the config alone (positions are sinusoidal or rotary: no params)."""
+    d = cfg.d_model
+    moe_layers = set(cfg.moe_layer_ids())
+    ffn = _ffn_params(cfg)
+    shared_per_layer = _attention_params(cfg) + 2 * _norm_params(cfg)
+
+    total = active = experts = router = 0
+    for layer in range(cfg.n_layers):
+        total += shared_per_layer
+        active += shared_per_layer
+        if layer in moe_layers:
+            gate = d * cfg.n_experts  # linear without bias
+            router += gate
+            experts += cfg.n_experts * ffn
+            total += gate + cfg.n_experts * ffn
+            active += gate + cfg.top_k * ffn
+        else:
+            total += ffn
+            active += ffn
+
+    embedding = cfg.vocab_size * d  # tied: the output projection reuses it
+    final_norm = _norm_params(cfg)
+    total += final_norm + embedding
+    active += final_norm + embedding
+    return ParamCounts(
+        total=total,
+        active=active,
+        embedding=embedding,
+        non_embedding=total - embedding,
+        active_non_embedding=active - embedding,
+        experts=experts,
+        router=router,
+    )
+
+
+def _forward_matmul_params_per_token(cfg: ModelConfig) -> int:
+    """Weight-matrix entries one token multiplies through in the blocks (biases, norms and the
+    router excluded, as in the paper): attention projections plus the active FFN matrices."""
+    d, f = cfg.d_model, cfg.d_ffn
+    n_mats = 3 if cfg.arch == "modern" else 2  # SwiGLU has three FFN matrices, GELU two
+    ffn_mm = n_mats * d * f
+    n_moe = len(cfg.moe_layer_ids())
+    n_dense = cfg.n_layers - n_moe
+    attn_mm = 4 * d * d
+    return cfg.n_layers * attn_mm + n_dense * ffn_mm + n_moe * cfg.top_k * ffn_mm
+
+
+def train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """Training FLOPs per token in the paper's (Narayanan et al. 2021) accounting.
+
+    Blocks cost 4 passes (forward, backward = 2x forward, and the forward again for activation
+    recomputation) of the forward FLOPs ``2 * (attention projection + active FFN matmul params)``
+    plus the attention scores ``4 * s * d_model`` per layer (QK^T and attention-times-V over the
+    full, non-causal ``s x s`` square). The logits cost 3 passes (not recomputed) of
+    ``2 * d_model * vocab``. The router is ignored, as in the paper. For the paper's GELU models
+    with ``d_ffn = 4 d`` this is exactly ``96 l h^2 (1 + s/(6h) + V/(16 l h))``, and each top-2 MoE
+    layer adds ``64 h^2``. ``seq_len`` defaults to ``cfg.max_seq_len``.
+    """
+    s = cfg.max_seq_len if seq_len is None else seq_len
+    forward_blocks = 2 * _forward_matmul_params_per_token(cfg) + cfg.n_layers * 4 * s * cfg.d_model
+    logits = 2 * cfg.d_model * cfg.vocab_size
+    return float(4 * forward_blocks + 3 * logits)
+
+
+def palm_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
+    """PaLM's (appendix B) estimate ``6 * N_active + 12 * n_layers * seq_len * d_model``, with no
+    activation recomputation: the FLOPs the model needs, the number to use for MFU.
+
+    ``N_active`` is :func:`count_params` ``.active``: every parameter one token passes through,
+    including the tied embedding once (its use as the output projection is a real ``2 d V``
+    matmul per token), the router (computed for every token) and ``top_k`` experts per MoE layer,
+    but not the experts the token skips. Biases and norms are included; they are a rounding
+    error. ``seq_len`` defaults to ``cfg.max_seq_len``.
+    """
+    s = cfg.max_seq_len if seq_len is None else seq_len
+    return float(6 * count_params(cfg).active + 12 * cfg.n_layers * s * cfg.d_model)
+
+
+def train_flops(cfg: ModelConfig, tokens: float, seq_len: int | None = None) -> float:
+    """Training FLOPs for ``tokens`` tokens in the paper's accounting."""
+    return train_flops_per_token(cfg, seq_len) * float(tokens)
+
+
+def tokens_for_budget(cfg: ModelConfig, flops: float, seq_len: int | None = None) -> float:
+    """Tokens a compute budget (paper accounting) buys for this model."""
+    return float(flops) / train_flops_per_token(cfg, seq_len)

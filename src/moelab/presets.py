@@ -1,0 +1,158 @@
+"""Named model configurations: the paper's ten models and a ladder that trains on a 2-core CPU.
+
+Every MoE preset has a dense *compute partner* with the same width and depth (PAPER.md): the MoE
+only adds experts, so its training FLOPs per token are the partner's plus one active FFN per MoE
+layer (top-2). ``get_preset`` returns a fresh copy, so callers may edit what they get.
+
+CPU ladder (vocab 4096, context 256): dense and MoE pairs at about 0.5M, 2M and 8M non-embedding
+parameters, the MoE with 8 experts every second layer and top-2, like the paper at 1/64 of the
+experts. Dropout is 0 there: these runs see each token about once and are far from overfitting,
+where dropout only slows learning. The ``-modern`` pairs use the modern architecture (RMSNorm,
+SwiGLU with ``d_ffn ~ 8/3 d`` so the FFN keeps the GELU model's size, rotary positions, no biases)
+with MoE in every layer, the layout Llama and Mixtral checkpoints use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from types import MappingProxyType
+
+from moelab.config import ModelConfig
+from moelab.errors import MoelabError
+
+_PAPER_VOCAB = 50257
+_PAPER_SEQ = 2048
+_PAPER_EXPERTS = 512
+_CPU_VOCAB = 4096
+_CPU_SEQ = 256
+_CPU_EXPERTS = 8
+
+
+def _paper(name: str, n_layers: int, d_model: int, n_heads: int, n_experts: int = 0):
+    return ModelConfig(
+        name=name,
+        arch="paper",
+        vocab_size=_PAPER_VOCAB,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_ffn=4 * d_model,
+        max_seq_len=_PAPER_SEQ,
+        dropout=0.1,
+        attn_dropout=0.1,
+        n_experts=n_experts,
+        moe_every=2,
+        top_k=2,
+    )
+
+
+def _cpu(
+    name: str, n_layers: int, d_model: int, n_heads: int, *, moe: bool, modern: bool = False
+) -> ModelConfig:
+    # SwiGLU has three FFN matrices: 8/3 d (rounded up to a multiple of 16) keeps 3 d F ~ 8 d^2.
+    d_ffn = -(-(8 * d_model) // 3 // 16) * 16 if modern else 4 * d_model
+    return ModelConfig(
+        name=name,
+        arch="modern" if modern else "paper",
+        vocab_size=_CPU_VOCAB,
+        n_layers=n_layers,
+        d_model=d_model,
+        n_heads=n_heads,
+        d_ffn=d_ffn,
+        max_seq_len=_CPU_SEQ,
+        dropout=0.0,
+        attn_dropout=0.0,
+        n_experts=_CPU_EXPERTS if moe else 0,
+        moe_every=1 if modern else 2,
+        top_k=2,
+    )
+
+
+def _build() -> tuple[dict[str, ModelConfig], dict[str, str]]:
+    presets: dict[str, ModelConfig] = {}
+    partner_of_moe: dict[str, str] = {}
+
+    # (name, layers, d_model, heads) from the PAPER.md table.
+    dense = [
+        ("dense-125m", 12, 768, 12),
+        ("dense-355m", 24, 1024, 16),
+        ("dense-1.3b", 24, 2048, 32),
+        ("dense-2.7b", 32, 2560, 32),
+        ("dense-6.7b", 32, 4096, 32),
+        ("dense-13b", 40, 5120, 40),
+    ]
+    for name, n_layers, d_model, n_heads in dense:
+        presets[name] = _paper(name, n_layers, d_model, n_heads)
+    # MoE heads are unverified in the paper's sources: we use the partner's.
+    for moe_name, dense_name in [
+        ("moe-15b", "dense-125m"),
+        ("moe-52b", "dense-355m"),
+        ("moe-207b", "dense-1.3b"),
+        ("moe-1.1t", "dense-6.7b"),
+    ]:
+        p = presets[dense_name]
+        presets[moe_name] = _paper(moe_name, p.n_layers, p.d_model, p.n_heads, _PAPER_EXPERTS)
+        partner_of_moe[moe_name] = dense_name
+
+    # CPU ladder: (size tag, layers, d_model, heads); head dim 32 throughout.
+    ladder = [("0.5m", 4, 96, 3), ("2m", 6, 160, 5), ("8m", 10, 256, 8)]
+    for modern in (False, True):
+        suffix = "-modern" if modern else ""
+        for tag, n_layers, d_model, n_heads in ladder:
+            d_name, m_name = f"dense-cpu-{tag}{suffix}", f"moe-cpu-{tag}{suffix}"
+            presets[d_name] = _cpu(d_name, n_layers, d_model, n_heads, moe=False, modern=modern)
+            presets[m_name] = _cpu(m_name, n_layers, d_model, n_heads, moe=True, modern=modern)
+            partner_of_moe[m_name] = d_name
+    return presets, partner_of_moe
+
+
+_PRESETS, _PARTNER_OF_MOE = _build()
+_PARTNER = {**_PARTNER_OF_MOE, **{d: m for m, d in _PARTNER_OF_MOE.items()}}
+
+PRESETS: MappingProxyType[str, ModelConfig] = MappingProxyType(_PRESETS)
+"""All presets by name, read-only. Use :func:`get_preset` for a copy you may modify."""
+
+PAPER_PRESETS: tuple[str, ...] = tuple(n for n in _PRESETS if "-cpu-" not in n)
+CPU_PRESETS: tuple[str, ...] = tuple(n for n in _PRESETS if "-cpu-" in n)
+
+# Learning rate and batch size (tokens) from PAPER.md's training section, for recipes.
+PAPER_TRAINING: MappingProxyType[str, tuple[float, int]] = MappingProxyType(
+    {
+        "dense-125m": (6e-4, 2**19),
+        "dense-355m": (3e-4, 2**19),
+        "dense-1.3b": (2e-4, 2**20),
+        "dense-2.7b": (1.6e-4, 2**20),
+        "dense-6.7b": (1.2e-4, 2**21),
+        "dense-13b": (1e-4, 2**21),
+        "moe-15b": (6e-4, 2**19),
+        "moe-52b": (3e-4, 2**19),
+        "moe-207b": (1.6e-4, 2**20),
+        "moe-1.1t": (1.2e-4, 2**21),
+    }
+)
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def _unknown(name: str) -> MoelabError:
+    close = difflib.get_close_matches(name, list(_PRESETS), n=3, cutoff=0.3)
+    hint = f"did you mean {', '.join(close)}?" if close else "run 'moelab presets' for the list"
+    return MoelabError(f"unknown preset {name!r}; {hint}")
+
+
+def get_preset(name: str) -> ModelConfig:
+    """A fresh copy of the named preset's ``ModelConfig``."""
+    if name not in _PRESETS:
+        raise _unknown(name)
+    return dataclasses.replace(_PRESETS[name])
+
+
+def compute_partner(name: str) -> str | None:
+    """The other half of a compute pair: an MoE preset's dense partner (same width and depth), or
+    the MoE preset a dense one is the partner of. ``None`` for a dense model without an MoE."""
+    if name not in _PRESETS:
+        raise _unknown(name)
+    return _PARTNER.get(name)
