@@ -1,0 +1,48 @@
+"""Few-shot prompts: k solved examples before the evaluated item, separated by a newline.
+
+Shots come from the task's training split when it has one, else from the evaluated split with
+the item itself left out. For seed ``s`` and item ``i`` the examples are drawn from a generator
+seeded with ``(s, i)``: the same seed always gives the same prompts, each item gets its own
+draw, and the k examples are distinct from each other and from the evaluated item (also when a
+split holds duplicate items).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moelab.errors import MoelabError
+from moelab.eval.tasks.items import Item, Task
+
+
+def sample_shots(task: Task, index: int, k: int, seed: int) -> list[Item]:
+    """``k`` distinct demonstration items for evaluated item ``index`` of ``task.items``."""
+    if k <= 0:
+        return []
+    item = task.items[index]
+    same_split = not task.train_items
+    pool = task.items if same_split else task.train_items
+    rng = np.random.default_rng([seed, index])
+    own = item.demonstration()
+    chosen: list[Item] = []
+    seen = {own}
+    for j in rng.permutation(len(pool)):
+        if same_split and j == index:
+            continue
+        demo = pool[j].demonstration()
+        if demo in seen:
+            continue
+        seen.add(demo)
+        chosen.append(pool[j])
+        if len(chosen) == k:
+            return chosen
+    where = "its training split" if not same_split else "the evaluated split minus the item"
+    raise MoelabError(
+        f"task {task.name}: {k} shots requested but {where} has only {len(chosen)} distinct "
+        "examples; lower --shots"
+    )
+
+
+def shot_prefix(shots: list[Item], separator: str) -> str:
+    """The solved examples, each followed by ``separator``."""
+    return "".join(s.demonstration() + separator for s in shots)

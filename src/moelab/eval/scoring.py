@@ -1,0 +1,223 @@
+"""Log-probabilities of continuations given contexts, batched, and the scores built from them.
+
+Tokenization follows lm-evaluation-harness's ``_encode_pair`` for causal models, so scores can
+be compared with the harness later: trailing whitespace of the context moves to the start of
+the continuation, ``context + continuation`` is encoded as one string, and the continuation's
+tokens are what follows the length of the separately encoded context. An empty context is
+replaced by the end-of-text token, as the harness does with its prefix token.
+
+One pass over the model gives, per request, the log-probability of every continuation token and
+whether greedy decoding would reproduce it; :func:`candidate_scores` turns those into every
+scoring mode at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from moelab.errors import MoelabError
+
+Encode = Callable[[str], list[int]]
+
+MODES = ("sum", "mean", "char", "byte", "calibrated")
+MODE_HELP = {
+    "sum": "sum of the candidate's token log-probs",
+    "mean": "mean log-prob per token after the candidates' common prefix (paper default)",
+    "char": "sum / characters of the candidate without its delimiter (harness acc_norm)",
+    "byte": "sum / UTF-8 bytes of the candidate without its delimiter",
+    "calibrated": "sum minus the candidate's sum after the task's neutral prompt",
+}
+
+
+def encode_pair(
+    encode: Encode, context: str, continuation: str, prefix_id: int
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Token ids of (context, continuation) as the harness's causal backend makes them."""
+    n_space = len(context) - len(context.rstrip())
+    if n_space:
+        continuation = context[-n_space:] + continuation
+        context = context[:-n_space]
+    if not context:
+        return (prefix_id,), tuple(encode(continuation))
+    context_ids = encode(context)
+    whole_ids = encode(context + continuation)
+    continuation_ids = whole_ids[len(context_ids) :]
+    if not continuation_ids:  # a merge swallowed the boundary; score the continuation alone
+        continuation_ids = encode(continuation)
+    return tuple(context_ids), tuple(continuation_ids)
+
+
+@dataclass(frozen=True)
+class Request:
+    context_ids: tuple[int, ...]
+    continuation_ids: tuple[int, ...]
+
+
+@dataclass
+class Scored:
+    logprobs: np.ndarray  # float64, one per continuation token
+    greedy: bool  # every continuation token is the argmax of its prediction
+
+
+@dataclass
+class ForwardStats:
+    """Work done by :func:`score_requests` (``tokens``: real tokens through the model,
+    ``padded_tokens``: including right padding)."""
+
+    sequences: int = 0
+    tokens: int = 0
+    padded_tokens: int = 0
+    batches: int = 0
+    max_dropped_frac: float = 0.0  # largest fraction of MoE assignments dropped in a batch
+    capacity: int | None = None  # MoE slots per expert in the last batch (None: dropless)
+
+
+# logits_at(tokens_BT, rows_N, positions_N) -> logits_NV for the requested (row, position) pairs
+LogitsAt = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def model_logits_at(model: torch.nn.Module, stats: ForwardStats | None = None) -> LogitsAt:
+    """Logits of a moelab LanguageModel at chosen positions only: the output projection runs on
+    the gathered hidden states, so a batch never holds a (B, T, V) tensor."""
+
+    def logits_at(tokens_BT, rows_N, positions_N):
+        out = model(tokens_BT, return_hidden=True, return_logits=False)
+        if stats is not None and out.moe_stats:
+            stats.capacity = out.moe_stats[0].capacity
+            dropped = max(float(s.dropped_frac_K.max()) for s in out.moe_stats)
+            stats.max_dropped_frac = max(stats.max_dropped_frac, dropped)
+        h_ND = out.hidden_BTD[rows_N, positions_N]
+        return torch.nn.functional.linear(h_ND, model.embed.weight).float()
+
+    return logits_at
+
+
+def _batches(lengths: Sequence[int], batch_tokens: int, max_batch: int) -> list[list[int]]:
+    """Indices grouped longest first so that padding is small and B * T_max <= batch_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current, t_max = [], [], 0
+    for i in order:
+        t = max(t_max, lengths[i])
+        if current and (t * (len(current) + 1) > batch_tokens or len(current) >= max_batch):
+            batches.append(current)
+            current, t = [], lengths[i]
+        current.append(i)
+        t_max = t
+    if current:
+        batches.append(current)
+    return batches
+
+
+def score_requests(
+    requests: Sequence[Request],
+    logits_at: LogitsAt,
+    *,
+    max_len: int,
+    device: torch.device | str = "cpu",
+    batch_tokens: int = 8192,
+    max_batch: int = 64,
+    pad_id: int = 0,
+    stats: ForwardStats | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[Scored]:
+    """Score every request once (duplicates are computed once). Each sequence is
+    ``(context + continuation)[:-1]``, truncated on the left to ``max_len`` tokens, right-padded
+    in its batch; padding sits after every real token, so causal attention never sees it."""
+    stats = stats if stats is not None else ForwardStats()
+    unique: dict[Request, int] = {}
+    for r in requests:
+        if not r.continuation_ids:
+            raise MoelabError("a candidate continuation encodes to no tokens; check the task file")
+        if len(r.continuation_ids) > max_len:
+            raise MoelabError(
+                f"a continuation of {len(r.continuation_ids)} tokens exceeds the model's "
+                f"context of {max_len}"
+            )
+        unique.setdefault(r, len(unique))
+    seqs = []
+    for r in unique:
+        full = r.context_ids + r.continuation_ids
+        seqs.append(full[-(max_len + 1) :])
+    inputs_len = [len(s) - 1 for s in seqs]
+    results: list[Scored | None] = [None] * len(seqs)
+    keys = list(unique)
+    with torch.inference_mode():
+        for batch in _batches(inputs_len, batch_tokens, max_batch):
+            T = max(inputs_len[i] for i in batch)
+            tokens_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
+            rows, positions, targets, owners = [], [], [], []
+            for b, i in enumerate(batch):
+                seq, L = seqs[i], inputs_len[i]
+                tokens_BT[b, :L] = torch.tensor(seq[:-1], dtype=torch.long)
+                n = len(keys[i].continuation_ids)
+                rows += [b] * n
+                positions += range(L - n, L)
+                targets += seq[-n:]
+                owners.append((i, n))
+            logits_NV = logits_at(
+                tokens_BT.to(device),
+                torch.tensor(rows, device=device),
+                torch.tensor(positions, device=device),
+            )
+            logp_NV = torch.log_softmax(logits_NV.float(), dim=-1)
+            target_N = torch.tensor(targets, device=logp_NV.device)
+            lp_N = logp_NV.gather(1, target_N[:, None])[:, 0].double().cpu().numpy()
+            hit_N = (logp_NV.argmax(-1) == target_N).cpu().numpy()
+            start = 0
+            for i, n in owners:
+                results[i] = Scored(
+                    lp_N[start : start + n].copy(), bool(hit_N[start : start + n].all())
+                )
+                start += n
+            stats.batches += 1
+            stats.sequences += len(batch)
+            stats.tokens += sum(inputs_len[i] for i in batch)
+            stats.padded_tokens += len(batch) * T
+            if progress is not None:
+                progress(len(batch))
+    return [results[unique[r]] for r in requests]  # type: ignore[misc]
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    if not seqs:
+        return 0
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        first = seqs[0][i]
+        if any(s[i] != first for s in seqs[1:]):
+            return i
+    return n
+
+
+@dataclass
+class Candidate:
+    """One candidate of an item with its scored tokens."""
+
+    request: Request
+    scored: Scored
+    target: str  # the candidate text without its delimiter (for per-char/byte normalisation)
+    neutral: Scored | None = None  # the same continuation after the neutral prompt
+
+
+def candidate_scores(cands: Sequence[Candidate]) -> dict[str, np.ndarray]:
+    """Every scoring mode for the candidates of one item (higher is better)."""
+    fulls = [c.request.context_ids + c.request.continuation_ids for c in cands]
+    prefix = common_prefix_len(fulls) if len(cands) > 1 else 0
+    out: dict[str, list[float]] = {m: [] for m in MODES}
+    for c in cands:
+        lp = c.scored.logprobs
+        total = float(lp.sum())
+        # Tokens after the common prefix: position ctx_len + j is continuation token j.
+        skip = max(prefix - len(c.request.context_ids), 0)
+        tail = lp[skip:] if skip < len(lp) else lp
+        out["sum"].append(total)
+        out["mean"].append(float(tail.mean()))
+        out["char"].append(total / max(len(c.target), 1))
+        out["byte"].append(total / max(len(c.target.encode("utf-8")), 1))
+        neutral = float(c.neutral.logprobs.sum()) if c.neutral is not None else 0.0
+        out["calibrated"].append(total - neutral)
+    return {m: np.asarray(v) for m, v in out.items()}

@@ -1,0 +1,139 @@
+"""Reading task files with errors that name the file, the line and the field.
+
+Every loader goes through these helpers, so a malformed file gives one line like
+``tasks/foo.jsonl line 7: field "label": expected an integer, got "yes"`` instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from moelab.errors import MoelabError
+
+
+class Row:
+    """One record of a task file, with the place it came from for error messages."""
+
+    def __init__(self, path: Path, line: int, data: dict[str, Any]):
+        self.path, self.line, self.data = path, line, data
+
+    def error(self, field: str, why: str) -> MoelabError:
+        return MoelabError(f'{self.path} line {self.line}: field "{field}": {why}')
+
+    def has(self, field: str) -> bool:
+        return field in self.data
+
+    def str(self, field: str) -> str:
+        value = self._get(field)
+        if not isinstance(value, str):
+            raise self.error(field, f"expected a string, got {_show(value)}")
+        return value
+
+    def int(self, field: str) -> int:
+        value = self._get(field)
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                return int(value)
+            raise self.error(field, f"expected an integer, got {_show(value)}")
+        return value
+
+    def str_list(self, field: str, min_len: int = 1) -> list[str]:
+        value = self._get(field)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.error(field, f"expected a list of strings, got {_show(value)}")
+        if len(value) < min_len:
+            raise self.error(field, f"expected at least {min_len} entries, got {len(value)}")
+        return value
+
+    def choice(self, field: str, spellings: list[tuple[Any, int]]) -> int:
+        """A label written in one of several spellings -> its class index. ``spellings`` is a
+        list of (value, index) pairs; strings match case-insensitively, and JSON ``true`` does
+        not match ``1``."""
+        value = self._get(field)
+        key = value.strip().lower() if isinstance(value, str) else value
+        for k, v in spellings:
+            if key == k and type(key) is type(k):
+                return v
+        allowed = ", ".join(_show(k) for k, _ in spellings)
+        raise self.error(field, f"expected one of {allowed}, got {_show(value)}")
+
+    def label_in_range(self, field: str, label: int, n: int) -> int:
+        if not 0 <= label < n:
+            raise self.error(field, f"label {label} is out of range for {n} candidates")
+        return label
+
+    def _get(self, field: str) -> Any:
+        if field not in self.data:
+            raise self.error(field, f"missing (the record has: {', '.join(self.data) or 'none'})")
+        return self.data[field]
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _open_text(path: Path):
+    if not path.is_file():
+        raise MoelabError(f"task file not found: {path}")
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8-sig")  # -sig: MRPC's files start with a BOM
+
+
+def read_jsonl(path: Path) -> Iterator[Row]:
+    """Records of a JSON-lines file; blank lines are skipped, anything else must be an object."""
+    with _open_text(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise MoelabError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+            if not isinstance(data, dict):
+                raise MoelabError(f"{path} line {n}: expected a JSON object, got {_show(data)}")
+            yield Row(path, n, data)
+
+
+def read_tsv(path: Path, fields: list[str] | None = None) -> Iterator[Row]:
+    """Records of a tab-separated file with a header line (``fields`` checks it contains them)."""
+    with _open_text(path) as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = next(reader, None)
+        if header is None:
+            raise MoelabError(f"{path}: empty file, expected a header line")
+        header = [h.strip() for h in header]
+        for name in fields or []:
+            if name not in header:
+                raise MoelabError(f"{path} line 1: header lacks column {name!r} (has {header})")
+        for n, cells in enumerate(reader, start=2):
+            if not cells or not any(c.strip() for c in cells):
+                continue
+            if len(cells) != len(header):
+                raise MoelabError(
+                    f"{path} line {n}: expected {len(header)} tab-separated columns, "
+                    f"got {len(cells)}"
+                )
+            yield Row(path, n, dict(zip(header, cells)))
+
+
+def read_csv(path: Path, fields: list[str]) -> Iterator[Row]:
+    """Records of a comma-separated file with a header line containing ``fields``."""
+    with _open_text(path) as f:
+        reader = csv.DictReader(f)
+        for name in fields:
+            if name not in (reader.fieldnames or []):
+                raise MoelabError(f"{path} line 1: header lacks column {name!r}")
+        for n, data in enumerate(reader, start=2):
+            yield Row(path, n, dict(data))
+
+
+def read_lines(path: Path) -> list[str]:
+    with _open_text(path) as f:
+        return [line.rstrip("\r\n") for line in f]

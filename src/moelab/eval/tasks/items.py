@@ -1,0 +1,77 @@
+"""What a task is made of: items (one question with its candidates) and the task around them.
+
+An item is a list of candidates, each a ``(context, continuation)`` pair of strings. Two shapes
+cover every task here:
+
+- multiple choice: one shared context and one target per candidate
+  (HellaSwag, PIQA, COPA, StoryCloze, BoolQ, ...);
+- partial scoring: one context per candidate and one shared target (WinoGrande: the blank is
+  filled by each option and only the rest of the sentence is scored).
+
+A candidate's continuation is ``delimiter + target``; the per-character and per-byte scores
+divide by the length of ``target`` alone (the delimiter excluded), as lm-evaluation-harness's
+``acc_norm`` does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Item:
+    contexts: tuple[str, ...]  # 1 shared context, or one per candidate (partial scoring)
+    targets: tuple[str, ...]  # one per candidate, or 1 shared target (partial scoring)
+    label: int  # index of the correct candidate
+    delimiter: str = " "  # put between context and target
+
+    def __post_init__(self) -> None:
+        if len(self.contexts) > 1 and len(self.targets) > 1:
+            raise ValueError("an item has one shared context or one shared target, not neither")
+        if not 0 <= self.label < self.n_candidates:
+            raise ValueError(f"label {self.label} out of range for {self.n_candidates} candidates")
+
+    @property
+    def n_candidates(self) -> int:
+        return max(len(self.contexts), len(self.targets))
+
+    def context(self, i: int) -> str:
+        return self.contexts[i if len(self.contexts) > 1 else 0]
+
+    def target(self, i: int) -> str:
+        return self.targets[i if len(self.targets) > 1 else 0]
+
+    def candidates(self, prefix: str = "") -> list[tuple[str, str]]:
+        """``(prefix + context, delimiter + target)`` for every candidate."""
+        return [
+            (prefix + self.context(i), self.delimiter + self.target(i))
+            for i in range(self.n_candidates)
+        ]
+
+    def demonstration(self) -> str:
+        """The item solved: its correct candidate written out, used as a few-shot example."""
+        return self.context(self.label) + self.delimiter + self.target(self.label)
+
+
+@dataclass
+class Task:
+    """A loaded task. ``kind`` is "choice" (pick the best candidate) or "last_word" (LAMBADA:
+    the single candidate is correct when greedy decoding reproduces all of its tokens)."""
+
+    name: str
+    kind: str
+    items: list[Item]  # the evaluated split
+    split: str  # its name
+    train_items: list[Item] | None = None  # shots come from here when present
+    train_split: str | None = None
+    neutral_prompt: str = "Answer:"  # context for the calibration score
+    finetune: str | None = None  # "classify", "choice" or None (not a fine-tuning task)
+    class_names: list[str] = field(default_factory=list)  # for "classify"
+    sources: list[str] = field(default_factory=list)  # files read
+
+    @property
+    def chance(self) -> float:
+        """Expected accuracy of a uniform random guess (0 for open-vocabulary LAMBADA)."""
+        if self.kind == "last_word" or not self.items:
+            return 0.0
+        return sum(1.0 / it.n_candidates for it in self.items) / len(self.items)

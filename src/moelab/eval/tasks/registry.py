@@ -1,0 +1,91 @@
+"""Task names -> loaders, and where task files are looked up.
+
+``get_task("piqa")`` loads ``<tasks dir>/piqa``; ``get_task("my/file.jsonl")`` loads a generic
+JSONL file. The tasks directory is, in order: the ``tasks_dir`` argument (``--tasks-dir``), the
+``MOELAB_TASKS_DIR`` environment variable, ``../shared/data`` next to the moelab checkout, and
+``../shared/data`` relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from moelab.errors import MoelabError
+from moelab.eval.tasks import classification, paper
+from moelab.eval.tasks.generic import load_generic
+from moelab.eval.tasks.items import Task
+
+ENV_TASKS_DIR = "MOELAB_TASKS_DIR"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    folder: str  # folder name under the tasks directory
+    load: Callable[[Path], Task]
+    description: str
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        TaskSpec("hellaswag", "hellaswag", paper.load_hellaswag, "commonsense sentence ending"),
+        TaskSpec("piqa", "piqa", paper.load_piqa, "physical commonsense, 2 solutions"),
+        TaskSpec("winogrande", "winogrande", paper.load_winogrande, "pronoun resolution, partial"),
+        TaskSpec("storycloze", "storycloze", paper.load_storycloze, "story ending, 2 choices"),
+        TaskSpec("copa", "superglue_copa", paper.load_copa, "cause/effect, 2 choices"),
+        TaskSpec("lambada", "lambada", paper.load_lambada, "last-word prediction (greedy)"),
+        TaskSpec("boolq", "superglue_boolq", classification.load_boolq, "yes/no questions"),
+        TaskSpec("sst2", "glue_sst2", classification.load_sst2, "sentence sentiment"),
+        TaskSpec("rte", "superglue_rte", classification.load_rte, "entailment, 2-way"),
+        TaskSpec("cb", "superglue_cb", classification.load_cb, "entailment, 3-way"),
+        TaskSpec("mrpc", "glue_mrpc", classification.load_mrpc, "paraphrase detection"),
+    ]
+}
+
+
+def default_tasks_dir() -> Path | None:
+    env = os.environ.get(ENV_TASKS_DIR)
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[4]  # src/moelab/eval/tasks -> repo root
+    for candidate in (checkout / ".." / "shared" / "data", Path.cwd() / ".." / "shared" / "data"):
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+def _looks_like_file(name: str) -> bool:
+    return name.endswith(".jsonl") or os.sep in name or "/" in name
+
+
+def get_task(name_or_path: str, tasks_dir: str | Path | None = None) -> Task:
+    """Load a registered task by name, or a generic JSONL task from a path."""
+    if name_or_path in TASKS:
+        spec = TASKS[name_or_path]
+        root = Path(tasks_dir) if tasks_dir is not None else default_tasks_dir()
+        if root is None:
+            raise MoelabError(
+                f"task {name_or_path!r}: no tasks directory; pass --tasks-dir DIR or set "
+                f"{ENV_TASKS_DIR} to the folder holding {spec.folder}/"
+            )
+        folder = root / spec.folder
+        if not folder.is_dir():
+            folder = root / spec.name
+        if not folder.is_dir():
+            raise MoelabError(
+                f"task {name_or_path!r}: folder {root / spec.folder} not found; pass --tasks-dir"
+                f" or set {ENV_TASKS_DIR} to the folder that holds it"
+            )
+        return spec.load(folder)
+    if _looks_like_file(name_or_path) or Path(name_or_path).is_file():
+        return load_generic(name_or_path)
+    close = difflib.get_close_matches(name_or_path, list(TASKS), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise MoelabError(
+        f"unknown task {name_or_path!r}{hint}; known: {', '.join(TASKS)}, or a path to a .jsonl"
+    )
