@@ -1,11 +1,86 @@
-"""`moelab train`: not implemented yet (see the open issue for it)."""
+"""`moelab train`: train a model under a compute budget; resumes when RUN_DIR has a checkpoint.
+
+moelab train CONFIG.yaml --out RUN_DIR [--set train.lr=3e-4 ...]
+moelab train --preset NAME --data DIR --budget-tokens N --out RUN_DIR
+    (or --budget-flops F, or --steps N)
+moelab train --out RUN_DIR            # resume a run with the config.yaml stored in it
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
 
 from moelab.errors import MoelabError
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("rest", nargs="*")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", metavar="CONFIG.yaml", help="run config (YAML)")
+    parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.lr=3e-4 (repeatable)",
+    )
+    parser.add_argument("--preset", help="model preset (see `moelab presets`)")
+    parser.add_argument("--data", metavar="DIR", help="prepared data folder (moelab prepare)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--budget-tokens", type=float, metavar="N", help="training tokens")
+    budget.add_argument(
+        "--budget-flops", type=float, metavar="F", help="training FLOPs (paper accounting)"
+    )
+    budget.add_argument("--steps", type=int, metavar="N", help="optimizer steps")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
 
-def run(args) -> int:
-    raise MoelabError("'moelab train' is not implemented yet")
+def build_raw_config(args: argparse.Namespace) -> dict:
+    from moelab.config import load_yaml
+    from moelab.train.rundir import CONFIG
+
+    if args.config:
+        raw = load_yaml(args.config)
+    elif (Path(args.out) / CONFIG).is_file() and not args.preset:
+        raw = load_yaml(Path(args.out) / CONFIG)  # resume with the run's own config
+    else:
+        raw = {}
+    if args.preset:
+        raw["model"] = args.preset
+    if args.data:
+        raw["data"] = args.data
+    flags = {
+        "budget_tokens": args.budget_tokens,
+        "budget_flops": args.budget_flops,
+        "budget_steps": args.steps,
+    }
+    chosen = {k: v for k, v in flags.items() if v is not None}
+    if chosen:
+        train = dict(raw.get("train") or {})
+        for key in flags:
+            train.pop(key, None)
+        for key, value in chosen.items():
+            train[key] = int(value) if key == "budget_tokens" else value
+        raw["train"] = train
+    if not raw:
+        raise MoelabError(
+            "give a CONFIG.yaml, or --preset NAME --data DIR and a budget "
+            "(--budget-tokens, --budget-flops or --steps)"
+        )
+    return raw
+
+
+def run(args: argparse.Namespace) -> int:
+    from moelab.train import load_run_config, train
+
+    cfg = load_run_config(build_raw_config(args), args.set)
+    summary = train(cfg, args.out, progress=not args.no_progress)
+    val = summary.get("val_loss") or {}
+    shown = ", ".join(f"{d} {v:.4f}" for d, v in val.items())
+    loss = summary.get("final_train_loss")
+    print(
+        f"done: {summary['steps']} steps, {summary['tokens']:,} tokens, "
+        f"{summary['flops']:.3e} FLOPs (paper accounting), train loss "
+        f"{loss if loss is None else round(loss, 4)}" + (f"; val loss {shown}" if shown else "")
+    )
+    return 0

@@ -1,0 +1,113 @@
+"""Sample text from a trained model with its KV cache: temperature, top-k and top-p (nucleus).
+
+Each new token costs one forward pass over that token only; the keys and values of the prompt
+and of earlier tokens come from the cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moelab.errors import MoelabError
+from moelab.model import KVCache
+
+EOT_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
+
+
+def filter_logits(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Set logits outside the top-k and outside the top-p probability mass to -inf."""
+    if top_k > 0 and top_k < logits_V.numel():
+        kth = torch.topk(logits_V, top_k).values[-1]
+        logits_V = logits_V.masked_fill(logits_V < kth, float("-inf"))
+    if 0.0 < top_p < 1.0:
+        sorted_V, order_V = torch.sort(logits_V, descending=True)
+        cum_V = torch.softmax(sorted_V, -1).cumsum(-1)
+        # Drop a token when the mass before it already reaches top_p (the first always stays).
+        drop_sorted = (cum_V - torch.softmax(sorted_V, -1)) >= top_p
+        drop_V = torch.zeros_like(drop_sorted).scatter(0, order_V, drop_sorted)
+        logits_V = logits_V.masked_fill(drop_V, float("-inf"))
+    return logits_V
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    prompt_ids: list[int],
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    stop_id: int | None = None,
+) -> list[int]:
+    """New token ids after ``prompt_ids`` (at least one id). ``temperature == 0`` is greedy.
+    The same seed gives the same tokens."""
+    if not prompt_ids:
+        raise MoelabError("generate: the prompt is empty after tokenisation")
+    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0 or max_new_tokens < 0:
+        raise MoelabError(
+            "generate: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-tokens >= 0"
+        )
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    cache = KVCache()
+    tokens_BT = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        logits_V = model(tokens_BT, kv_cache=cache, last_only=True).logits_BTV[0, -1].float().cpu()
+        if temperature == 0:
+            next_id = int(torch.argmax(logits_V))
+        else:
+            logits_V = filter_logits(logits_V / temperature, top_k, top_p)
+            next_id = int(torch.multinomial(torch.softmax(logits_V, -1), 1, generator=gen))
+        if stop_id is not None and next_id == stop_id:
+            break
+        out.append(next_id)
+        tokens_BT = torch.tensor([[next_id]], dtype=torch.long, device=device)
+    return out
+
+
+def generate_text(
+    run_dir: str | Path,
+    prompt: str,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    step: int | None = None,
+    device: str = "cpu",
+) -> str:
+    """Load a run's newest valid checkpoint and its tokenizer, continue ``prompt``; returns the
+    continuation only. Generation stops at the end-of-document token."""
+    from tokenizers import Tokenizer
+
+    from moelab.train import load_model
+
+    run_dir = Path(run_dir)
+    tok_path = run_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        raise MoelabError(f"{run_dir}: no tokenizer.json; is it a moelab run folder?")
+    tok = Tokenizer.from_file(str(tok_path))
+    model, _, _ = load_model(run_dir, step=step, device=device)
+    eot = next((tok.token_to_id(t) for t in EOT_NAMES if tok.token_to_id(t) is not None), None)
+    ids = tok.encode(prompt, add_special_tokens=False).ids
+    # Training documents follow an end-of-document token: start the prompt the same way.
+    prompt_ids = ([eot] if eot is not None else []) + ids
+    new_ids = sample(
+        model,
+        prompt_ids,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        stop_id=eot,
+    )
+    return tok.decode(new_ids, skip_special_tokens=True)

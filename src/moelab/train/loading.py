@@ -1,0 +1,39 @@
+"""Load a trained model from a run folder: the newest valid checkpoint (or a given step)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moelab.errors import MoelabError
+from moelab.model import LanguageModel, build_model
+from moelab.train import checkpoint as ckpt_io
+from moelab.train.config import RunConfig
+from moelab.train.rundir import read_run_config
+
+
+def load_model(
+    run_dir: str | Path, step: int | None = None, device: str | torch.device = "cpu"
+) -> tuple[LanguageModel, RunConfig, dict[str, Any]]:
+    """(model in eval mode on ``device``, the run's config, the checkpoint's meta.json).
+
+    Checkpoints that fail their checksums are skipped with a note on stderr; with ``step`` only
+    that checkpoint is considered."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    found, skipped = ckpt_io.newest_valid(run_dir, step)
+    for bad, reason in skipped:
+        print(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it", file=sys.stderr)
+    if found is None:
+        which = f"at step {step}" if step is not None else "in it"
+        detail = "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
+        raise MoelabError(
+            f"{run_dir}: no valid checkpoint {which}" + (f" ({detail})" if detail else "")
+        )
+    model = build_model(cfg.model, seed=0)
+    ckpt_io.load_weights(found.path, model)
+    meta = ckpt_io.read_meta(found.path)
+    return model.to(device).eval(), cfg, meta

@@ -1,0 +1,98 @@
+"""``metrics.jsonl`` (one JSON object per line) and optional TensorBoard event files.
+
+Only rank 0 writes. On resume the file is cut back to the checkpoint's step, so a resumed run's
+file reads exactly like an uninterrupted one's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from moelab.io import atomic_write_text
+
+METRICS = "metrics.jsonl"
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as strings so the file stays parseable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All complete rows of a run's metrics.jsonl (a torn last line is ignored)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
+    """Keep only rows with ``step <= last_step`` (rewritten atomically)."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return
+    keep = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= last_step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
+
+
+class MetricsWriter:
+    def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS
+        self._file = open(self.path, "a", encoding="utf-8") if enabled else None  # noqa: SIM115
+        self._tb = None
+        self.tensorboard_note: str | None = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+            except ImportError:
+                self.tensorboard_note = (
+                    "train.tensorboard: the tensorboard package is not installed "
+                    "(pip install tensorboard); writing metrics.jsonl only"
+                )
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled or self._file is None:
+            return
+        self._file.write(json.dumps(_clean(row)) + "\n")
+        self._file.flush()  # a killed process still leaves every completed row on disk
+        if self._tb is not None:
+            self._write_tensorboard(row)
+
+    def _write_tensorboard(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        for key in ("loss", "aux_loss", "z_loss", "lr", "tokens_per_s", "grad_norm"):
+            v = row.get(key)
+            if isinstance(v, int | float) and math.isfinite(v):
+                self._tb.add_scalar(f"train/{key}", v, step)
+        for dom, v in (row.get("val_loss") or {}).items():
+            self._tb.add_scalar(f"val_loss/{dom}", v, step)
+        for layer in row.get("moe") or []:
+            for key in ("overflow_pct_1", "overflow_pct_2", "gate_entropy", "unused_experts"):
+                if key in layer:
+                    self._tb.add_scalar(f"moe_layer{layer['layer']}/{key}", layer[key], step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,39 @@
+"""AdamW with weight decay on matrices only (embeddings, projections, experts, router);
+biases and norm gains are not decayed."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moelab.train.config import TrainConfig
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for param in model.parameters():  # parameters() yields a tied weight once
+        if not param.requires_grad:
+            continue
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The paper's optimizer: Adam(W) with betas (0.9, 0.98), eps 1e-8, decoupled weight decay.
+    ``lr`` is set per step by the schedule."""
+    beta1, beta2 = cfg.betas
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay),
+        lr=cfg.lr,
+        betas=(beta1, beta2),
+        eps=cfg.eps,
+        foreach=True,
+    )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

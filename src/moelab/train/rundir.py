@@ -1,0 +1,86 @@
+"""The run folder: what it holds, and whether a config may train (or resume) in it.
+
+``RUN_DIR/config.yaml`` (resolved config), ``tokenizer.json`` (copied from the data, so a run is
+self-contained), ``metrics.jsonl``, ``checkpoints/``, ``done.json`` once the budget is reached.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from moelab.errors import MoelabError
+from moelab.io import atomic_write_bytes, atomic_write_text
+from moelab.train.checkpoint import CHECKPOINTS
+from moelab.train.config import RunConfig, config_differences, load_run_config
+
+CONFIG = "config.yaml"
+TOKENIZER = "tokenizer.json"
+DONE = "done.json"
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run was started with (no data access needed)."""
+    path = Path(run_dir) / CONFIG
+    if not path.is_file():
+        raise MoelabError(f"{run_dir}: not a moelab run folder (no {CONFIG})")
+    return load_run_config(path, check_data=False)
+
+
+def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
+    """Check that ``cfg`` may train in ``run_dir``; return True when the folder already holds
+    this run (resume). A folder holding another run, or unrelated files, is refused.
+    With ``write`` (rank 0) the resolved config and tokenizer are written."""
+    existing = None
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise MoelabError(f"--out {run_dir}: exists and is not a folder")
+        if (run_dir / CONFIG).is_file():
+            existing = read_run_config(run_dir)
+        elif any(run_dir.iterdir()):
+            raise MoelabError(
+                f"--out {run_dir}: folder is not empty and holds no moelab run; "
+                "choose a new or empty folder"
+            )
+    if existing is not None:
+        diffs = config_differences(existing, cfg)
+        if diffs:
+            more = f"; ... ({len(diffs)} in all)" if len(diffs) > 8 else ""
+            shown = "; ".join(diffs[:8]) + more
+            raise MoelabError(
+                f"{run_dir} holds a run with a different config ({shown}); "
+                "use a new --out folder, or the run's own config.yaml to resume it"
+            )
+    if write:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG, cfg.to_yaml())  # operational keys may change
+        tok = Path(cfg.data.dir) / TOKENIZER
+        if tok.is_file() and not (run_dir / TOKENIZER).is_file():
+            atomic_write_bytes(run_dir / TOKENIZER, tok.read_bytes())
+    return existing is not None
+
+
+def has_checkpoints(run_dir: Path) -> bool:
+    root = run_dir / CHECKPOINTS
+    return root.is_dir() and any(p.name.startswith("step_") for p in root.iterdir())
+
+
+def read_done(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / DONE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def clear_stale(run_dir: Path) -> None:
+    """Remove leftovers of an interrupted checkpoint write (temp folders)."""
+    root = run_dir / CHECKPOINTS
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.name.startswith(".") and ".tmp-" in p.name:
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""Per-MoE-layer routing telemetry, aggregated over a logging interval (fairseq's set).
+
+Per forward pass (one micro-batch) and layer we reduce the model's :class:`MoeStats` on the
+device, without a host sync, and average over the interval when a metrics row is written:
+
+- ``overflow_pct_1`` / ``overflow_pct_2``: % of first / second choices dropped for capacity,
+- ``gate_entropy``: mean entropy (nats) of the router distribution over tokens,
+- ``top20_share`` / ``bottom20_share``: share of assignments that went to the busiest /
+  idlest 20% of experts (ceil(0.2 E) experts each),
+- ``unused_experts``: experts that received no assignment (mean per forward pass),
+- ``max_over_mean_load``: busiest expert's assignments over the mean,
+- ``tokens_per_expert``: assignments per expert summed over the interval (before dropping),
+  and ``tokens_kept_per_expert`` (after dropping), for load heatmaps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+
+class _LayerAccumulator:
+    def __init__(self, layer: int, n_experts: int, top_k: int, device: torch.device):
+        self.layer = layer
+        self.n_experts = n_experts
+        self.top_k = top_k
+        # Scalars per forward, summed: overflow (K), entropy, top20, bottom20, unused, max/mean.
+        self.scalars = torch.zeros(top_k + 5, dtype=torch.float64, device=device)
+        self.routed_E = torch.zeros(n_experts, dtype=torch.int64, device=device)
+        self.kept_E = torch.zeros(n_experts, dtype=torch.int64, device=device)
+        self.count = 0
+
+    def add(self, stats: Any) -> None:
+        E, K = self.n_experts, self.top_k
+        routed_E = stats.tokens_routed_E.to(self.routed_E.device)
+        self.routed_E += routed_E
+        self.kept_E += stats.tokens_kept_E.to(self.kept_E.device)
+        load_E = routed_E.double()
+        total = load_E.sum().clamp_min(1.0)
+        n20 = max(1, math.ceil(0.2 * E))
+        sorted_E = torch.sort(load_E, descending=True).values
+        row = torch.cat(
+            [
+                stats.dropped_frac_K.double().to(self.scalars.device).reshape(-1)[:K] * 100.0,
+                stats.gate_entropy.double().reshape(1).to(self.scalars.device),
+                (sorted_E[:n20].sum() / total).reshape(1),
+                (sorted_E[-n20:].sum() / total).reshape(1),
+                (load_E == 0).sum().double().reshape(1),
+                (sorted_E[0] / (total / E)).reshape(1),
+            ]
+        )
+        self.scalars += row
+        self.count += 1
+
+    def summary(self) -> dict[str, Any]:
+        n = max(1, self.count)
+        vals = (self.scalars / n).tolist()
+        K = self.top_k
+        out: dict[str, Any] = {"layer": self.layer}
+        for r in range(K):
+            out[f"overflow_pct_{r + 1}"] = vals[r]
+        out.update(
+            gate_entropy=vals[K],
+            top20_share=vals[K + 1],
+            bottom20_share=vals[K + 2],
+            unused_experts=vals[K + 3],
+            max_over_mean_load=vals[K + 4],
+            tokens_per_expert=self.routed_E.tolist(),
+            tokens_kept_per_expert=self.kept_E.tolist(),
+        )
+        return out
+
+
+class MoeTelemetry:
+    """Collects :class:`MoeStats` lists from every forward pass; ``flush()`` returns one summary
+    per MoE layer (in layer order) and starts a new interval."""
+
+    def __init__(self, n_experts: int, top_k: int, device: torch.device):
+        self.n_experts = n_experts
+        self.top_k = top_k
+        self.device = device
+        self._layers: dict[int, _LayerAccumulator] = {}
+
+    def add(self, stats_list: list[Any]) -> None:
+        for stats in stats_list:
+            acc = self._layers.get(stats.layer)
+            if acc is None:
+                acc = _LayerAccumulator(stats.layer, self.n_experts, self.top_k, self.device)
+                self._layers[stats.layer] = acc
+            acc.add(stats)
+
+    def flush(self) -> list[dict[str, Any]]:
+        out = [self._layers[k].summary() for k in sorted(self._layers)]
+        self._layers = {}
+        return out

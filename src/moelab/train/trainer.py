@@ -1,0 +1,366 @@
+"""The training loop: budget, schedule, validation, telemetry, checkpoints, exact resume.
+
+One process here; the distributed layer reuses this class. Rank and world size are explicit:
+every rank takes rows ``rank::world`` of the step's global batch (a function of seed and step
+only), ``build_model`` is the one place a model is made and wrapped, and only rank 0 writes
+files (``self.is_main``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moelab.errors import MoelabError
+from moelab.flops import count_params, palm_flops_per_token
+from moelab.io import atomic_write_json
+from moelab.model import MoeFFN, build_model
+from moelab.train import checkpoint as ckpt_io
+from moelab.train.budget import Budget, eval_steps, resolve_budget
+from moelab.train.config import RunConfig, open_prepared
+from moelab.train.metrics import MetricsWriter, truncate_metrics
+from moelab.train.optim import build_optimizer, set_lr
+from moelab.train.progress import ProgressBar
+from moelab.train.rng import rng_state, seed_everything, set_rng_state
+from moelab.train.rundir import DONE, claim_run_dir, clear_stale, has_checkpoints, read_done
+from moelab.train.schedule import LrSchedule
+from moelab.train.telemetry import MoeTelemetry
+from moelab.train.validation import build_eval_sets, evaluate
+
+
+class TrainingDiverged(MoelabError):
+    """Too many non-finite losses or gradients in a row (the CLI exits with code 2)."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise MoelabError(f"train.device: {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        *,
+        progress: bool = True,
+        rank: int = 0,
+        world: int = 1,
+        device: torch.device | None = None,
+    ):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rank, self.world = rank, world
+        self.is_main = rank == 0
+        self.show_progress = progress and self.is_main
+        t = cfg.train
+        if t.batch_size % (world * t.grad_accum):
+            raise MoelabError(
+                f"train.batch_size: {t.batch_size} is not divisible by grad_accum x world "
+                f"({t.grad_accum} x {world})"
+            )
+        self.device = device or pick_device(t.device)
+        self.budget: Budget = resolve_budget(cfg)
+        self.schedule = LrSchedule(
+            t.lr, self.budget.warmup_steps, self.budget.total_steps, t.schedule, t.min_lr_ratio
+        )
+        self.eval_at = set(eval_steps(self.budget.total_steps, t.eval_points))
+        self.micro_batch = t.batch_size // (world * t.grad_accum)
+        self.amp_dtype = torch.bfloat16 if t.dtype == "bf16" else None
+
+    # -- the single places the distributed layer overrides ------------------------------------
+
+    def build_model(self) -> nn.Module:
+        """Build the model on the device (seeded init). Distributed training wraps it here."""
+        return build_model(self.cfg.model, seed=self.cfg.train.seed).to(self.device)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Average a scalar over ranks (identity in one process)."""
+        return x
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _loss(self, model: nn.Module, batch_BT1: torch.Tensor):
+        inputs_BT, targets_BT = batch_BT1[:, :-1], batch_BT1[:, 1:]
+        with self.autocast():
+            out = model(inputs_BT)
+            logits = out.logits_BTV
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets_BT.reshape(-1)
+            )
+        mc = self.cfg.model
+        total = ce + mc.aux_loss_weight * out.aux_loss + mc.z_loss_weight * out.z_loss
+        return total, ce.detach(), out.aux_loss.detach(), out.z_loss.detach(), out.moe_stats
+
+    def _train_state(self, step: int, optimizer, nonfinite_total: int) -> dict[str, Any]:
+        gens = {}
+        for name, mod in self.unwrap(self.model).named_modules():
+            if isinstance(mod, MoeFFN) and mod.generator is not None:
+                gens[name] = mod.generator.get_state()
+        return {
+            "step": step,
+            "tokens": self.budget.tokens_at(step),
+            "optimizer": optimizer.state_dict(),
+            "rng": rng_state(),
+            "moe_generators": gens,
+            "data": {"seed": self.cfg.train.seed, "next_step": step + 1},
+            "nonfinite_total": nonfinite_total,
+        }
+
+    def _restore(self, path: Path, optimizer) -> dict[str, Any]:
+        model = self.unwrap(self.model)
+        ckpt_io.load_weights(path, model)
+        state = ckpt_io.load_train_state(path)
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        for name, mod in model.named_modules():
+            if name in state.get("moe_generators", {}):
+                mod.generator.set_state(state["moe_generators"][name])
+        return state
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        cfg, t, budget = self.cfg, self.cfg.train, self.budget
+        run_dir = self.run_dir
+        resuming = claim_run_dir(cfg, run_dir, write=self.is_main)
+        done = read_done(run_dir) if resuming else None
+        if done is not None and done.get("steps") == budget.total_steps:
+            self._say(f"{run_dir}: already complete ({budget.total_steps} steps); nothing to do")
+            return done
+        if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormals slow fp32 CPU training ~10x
+        data = open_prepared(cfg.data.dir)
+        from moelab.data import TrainStream
+
+        stream = TrainStream(data, t.seq_len, t.batch_size, t.seed, weights=cfg.data.weights)
+        eval_sets = build_eval_sets(data, t.seq_len, t.eval_tokens)
+        eval_bs = t.eval_batch_size or self.micro_batch
+
+        seed_everything(t.seed)
+        self.model = model = self.build_model()
+        model.train()
+        optimizer = build_optimizer(self.unwrap(model), t)
+
+        start_step, nonfinite_total, resumed_from = 0, 0, None
+        if self.is_main:
+            clear_stale(run_dir)
+        if has_checkpoints(run_dir):
+            found, skipped = ckpt_io.newest_valid(run_dir)
+            for bad, reason in skipped:
+                self._say(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it")
+            if found is None:
+                raise MoelabError(
+                    f"{run_dir}: no valid checkpoint to resume from ("
+                    + "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
+                    + f"); delete {run_dir / ckpt_io.CHECKPOINTS} to start over"
+                )
+            state = self._restore(found.path, optimizer)
+            start_step = resumed_from = int(state["step"])
+            nonfinite_total = int(state.get("nonfinite_total", 0))
+            self._say(f"resuming from checkpoint {found.path.name} (step {start_step})")
+        if self.is_main:
+            truncate_metrics(run_dir, start_step)
+            (run_dir / DONE).unlink(missing_ok=True)
+
+        writer = MetricsWriter(run_dir, enabled=self.is_main, tensorboard=t.tensorboard)
+        if writer.tensorboard_note:
+            self._say(writer.tensorboard_note)
+        bar = ProgressBar(
+            budget.total_steps, start_step, enabled=self.show_progress, title=cfg.model.name
+        )
+        self._bar = bar
+        telemetry = (
+            MoeTelemetry(cfg.model.n_experts, cfg.model.top_k, self.device)
+            if cfg.model.is_moe
+            else None
+        )
+        params = [p for p in model.parameters() if p.requires_grad]
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        acc = {"ce": zero.clone(), "aux": zero.clone(), "z": zero.clone(), "gnorm": zero.clone()}
+        n_acc, skipped_in_interval, nonfinite_run = 0, 0, 0
+        interval_time, interval_tokens = 0.0, 0
+        last: dict[str, Any] = {}
+        val_loss: dict[str, float] = {}
+        t_start = time.perf_counter()
+        try:
+            for step in range(start_step + 1, budget.total_steps + 1):
+                t0 = time.perf_counter()
+                lr = self.schedule(step)
+                set_lr(optimizer, lr)
+                batch = stream.batch(step, self.rank, self.world).to(self.device, non_blocking=True)
+                step_ce = torch.zeros((), dtype=torch.float32, device=self.device)
+                step_aux = torch.zeros_like(step_ce)
+                step_z = torch.zeros_like(step_ce)
+                finite = torch.ones((), dtype=torch.bool, device=self.device)
+                for micro in batch.split(self.micro_batch):
+                    loss, ce, aux, z, stats = self._loss(model, micro)
+                    finite &= torch.isfinite(loss)
+                    (loss / t.grad_accum).backward()
+                    step_ce += ce / t.grad_accum
+                    step_aux += aux / t.grad_accum
+                    step_z += z / t.grad_accum
+                    if telemetry is not None:
+                        telemetry.add(stats)
+                grads = [p.grad for p in params if p.grad is not None]
+                gnorm = torch.nn.utils.get_total_norm(grads) if grads else zero
+                finite &= torch.isfinite(gnorm)
+                finite = self.reduce_mean(finite.float()) == 1.0
+                if bool(finite):  # the one host sync per step
+                    if t.clip is not None:
+                        torch.nn.utils.clip_grads_with_norm_(params, t.clip, gnorm)
+                    optimizer.step()
+                    nonfinite_run = 0
+                    acc["ce"] += step_ce.double()
+                    acc["aux"] += step_aux.double()
+                    acc["z"] += step_z.double()
+                    acc["gnorm"] += gnorm.double()
+                    n_acc += 1
+                else:
+                    nonfinite_run += 1
+                    nonfinite_total += 1
+                    skipped_in_interval += 1
+                    self._say(
+                        f"step {step}: non-finite loss or gradient "
+                        f"(loss {float(step_ce):.4g}, grad norm {float(gnorm):.4g}); "
+                        f"update skipped ({nonfinite_run} in a row)"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                interval_time += time.perf_counter() - t0
+                interval_tokens += budget.tokens_per_step
+
+                is_last = step == budget.total_steps
+                is_eval = step in self.eval_at and bool(eval_sets)
+                is_ckpt = is_last or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                if is_eval:
+                    val_loss = evaluate(model, eval_sets, eval_bs, self.device, self.autocast)
+                if step % t.log_every == 0 or is_last or is_eval or is_ckpt or nonfinite_run:
+                    row = self._row(
+                        step,
+                        lr,
+                        acc,
+                        n_acc,
+                        skipped_in_interval,
+                        interval_tokens,
+                        interval_time,
+                        telemetry,
+                    )
+                    if is_eval:
+                        row["val_loss"] = val_loss
+                    writer.write(row)
+                    last = row
+                    bar.update(step, row.get("loss"), row["tokens_per_s"])
+                    for v in acc.values():
+                        v.zero_()
+                    n_acc, skipped_in_interval, interval_time, interval_tokens = 0, 0, 0.0, 0
+                else:
+                    bar.update(step)
+                if nonfinite_run >= t.max_nonfinite_in_row:
+                    good = ckpt_io.newest_valid(run_dir)[0]
+                    where = f"the last good checkpoint is {good.path}" if good else "no checkpoint"
+                    raise TrainingDiverged(
+                        f"training stopped at step {step}: {nonfinite_run} non-finite losses or "
+                        f"gradients in a row (train.max_nonfinite_in_row); {where}; lower "
+                        "train.lr, set train.clip, or use train.dtype=fp32"
+                    )
+                if is_ckpt and nonfinite_run == 0 and self.is_main:
+                    meta = {
+                        "step": step,
+                        "tokens": budget.tokens_at(step),
+                        "flops": budget.flops_at(step),
+                        "config_hash": cfg.config_hash(),
+                        "model": cfg.model.name,
+                        "train_loss": last.get("loss"),
+                        "val_loss": val_loss or None,
+                    }
+                    ckpt_io.save_checkpoint(
+                        run_dir,
+                        step,
+                        self.unwrap(model),
+                        self._train_state(step, optimizer, nonfinite_total),
+                        meta,
+                        t.keep_last,
+                    )
+        finally:
+            writer.close()
+            bar.close()
+
+        wall = time.perf_counter() - t_start
+        trained_tokens = budget.tokens_at(budget.total_steps - start_step)
+        counts = count_params(cfg.model)
+        summary = {
+            "run_dir": str(run_dir),
+            "model": cfg.model.name,
+            "steps": budget.total_steps,
+            "tokens": budget.total_tokens,
+            "flops": budget.total_flops,
+            "flops_accounting": "paper (Narayanan et al.) train_flops_per_token x tokens",
+            "flops_per_token": budget.flops_per_token,
+            "palm_flops_per_token": palm_flops_per_token(cfg.model, t.seq_len),
+            "budget": {"kind": budget.kind, "requested": budget.requested},
+            "params_total": counts.total,
+            "params_active": counts.active,
+            "final_train_loss": last.get("loss"),
+            "val_loss": val_loss,
+            "nonfinite_skipped": nonfinite_total,
+            "resumed_from_step": resumed_from,
+            "wall_s": wall,
+            "tokens_per_s": trained_tokens / wall if wall > 0 else None,
+        }
+        if self.is_main:
+            atomic_write_json(run_dir / DONE, summary)
+        return summary
+
+    def _row(self, step, lr, acc, n_acc, skipped, interval_tokens, interval_time, telemetry):
+        n = max(1, n_acc)
+        ce, aux, z, gnorm = (float(acc[k] / n) for k in ("ce", "aux", "z", "gnorm"))
+        row: dict[str, Any] = {
+            "step": step,
+            "tokens": self.budget.tokens_at(step),
+            "flops": self.budget.flops_at(step),
+            "lr": lr,
+            "loss": ce if n_acc else math.nan,
+            "aux_loss": aux if n_acc else math.nan,
+            "z_loss": z if n_acc else math.nan,
+            "grad_norm": gnorm if n_acc else math.nan,
+            "skipped_updates": skipped,
+            "tokens_per_s": interval_tokens / interval_time if interval_time > 0 else 0.0,
+        }
+        if telemetry is not None:
+            row["moe"] = telemetry.flush()
+        return row
+
+    def _say(self, message: str) -> None:
+        if not self.is_main:
+            return
+        bar = getattr(self, "_bar", None)
+        if bar is not None:
+            bar.log(message)
+        else:
+            import sys
+
+            print(message, file=sys.stderr, flush=True)
+
+
+def train(run_cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Train ``run_cfg`` in ``run_dir`` until its budget is reached (resuming from the newest
+    valid checkpoint there) and return the summary also written to ``done.json``."""
+    return Trainer(run_cfg, run_dir, progress=progress).run()
