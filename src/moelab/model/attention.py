@@ -1,0 +1,62 @@
+"""Causal multi-head self-attention through ``scaled_dot_product_attention``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moelab.model.kv_cache import KVCache
+from moelab.model.positions import apply_rotary
+
+
+class Attention(nn.Module):
+    """q/k/v/out projections (``q_proj``, ``k_proj``, ``v_proj``, ``out_proj``: nn.Linear D -> D,
+    with biases in the paper arch, without in the modern arch) and causal SDPA. Rotary angles
+    are applied to q and k when given (modern arch)."""
+
+    def __init__(self, d_model: int, n_heads: int, bias: bool, attn_dropout: float, layer: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.attn_dropout = attn_dropout
+        self.layer = layer
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)
+
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        B, T, D = x_BTD.shape
+        # (B, T, D) -> (B, H, T, head_dim)
+        q = self.q_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x_BTD).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            cos_Td, sin_Td = rotary
+            q = apply_rotary(q, cos_Td, sin_Td)
+            k = apply_rotary(k, cos_Td, sin_Td)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.length
+            k, v = kv_cache.append(self.layer, k, v)
+        dropout_p = self.attn_dropout if self.training else 0.0
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=T > 1)
+        elif T == 1:
+            # One new token attends to every cached position: no mask needed.
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+        else:
+            # SDPA's is_causal aligns the mask top-left; with a cached prefix, query i sits at
+            # absolute position past + i and may see keys 0 .. past + i.
+            q_pos = torch.arange(past, past + T, device=x_BTD.device)[:, None]
+            k_pos = torch.arange(past + T, device=x_BTD.device)[None, :]
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=k_pos <= q_pos, dropout_p=dropout_p
+            )
+        return self.out_proj(y.transpose(1, 2).reshape(B, T, D))

@@ -1,0 +1,353 @@
+"""Mixture-of-Experts FFN: router, capacity, sorted dispatch over stacked expert weights.
+
+The layer is three steps with plain data between them, so expert parallelism can slot an
+all-to-all between (2) and (3) without touching the maths:
+
+1. :func:`route` — a pure function of the router logits: top-k choice (ties to the lowest
+   expert index), second-expert policy, capacity slots, dropping, combine weights, balancing and
+   z losses and telemetry. Returns a :class:`Routing`.
+2. :func:`plan_dispatch` — the kept assignments sorted by expert (slot order inside an expert):
+   source token, combine weight and count per expert. :class:`Experts` then runs expert e on its
+   contiguous slice of the gathered tokens.
+3. :func:`combine` — weight each expert output and add it back to its source token.
+
+Semantics follow fairseq's Top2Gate / Top1Gate as used by the paper (see docs/model.md).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moelab.config import ModelConfig
+from moelab.errors import MoelabError
+
+POLICIES = ("all", "sampling", "random")
+
+
+@dataclass
+class MoeStats:
+    """Telemetry of one MoE layer for one forward pass (all tensors detached).
+
+    ``tokens_routed_E`` counts assignments (all ranks) per expert before capacity dropping,
+    ``tokens_kept_E`` after it. ``dropped_frac_K[r]`` is the fraction of rank-r assignments
+    dropped for capacity (rank 0 = top-1). ``gate_entropy`` is the mean over tokens of the
+    router distribution's entropy (nats); ``aux_loss`` is this layer's unweighted balancing loss.
+    """
+
+    layer: int
+    capacity: int | None
+    tokens_routed_E: torch.Tensor
+    tokens_kept_E: torch.Tensor
+    dropped_frac_K: torch.Tensor
+    gate_entropy: torch.Tensor
+    aux_loss: torch.Tensor
+
+
+@dataclass
+class Routing:
+    """Result of :func:`route` for S tokens, E experts, top-K.
+
+    ``expert_SK``: chosen expert per token and rank. ``slot_SK``: position of the assignment in
+    its expert's queue (rank-0 assignments first in token order, then rank 1, ...); -1 where the
+    assignment was skipped by the ``random`` policy. ``kept_SK``: offered and within capacity.
+    ``combine_SK``: float32 weight of each assignment in the output (0 where not kept), carrying
+    the gradient to the router. ``aux_loss``: E * sum_e me_e * ce_e. ``z_loss``:
+    mean_s logsumexp(logits_s)^2.
+    """
+
+    expert_SK: torch.Tensor
+    slot_SK: torch.Tensor
+    kept_SK: torch.Tensor
+    offered_SK: torch.Tensor
+    combine_SK: torch.Tensor
+    probs_SE: torch.Tensor
+    capacity: int | None
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+
+    @property
+    def n_experts(self) -> int:
+        return self.probs_SE.shape[1]
+
+    def stats(self, layer: int) -> MoeStats:
+        E = self.n_experts
+        offered = self.offered_SK
+        routed_E = torch.bincount(self.expert_SK[offered], minlength=E)
+        kept_E = torch.bincount(self.expert_SK[self.kept_SK], minlength=E)
+        dropped_K = (offered & ~self.kept_SK).sum(0).float()
+        dropped_frac_K = dropped_K / offered.sum(0).clamp_min(1).float()
+        p = self.probs_SE.detach()
+        entropy = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1).mean()
+        return MoeStats(
+            layer=layer,
+            capacity=self.capacity,
+            tokens_routed_E=routed_E,
+            tokens_kept_E=kept_E,
+            dropped_frac_K=dropped_frac_K,
+            gate_entropy=entropy,
+            aux_loss=self.aux_loss.detach(),
+        )
+
+
+def expert_capacity(
+    n_tokens: int, n_experts: int, k: int, capacity_factor: float | None
+) -> int | None:
+    """Slots per expert: ceil(cf * k * ceil(S / E)); None (dropless) when cf is None."""
+    if capacity_factor is None:
+        return None
+    per_expert = math.ceil(n_tokens / n_experts)
+    # round() guards against float noise such as 1.1 * 2 * 5 = 11.000000000000002.
+    return max(1, math.ceil(round(capacity_factor * k * per_expert, 9)))
+
+
+def _queue_positions(expert_A: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For assignments listed in priority order (expert id, or ``n_experts`` for 'none'),
+    return each one's position in its expert's queue and the stable by-expert sort order."""
+    sorted_A, order_A = torch.sort(expert_A, stable=True)
+    counts = torch.bincount(sorted_A, minlength=n_experts + 1)
+    starts = torch.cumsum(counts, 0) - counts
+    pos_sorted = torch.arange(expert_A.numel(), device=expert_A.device) - starts[sorted_A]
+    pos_A = torch.empty_like(pos_sorted)
+    pos_A[order_A] = pos_sorted
+    return pos_A, order_A
+
+
+def route(
+    router_logits_SE: torch.Tensor,
+    k: int,
+    capacity: int | None,
+    policy: str = "all",
+    generator: torch.Generator | None = None,
+    training: bool = False,
+) -> Routing:
+    """Top-k routing with capacity, fairseq semantics (a pure function of its inputs).
+
+    - probabilities: softmax in float32; expert r = the r-th best, ties to the lowest index.
+    - ``policy`` (k == 2 and ``training`` only): ``sampling`` picks expert 2 by Gumbel-noised
+      logits excluding expert 1; ``random`` keeps expert 2 with probability 2 * g2.
+    - capacity: rank-0 assignments take slots first in token order, then rank 1, ...;
+      assignments at slot >= capacity are dropped. ``capacity=None`` keeps everything.
+    - combine weights: k == 1 uses g1 as is (Switch); k >= 2 renormalises over the kept
+      assignments of each token (a token with all dropped gets zeros: residual only).
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"unknown second-expert policy {policy!r}")
+    logits_SE = router_logits_SE.float()
+    S, E = logits_SE.shape
+    if not 1 <= k <= E:
+        raise ValueError(f"top-k must be in [1, {E}], got {k}")
+    probs_SE = torch.softmax(logits_SE, dim=-1)
+    use_policy = training and k == 2 and policy != "all"
+
+    with torch.no_grad():
+        scores_SE = probs_SE.detach().clone()
+        chosen = []
+        for r in range(k):
+            if r == 1 and use_policy and policy == "sampling":
+                u = torch.rand(S, E, generator=generator, device=logits_SE.device)
+                gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
+                noisy = logits_SE.detach() + gumbel
+                noisy.scatter_(1, chosen[0][:, None], float("-inf"))
+                e_S = noisy.argmax(dim=-1)
+            else:
+                e_S = scores_SE.argmax(dim=-1)  # first maximal index: ties -> lowest expert
+            chosen.append(e_S)
+            scores_SE.scatter_(1, e_S[:, None], float("-inf"))
+        expert_SK = torch.stack(chosen, dim=1)
+
+    gate_SK = probs_SE.gather(1, expert_SK)
+
+    with torch.no_grad():
+        offered_SK = torch.ones(S, k, dtype=torch.bool, device=logits_SE.device)
+        if use_policy and policy == "random":
+            u = torch.rand(S, generator=generator, device=logits_SE.device)
+            offered_SK[:, 1] = 2.0 * gate_SK[:, 1].detach() > u
+        # Priority order is rank-major: all rank-0 assignments in token order, then rank 1, ...
+        expert_A = torch.where(offered_SK, expert_SK, E).t().reshape(-1)
+        pos_A, _ = _queue_positions(expert_A, E)
+        slot_SK = pos_A.view(k, S).t().contiguous()
+        slot_SK = torch.where(offered_SK, slot_SK, -1)
+        kept_SK = offered_SK if capacity is None else offered_SK & (slot_SK < capacity)
+
+    weights_SK = gate_SK * kept_SK
+    if k == 1:
+        combine_SK = weights_SK
+    else:
+        denom_S1 = weights_SK.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).eps)
+        combine_SK = weights_SK / denom_S1
+
+    me_E = probs_SE.mean(dim=0)
+    ce_E = torch.bincount(expert_SK[:, 0], minlength=E).float() / max(S, 1)
+    aux_loss = E * (me_E * ce_E).sum()
+    z_loss = torch.logsumexp(logits_SE, dim=-1).square().mean()
+    return Routing(
+        expert_SK=expert_SK,
+        slot_SK=slot_SK,
+        kept_SK=kept_SK,
+        offered_SK=offered_SK,
+        combine_SK=combine_SK,
+        probs_SE=probs_SE,
+        capacity=capacity,
+        aux_loss=aux_loss,
+        z_loss=z_loss,
+    )
+
+
+@dataclass
+class DispatchPlan:
+    """Kept assignments sorted by expert, slot order within an expert.
+
+    ``token_N``: source token of each of the N kept assignments; ``combine_N``: its weight;
+    ``counts_E``: kept assignments per expert (expert e owns a contiguous run of length
+    counts_E[e]); ``counts``: the same as a Python list (one host sync, reused for splitting).
+    """
+
+    token_N: torch.Tensor
+    combine_N: torch.Tensor
+    counts_E: torch.Tensor
+    counts: list[int]
+
+
+def plan_dispatch(routing: Routing) -> DispatchPlan:
+    S, K = routing.expert_SK.shape
+    E = routing.n_experts
+    expert_A = torch.where(routing.kept_SK, routing.expert_SK, E).t().reshape(-1)
+    sorted_A, order_A = torch.sort(expert_A, stable=True)
+    counts_all = torch.bincount(sorted_A, minlength=E + 1)
+    counts = counts_all[:E].tolist()
+    n_kept = sum(counts)
+    order_N = order_A[:n_kept]
+    token_N = order_N % S
+    combine_N = routing.combine_SK.t().reshape(-1)[order_N]
+    return DispatchPlan(
+        token_N=token_N, combine_N=combine_N, counts_E=counts_all[:E], counts=counts
+    )
+
+
+def combine(y_ND: torch.Tensor, plan: DispatchPlan, n_tokens: int) -> torch.Tensor:
+    """Sum each token's weighted expert outputs: (N, D) -> (S, D). Tokens with no kept
+    assignment get zeros (the block's residual carries them)."""
+    weighted_ND = y_ND * plan.combine_N[:, None].to(y_ND.dtype)
+    out_SD = y_ND.new_zeros(n_tokens, y_ND.shape[1])
+    return out_SD.index_add(0, plan.token_N, weighted_ND)
+
+
+class Experts(nn.Module):
+    """E expert FFNs with stacked weights (shard by expert along dim 0).
+
+    paper: ``w1`` (E, D, F), ``b1`` (E, F), ``w2`` (E, F, D), ``b2`` (E, D);
+    y = gelu(x w1 + b1) w2 + b2.
+    modern: ``w1``, ``w3`` (E, D, F), ``w2`` (E, F, D); y = (silu(x w1) * x w3) w2.
+    Note the (in, out) layout: the transpose of nn.Linear's weight.
+    """
+
+    def __init__(
+        self, n_experts: int, d_model: int, d_ffn: int, arch: str, activation_dropout: float
+    ):
+        super().__init__()
+        self.arch = arch
+        self.activation_dropout = activation_dropout
+        E, D, Fd = n_experts, d_model, d_ffn
+        self.w1 = nn.Parameter(torch.empty(E, D, Fd))
+        self.w2 = nn.Parameter(torch.empty(E, Fd, D))
+        if arch == "paper":
+            self.b1 = nn.Parameter(torch.zeros(E, Fd))
+            self.b2 = nn.Parameter(torch.zeros(E, D))
+        else:
+            self.w3 = nn.Parameter(torch.empty(E, D, Fd))
+
+    def forward(self, x_ND: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Run expert e on rows [sum(counts[:e]), sum(counts[:e+1])) of ``x_ND``.
+
+        The stacked weights are unbound once (not indexed per expert), so the backward pass
+        stacks E slice gradients into one buffer instead of allocating a full-size gradient per
+        expert (O(E * D * F), not O(E^2 * D * F)).
+        """
+        xs = x_ND.split(counts)
+        w1s, w2s = self.w1.unbind(0), self.w2.unbind(0)
+        if self.arch == "paper":
+            b1s, b2s = self.b1.unbind(0), self.b2.unbind(0)
+        else:
+            w3s = self.w3.unbind(0)
+        outs = []
+        for e, x_nD in enumerate(xs):
+            if x_nD.shape[0] == 0:
+                continue
+            if self.arch == "paper":
+                h_nF = F.gelu(torch.addmm(b1s[e], x_nD, w1s[e]))
+                h_nF = F.dropout(h_nF, self.activation_dropout, self.training)
+                outs.append(torch.addmm(b2s[e], h_nF, w2s[e]))
+            else:
+                h_nF = F.silu(x_nD @ w1s[e]) * (x_nD @ w3s[e])
+                h_nF = F.dropout(h_nF, self.activation_dropout, self.training)
+                outs.append(h_nF @ w2s[e])
+        if not outs:
+            return x_ND.new_zeros(0, self.w2.shape[2])
+        return torch.cat(outs, dim=0)
+
+
+@dataclass
+class MoeOutput:
+    y_BTD: torch.Tensor
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+    stats: MoeStats
+
+
+class MoeFFN(nn.Module):
+    """The MoE replacement of a block's FFN: ``gate`` (nn.Linear D -> E, no bias, weight (E, D))
+    and ``experts`` (:class:`Experts`). Capacity factor: ``cfg.capacity_factor`` in train mode,
+    ``cfg.eval_capacity_factor`` in eval mode (None = dropless)."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        if cfg.second_expert_policy != "all" and cfg.top_k != 2:
+            raise MoelabError(
+                f"model.second_expert_policy={cfg.second_expert_policy!r} needs top_k = 2 "
+                f"(got {cfg.top_k}); use 'all'"
+            )
+        self.layer = layer
+        self.n_experts = cfg.n_experts
+        self.top_k = cfg.top_k
+        self.policy = cfg.second_expert_policy
+        self.capacity_factor = cfg.capacity_factor
+        self.eval_capacity_factor = cfg.eval_capacity_factor
+        self.gate = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
+        self.experts = Experts(
+            cfg.n_experts, cfg.d_model, cfg.d_ffn, cfg.arch, cfg.activation_dropout
+        )
+        self.generator: torch.Generator | None = None  # set for reproducible policy sampling
+
+    def router_logits(self, x_SD: torch.Tensor) -> torch.Tensor:
+        # The router runs in float32 even under autocast (fairseq keeps wg in fp32): routing
+        # decisions are discontinuous and bf16 rounding flips near-ties.
+        with torch.autocast(device_type=x_SD.device.type, enabled=False):
+            return F.linear(x_SD.float(), self.gate.weight.float())
+
+    def forward(self, x_BTD: torch.Tensor) -> MoeOutput:
+        B, T, D = x_BTD.shape
+        x_SD = x_BTD.reshape(B * T, D)
+        cf = self.capacity_factor if self.training else self.eval_capacity_factor
+        capacity = expert_capacity(B * T, self.n_experts, self.top_k, cf)
+        routing = route(
+            self.router_logits(x_SD),
+            self.top_k,
+            capacity,
+            self.policy,
+            generator=self.generator,
+            training=self.training,
+        )
+        plan = plan_dispatch(routing)
+        y_ND = self.experts(x_SD[plan.token_N], plan.counts)
+        y_SD = combine(y_ND, plan, B * T)
+        return MoeOutput(
+            y_BTD=y_SD.view(B, T, D),
+            aux_loss=routing.aux_loss,
+            z_loss=routing.z_loss,
+            stats=routing.stats(self.layer),
+        )

@@ -1,0 +1,240 @@
+"""Decoder-only transformer LM: the paper's XGLM-style architecture and a modern variant.
+
+paper  (== transformers' XGLMForCausalLM): token embedding * sqrt(D) + fairseq sinusoidal
+       positions, pre-LayerNorm blocks, GELU FFN with biases, biases on q/k/v/out, final
+       LayerNorm, tied output projection without bias.
+modern (== LlamaForCausalLM with tied embeddings; MixtralForCausalLM for dropless top-2 MoE in
+       every layer): RMSNorm, SwiGLU, rotary positions, no biases, tied embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moelab.config import ModelConfig
+from moelab.model.attention import Attention
+from moelab.model.kv_cache import KVCache
+from moelab.model.moe import MoeFFN, MoeStats
+from moelab.model.positions import rotary_cos_sin, sinusoidal_offset, sinusoidal_table
+
+
+@dataclass
+class ModelOutput:
+    """``logits_BTV`` (B, 1, V when ``last_only``), ``hidden_BTD`` (after the final norm, only
+    when asked), ``aux_loss`` / ``z_loss`` (unweighted sums over MoE layers; zero for dense),
+    ``moe_stats`` (one :class:`MoeStats` per MoE layer, in layer order)."""
+
+    logits_BTV: torch.Tensor | None
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+    hidden_BTD: torch.Tensor | None = None
+    moe_stats: list[MoeStats] = field(default_factory=list)
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in float32 and cast back (Llama's order of operations)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.arch == "paper":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+    return RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+
+
+class FeedForward(nn.Module):
+    """Dense FFN. paper: ``fc1`` (D -> F, bias), GELU, ``fc2`` (F -> D, bias).
+    modern: ``w1`` (gate, D -> F), ``w3`` (up, D -> F), ``w2`` (down, F -> D), SwiGLU, no bias."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.arch = cfg.arch
+        self.activation_dropout = cfg.activation_dropout
+        D, Fd = cfg.d_model, cfg.d_ffn
+        if cfg.arch == "paper":
+            self.fc1 = nn.Linear(D, Fd)
+            self.fc2 = nn.Linear(Fd, D)
+        else:
+            self.w1 = nn.Linear(D, Fd, bias=False)
+            self.w3 = nn.Linear(D, Fd, bias=False)
+            self.w2 = nn.Linear(Fd, D, bias=False)
+
+    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
+        if self.arch == "paper":
+            h = F.gelu(self.fc1(x_BTD))
+            h = F.dropout(h, self.activation_dropout, self.training)
+            return self.fc2(h)
+        h = F.silu(self.w1(x_BTD)) * self.w3(x_BTD)
+        h = F.dropout(h, self.activation_dropout, self.training)
+        return self.w2(h)
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + drop(attn(attn_norm(x))), then x + drop(ffn(ffn_norm(x)))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, moe: bool):
+        super().__init__()
+        self.dropout = cfg.dropout
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(
+            cfg.d_model,
+            cfg.n_heads,
+            bias=cfg.arch == "paper",
+            attn_dropout=cfg.attn_dropout,
+            layer=layer,
+        )
+        self.ffn_norm = make_norm(cfg)
+        self.ffn: nn.Module = MoeFFN(cfg, layer) if moe else FeedForward(cfg)
+
+    def forward(self, x_BTD, rotary, kv_cache):
+        h = self.attn(self.attn_norm(x_BTD), rotary=rotary, kv_cache=kv_cache)
+        x_BTD = x_BTD + F.dropout(h, self.dropout, self.training)
+        ffn_in = self.ffn_norm(x_BTD)
+        moe_out = None
+        if isinstance(self.ffn, MoeFFN):
+            moe_out = self.ffn(ffn_in)
+            h = moe_out.y_BTD
+        else:
+            h = self.ffn(ffn_in)
+        return x_BTD + F.dropout(h, self.dropout, self.training), moe_out
+
+
+class LanguageModel(nn.Module):
+    """Parameters: ``embed.weight`` (V, D, tied with the output), ``layers.{i}.*`` (see
+    :class:`Block`), ``final_norm.*``. No position parameters."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        moe_ids = set(cfg.moe_layer_ids())
+        self.layers = nn.ModuleList(Block(cfg, i, i in moe_ids) for i in range(cfg.n_layers))
+        self.final_norm = make_norm(cfg)
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.arch == "paper" else 1.0
+        if cfg.arch == "paper":
+            self._pos_offset = sinusoidal_offset(cfg.padding_idx)
+            table = sinusoidal_table(
+                cfg.max_seq_len + self._pos_offset, cfg.d_model, cfg.padding_idx
+            )
+            self.register_buffer("pos_table", table, persistent=False)
+
+    # -- positions --------------------------------------------------------------------------
+
+    def _positions(self, start: int, T: int, device: torch.device) -> torch.Tensor:
+        return torch.arange(start, start + T, device=device)
+
+    def _sinusoidal(self, positions_T: torch.Tensor) -> torch.Tensor:
+        rows_T = positions_T + self._pos_offset
+        need = int(rows_T[-1]) + 1
+        if need > self.pos_table.shape[0]:
+            # Past max_seq_len (e.g. long generation): extend the table like XGLM does.
+            self.pos_table = sinusoidal_table(need, self.cfg.d_model, self.cfg.padding_idx).to(
+                self.pos_table.device
+            )
+        return self.pos_table[rows_T]
+
+    # -- forward ----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        tokens_BT: torch.Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        return_hidden: bool = False,
+        last_only: bool = False,
+        return_logits: bool = True,
+    ) -> ModelOutput:
+        """Logits for every position (or only the last with ``last_only``; none with
+        ``return_logits=False``). With ``kv_cache`` the tokens continue the cached sequence:
+        positions start at ``kv_cache.length`` and the cache is extended."""
+        B, T = tokens_BT.shape
+        device = tokens_BT.device
+        start = kv_cache.length if kv_cache is not None else 0
+        positions_T = self._positions(start, T, device)
+        x_BTD = self.embed(tokens_BT) * self.embed_scale
+        rotary = None
+        if self.cfg.arch == "paper":
+            x_BTD = x_BTD + self._sinusoidal(positions_T).to(x_BTD.dtype)
+        else:
+            rotary = rotary_cos_sin(
+                positions_T, self.cfg.d_model // self.cfg.n_heads, self.cfg.rope_theta
+            )
+        x_BTD = F.dropout(x_BTD, self.cfg.dropout, self.training)
+
+        aux_loss = x_BTD.new_zeros((), dtype=torch.float32)
+        z_loss = x_BTD.new_zeros((), dtype=torch.float32)
+        stats: list[MoeStats] = []
+        for block in self.layers:
+            x_BTD, moe_out = block(x_BTD, rotary, kv_cache)
+            if moe_out is not None:
+                aux_loss = aux_loss + moe_out.aux_loss
+                z_loss = z_loss + moe_out.z_loss
+                stats.append(moe_out.stats)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+
+        h_BTD = self.final_norm(x_BTD)
+        if last_only:
+            h_BTD = h_BTD[:, -1:]
+        logits = F.linear(h_BTD, self.embed.weight) if return_logits else None
+        return ModelOutput(
+            logits_BTV=logits,
+            aux_loss=aux_loss,
+            z_loss=z_loss,
+            hidden_BTD=h_BTD if return_hidden else None,
+            moe_stats=stats,
+        )
+
+
+def init_weights(model: LanguageModel, generator: torch.Generator | None = None) -> None:
+    """Normal(0, init_std) for projections, router and experts' input weights; residual output
+    projections (attn out_proj, FFN fc2/w2, experts' w2) use init_std / sqrt(2 * n_layers)
+    (GPT-2 style) so the residual stream's variance does not grow with depth; biases zero,
+    norms one. Embedding: normal(0, D^-0.5) in the paper arch (fairseq; scaled by sqrt(D) this
+    gives unit-variance inputs), normal(0, init_std) in the modern arch. Nothing starts tiny,
+    which keeps fp32 on CPU clear of denormal slowdowns."""
+    cfg = model.cfg
+    std = cfg.init_std
+    out_std = std / math.sqrt(2 * cfg.n_layers)
+    out_names = ("out_proj", "fc2", "w2")
+
+    def normal_(t: torch.Tensor, s: float) -> None:
+        nn.init.normal_(t, 0.0, s, generator=generator)
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 2)
+            if name == "embed.weight":
+                normal_(p, cfg.d_model**-0.5 if cfg.arch == "paper" else std)
+            elif "norm" in name:
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif name.endswith("bias") or name.endswith(".b1") or name.endswith(".b2"):
+                p.zero_()
+            elif any(part in out_names for part in leaf[-2:]):
+                normal_(p, out_std)
+            else:
+                normal_(p, std)
+
+
+def build_model(cfg: ModelConfig, seed: int | None = None) -> LanguageModel:
+    """Build and initialise a model (``seed`` fixes the initialisation; None uses torch's
+    global RNG)."""
+    cfg.validate()
+    model = LanguageModel(cfg)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    init_weights(model, generator)
+    return model
