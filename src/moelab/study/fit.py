@@ -1,0 +1,480 @@
+"""Quality against training compute: power-law fits, monotone fits and the speedup factor.
+
+Inputs are :class:`EvalPoint` s, one per evaluation of one run: ``(run, compute, value)`` with
+``compute`` the training FLOPs spent so far and ``value`` a loss (lower is better) or an accuracy
+(higher is better). Outputs are plain dataclasses; plotting lives in the report.
+
+* Loss: per family, ``L(C) = E + A * C**-alpha`` fitted on the compute-efficient frontier (the
+  lower envelope of every evaluation point of the family's runs), with a Huber loss on
+  ``log L`` from several starting points, in log-compute space. Parameter uncertainty comes from
+  a bootstrap over *runs*: points of one run are correlated, so resampling them would understate
+  the spread.
+* Accuracy: a power law does not suit a bounded, noisy score, so an increasing isotonic fit in
+  log compute (pool-adjacent-violators, interpolated linearly between the pooled blocks).
+* Speedup at quality ``t``: ``c_dense(t) / c_moe(t)``, with ``c_dense`` the inverted dense fit and
+  ``c_moe`` the compute at which the MoE *measured* ``t`` (interpolated along its frontier).
+  Valid only above the dense fit's irreducible loss and inside the measured dense compute range;
+  anything else is flagged as extrapolated. Accuracies inside the chance interval give none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from moelab.errors import MoelabError
+
+MODES = ("envelope", "final", "all")
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """One evaluation: ``run`` (the unit the bootstrap resamples), training FLOPs so far, and the
+    measured value (a loss, or an accuracy in [0, 1])."""
+
+    run: str
+    compute: float
+    value: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Which points a fit sees
+
+
+def select_points(
+    points: Iterable[EvalPoint],
+    mode: str = "envelope",
+    *,
+    higher_is_better: bool = False,
+    min_run_fraction: float = 0.0,
+) -> list[EvalPoint]:
+    """The points a fit uses, sorted by compute.
+
+    ``mode``: ``"envelope"`` keeps the compute-efficient frontier: every point that is strictly
+    better than all points at lower or equal compute, over all runs (lower envelope of a loss,
+    upper envelope of an accuracy). ``"final"`` keeps each run's last (highest-compute) point.
+    ``"all"`` keeps everything. ``min_run_fraction`` first drops each run's points below that
+    fraction of the run's final compute (early-training points that no power law describes).
+    """
+    if mode not in MODES:
+        raise MoelabError(f"fit mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+    pts = [p for p in points]
+    for p in pts:
+        if not (math.isfinite(p.compute) and p.compute > 0 and math.isfinite(p.value)):
+            raise MoelabError(
+                f"run {p.run!r}: evaluation point needs a positive compute and a finite value, "
+                f"got compute={p.compute}, value={p.value}"
+            )
+    if min_run_fraction > 0:
+        last = {}
+        for p in pts:
+            last[p.run] = max(last.get(p.run, 0.0), p.compute)
+        pts = [p for p in pts if p.compute >= min_run_fraction * last[p.run]]
+    sign = -1.0 if higher_is_better else 1.0  # compare as "lower is better"
+    pts.sort(key=lambda p: (p.compute, sign * p.value))
+    if mode == "all":
+        return pts
+    if mode == "final":
+        final: dict[str, EvalPoint] = {}
+        for p in pts:  # sorted by compute: the last one seen per run wins
+            final[p.run] = p
+        return sorted(final.values(), key=lambda p: (p.compute, sign * p.value))
+    frontier: list[EvalPoint] = []
+    best = math.inf
+    for p in pts:
+        if sign * p.value < best:
+            frontier.append(p)
+            best = sign * p.value
+    return frontier
+
+
+# ---------------------------------------------------------------------------------------------
+# Power law with an irreducible term
+
+
+@dataclass
+class PowerLawFit:
+    """``L(C) = E + A * C**-alpha`` (C in FLOPs). ``log_A`` is kept because ``A`` itself can be
+    huge; ``predict`` and ``compute_at`` use it."""
+
+    E: float
+    A: float
+    alpha: float
+    log_A: float
+    points: list[EvalPoint]  # the points fitted (after selection), sorted by compute
+    residuals: list[float]  # log(observed) - log(fitted), one per point
+    rms_residual: float
+    n_runs: int
+    compute_range: tuple[float, float]  # measured compute covered by the fitted points
+    mode: str
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap, by name
+    n_bootstrap: int = 0  # resamples that gave a fit
+    bootstrap_params: list[tuple[float, float, float]] = field(
+        default_factory=list
+    )  # (E, A, alpha)
+    higher_is_better: bool = False
+
+    def predict(self, compute: float | np.ndarray) -> float | np.ndarray:
+        c = np.asarray(compute, dtype=float)
+        out = self.E + np.exp(self.log_A - self.alpha * np.log(c))
+        return float(out) if out.ndim == 0 else out
+
+    def compute_at(self, value: float) -> float | None:
+        """Compute the fit needs to reach loss ``value``; ``None`` at or below ``E``."""
+        if not value > self.E:
+            return None
+        return math.exp((self.log_A - math.log(value - self.E)) / self.alpha)
+
+
+def _fit_once(
+    x: np.ndarray, log_y: np.ndarray, y_min: float, huber_delta: float, starts: list[np.ndarray]
+) -> tuple[np.ndarray, float] | None:
+    """Best (E, log_a, alpha) over ``starts`` for log y = log(E + exp(log_a - alpha x))."""
+
+    def residual(theta: np.ndarray) -> np.ndarray:
+        e, log_a, alpha = theta
+        return log_y - np.logaddexp(math.log(e) if e > 0 else -np.inf, log_a - alpha * x)
+
+    def jacobian(theta: np.ndarray) -> np.ndarray:
+        e, log_a, alpha = theta
+        u = log_a - alpha * x
+        pred = e + np.exp(u)
+        share = np.exp(u) / pred  # d log(pred) / d u
+        return np.stack([-1.0 / pred, -share, x * share], axis=1)
+
+    lower = [0.0, -np.inf, 1e-4]
+    upper = [y_min, np.inf, 10.0]
+    best: tuple[np.ndarray, float] | None = None
+    for theta0 in starts:
+        theta0 = np.clip(theta0, [0.0, -1e6, 1e-4], [y_min * (1 - 1e-9), 1e6, 10.0])
+        try:
+            res = least_squares(
+                residual,
+                theta0,
+                jac=jacobian,
+                bounds=(lower, upper),
+                loss="huber",
+                f_scale=huber_delta,
+                method="trf",
+            )
+        except (ValueError, FloatingPointError):
+            continue
+        if not np.all(np.isfinite(res.x)):
+            continue
+        if best is None or res.cost < best[1]:
+            best = (res.x, float(res.cost))
+    return best
+
+
+def _starts(x: np.ndarray, y: np.ndarray, quick: bool = False) -> list[np.ndarray]:
+    """Starting points: for several guesses of E, a straight line through log(y - E) vs x, and
+    two fixed slopes through the mean. ``quick``: only the straight lines for two guesses."""
+    y_min = float(y.min())
+    starts = []
+    for frac in (0.0, 0.7) if quick else (0.0, 0.3, 0.6, 0.85, 0.95):
+        e0 = frac * y_min
+        z = np.log(y - e0 * (1 - 1e-6))
+        slope, intercept = np.polyfit(x, z, 1)
+        if -slope > 0:
+            starts.append(np.array([e0, intercept, -slope]))
+        if quick:
+            continue
+        for alpha0 in (0.1, 0.5):
+            starts.append(np.array([e0, float(np.mean(z + alpha0 * x)), alpha0]))
+    return starts
+
+
+def _fit_selected(
+    pts: Sequence[EvalPoint], huber_delta: float, extra_starts: list[np.ndarray] | None = None
+) -> tuple[float, float, float] | None:
+    """(E, log_A, alpha) for already selected points, or None when they cannot pin three
+    parameters down."""
+    compute = np.array([p.compute for p in pts], dtype=float)
+    y = np.array([p.value for p in pts], dtype=float)
+    if len(pts) < 3 or len(np.unique(compute)) < 2 or np.any(y <= 0):
+        return None
+    log_c = np.log(compute)
+    log_c_ref = float(log_c.mean())  # conditioning: x is centred, O(1)
+    x = log_c - log_c_ref
+    # With a warm start (bootstrap resamples) a few extra starts suffice.
+    starts = _starts(x, y, quick=bool(extra_starts))
+    if extra_starts:
+        # starts given in (E, log_A, alpha); convert log_A to the centred log_a
+        starts = [np.array([s[0], s[1] - s[2] * log_c_ref, s[2]]) for s in extra_starts] + starts
+    best = _fit_once(x, np.log(y), float(y.min()), huber_delta, starts)
+    if best is None:
+        return None
+    e, log_a, alpha = (float(v) for v in best[0])
+    return e, log_a + alpha * log_c_ref, alpha
+
+
+def fit_power_law(
+    points: Iterable[EvalPoint],
+    *,
+    mode: str = "envelope",
+    min_run_fraction: float = 0.0,
+    huber_delta: float = 1e-2,
+    n_bootstrap: int = 200,
+    ci: float = 0.95,
+    seed: int = 0,
+) -> PowerLawFit:
+    """Fit ``L(C) = E + A * C**-alpha`` to one family's loss points (see :func:`select_points`
+    for ``mode`` and ``min_run_fraction``).
+
+    The objective is a Huber loss (``huber_delta`` in units of log loss, so 0.01 is 1%) on
+    ``log L``, minimised from several starting points in centred log-compute space. With at
+    least three runs, ``n_bootstrap`` resamples of the runs (with replacement; the frontier is
+    rebuilt from each resample) give percentile intervals at level ``ci`` for E, A and alpha.
+    """
+    all_points = list(points)
+    pts = select_points(all_points, mode, min_run_fraction=min_run_fraction)
+    runs = sorted({p.run for p in all_points})
+    fitted = _fit_selected(pts, huber_delta)
+    if fitted is None:
+        raise MoelabError(
+            f"a power-law fit needs at least 3 positive points at 2 or more compute values; "
+            f"the {mode!r} selection has {len(pts)} from {len(runs)} run(s): add runs or budgets"
+        )
+    e, log_a, alpha = fitted
+    compute = np.array([p.compute for p in pts])
+    y = np.array([p.value for p in pts])
+    pred = e + np.exp(log_a - alpha * np.log(compute))
+    resid = np.log(y) - np.log(pred)
+    fit = PowerLawFit(
+        E=e,
+        A=_safe_exp(log_a),
+        alpha=alpha,
+        log_A=log_a,
+        points=pts,
+        residuals=[float(r) for r in resid],
+        rms_residual=float(np.sqrt(np.mean(resid**2))),
+        n_runs=len({p.run for p in pts}),
+        compute_range=(float(compute.min()), float(compute.max())),
+        mode=mode,
+    )
+    if n_bootstrap > 0 and len(runs) >= 3:
+        _bootstrap(
+            fit, all_points, runs, mode, min_run_fraction, huber_delta, n_bootstrap, ci, seed
+        )
+    return fit
+
+
+def _safe_exp(v: float) -> float:
+    return math.exp(v) if v < 709 else math.inf
+
+
+def _bootstrap(
+    fit: PowerLawFit,
+    all_points: list[EvalPoint],
+    runs: list[str],
+    mode: str,
+    min_run_fraction: float,
+    huber_delta: float,
+    n_bootstrap: int,
+    ci: float,
+    seed: int,
+) -> None:
+    by_run: dict[str, list[EvalPoint]] = {r: [] for r in runs}
+    for p in all_points:
+        by_run[p.run].append(p)
+    rng = np.random.default_rng(seed)
+    warm = [np.array([fit.E, fit.log_A, fit.alpha])]
+    samples = []
+    for _ in range(n_bootstrap):
+        chosen = rng.integers(0, len(runs), size=len(runs))
+        resample = [p for i in chosen for p in by_run[runs[i]]]
+        pts = select_points(resample, mode, min_run_fraction=min_run_fraction)
+        # Few starts: the full-data optimum is close to every resample's optimum.
+        got = _fit_selected(pts, huber_delta, extra_starts=warm)
+        if got is not None:
+            samples.append(got)
+    if not samples:
+        return
+    arr = np.array(samples)  # (n, 3): E, log_A, alpha
+    lo_q, hi_q = 50 * (1 - ci), 50 * (1 + ci)
+    e_lo, e_hi = np.percentile(arr[:, 0], [lo_q, hi_q])
+    la_lo, la_hi = np.percentile(arr[:, 1], [lo_q, hi_q])
+    al_lo, al_hi = np.percentile(arr[:, 2], [lo_q, hi_q])
+    fit.intervals = {
+        "E": (float(e_lo), float(e_hi)),
+        "A": (_safe_exp(la_lo), _safe_exp(la_hi)),
+        "log_A": (float(la_lo), float(la_hi)),
+        "alpha": (float(al_lo), float(al_hi)),
+    }
+    fit.n_bootstrap = len(samples)
+    fit.bootstrap_params = [(float(e), _safe_exp(la), float(al)) for e, la, al in arr]
+
+
+# ---------------------------------------------------------------------------------------------
+# Monotone curves: accuracy fits, and a family's measured frontier
+
+
+@dataclass
+class MonotoneFit:
+    """A monotone curve of value against log compute, linear between knots; strictly increasing
+    in value when ``higher_is_better``, strictly decreasing otherwise. No extrapolation."""
+
+    knots_compute: list[float]  # strictly increasing
+    knots_value: list[float]  # strictly monotone
+    higher_is_better: bool
+    points: list[EvalPoint]
+    residuals: list[float]  # observed - predict(compute), one per point
+    compute_range: tuple[float, float]
+    mode: str
+
+    def predict(self, compute: float) -> float | None:
+        """Fitted value at ``compute``: linear in log compute between knots, flat from the end
+        knots to the ends of the measured range; ``None`` outside the measured range."""
+        lo, hi = self.compute_range
+        if not lo * (1 - 1e-12) <= compute <= hi * (1 + 1e-12):
+            return None
+        return float(np.interp(math.log(compute), np.log(self.knots_compute), self.knots_value))
+
+    def compute_at(self, value: float) -> float | None:
+        """Compute at which the curve reaches ``value``; ``None`` outside its value range."""
+        v = np.asarray(self.knots_value)
+        log_c = np.log(self.knots_compute)
+        if not self.higher_is_better:  # np.interp needs increasing x: flip the sign
+            v, value = -v, -value
+        if len(v) == 1:
+            return float(self.knots_compute[0]) if math.isclose(value, v[0]) else None
+        if not v[0] <= value <= v[-1]:
+            return None
+        return float(math.exp(np.interp(value, v, log_c)))
+
+
+def fit_monotone(
+    points: Iterable[EvalPoint],
+    *,
+    higher_is_better: bool = True,
+    mode: str = "all",
+    min_run_fraction: float = 0.0,
+) -> MonotoneFit:
+    """Isotonic regression of value on log compute (pool-adjacent-violators), for accuracies
+    (``mode="all"`` averages the noise) or for a family's measured loss frontier
+    (``higher_is_better=False, mode="envelope"``, where it keeps every frontier point)."""
+    pts = select_points(
+        points, mode, higher_is_better=higher_is_better, min_run_fraction=min_run_fraction
+    )
+    if not pts:
+        raise MoelabError("a monotone fit needs at least one evaluation point")
+    sign = 1.0 if higher_is_better else -1.0  # fit an increasing curve of sign * value
+    # Pool equal computes first, so blocks have distinct positions. Each block holds
+    # [sum of sign * value, weight, sum of log compute].
+    blocks: list[list[float]] = []
+    for p in pts:
+        lc = math.log(p.compute)
+        if blocks and math.isclose(blocks[-1][2] / blocks[-1][1], lc, abs_tol=1e-12):
+            blocks[-1][0] += sign * p.value
+            blocks[-1][1] += 1
+            blocks[-1][2] += lc
+        else:
+            blocks.append([sign * p.value, 1.0, lc])
+        # pool while the last block is not above the one before (>= makes values strict)
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            s, w, c = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += w
+            blocks[-1][2] += c
+    knots_c = [math.exp(c / w) for _, w, c in blocks]
+    knots_v = [sign * s / w for s, w, _ in blocks]
+    fit = MonotoneFit(
+        knots_compute=knots_c,
+        knots_value=knots_v,
+        higher_is_better=higher_is_better,
+        points=pts,
+        residuals=[],
+        compute_range=(pts[0].compute, pts[-1].compute),
+        mode=mode,
+    )
+    fit.residuals = [p.value - fit.predict(p.compute) for p in pts]
+    return fit
+
+
+# ---------------------------------------------------------------------------------------------
+# Speedup factor
+
+
+@dataclass(frozen=True)
+class SpeedupPoint:
+    """Speedup at one quality level. ``speedup`` is None where it cannot be measured (``note``
+    says why); ``extrapolated`` marks values that leave the measured dense range or rest on a
+    quality the fit cannot reach."""
+
+    quality: float
+    c_dense: float | None
+    c_moe: float | None
+    speedup: float | None
+    extrapolated: bool
+    note: str = ""
+
+
+def chance_interval(chance: float, n_items: int, z: float = 1.96) -> tuple[float, float]:
+    """Accuracy interval a chance-level guesser lands in: ``chance +- z * sqrt(p(1-p)/n)``."""
+    if n_items < 1:
+        raise MoelabError(f"chance interval needs n_items >= 1, got {n_items}")
+    half = z * math.sqrt(chance * (1 - chance) / n_items)
+    return chance - half, chance + half
+
+
+def mean_chance_interval(
+    chances: Sequence[float], n_items: Sequence[int], z: float = 1.96
+) -> tuple[float, float]:
+    """Chance interval of a mean accuracy over tasks (task ``i``: chance ``chances[i]`` on
+    ``n_items[i]`` items), with the tasks' binomial variances combined."""
+    if not chances or len(chances) != len(n_items) or min(n_items) < 1:
+        raise MoelabError("mean chance interval needs one positive item count per task")
+    t = len(chances)
+    mean = sum(chances) / t
+    var = sum(p * (1 - p) / n for p, n in zip(chances, n_items)) / t**2
+    half = z * math.sqrt(var)
+    return mean - half, mean + half
+
+
+def speedup_at(
+    dense: PowerLawFit | MonotoneFit,
+    moe: MonotoneFit,
+    quality: float,
+    *,
+    chance: tuple[float, float] | None = None,
+) -> SpeedupPoint:
+    """``c_dense(quality) / c_moe(quality)``: the dense family's fitted curve inverted, over the
+    compute at which the MoE family measured that quality (``moe`` from :func:`fit_monotone`).
+    For accuracies, pass ``chance`` (from :func:`chance_interval`): qualities at or below its top
+    give no speedup."""
+    if dense.higher_is_better != moe.higher_is_better:
+        raise MoelabError("speedup: the dense and MoE curves measure different kinds of quality")
+    if chance is not None and moe.higher_is_better and quality <= chance[1]:
+        return SpeedupPoint(quality, None, None, None, False, "within the chance interval")
+    c_moe = moe.compute_at(quality)
+    c_dense = dense.compute_at(quality)
+    if c_dense is None:
+        why = (
+            "at or below the dense fit's irreducible loss"
+            if isinstance(dense, PowerLawFit)
+            else "outside the dense family's measured range"
+        )
+        return SpeedupPoint(quality, None, c_moe, None, True, why)
+    if c_moe is None:
+        return SpeedupPoint(quality, c_dense, None, None, True, "outside the MoE's measured range")
+    lo, hi = dense.compute_range
+    inside = lo * (1 - 1e-9) <= c_dense <= hi * (1 + 1e-9)
+    note = "" if inside else "outside the measured dense compute range"
+    return SpeedupPoint(quality, c_dense, c_moe, c_dense / c_moe, not inside, note)
+
+
+def speedup_curve(
+    dense: PowerLawFit | MonotoneFit,
+    moe: MonotoneFit,
+    qualities: Iterable[float] | None = None,
+    *,
+    chance: tuple[float, float] | None = None,
+) -> list[SpeedupPoint]:
+    """Speedup as a function of compute: at each of the MoE's measured knots (default) or at the
+    given quality levels. Plot ``speedup`` against ``c_dense`` (the paper's x axis)."""
+    levels = list(moe.knots_value if qualities is None else qualities)
+    return [speedup_at(dense, moe, q, chance=chance) for q in levels]
