@@ -16,6 +16,7 @@ from moelab.study.fit import (
     mean_chance_interval,
     select_points,
     speedup_at,
+    speedup_at_compute,
     speedup_curve,
 )
 
@@ -151,6 +152,9 @@ def test_speedup_flags_extrapolation():
     assert far.speedup == pytest.approx(4.0, rel=1e-3)  # still computed, but flagged
     near = speedup_at(dense, moe, float(true_loss(4e12)))
     assert not near.extrapolated and near.note == "" and near.speedup == pytest.approx(4, rel=1e-3)
+    by_compute = speedup_at_compute(dense, moe, 1e13)
+    assert by_compute.c_dense == pytest.approx(1e13, rel=1e-6)
+    assert by_compute.speedup == pytest.approx(4.0, rel=1e-3) and not by_compute.extrapolated
     unmeasured = speedup_at(dense, moe, 10.0)  # worse than any MoE evaluation
     assert unmeasured.speedup is None and unmeasured.extrapolated and "MoE" in unmeasured.note
 

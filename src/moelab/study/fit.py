@@ -478,3 +478,18 @@ def speedup_curve(
     given quality levels. Plot ``speedup`` against ``c_dense`` (the paper's x axis)."""
     levels = list(moe.knots_value if qualities is None else qualities)
     return [speedup_at(dense, moe, q, chance=chance) for q in levels]
+
+
+def speedup_at_compute(
+    dense: PowerLawFit | MonotoneFit,
+    moe: MonotoneFit,
+    dense_compute: float,
+    *,
+    chance: tuple[float, float] | None = None,
+) -> SpeedupPoint | None:
+    """Speedup at the quality the dense fit reaches with ``dense_compute`` FLOPs (the paper's x
+    axis); ``None`` where the dense fit has no value there."""
+    quality = dense.predict(dense_compute)
+    if quality is None:
+        return None
+    return speedup_at(dense, moe, float(quality), chance=chance)
