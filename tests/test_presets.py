@@ -26,6 +26,11 @@ def test_get_preset_returns_a_fresh_copy():
     assert PRESETS["dense-cpu-2m"].n_layers == 6
 
 
+def test_names_are_case_insensitive():
+    assert get_preset("MoE-15B").name == "moe-15b"
+    assert compute_partner("MOE-1.1T") == "dense-6.7b"
+
+
 def test_unknown_preset_names_close_matches():
     with pytest.raises(MoelabError, match="dense-125m"):
         get_preset("dense-125")

@@ -143,16 +143,20 @@ def _unknown(name: str) -> MoelabError:
     return MoelabError(f"unknown preset {name!r}; {hint}")
 
 
+def _canonical(name: str) -> str:
+    if name in _PRESETS:
+        return name
+    if isinstance(name, str) and name.lower() in _PRESETS:
+        return name.lower()
+    raise _unknown(str(name))
+
+
 def get_preset(name: str) -> ModelConfig:
-    """A fresh copy of the named preset's ``ModelConfig``."""
-    if name not in _PRESETS:
-        raise _unknown(name)
-    return dataclasses.replace(_PRESETS[name])
+    """A fresh copy of the named preset's ``ModelConfig`` (names are case-insensitive)."""
+    return dataclasses.replace(_PRESETS[_canonical(name)])
 
 
 def compute_partner(name: str) -> str | None:
     """The other half of a compute pair: an MoE preset's dense partner (same width and depth), or
     the MoE preset a dense one is the partner of. ``None`` for a dense model without an MoE."""
-    if name not in _PRESETS:
-        raise _unknown(name)
-    return _PARTNER.get(name)
+    return _PARTNER.get(_canonical(name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from moelab.errors import MoelabError
 from moelab.flops import count_params, palm_flops_per_token, train_flops_per_token
 from moelab.presets import PRESETS, compute_partner, get_preset
 
@@ -69,8 +70,6 @@ def _gflops(x: float) -> str:
 
 def run(args) -> int:
     if args.seq_len is not None and args.seq_len < 1:
-        from moelab.errors import MoelabError
-
         raise MoelabError(f"--seq-len must be >= 1, got {args.seq_len}")
     rows = preset_rows(args.names, args.seq_len)
     if args.json:
