@@ -1,0 +1,245 @@
+"""The prepared folder on disk: writing token shards, and :class:`PreparedData` to read them.
+
+Layout of a prepared folder::
+
+    manifest.json                      what is here and how it was made (see docs/data.md)
+    tokenizer.json                     the tokenizer every later step loads
+    <domain>.<split>.tokens.bin        token ids, uint16 if the vocabulary fits, else uint32
+    <domain>.<split>.offsets.bin       int64, n_docs + 1 entries: document i is
+                                       tokens[offsets[i]:offsets[i+1]] and ends with <|endoftext|>
+
+Training domains have splits ``train`` and ``val``; held-out domains only ``val``.
+The whole folder is built under a temporary name and renamed when complete, so a folder named
+like the output is never half-written. On open, every file's size is checked against the manifest
+(cheap, always) and, with ``verify=True`` (the default), its SHA-256 too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from moelab.data.tokenizer import load_tokenizer, special_ids
+from moelab.errors import MoelabError
+
+FORMAT = "moelab-prepared-data"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val")
+OFFSET_DTYPE = np.dtype(np.int64)
+
+
+def shard_names(domain: str, split: str) -> tuple[str, str]:
+    return f"{domain}.{split}.tokens.bin", f"{domain}.{split}.offsets.bin"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_split(
+    folder: Path,
+    domain: str,
+    split: str,
+    docs_ids: Sequence[np.ndarray],
+    eot_id: int,
+    dtype: np.dtype,
+) -> dict[str, Any]:
+    """Write one split's tokens (each document followed by ``eot_id``) and offsets; returns its
+    manifest record. ``folder`` is the temporary output folder, renamed as a whole later."""
+    tokens_name, offsets_name = shard_names(domain, split)
+    eot = np.asarray([eot_id], dtype=dtype)
+    offsets = np.zeros(len(docs_ids) + 1, dtype=OFFSET_DTYPE)
+    h = hashlib.sha256()
+    with open(folder / tokens_name, "wb") as f:
+        for i, ids in enumerate(docs_ids):
+            for part in (ids.astype(dtype, copy=False), eot):
+                data = part.tobytes()
+                f.write(data)
+                h.update(data)
+            offsets[i + 1] = offsets[i] + len(ids) + 1
+    (folder / offsets_name).write_bytes(offsets.tobytes())
+    n_tokens = int(offsets[-1])
+    return {
+        "tokens": n_tokens,
+        "documents": len(docs_ids),
+        "files": {
+            "tokens": {
+                "name": tokens_name,
+                "bytes": n_tokens * dtype.itemsize,
+                "sha256": h.hexdigest(),
+            },
+            "offsets": {
+                "name": offsets_name,
+                "bytes": offsets.nbytes,
+                "sha256": hashlib.sha256(offsets.tobytes()).hexdigest(),
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        raise MoelabError(
+            f"{path} is not a prepared data folder (no manifest.json); make one with moelab prepare"
+        )
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise MoelabError(f"{mpath} is corrupt ({e}); delete {path} and prepare again") from None
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise MoelabError(
+            f"{mpath} is not moelab prepared data version {FORMAT_VERSION}; prepare it again"
+        )
+    return manifest
+
+
+def _check_file(path: Path, record: dict[str, Any], full: bool) -> None:
+    target = path / record["name"]
+    if not target.is_file():
+        raise MoelabError(f"{target} is missing; delete {path} and run moelab prepare again")
+    size = target.stat().st_size
+    if size != record["bytes"]:
+        raise MoelabError(
+            f"{target} has {size} bytes, the manifest says {record['bytes']} (truncated or "
+            f"altered); delete {path} and run moelab prepare again"
+        )
+    if full and sha256_file(target) != record["sha256"]:
+        raise MoelabError(
+            f"{target} does not match its checksum in the manifest (altered or corrupt); "
+            f"delete {path} and run moelab prepare again"
+        )
+
+
+def verify_folder(path: Path, manifest: dict[str, Any], full: bool) -> None:
+    """Sizes always; SHA-256 of every shard too when ``full``. The tokenizer is always hashed
+    (it is small and a silently different tokenizer would make every number meaningless)."""
+    _check_file(path, manifest["tokenizer"]["file"], full=True)
+    for domain in manifest["domains"].values():
+        for split in domain["splits"].values():
+            for record in split["files"].values():
+                _check_file(path, record, full)
+
+
+class PreparedData:
+    """A prepared folder, opened for reading. See the module docstring for the layout."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], tokenizer: Tokenizer):
+        self.path = path
+        self.manifest = manifest
+        self.tokenizer = tokenizer
+        self.eot_id: int = manifest["tokenizer"]["eot_id"]
+        self.pad_id: int = manifest["tokenizer"]["pad_id"]
+        self.vocab_size: int = manifest["tokenizer"]["vocab_size"]
+        self.dtype = np.dtype(manifest["dtype"])
+        self._memmaps: dict[tuple[str, str], np.ndarray] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, verify: bool = True) -> PreparedData:
+        """Open a folder written by :func:`moelab.data.prepare`. Every file's size is checked;
+        with ``verify`` (default) every shard's SHA-256 as well (~1 s per GB)."""
+        path = Path(path)
+        if not path.is_dir():
+            raise MoelabError(f"prepared data folder {path} does not exist; run moelab prepare")
+        manifest = read_manifest(path)
+        verify_folder(path, manifest, full=verify)
+        tok = load_tokenizer(path / manifest["tokenizer"]["file"]["name"])
+        if special_ids(tok, str(path / "tokenizer.json")) != (
+            manifest["tokenizer"]["eot_id"],
+            manifest["tokenizer"]["pad_id"],
+        ):
+            raise MoelabError(f"{path}: tokenizer special ids disagree with the manifest")
+        return cls(path, manifest, tok)
+
+    # -- what is here -----------------------------------------------------------------------
+    @cached_property
+    def domains(self) -> list[str]:
+        return list(self.manifest["domains"])
+
+    @cached_property
+    def train_domains(self) -> list[str]:
+        return [d for d, v in self.manifest["domains"].items() if v["role"] == "train"]
+
+    @cached_property
+    def heldout_domains(self) -> list[str]:
+        return [d for d, v in self.manifest["domains"].items() if v["role"] == "heldout"]
+
+    def splits(self, domain: str) -> list[str]:
+        return list(self._domain(domain)["splits"])
+
+    def num_tokens(self, domain: str, split: str) -> int:
+        return int(self._split(domain, split)["tokens"])
+
+    def num_docs(self, domain: str, split: str) -> int:
+        return int(self._split(domain, split)["documents"])
+
+    def _domain(self, domain: str) -> dict[str, Any]:
+        try:
+            return self.manifest["domains"][domain]
+        except KeyError:
+            raise MoelabError(
+                f"no domain {domain!r} in {self.path}; domains: {', '.join(self.domains)}"
+            ) from None
+
+    def _split(self, domain: str, split: str) -> dict[str, Any]:
+        splits = self._domain(domain)["splits"]
+        if split not in splits:
+            kind = "held-out " if self._domain(domain)["role"] == "heldout" else ""
+            raise MoelabError(
+                f"{kind}domain {domain!r} has no {split!r} split (it has: {', '.join(splits)})"
+            )
+        return splits[split]
+
+    # -- arrays -----------------------------------------------------------------------------
+    def tokens(self, domain: str, split: str) -> np.ndarray:
+        """Read-only memory map of one split's token ids (documents separated by eot_id)."""
+        key = (domain, split)
+        if key not in self._memmaps:
+            rec = self._split(domain, split)
+            name = rec["files"]["tokens"]["name"]
+            if rec["tokens"] == 0:
+                self._memmaps[key] = np.zeros(0, dtype=self.dtype)
+            else:
+                self._memmaps[key] = np.memmap(self.path / name, dtype=self.dtype, mode="r")
+        return self._memmaps[key]
+
+    def doc_offsets(self, domain: str, split: str) -> np.ndarray:
+        """int64 array of n_docs + 1 start positions; document i (with its trailing eot_id) is
+        ``tokens[off[i]:off[i + 1]]``."""
+        rec = self._split(domain, split)
+        offsets = np.fromfile(self.path / rec["files"]["offsets"]["name"], dtype=OFFSET_DTYPE)
+        if (
+            len(offsets) != rec["documents"] + 1
+            or offsets[0] != 0
+            or offsets[-1] != rec["tokens"]
+            or np.any(np.diff(offsets) < 1)
+        ):
+            raise MoelabError(f"{self.path}: offsets of {domain}/{split} are inconsistent")
+        return offsets
+
+    # -- text -------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no end-of-document token added)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        """Text of ``ids``; special tokens are shown as their strings (e.g. <|endoftext|>)."""
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def __repr__(self) -> str:
+        return f"PreparedData({str(self.path)!r}, domains={self.domains})"

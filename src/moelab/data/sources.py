@@ -1,0 +1,382 @@
+"""Text sources: parse ``DOMAIN=LOCATION[:key=value...]`` specs and read them into documents.
+
+What counts as one document (each is followed by an end-of-document token in the shards):
+
+- plain text, ``docs=file`` (default): one file, cut at paragraph (then line) boundaries into pieces
+  of at most ``max_doc_bytes`` UTF-8 bytes, so that one long book still splits into train/val and
+  no sampled window straddles a whole corpus. The pieces concatenate back to the file's text.
+- plain text, ``docs=blank``: each block of non-blank lines (whitespace-only lines separate blocks),
+  e.g. one article per block in Reuters; over-long blocks are cut like files.
+- plain text, ``docs=line``: each non-blank line.
+- JSONL: each row's ``field`` (default ``text``; dotted names reach into nested objects).
+- Hugging Face ``datasets``: each row's ``field`` of the chosen split.
+
+Documents that are empty or whitespace-only are skipped. Line endings are normalised to ``\\n``
+(text is read with universal newlines); a UTF-8 byte-order mark is dropped.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import glob
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import re
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from moelab.errors import MoelabError
+
+DOMAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+DOC_MODES = ("file", "blank", "line")
+FILE_OPTIONS = ("encoding", "format", "docs", "field")
+HF_OPTIONS = ("config", "split", "field")
+SPEC_SYNTAX = (
+    "DOMAIN=PATH_OR_GLOB[:encoding=latin-1][:docs=file|blank|line][:format=text|jsonl]"
+    "[:field=text]  or  DOMAIN=hf:NAME[:config=C][:split=train][:field=text]"
+)
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One ``--source``/``--heldout`` argument, parsed; ``options`` are the ``:key=value`` parts."""
+
+    domain: str
+    location: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_hf(self) -> bool:
+        return self.location.startswith("hf:")
+
+    def option(self, key: str, default: str | None = None) -> str | None:
+        return dict(self.options).get(key, default)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"domain": self.domain, "location": self.location, "options": dict(self.options)}
+
+
+def parse_source_spec(text: str) -> SourceSpec:
+    """``news=data/*.txt:encoding=latin-1`` -> SourceSpec. A bare last part without ``=``
+    (``news=file.txt:latin-1``) is shorthand for the encoding."""
+    domain, sep, rest = text.partition("=")
+    domain = domain.strip()
+    if not sep or not rest:
+        raise MoelabError(f"source {text!r}: expected {SPEC_SYNTAX}")
+    if not DOMAIN_RE.match(domain):
+        raise MoelabError(
+            f"source {text!r}: domain name {domain!r} must start with a letter and use only "
+            "letters, digits, '_' and '-'"
+        )
+    parts = rest.split(":")
+    if parts[0] == "hf":  # hf:NAME keeps its prefix as the location
+        if len(parts) < 2 or not parts[1]:
+            raise MoelabError(f"source {text!r}: expected hf:NAME (e.g. hf:Salesforce/wikitext)")
+        location, opt_parts, allowed = f"hf:{parts[1]}", parts[2:], HF_OPTIONS
+    else:
+        location, opt_parts, allowed = parts[0], parts[1:], FILE_OPTIONS
+    options: dict[str, str] = {}
+    for part in opt_parts:
+        key, eq, value = part.partition("=")
+        if not eq and not location.startswith("hf:"):
+            key, value = "encoding", part
+        if key not in allowed or not value:
+            raise MoelabError(
+                f"source {text!r}: unknown or empty option {part!r}; allowed: "
+                + ", ".join(f"{k}=..." for k in allowed)
+            )
+        options[key] = value
+    if options.get("docs", "file") not in DOC_MODES:
+        raise MoelabError(f"source {text!r}: docs must be one of {', '.join(DOC_MODES)}")
+    if options.get("format", "text") not in ("text", "jsonl"):
+        raise MoelabError(f"source {text!r}: format must be 'text' or 'jsonl'")
+    for enc in options.get("encoding", "utf-8").split(","):
+        try:
+            "".encode(enc)
+        except LookupError:
+            raise MoelabError(f"source {text!r}: unknown encoding {enc!r}") from None
+    return SourceSpec(domain, location, tuple(sorted(options.items())))
+
+
+@dataclass
+class DocSet:
+    """The documents of one source, plus a record of where they came from (for the manifest and
+    the fingerprint that makes re-runs idempotent)."""
+
+    docs: list[str]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting text into documents
+
+
+def split_long(text: str, max_bytes: int) -> list[str]:
+    """Cut ``text`` into pieces of at most ~``max_bytes`` UTF-8 bytes, preferring blank lines,
+    then line ends, then any character. ``"".join(pieces) == text`` (nothing is dropped)."""
+    if len(text) * 4 <= max_bytes or len(text.encode("utf-8")) <= max_bytes:
+        return [text]
+    out: list[str] = []
+    _pack(text, max_bytes, 0, out)
+    return out
+
+
+_LEVELS = (re.compile(r"(?<=\n\n)"), re.compile(r"(?<=\n)"))
+
+
+def _pack(text: str, max_bytes: int, level: int, out: list[str]) -> None:
+    if level == len(_LEVELS):  # no separator left: fixed-size character slices
+        step = max(1, max_bytes // 4)
+        out.extend(text[i : i + step] for i in range(0, len(text), step))
+        return
+    current: list[str] = []
+    size = 0
+    for piece in _LEVELS[level].split(text):
+        n = len(piece.encode("utf-8"))
+        if n > max_bytes:
+            if current:
+                out.append("".join(current))
+                current, size = [], 0
+            _pack(piece, max_bytes, level + 1, out)
+            continue
+        if size + n > max_bytes and current:
+            out.append("".join(current))
+            current, size = [], 0
+        current.append(piece)
+        size += n
+    if current:
+        out.append("".join(current))
+
+
+def text_to_docs(text: str, mode: str, max_doc_bytes: int) -> list[str]:
+    if mode == "file":
+        pieces = split_long(text, max_doc_bytes)
+    elif mode == "line":
+        pieces = text.split("\n")
+    else:  # blank: blocks of non-blank lines
+        pieces = []
+        block: list[str] = []
+        for line in text.split("\n"):
+            if line.strip():
+                block.append(line)
+            elif block:
+                pieces.extend(split_long("\n".join(block), max_doc_bytes))
+                block = []
+        if block:
+            pieces.extend(split_long("\n".join(block), max_doc_bytes))
+    return [p for p in pieces if p.strip()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def expand_files(spec: SourceSpec) -> list[Path]:
+    pattern = os.path.expanduser(spec.location)
+    if os.path.isdir(pattern):
+        raise MoelabError(
+            f"{spec.domain}: {pattern} is a folder; give a file or a glob such as {pattern}/*.txt"
+        )
+    matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+    files = [Path(m).resolve() for m in matches if os.path.isfile(m)]
+    if not files:
+        what = "no files match" if glob.has_magic(pattern) else "no such file"
+        raise MoelabError(f"{spec.domain}: {what} {pattern!r}; check the path in --source")
+    return files
+
+
+def read_bytes(path: Path) -> bytes:
+    """Raw bytes of a file, decompressing .gz/.bz2/.xz transparently."""
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
+    try:
+        with opener(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise MoelabError(f"cannot read {path}: {e}") from None
+
+
+def decode_text(raw: bytes, path: Path, spec: SourceSpec) -> tuple[str, str]:
+    """Decode with the spec's encoding(s), tried in order; returns (text, encoding used)."""
+    encodings = (spec.option("encoding") or "utf-8").split(",")
+    for i, enc in enumerate(encodings):
+        try:
+            text = raw.decode(enc)
+        except UnicodeDecodeError as e:
+            if i < len(encodings) - 1:
+                continue
+            hint = (
+                f"{spec.domain}={spec.location}:encoding=latin-1"
+                if enc.lower().replace("_", "-") in ("utf-8", "utf8")
+                else f"the right one, e.g. {spec.domain}={spec.location}:encoding=utf-8,latin-1"
+            )
+            raise MoelabError(
+                f"{path} is not valid {enc} (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                f"give its encoding in the source spec: {hint}"
+            ) from None
+        text = text.removeprefix("\ufeff")
+        # universal newlines, as open(..., newline=None) would give
+        return io.StringIO(text, newline=None).read(), enc
+    raise AssertionError("unreachable")
+
+
+def _file_record(path: Path, raw_size: int, sha256: str, **extra: Any) -> dict[str, Any]:
+    return {"path": str(path), "bytes": raw_size, "sha256": sha256, **extra}
+
+
+def read_file_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
+    out = DocSet(docs=[])
+    for path in expand_files(spec):
+        raw = read_bytes(path)
+        sha = hashlib.sha256(raw).hexdigest()
+        fmt = spec.option("format") or (
+            "jsonl" if re.search(r"\.(jsonl|ndjson)(\.(gz|bz2|xz))?$", path.name) else "text"
+        )
+        text, enc = decode_text(raw, path, spec)
+        if fmt == "jsonl":
+            docs = list(_jsonl_docs(text, path, spec.option("field") or "text", max_doc_bytes))
+        else:
+            docs = text_to_docs(text, spec.option("docs") or "file", max_doc_bytes)
+        out.docs.extend(docs)
+        out.records.append(
+            _file_record(path, len(raw), sha, encoding=enc, format=fmt, documents=len(docs))
+        )
+    return out
+
+
+def _get_field(row: dict[str, Any], dotted: str) -> Any:
+    value: Any = row
+    for part in dotted.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
+_MISSING = object()
+
+
+def _jsonl_docs(text: str, path: Path, field_name: str, max_doc_bytes: int) -> Iterator[str]:
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MoelabError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        value = _get_field(row, field_name) if isinstance(row, dict) else _MISSING
+        if value is _MISSING:
+            keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__
+            raise MoelabError(
+                f"{path}:{lineno}: no text field {field_name!r} (found: {keys}); "
+                "name the field with :field=NAME"
+            )
+        if not isinstance(value, str):
+            raise MoelabError(
+                f"{path}:{lineno}: field {field_name!r} is {type(value).__name__}, not a string"
+            )
+        if value.strip():
+            yield from split_long(value, max_doc_bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face datasets
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool) -> Iterator[None]:
+    """Offline mode for this call only: the hub reads HF_HUB_OFFLINE once, at import, so the
+    imported constants are switched and switched back afterwards."""
+    patched = []
+    if offline:
+        import importlib
+
+        modules = []
+        for module_name in ("huggingface_hub.constants", "datasets.config"):
+            with contextlib.suppress(ImportError):  # import all before patching any
+                modules.append(importlib.import_module(module_name))
+        for module in modules:
+            patched.append((module, module.HF_HUB_OFFLINE))
+            module.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        for module, value in patched:
+            module.HF_HUB_OFFLINE = value
+
+
+def read_hf_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
+    """Rows of a Hugging Face dataset. Without network we switch the hub to offline mode first,
+    so a cached dataset still loads and a missing one fails at once instead of retrying."""
+    name = spec.location.removeprefix("hf:")
+    config, split = spec.option("config"), spec.option("split") or "train"
+    field_name = spec.option("field") or "text"
+    offline = _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE")
+    if not offline and not _hub_reachable():
+        offline = True
+    with _hub_offline(offline):
+        try:
+            import datasets
+        except ImportError:
+            raise MoelabError(
+                f"{spec.domain}: hf: sources need the 'datasets' package: pip install 'moelab[hf]'"
+            ) from None
+        try:
+            ds = datasets.load_dataset(name, config, split=split)
+        except Exception as e:  # the library raises many types; all mean "could not load"
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if offline:
+                why = "huggingface.co is unreachable and it is not in the local cache"
+            raise MoelabError(
+                f"{spec.domain}: cannot load Hugging Face dataset {name!r}"
+                f"{f' config {config!r}' if config else ''} split {split!r}: {why}"
+            ) from None
+    if field_name not in ds.column_names:
+        raise MoelabError(
+            f"{spec.domain}: dataset {name!r} has no column {field_name!r} "
+            f"(columns: {', '.join(ds.column_names)}); choose one with :field=NAME"
+        )
+    docs: list[str] = []
+    for i, value in enumerate(ds[field_name]):
+        if not isinstance(value, str):
+            raise MoelabError(f"{spec.domain}: {name} row {i} field {field_name!r} is not a string")
+        if value.strip():
+            docs.extend(split_long(value, max_doc_bytes))
+    record = {
+        "hf": name,
+        "config": config,
+        "split": split,
+        "field": field_name,
+        "rows": len(ds),
+        "fingerprint": getattr(ds, "_fingerprint", None),
+        "documents": len(docs),
+    }
+    return DocSet(docs=docs, records=[record])
+
+
+def read_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
+    if spec.is_hf:
+        return read_hf_source(spec, max_doc_bytes)
+    return read_file_source(spec, max_doc_bytes)

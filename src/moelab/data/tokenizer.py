@@ -1,0 +1,195 @@
+"""Byte-level BPE: train one with Hugging Face ``tokenizers`` or load a user's ``tokenizer.json``,
+and encode documents in batches across worker processes.
+
+A trained tokenizer has the special tokens ``<|endoftext|>`` (id 0, between documents) and
+``<|pad|>`` (id 1), then the 256 byte symbols, then merges. Byte-level means any text round-trips:
+``decode(encode(text)) == text``. Special-token strings that occur inside a document are encoded
+as plain text, so a document can never forge a document boundary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.pool
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from moelab.errors import MoelabError
+
+EOT_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = (EOT_TOKEN, PAD_TOKEN)
+# Names other tokenizers use, tried in order when loading a user's tokenizer.json.
+EOT_CANDIDATES = (EOT_TOKEN, "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "[SEP]")
+PAD_CANDIDATES = (PAD_TOKEN, "<pad>", "[PAD]", "<|padding|>")
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
+BATCH_CHARS = 1 << 20  # ~1 MB of text per encode task: big enough to amortise the round trip
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    if vocab_size < MIN_VOCAB:
+        raise MoelabError(
+            f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB} "
+            f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+        )
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.encode_special_tokens = True
+    return tok
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if not path.is_file():
+        raise MoelabError(f"tokenizer file {path} does not exist")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exception for bad JSON
+        raise MoelabError(f"{path} is not a valid tokenizer.json: {str(e)[:200]}") from None
+    tok.encode_special_tokens = True
+    return tok
+
+
+def special_ids(tok: Tokenizer, where: str = "tokenizer") -> tuple[int, int]:
+    """(eot_id, pad_id). A tokenizer without a padding token pads with its end-of-document token;
+    padded positions are always masked out, so the choice does not change any loss."""
+    eot = next((tok.token_to_id(t) for t in EOT_CANDIDATES if tok.token_to_id(t) is not None), None)
+    if eot is None:
+        raise MoelabError(
+            f"{where} has no end-of-document token (one of {', '.join(EOT_CANDIDATES)}); "
+            "add one as a special token or let moelab train a tokenizer"
+        )
+    pad = next((tok.token_to_id(t) for t in PAD_CANDIDATES if tok.token_to_id(t) is not None), eot)
+    return eot, pad
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoding in worker processes
+
+_worker_tok: Tokenizer | None = None
+_worker_dtype: np.dtype = np.dtype(np.uint32)
+
+
+def _init_worker(tokenizer_json: str, dtype: str) -> None:
+    global _worker_tok, _worker_dtype
+    # One thread per process: parallelism comes from the processes, not from rayon inside each.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _worker_tok = Tokenizer.from_str(tokenizer_json)
+    _worker_tok.encode_special_tokens = True
+    _worker_dtype = np.dtype(dtype)
+
+
+def _encode_batch(docs: Sequence[str]) -> list[np.ndarray]:
+    assert _worker_tok is not None
+    encs = _worker_tok.encode_batch(list(docs), add_special_tokens=False)
+    return [np.asarray(e.ids, dtype=_worker_dtype) for e in encs]
+
+
+def batches_by_chars(docs: Sequence[str], max_chars: int = BATCH_CHARS) -> Iterator[list[str]]:
+    batch: list[str] = []
+    size = 0
+    for d in docs:
+        batch.append(d)
+        size += len(d)
+        if size >= max_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _pool_context() -> multiprocessing.context.BaseContext:
+    # forkserver: workers start clean (no torch, no rayon threads inherited from training the
+    # BPE in this process) and cheaply; spawn where it does not exist.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class DocumentEncoder:
+    """Encodes documents in ~1 MB batches, in ``workers`` processes (started once, on first
+    use, and stopped on exit). Results come back in order and do not depend on ``workers``."""
+
+    def __init__(self, tok: Tokenizer, workers: int = 1):
+        self._json = tok.to_str()
+        self._dtype = token_dtype(tok.get_vocab_size(with_added_tokens=True))
+        self.workers = workers
+        self._pool: multiprocessing.pool.Pool | None = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> DocumentEncoder:
+        # no rayon threads inside the tokenizer, here or in workers: one process = one core
+        self._stack.enter_context(_env("TOKENIZERS_PARALLELISM", "false"))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+        self._stack.close()
+
+    def encode(
+        self, docs: Sequence[str], on_batch: Callable[[int], None] | None = None
+    ) -> list[np.ndarray]:
+        """Token ids of every document (no end-of-document tokens); ``on_batch(n_chars)``
+        reports progress."""
+        # ~1 MB batches, but at least 4 per worker so that small domains are spread too
+        total = sum(len(d) for d in docs)
+        batch_chars = max(1, min(BATCH_CHARS, total // (4 * self.workers)))
+        batches = list(batches_by_chars(docs, batch_chars))
+        if self.workers <= 1 or len(batches) <= 1:
+            _init_worker(self._json, self._dtype.str)
+            results: Iterable[list[np.ndarray]] = map(_encode_batch, batches)
+        else:
+            if self._pool is None:
+                self._pool = _pool_context().Pool(
+                    self.workers, initializer=_init_worker, initargs=(self._json, self._dtype.str)
+                )
+            results = self._pool.imap(_encode_batch, batches)
+        out: list[np.ndarray] = []
+        for batch, res in zip(batches, results):
+            out.extend(res)
+            if on_batch:
+                on_batch(sum(len(d) for d in batch))
+        return out
+
+
+def encode_documents(
+    tok: Tokenizer,
+    docs: Sequence[str],
+    workers: int = 1,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[np.ndarray]:
+    """One-shot :class:`DocumentEncoder`."""
+    with DocumentEncoder(tok, workers) as enc:
+        return enc.encode(docs, on_batch)
