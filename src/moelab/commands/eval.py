@@ -1,11 +1,177 @@
-"""`moelab eval`: not implemented yet (see the open issue for it)."""
+"""`moelab eval RUN_DIR --ppl [PATH ...] | --task NAME_OR_JSONL ...`: perplexity and priming."""
+
+from __future__ import annotations
+
+import json
+import sys
 
 from moelab.errors import MoelabError
 
 
+def _capacity(text: str) -> float | None:
+    if text.lower() in ("none", "null", "dropless"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise MoelabError(f"--capacity-factor {text!r}: expected a number or 'dropless'") from None
+    if not value > 0:
+        raise MoelabError(f"--capacity-factor must be > 0, got {value}")
+    return value
+
+
+def unescape(text: str) -> str:
+    """A backslash-n typed on a command line becomes a newline (backslash-t a tab)."""
+    return text.replace("\\n", "\n").replace("\\t", "\t")
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("rest", nargs="*")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder")
+    parser.add_argument(
+        "--ppl",
+        nargs="*",
+        metavar="PATH",
+        default=None,
+        help="perplexity; no PATH: every validation domain of the run's data; PATHs: text "
+        "files, globs (quote them) or prepared data folders",
+    )
+    parser.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME_OR_JSONL",
+        help="priming task: a registered name (hellaswag, piqa, winogrande, storycloze, copa, "
+        "lambada, boolq, sst2, rte, cb, mrpc) or a generic .jsonl file; repeatable",
+    )
+    parser.add_argument("--shots", type=int, default=0, help="examples in the prompt (default 0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="draws of examples (default 25 when --shots > 0, else 1)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    parser.add_argument(
+        "--tasks-dir",
+        default=None,
+        help="folder holding the task folders "
+        "(default: $MOELAB_TASKS_DIR, else ../shared/data next to the checkout)",
+    )
+    parser.add_argument("--separator", default="\\n", help="text between shots (default \\n)")
+    parser.add_argument(
+        "--show-prompt",
+        action="store_true",
+        help="print the exact prompts of the first item (seed 0) of each task",
+    )
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="perplexity window in tokens (default: the model's context)",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="perplexity window step (default: the context, i.e. no overlap; smaller = sliding)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="perplexity: score at most N tokens per domain or file",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="perplexity windows per batch")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=8192, help="priming: padded tokens per batch"
+    )
+    parser.add_argument(
+        "--capacity-factor",
+        type=_capacity,
+        default=None,
+        help="MoE capacity factor at evaluation (default: dropless)",
+    )
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
 def run(args) -> int:
-    raise MoelabError("'moelab eval' is not implemented yet")
+    from moelab.eval.perplexity import run_perplexity
+    from moelab.eval.priming import run_priming
+    from moelab.eval.results import perplexity_table, priming_rows, write_result
+    from moelab.eval.runs import open_run
+    from moelab.eval.tasks import get_task
+
+    if args.ppl is None and not args.task:
+        raise MoelabError("nothing to evaluate: give --ppl [PATH ...] and/or --task NAME")
+    for name in ("limit", "context", "stride", "max_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    separator = unescape(args.separator)
+    tasks = [get_task(t, args.tasks_dir) for t in args.task]  # bad task files fail before loading
+    run_ = open_run(args.run_dir, step=args.step, device=args.device)
+    show_progress = not args.json
+    results = []
+    if args.ppl is not None:
+        result = run_perplexity(
+            args.run_dir,
+            args.ppl,
+            context=args.context,
+            stride=args.stride,
+            batch_size=args.batch_size,
+            max_tokens=args.max_tokens,
+            capacity_factor=args.capacity_factor,
+            progress=show_progress,
+            opened=run_,
+        )
+        result["paths"] = list(args.ppl)
+        write_result(args.run_dir, result)
+        results.append(result)
+        if not args.json:
+            print(perplexity_table(result))
+    if tasks:
+        primed = run_priming(
+            args.run_dir,
+            tasks,
+            args.shots,
+            args.seeds,
+            args.limit,
+            separator=separator,
+            capacity_factor=args.capacity_factor,
+            batch_tokens=args.batch_tokens,
+            progress=show_progress,
+            show_prompt=args.show_prompt,
+            opened=run_,
+        )
+        for result in primed:
+            write_result(args.run_dir, result)
+            if args.show_prompt and not args.json:
+                _print_prompts(result["example_prompts"])
+        results += primed
+        if not args.json:
+            print(priming_rows(primed))
+    if args.json:
+        json.dump({"run_dir": args.run_dir, "results": results}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            print(f"wrote {r['file']}")
+    return 0
+
+
+def _print_prompts(shown: dict) -> None:
+    print(
+        f"--- {shown['task']}: item {shown['item']}, seed {shown['seed']}, label {shown['label']}"
+    )
+    for i, c in enumerate(shown["candidates"]):
+        print(
+            f"[candidate {i}] context:\n{c['context']}\n[candidate {i}] continuation: "
+            f"{c['continuation']!r}"
+        )
+    for i, c in enumerate(shown["calibration"]):
+        print(f"[calibration {i}] {c['context']!r} + {c['continuation']!r}")
+    print("---")

@@ -1,11 +1,102 @@
-"""`moelab finetune`: not implemented yet (see the open issue for it)."""
+"""`moelab finetune RUN_DIR --task NAME`: full-parameter fine-tuning with a task head."""
+
+from __future__ import annotations
+
+import json
+import sys
 
 from moelab.errors import MoelabError
 
 
+def _lrs(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MoelabError(
+            f"--lrs {text!r}: expected comma-separated numbers, e.g. 1e-5,3e-5"
+        ) from None
+    if not values:
+        raise MoelabError("--lrs: give at least one learning rate")
+    return values
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("rest", nargs="*")
+    from moelab.eval.finetune import DEFAULT_LRS
+
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder")
+    parser.add_argument(
+        "--task",
+        required=True,
+        metavar="NAME_OR_JSONL",
+        help="sst2, rte, cb, boolq, mrpc (classification head); copa, piqa, storycloze, "
+        "hellaswag, winogrande or a generic .jsonl with a .train.jsonl (choice head)",
+    )
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--lrs",
+        type=_lrs,
+        default=DEFAULT_LRS,
+        help="learning-rate grid, the same for every model (default "
+        + ",".join(f"{x:g}" for x in DEFAULT_LRS)
+        + ")",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--heldout-fraction",
+        type=float,
+        default=0.1,
+        help="share of the train split held out to choose the learning rate (default 0.1)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="validation items to score")
+    parser.add_argument("--train-limit", type=int, default=None, help="training items to use")
+    parser.add_argument("--max-len", type=int, default=None, help="tokens per sequence")
+    parser.add_argument(
+        "--capacity-factor",
+        default=None,
+        help="MoE capacity factor while fine-tuning and evaluating (default: dropless)",
+    )
+    parser.add_argument("--tasks-dir", default=None, help="folder holding the task folders")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
 def run(args) -> int:
-    raise MoelabError("'moelab finetune' is not implemented yet")
+    from moelab.commands.eval import _capacity
+    from moelab.eval.finetune import FinetuneSettings, finetune
+    from moelab.eval.results import finetune_table, write_result
+    from moelab.eval.tasks import get_task
+
+    for name in ("limit", "train_limit", "max_len"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    settings = FinetuneSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lrs=tuple(args.lrs),
+        seed=args.seed,
+        heldout_fraction=args.heldout_fraction,
+        max_len=args.max_len,
+        capacity_factor=_capacity(args.capacity_factor) if args.capacity_factor else None,
+    ).validate()
+    task = get_task(args.task, args.tasks_dir)
+    result = finetune(
+        args.run_dir,
+        task,
+        settings,
+        step=args.step,
+        limit=args.limit,
+        train_limit=args.train_limit,
+        device=args.device,
+        progress=not args.json,
+    )
+    write_result(args.run_dir, result)
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(finetune_table(result))
+        print(f"wrote {result['file']}")
+    return 0

@@ -228,3 +228,52 @@ def example_prompts(task: Task, shots: int, seed: int = 0, index: int = 0, separ
             {"context": c, "continuation": k} for c, k in calibration_prompts(task, index)
         ],
     }
+
+
+def run_priming(
+    run_dir: str,
+    tasks: list[str | Task],
+    shots: int = 0,
+    seeds: int | None = None,
+    limit: int | None = None,
+    *,
+    tasks_dir: str | None = None,
+    separator: str = "\n",
+    step: int | None = None,
+    capacity_factor: float | None = None,
+    batch_tokens: int = 8192,
+    device: str | None = None,
+    progress: bool = False,
+    show_prompt: bool = False,
+    opened=None,
+) -> list[dict[str, Any]]:
+    """Priming accuracy of a run's newest checkpoint on each task (a name, a path or a loaded
+    :class:`Task`). MoE layers are dropless unless ``capacity_factor`` is given. With
+    ``show_prompt`` each result carries ``example_prompts`` (the first item, seed 0)."""
+    from moelab.eval.runs import capacity_report, open_run, set_capacity
+    from moelab.eval.tasks import get_task
+
+    # every task file is checked before any model work
+    loaded = [t if isinstance(t, Task) else get_task(t, tasks_dir) for t in tasks]
+    run = opened or open_run(run_dir, step=step, device=device)
+    set_capacity(run.model, eval_factor=capacity_factor, train_factor=capacity_factor)
+    results = []
+    for task in loaded:
+        result = evaluate_task(
+            run.model,
+            run.tokenizer,
+            task,
+            shots,
+            seeds,
+            limit,
+            separator=separator,
+            batch_tokens=batch_tokens,
+            progress=progress,
+        )
+        result["run_dir"] = str(run.run_dir)
+        result["checkpoint"] = run.checkpoint
+        result["capacity"] = capacity_report(run.model)
+        if show_prompt:
+            result["example_prompts"] = example_prompts(task, shots, separator=separator)
+        results.append(result)
+    return results

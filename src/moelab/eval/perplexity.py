@@ -1,0 +1,331 @@
+"""Perplexity per domain: loss in nats per token, perplexity and bits per byte.
+
+Windows of ``context`` tokens advance by ``stride`` tokens; each token is scored once, in the
+first window that predicts it, so with ``stride < context`` every scored token after the first
+window sees at least ``context - stride`` tokens of history (sliding evaluation) and with
+``stride == context`` the windows do not overlap. Bits per byte divide the summed loss by the
+UTF-8 bytes of the text, which makes models with different tokenizers comparable.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from moelab.errors import MoelabError
+from moelab.eval.progress import progress_bar
+from moelab.eval.scoring import ForwardStats, LogitsAt, model_logits_at
+
+IN_DOMAIN, OUT_OF_DOMAIN = "in-domain", "out-of-domain"
+
+
+@dataclass
+class PplSource:
+    """One text to score: its token ids, the UTF-8 bytes they decode to, and its role."""
+
+    name: str
+    tokens: np.ndarray
+    n_bytes: int
+    role: str  # IN_DOMAIN or OUT_OF_DOMAIN
+    origin: str  # where it came from (file or prepared folder)
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(start, end, first_scored)``: the window's inputs are tokens[start:end], its targets
+    tokens[start+1:end+1], and targets at index >= first_scored are scored."""
+    if not 1 <= stride <= context:
+        raise MoelabError(f"--stride must be between 1 and the context {context}, got {stride}")
+    out = []
+    scored_until, start = 1, 0
+    while scored_until < n_tokens:
+        end = min(start + context, n_tokens - 1)
+        if end + 1 > scored_until:
+            out.append((start, end, scored_until))
+            scored_until = end + 1
+        start += stride
+    return out
+
+
+def source_loss(
+    tokens: np.ndarray,
+    logits_at: LogitsAt,
+    *,
+    context: int,
+    stride: int,
+    batch_size: int,
+    device: torch.device | str,
+    pad_id: int = 0,
+    stats: ForwardStats | None = None,
+    advance=None,
+) -> tuple[float, int]:
+    """(sum of negative log-likelihoods in nats, number of scored tokens)."""
+    wins = windows(len(tokens), context, stride)
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for b0 in range(0, len(wins), batch_size):
+            batch = wins[b0 : b0 + batch_size]
+            T = max(end - start for start, end, _ in batch)
+            tokens_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
+            rows, positions, targets = [], [], []
+            for b, (start, end, first) in enumerate(batch):
+                tokens_BT[b, : end - start] = torch.from_numpy(
+                    np.asarray(tokens[start:end], dtype=np.int64)
+                )
+                # target index t (first..end) is predicted at input position t - 1 - start
+                rows += [b] * (end + 1 - first)
+                positions += range(first - 1 - start, end - start)
+                targets.append(np.asarray(tokens[first : end + 1], dtype=np.int64))
+            logits_NV = logits_at(
+                tokens_BT.to(device),
+                torch.tensor(rows, device=device),
+                torch.tensor(positions, device=device),
+            )
+            target_N = torch.from_numpy(np.concatenate(targets)).to(logits_NV.device)
+            nll = torch.nn.functional.cross_entropy(logits_NV.float(), target_N, reduction="sum")
+            total += float(nll)
+            count += int(target_N.numel())
+            if stats is not None:
+                stats.batches += 1
+                stats.sequences += len(batch)
+                stats.tokens += sum(end - start for start, end, _ in batch)
+                stats.padded_tokens += len(batch) * T
+            if advance is not None:
+                advance(len(batch))
+    return total, count
+
+
+def evaluate_perplexity(
+    model: torch.nn.Module,
+    sources: list[PplSource],
+    *,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    device: torch.device | str | None = None,
+    pad_id: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Loss, perplexity and bits per byte of ``model`` on every source, each reported apart.
+    ``context`` defaults to the model's maximum, ``stride`` to ``context`` (no overlap)."""
+    context = context or model.cfg.max_seq_len
+    if context > model.cfg.max_seq_len:
+        raise MoelabError(f"--context {context} exceeds the model's {model.cfg.max_seq_len}")
+    stride = stride or context
+    device = device if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    rows = []
+    t0 = time.perf_counter()
+    stats = ForwardStats()
+    logits_at = model_logits_at(model, stats)
+    try:
+        for src in sources:
+            if len(src.tokens) < 2:
+                raise MoelabError(
+                    f"{src.name} ({src.origin}): fewer than 2 tokens, nothing to score"
+                )
+            n_windows = len(windows(len(src.tokens), context, stride))
+            t_src = time.perf_counter()
+            with progress_bar(n_windows, f"ppl {src.name}", progress) as advance:
+                nll, count = source_loss(
+                    src.tokens,
+                    logits_at,
+                    context=context,
+                    stride=stride,
+                    batch_size=batch_size,
+                    device=device,
+                    pad_id=pad_id,
+                    stats=stats,
+                    advance=advance,
+                )
+            loss = nll / count
+            rows.append(
+                {
+                    "name": src.name,
+                    "role": src.role,
+                    "origin": src.origin,
+                    "tokens": count,
+                    "bytes": src.n_bytes,
+                    "loss": loss,
+                    "perplexity": math.exp(min(loss, 700.0)),
+                    "bits_per_byte": nll / math.log(2) / src.n_bytes if src.n_bytes else None,
+                    "seconds": time.perf_counter() - t_src,
+                }
+            )
+    finally:
+        if was_training:
+            model.train()
+    return {
+        "kind": "perplexity",
+        "context": context,
+        "stride": stride,
+        "domains": rows,
+        "compute": {
+            "seconds": time.perf_counter() - t0,
+            "forward_tokens": stats.tokens,
+            "padded_tokens": stats.padded_tokens,
+            "batches": stats.batches,
+            "moe_capacity_last_batch": stats.capacity,
+            "moe_max_dropped_frac": stats.max_dropped_frac,
+        },
+    }
+
+
+# --- where the text comes from ----------------------------------------------------------------
+
+
+def _decoded_bytes(tokenizer: Any, tokens: np.ndarray, eot_id: int) -> int:
+    """UTF-8 bytes of the text the tokens decode to (end-of-document tokens excluded). Decoded
+    per document so multi-byte characters are never cut."""
+    ends = np.flatnonzero(np.asarray(tokens) == eot_id)
+    total, start = 0, 0
+    bounds = [*ends.tolist(), len(tokens)]
+    for end in bounds:
+        if end > start:
+            piece = tokens[start:end].tolist()
+            total += len(tokenizer.decode(piece, skip_special_tokens=True).encode("utf-8"))
+        start = end + 1
+    return total
+
+
+def sources_from_prepared(
+    data: Any,
+    train_domains: set[str] | None,
+    max_tokens: int | None = None,
+    origin: str | None = None,
+) -> list[PplSource]:
+    """Every domain's validation split of a :class:`moelab.data.PreparedData`. A domain is
+    in-domain when it is in ``train_domains`` (the run's training mixture)."""
+    out = []
+    for domain in data.domains:
+        if "val" not in data.splits(domain):
+            continue
+        tokens = np.asarray(data.tokens(domain, "val"))
+        if max_tokens is not None:
+            tokens = tokens[:max_tokens]
+        if len(tokens) < 2:
+            continue
+        role = IN_DOMAIN if train_domains and domain in train_domains else OUT_OF_DOMAIN
+        out.append(
+            PplSource(
+                domain,
+                tokens,
+                _decoded_bytes(data.tokenizer, tokens, data.eot_id),
+                role,
+                origin or str(data.path),
+            )
+        )
+    if not out:
+        raise MoelabError(f"{data.path}: no domain has a validation split with tokens")
+    return out
+
+
+def _read_text(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # several classic corpora are Latin-1
+        return raw.decode("latin-1")
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files and prepared folders named directly or by glob, in a stable order."""
+    out: list[Path] = []
+    for p in paths:
+        matches = sorted(globlib.glob(p, recursive=True)) if any(c in p for c in "*?[") else [p]
+        if not matches:
+            raise MoelabError(f"--ppl {p}: no file matches this pattern")
+        for m in matches:
+            path = Path(m)
+            if not path.exists():
+                raise MoelabError(f"--ppl {m}: no such file or folder")
+            if path.is_dir() and not (path / "manifest.json").is_file():
+                raise MoelabError(
+                    f"--ppl {m}: a folder must be prepared data (with manifest.json); "
+                    "pass text files or a glob such as DIR/*.txt"
+                )
+            out.append(path)
+    return out
+
+
+def source_from_text(path: Path, tokenizer: Any, max_tokens: int | None = None) -> PplSource:
+    """A text file, tokenized with the run's tokenizer (UTF-8, or Latin-1 when not UTF-8)."""
+    text = _read_text(path)
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    n_bytes = len(text.encode("utf-8"))
+    if max_tokens is not None and len(ids) > max_tokens:
+        ids = ids[:max_tokens]
+        n_bytes = len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
+    return PplSource(path.name, np.asarray(ids, dtype=np.int64), n_bytes, OUT_OF_DOMAIN, str(path))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes()
+
+
+def run_perplexity(
+    run_dir: str | Path,
+    paths: list[str] | None = None,
+    *,
+    step: int | None = None,
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    capacity_factor: float | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    opened=None,
+) -> dict[str, Any]:
+    """Perplexity of a run on every validation domain of its data (no ``paths``) or on the
+    named text files, globs and prepared folders. MoE layers are dropless unless
+    ``capacity_factor`` is given. ``max_tokens`` caps the tokens scored per source."""
+    from moelab.data import PreparedData
+    from moelab.eval.runs import capacity_report, open_run, set_capacity
+
+    run = opened or open_run(run_dir, step=step, device=device)
+    run_data_dir = Path(run.run_cfg.data.dir)
+    train_domains: set[str] = set()
+    sources: list[PplSource] = []
+    if not paths:
+        data = PreparedData.open(run_data_dir, verify=False)
+        train_domains = set(data.train_domains)
+        sources = sources_from_prepared(data, train_domains, max_tokens)
+    else:
+        for path in expand_paths(paths):
+            if path.is_dir():
+                data = PreparedData.open(path, verify=False)
+                if not _same_file(path / "tokenizer.json", run.run_dir / "tokenizer.json"):
+                    raise MoelabError(
+                        f"--ppl {path}: prepared with a different tokenizer than the run; "
+                        "pass the text files instead so they are tokenized with the run's"
+                    )
+                same = path.resolve() == run_data_dir.resolve()
+                roles = set(data.train_domains) if same else set()
+                sources += sources_from_prepared(data, roles, max_tokens, str(path))
+            else:
+                sources.append(source_from_text(path, run.tokenizer, max_tokens))
+    set_capacity(run.model, eval_factor=capacity_factor, train_factor=capacity_factor)
+    from moelab.eval.tokens import eot_id
+
+    result = evaluate_perplexity(
+        run.model,
+        sources,
+        context=context,
+        stride=stride,
+        batch_size=batch_size,
+        pad_id=eot_id(run.tokenizer),
+        progress=progress,
+    )
+    result["run_dir"] = str(run.run_dir)
+    result["checkpoint"] = run.checkpoint
+    result["capacity"] = capacity_report(run.model)
+    result["max_tokens"] = max_tokens
+    return result

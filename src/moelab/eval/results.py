@@ -1,0 +1,126 @@
+"""Result files (``RUN_DIR/eval/*.json``, written atomically) and the human tables."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from moelab import __version__
+from moelab.io import atomic_write_json
+
+EVAL_DIR = "eval"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:60] or "x"
+
+
+def result_name(result: dict[str, Any]) -> str:
+    kind = result["kind"]
+    if kind == "perplexity":
+        paths = result.get("paths") or []
+        if not paths:
+            return "ppl.json"
+        digest = hashlib.sha256("\0".join(paths).encode()).hexdigest()[:8]
+        return f"ppl-{_slug(Path(paths[0]).stem)}-{digest}.json"
+    limit = (
+        f"-limit{result['n_items']}" if result.get("n_items") != result.get("n_items_total") else ""
+    )
+    if kind == "priming":
+        return f"priming-{_slug(result['task'])}-{result['shots']}shot{limit}.json"
+    return f"finetune-{_slug(result['task'])}{limit}.json"
+
+
+def write_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Stamp ``result`` (version, time) and write it to ``RUN_DIR/eval/<name>.json``."""
+    result.setdefault("moelab_version", __version__)
+    result.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    path = Path(run_dir) / EVAL_DIR / result_name(result)
+    atomic_write_json(path, result)
+    result["file"] = str(path)
+    return path
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def perplexity_table(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            d["name"],
+            d["role"],
+            str(d["tokens"]),
+            f"{d['loss']:.4f}",
+            f"{d['perplexity']:.2f}",
+            "-" if d["bits_per_byte"] is None else f"{d['bits_per_byte']:.4f}",
+        ]
+        for d in result["domains"]
+    ]
+    cap = result.get("capacity", {})
+    moe = ""
+    if cap.get("moe"):
+        moe = "  MoE: " + (
+            "dropless" if cap.get("dropless") else f"capacity factor {cap['eval_capacity_factor']}"
+        )
+    head = f"context {result['context']}, stride {result['stride']}{moe}"
+    table = _table(["domain", "role", "tokens", "loss", "ppl", "bits/byte"], rows)
+    return head + "\n" + table
+
+
+def priming_rows(results: list[dict[str, Any]]) -> str:
+    rows = []
+    for r in results:
+        m = r["metrics"]
+        lo, hi = m[r["primary_mode"]]["ci95"]
+        cells = [r["task"], str(r["shots"]), str(len(r["seeds"])), str(r["n_items"])]
+        cells.append(f"{_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}")
+        cells.append(f"[{_pct(lo)}, {_pct(hi)}]")
+        cells.append(_pct(r["chance"]))
+        for mode in ("sum", "char", "byte", "calibrated"):
+            cells.append(_pct(m[mode]["mean"]) if mode in m else "-")
+        rows.append(cells)
+    header = [
+        "task",
+        "shots",
+        "seeds",
+        "items",
+        "acc (mean/tok)",
+        "95% CI",
+        "chance",
+        "sum",
+        "char",
+        "byte",
+        "calib",
+    ]
+    return (
+        _table(header, rows) + "\naccuracy in %; ± is the std over seeds; LAMBADA: greedy last word"
+    )
+
+
+def finetune_table(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            f"{g['lr']:g}",
+            _pct(g["heldout_accuracy"]),
+            f"{g['final_train_loss']:.4f}",
+            "*" if g["lr"] == result["best_lr"] else "",
+        ]
+        for g in result["grid"]
+    ]
+    table = _table(["lr", "held-out acc", "train loss", "best"], rows)
+    return (
+        f"{result['task']} ({result['head']} head): accuracy {_pct(result['accuracy'])} on "
+        f"{result['split']} ({result['n_items']} items), chance {_pct(result['chance'])}\n" + table
+    )

@@ -1,0 +1,80 @@
+"""Opening a run for evaluation: model, tokenizer, checkpoint identity and MoE capacity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from moelab.errors import MoelabError
+
+
+@dataclass
+class OpenedRun:
+    run_dir: Path
+    model: torch.nn.Module
+    run_cfg: Any  # moelab.train.RunConfig
+    meta: dict[str, Any]  # the checkpoint's meta.json
+    tokenizer: Any  # tokenizers.Tokenizer
+
+    @property
+    def checkpoint(self) -> dict[str, Any]:
+        """Which weights were evaluated: step and the SHA-256 of model.safetensors."""
+        files = self.meta.get("files", {})
+        weights = files.get("model.safetensors", {})
+        return {"step": self.meta.get("step"), "sha256": weights.get("sha256")}
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise MoelabError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MoelabError("--device cuda: no CUDA device here; use --device cpu")
+    return dev
+
+
+def open_run(run_dir: str | Path, step: int | None = None, device: str | None = None) -> OpenedRun:
+    """Load the newest valid checkpoint of ``run_dir`` (or ``step``) and the run's tokenizer."""
+    from moelab.data.tokenizer import load_tokenizer
+    from moelab.train import load_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MoelabError(f"run folder {run_dir} does not exist")
+    model, run_cfg, meta = load_model(run_dir, step=step, device=pick_device(device))
+    tok_path = run_dir / "tokenizer.json"
+    if not tok_path.is_file():
+        data_tok = Path(run_cfg.data.dir) / "tokenizer.json"
+        if not data_tok.is_file():
+            raise MoelabError(f"{run_dir}: no tokenizer.json in the run or its data folder")
+        tok_path = data_tok
+    return OpenedRun(run_dir, model, run_cfg, meta, load_tokenizer(tok_path))
+
+
+def moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    from moelab.model import MoeFFN
+
+    return [m for m in model.modules() if isinstance(m, MoeFFN)]
+
+
+def set_capacity(
+    model: torch.nn.Module, eval_factor: float | None = None, train_factor: float | None = None
+) -> None:
+    """Set the MoE capacity factors of every MoE layer (None = dropless)."""
+    for layer in moe_layers(model):
+        layer.eval_capacity_factor = eval_factor
+        layer.capacity_factor = train_factor
+
+
+def capacity_report(model: torch.nn.Module) -> dict[str, Any]:
+    layers = moe_layers(model)
+    if not layers:
+        return {"moe": False}
+    cf = layers[0].eval_capacity_factor
+    return {"moe": True, "eval_capacity_factor": cf, "dropless": cf is None}
