@@ -152,8 +152,8 @@ class Trainer:
         from moelab.data import TrainStream
 
         stream = TrainStream(data, t.seq_len, t.batch_size, t.seed, weights=cfg.data.weights)
-        eval_sets = build_eval_sets(data, t.seq_len, t.eval_tokens)
         eval_bs = t.eval_batch_size or self.micro_batch
+        eval_sets = build_eval_sets(data, t.seq_len, t.eval_tokens, eval_bs)
 
         seed_everything(t.seed)
         self.model = model = self.build_model()
@@ -251,7 +251,7 @@ class Trainer:
                 is_eval = step in self.eval_at and bool(eval_sets)
                 is_ckpt = is_last or (t.checkpoint_every and step % t.checkpoint_every == 0)
                 if is_eval:
-                    val_loss = evaluate(model, eval_sets, eval_bs, self.device, self.autocast)
+                    val_loss = evaluate(model, eval_sets, self.device, self.autocast)
                 if step % t.log_every == 0 or is_last or is_eval or is_ckpt or nonfinite_run:
                     row = self._row(
                         step,

@@ -1,9 +1,9 @@
 """Validation loss per domain on a fixed subset of each validation split.
 
 The subset is the first ``eval_tokens`` tokens of every domain's val split, cut into windows of
-``seq_len + 1`` tokens, so every run with the same data and ``seq_len`` is scored on exactly the
-same tokens. The model is put in ``eval()`` mode: no dropout and the MoE's evaluation capacity
-(dropless by default), then back to training mode.
+``seq_len`` predictions (``moelab.data.eval_windows``), so every run with the same data and
+``seq_len`` is scored on exactly the same tokens. The model is put in ``eval()`` mode: no
+dropout and the MoE's evaluation capacity (dropless by default), then back to training mode.
 """
 
 from __future__ import annotations
@@ -16,40 +16,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _windows_of(data, domain: str, seq_len: int, max_tokens: int) -> torch.Tensor:
-    """(N, seq_len + 1) windows covering the first ``max_tokens`` tokens of the val split."""
-    tokens = data.tokens(domain, "val")
-    n = min(len(tokens), max_tokens + 1)
-    n_windows = (n - 1) // seq_len
-    if n_windows == 0:
-        return torch.empty(0, seq_len + 1, dtype=torch.long)
-    import numpy as np
+def build_eval_sets(data, seq_len: int, eval_tokens: int, batch_size: int) -> dict[str, list]:
+    """Evaluation batches per domain (every domain of the prepared data with a val split):
+    the first ``eval_tokens`` tokens, each predicted once, the first after an end-of-document
+    token as in training."""
+    from moelab.data import eval_windows
 
-    arr = np.asarray(tokens[: n_windows * seq_len + 1], dtype=np.int64)
-    idx = np.arange(n_windows)[:, None] * seq_len + np.arange(seq_len + 1)[None, :]
-    return torch.from_numpy(arr[idx])
-
-
-def build_eval_sets(data, seq_len: int, eval_tokens: int) -> dict[str, torch.Tensor]:
-    """Windows per domain (every domain of the prepared data with a val split)."""
-    sets = {}
+    sets: dict[str, list] = {}
     if eval_tokens <= 0:
         return sets
     for domain in data.domains:
-        try:
-            windows = _windows_of(data, domain, seq_len, eval_tokens)
-        except (KeyError, FileNotFoundError):
-            continue  # a domain without a val split
-        if len(windows):
-            sets[domain] = windows
+        if "val" not in data.splits(domain) or data.num_tokens(domain, "val") == 0:
+            continue
+        tokens = data.tokens(domain, "val")
+        batches = list(eval_windows(tokens, seq_len, batch_size, eval_tokens, bos_id=data.eot_id))
+        if batches:
+            sets[domain] = batches
     return sets
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    eval_sets: dict[str, torch.Tensor],
-    batch_size: int,
+    eval_sets: dict[str, list],
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> dict[str, float]:
@@ -58,20 +47,20 @@ def evaluate(
     model.eval()
     out = {}
     try:
-        for domain, windows in eval_sets.items():
+        for domain, batches in eval_sets.items():
             total = torch.zeros((), dtype=torch.float64, device=device)
             count = 0
-            for i in range(0, len(windows), batch_size):
-                chunk = windows[i : i + batch_size].to(device, non_blocking=True)
+            for batch in batches:
+                inputs_BT = batch.inputs_BT.to(device, non_blocking=True)
+                targets_BT = batch.targets_BT.to(device, non_blocking=True)
+                mask_BT = batch.mask_BT.to(device, non_blocking=True)
                 with autocast():
-                    logits = model(chunk[:, :-1]).logits_BTV
-                loss = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(),
-                    chunk[:, 1:].reshape(-1),
-                    reduction="sum",
+                    logits = model(inputs_BT).logits_BTV
+                loss_BT = F.cross_entropy(
+                    logits.float().transpose(1, 2), targets_BT, reduction="none"
                 )
-                total += loss.double()
-                count += chunk[:, 1:].numel()
+                total += (loss_BT * mask_BT).sum().double()
+                count += batch.n_tokens
             out[domain] = float(total / max(1, count))
     finally:
         model.train(was_training)
