@@ -1,0 +1,224 @@
+"""Shared helpers for the robustness tests (tests/test_robust_*.py).
+
+The contract every user-facing command must keep for bad input (docs/robustness.md):
+
+- exit code 2,
+- exactly one line on stderr, naming the problem (and the fix), with no ``Traceback``,
+- no file changed, created or left half-written in any folder the test watches.
+
+``expect_user_error`` checks all three in one call, running the CLI in process through
+``moelab.cli.main`` (a subprocess per case would cost seconds of imports). Folders are compared by
+:func:`snapshot`: every file and folder below a root (hidden ones included, so an orphaned
+``.NAME.tmp-<pid>`` shows up) with its size, mtime and SHA-256.
+
+The tiny prepared data and trained run are built once per test session (whichever robustness
+module asks first) under pytest's session temp folder and shared read-only; a test that damages
+a run copies it first (:func:`copy_run`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import yaml
+
+from moelab.cli import main
+
+Snapshot = dict[str, tuple[str, int, int, str]] | None
+
+
+def snapshot(root: str | Path) -> Snapshot:
+    """``{relative path: (kind, size, mtime_ns, sha256)}`` for everything below ``root``
+    (``root`` itself included as ``"."``); None when ``root`` does not exist."""
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return None
+    out: dict[str, tuple[str, int, int, str]] = {}
+    paths = [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]
+    for p in paths:
+        rel = "." if p == root else str(p.relative_to(root))
+        st = p.lstat()
+        if p.is_symlink():
+            out[rel] = ("link", 0, st.st_mtime_ns, os.readlink(p))
+        elif p.is_dir():
+            out[rel] = ("dir", 0, 0, "")  # a dir's mtime changes with any entry: entries compared
+        elif p.is_file():
+            try:
+                digest = hashlib.sha256(p.read_bytes()).hexdigest()
+            except OSError:  # e.g. the deliberately unreadable file of a test
+                digest = "unreadable"
+            out[rel] = ("file", st.st_size, st.st_mtime_ns, digest)
+        else:
+            out[rel] = ("other", 0, st.st_mtime_ns, "")
+    return out
+
+
+def describe_changes(before: Snapshot, after: Snapshot) -> str:
+    if before is None or after is None:
+        return f"existed before: {before is not None}, exists after: {after is not None}" + (
+            f" (now holds {sorted(after)[:8]})" if after else ""
+        )
+    added = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    return f"added {added[:8]}, removed {removed[:8]}, changed {changed[:8]}"
+
+
+def run_cli(capsys, argv: Sequence[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``moelab ARGV`` run in this process. argparse's own
+    errors raise SystemExit(2) inside ``main``; that counts as exit code 2."""
+    capsys.readouterr()  # drop anything printed before
+    try:
+        rc = main([str(a) for a in argv])
+    except SystemExit as e:  # argparse usage errors
+        rc = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def expect_user_error(
+    capsys,
+    argv: Sequence[str],
+    *,
+    watch: Iterable[str | Path] = (),
+    match: Iterable[str] = (),
+) -> str:
+    """Run ``moelab ARGV`` and assert the bad-input contract; return the one stderr line.
+
+    ``watch``: folders (or files) that must be exactly as before (a path that did not exist must
+    still not exist). ``match``: regular expressions (case-insensitive) the line must contain,
+    e.g. the offending path or key and a word of the fix."""
+    watch = [Path(w) for w in watch]
+    before = {w: snapshot(w) for w in watch}
+    rc, out, err = run_cli(capsys, argv)
+    shown = f"moelab {' '.join(map(str, argv))}\nstdout: {out!r}\nstderr: {err!r}"
+    assert "Traceback" not in err and "Traceback" not in out, f"traceback:\n{shown}"
+    assert rc == 2, f"exit code {rc}, expected 2:\n{shown}"
+    lines = err.splitlines()
+    assert len(lines) == 1, f"{len(lines)} lines on stderr, expected exactly 1:\n{shown}"
+    line = lines[0]
+    assert "error:" in line, f"stderr line does not say 'error:':\n{shown}"
+    for pattern in match:
+        assert re.search(pattern, line, re.IGNORECASE), f"{pattern!r} not in the line:\n{shown}"
+    for w in watch:
+        after = snapshot(w)
+        assert after == before[w], f"{w} changed: {describe_changes(before[w], after)}\n{shown}"
+    return line
+
+
+def unreadable_file(folder: Path, name: str, content: bytes = b"x\n") -> Path:
+    """A file that exists but cannot be read. ``chmod 000`` does not stop root (tests here may
+    run as root), so there the file is a symlink to ``/proc/self/mem``: a regular file whose read
+    fails with EIO for every user (messages then name the link's target, not ``name``)."""
+    path = folder / name
+    if os.geteuid() != 0:
+        path.write_bytes(content)
+        path.chmod(0)
+    else:
+        path.symlink_to("/proc/self/mem")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny shared data and run, built once per session
+
+
+SENTENCES = [
+    "the cat sleeps quietly near the river",
+    "a dog barks loudly at the barn door",
+    "the horse runs fast over the green hill",
+    "one bird sings sweetly in the old garden",
+    "the fish swims slowly under the bridge",
+]
+
+
+def write_corpus(folder: Path, n_docs: int, seed: int = 0) -> Path:
+    """``n_docs`` small UTF-8 text files ``doc*.txt`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_docs):
+        words = [SENTENCES[(i * 7 + j * (seed + 3)) % len(SENTENCES)] for j in range(12)]
+        (folder / f"doc{i:03d}.txt").write_text(". ".join(words) + ".\n", encoding="utf-8")
+    return folder
+
+
+def _cached(base: Path, name: str, marker: str) -> Path | None:
+    path = base / name
+    return path if (path / marker).exists() else None
+
+
+def shared_prepared(tmp_path_factory, name: str = "robust_prepared", vocab: int = 300) -> Path:
+    """A prepared folder with one training domain ``alpha`` and one held-out domain ``gamma``."""
+    from moelab.data import prepare
+
+    base = tmp_path_factory.getbasetemp()
+    found = _cached(base, name, "manifest.json")
+    if found:
+        return found
+    src = base / f"{name}_src"
+    write_corpus(src / "a", 40, seed=1)
+    write_corpus(src / "c", 8, seed=2)
+    out = base / name
+    prepare(
+        out,
+        sources=[f"alpha={src / 'a'}/*.txt"],
+        heldout=[f"gamma={src / 'c'}/*.txt"],
+        vocab_size=vocab,
+        val_fraction=0.1,
+    )
+    return out
+
+
+def tiny_run_config(prepared: Path, *, moe: bool = True, **train) -> dict:
+    """A run config small enough to train a few steps in about a second."""
+    model = {
+        "preset": "moe-cpu-0.5m" if moe else "dense-cpu-0.5m",
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 2,
+        "d_ffn": 64,
+        "max_seq_len": 16,
+    }
+    if moe:
+        model.update(n_experts=4, moe_every=2, top_k=2)
+    base = {
+        "budget_steps": 4,
+        "seq_len": 16,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "warmup_steps": 1,
+        "eval_tokens": 64,
+        "eval_points": 1,
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "device": "cpu",
+    }
+    base.update(train)
+    return {"model": model, "data": str(prepared), "train": base}
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def shared_run(tmp_path_factory, name: str = "robust_run", *, moe: bool = True) -> Path:
+    """A finished tiny run (checkpoints at steps 2 and 4) trained through the real CLI."""
+    base = tmp_path_factory.getbasetemp()
+    found = _cached(base, name, "done.json")
+    if found:
+        return found
+    prepared = shared_prepared(tmp_path_factory)
+    cfg = write_yaml(base / f"{name}.yaml", tiny_run_config(prepared, moe=moe))
+    rc = main(["train", str(cfg), "--out", str(base / name), "--no-progress"])
+    assert rc == 0, f"training the shared tiny run failed with exit code {rc}"
+    return base / name
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    shutil.copytree(run, dest, symlinks=True)
+    return dest
