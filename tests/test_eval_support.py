@@ -3,6 +3,12 @@ trained in a second, and a tiny moelab model, dense or MoE."""
 
 from __future__ import annotations
 
+import atexit
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -52,3 +58,70 @@ def tiny_model(vocab_size: int, moe: bool = False, seed: int = 0, **overrides):
     model = build_model(cfg, seed=seed)
     model.eval()
     return model
+
+
+_RUN: dict[str, Path] = {}
+
+
+def trained_run(moe: bool = True) -> Path:
+    """A run folder with a tiny model trained for a few steps on small text written here
+    (built once per test process; ~5-10 s). Domains: ``books`` (training) and ``news``
+    (held out)."""
+    key = "moe" if moe else "dense"
+    if key in _RUN:
+        return _RUN[key]
+    from moelab.data import prepare
+    from moelab.train import load_run_config, train
+
+    root = Path(tempfile.mkdtemp(prefix="moelab-eval-test-"))
+    atexit.register(shutil.rmtree, root, True)
+    rng = random.Random(0)
+    words = "the cat sat on a mat dog ran to park bird sang in tree she poured milk".split()
+    (root / "books").mkdir()
+    for i in range(2):
+        paras = [" ".join(rng.choice(words) for _ in range(30)) + "." for _ in range(40)]
+        (root / "books" / f"b{i}.txt").write_text("\n\n".join(paras), encoding="utf-8")
+    news = [
+        f"Stocks rose {i} points as markets " + " ".join(rng.sample(words, 8)) for i in range(40)
+    ]
+    (root / "news.txt").write_text("\n\n".join(news), encoding="utf-8")
+    prepare(
+        root / "data",
+        sources=[f"books={root}/books/*.txt"],
+        heldout=[f"news={root}/news.txt"],
+        vocab_size=300,
+    )
+    model = {
+        "name": "tiny",
+        "n_layers": 2,
+        "d_model": 32,
+        "n_heads": 4,
+        "d_ffn": 64,
+        "max_seq_len": 64,
+        "dropout": 0.0,
+        "attn_dropout": 0.0,
+        "n_experts": 4 if moe else 0,
+    }
+    train_cfg = {
+        "budget_steps": 8,
+        "seq_len": 64,
+        "batch_size": 8,
+        "lr": 3e-3,
+        "eval_tokens": 0,
+        "device": "cpu",
+        "checkpoint_every": 8,
+    }
+    cfg = load_run_config({"model": model, "data": str(root / "data"), "train": train_cfg})
+    train(cfg, root / "run", progress=False)
+    _RUN[key] = root / "run"
+    return _RUN[key]
+
+
+def hand_logprobs(model, context_ids: list[int], continuation_ids: list[int]) -> list[float]:
+    """Log-probs of the continuation tokens from one unbatched forward over full logits."""
+    full = torch.tensor([context_ids + continuation_ids])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(full[:, :-1]).logits_BTV.double(), dim=-1)[0]
+    n = len(continuation_ids)
+    start = len(context_ids) - 1
+    return [float(logp[start + j, continuation_ids[j]]) for j in range(n)]

@@ -70,12 +70,15 @@ def evaluate_task(
     prefix_id: int | None = None,
     bootstrap: int = 1000,
     progress: bool = False,
+    keep_scores: bool = False,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` on ``task`` primed with ``shots`` examples, over ``seeds`` draws.
 
     ``tokenizer`` is a ``tokenizers.Tokenizer`` (or a ``str -> ids`` callable, then give
     ``prefix_id``). ``logits_at`` replaces the model for scoring (then ``model`` may be None and
-    ``max_len`` is required). Returns a plain dict (see docs/evaluation.md)."""
+    ``max_len`` is required). With ``keep_scores`` the result holds ``scores[seed][item]``: every
+    mode's score per candidate (LAMBADA: the last word's log-prob and greedy hit). Returns a
+    plain dict (see docs/evaluation.md)."""
     if shots < 0:
         raise MoelabError(f"--shots must be >= 0, got {shots}")
     n_seeds = default_seeds(shots) if seeds is None else seeds
@@ -151,6 +154,7 @@ def evaluate_task(
     modes = ("greedy",) if task.kind == "last_word" else MODES
     correct = {m: np.zeros((len(seed_list), n_items)) for m in modes}
     logprob_sum = np.zeros((len(seed_list), n_items))
+    kept: list[list[dict[str, list[float]]]] = [[] for _ in seed_list]
     for s in range(len(seed_list)):
         for i in range(n_items):
             item = task.items[i]
@@ -159,13 +163,18 @@ def evaluate_task(
                 sc = scored[reqs[0]]
                 correct["greedy"][s, i] = float(sc.greedy)
                 logprob_sum[s, i] = float(sc.logprobs.sum())
+                if keep_scores:
+                    kept[s].append({"logprob": [logprob_sum[s, i]], "greedy": [sc.greedy]})
                 continue
             cands = [
                 Candidate(r, scored[r], item.target(j), scored[calib[i][j]])
                 for j, r in enumerate(reqs)
             ]
-            for mode, values in candidate_scores(cands).items():
+            by_mode = candidate_scores(cands)
+            for mode, values in by_mode.items():
                 correct[mode][s, i] = float(int(np.argmax(values)) == item.label)
+            if keep_scores:
+                kept[s].append({m: v.tolist() for m, v in by_mode.items()})
             logprob_sum[s, i] = float(scored[reqs[item.label]].logprobs.sum())
 
     metrics = {}
@@ -208,6 +217,7 @@ def evaluate_task(
             "items_per_second": n_items * len(seed_list) / seconds if seconds > 0 else None,
         },
         "sources": task.sources,
+        **({"scores": kept} if keep_scores else {}),
     }
 
 
