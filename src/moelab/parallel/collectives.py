@@ -1,0 +1,83 @@
+"""Differentiable collectives for expert parallelism (thin autograd wrappers over torch's own).
+
+- :func:`all_to_all` exchanges rows with (possibly uneven) split sizes; its backward is the
+  reverse exchange with the splits swapped.
+- :func:`expert_grad` is the identity going forward; going backward it sums an expert weight's
+  gradient over the ranks that hold copies of the same experts and divides it by ``divisor``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from moelab.errors import MoelabError
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_ND, out_splits, in_splits, group):  # noqa: D102
+        ctx.splits = (out_splits, in_splits)
+        ctx.group = group
+        x_ND = x_ND.contiguous()
+        out_ND = x_ND.new_empty((sum(out_splits), *x_ND.shape[1:]))
+        dist.all_to_all_single(out_ND, x_ND, out_splits, in_splits, group=group)
+        return out_ND
+
+    @staticmethod
+    def backward(ctx, g_ND):  # noqa: D102
+        out_splits, in_splits = ctx.splits
+        g_ND = g_ND.contiguous()
+        gx_ND = g_ND.new_empty((sum(in_splits), *g_ND.shape[1:]))
+        dist.all_to_all_single(gx_ND, g_ND, in_splits, out_splits, group=ctx.group)
+        return gx_ND, None, None, None
+
+
+def all_to_all(
+    x_ND: torch.Tensor, out_splits: list[int], in_splits: list[int], group
+) -> torch.Tensor:
+    """Send rows ``in_splits[j]`` of ``x_ND`` (in order) to rank j of ``group``; receive
+    ``out_splits[j]`` rows from rank j. Differentiable."""
+    return _AllToAll.apply(x_ND, list(out_splits), list(in_splits), group)
+
+
+class _ExpertGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, group, divisor):  # noqa: D102
+        ctx.group, ctx.divisor = group, divisor
+        return w.view_as(w)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        g = g.contiguous()
+        if ctx.group is not None and dist.get_world_size(ctx.group) > 1:
+            g = g.clone()
+            dist.all_reduce(g, group=ctx.group)
+        if ctx.divisor != 1.0:
+            g = g / ctx.divisor
+        return g, None, None
+
+
+def expert_grad(w: torch.Tensor, group, divisor: float) -> torch.Tensor:
+    """Identity; in backward the gradient is summed over ``group`` (the ranks holding the same
+    experts; None or size 1: nothing to sum) and divided by ``divisor``."""
+    return _ExpertGrad.apply(w, group, float(divisor))
+
+
+def agree_max(values: list[int], group, device: torch.device) -> list[int]:
+    """Element-wise maximum of small integer lists over ``group`` (one all-reduce)."""
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return t.tolist()
+
+
+def check_same(name: str, value: int, group, device: torch.device) -> None:
+    """Raise a clear error unless every rank of ``group`` passes the same ``value``: checked
+    before a collective whose buffers depend on it (a mismatch would fail deep inside the
+    backend or hang)."""
+    hi, neg_lo = agree_max([value, -value], group, device)
+    if hi != -neg_lo:
+        raise MoelabError(
+            f"ranks disagree on {name} (from {-neg_lo} to {hi}); every rank must run the same "
+            "model config and batch shape"
+        )

@@ -1,0 +1,177 @@
+"""Process group and device mesh from torchrun's environment.
+
+``torchrun`` (or SLURM's ``srun`` with the same variables) sets ``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup_from_env` turns them into an
+initialised process group (gloo on CPU, NCCL on CUDA) with a short timeout, so a rank that dies
+or a collective that disagrees ends the job with an error instead of a hang.
+
+The mesh is two-dimensional, ``("edp", "ep")``: ranks ``g * ep .. g * ep + ep - 1`` form expert
+group ``g`` (experts are split over it), and the ``edp`` dimension joins the ranks that hold the
+same experts (expert data parallel). With ``ep == world`` there is one expert group.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+from moelab.errors import MoelabError
+
+DEFAULT_TIMEOUT_S = 300.0
+ENV_TIMEOUT = "MOELAB_DIST_TIMEOUT_S"
+
+
+@dataclass
+class Topology:
+    """Where this process sits: ``rank`` of ``world``; expert group of ``ep`` ranks in which it
+    is ``ep_rank``; ``edp = world // ep`` copies of every expert group."""
+
+    rank: int
+    world: int
+    local_rank: int
+    ep: int
+    device: torch.device
+    mesh: DeviceMesh | None = None
+
+    @property
+    def edp(self) -> int:
+        return self.world // self.ep
+
+    @property
+    def ep_rank(self) -> int:
+        return self.rank % self.ep
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ep_group(self):
+        return None if self.mesh is None else self.mesh.get_group("ep")
+
+    @property
+    def edp_group(self):
+        return None if self.mesh is None else self.mesh.get_group("edp")
+
+
+def env_world() -> int:
+    """WORLD_SIZE from the environment (1 when not launched by torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise MoelabError(
+            f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun"
+        ) from None
+
+
+def default_ep(world: int, n_experts: int) -> int:
+    """The largest expert-group size that divides both the world and the expert count."""
+    return math.gcd(world, n_experts) if n_experts > 0 else 1
+
+
+def check_ep(ep: int, world: int, n_experts: int) -> None:
+    if ep < 1 or world % ep:
+        raise MoelabError(
+            f"expert-parallel degree {ep} does not divide the world size {world}; "
+            f"choose a divisor of {world}"
+        )
+    if n_experts and n_experts % ep:
+        raise MoelabError(
+            f"expert-parallel degree {ep} does not divide model.n_experts={n_experts}; "
+            f"choose a divisor of both (e.g. {default_ep(world, n_experts)})"
+        )
+
+
+def timeout_from_env(default_s: float = DEFAULT_TIMEOUT_S) -> float:
+    raw = os.environ.get(ENV_TIMEOUT)
+    if raw is None:
+        return default_s
+    try:
+        value = float(raw)
+    except ValueError:
+        raise MoelabError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise MoelabError(f"{ENV_TIMEOUT} must be > 0, got {raw}")
+    return value
+
+
+def init_process_group(
+    rank: int, world: int, *, backend: str, timeout_s: float, init_method: str | None = None
+) -> None:
+    """Initialise the default process group (idempotent for the same world)."""
+    if dist.is_initialized():
+        if dist.get_world_size() != world:
+            raise MoelabError(
+                f"a process group of size {dist.get_world_size()} already exists; "
+                f"cannot start one of size {world}"
+            )
+        return
+    kwargs = {}
+    if backend == "nccl" and torch.cuda.is_available():
+        kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
+    dist.init_process_group(
+        backend=backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=timeout_s),
+        **kwargs,
+    )
+
+
+def build_mesh(topo: Topology) -> DeviceMesh:
+    """The ("edp", "ep") mesh: expert groups are consecutive ranks (on one node when possible,
+    where the all-to-all is cheapest)."""
+    return init_device_mesh(topo.device.type, (topo.edp, topo.ep), mesh_dim_names=("edp", "ep"))
+
+
+def setup_from_env(
+    n_experts: int = 0,
+    *,
+    ep: int | None = None,
+    device: str = "auto",
+    timeout_s: float | None = None,
+) -> Topology:
+    """Initialise torch.distributed from torchrun's variables and build the mesh.
+
+    ``ep`` defaults to :func:`default_ep`; ``device="auto"`` takes ``cuda:LOCAL_RANK`` when CUDA
+    is present (NCCL), else CPU (gloo). ``timeout_s`` (default ``MOELAB_DIST_TIMEOUT_S`` or 300)
+    bounds every collective: a dead or stuck rank makes the others fail after it.
+    """
+    world = env_world()
+    missing = [k for k in ("RANK", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if world > 1 and missing:
+        raise MoelabError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch with "
+            "`torchrun --nproc_per_node=N -m moelab train ...`"
+        )
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MoelabError(f"train.device: {device} requested but CUDA is not available")
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    ep = default_ep(world, n_experts) if ep is None else ep
+    check_ep(ep, world, n_experts)
+    topo = Topology(rank=rank, world=world, local_rank=local_rank, ep=ep, device=dev)
+    init_process_group(rank, world, backend=backend, timeout_s=timeout_s or timeout_from_env())
+    topo.mesh = build_mesh(topo)
+    return topo
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
