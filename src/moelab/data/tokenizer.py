@@ -10,9 +10,11 @@ as plain text, so a document can never forge a document boundary.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import multiprocessing.pool
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -85,21 +87,65 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 _worker_tok: Tokenizer | None = None
 _worker_dtype: np.dtype = np.dtype(np.uint32)
+_worker_cut = False
+
+# Tokenizers is ~2x slower per byte on 32 KB documents than on short texts, so documents are cut
+# into ~1 KB pieces, encoded, and the ids concatenated. The cut is placed only where the
+# GPT-2-style byte-level pre-tokenizer splits anyway: after a single "\n" that sits between two
+# non-space characters. Such a "\n" is a pre-token of its own whether or not the text continues,
+# and BPE never merges across pre-tokens, so the ids are exactly those of the whole document.
+CUT_AT = re.compile(r"(?<=\S\n)(?=\S)")
+PIECE_CHARS = 1024
+
+
+def can_cut_documents(tok: Tokenizer) -> bool:
+    """True when cutting at CUT_AT cannot change the ids: no normalizer, and a byte-level
+    pre-tokenizer with the GPT-2 regex and no added prefix space (ours and GPT-2's)."""
+    spec = json.loads(tok.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    return (
+        spec.get("normalizer") is None
+        and pre.get("type") == "ByteLevel"
+        and pre.get("use_regex", True)
+        and not pre.get("add_prefix_space", False)
+    )
+
+
+def cut_document(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
+    pieces, start = [], 0
+    for m in CUT_AT.finditer(text):
+        if m.start() - start >= piece_chars:
+            pieces.append(text[start : m.start()])
+            start = m.start()
+    pieces.append(text[start:])
+    return pieces
 
 
 def _init_worker(tokenizer_json: str, dtype: str) -> None:
-    global _worker_tok, _worker_dtype
+    global _worker_tok, _worker_dtype, _worker_cut
     # One thread per process: parallelism comes from the processes, not from rayon inside each.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _worker_tok = Tokenizer.from_str(tokenizer_json)
     _worker_tok.encode_special_tokens = True
     _worker_dtype = np.dtype(dtype)
+    _worker_cut = can_cut_documents(_worker_tok)
 
 
 def _encode_batch(docs: Sequence[str]) -> list[np.ndarray]:
     assert _worker_tok is not None
-    encs = _worker_tok.encode_batch(list(docs), add_special_tokens=False)
-    return [np.asarray(e.ids, dtype=_worker_dtype) for e in encs]
+    tok = _worker_tok
+    # encode_batch_fast skips character offsets, which we never use (~2x faster)
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    if not _worker_cut:
+        return [np.asarray(e.ids, dtype=_worker_dtype) for e in encode(list(docs), False)]
+    pieces_per_doc = [cut_document(d) for d in docs]
+    encs = encode([p for pieces in pieces_per_doc for p in pieces], False)
+    out, i = [], 0
+    for pieces in pieces_per_doc:
+        ids = [encs[j].ids for j in range(i, i + len(pieces))]
+        i += len(pieces)
+        out.append(np.asarray([t for part in ids for t in part], dtype=_worker_dtype))
+    return out
 
 
 def batches_by_chars(docs: Sequence[str], max_chars: int = BATCH_CHARS) -> Iterator[list[str]]:

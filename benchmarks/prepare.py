@@ -1,0 +1,124 @@
+"""Benchmark: `moelab prepare` throughput (MB/s of input text) with 1 and 2 worker processes on
+../shared/data/gutenberg_nltk, next to the peer: Hugging Face `tokenizers` encoding the same
+documents directly (one thread, and its own rayon thread pool on all cores).
+
+    python benchmarks/prepare.py [--data ../shared/data/gutenberg_nltk] [--repeats 3]
+
+"prepare" is end to end (read + decode + split + encode + write + checksum) with a fixed
+tokenizer.json, so BPE training is timed separately. Each figure is the best of --repeats runs;
+other processes may share the CPU, so compare figures from the same run only.
+The last line is one JSON object with all figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+from moelab.data import prepare
+from moelab.data.sources import parse_source_spec, read_source
+from moelab.data.tokenizer import DocumentEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "gutenberg_nltk"
+
+
+def best_of(repeats: int, fn) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--vocab-size", type=int, default=4096)
+    args = ap.parse_args()
+    if not args.data.is_dir():
+        print(f"{args.data} is absent; nothing to measure")
+        print(json.dumps({"benchmark": "prepare", "skipped": f"{args.data} absent"}))
+        return 0
+
+    spec = f"books={args.data}/*.txt:encoding=utf-8,latin-1"
+    input_bytes = sum(p.stat().st_size for p in args.data.glob("*.txt"))
+    mb = input_bytes / 1e6
+    docs = read_source(parse_source_spec(spec), 1 << 15).docs
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"input: {args.data} ({mb:.1f} MB, {len(docs)} documents); {cpus} CPUs visible")
+    print("note: other processes may share the CPU; figures are best of", args.repeats)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        first = prepare(tmp / "train", [spec], vocab_size=args.vocab_size)
+        bpe_s = time.perf_counter() - t0
+        tok_json = first.path / "tokenizer.json"
+        tok = Tokenizer.from_file(str(tok_json))
+
+        runs = iter(range(10**6))
+        prep_s = {
+            w: best_of(
+                args.repeats,
+                lambda w=w: prepare(tmp / f"p{next(runs)}", [spec], tokenizer=tok_json, workers=w),
+            )
+            for w in (1, 2)
+        }
+
+        def encode_with(workers: int) -> None:
+            with DocumentEncoder(tok, workers) as enc:
+                enc.encode(docs)
+
+        enc_s = {w: best_of(args.repeats, lambda w=w: encode_with(w)) for w in (1, 2)}
+
+        def peer(parallel: bool) -> None:
+            os.environ["TOKENIZERS_PARALLELISM"] = "true" if parallel else "false"
+            tok.encode_batch(docs, add_special_tokens=False)
+
+        peer_s = {p: best_of(args.repeats, lambda p=p: peer(p)) for p in (False, True)}
+        os.environ.pop("TOKENIZERS_PARALLELISM", None)
+
+    rows = [
+        ("moelab prepare, 1 process (end to end)", prep_s[1]),
+        ("moelab prepare, 2 processes (end to end)", prep_s[2]),
+        ("moelab encode stage, 1 process", enc_s[1]),
+        ("moelab encode stage, 2 processes", enc_s[2]),
+        ("peer: tokenizers encode_batch, 1 thread", peer_s[False]),
+        (f"peer: tokenizers encode_batch, rayon ({cpus} CPUs)", peer_s[True]),
+    ]
+    print(f"\n{'what':<52} {'seconds':>8} {'MB/s':>8}")
+    for name, s in rows:
+        print(f"{name:<52} {s:>8.2f} {mb / s:>8.2f}")
+    print(f"BPE training (vocab {args.vocab_size}) + first prepare: {bpe_s:.2f} s")
+    ratio = prep_s[1] / prep_s[2]
+    print(f"speed-up of 2 processes over 1 (end to end): {ratio:.2f}x")
+    result = {
+        "benchmark": "prepare",
+        "input_mb": round(mb, 3),
+        "documents": len(docs),
+        "cpus": cpus,
+        "prepare_mb_s_1proc": round(mb / prep_s[1], 3),
+        "prepare_mb_s_2proc": round(mb / prep_s[2], 3),
+        "prepare_speedup_2_over_1": round(ratio, 3),
+        "encode_mb_s_1proc": round(mb / enc_s[1], 3),
+        "encode_mb_s_2proc": round(mb / enc_s[2], 3),
+        "peer_tokenizers_mb_s_1thread": round(mb / peer_s[False], 3),
+        "peer_tokenizers_mb_s_rayon": round(mb / peer_s[True], 3),
+        "bpe_train_and_first_prepare_s": round(bpe_s, 3),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Tokenizer: training, special tokens, and encoding in pieces giving the same ids as whole."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moelab.data.tokenizer import (
+    MIN_VOCAB,
+    can_cut_documents,
+    cut_document,
+    encode_documents,
+    special_ids,
+    train_bpe,
+)
+from moelab.errors import MoelabError
+
+TEXT = (
+    "def route(x):\n    return top_k(x)\n\nThe router's choice isn't fixed.\n"
+    "Numbers 12 345 and caf\u00e9 \u4e2d\u6587.\n  \n\tTabbed line\nlast\n"
+) * 30
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_bpe([TEXT], 320)
+
+
+def test_special_tokens_and_round_trip(tok):
+    assert special_ids(tok) == (0, 1)
+    ids = tok.encode("a <|endoftext|> b", add_special_tokens=False).ids
+    assert 0 not in ids  # the literal string is text, never a document boundary
+    assert tok.decode(ids) == "a <|endoftext|> b"
+    with pytest.raises(MoelabError, match=f"at least {MIN_VOCAB}"):
+        train_bpe([TEXT], MIN_VOCAB - 1)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet=" \n\tab'.1\u00e9Z", max_size=300), st.integers(1, 40))
+def test_cut_pieces_encode_like_the_whole(tok, text, piece_chars):
+    assert can_cut_documents(tok)
+    pieces = cut_document(text, piece_chars)
+    assert "".join(pieces) == text
+    whole = tok.encode(text, add_special_tokens=False).ids
+    parts = [i for p in pieces for i in tok.encode(p, add_special_tokens=False).ids]
+    assert parts == whole
+
+
+def test_encode_documents_matches_plain_encode(tok):
+    docs = [TEXT, "short", TEXT[:500]]
+    got = encode_documents(tok, docs)
+    assert [g.tolist() for g in got] == [tok.encode(d, add_special_tokens=False).ids for d in docs]
+
+
+def test_cutting_is_off_for_other_pre_tokenizers(tok):
+    spec = json.loads(tok.to_str())
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+    from tokenizers import Tokenizer
+
+    assert not can_cut_documents(Tokenizer.from_str(json.dumps(spec)))
