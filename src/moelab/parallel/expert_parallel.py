@@ -119,10 +119,11 @@ class ExpertParallelMoeFFN(MoeFFN):
     def _run_local(self, x_ND: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """The model's Experts maths on the local weights; the weights' gradients pass through
         :func:`expert_grad` (sum over the expert-data-parallel copies, divide)."""
-        weights = {
-            name: expert_grad(_local(p), self.edp_group, self.grad_divisor)
-            for name, p in self.experts.named_parameters()
-        }
+        weights = {}
+        for name, p in self.experts.named_parameters():
+            w = expert_grad(_local(p), self.edp_group, self.grad_divisor)
+            # Under FSDP's bf16 param dtype the tokens arrive in bf16: compute experts in it.
+            weights[name] = w if w.dtype == x_ND.dtype else w.to(x_ND.dtype)
         return functional_call(self.experts, weights, (x_ND, counts))
 
     # -- exchanges ------------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""Wrap a model for data + expert parallelism: FSDP2 (``fully_shard``) for the dense parts,
+expert parallelism for the MoE layers.
+
+Layout on the ``("edp", "ep")`` mesh (see :mod:`moelab.parallel.launch`):
+
+- MoE layers become :class:`ExpertParallelMoeFFN`; their expert weights are DTensors of the
+  full ``(E, ...)`` shape, placed ``(Replicate(), Shard(0))``: split by expert over the expert
+  group, one copy per expert group (their gradients are summed over the copies in backward).
+  FSDP ignores them.
+- Dense parameters (embeddings, attention, norms, router, dense FFNs) are sharded by
+  ``fully_shard``, one FSDP unit per block plus the root. A dense model shards them over all
+  ranks. An MoE model uses the same 2-D mesh for them (HSDP: sharded over the expert group,
+  replicated over ``edp``); with the default ``ep == world`` that is plain FSDP over all ranks.
+  Keeping every parameter a DTensor on one mesh lets the gradient norm and the optimizer treat
+  them together.
+
+Gradients: FSDP averages the dense gradients over ranks (each rank's loss is the mean over its
+tokens, so this is the gradient of the global mean); expert gradients are divided by ``world``
+(``expert_grad="exact"``, the same as one process) or ``sqrt(world)`` (``"paper"``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor, Replicate, Shard
+
+from moelab.parallel.expert_parallel import (
+    ExpertParallelMoeFFN,
+    apply_expert_parallel,
+    expert_grad_divisor,
+)
+from moelab.parallel.launch import Topology
+
+
+def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return [
+        p
+        for m in model.modules()
+        if isinstance(m, ExpertParallelMoeFFN)
+        for p in m.experts.parameters()
+    ]
+
+
+def _distribute_experts(layers: list[ExpertParallelMoeFFN], topo: Topology) -> None:
+    """Turn each rank's local expert slices into DTensors of the global shape."""
+    placements = [Replicate(), Shard(0)]
+    for layer in layers:
+        experts = layer.experts
+        for name, p in list(experts.named_parameters()):
+            dt = DTensor.from_local(p.detach(), topo.mesh, placements, run_check=False)
+            setattr(experts, name, nn.Parameter(dt, requires_grad=p.requires_grad))
+
+
+def wrap_for_parallel(
+    model: nn.Module,
+    topo: Topology,
+    *,
+    expert_grad: str = "exact",
+    param_dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """Shard ``model`` (built identically on every rank, on ``topo.device``) in place and
+    return it. ``param_dtype`` (e.g. ``torch.bfloat16``) runs the dense parts in that dtype
+    under FSDP2 with fp32 master weights and fp32 gradient reduction; experts then compute in
+    the dtype of their inputs."""
+    divisor = expert_grad_divisor(expert_grad, topo.world)
+    layers = apply_expert_parallel(
+        model,
+        ep=topo.ep,
+        ep_rank=topo.ep_rank,
+        ep_group=topo.ep_group if topo.ep > 1 else None,
+        edp_group=topo.edp_group if topo.edp > 1 else None,
+        grad_divisor=divisor,
+    )
+    if layers:
+        _distribute_experts(layers, topo)
+        mesh = topo.mesh
+    else:
+        mesh = init_device_mesh(topo.device.type, (topo.world,))
+    ignored = set(expert_parameters(model))
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    blocks = getattr(model, "layers", [])
+    for block in blocks:
+        fully_shard(
+            block,
+            mesh=mesh,
+            mp_policy=mp,
+            ignored_params={p for p in block.parameters() if p in ignored} or None,
+        )
+    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=ignored or None)
+    return model
+
+
+def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    """Global L2 norm of the gradients of (possibly sharded) parameters, as a plain tensor
+    with the same value on every rank."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros((), dtype=torch.float32)
+    total = torch.nn.utils.get_total_norm(grads)
+    return total.full_tensor() if isinstance(total, DTensor) else total
