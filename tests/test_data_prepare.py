@@ -147,6 +147,17 @@ def test_interrupted_run_leaves_nothing_behind(corpus, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
+def test_same_inputs_give_identical_folders(prepared, corpus, tmp_path):
+    stale = tmp_path / ".again.tmp-999999999"  # left by a killed run (no such pid)
+    stale.mkdir()
+    again = _prep(corpus, tmp_path / "again")
+    assert not stale.exists()
+    for name in os.listdir(prepared.path):
+        if name != "manifest.json":  # which differs only in its creation time
+            assert (again.path / name).read_bytes() == (prepared.path / name).read_bytes(), name
+    assert again.manifest["domains"] == prepared.manifest["domains"]
+
+
 @pytest.fixture
 def copy_of(prepared, tmp_path):
     import shutil

@@ -24,32 +24,50 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DOMAIN=PATH_OR_GLOB",
         help="an evaluation-only domain (repeatable), same syntax; it gets only a 'val' split",
     )
-    parser.add_argument("--out", required=True, help="output folder (created; never overwritten)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (created; never overwritten)"
+    )
     parser.add_argument(
         "--builtin",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="include the built-in standard-library corpus (default: only when no --source)",
     )
-    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
     parser.add_argument(
-        "--tokenizer", default=None, help="use this tokenizer.json instead of training a BPE"
-    )
-    parser.add_argument("--workers", type=int, default=1, help="tokenizer processes")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val split")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.05, help="share of a domain held for validation"
+        "--vocab-size", type=int, metavar="N", default=4096, help="BPE vocabulary size"
     )
     parser.add_argument(
-        "--val-max-bytes", type=int, default=1 << 19, help="cap on a validation split's text"
+        "--tokenizer",
+        default=None,
+        metavar="FILE",
+        help="use this tokenizer.json instead of training a BPE",
+    )
+    parser.add_argument("--workers", type=int, metavar="N", default=1, help="tokenizer processes")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", default=0, help="seed of the train/val split"
     )
     parser.add_argument(
-        "--max-doc-bytes", type=int, default=1 << 15, help="longer documents are cut"
+        "--val-fraction",
+        type=float,
+        metavar="F",
+        default=0.05,
+        help="share of a domain held for validation",
+    )
+    parser.add_argument(
+        "--val-max-bytes",
+        type=int,
+        metavar="N",
+        default=1 << 19,
+        help="cap on a validation split's text",
+    )
+    parser.add_argument(
+        "--max-doc-bytes", type=int, metavar="N", default=1 << 15, help="longer documents are cut"
     )
     parser.add_argument(
         "--builtin-max-bytes",
         type=int,
         default=DEFAULT_MAX_BYTES,
+        metavar="N",
         help="text per built-in training domain (held-out: a quarter)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

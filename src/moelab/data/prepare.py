@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -262,6 +264,20 @@ def _check_existing(out: Path, fp: str) -> dict[str, Any] | None:
     return manifest
 
 
+def _remove_stale_temp_dirs(out: Path) -> None:
+    """Delete ``.<out>.tmp-<pid>`` folders left by runs that were killed (their pid is gone)."""
+    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not tmp.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def prepare(
     out: str | Path,
     sources: Sequence[SourceSpec | str] = (),
@@ -336,6 +352,7 @@ def prepare(
 
         if out.exists():  # an empty folder the user made: replaced by the complete one
             out.rmdir()
+        _remove_stale_temp_dirs(out)
         with atomic_dir(out) as tmp, DocumentEncoder(tok, workers) as encoder:
             tok_path = tmp / "tokenizer.json"
             tok.save(str(tok_path))
