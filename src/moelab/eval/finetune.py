@@ -3,10 +3,10 @@
 Every weight trains (embeddings, attention, routers and experts included) plus a new head:
 
 - classification tasks (SST-2, RTE, CB, BoolQ, MRPC): a linear layer D -> classes on the final
-  hidden state of the last token of ``prompt + <|endoftext|>``;
+  hidden state of the prompt's last token (as Hugging Face's GPT-2 sequence classifier does);
 - multiple-choice tasks (COPA, PIQA, StoryCloze, HellaSwag, WinoGrande, generic JSONL): a linear
-  layer D -> 1 scores the last token of each ``context + candidate + <|endoftext|>``; a softmax
-  over the candidates gives the loss.
+  layer D -> 1 scores the last token of each ``context + candidate``; a softmax over the
+  candidates gives the loss.
 
 The learning rate comes from a grid that is the same for every model (so neither family is
 tuned more than the other): each rate trains a fresh copy of the pretrained weights on the
@@ -81,7 +81,7 @@ def _sequences(item: Item, head: str, encode, eot: int, max_len: int) -> list[li
         texts = [item.context(0)]
     else:
         texts = [c + k for c, k in item.candidates()]
-    return [(encode(t) + [eot])[-max_len:] for t in texts]
+    return [encode(t)[-max_len:] or [eot] for t in texts]
 
 
 def _last_hidden(model, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:

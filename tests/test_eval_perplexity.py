@@ -1,0 +1,78 @@
+"""Perplexity: window coverage, the strided loss against a hand computation, and a trained run's
+in-domain / out-of-domain report with bits per byte."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from moelab.errors import MoelabError
+from moelab.eval.perplexity import (
+    IN_DOMAIN,
+    OUT_OF_DOMAIN,
+    PplSource,
+    evaluate_perplexity,
+    run_perplexity,
+    windows,
+)
+from test_eval_support import tiny_model, trained_run
+
+
+@pytest.mark.parametrize("n, context, stride", [(50, 16, 16), (50, 16, 5), (17, 16, 1), (3, 16, 8)])
+def test_windows_score_every_token_once(n, context, stride):
+    scored = []
+    for start, end, first in windows(n, context, stride):
+        assert end - start <= context and start < first <= end
+        if start > 0:  # sliding: every scored token sees >= context - stride tokens of history
+            assert first - 1 - start >= min(context - stride, first - 1)
+        scored += range(first, end + 1)
+    assert scored == list(range(1, n))
+    with pytest.raises(MoelabError, match="--stride"):
+        windows(n, context, context + 1)
+
+
+def test_strided_loss_equals_hand_computation():
+    model = tiny_model(300, moe=True)
+    tokens = np.random.default_rng(0).integers(0, 300, size=70)
+    src = PplSource("rand", tokens, n_bytes=100, role=OUT_OF_DOMAIN, origin="test")
+    result = evaluate_perplexity(model, [src], context=16, stride=6, batch_size=3)
+    nll = 0.0
+    for start, end, first in windows(len(tokens), 16, 6):
+        x = torch.tensor(tokens[start:end])[None]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(x).logits_BTV.double(), -1)[0]
+        for t in range(first, end + 1):
+            nll -= float(logp[t - 1 - start, tokens[t]])
+    (row,) = result["domains"]
+    assert row["tokens"] == 69
+    assert row["loss"] == pytest.approx(nll / 69, abs=1e-5)
+    assert row["perplexity"] == pytest.approx(math.exp(nll / 69), rel=1e-5)
+    assert row["bits_per_byte"] == pytest.approx(nll / math.log(2) / 100, rel=1e-5)
+
+
+def test_run_perplexity_marks_domains_and_reports_capacity(tmp_path):
+    run = trained_run()
+    result = run_perplexity(run, stride=32)
+    roles = {d["name"]: d["role"] for d in result["domains"]}
+    assert roles == {"books": IN_DOMAIN, "news": OUT_OF_DOMAIN}
+    assert result["capacity"] == {"moe": True, "eval_capacity_factor": None, "dropless": True}
+    assert result["compute"]["moe_max_dropped_frac"] == 0.0
+    assert result["checkpoint"]["step"] == 8 and len(result["checkpoint"]["sha256"]) == 64
+    for d in result["domains"]:
+        assert 0 < d["loss"] < math.log(300) + 1 and d["bytes"] > d["tokens"] / 2
+    # extra text files and globs: each file its own row, out-of-domain, bytes = UTF-8 size
+    text = "The cat sat on the mat. Caf\u00e9 au lait.\n" * 20
+    (tmp_path / "a.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "b.txt").write_text(text.upper(), encoding="utf-8")
+    extra = run_perplexity(run, [str(tmp_path / "*.txt")], capacity_factor=0.5)
+    assert [d["name"] for d in extra["domains"]] == ["a.txt", "b.txt"]
+    assert extra["domains"][0]["bytes"] == len(text.encode("utf-8"))
+    assert all(d["role"] == OUT_OF_DOMAIN for d in extra["domains"])
+    assert extra["capacity"]["eval_capacity_factor"] == 0.5
+    with pytest.raises(MoelabError, match="no file matches"):
+        run_perplexity(run, [str(tmp_path / "*.none")])
+    json.dumps(result)  # plain data only
