@@ -25,6 +25,7 @@ from torch import nn
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
+from moelab.model.grouped import grouped_ffn, grouped_linear
 
 POLICIES = ("all", "sampling", "random")
 
@@ -264,31 +265,30 @@ class Experts(nn.Module):
     def forward(self, x_ND: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Run expert e on rows [sum(counts[:e]), sum(counts[:e+1])) of ``x_ND``.
 
-        The stacked weights are unbound once (not indexed per expert), so the backward pass
-        stacks E slice gradients into one buffer instead of allocating a full-size gradient per
-        expert (O(E * D * F), not O(E^2 * D * F)).
+        The stacked weights are never indexed per expert in autograd (``w[e]`` in a loop would
+        make backward allocate a full-size gradient per expert, O(E^2 D F)):
+        :func:`grouped_ffn` runs all experts in one autograd node, block by block, writing
+        gradients straight into stacked buffers. With activation dropout in training the
+        projections run as separate :func:`grouped_linear` nodes instead.
         """
-        xs = x_ND.split(counts)
-        w1s, w2s = self.w1.unbind(0), self.w2.unbind(0)
-        if self.arch == "paper":
-            b1s, b2s = self.b1.unbind(0), self.b2.unbind(0)
+        paper = self.arch == "paper"
+        if not (self.training and self.activation_dropout > 0):
+            return grouped_ffn(
+                x_ND,
+                self.w1,
+                self.b1 if paper else None,
+                self.w2,
+                self.b2 if paper else None,
+                None if paper else self.w3,
+                counts,
+            )
+        if paper:
+            h_NF = F.gelu(grouped_linear(x_ND, self.w1, self.b1, counts))
         else:
-            w3s = self.w3.unbind(0)
-        outs = []
-        for e, x_nD in enumerate(xs):
-            if x_nD.shape[0] == 0:
-                continue
-            if self.arch == "paper":
-                h_nF = F.gelu(torch.addmm(b1s[e], x_nD, w1s[e]))
-                h_nF = F.dropout(h_nF, self.activation_dropout, self.training)
-                outs.append(torch.addmm(b2s[e], h_nF, w2s[e]))
-            else:
-                h_nF = F.silu(x_nD @ w1s[e]) * (x_nD @ w3s[e])
-                h_nF = F.dropout(h_nF, self.activation_dropout, self.training)
-                outs.append(h_nF @ w2s[e])
-        if not outs:
-            return x_ND.new_zeros(0, self.w2.shape[2])
-        return torch.cat(outs, dim=0)
+            h_NF = F.silu(grouped_linear(x_ND, self.w1, None, counts))
+            h_NF = h_NF * grouped_linear(x_ND, self.w3, None, counts)
+        h_NF = F.dropout(h_NF, self.activation_dropout, self.training)
+        return grouped_linear(h_NF, self.w2, self.b2 if paper else None, counts)
 
 
 @dataclass
@@ -343,7 +343,7 @@ class MoeFFN(nn.Module):
             training=self.training,
         )
         plan = plan_dispatch(routing)
-        y_ND = self.experts(x_SD[plan.token_N], plan.counts)
+        y_ND = self.experts(x_SD.index_select(0, plan.token_N), plan.counts)
         y_SD = combine(y_ND, plan, B * T)
         return MoeOutput(
             y_BTD=y_SD.view(B, T, D),

@@ -1,0 +1,200 @@
+"""Grouped linear layer: row block e of the input times expert e's weight, in one autograd node.
+
+Rows of ``x_NI`` are grouped by expert (``counts[e]`` consecutive rows for expert e). Forward
+writes every block's product straight into one output buffer; backward writes the input
+gradient and each expert's weight (and bias) gradient straight into one stacked buffer. Compared
+with ``split`` + ``unbind`` + a loop of matmuls + ``cat``, this saves the output concatenation,
+the split's gradient concatenation and the stacking of E weight gradients (a full copy of the
+expert weights on every backward), which dominate at many small experts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+class _GroupedLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x_NI, w_EIO, b_EO, counts):  # noqa: D102
+        ctx.counts = counts
+        ctx.save_for_backward(x_NI, w_EIO)
+        ctx.has_bias = b_EO is not None
+        y_NO = x_NI.new_empty(x_NI.shape[0], w_EIO.shape[2])
+        start = 0
+        with torch.autocast(device_type=x_NI.device.type, enabled=False):
+            for e, n in enumerate(counts):
+                if n == 0:
+                    continue
+                rows = slice(start, start + n)
+                if b_EO is not None:
+                    torch.addmm(b_EO[e], x_NI[rows], w_EIO[e], out=y_NO[rows])
+                else:
+                    torch.mm(x_NI[rows], w_EIO[e], out=y_NO[rows])
+                start += n
+        return y_NO
+
+    @staticmethod
+    def backward(ctx, gy_NO):  # noqa: D102
+        x_NI, w_EIO = ctx.saved_tensors
+        counts = ctx.counts
+        gy_NO = gy_NO.contiguous()
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gx_NI = torch.empty_like(x_NI) if need_x else None
+        gw_EIO = torch.empty_like(w_EIO) if need_w else None
+        gb_EO = w_EIO.new_empty(w_EIO.shape[0], w_EIO.shape[2]) if need_b else None
+        start = 0
+        with torch.autocast(device_type=x_NI.device.type, enabled=False):
+            for e, n in enumerate(counts):
+                rows = slice(start, start + n)
+                if n == 0:
+                    if gw_EIO is not None:
+                        gw_EIO[e].zero_()
+                    if gb_EO is not None:
+                        gb_EO[e].zero_()
+                    continue
+                gy = gy_NO[rows]
+                if gx_NI is not None:
+                    torch.mm(gy, w_EIO[e].t(), out=gx_NI[rows])
+                if gw_EIO is not None:
+                    torch.mm(x_NI[rows].t(), gy, out=gw_EIO[e])
+                if gb_EO is not None:
+                    torch.sum(gy, dim=0, out=gb_EO[e])
+                start += n
+        return gx_NI, gw_EIO, gb_EO, None
+
+
+def grouped_linear(
+    x_NI: torch.Tensor, w_EIO: torch.Tensor, b_EO: torch.Tensor | None, counts: list[int]
+) -> torch.Tensor:
+    """``y[rows of e] = x[rows of e] @ w_EIO[e] (+ b_EO[e])`` with rows grouped by ``counts``.
+
+    Under autocast the inputs are cast to the autocast dtype first (like ``F.linear`` would);
+    the gradient of the cast carries back to float32 master weights.
+    """
+    if sum(counts) != x_NI.shape[0]:
+        raise ValueError(f"counts sum to {sum(counts)} but x has {x_NI.shape[0]} rows")
+    dtype = _autocast_dtype(x_NI.device.type)
+    if dtype is not None:
+        x_NI, w_EIO = x_NI.to(dtype), w_EIO.to(dtype)
+        b_EO = b_EO.to(dtype) if b_EO is not None else None
+    else:
+        dtype = torch.promote_types(x_NI.dtype, w_EIO.dtype)
+        x_NI, w_EIO = x_NI.to(dtype), w_EIO.to(dtype)
+        b_EO = b_EO.to(dtype) if b_EO is not None else None
+    return _GroupedLinear.apply(x_NI.contiguous(), w_EIO.contiguous(), b_EO, counts)
+
+
+class _GroupedFFN(torch.autograd.Function):
+    """All experts' FFNs in one node, one expert block at a time: fc1 -> activation -> fc2 runs
+    while the block's (n, F) activations are still in cache; it saves what autograd would
+    (input, pre-activations, activation) and nothing more."""
+
+    @staticmethod
+    def forward(ctx, x_ND, w1_EDF, b1_EF, w2_EFD, b2_ED, w3_EDF, counts, kind):  # noqa: D102
+        N, D = x_ND.shape
+        Fd = w1_EDF.shape[2]
+        y_ND = x_ND.new_empty(N, D)
+        a1_NF = x_ND.new_empty(N, Fd)
+        a3_NF = x_ND.new_empty(N, Fd) if kind == "swiglu" else None
+        h_NF = x_ND.new_empty(N, Fd)
+        start = 0
+        with torch.autocast(device_type=x_ND.device.type, enabled=False):
+            for e, n in enumerate(counts):
+                if n == 0:
+                    continue
+                rows = slice(start, start + n)
+                x = x_ND[rows]
+                if b1_EF is not None:
+                    torch.addmm(b1_EF[e], x, w1_EDF[e], out=a1_NF[rows])
+                else:
+                    torch.mm(x, w1_EDF[e], out=a1_NF[rows])
+                a3 = None
+                if a3_NF is not None:
+                    a3 = torch.mm(x, w3_EDF[e], out=a3_NF[rows])
+                h = h_NF[rows]
+                if kind == "gelu":
+                    torch.nn.functional.gelu(a1_NF[rows], out=h)
+                else:
+                    torch.mul(torch.nn.functional.silu(a1_NF[rows]), a3, out=h)
+                if b2_ED is not None:
+                    torch.addmm(b2_ED[e], h, w2_EFD[e], out=y_ND[rows])
+                else:
+                    torch.mm(h, w2_EFD[e], out=y_ND[rows])
+                start += n
+        ctx.counts, ctx.kind = counts, kind
+        ctx.has_b1, ctx.has_b2 = b1_EF is not None, b2_ED is not None
+        ctx.save_for_backward(x_ND, w1_EDF, w2_EFD, w3_EDF, a1_NF, a3_NF, h_NF)
+        return y_ND
+
+    @staticmethod
+    def backward(ctx, gy_ND):  # noqa: D102
+        x_ND, w1, w2, w3, a1_NF, a3_NF, h_NF = ctx.saved_tensors
+        counts, kind = ctx.counts, ctx.kind
+        gy_ND = gy_ND.contiguous()
+        E, D, Fd = w1.shape
+        gx = torch.empty_like(x_ND)
+        gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
+        gb1 = w1.new_empty(E, Fd) if ctx.has_b1 else None
+        gb2 = w1.new_empty(E, D) if ctx.has_b2 else None
+        gw3 = torch.empty_like(w3) if w3 is not None else None
+        start = 0
+        with torch.autocast(device_type=x_ND.device.type, enabled=False):
+            for e, n in enumerate(counts):
+                if n == 0:
+                    for g in (gw1, gw2, gb1, gb2, gw3):
+                        if g is not None:
+                            g[e].zero_()
+                    continue
+                rows = slice(start, start + n)
+                x, gy, a1 = x_ND[rows], gy_ND[rows], a1_NF[rows]
+                a3 = a3_NF[rows] if a3_NF is not None else None
+                h = h_NF[rows]
+                torch.mm(h.t(), gy, out=gw2[e])
+                if gb2 is not None:
+                    torch.sum(gy, dim=0, out=gb2[e])
+                gh = gy @ w2[e].t()
+                if kind == "gelu":
+                    ga1 = torch.ops.aten.gelu_backward(gh, a1)
+                else:
+                    ga3 = gh * torch.nn.functional.silu(a1)
+                    ga1 = torch.ops.aten.silu_backward(gh * a3, a1)
+                    torch.mm(x.t(), ga3, out=gw3[e])
+                torch.mm(x.t(), ga1, out=gw1[e])
+                if gb1 is not None:
+                    torch.sum(ga1, dim=0, out=gb1[e])
+                torch.mm(ga1, w1[e].t(), out=gx[rows])
+                if kind != "gelu":
+                    gx[rows].addmm_(ga3, w3[e].t())
+                start += n
+        return gx, gw1, gb1, gw2, gb2, gw3, None, None
+
+
+def grouped_ffn(
+    x_ND: torch.Tensor,
+    w1_EDF: torch.Tensor,
+    b1_EF: torch.Tensor | None,
+    w2_EFD: torch.Tensor,
+    b2_ED: torch.Tensor | None,
+    w3_EDF: torch.Tensor | None,
+    counts: list[int],
+) -> torch.Tensor:
+    """Expert FFNs on rows grouped by ``counts``: ``gelu(x w1 + b1) w2 + b2`` when ``w3`` is
+    None (paper), else ``(silu(x w1) * (x w3)) w2`` (modern, no biases). No activation dropout:
+    use :func:`grouped_linear` for that."""
+    if sum(counts) != x_ND.shape[0]:
+        raise ValueError(f"counts sum to {sum(counts)} but x has {x_ND.shape[0]} rows")
+    dtype = _autocast_dtype(x_ND.device.type) or torch.promote_types(x_ND.dtype, w1_EDF.dtype)
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dtype).contiguous()
+
+    kind = "gelu" if w3_EDF is None else "swiglu"
+    return _GroupedFFN.apply(
+        cast(x_ND), cast(w1_EDF), cast(b1_EF), cast(w2_EFD), cast(b2_ED), cast(w3_EDF), counts, kind
+    )
