@@ -53,6 +53,18 @@ def _batch_size(value: Any) -> int:
     return size
 
 
+def _usable_device(device: str | None) -> str | None:
+    """The harness's CLI asks for cuda:0 by default; like its HF backend, fall back to the CPU
+    when there is no GPU instead of failing."""
+    if device and str(device).startswith("cuda") and not torch.cuda.is_available():
+        print(
+            f"MoelabLM: device {device!r} requested but CUDA is unavailable; using cpu",
+            file=sys.stderr,
+        )
+        return "cpu"
+    return device
+
+
 def _capacity(value: Any) -> float | None:
     if value is None or (isinstance(value, str) and value.lower() in ("dropless", "none", "null")):
         return None
@@ -89,6 +101,7 @@ class MoelabLM(TemplateLM):
         **unused: Any,
     ) -> None:
         super().__init__()
+        device = _usable_device(device)
         from moelab.eval.runs import open_run, pick_device, set_capacity
         from moelab.eval.tokens import eot_id
 
