@@ -39,7 +39,7 @@ def _sentiment_task() -> Task:
         "choice",
         _items(60, 1),
         "val",
-        _items(100, 2),
+        _items(60, 2),
         "train",
         finetune="classify",
         class_names=["negative", "positive"],

@@ -181,3 +181,19 @@ def test_example_prompts_show_candidates_and_calibration():
     shown = example_prompts(task, shots=1, seed=0)
     assert shown["candidates"][1] == {"context": "Q2 a\nIs it?", "continuation": " no"}
     assert shown["calibration"][0] == {"context": "Answer:", "continuation": " yes"}
+
+
+def test_non_utf8_task_file_names_the_line(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    good = b'{"context": "a", "choices": ["x", "y"], "label": 0}\n'
+    path.write_bytes(
+        good
+        + '{"context": "d\u00e9j\u00e0", "choices": ["x", "y"], "label": 0}\n'.encode("latin-1")
+    )
+    with pytest.raises(MoelabError, match="line 2: not UTF-8 text"):
+        get_task(str(path))
+    path.write_text(
+        '{"context": "a", "choices": ["x", "y"], "label": "\u00b2"}\n', encoding="utf-8"
+    )
+    with pytest.raises(MoelabError, match='line 1: field "label": expected an integer'):
+        get_task(str(path))

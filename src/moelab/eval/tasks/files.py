@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import bz2
 import csv
+import io
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,8 @@ class Row:
     def int(self, field: str) -> int:
         value = self._get(field)
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                return int(value)
+            if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):
+                return int(value)  # "1" in files that write labels as strings
             raise self.error(field, f"expected an integer, got {_show(value)}")
         return value
 
@@ -78,32 +80,42 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _open_text(path: Path):
+def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file (bz2 allowed); a line that is not UTF-8 is an error
+    naming the line, not a traceback."""
     if not path.is_file():
         raise MoelabError(f"task file not found: {path}")
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8-sig")  # -sig: MRPC's files start with a BOM
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark
+            try:
+                yield n, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise MoelabError(
+                    f"{path} line {n}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                    "save the file as UTF-8"
+                ) from None
 
 
 def read_jsonl(path: Path) -> Iterator[Row]:
     """Records of a JSON-lines file; blank lines are skipped, anything else must be an object."""
-    with _open_text(path) as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MoelabError(f"{path} line {n}: not valid JSON ({e.msg})") from None
-            if not isinstance(data, dict):
-                raise MoelabError(f"{path} line {n}: expected a JSON object, got {_show(data)}")
-            yield Row(path, n, data)
+    for n, line in _utf8_lines(path):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MoelabError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(data, dict):
+            raise MoelabError(f"{path} line {n}: expected a JSON object, got {_show(data)}")
+        yield Row(path, n, data)
 
 
 def read_tsv(path: Path, fields: list[str] | None = None) -> Iterator[Row]:
     """Records of a tab-separated file with a header line (``fields`` checks it contains them)."""
-    with _open_text(path) as f:
+    with _decoded(path) as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(reader, None)
         if header is None:
@@ -125,7 +137,7 @@ def read_tsv(path: Path, fields: list[str] | None = None) -> Iterator[Row]:
 
 def read_csv(path: Path, fields: list[str]) -> Iterator[Row]:
     """Records of a comma-separated file with a header line containing ``fields``."""
-    with _open_text(path) as f:
+    with _decoded(path) as f:
         reader = csv.DictReader(f)
         for name in fields:
             if name not in (reader.fieldnames or []):
@@ -135,5 +147,9 @@ def read_csv(path: Path, fields: list[str]) -> Iterator[Row]:
 
 
 def read_lines(path: Path) -> list[str]:
-    with _open_text(path) as f:
-        return [line.rstrip("\r\n") for line in f]
+    return [line.rstrip("\r\n") for _, line in _utf8_lines(path)]
+
+
+def _decoded(path: Path) -> io.StringIO:
+    """The whole file as text (for the csv module), checked to be UTF-8 line by line."""
+    return io.StringIO("".join(line for _, line in _utf8_lines(path)), newline=None)
