@@ -222,3 +222,38 @@ def shared_run(tmp_path_factory, name: str = "robust_run", *, moe: bool = True) 
 def copy_run(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest, symlinks=True)
     return dest
+
+
+# ---------------------------------------------------------------------------------------------
+# Damaging a copied run
+
+
+def keep_only_newest_checkpoint(run: Path) -> Path:
+    """Delete all checkpoints but the newest; returns the newest one's folder."""
+    steps = sorted((run / "checkpoints").glob("step_*"))
+    for old in steps[:-1]:
+        shutil.rmtree(old)
+    return steps[-1]
+
+
+def truncate_weights_keeping_checksums(run: Path) -> None:
+    """Cut the newest (only) checkpoint's model.safetensors in half and rewrite meta.json's
+    size and sha256 to match, so only the safetensors reader can notice."""
+    import json
+
+    step = keep_only_newest_checkpoint(run)
+    weights = step / "model.safetensors"
+    data = weights.read_bytes()[: weights.stat().st_size // 2]
+    weights.write_bytes(data)
+    meta = json.loads((step / "meta.json").read_text())
+    meta["files"]["model.safetensors"] = {
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    (step / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def swap_in_checkpoints(run: Path, other_run: Path) -> None:
+    """Replace ``run``'s checkpoints by ``other_run``'s (meta.json and checksums included)."""
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(other_run / "checkpoints", run / "checkpoints")

@@ -3,7 +3,7 @@
 Random files are built three ways: records close to the schema (the real field names with values
 of every JSON type), arbitrary JSON lines, and arbitrary UTF-8 text. A loaded task must also be
 well formed (labels in range, at least one item). Crashes found by the sweep are pinned below as
-strict xfails.
+regression tests.
 """
 
 from __future__ import annotations
@@ -115,16 +115,9 @@ def test_task_with_train_file(tmp_path, rows, train_rows):
 
 
 # ---------------------------------------------------------------------------------------------
-# Crashes found by the sweep.
-
-ENCODING_BUG = (
-    "eval.tasks.files.read_jsonl: a task file that is not UTF-8 raises UnicodeDecodeError while "
-    "lines are read (only json.JSONDecodeError is caught), so `moelab eval --task FILE` shows "
-    "a traceback"
-)
+# Crashes found by the sweep (fixed since; kept as regression tests).
 
 
-@pytest.mark.xfail(strict=True, reason=ENCODING_BUG)
 @pytest.mark.parametrize(
     "raw",
     [
@@ -135,16 +128,13 @@ ENCODING_BUG = (
     ids=["latin-1", "utf-16", "binary"],
 )
 def test_task_file_in_another_encoding(tmp_path, raw):
+    """Not UTF-8: one clear error (not UnicodeDecodeError)."""
     (tmp_path / "task.jsonl").write_bytes(raw)
     _check_loads_or_refuses(tmp_path / "task.jsonl")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval.tasks.files.Row.int: a label string of non-ASCII digits that str.isdigit() "
-    "accepts but int() rejects (e.g. '\u00b2') raises ValueError instead of a MoelabError",
-)
 def test_label_of_superscript_digits(tmp_path):
+    """'\u00b2' passes str.isdigit() but not int(): must still be a MoelabError."""
     row = {"context": "a", "choices": ["x", "y"], "label": "\u00b2"}
     (tmp_path / "task.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
     _check_loads_or_refuses(tmp_path / "task.jsonl")
