@@ -87,7 +87,6 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--capacity-factor",
-        type=_capacity,
         default=None,
         help="MoE capacity factor at evaluation (default: dropless)",
     )
@@ -112,6 +111,7 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     separator = unescape(args.separator)
+    capacity = _capacity(args.capacity_factor) if args.capacity_factor is not None else None
     tasks = [get_task(t, args.tasks_dir) for t in args.task]  # bad task files fail before loading
     run_ = open_run(args.run_dir, step=args.step, device=args.device)
     show_progress = not args.json
@@ -124,7 +124,7 @@ def run(args) -> int:
             stride=args.stride,
             batch_size=args.batch_size,
             max_tokens=args.max_tokens,
-            capacity_factor=args.capacity_factor,
+            capacity_factor=capacity,
             progress=show_progress,
             opened=run_,
         )
@@ -141,7 +141,7 @@ def run(args) -> int:
             args.seeds,
             args.limit,
             separator=separator,
-            capacity_factor=args.capacity_factor,
+            capacity_factor=capacity,
             batch_tokens=args.batch_tokens,
             progress=show_progress,
             show_prompt=args.show_prompt,

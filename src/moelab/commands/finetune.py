@@ -35,8 +35,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
         "--lrs",
-        type=_lrs,
-        default=DEFAULT_LRS,
+        default=",".join(f"{x:g}" for x in DEFAULT_LRS),
         help="learning-rate grid, the same for every model (default "
         + ",".join(f"{x:g}" for x in DEFAULT_LRS)
         + ")",
@@ -75,7 +74,7 @@ def run(args) -> int:
     settings = FinetuneSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
-        lrs=tuple(args.lrs),
+        lrs=_lrs(args.lrs),
         seed=args.seed,
         heldout_fraction=args.heldout_fraction,
         max_len=args.max_len,
