@@ -274,10 +274,15 @@ def test_capacity_layer_equals_dense_computation_with_drops():
     assert (st.tokens_kept_E <= cap).all()
     dropped_K = (~routing.kept_SK).float().mean(0)
     torch.testing.assert_close(st.dropped_frac_K, dropped_K)
-    # Eval mode is dropless by default.
+    # Eval mode is dropless by default; a finite eval_capacity_factor applies only in eval.
     layer.eval()
     assert layer(x).stats.capacity is None
     assert layer(x).stats.dropped_frac_K.sum().item() == 0
+    layer.eval_capacity_factor = 0.25
+    assert layer(x).stats.capacity == expert_capacity(S, 4, 2, 0.25)
+    assert layer(x).stats.dropped_frac_K.sum().item() > 0
+    layer.train()
+    assert layer(x).stats.capacity == cap
 
 
 def test_dispatch_plan_is_sorted_by_expert_and_slot():
@@ -403,3 +408,17 @@ def test_experts_with_activation_dropout(arch):
     ex.train()
     ex.activation_dropout = 0.0
     torch.testing.assert_close(ex(x, COUNTS), fused)
+
+
+def test_second_choices_queue_after_every_first_choice():
+    # fairseq order, and the reason capacity-limited top-2 is not strictly causal (docs/model.md):
+    # token 0's second choice (expert 1) waits behind the first choices of later tokens 1 and 2.
+    big = 5.0
+    logits = torch.tensor([[big, 0.0, -big], [-big, big, 0.0], [-big, big, 0.0]])
+    r = route(logits, 2, 2)
+    assert r.expert_SK[0].tolist() == [0, 1] and r.slot_SK[0, 1].item() == 2
+    assert not r.kept_SK[0, 1]
+    later_changed = logits.clone()
+    later_changed[2] = torch.tensor([big, 0.0, -big])  # token 2 now prefers expert 0
+    r2 = route(later_changed, 2, 2)
+    assert r2.kept_SK[0, 1]  # token 0's second choice now fits
