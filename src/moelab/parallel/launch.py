@@ -12,6 +12,7 @@ same experts (expert data parallel). With ``ep == world`` there is one expert gr
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
@@ -175,3 +176,40 @@ def setup_from_env(
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+_COMM_FAILURE_HINTS = (
+    "connection closed",
+    "connection reset",
+    "connection refused",
+    "broken pipe",
+    "timed out",
+    "timeout",
+    "gloo",
+    "nccl",
+)
+
+
+def is_comm_failure(e: BaseException) -> bool:
+    """Whether ``e`` is a collective failing because a peer died, hung or disagreed."""
+    if isinstance(e, dist.DistError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(h in text for h in _COMM_FAILURE_HINTS)
+
+
+@contextlib.contextmanager
+def fail_fast(rank: int, world: int, timeout_s: float):
+    """Turn a failed collective into one clear :class:`MoelabError` line (the CLI exits 2, and
+    torchrun then stops the job) instead of a backend traceback."""
+    try:
+        yield
+    except Exception as e:
+        if isinstance(e, MoelabError) or not is_comm_failure(e):
+            raise
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise MoelabError(
+            f"rank {rank} of {world}: a collective failed ({first}); another rank probably "
+            f"died or stopped responding (see its output; collectives time out after "
+            f"{timeout_s:g} s, {ENV_TIMEOUT})"
+        ) from None
