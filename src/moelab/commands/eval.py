@@ -106,7 +106,7 @@ def run(args) -> int:
 
     if args.ppl is None and not args.task:
         raise MoelabError("nothing to evaluate: give --ppl [PATH ...] and/or --task NAME")
-    for name in ("limit", "context", "stride", "max_tokens"):
+    for name in ("limit", "context", "stride", "max_tokens", "batch_size", "batch_tokens"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")

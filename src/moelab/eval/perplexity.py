@@ -228,7 +228,10 @@ def sources_from_prepared(
 
 
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise MoelabError(f"--ppl {path}: cannot read it ({e.strerror or e})") from None
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:  # several classic corpora are Latin-1

@@ -86,8 +86,12 @@ def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise MoelabError(f"task file not found: {path}")
     opener = bz2.open if path.suffix == ".bz2" else open
-    with opener(path, "rb") as f:
-        for n, raw in enumerate(f, start=1):
+    try:
+        f = opener(path, "rb")
+    except OSError as e:
+        raise MoelabError(f"cannot read task file {path}: {e.strerror or e}") from None
+    with f:
+        for n, raw in _raw_lines(f, path):
             if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
                 raw = raw[3:]  # a UTF-8 byte-order mark
             try:
@@ -97,6 +101,15 @@ def _utf8_lines(path: Path) -> Iterator[tuple[int, str]]:
                     f"{path} line {n}: not UTF-8 text ({e.reason} at byte {e.start}); "
                     "save the file as UTF-8"
                 ) from None
+
+
+def _raw_lines(f, path: Path) -> Iterator[tuple[int, bytes]]:
+    try:
+        yield from enumerate(f, start=1)
+    except (OSError, EOFError) as e:  # unreadable, or a damaged .bz2
+        raise MoelabError(
+            f"cannot read task file {path}: {getattr(e, 'strerror', None) or e}"
+        ) from None
 
 
 def read_jsonl(path: Path) -> Iterator[Row]:
