@@ -1,11 +1,14 @@
-"""`moelab report`: not implemented yet (see the open issue for it)."""
+"""`moelab report`: rebuild a study's table, fits, plots and report from its finished runs."""
 
-from moelab.errors import MoelabError
+from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("rest", nargs="*")
+    parser.add_argument("dir", metavar="DIR", help="the --out folder of a `moelab study` run")
 
 
 def run(args) -> int:
-    raise MoelabError("'moelab report' is not implemented yet")
+    from moelab.study.report import build_report
+
+    build_report(args.dir)
+    return 0

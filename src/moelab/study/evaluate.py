@@ -1,0 +1,123 @@
+"""Evaluate one trained run the ways the study asks for, through ``moelab.eval``.
+
+Validation loss per domain at log-spaced steps already comes from the trainer; this adds, on the
+final checkpoint: perplexity over each domain's whole validation split (optional), zero-shot
+accuracy on the zero-shot tasks *and* on the few-shot tasks (the baseline of the few-shot gain),
+few-shot accuracy over several seeds, and fine-tuning accuracy. The results go into the run's
+``study_eval.json`` with the item counts and chance levels the report states.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from moelab.study.config import StudyConfig
+
+_TASK_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def _task(name: str, tasks_dir: str | None):
+    from moelab.eval.tasks import get_task
+
+    key = (name, str(tasks_dir))
+    if key not in _TASK_CACHE:
+        _TASK_CACHE[key] = get_task(name, tasks_dir)
+    return _TASK_CACHE[key]
+
+
+def tasks_dir_of(cfg: StudyConfig) -> str | None:
+    if cfg.eval.tasks_dir:
+        return str(Path(cfg.eval.tasks_dir).expanduser().resolve())
+    return str(Path(cfg.data.root).expanduser().resolve())
+
+
+def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> dict[str, Any]:
+    from moelab.data import PreparedData
+    from moelab.eval.perplexity import run_perplexity
+    from moelab.eval.priming import evaluate_task
+    from moelab.eval.runs import open_run
+
+    ev = cfg.eval
+    run = open_run(path, device="auto")
+    data = PreparedData.open(Path(run.run_cfg.data.dir), verify=False)
+    result: dict[str, Any] = {
+        "in_domains": list(data.train_domains),
+        "out_domains": list(data.heldout_domains),
+        "checkpoint": run.checkpoint,
+        "zero_shot": {},
+        "few_shot": {},
+        "finetune": {},
+        "eval_loss": {},
+        "tasks": {},
+        "details": {},
+    }
+    if ev.ppl:
+        t0 = time.perf_counter()
+        ppl = run_perplexity(path, max_tokens=ev.ppl_max_tokens, opened=run)
+        result["eval_loss"] = {row["name"]: row["loss"] for row in ppl["domains"]}
+        result["details"]["perplexity"] = {
+            "seconds": time.perf_counter() - t0,
+            "context": ppl["context"],
+        }
+    tdir = tasks_dir_of(cfg)
+    for name in dict.fromkeys(ev.zero_shot + ev.few_shot):
+        task = _task(name, tdir)
+        out = evaluate_task(run.model, run.tokenizer, task, shots=0, seeds=1, limit=ev.limit)
+        result["zero_shot"][name] = out["accuracy"]
+        result["tasks"][name] = {
+            "chance": out["chance"],
+            "n_items": out["n_items"],
+            "n_items_total": out["n_items_total"],
+            "split": out["split"],
+            "mode": out["primary_mode"],
+        }
+        result["details"][f"{name}/0-shot"] = _brief(out)
+        echo(
+            f"    {name} 0-shot: {out['accuracy']:.3f} (chance {out['chance']:.3f}, "
+            f"{out['n_items']} items)"
+        )
+    for name in ev.few_shot:
+        task = _task(name, tdir)
+        out = evaluate_task(
+            run.model, run.tokenizer, task, shots=ev.shots, seeds=ev.seeds, limit=ev.limit
+        )
+        result["few_shot"][name] = out["accuracy"]
+        result["details"][f"{name}/{ev.shots}-shot"] = _brief(out)
+        echo(
+            f"    {name} {ev.shots}-shot: {out['accuracy']:.3f} +- {out['accuracy_std']:.3f} "
+            f"over {ev.seeds} seeds"
+        )
+    for name in ev.finetune:
+        acc, detail = _finetune(path, name, tdir, cfg)
+        result["finetune"][name] = acc
+        result["details"][f"{name}/finetune"] = detail
+        echo(f"    {name} fine-tuned: {acc:.3f}")
+    return result
+
+
+def _brief(out: dict[str, Any]) -> dict[str, Any]:
+    keep = (
+        "shots",
+        "seeds",
+        "n_items",
+        "accuracy",
+        "accuracy_std",
+        "chance",
+        "primary_mode",
+        "split",
+        "shots_from",
+    )
+    brief = {k: out.get(k) for k in keep}
+    brief["ci95"] = out["metrics"][out["primary_mode"]]["ci95"]
+    brief["seconds"] = out["compute"]["seconds"]
+    return brief
+
+
+def _finetune(path: Path, name: str, tasks_dir: str | None, cfg: StudyConfig):
+    from moelab.eval.finetune import finetune_run
+
+    out = finetune_run(path, name, tasks_dir=tasks_dir, **cfg.eval.finetune_options)
+    return float(out["accuracy"]), out

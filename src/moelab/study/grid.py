@@ -1,0 +1,126 @@
+"""Grid expansion: a base run config and ``grid: {dotted.key: [values]}`` -> one RunSpec per
+combination, each with a stable, readable, filesystem-safe name."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from moelab.errors import MoelabError
+from moelab.study.config import StudyConfig
+
+# Short names for the run-name suffix; any other key uses its last dotted part.
+_SHORT = {
+    "model.n_experts": "E",
+    "model.top_k": "k",
+    "model.capacity_factor": "cf",
+    "model.eval_capacity_factor": "ecf",
+    "model.second_expert_policy": "policy",
+    "model.moe_every": "every",
+}
+
+# Model keys that change routing, not size: varying one of them makes a separate family.
+ROUTING_KEYS = (
+    "model.capacity_factor",
+    "model.eval_capacity_factor",
+    "model.second_expert_policy",
+    "model.moe_every",
+    "model.aux_loss_weight",
+    "model.z_loss_weight",
+    "model.arch",
+)
+
+
+@dataclass
+class RunSpec:
+    """One run of the study: its name, the grid values that made it, and its run config."""
+
+    name: str
+    index: int
+    values: dict[str, Any]  # grid key -> value for this run
+    run_config: dict[str, Any]  # the trainer's run config (model, data, train sections)
+    family_suffix: str = ""  # routing/family keys that split the family
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _value_label(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("name", "custom"))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=+-]+", "-", text).strip("-") or "run"
+
+
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.c`` in a nested dict, creating sections; a preset name in ``model`` stays a
+    name until a sub-key is set, then the trainer receives ``{preset: NAME, KEY: VALUE}``."""
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if isinstance(nxt, str) and i == 0 and part == "model":
+            nxt = {"preset": nxt}
+            node[part] = nxt
+        elif nxt is None:
+            nxt = {}
+            node[part] = nxt
+        elif not isinstance(nxt, dict):
+            raise MoelabError(f"grid.{key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]:
+    """Cartesian product over the grid, in the order keys and values are written.
+
+    ``seed`` is an alias for the trainer's seed key. Names join the value of ``model`` (a preset
+    name) with ``short=value`` for every other varied key, so a rerun finds the same folders.
+    """
+    keys = list(cfg.grid)
+    value_lists = [cfg.grid[k] for k in keys]
+    family_keys = (
+        cfg.family_keys if cfg.family_keys is not None else [k for k in keys if k in ROUTING_KEYS]
+    )
+    for k in family_keys:
+        if k not in cfg.grid:
+            raise MoelabError(f"family_keys: {k!r} is not a grid key; grid keys: {', '.join(keys)}")
+    specs: list[RunSpec] = []
+    seen: dict[str, int] = {}
+    for index, combo in enumerate(itertools.product(*value_lists)):
+        values = dict(zip(keys, combo))
+        run_config = copy.deepcopy(cfg.base)
+        labels = []
+        for key, value in values.items():
+            target = seed_key if key == "seed" else key
+            set_dotted(run_config, target, value)
+            if key == "model":
+                labels.insert(0, _value_label(value))
+            else:
+                short = _SHORT.get(key, key.split(".")[-1])
+                labels.append(f"{short}={_value_label(value)}")
+        if "model" not in values:
+            model = run_config.get("model")
+            base_label = model if isinstance(model, str) else (model or {}).get("preset", "model")
+            labels.insert(0, _value_label(base_label))
+        name = _safe("__".join(labels))
+        if name in seen:
+            raise MoelabError(
+                f"grid: two runs would share the folder name {name!r}; give distinct values"
+            )
+        seen[name] = index
+        suffix = "".join(
+            f"-{_SHORT.get(k, k.split('.')[-1])}={_value_label(values[k])}" for k in family_keys
+        )
+        specs.append(RunSpec(name, index, values, run_config, family_suffix=suffix))
+    if not specs:
+        raise MoelabError("grid: no runs; give at least one model")
+    return specs

@@ -1,0 +1,186 @@
+"""The plan: every run's model, parameters, budget in tokens and FLOPs, tokens per parameter and
+estimated wall time, computed before anything trains (``moelab study --plan`` prints it)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from moelab.config import ModelConfig
+from moelab.flops import ParamCounts, count_params, train_flops_per_token
+from moelab.study.grid import RunSpec
+from moelab.train.budget import resolve_budget
+from moelab.train.config import RunConfig, run_config_from_dict
+
+
+@dataclass
+class PlannedRun:
+    spec: RunSpec
+    family: str
+    preset: str
+    run_config: RunConfig
+    params: ParamCounts
+    flops_per_token: float
+    steps: int
+    tokens: int
+    train_flops: float
+    est_seconds: float
+    throughput_source: str  # "measured" or "constant"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.run_config.model
+
+
+def family_of(model: ModelConfig, suffix: str = "") -> str:
+    """dense / moe<E>-top<k>, prefixed with the architecture when it is not the paper's."""
+    base = "dense" if not model.is_moe else f"moe{model.n_experts}-top{model.top_k}"
+    if model.arch != "paper":
+        base = f"{model.arch}-{base}"
+    return base + suffix
+
+
+def preset_of(raw_model: Any, model: ModelConfig) -> str:
+    if isinstance(raw_model, str):
+        return raw_model
+    if isinstance(raw_model, dict) and isinstance(raw_model.get("preset"), str):
+        return raw_model["preset"]
+    return model.name
+
+
+def resolve_run(spec: RunSpec, data_dir: str | None, vocab_size: int) -> RunConfig:
+    """The trainer's RunConfig for a run, without opening the data (plan before prepare)."""
+    raw = dict(spec.run_config)
+    raw["data"] = {**(raw.get("data") or {}), "dir": data_dir or "(prepared by the study)"}
+    cfg = run_config_from_dict(raw, check_data=False)
+    cfg.model.vocab_size = vocab_size
+    cfg.model.validate()
+    return cfg
+
+
+def measure_flops_per_second(run_cfg: RunConfig, steps: int = 2) -> float | None:
+    """Time a few real training steps (forward, backward, AdamW) of this model on random tokens
+    at the run's micro-batch; None when the model cannot be built here."""
+    try:
+        import torch
+
+        from moelab.model import build_model
+    except ImportError:
+        return None
+    t = run_cfg.train
+    torch.manual_seed(0)
+    model = build_model(run_cfg.model)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    mb = t.micro_batch_size
+    tokens_BT = torch.randint(0, run_cfg.model.vocab_size, (mb, t.seq_len + 1))
+    dtype = torch.bfloat16 if t.dtype == "bf16" else None
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+            out = model(tokens_BT[:, :-1])
+            loss = torch.nn.functional.cross_entropy(
+                out.logits_BTV.flatten(0, 1).float(), tokens_BT[:, 1:].flatten()
+            )
+            loss = loss + run_cfg.model.aux_loss_weight * out.aux_loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: allocator, first-call overheads
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    seconds = (time.perf_counter() - start) / steps
+    per_token = train_flops_per_token(run_cfg.model, t.seq_len)
+    return per_token * mb * t.seq_len / max(seconds, 1e-9)
+
+
+def make_plan(
+    specs: list[RunSpec],
+    *,
+    data_dir: str | None,
+    vocab_size: int,
+    flops_per_second: float,
+    measure: bool,
+) -> list[PlannedRun]:
+    plan: list[PlannedRun] = []
+    measured: dict[str, float | None] = {}
+    for spec in specs:
+        run_cfg = resolve_run(spec, data_dir, vocab_size)
+        model = run_cfg.model
+        budget = resolve_budget(run_cfg)  # the trainer's own rounding to whole steps
+        steps, tokens = budget.total_steps, budget.total_tokens
+        per_token, flops = budget.flops_per_token, budget.total_flops
+        speed, source = flops_per_second, "constant"
+        if measure:
+            key = repr(
+                (model, run_cfg.train.micro_batch_size, run_cfg.train.seq_len, run_cfg.train.dtype)
+            )
+            if key not in measured:
+                measured[key] = measure_flops_per_second(run_cfg)
+            if measured[key]:
+                speed, source = measured[key], "measured"
+        plan.append(
+            PlannedRun(
+                spec=spec,
+                family=family_of(model, spec.family_suffix),
+                preset=preset_of(spec.run_config.get("model"), model),
+                run_config=run_cfg,
+                params=count_params(model),
+                flops_per_token=per_token,
+                steps=steps,
+                tokens=tokens,
+                train_flops=flops,
+                est_seconds=flops / speed,
+                throughput_source=source,
+            )
+        )
+    return plan
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def fmt_seconds(s: float) -> str:
+    s = max(0.0, s)
+    if s < 90:
+        return f"{s:.0f}s"
+    if s < 5400:
+        return f"{s / 60:.1f}min"
+    return f"{s / 3600:.2f}h"
+
+
+def format_plan(plan: list[PlannedRun], eval_note: str = "") -> str:
+    """A human table of the plan, one line per run, with totals."""
+    head = (
+        f"{'#':>3}  {'run':<34} {'family':<14} {'params':>8} {'active':>8} {'steps':>6} "
+        f"{'tokens':>8} {'tok/param':>9} {'FLOPs':>8} {'est. time':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    for i, p in enumerate(plan, 1):
+        lines.append(
+            f"{i:>3}  {p.name[:34]:<34} {p.family[:14]:<14} {_si(p.params.total):>8} "
+            f"{_si(p.params.active):>8} {p.steps:>6} {_si(p.tokens):>8} "
+            f"{p.tokens / p.params.active:>9.2f} {p.train_flops:>8.2e} "
+            f"{fmt_seconds(p.est_seconds):>9}"
+        )
+    total_flops = sum(p.train_flops for p in plan)
+    total_s = sum(p.est_seconds for p in plan)
+    sources = sorted({p.throughput_source for p in plan})
+    lines.append("-" * len(head))
+    lines.append(
+        f"{len(plan)} runs, {total_flops:.3g} training FLOPs (paper accounting), estimated "
+        f"training time {fmt_seconds(total_s)} ({'/'.join(sources)} throughput)"
+        + (f"; {eval_note}" if eval_note else "")
+    )
+    return "\n".join(lines)

@@ -1,0 +1,229 @@
+"""The study's figures as PNG files, drawn with matplotlib's Agg backend (no display needed).
+
+Every function takes plain data (result rows, curves as arrays) and a path, and writes one PNG
+atomically. Nothing here fits or computes a speedup: that is ``moelab.study.fit``'s job.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # noqa: E402  (must precede pyplot)
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from moelab.io import atomic_write_bytes  # noqa: E402
+
+_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+@dataclass
+class SpeedupSeries:
+    """Speedup factor against dense compute for one metric and one MoE family."""
+
+    label: str  # e.g. "in-domain", "ood: wikitext2", "zero-shot"
+    dense_compute: list[float]
+    speedup: list[float]
+    extrapolated: list[bool]
+
+
+@dataclass
+class FamilyCurve:
+    """Points of one family and, when fitted, the fitted curve to draw over them."""
+
+    family: str
+    compute: list[float]  # all evaluation points
+    loss: list[float]
+    frontier_compute: list[float] = field(default_factory=list)
+    frontier_loss: list[float] = field(default_factory=list)
+    fitted: Callable[[np.ndarray], np.ndarray] | None = None
+    fit_label: str = ""
+
+
+def _save(fig: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+def plot_loss_vs_compute(curves: Sequence[FamilyCurve], ylabel: str, path: Path) -> None:
+    """Log-log validation loss against training FLOPs, one colour per family: every evaluation
+    point faint, the frontier the fit used solid, the fitted power law as a line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    all_c = [c for cur in curves for c in cur.compute if c > 0]
+    for i, cur in enumerate(curves):
+        col = _color(i)
+        ax.scatter(cur.compute, cur.loss, s=10, color=col, alpha=0.25, linewidths=0)
+        if cur.frontier_compute:
+            ax.scatter(cur.frontier_compute, cur.frontier_loss, s=22, color=col, label=cur.family)
+        else:
+            ax.scatter([], [], s=22, color=col, label=cur.family)
+        if cur.fitted is not None and all_c:
+            xs = np.geomspace(min(all_c), max(all_c) * 2, 200)
+            ax.plot(xs, cur.fitted(xs), color=col, lw=1.5, label=cur.fit_label or None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs (paper accounting)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("Validation loss vs training compute")
+    _save(fig, path)
+
+
+def plot_speedup(series: Sequence[SpeedupSeries], path: Path, title: str) -> None:
+    """Speedup factor (dense compute / MoE compute at equal quality) against dense compute;
+    measured segments solid, extrapolated ones dashed, 1x as a reference line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for i, s in enumerate(series):
+        col = _color(i)
+        x = np.asarray(s.dense_compute, dtype=float)
+        y = np.asarray(s.speedup, dtype=float)
+        ext = np.asarray(s.extrapolated, dtype=bool)
+        ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+        meas = ok & ~ext
+        ax.plot(
+            np.where(meas, x, np.nan),
+            np.where(meas, y, np.nan),
+            "-o",
+            ms=3,
+            color=col,
+            label=s.label,
+        )
+        if (ok & ext).any():
+            ax.plot(
+                np.where(ok & ext, x, np.nan),
+                np.where(ok & ext, y, np.nan),
+                "--",
+                ms=2,
+                marker="x",
+                color=col,
+                alpha=0.6,
+                label=None if meas.any() else f"{s.label} (extrapolated)",
+            )
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("dense training FLOPs at the same quality")
+    ax.set_ylabel("speedup factor (dense / MoE compute)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title + "  (dashed: extrapolated)")
+    if series:
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_domain_bars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    extrapolated: Sequence[bool],
+    path: Path,
+    title: str,
+) -> None:
+    """One bar per domain; hatched bars are extrapolated, missing values are left empty."""
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 2), 4.0))
+    xs = np.arange(len(labels))
+    for i, (v, ext) in enumerate(zip(values, extrapolated)):
+        if v is None or not math.isfinite(v):
+            ax.text(i, 1.0, "n/a", ha="center", va="bottom", fontsize=7)
+            continue
+        ax.bar(
+            i,
+            v,
+            color=_color(0 if not ext else 1),
+            hatch="//" if ext else None,
+            alpha=0.6 if ext else 0.9,
+        )
+        ax.text(i, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=7)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("speedup factor")
+    ax.set_title(title + "  (hatched: extrapolated)")
+    _save(fig, path)
+
+
+def plot_expert_load(steps: Sequence[int], load_LSE: np.ndarray, run: str, path: Path) -> None:
+    """Heatmaps of the share of routed tokens per expert over training, one panel per MoE layer.
+    ``load_LSE``: (layers, logged steps, experts) token counts."""
+    n_layers = load_LSE.shape[0]
+    cols = min(n_layers, 3)
+    rows = math.ceil(n_layers / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    share_LSE = load_LSE / np.maximum(load_LSE.sum(axis=2, keepdims=True), 1)
+    n_experts = load_LSE.shape[2]
+    im = None
+    for layer in range(rows * cols):
+        ax = axes[layer // cols][layer % cols]
+        if layer >= n_layers:
+            ax.axis("off")
+            continue
+        im = ax.imshow(
+            share_LSE[layer].T,
+            aspect="auto",
+            origin="lower",
+            cmap="viridis",
+            vmin=0.0,
+            vmax=max(2.0 / n_experts, float(share_LSE.max())),
+        )
+        ticks = np.linspace(0, len(steps) - 1, min(len(steps), 5)).round().astype(int)
+        ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("expert", fontsize=8)
+        ax.set_title(f"MoE layer {layer}", fontsize=9)
+    if im is not None:
+        fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="share of routed tokens")
+    fig.suptitle(
+        f"Expert load over training: {run}  (uniform = {1 / n_experts:.3f})", fontsize=10, y=1.04
+    )
+    _save(fig, path)
+
+
+def plot_shot_gains(
+    tasks: Sequence[str],
+    families: Sequence[str],
+    zero: dict[str, list[float | None]],
+    few: dict[str, list[float | None]],
+    chance: Sequence[float | None],
+    path: Path,
+    title: str,
+) -> None:
+    """Grouped bars: for each task, zero-shot (light) and few-shot (dark) accuracy per family,
+    with the task's chance level as a tick."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(tasks) + 2), 4.0))
+    width = 0.8 / max(1, 2 * len(families))
+    for t, _task in enumerate(tasks):
+        for f, fam in enumerate(families):
+            for j, (vals, alpha) in enumerate(((zero, 0.45), (few, 0.95))):
+                v = vals.get(fam, [None] * len(tasks))[t]
+                if v is None or not math.isfinite(v):
+                    continue
+                x = t - 0.4 + width * (2 * f + j + 0.5)
+                ax.bar(
+                    x,
+                    v,
+                    width=width,
+                    color=_color(f),
+                    alpha=alpha,
+                    label=f"{fam} {'few' if j else 'zero'}-shot" if t == 0 else None,
+                )
+        c = chance[t]
+        if c is not None:
+            ax.hlines(c, t - 0.45, t + 0.45, colors="black", linestyles=":", lw=1)
+    ax.set_xticks(np.arange(len(tasks)), list(tasks), fontsize=8)
+    ax.set_ylabel("accuracy (dotted: chance)")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    _save(fig, path)

@@ -1,0 +1,680 @@
+"""The study report: results table, fits, plots, and ``report.md`` + ``report.html``.
+
+:func:`build_report` works from finished run folders alone (``moelab report DIR``): it collects
+the runs into the table, writes ``results.csv``/``results.json``, fits and speedups
+(``fits.json``), the PNG figures under ``plots/``, then the report. Every number in the text
+is read from the table or from the fits computed from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moelab.errors import MoelabError
+from moelab.io import atomic_write_json, atomic_write_text
+from moelab.study import plots
+from moelab.study.analysis import ZERO_SHOT, Analysis, analyse, fits_json, headline
+from moelab.study.collect import expert_load, read_records
+from moelab.study.document import (
+    Bullets,
+    Code,
+    Document,
+    Heading,
+    Image,
+    Para,
+    Table,
+    to_html,
+    to_markdown,
+)
+from moelab.study.fit import PowerLawFit
+from moelab.study.layout import run_dir
+from moelab.study.results import RunRecord, rows_for_run, write_results
+
+Echo = Callable[[str], None]
+
+
+def _fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def _si(x: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def _load_study(out_dir: Path) -> dict[str, Any]:
+    f = out_dir / "study.yaml"
+    if not f.is_file():
+        return {}
+    return yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+
+
+def _plan_order(out_dir: Path) -> list[str]:
+    f = out_dir / "plan.json"
+    if not f.is_file():
+        return []
+    return [p["run"] for p in json.loads(f.read_text(encoding="utf-8"))]
+
+
+def _study_evals(out_dir: Path, names: list[str]) -> list[dict[str, Any]]:
+    from moelab.study.layout import read_study_eval
+
+    return [e for e in (read_study_eval(run_dir(out_dir, n)) for n in names) if e]
+
+
+def build_meta(study: dict[str, Any], records: list[RunRecord], evals: list[dict]) -> dict:
+    ev = study.get("eval", {})
+    tasks: dict[str, Any] = {}
+    for e in evals:
+        for name, info in (e.get("tasks") or {}).items():
+            tasks.setdefault(name, info)
+    first = records[0]
+    return {
+        "study": study.get("name", "study"),
+        "in_domains": first.in_domains,
+        "out_domains": first.out_domains,
+        "zero_shot_tasks": list(ev.get("zero_shot", [])),
+        "few_shot_tasks": list(ev.get("few_shot", [])),
+        "finetune_tasks": list(ev.get("finetune", [])),
+        "shots": ev.get("shots"),
+        "seeds": ev.get("seeds"),
+        "limit": ev.get("limit"),
+        "tasks": tasks,
+        "fit": study.get("fit", {}),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
+    """Collect the finished runs of a study folder, write table, fits, plots and report;
+    return the path of report.md."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise MoelabError(f"{out}: not a folder; give the --out folder of a `moelab study` run")
+    study = _load_study(out)
+    records = read_records(out, _plan_order(out))
+    if not records:
+        raise MoelabError(f"{out}: no finished runs yet; run `moelab study --out {out}` first")
+    rows = [row for rec in records for row in rows_for_run(rec)]
+    meta = build_meta(study, records, _study_evals(out, [r.name for r in records]))
+    _zero_shot_means(rows, records, meta)
+    write_results(out, rows, meta)
+    fit_cfg = study.get("fit", {})
+    an = analyse(
+        rows,
+        meta,
+        mode=fit_cfg.get("frontier", "envelope"),
+        bootstrap=int(fit_cfg.get("bootstrap", 200)),
+        min_run_fraction=float(fit_cfg.get("min_run_fraction", 0.1)),
+    )
+    atomic_write_json(out / "fits.json", fits_json(an))
+    figures = make_figures(out, rows, records, meta, an)
+    doc = compose(study, rows, records, meta, an, figures)
+    atomic_write_text(out / "report.md", to_markdown(doc))
+    atomic_write_text(out / "report.html", to_html(doc))
+    echo(f"report: {out / 'report.md'} and {out / 'report.html'}; table: {out / 'results.csv'}")
+    return out / "report.md"
+
+
+def _zero_shot_means(rows: list[dict], records: list[RunRecord], meta: dict) -> None:
+    """The mean zero-shot accuracy uses the study's zero-shot tasks only (few-shot tasks are
+    also scored at zero shots, for the gains figure, but do not enter the mean)."""
+    tasks = meta["zero_shot_tasks"]
+    for row in rows:
+        if not row["final"]:
+            continue
+        vals = [row.get(f"zero_shot/{t}") for t in tasks]
+        vals = [v for v in vals if v is not None]
+        row["zero_shot_mean"] = sum(vals) / len(vals) if vals and len(vals) == len(tasks) else None
+        few = [row.get(f"few_shot/{t}") for t in meta["few_shot_tasks"]]
+        few = [v for v in few if v is not None]
+        row["few_shot_mean"] = sum(few) / len(few) if few else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def make_figures(
+    out: Path, rows: list[dict], records: list[RunRecord], meta: dict, an: Analysis
+) -> dict[str, str]:
+    """Write the PNGs; return {figure key: path relative to the report}."""
+    figs: dict[str, str] = {}
+    pdir = out / "plots"
+    for column, key in (
+        ("loss_in_domain", "loss_in_domain"),
+        ("loss_out_of_domain", "loss_out_of_domain"),
+    ):
+        ma = an.metrics.get(column)
+        if ma is None or not ma.points:
+            continue
+        curves = []
+        for fam, pts in ma.points.items():
+            fit = ma.fits.get(fam)
+            cur = plots.FamilyCurve(fam, [p.compute for p in pts], [p.value for p in pts])
+            if isinstance(fit, PowerLawFit):
+                cur.frontier_compute = [p.compute for p in fit.points]
+                cur.frontier_loss = [p.value for p in fit.points]
+                cur.fitted = fit.predict
+                cur.fit_label = f"{fam}: {fit.E:.3g} + {fit.A:.3g}·C^-{fit.alpha:.3g}"
+            curves.append(cur)
+        plots.plot_loss_vs_compute(curves, ma.label, pdir / f"{key}.png")
+        figs[key] = f"plots/{key}.png"
+
+    series = []
+    speed_metrics = ["loss_in_domain", "loss_out_of_domain"]
+    if len(an.out_domains) > 1:  # with one held-out set its curve is the mean's
+        speed_metrics += [f"loss/{d}" for d in an.out_domains]
+    speed_metrics.append(ZERO_SHOT)
+    for column in speed_metrics:
+        ma = an.metrics.get(column)
+        if ma is None:
+            continue
+        for fam, pts in ma.speedups.items():
+            got = [p for p in pts if p.speedup is not None]
+            if not got:
+                continue
+            label = _metric_short(column) + (f" ({fam})" if len(an.partner) > 1 else "")
+            series.append(
+                plots.SpeedupSeries(
+                    label,
+                    [p.c_dense for p in got],
+                    [p.speedup for p in got],
+                    [p.extrapolated for p in got],
+                )
+            )
+    plots.plot_speedup(series, pdir / "speedup.png", "MoE speedup vs dense")
+    figs["speedup"] = "plots/speedup.png"
+
+    labels, values, ext = [], [], []
+    for d in an.in_domains + an.out_domains:
+        ma = an.metrics.get(f"loss/{d}")
+        for fam, pts in ma.speedups.items() if ma else []:
+            h = headline(pts)
+            tag = "in" if d in an.in_domains else "out"
+            labels.append(f"{d} ({tag})" + (f" {fam}" if len(an.partner) > 1 else ""))
+            values.append(h.speedup if h else float("nan"))
+            ext.append(bool(h.extrapolated) if h else False)
+    if labels:
+        plots.plot_domain_bars(
+            labels, values, ext, pdir / "domain_speedup.png", "Speedup per domain"
+        )
+        figs["domain_speedup"] = "plots/domain_speedup.png"
+
+    moe_records = [r for r in records if r.family in an.partner]
+    if moe_records:
+        biggest = max(moe_records, key=lambda r: r.points[-1]["train_flops"])
+        from moelab.train.metrics import read_metrics
+
+        load = expert_load(read_metrics(run_dir(out, biggest.name)))
+        if load is not None:
+            steps, load_LSE = load
+            plots.plot_expert_load(steps, load_LSE, biggest.name, pdir / "expert_load.png")
+            figs["expert_load"] = "plots/expert_load.png"
+            figs["expert_load_run"] = biggest.name
+
+    few_tasks = meta["few_shot_tasks"]
+    if few_tasks:
+        fams, zero, few, chance = _shot_table(rows, an, few_tasks, meta)
+        plots.plot_shot_gains(
+            few_tasks,
+            fams,
+            zero,
+            few,
+            chance,
+            pdir / "shot_gains.png",
+            f"Zero-shot vs {meta['shots']}-shot (largest run per family)",
+        )
+        figs["shot_gains"] = "plots/shot_gains.png"
+    return figs
+
+
+def _metric_short(column: str) -> str:
+    if column == "loss_in_domain":
+        return "in-domain"
+    if column == "loss_out_of_domain":
+        return "out-of-domain (mean)"
+    if column == ZERO_SHOT:
+        return "zero-shot accuracy"
+    return "ood: " + column.split("/", 1)[1]
+
+
+def _largest_final(rows: list[dict], family: str) -> dict | None:
+    finals = [r for r in rows if r["final"] and r["family"] == family]
+    return max(finals, key=lambda r: r["train_flops"]) if finals else None
+
+
+def _shot_table(rows, an: Analysis, tasks: list[str], meta: dict):
+    fams = an.families
+    zero: dict[str, list] = {}
+    few: dict[str, list] = {}
+    for fam in fams:
+        r = _largest_final(rows, fam) or {}
+        zero[fam] = [r.get(f"zero_shot/{t}") for t in tasks]
+        few[fam] = [r.get(f"few_shot/{t}") for t in tasks]
+    chance = [meta["tasks"].get(t, {}).get("chance") for t in tasks]
+    return fams, zero, few, chance
+
+
+# ---------------------------------------------------------------------------------------------
+# The document
+
+
+def compose(
+    study: dict,
+    rows: list[dict],
+    records: list[RunRecord],
+    meta: dict,
+    an: Analysis,
+    figs: dict[str, str],
+) -> Document:
+    doc = Document(f"moelab study report: {meta['study']}")
+    finals = [r for r in rows if r["final"]]
+    _setup(doc, study, finals, records, meta)
+    _table(doc, finals, meta)
+    _fits(doc, an, figs)
+    _speedups(doc, an, figs)
+    _domains(doc, an, figs)
+    _experts(doc, records, figs)
+    _priming(doc, finals, an, meta, figs)
+    _finetune(doc, finals, an, meta)
+    _limits(doc, study, meta, finals)
+    return doc
+
+
+def _setup(
+    doc: Document, study: dict, finals: list[dict], records: list[RunRecord], meta: dict
+) -> None:
+    train = (study.get("base") or {}).get("train", {})
+    total_flops = sum(r["train_flops"] for r in finals)
+    train_wall = sum(r["train_wall_s"] or 0 for r in finals)
+    eval_wall = sum(r["eval_wall_s"] or 0 for r in finals)
+    doc.add(Heading("Setup"))
+    doc.add(
+        Para(
+            f"{len(finals)} runs in {len(set(r['family'] for r in finals))} families "
+            f"({', '.join(dict.fromkeys(r['family'] for r in finals))}), "
+            f"{total_flops:.3g} training FLOPs in all (paper accounting, `moelab.flops`), "
+            f"training wall time {train_wall / 60:.1f} min, evaluation {eval_wall / 60:.1f} min "
+            f"(sum over runs, from the table)."
+        )
+    )
+    items = [
+        f"In-domain validation sets (the training mixture): {', '.join(meta['in_domains'])}",
+        "Out-of-domain sets (never trained on): " + (", ".join(meta["out_domains"]) or "none"),
+    ]
+    if train:
+        keys = (
+            "seq_len",
+            "batch_size",
+            "lr",
+            "schedule",
+            "warmup_steps",
+            "dtype",
+            "budget_tokens",
+            "budget_flops",
+            "budget_steps",
+            "eval_points",
+        )
+        shown = ", ".join(f"{k}={train[k]}" for k in keys if train.get(k) is not None)
+        items.append(f"Training settings shared by every run: {shown}")
+    grid = study.get("grid") or {}
+    if grid:
+        items.append(
+            "Grid: "
+            + "; ".join(
+                f"`{k}` in [{', '.join(_grid_label(v) for v in vals)}]" for k, vals in grid.items()
+            )
+        )
+    seeds = sorted({r["seed"] for r in finals if r["seed"] is not None})
+    items.append(f"Training seeds: {', '.join(str(s) for s in seeds)}")
+    doc.add(Bullets(items))
+
+
+def _grid_label(value: Any) -> str:
+    if isinstance(value, dict):
+        return str(value.get("name") or value.get("preset") or "custom")
+    return str(value)
+
+
+def _table(doc: Document, finals: list[dict], meta: dict) -> None:
+    doc.add(Heading("Results (final checkpoint of each run)"))
+    domains = meta["in_domains"] + meta["out_domains"]
+    header = [
+        "run",
+        "family",
+        "params",
+        "active",
+        "tokens",
+        "FLOPs",
+        "in-domain loss",
+        "out-of-domain loss",
+    ] + [f"loss {d}" for d in domains]
+    if any(r.get("zero_shot_mean") is not None for r in finals):
+        header.append("zero-shot mean")
+    if any(r.get("few_shot_mean") is not None for r in finals):
+        header.append("few-shot mean")
+    ft = meta["finetune_tasks"]
+    header += [f"fine-tune {t}" for t in ft] + ["train time"]
+    body = []
+    for r in finals:
+        cells = [
+            r["run"],
+            r["family"],
+            _si(r["params_total"]),
+            _si(r["params_active"]),
+            _si(r["tokens"]),
+            f"{r['train_flops']:.3g}",
+            _fmt(r["loss_in_domain"]),
+            _fmt(r["loss_out_of_domain"]),
+        ] + [_fmt(r.get(f"loss/{d}")) for d in domains]
+        if "zero-shot mean" in header:
+            cells.append(_fmt(r.get("zero_shot_mean")))
+        if "few-shot mean" in header:
+            cells.append(_fmt(r.get("few_shot_mean")))
+        cells += [_fmt(r.get(f"finetune/{t}")) for t in ft]
+        cells.append(f"{(r['train_wall_s'] or 0) / 60:.1f} min")
+        body.append(cells)
+    doc.add(Table(header, body, align_right_from=2))
+    doc.add(
+        Para(
+            "Losses are validation cross-entropy in nats per token on a fixed subset of "
+            "each domain's validation split. The full table, with every logged evaluation "
+            "point of every run, is `results.csv` / `results.json`."
+        )
+    )
+
+
+def _interval(fit: PowerLawFit, name: str) -> str:
+    iv = fit.intervals.get(name)
+    return f" [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else ""
+
+
+def _fits(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
+    doc.add(Heading("Loss against compute"))
+    frac = an.min_run_fraction
+    doc.add(
+        Para(
+            "Per family, L(C) = E + A·C^-alpha is fitted (Huber loss on log L, several "
+            "starting points) to the compute-efficient frontier: the lower envelope of all "
+            "evaluation points of the family's runs, leaving out each run's points below "
+            f"{frac:g} of its final compute (early training follows no power law). Brackets: 95% bootstrap intervals over "
+            "runs (given with 3 or more runs per family). Residuals are log(observed) - "
+            "log(fitted)."
+        )
+    )
+    header = [
+        "metric",
+        "family",
+        "E",
+        "A",
+        "alpha",
+        "points",
+        "runs",
+        "rms residual",
+        "max |residual|",
+    ]
+    body = []
+    for column in ("loss_in_domain", "loss_out_of_domain"):
+        ma = an.metrics.get(column)
+        if ma is None:
+            continue
+        for fam in an.families:
+            fit = ma.fits.get(fam)
+            if isinstance(fit, PowerLawFit):
+                body.append(
+                    [
+                        ma.label,
+                        fam,
+                        f"{fit.E:.4g}{_interval(fit, 'E')}",
+                        f"{fit.A:.3g}{_interval(fit, 'A')}",
+                        f"{fit.alpha:.3g}{_interval(fit, 'alpha')}",
+                        str(len(fit.points)),
+                        str(fit.n_runs),
+                        f"{fit.rms_residual:.3g}",
+                        f"{max(abs(x) for x in fit.residuals):.3g}",
+                    ]
+                )
+            elif fam in ma.fit_errors:
+                body.append([ma.label, fam, "no fit: " + ma.fit_errors[fam]] + [""] * 6)
+    doc.add(Table(header, body, align_right_from=2))
+    for key in ("loss_in_domain", "loss_out_of_domain"):
+        if key in figs:
+            doc.add(Image(figs[key], f"{key} vs compute with fits"))
+
+
+def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
+    body = []
+    for column in columns:
+        ma = an.metrics.get(column)
+        if ma is None:
+            continue
+        for fam, pts in ma.speedups.items():
+            for p in pts:
+                if p.speedup is None and not p.note:
+                    continue
+                body.append(
+                    [
+                        _metric_short(column),
+                        fam,
+                        _fmt(p.quality),
+                        _fmt(p.c_moe) if p.c_moe else "-",
+                        _fmt(p.c_dense) if p.c_dense else "-",
+                        f"{p.speedup:.2f}x" if p.speedup is not None else "-",
+                        "extrapolated" if p.extrapolated else ("measured" if p.speedup else ""),
+                        p.note,
+                    ]
+                )
+    return body
+
+
+def _speedups(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
+    doc.add(Heading("Speedup factor"))
+    doc.add(
+        Para(
+            "Speedup at quality t = c_dense(t) / c_moe(t): the dense family's fitted curve "
+            "inverted at t, over the compute at which the MoE family measured t (its "
+            "frontier, interpolated in log compute). A value is **extrapolated** when t is "
+            "at or below the dense fit's irreducible loss or c_dense(t) falls outside the "
+            "measured dense compute range; the figure draws those dashed."
+        )
+    )
+    if "speedup" in figs:
+        doc.add(Image(figs["speedup"], "speedup factor vs dense compute"))
+    body = _speedup_rows(an, ["loss_in_domain", "loss_out_of_domain", ZERO_SHOT])
+    if body:
+        doc.add(
+            Table(
+                [
+                    "metric",
+                    "MoE family",
+                    "quality t",
+                    "MoE FLOPs",
+                    "dense FLOPs",
+                    "speedup",
+                    "status",
+                    "note",
+                ],
+                body,
+                align_right_from=2,
+            )
+        )
+    else:
+        doc.add(Para("No speedup could be computed (no dense fit, or no MoE family)."))
+
+
+def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
+    doc.add(Heading("Speedup per domain"))
+    doc.add(
+        Para(
+            "For each validation domain, the speedup at the best quality the MoE reached "
+            "where the comparison stays inside the measured dense range (else its last "
+            "point, marked extrapolated)."
+        )
+    )
+    body = []
+    for d in an.in_domains + an.out_domains:
+        ma = an.metrics.get(f"loss/{d}")
+        for fam, pts in ma.speedups.items() if ma else []:
+            h = headline(pts)
+            body.append(
+                [
+                    d,
+                    "in" if d in an.in_domains else "out",
+                    fam,
+                    _fmt(h.quality) if h else "-",
+                    f"{h.speedup:.2f}x" if h and h.speedup else "-",
+                    ("extrapolated" if h.extrapolated else "measured") if h else "none",
+                ]
+            )
+    if body:
+        doc.add(
+            Table(
+                ["domain", "in/out", "MoE family", "loss t", "speedup", "status"],
+                body,
+                align_right_from=3,
+            )
+        )
+    if "domain_speedup" in figs:
+        doc.add(Image(figs["domain_speedup"], "speedup per domain"))
+
+
+def _experts(doc: Document, records: list[RunRecord], figs: dict[str, str]) -> None:
+    if "expert_load" not in figs:
+        return
+    doc.add(Heading("Expert load over training"))
+    doc.add(
+        Para(
+            f"Share of routed tokens per expert and MoE layer at every logged step of "
+            f"`{figs['expert_load_run']}` (the MoE run with the most compute), from its "
+            f"metrics.jsonl."
+        )
+    )
+    doc.add(Image(figs["expert_load"], "expert load heatmap"))
+
+
+def _priming(
+    doc: Document, finals: list[dict], an: Analysis, meta: dict, figs: dict[str, str]
+) -> None:
+    zs, fs = meta["zero_shot_tasks"], meta["few_shot_tasks"]
+    if not zs and not fs:
+        return
+    doc.add(Heading("Zero-shot and few-shot priming"))
+    tasks = list(dict.fromkeys(zs + fs))
+    header = ["run", "family"] + [f"{t} 0-shot" for t in tasks]
+    header += [f"{t} {meta['shots']}-shot" for t in fs]
+    body = []
+    for r in finals:
+        body.append(
+            [r["run"], r["family"]]
+            + [_fmt(r.get(f"zero_shot/{t}")) for t in tasks]
+            + [_fmt(r.get(f"few_shot/{t}")) for t in fs]
+        )
+    doc.add(Table(header, body, align_right_from=2))
+    info = meta["tasks"]
+    doc.add(
+        Bullets(
+            [
+                f"{t}: chance {_fmt(info[t].get('chance'))}, {info[t].get('n_items')} items"
+                + (f", split {info[t]['split']}" if info[t].get("split") else "")
+                for t in tasks
+                if t in info
+            ]
+        )
+    )
+    zma = an.metrics.get(ZERO_SHOT)
+    if zma is not None and zma.chance is not None:
+        doc.add(
+            Para(
+                f"The mean zero-shot accuracy's chance interval is "
+                f"[{zma.chance[0]:.3f}, {zma.chance[1]:.3f}]; accuracies inside it give "
+                f"no speedup."
+            )
+        )
+    if "shot_gains" in figs:
+        doc.add(Image(figs["shot_gains"], "few-shot vs zero-shot"))
+        gains = []
+        for fam in an.families:
+            r = _largest_final(finals, fam)
+            if r is None:
+                continue
+            for t in fs:
+                z, f = r.get(f"zero_shot/{t}"), r.get(f"few_shot/{t}")
+                if z is not None and f is not None:
+                    gains.append([fam, r["run"], t, _fmt(z), _fmt(f), f"{f - z:+.3f}"])
+        if gains:
+            doc.add(
+                Table(
+                    ["family", "run (largest)", "task", "0-shot", f"{meta['shots']}-shot", "gain"],
+                    gains,
+                    align_right_from=3,
+                )
+            )
+
+
+def _finetune(doc: Document, finals: list[dict], an: Analysis, meta: dict) -> None:
+    ft = meta["finetune_tasks"]
+    if not ft:
+        return
+    doc.add(Heading("Fine-tuning"))
+    doc.add(
+        Para(
+            "Full-parameter fine-tuning of each run's final checkpoint (validation "
+            "accuracy; the learning rate picked on a held-out part of the train split, the "
+            "same grid for every model)."
+        )
+    )
+    body = [
+        [r["run"], r["family"], _si(r["params_total"])] + [_fmt(r.get(f"finetune/{t}")) for t in ft]
+        for r in finals
+    ]
+    doc.add(Table(["run", "family", "params"] + ft, body, align_right_from=2))
+
+
+def _limits(doc: Document, study: dict, meta: dict, finals: list[dict]) -> None:
+    doc.add(Heading("Limits of this study"))
+    items = [
+        "Tiny models and budgets next to the paper's (125M-13B dense, 300B tokens): the "
+        "speedups here describe this scale only.",
+    ]
+    if meta["zero_shot_tasks"] or meta["few_shot_tasks"]:
+        lim = meta.get("limit")
+        items.append(
+            f"Priming uses {'at most ' + str(lim) if lim else 'all'} items per task"
+            f" (the paper: every item) and {meta.get('seeds')} few-shot seeds of "
+            f"{meta.get('shots')} shots (the paper: 25 seeds)."
+        )
+    seeds = sorted({r["seed"] for r in finals if r["seed"] is not None})
+    items.append(
+        f"Training seeds used: {', '.join(map(str, seeds))}"
+        + (" (one per configuration: no run-to-run noise estimate)." if len(seeds) == 1 else ".")
+    )
+    items.append(
+        "Validation losses use a fixed subset of each validation split "
+        "(`train.eval_tokens`), the same for every run."
+    )
+    doc.add(Bullets(items))
+    doc.add(Para("Rebuild this report from the finished runs (no training):"))
+    doc.add(Code(f"moelab report {meta.get('out_dir', 'DIR')}"))

@@ -1,0 +1,222 @@
+"""The grid runner: prepare the data, plan, then train and evaluate every run in sequence,
+skipping finished runs and resuming interrupted ones, and finally write table, fits and report.
+
+Runs execute one after another here. The unit of work is one run directory, and each run only
+reads the shared prepared data, so several runs could go at once: :func:`run_study` takes the
+list of runs to do from :func:`pending_runs`, which is the seam where a ``--parallel N`` /
+device-list scheduler would hand runs to worker processes (one ``moelab train`` per device).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from moelab.errors import MoelabError
+from moelab.io import atomic_write_json, atomic_write_text
+from moelab.study.config import StudyConfig, study_to_dict
+from moelab.study.grid import expand_grid
+from moelab.study.layout import (
+    STUDY_EVAL,
+    RunState,
+    eval_key,
+    run_dir,
+    run_state,
+)
+from moelab.study.plan import PlannedRun, fmt_seconds, format_plan, make_plan
+
+Echo = Callable[[str], None]
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def prepared_dir(cfg: StudyConfig, out_dir: Path) -> Path:
+    if cfg.data.prepared:
+        return Path(cfg.data.prepared).expanduser().resolve()
+    return (out_dir / "data").resolve()
+
+
+def prepare_data(cfg: StudyConfig, out_dir: Path, echo: Echo) -> Path:
+    """Prepare the study's data into DIR/data (idempotent), or check a given prepared folder."""
+    from moelab.study.data import prepare_study_data
+
+    return prepare_study_data(cfg, prepared_dir(cfg, out_dir), echo)
+
+
+def plan_vocab_size(cfg: StudyConfig, out_dir: Path) -> int:
+    """The vocabulary the runs will have: the prepared tokenizer's if it exists already."""
+    d = prepared_dir(cfg, out_dir)
+    if (d / "manifest.json").is_file():
+        from moelab.train.config import open_prepared
+
+        return int(open_prepared(d).vocab_size)
+    return cfg.data.vocab_size
+
+
+def eval_note(cfg: StudyConfig) -> str:
+    ev = cfg.eval
+    parts = []
+    if ev.zero_shot:
+        parts.append(f"zero-shot {', '.join(ev.zero_shot)}")
+    if ev.few_shot:
+        parts.append(f"{ev.shots}-shot {', '.join(ev.few_shot)} x {ev.seeds} seeds")
+    if ev.finetune:
+        parts.append(f"fine-tuning {', '.join(ev.finetune)}")
+    if not parts:
+        return "evaluation: validation loss per domain only"
+    lim = f"{ev.limit} items per task" if ev.limit else "all items"
+    return "evaluation (not in the estimate): " + "; ".join(parts) + f" ({lim})"
+
+
+def build_plan(cfg: StudyConfig, out_dir: Path, measure: bool | None = None) -> list[PlannedRun]:
+    specs = expand_grid(cfg)
+    return make_plan(
+        specs,
+        data_dir=str(prepared_dir(cfg, out_dir)),
+        vocab_size=plan_vocab_size(cfg, out_dir),
+        flops_per_second=cfg.flops_per_second,
+        measure=cfg.measure_throughput if measure is None else measure,
+    )
+
+
+def _plan_json(plan: list[PlannedRun]) -> list[dict[str, Any]]:
+    return [
+        {
+            "run": p.name,
+            "family": p.family,
+            "preset": p.preset,
+            "values": p.spec.values,
+            "params_total": p.params.total,
+            "params_active": p.params.active,
+            "steps": p.steps,
+            "tokens": p.tokens,
+            "train_flops": p.train_flops,
+            "tokens_per_param": p.tokens / p.params.active,
+            "est_seconds": p.est_seconds,
+            "throughput": p.throughput_source,
+        }
+        for p in plan
+    ]
+
+
+def _check_same_config(path: Path, planned: PlannedRun) -> None:
+    """A run folder trained with other settings is never silently reused."""
+    from moelab.train.config import config_differences, load_run_config
+
+    cfg_file = path / "config.yaml"
+    if not cfg_file.is_file():
+        return
+    old = load_run_config(cfg_file, check_data=False)
+    diffs = [d for d in config_differences(old, planned.run_config) if not d.startswith("data.dir")]
+    if diffs:
+        raise MoelabError(
+            f"{path} was trained with a different config ({diffs[0]}); "
+            "use another --out folder or delete that run folder"
+        )
+
+
+def pending_runs(plan: list[PlannedRun], out_dir: Path, key: str) -> list[tuple[int, PlannedRun]]:
+    """Runs that still need training or evaluation, with their 1-based index in the plan."""
+    return [
+        (i, p)
+        for i, p in enumerate(plan, 1)
+        if run_state(run_dir(out_dir, p.name), key) is not RunState.FINISHED
+    ]
+
+
+def _train_one(planned: PlannedRun, path: Path) -> float:
+    from moelab.train import train
+
+    start = time.perf_counter()
+    train(planned.run_config, path)
+    return time.perf_counter() - start
+
+
+def run_study(
+    cfg: StudyConfig,
+    out_dir: str | Path,
+    *,
+    plan_only: bool = False,
+    echo: Echo = _print,
+) -> list[PlannedRun]:
+    """Run (or, with ``plan_only``, only print the plan of) a study in ``out_dir``."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MoelabError(f"--out {out}: exists and is not a folder")
+    if plan_only:
+        plan = build_plan(cfg, out)
+        echo(format_plan(plan, eval_note(cfg)))
+        return plan
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
+    data_dir = prepare_data(cfg, out, echo)
+    plan = build_plan(cfg, out)
+    for p in plan:
+        p.run_config.data.dir = str(data_dir)
+    atomic_write_json(out / "plan.json", _plan_json(plan))
+    echo(format_plan(plan, eval_note(cfg)))
+
+    key = eval_key(cfg.eval)
+    for p in plan:
+        _check_same_config(run_dir(out, p.name), p)
+    todo = pending_runs(plan, out, key)
+    n = len(plan)
+    if len(todo) < n:
+        echo(f"{n - len(todo)} of {n} runs already finished; skipping them")
+    remaining_est = sum(p.est_seconds for _, p in todo)
+    spent_actual = spent_est = 0.0
+    for i, planned in todo:
+        path = run_dir(out, planned.name)
+        state = run_state(path, key)
+        ratio = spent_actual / spent_est if spent_est > 0 else 1.0
+        eta = fmt_seconds(remaining_est * ratio)
+        train_s = 0.0
+        if state in (RunState.NEW, RunState.INTERRUPTED):
+            verb = "resuming" if state is RunState.INTERRUPTED else "training"
+            echo(
+                f"[{i}/{n}] {verb} {planned.name} ({planned.family}, {planned.tokens:,} tokens, "
+                f"{planned.train_flops:.2e} FLOPs); study ETA {eta}"
+            )
+            train_s = _train_one(planned, path)
+            spent_actual += train_s
+            spent_est += planned.est_seconds
+        remaining_est -= planned.est_seconds
+        echo(f"[{i}/{n}] evaluating {planned.name}")
+        _evaluate_one(cfg, planned, path, key, train_s, echo)
+    echo(f"all {n} runs finished; writing the results table, fits and report")
+    from moelab.study.report import build_report
+
+    build_report(out, echo=echo)
+    return plan
+
+
+def _evaluate_one(
+    cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train_s: float, echo: Echo
+) -> None:
+    from moelab.study.evaluate import evaluate_run
+
+    start = time.perf_counter()
+    result = evaluate_run(path, cfg, echo)
+    prior = 0.0
+    from moelab.study.layout import read_study_eval
+
+    old = read_study_eval(path)
+    if old is not None:
+        prior = float(old.get("train_wall_s") or 0.0)
+    result.update(
+        eval_key=key,
+        run=planned.name,
+        family=planned.family,
+        preset=planned.preset,
+        values=planned.spec.values,
+        train_wall_s=train_s if train_s > 0 else prior or None,
+        eval_wall_s=time.perf_counter() - start,
+    )
+    atomic_write_json(path / STUDY_EVAL, result)
