@@ -341,3 +341,39 @@ def finetune(
     cap["dropless"] = cap.get("moe", False) and result["settings"]["capacity_factor"] is None
     result["capacity"] = cap
     return result
+
+
+def finetune_run(
+    run_dir: str,
+    task: str | Task,
+    *,
+    tasks_dir: str | None = None,
+    step: int | None = None,
+    limit: int | None = None,
+    train_limit: int | None = None,
+    device: str | None = None,
+    progress: bool = False,
+    **options: Any,
+) -> dict[str, Any]:
+    """:func:`finetune` with the settings as flat keywords (``epochs``, ``batch_size``, ``lrs``,
+    ``seed``, ``heldout_fraction``, ``weight_decay``, ``warmup_fraction``, ``max_len``,
+    ``capacity_factor``), e.g. from a study config's ``finetune_options`` mapping."""
+    known = set(FinetuneSettings.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise MoelabError(
+            f"fine-tuning option {unknown[0]!r} is unknown; valid: {', '.join(sorted(known))}"
+        )
+    if "lrs" in options:
+        options["lrs"] = tuple(float(x) for x in options["lrs"])
+    return finetune(
+        run_dir,
+        task,
+        FinetuneSettings(**options),
+        tasks_dir=tasks_dir,
+        step=step,
+        limit=limit,
+        train_limit=train_limit,
+        device=device,
+        progress=progress,
+    )
