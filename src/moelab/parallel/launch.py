@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -207,7 +208,8 @@ def fail_fast(rank: int, world: int, timeout_s: float):
     except Exception as e:
         if isinstance(e, MoelabError) or not is_comm_failure(e):
             raise
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # drop the backend's source path
         raise MoelabError(
             f"rank {rank} of {world}: a collective failed ({first}); another rank probably "
             f"died or stopped responding (see its output; collectives time out after "
