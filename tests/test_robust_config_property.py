@@ -165,8 +165,8 @@ def test_load_yaml_bytes(tmp_path, content):
 
 
 # ---------------------------------------------------------------------------------------------
-# Crashes found by the sweep (PyYAML raises ValueError/RecursionError/AttributeError, which are
-# not yaml.YAMLError, for these scalars). Strict xfails: they turn red once fixed.
+# Regressions: PyYAML raises ValueError/RecursionError/AttributeError, which are not
+# yaml.YAMLError, for these scalars; the loader must still answer with a MoelabError.
 
 YAML_CRASHERS = [
     ("bad-date", "2001-13-01"),
@@ -176,42 +176,23 @@ YAML_CRASHERS = [
     ("timestamp-tag", "!!timestamp x"),
     ("deep-nesting", "[" * 1200),
 ]
-OVERRIDE_BUG = (
-    "config.apply_overrides: yaml.safe_load of a --set value raises ValueError/AttributeError/"
-    "RecursionError (not yaml.YAMLError) for some scalars, e.g. --set train.lr=2001-13-01; "
-    "only YAMLError is caught, so the CLI shows a traceback"
-)
-LOAD_YAML_BUG = (
-    "config.load_yaml: a config file holding e.g. 'lr: 2001-13-01' or '!!float abc' makes "
-    "yaml.safe_load raise ValueError/AttributeError/RecursionError, which is not caught"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=OVERRIDE_BUG)
 @pytest.mark.parametrize("value", [v for _, v in YAML_CRASHERS], ids=[i for i, _ in YAML_CRASHERS])
 def test_override_yaml_crashers(value):
     loads_or_refuses(apply_overrides, {"train": {}}, [f"train.lr={value}"])
 
 
-@pytest.mark.xfail(strict=True, reason=LOAD_YAML_BUG)
 @pytest.mark.parametrize("value", [v for _, v in YAML_CRASHERS], ids=[i for i, _ in YAML_CRASHERS])
 def test_load_yaml_crashers(value, tmp_path):
     (tmp_path / "c.yaml").write_text(f"train:\n  lr: {value}\n")
     loads_or_refuses(load_yaml, tmp_path / "c.yaml")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.from_dict: an unknown key is shown with !s, so a key holding a newline (a "
-    'quoted YAML key such as "lr\\n") makes the error two lines',
-)
 def test_unknown_key_with_a_newline_is_one_line():
     with pytest.raises(MoelabError) as e:
         from_dict(ModelConfig, {"n_layers\nx": 2}, "model")
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason=OVERRIDE_BUG)
 def test_cli_override_crasher_is_one_line(tmp_path, capsys):
     """The same bug seen from the command line: `moelab train --set train.lr=2001-13-01`."""
     from _robust import expect_user_error

@@ -167,6 +167,11 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _printable(key: object) -> str:
+    text = str(key)
+    return text if text.isprintable() else repr(text)  # keep the error on one line
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise MoelabError
     naming the dotted key (e.g. ``train.lr: expected a number, got 'fast'``)."""
@@ -177,9 +182,9 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         where = f"{prefix}." if prefix else ""
-        raise MoelabError(
-            f"unknown config key {where}{unknown[0]!s}; valid keys: {', '.join(sorted(names))}"
-        )
+        valid = ", ".join(sorted(names))
+        bad = _printable(unknown[0])
+        raise MoelabError(f"unknown config key {where}{bad}; valid keys: {valid}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -191,13 +196,18 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
+# PyYAML raises more than YAMLError on hostile scalars: ValueError for 2001-13-01 as a date,
+# AttributeError for a bad !!timestamp, RecursionError for deep nesting.
+_YAML_FAILURES = (yaml.YAMLError, ValueError, TypeError, AttributeError, RecursionError)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise MoelabError(f"config file not found: {p}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
+    except _YAML_FAILURES + (UnicodeDecodeError,) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MoelabError(f"{p}: not valid YAML ({first})") from None
     except OSError as e:
@@ -223,8 +233,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise MoelabError(f"--set {item!r}: empty key")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+        except _YAML_FAILURES:
+            value = raw  # from_dict then names the key and the expected type
         node = out
         for p in parts[:-1]:
             nxt = node.setdefault(p, {})
