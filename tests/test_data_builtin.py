@@ -33,3 +33,17 @@ def test_file_order_is_fixed_and_skips_tests():
     assert files == stdlib_files() and len(files) > 100
     assert not any(p.parts[0] == "test" or "tests" in p.parts for p in files)
     assert any(is_heldout(p) for p in files) and not all(is_heldout(p) for p in files)
+
+
+def test_prepare_with_no_sources_uses_the_builtin_corpus(tmp_path):
+    from moelab.data import PreparedData, prepare
+
+    result = prepare(tmp_path / "b", builtin_max_bytes=120_000, vocab_size=300)
+    data = PreparedData.open(result.path)
+    assert data.train_domains == ["code", "prose"]
+    assert data.heldout_domains == ["code_heldout", "prose_heldout"]
+    assert result.manifest["builtin"]["python_version"] == platform.python_version()
+    code_files = result.manifest["domains"]["code"]["sources"][0]["inputs"]
+    assert code_files and all(len(f["sha256"]) == 64 for f in code_files)
+    assert data.num_tokens("code", "train") > 10 * data.num_tokens("code", "val") > 0
+    assert not prepare(tmp_path / "b", builtin_max_bytes=120_000, vocab_size=300).created
