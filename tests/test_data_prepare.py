@@ -204,6 +204,19 @@ def test_user_tokenizer_reproduces_the_shards(prepared, corpus, tmp_path):
         assert a == (redo.path / f"{name}.tokens.bin").read_bytes()
 
 
+def test_large_vocabulary_uses_uint32(prepared, corpus, tmp_path):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(prepared.path / "tokenizer.json"))
+    tok.add_tokens([f"<extra_{i}>" for i in range(65_300)])  # vocab > 65536
+    tok.save(str(tmp_path / "big.json"))
+    big = _prep(corpus, tmp_path / "big", tokenizer=tmp_path / "big.json")
+    data = PreparedData.open(big.path)
+    assert big.manifest["dtype"] == "uint32" and data.tokens("held", "val").dtype == np.uint32
+    assert data.vocab_size > 1 << 16
+    assert "".join(_decoded_docs(data, "held", "val")) == (corpus / "held.txt").read_text()
+
+
 @pytest.mark.slow
 def test_two_workers_give_identical_shards(prepared, corpus, tmp_path):
     two = _prep(corpus, tmp_path / "two", workers=2, tokenizer=prepared.path / "tokenizer.json")

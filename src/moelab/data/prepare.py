@@ -240,20 +240,29 @@ def fingerprint(
     return hashlib.sha256(blob).hexdigest()
 
 
-def _check_existing(out: Path, fp: str) -> dict[str, Any] | None:
-    """The manifest if ``out`` already holds this preparation (verified); None if ``out`` is free;
-    an error if it holds something else."""
+def _out_is_free(out: Path) -> bool:
+    """True if ``out`` is absent or an empty folder; False if it looks like a prepared folder;
+    an error (before any work) if it is something else."""
     if not out.exists():
-        return None
+        return True
     if not out.is_dir():
         raise MoelabError(f"--out {out} exists and is not a folder; choose another path")
     if not any(out.iterdir()):
-        return None
+        return True
     if not (out / "manifest.json").is_file():
         raise MoelabError(
             f"--out {out} exists and is not a moelab prepared folder; "
             "choose another --out (nothing is overwritten)"
         )
+    read_manifest(out)
+    return False
+
+
+def _check_existing(out: Path, fp: str) -> dict[str, Any] | None:
+    """The manifest if ``out`` already holds this preparation (verified); None if ``out`` is free;
+    an error if it holds something else."""
+    if _out_is_free(out):
+        return None
     manifest = read_manifest(out)
     if manifest.get("fingerprint") != fp:
         raise MoelabError(
@@ -321,6 +330,7 @@ def prepare(
     elif vocab_size < 258:
         train_bpe([], vocab_size)  # raises the clear error before any reading
 
+    _out_is_free(out)  # refuse a wrong --out before reading any input
     prog = _Progress(progress)
     with prog.running():
         domains, builtin_info = _collect_inputs(
