@@ -204,6 +204,7 @@ def test_user_tokenizer_reproduces_the_shards(prepared, corpus, tmp_path):
         assert a == (redo.path / f"{name}.tokens.bin").read_bytes()
 
 
+@pytest.mark.slow
 def test_large_vocabulary_uses_uint32(prepared, corpus, tmp_path):
     from tokenizers import Tokenizer
 
