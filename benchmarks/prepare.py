@@ -55,7 +55,9 @@ def main() -> int:
     mb = input_bytes / 1e6
     docs = read_source(parse_source_spec(spec), 1 << 15).docs
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"input: {args.data} ({mb:.1f} MB, {len(docs)} documents); {cpus} CPUs visible")
+    print(f"load average at start: {load:.1f} (above {cpus}, other processes compete for CPU)")
     print("note: other processes may share the CPU; figures are best of", args.repeats)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,6 +109,7 @@ def main() -> int:
         "input_mb": round(mb, 3),
         "documents": len(docs),
         "cpus": cpus,
+        "load_average_start": round(load, 2),
         "prepare_mb_s_1proc": round(mb / prep_s[1], 3),
         "prepare_mb_s_2proc": round(mb / prep_s[2], 3),
         "prepare_speedup_2_over_1": round(ratio, 3),
