@@ -40,6 +40,7 @@ from moelab.data.shards import (
 from moelab.data.sources import SourceSpec, parse_source_spec, read_source
 from moelab.data.tokenizer import (
     DocumentEncoder,
+    check_vocab_size,
     load_tokenizer,
     special_ids,
     token_dtype,
@@ -231,7 +232,12 @@ def fingerprint(
     and each domain's role and sources with the checksum of every input file."""
     payload = {
         "format_version": FORMAT_VERSION,
-        "settings": asdict(settings),
+        "settings": {  # settings that cannot matter are left out, so they cannot refuse a rerun
+            k: v
+            for k, v in asdict(settings).items()
+            if not (k == "vocab_size" and tokenizer_sha256)
+            and not (k == "builtin_max_bytes" and builtin_info is None)
+        },
         "tokenizer": tokenizer_sha256,
         "builtin": builtin_info,
         "domains": {n: {"role": d.role, "sources": d.sources} for n, d in domains.items()},
@@ -327,8 +333,8 @@ def prepare(
         user_tok = load_tokenizer(tokenizer)
         special_ids(user_tok, str(tokenizer))
         tok_sha = sha256_file(Path(tokenizer))
-    elif vocab_size < 258:
-        train_bpe([], vocab_size)  # raises the clear error before any reading
+    else:
+        check_vocab_size(vocab_size)  # before any reading
 
     _out_is_free(out)  # refuse a wrong --out before reading any input
     prog = _Progress(progress)

@@ -33,12 +33,18 @@ MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 BATCH_CHARS = 1 << 20  # ~1 MB of text per encode task: big enough to amortise the round trip
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+def check_vocab_size(vocab_size: int) -> None:
     if vocab_size < MIN_VOCAB:
         raise MoelabError(
             f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB} "
             f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
         )
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE of at most ``vocab_size`` tokens (fewer if the text has too few distinct
+    pairs), trained on ``texts``; deterministic for the same texts in the same order."""
+    check_vocab_size(vocab_size)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
