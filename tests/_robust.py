@@ -257,3 +257,15 @@ def swap_in_checkpoints(run: Path, other_run: Path) -> None:
     """Replace ``run``'s checkpoints by ``other_run``'s (meta.json and checksums included)."""
     shutil.rmtree(run / "checkpoints")
     shutil.copytree(other_run / "checkpoints", run / "checkpoints")
+
+
+def shared_export(tmp_path_factory, name: str = "robust_hf") -> Path:
+    """The shared dense run exported to a Hugging Face folder (XGLM) through the real CLI."""
+    base = tmp_path_factory.getbasetemp()
+    found = _cached(base, name, "config.json")
+    if found:
+        return found
+    run = shared_run(tmp_path_factory, "robust_dense_run", moe=False)
+    rc = main(["export", str(run), "--out", str(base / name), "--no-verify"])
+    assert rc == 0, f"exporting the shared dense run failed with exit code {rc}"
+    return base / name
