@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moelab.errors import MoelabError
@@ -31,6 +30,7 @@ from moelab.train.progress import ProgressBar
 from moelab.train.rng import rng_state, seed_everything, set_rng_state
 from moelab.train.rundir import DONE, claim_run_dir, clear_stale, has_checkpoints, read_done
 from moelab.train.schedule import LrSchedule
+from moelab.train.step import train_step
 from moelab.train.telemetry import MoeTelemetry
 from moelab.train.validation import build_eval_sets, evaluate
 
@@ -87,9 +87,9 @@ class Trainer:
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
-    def reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """Average a scalar over ranks (identity in one process)."""
-        return x
+    def all_finite(self, finite: torch.Tensor) -> bool:
+        """True when the loss and gradients are finite on every rank (one process: this one)."""
+        return bool(finite)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -97,18 +97,6 @@ class Trainer:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def _loss(self, model: nn.Module, batch_BT1: torch.Tensor):
-        inputs_BT, targets_BT = batch_BT1[:, :-1], batch_BT1[:, 1:]
-        with self.autocast():
-            out = model(inputs_BT)
-            logits = out.logits_BTV
-            ce = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets_BT.reshape(-1)
-            )
-        mc = self.cfg.model
-        total = ce + mc.aux_loss_weight * out.aux_loss + mc.z_loss_weight * out.z_loss
-        return total, ce.detach(), out.aux_loss.detach(), out.z_loss.detach(), out.moe_stats
 
     def _train_state(self, step: int, optimizer, nonfinite_total: int) -> dict[str, Any]:
         gens = {}
@@ -207,32 +195,25 @@ class Trainer:
                 lr = self.schedule(step)
                 set_lr(optimizer, lr)
                 batch = stream.batch(step, self.rank, self.world).to(self.device, non_blocking=True)
-                step_ce = torch.zeros((), dtype=torch.float32, device=self.device)
-                step_aux = torch.zeros_like(step_ce)
-                step_z = torch.zeros_like(step_ce)
-                finite = torch.ones((), dtype=torch.bool, device=self.device)
-                for micro in batch.split(self.micro_batch):
-                    loss, ce, aux, z, stats = self._loss(model, micro)
-                    finite &= torch.isfinite(loss)
-                    (loss / t.grad_accum).backward()
-                    step_ce += ce / t.grad_accum
-                    step_aux += aux / t.grad_accum
-                    step_z += z / t.grad_accum
-                    if telemetry is not None:
-                        telemetry.add(stats)
-                grads = [p.grad for p in params if p.grad is not None]
-                gnorm = torch.nn.utils.get_total_norm(grads) if grads else zero
-                finite &= torch.isfinite(gnorm)
-                finite = self.reduce_mean(finite.float()) == 1.0
-                if bool(finite):  # the one host sync per step
-                    if t.clip is not None:
-                        torch.nn.utils.clip_grads_with_norm_(params, t.clip, gnorm)
-                    optimizer.step()
+                res = train_step(
+                    model,
+                    batch,
+                    optimizer,
+                    params,
+                    micro_batch=self.micro_batch,
+                    aux_loss_weight=cfg.model.aux_loss_weight,
+                    z_loss_weight=cfg.model.z_loss_weight,
+                    clip=t.clip,
+                    autocast=self.autocast,
+                    on_moe_stats=telemetry.add if telemetry is not None else None,
+                    all_finite=self.all_finite,
+                )
+                if res.updated:
                     nonfinite_run = 0
-                    acc["ce"] += step_ce.double()
-                    acc["aux"] += step_aux.double()
-                    acc["z"] += step_z.double()
-                    acc["gnorm"] += gnorm.double()
+                    acc["ce"] += res.ce_loss.double()
+                    acc["aux"] += res.aux_loss.double()
+                    acc["z"] += res.z_loss.double()
+                    acc["gnorm"] += res.grad_norm.double()
                     n_acc += 1
                 else:
                     nonfinite_run += 1
@@ -240,10 +221,9 @@ class Trainer:
                     skipped_in_interval += 1
                     self._say(
                         f"step {step}: non-finite loss or gradient "
-                        f"(loss {float(step_ce):.4g}, grad norm {float(gnorm):.4g}); "
+                        f"(loss {float(res.ce_loss):.4g}, grad norm {float(res.grad_norm):.4g}); "
                         f"update skipped ({nonfinite_run} in a row)"
                     )
-                optimizer.zero_grad(set_to_none=True)
                 interval_time += time.perf_counter() - t0
                 interval_tokens += budget.tokens_per_step
 

@@ -1,0 +1,78 @@
+"""One optimizer step: forward + backward over the micro-batches, a finiteness check of the
+loss and gradient norm (the NaN guard), optional clipping, and the update.
+
+A plain function so the trainer, the distributed layer and the throughput benchmark all run
+the very same step. The model must return an object with ``logits_BTV``, ``aux_loss``,
+``z_loss`` and ``moe_stats`` (moelab's ``ModelOutput``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class StepResult:
+    updated: bool  # False: loss or gradient was not finite and the update was skipped
+    ce_loss: torch.Tensor  # mean over the step's tokens (0-dim, on the device)
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+    grad_norm: torch.Tensor
+
+
+def train_step(
+    model: nn.Module,
+    batch_BT1: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    *,
+    micro_batch: int,
+    aux_loss_weight: float = 0.0,
+    z_loss_weight: float = 0.0,
+    clip: float | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    on_moe_stats: Callable[[list], None] | None = None,
+    all_finite: Callable[[torch.Tensor], bool] = lambda ok: bool(ok),
+) -> StepResult:
+    """``batch_BT1`` holds this rank's rows, ``(B, T + 1)``: inputs ``[:, :-1]``, targets
+    ``[:, 1:]``; it is split into micro-batches of ``micro_batch`` rows whose gradients add up.
+    ``all_finite`` turns the local finiteness flag into one decision for all ranks (the one
+    host sync of the step)."""
+    micros = batch_BT1.split(micro_batch)
+    n = len(micros)
+    device = batch_BT1.device
+    ce_sum = torch.zeros((), dtype=torch.float32, device=device)
+    aux_sum, z_sum = torch.zeros_like(ce_sum), torch.zeros_like(ce_sum)
+    finite = torch.ones((), dtype=torch.bool, device=device)
+    for micro in micros:
+        inputs_BT, targets_BT = micro[:, :-1], micro[:, 1:]
+        with autocast():
+            out = model(inputs_BT)
+            logits = out.logits_BTV
+            ce = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets_BT.reshape(-1)
+            )
+        loss = ce + aux_loss_weight * out.aux_loss + z_loss_weight * out.z_loss
+        finite &= torch.isfinite(loss)
+        (loss / n).backward()
+        ce_sum += ce.detach() / n
+        aux_sum += out.aux_loss.detach() / n
+        z_sum += out.z_loss.detach() / n
+        if on_moe_stats is not None and out.moe_stats:
+            on_moe_stats(out.moe_stats)
+    grads = [p.grad for p in params if p.grad is not None]
+    gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+    finite &= torch.isfinite(gnorm)
+    updated = all_finite(finite)
+    if updated:
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, gnorm)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(updated, ce_sum, aux_sum, z_sum, gnorm)
