@@ -102,6 +102,12 @@ class DistributedTrainer(Trainer):
         dist.all_reduce(y)
         return y / self.world
 
+    def all_finite(self, finite: torch.Tensor) -> bool:
+        """One decision for all ranks: every rank's loss and gradients are finite."""
+        flag = finite.detach().to(torch.int32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag)
+
     def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
         return grad_norm(params).to(self.device)
 
