@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -133,31 +135,52 @@ def test_non_empty_folder_is_refused(prepared, tmp_path):
         train(load_run_config(tiny_config(prepared)), tmp_path, progress=False)
 
 
-def test_cli_preset_and_budget_flags(prepared, tmp_path, capsys):
+def test_cli_preset_and_budget_flags_bf16_and_tensorboard_note(prepared, tmp_path, capsys):
     out = tmp_path / "quick"
-    rc = main(
-        [
-            "train",
-            "--preset",
-            "moe-cpu-0.5m",
-            "--data",
-            str(prepared),
-            "--steps",
-            "2",
-            "--out",
-            str(out),
-            "--set",
-            "train.seq_len=32",
-            "--set",
-            "train.batch_size=4",
-            "--set",
-            "train.eval_tokens=256",
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
-    assert "done: 2 steps" in capsys.readouterr().out
-    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["name"] == "moe-cpu-0.5m"
+    sets = [
+        "train.seq_len=32",
+        "train.batch_size=4",
+        "train.eval_tokens=256",
+        "train.dtype=bf16",
+        "train.tensorboard=true",
+    ]
+    argv = [
+        "train",
+        "--preset",
+        "moe-cpu-0.5m",
+        "--data",
+        str(prepared),
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    for item in sets:
+        argv += ["--set", item]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "done: 2 steps" in captured.out
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["model"]["name"] == "moe-cpu-0.5m" and resolved["train"]["dtype"] == "bf16"
+    rows = read_metrics(out)
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    if importlib.util.find_spec("tensorboard") is None:
+        assert "tensorboard package is not installed" in captured.err
+    else:
+        assert (out / "tensorboard").is_dir()
+
+
+def test_grad_accum_matches_one_big_batch(prepared, tmp_path):
+    losses = {}
+    for accum in (1, 4):
+        cfg = load_run_config(
+            tiny_config(prepared, budget_steps=3, grad_accum=accum, eval_tokens=0)
+        )
+        train(cfg, tmp_path / f"a{accum}", progress=False)
+        losses[accum] = [r["loss"] for r in read_metrics(tmp_path / f"a{accum}")]
+    assert losses[1][0] == pytest.approx(losses[4][0], rel=1e-6)  # same weights, same batch
+    assert losses[1] == pytest.approx(losses[4], rel=1e-4)  # equal up to summation order
 
 
 def test_nan_guard_stops_with_exit_2_and_keeps_last_good_checkpoint(prepared, tmp_path, capsys):
