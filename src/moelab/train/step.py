@@ -39,11 +39,13 @@ def train_step(
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     on_moe_stats: Callable[[list], None] | None = None,
     all_finite: Callable[[torch.Tensor], bool] = lambda ok: bool(ok),
+    grad_norm: Callable[[list[torch.nn.Parameter]], torch.Tensor] | None = None,
 ) -> StepResult:
     """``batch_BT1`` holds this rank's rows, ``(B, T + 1)``: inputs ``[:, :-1]``, targets
     ``[:, 1:]``; it is split into micro-batches of ``micro_batch`` rows whose gradients add up.
     ``all_finite`` turns the local finiteness flag into one decision for all ranks (the one
-    host sync of the step)."""
+    host sync of the step); ``grad_norm`` computes the global gradient norm (default: over the
+    local ``.grad`` tensors)."""
     micros = batch_BT1.split(micro_batch)
     n = len(micros)
     device = batch_BT1.device
@@ -66,8 +68,11 @@ def train_step(
         z_sum += out.z_loss.detach() / n
         if on_moe_stats is not None and out.moe_stats:
             on_moe_stats(out.moe_stats)
-    grads = [p.grad for p in params if p.grad is not None]
-    gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
+    if grad_norm is not None:  # e.g. over sharded gradients
+        gnorm = grad_norm(params)
+    else:
+        grads = [p.grad for p in params if p.grad is not None]
+        gnorm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=device)
     finite &= torch.isfinite(gnorm)
     updated = all_finite(finite)
     if updated:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,27 @@ class Trainer:
     def all_finite(self, finite: torch.Tensor) -> bool:
         """True when the loss and gradients are finite on every rank (one process: this one)."""
         return bool(finite)
+
+    def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
+        """Global L2 norm of the gradients (sharded gradients override this)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return torch.zeros((), device=self.device)
+        return torch.nn.utils.get_total_norm(grads)
+
+    def save_checkpoint(
+        self, step: int, model: nn.Module, optimizer, meta: dict[str, Any], nonfinite_total: int
+    ) -> None:
+        """Called on every rank at a checkpoint step; here rank 0 writes the folder."""
+        if self.is_main:
+            ckpt_io.save_checkpoint(
+                self.run_dir,
+                step,
+                self.unwrap(model),
+                self._train_state(step, optimizer, nonfinite_total),
+                meta,
+                self.cfg.train.keep_last,
+            )
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -207,6 +229,7 @@ class Trainer:
                     autocast=self.autocast,
                     on_moe_stats=telemetry.add if telemetry is not None else None,
                     all_finite=self.all_finite,
+                    grad_norm=self.grad_norm,
                 )
                 if res.updated:
                     nonfinite_run = 0
@@ -261,7 +284,7 @@ class Trainer:
                         f"gradients in a row (train.max_nonfinite_in_row); {where}; lower "
                         "train.lr, set train.clip, or use train.dtype=fp32"
                     )
-                if is_ckpt and nonfinite_run == 0 and self.is_main:
+                if is_ckpt and nonfinite_run == 0:
                     meta = {
                         "step": step,
                         "tokens": budget.tokens_at(step),
@@ -271,14 +294,7 @@ class Trainer:
                         "train_loss": last.get("loss"),
                         "val_loss": val_loss or None,
                     }
-                    ckpt_io.save_checkpoint(
-                        run_dir,
-                        step,
-                        self.unwrap(model),
-                        self._train_state(step, optimizer, nonfinite_total),
-                        meta,
-                        t.keep_last,
-                    )
+                    self.save_checkpoint(step, model, optimizer, meta, nonfinite_total)
         finally:
             writer.close()
             bar.close()
@@ -342,5 +358,12 @@ class Trainer:
 
 def train(run_cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train ``run_cfg`` in ``run_dir`` until its budget is reached (resuming from the newest
-    valid checkpoint there) and return the summary also written to ``done.json``."""
+    valid checkpoint there) and return the summary also written to ``done.json``.
+
+    Under torchrun (``WORLD_SIZE`` > 1) this process trains as its rank of the job
+    (``moelab.parallel.train_distributed``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from moelab.parallel import train_distributed
+
+        return train_distributed(run_cfg, run_dir, progress=progress)
     return Trainer(run_cfg, run_dir, progress=progress).run()
