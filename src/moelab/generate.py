@@ -94,6 +94,8 @@ def generate_text(
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise MoelabError(f"{run_dir}: no tokenizer.json; is it a moelab run folder?")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MoelabError(f"--device {device}: CUDA is not available; use --device cpu")
     tok = Tokenizer.from_file(str(tok_path))
     model, _, _ = load_model(run_dir, step=step, device=device)
     eot = next((tok.token_to_id(t) for t in EOT_NAMES if tok.token_to_id(t) is not None), None)
