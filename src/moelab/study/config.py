@@ -87,6 +87,9 @@ class StudyConfig:
     # FLOPs (paper accounting) per second. 2 CPU cores running small fp32 models reach ~1e11.
     flops_per_second: float = 1.0e11
     measure_throughput: bool = True  # time a few steps of each model for --plan
+    # torch CPU threads while the study runs (null: torch's default). On a CPU shared with other
+    # work, 1 thread can be many times faster than oversubscribed OpenMP threads.
+    threads: int | None = None
 
     def validate(self) -> StudyConfig:
         if not self.name or "/" in self.name:
@@ -114,9 +117,19 @@ class StudyConfig:
             raise MoelabError("eval.limit: must be >= 1 or null (every item)")
         if self.eval.few_shot and self.eval.shots == 0:
             raise MoelabError("eval.shots: few_shot tasks need shots >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise MoelabError(f"threads: must be >= 1 or null, got {self.threads}")
         if not (self.flops_per_second > 0 and math.isfinite(self.flops_per_second)):
             raise MoelabError("flops_per_second: must be a positive number")
         return self
+
+
+def task_label(name: str) -> str:
+    """The column name of a task: registered names as they are, a JSONL path by its stem."""
+    if name.endswith(".jsonl") or "/" in name:
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        return base[: -len(".jsonl")] if base.endswith(".jsonl") else base
+    return name
 
 
 def load_study(path: str | Path | None, overrides: list[str] | None = None) -> StudyConfig:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from moelab.study.config import StudyConfig
+from moelab.study.config import StudyConfig, task_label
 
 _TASK_CACHE: dict[tuple[str, str], Any] = {}
 
@@ -66,15 +66,16 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
     for name in dict.fromkeys(ev.zero_shot + ev.few_shot):
         task = _task(name, tdir)
         out = evaluate_task(run.model, run.tokenizer, task, shots=0, seeds=1, limit=ev.limit)
-        result["zero_shot"][name] = out["accuracy"]
-        result["tasks"][name] = {
+        label = task_label(name)
+        result["zero_shot"][label] = out["accuracy"]
+        result["tasks"][label] = {
             "chance": out["chance"],
             "n_items": out["n_items"],
             "n_items_total": out["n_items_total"],
             "split": out["split"],
             "mode": out["primary_mode"],
         }
-        result["details"][f"{name}/0-shot"] = _brief(out)
+        result["details"][f"{label}/0-shot"] = _brief(out)
         echo(
             f"    {name} 0-shot: {out['accuracy']:.3f} (chance {out['chance']:.3f}, "
             f"{out['n_items']} items)"
@@ -84,16 +85,27 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
         out = evaluate_task(
             run.model, run.tokenizer, task, shots=ev.shots, seeds=ev.seeds, limit=ev.limit
         )
-        result["few_shot"][name] = out["accuracy"]
-        result["details"][f"{name}/{ev.shots}-shot"] = _brief(out)
+        result["few_shot"][task_label(name)] = out["accuracy"]
+        result["details"][f"{task_label(name)}/{ev.shots}-shot"] = _brief(out)
         echo(
             f"    {name} {ev.shots}-shot: {out['accuracy']:.3f} +- {out['accuracy_std']:.3f} "
             f"over {ev.seeds} seeds"
         )
     for name in ev.finetune:
         acc, detail = _finetune(path, name, tdir, cfg)
-        result["finetune"][name] = acc
-        result["details"][f"{name}/finetune"] = detail
+        result["finetune"][task_label(name)] = acc
+        result["details"][f"{task_label(name)}/finetune"] = detail
+        result["tasks"].setdefault(
+            f"finetune:{task_label(name)}",
+            {
+                "chance": detail.get("chance"),
+                "majority_class": detail.get("majority_class"),
+                "n_items": detail.get("n_items"),
+                "n_train": detail.get("n_train"),
+                "split": detail.get("split"),
+                "best_lr": detail.get("best_lr"),
+            },
+        )
         echo(f"    {name} fine-tuned: {acc:.3f}")
     return result
 
@@ -119,5 +131,8 @@ def _brief(out: dict[str, Any]) -> dict[str, Any]:
 def _finetune(path: Path, name: str, tasks_dir: str | None, cfg: StudyConfig):
     from moelab.eval.finetune import finetune_run
 
-    out = finetune_run(path, name, tasks_dir=tasks_dir, **cfg.eval.finetune_options)
+    out = finetune_run(
+        str(path), name, tasks_dir=tasks_dir, limit=cfg.eval.limit, **cfg.eval.finetune_options
+    )
+    out.pop("grid", None)  # per-rate curves: kept out of the study's summary file
     return float(out["accuracy"]), out

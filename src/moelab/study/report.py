@@ -22,6 +22,7 @@ from moelab.io import atomic_write_json, atomic_write_text
 from moelab.study import plots
 from moelab.study.analysis import ZERO_SHOT, Analysis, analyse, fits_json, headline
 from moelab.study.collect import expert_load, read_records
+from moelab.study.config import task_label
 from moelab.study.document import (
     Bullets,
     Code,
@@ -94,9 +95,9 @@ def build_meta(study: dict[str, Any], records: list[RunRecord], evals: list[dict
         "study": study.get("name", "study"),
         "in_domains": first.in_domains,
         "out_domains": first.out_domains,
-        "zero_shot_tasks": list(ev.get("zero_shot", [])),
-        "few_shot_tasks": list(ev.get("few_shot", [])),
-        "finetune_tasks": list(ev.get("finetune", [])),
+        "zero_shot_tasks": [task_label(t) for t in ev.get("zero_shot", [])],
+        "few_shot_tasks": [task_label(t) for t in ev.get("few_shot", [])],
+        "finetune_tasks": [task_label(t) for t in ev.get("finetune", [])],
         "shots": ev.get("shots"),
         "seeds": ev.get("seeds"),
         "limit": ev.get("limit"),
@@ -119,6 +120,7 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
         raise MoelabError(f"{out}: no finished runs yet; run `moelab study --out {out}` first")
     rows = [row for rec in records for row in rows_for_run(rec)]
     meta = build_meta(study, records, _study_evals(out, [r.name for r in records]))
+    meta["out_dir"] = str(out)
     _zero_shot_means(rows, records, meta)
     write_results(out, rows, meta)
     fit_cfg = study.get("fit", {})
@@ -420,9 +422,9 @@ def _fits(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
             "Per family, L(C) = E + A·C^-alpha is fitted (Huber loss on log L, several "
             "starting points) to the compute-efficient frontier: the lower envelope of all "
             "evaluation points of the family's runs, leaving out each run's points below "
-            f"{frac:g} of its final compute (early training follows no power law). Brackets: 95% bootstrap intervals over "
-            "runs (given with 3 or more runs per family). Residuals are log(observed) - "
-            "log(fitted)."
+            f"{frac:g} of its final compute (early training follows no power law). "
+            "Brackets: 95% bootstrap intervals over runs (given with 3 or more runs per "
+            "family). Residuals are log(observed) - log(fitted)."
         )
     )
     header = [

@@ -9,8 +9,9 @@ device-list scheduler would hand runs to worker processes (one ``moelab train`` 
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,12 +151,33 @@ def run_study(
     if out.exists() and not out.is_dir():
         raise MoelabError(f"--out {out}: exists and is not a folder")
     if plan_only:
-        plan = build_plan(cfg, out)
+        with _torch_threads(cfg.threads):
+            plan = build_plan(cfg, out)
         echo(format_plan(plan, eval_note(cfg)))
         return plan
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
+    with _torch_threads(cfg.threads):
+        return _run(cfg, out, echo)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run(cfg: StudyConfig, out: Path, echo: Echo) -> list[PlannedRun]:
     data_dir = prepare_data(cfg, out, echo)
     plan = build_plan(cfg, out)
     for p in plan:

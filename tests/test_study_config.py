@@ -1,0 +1,162 @@
+"""Study config, grid expansion, the plan printer and bad-config handling (no training here)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from moelab.cli import main
+from moelab.errors import MoelabError
+from moelab.study.config import StudyConfig, load_study, task_label
+from moelab.study.grid import expand_grid
+from moelab.study.layout import RunState, eval_key, run_state
+from moelab.study.plan import make_plan
+from study_helpers import mini_study
+
+
+def _cfg(grid: dict, **extra) -> StudyConfig:
+    data = {"base": {"model": "dense-cpu-0.5m", "train": {"budget_tokens": 4096}}, "grid": grid}
+    data.update(extra)
+    return load_study_from(data)
+
+
+def load_study_from(data: dict) -> StudyConfig:
+    from moelab.config import from_dict
+
+    return from_dict(StudyConfig, data).validate()
+
+
+def test_grid_is_the_cartesian_product_with_stable_names():
+    cfg = _cfg(
+        {"model": ["dense-cpu-0.5m", "moe-cpu-0.5m"], "train.lr": [1e-3, 2e-3], "seed": [1, 2]}
+    )
+    specs = expand_grid(cfg)
+    assert len(specs) == 8
+    names = [s.name for s in specs]
+    assert len(set(names)) == 8
+    assert names[0] == "dense-cpu-0.5m__lr=0.001__seed=1"
+    last = specs[-1].run_config
+    assert last["model"] == "moe-cpu-0.5m"
+    assert last["train"] == {"budget_tokens": 4096, "lr": 2e-3, "seed": 2}  # seed -> train.seed
+    assert expand_grid(cfg)[3].name == names[3]  # deterministic
+
+
+def test_model_subkeys_and_routing_keys_split_families():
+    cfg = _cfg(
+        {"model.capacity_factor": [1.0, 2.0]},
+        base={"model": "moe-cpu-0.5m", "train": {"budget_tokens": 4096}},
+    )
+    specs = expand_grid(cfg)
+    assert specs[0].run_config["model"] == {"preset": "moe-cpu-0.5m", "capacity_factor": 1.0}
+    assert [s.family_suffix for s in specs] == ["-cf=1", "-cf=2"]
+    plan = make_plan(specs, data_dir=None, vocab_size=512, flops_per_second=1e10, measure=False)
+    assert [p.family for p in plan] == ["moe8-top2-cf=1", "moe8-top2-cf=2"]
+    assert plan[0].model.vocab_size == 512 and plan[0].model.capacity_factor == 1.0
+
+
+def test_plan_numbers_follow_the_trainer_budget():
+    cfg = _cfg({"model": ["dense-cpu-0.5m", "moe-cpu-0.5m"]})
+    plan = make_plan(
+        expand_grid(cfg), data_dir=None, vocab_size=2048, flops_per_second=1e10, measure=False
+    )
+    for p in plan:
+        assert p.tokens == p.steps * 32 * 256 and p.steps == 1  # 4096 tokens < one batch
+        assert p.train_flops == pytest.approx(p.flops_per_token * p.tokens)
+        assert p.est_seconds == pytest.approx(p.train_flops / 1e10)
+    assert plan[1].params.total > plan[1].params.active > plan[0].params.active
+
+
+def test_default_study_fits_the_cpu_budget():
+    cfg = load_study(None)
+    plan = make_plan(
+        expand_grid(cfg),
+        data_dir=None,
+        vocab_size=cfg.data.vocab_size,
+        flops_per_second=cfg.flops_per_second,
+        measure=False,
+    )
+    total = sum(p.train_flops for p in plan)
+    assert 3e13 <= total <= 1.5e14
+    assert cfg.data.vocab_size <= 4096
+    assert {p.family for p in plan} == {"dense", "moe8-top2"}
+    steps = plan[0].steps
+    eval_points = cfg.base["train"]["eval_points"]
+    from moelab.train.budget import eval_steps
+
+    kept = [s for s in eval_steps(steps, eval_points) if s >= cfg.fit.min_run_fraction * steps]
+    assert len(kept) >= 4  # per run; the frontier over two sizes gives the fit >= 5 points
+
+
+def test_overrides_and_task_labels():
+    cfg = load_study(None, ["eval.limit=50", "grid.seed=[1,2]", "name=x"])
+    assert cfg.eval.limit == 50 and cfg.grid["seed"] == [1, 2] and cfg.name == "x"
+    assert task_label("/a/b/my_task.jsonl") == "my_task" and task_label("piqa") == "piqa"
+
+
+def test_run_state_and_eval_key(tmp_path):
+    cfg = load_study(None)
+    key = eval_key(cfg.eval)
+    assert run_state(tmp_path / "none", key) is RunState.NEW
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("x")
+    assert run_state(tmp_path / "r", key) is RunState.INTERRUPTED
+    (tmp_path / "r" / "done.json").write_text("{}")
+    assert run_state(tmp_path / "r", key) is RunState.TRAINED
+    (tmp_path / "r" / "study_eval.json").write_text('{"eval_key": "%s"}' % key)
+    assert run_state(tmp_path / "r", key) is RunState.FINISHED
+    assert eval_key(load_study(None, ["eval.limit=3"]).eval) != key
+
+
+def test_plan_cli_prints_every_run_and_trains_nothing(tmp_path, capsys):
+    cfg = mini_study(tmp_path, with_tasks=False)
+    out = tmp_path / "out"
+    assert main(["study", str(cfg), "--out", str(out), "--plan"]) == 0
+    text = capsys.readouterr().out
+    for name in ("tiny-dense-a", "tiny-moe-a", "tiny-dense-b", "tiny-moe-b"):
+        assert name in text
+    for column in ("params", "active", "tokens", "tok/param", "FLOPs", "est. time"):
+        assert column in text
+    assert "4 runs" in text and "training FLOPs" in text
+    assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        ("grid: {train.lr: 0.1}\nbase: {model: dense-cpu-0.5m}\n", "grid.train.lr"),
+        ("grid: {model: [dense-cpu-0.5m]}\nfit: {frontier: best}\n", "fit.frontier"),
+        ("grid: {model: [dense-cpu-0.5m]}\nevals: {}\n", "unknown config key evals"),
+        ("grid: [1, 2]\n", "grid"),
+        ("base: {train: {budget_tokens: 10}}\n", "base.model"),
+        ("grid: {model: [dense-cpu-0.5m]}\neval: {limit: 0}\n", "eval.limit"),
+        ("name: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_study_config_is_one_line_exit_2(tmp_path, capsys, content, needle):
+    path = tmp_path / "bad.yaml"
+    path.write_text(content)
+    rc = main(["study", str(path), "--out", str(tmp_path / "out"), "--plan"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert needle in err
+
+
+def test_unknown_preset_and_missing_file_are_user_errors(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"grid": {"model": ["dense-cpu-nope"]}, "base": {"train": {"budget_tokens": 100}}}
+        )
+    )
+    assert main(["study", str(path), "--out", str(tmp_path / "o"), "--plan"]) == 2
+    assert "dense-cpu-nope" in capsys.readouterr().err
+    assert main(["study", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_load_study_rejects_wrong_types():
+    with pytest.raises(MoelabError, match="eval.shots"):
+        load_study(None, ["eval.shots=many"])
