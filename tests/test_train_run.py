@@ -199,3 +199,30 @@ def test_nan_guard_stops_with_exit_2_and_keeps_last_good_checkpoint(prepared, tm
     rows = read_metrics(tmp_path / "run")
     assert [r["skipped_updates"] for r in rows] == [0, 1, 1, 1]
     assert not (tmp_path / "run" / "done.json").exists()
+
+
+def test_resume_refuses_changed_data(tmp_path):
+    from _train_data import write_corpus
+    from moelab.data import prepare
+
+    def prep(seed: int) -> Path:
+        write_corpus(tmp_path / f"src{seed}", 40, seed=seed)
+        out = tmp_path / "prepared"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        prepare(out, sources=[f"alpha={tmp_path / f'src{seed}'}/*.txt"], vocab_size=300)
+        return out
+
+    prepared = prep(1)
+    cfg = load_run_config(tiny_config(prepared, budget_steps=2, eval_tokens=0))
+    train(cfg, tmp_path / "run", progress=False)
+    (tmp_path / "run" / "done.json").unlink()  # as if killed after its last checkpoint
+    prep(2)
+    with pytest.raises(MoelabError, match="prepared data .* changed since this run started"):
+        train(
+            load_run_config(tiny_config(prepared, budget_steps=2, eval_tokens=0)),
+            tmp_path / "run",
+            progress=False,
+        )

@@ -161,6 +161,8 @@ class Trainer:
         data = open_prepared(cfg.data.dir)
         from moelab.data import TrainStream
 
+        data_fp = getattr(data, "manifest", {}).get("fingerprint")
+
         stream = TrainStream(data, t.seq_len, t.batch_size, t.seed, weights=cfg.data.weights)
         eval_bs = t.eval_batch_size or self.micro_batch
         eval_sets = build_eval_sets(data, t.seq_len, t.eval_tokens, eval_bs)
@@ -171,6 +173,8 @@ class Trainer:
         optimizer = build_optimizer(self.unwrap(model), t)
 
         start_step, nonfinite_total, resumed_from = 0, 0, None
+        last: dict[str, Any] = {}
+        val_loss: dict[str, float] = {}
         if self.is_main:
             clear_stale(run_dir)
         if has_checkpoints(run_dir):
@@ -186,6 +190,14 @@ class Trainer:
             state = self._restore(found.path, optimizer)
             start_step = resumed_from = int(state["step"])
             nonfinite_total = int(state.get("nonfinite_total", 0))
+            meta = ckpt_io.read_meta(found.path)
+            if meta.get("data_fingerprint") not in (None, data_fp):
+                raise MoelabError(
+                    f"data.dir: the prepared data in {cfg.data.dir} changed since this run "
+                    f"started (fingerprint {meta['data_fingerprint'][:12]} -> {str(data_fp)[:12]});"
+                    " resuming needs the same data, or start a new run"
+                )
+            last, val_loss = {"loss": meta.get("train_loss")}, meta.get("val_loss") or {}
             self._say(f"resuming from checkpoint {found.path.name} (step {start_step})")
         if self.is_main:
             truncate_metrics(run_dir, start_step)
@@ -208,8 +220,6 @@ class Trainer:
         acc = {"ce": zero.clone(), "aux": zero.clone(), "z": zero.clone(), "gnorm": zero.clone()}
         n_acc, skipped_in_interval, nonfinite_run = 0, 0, 0
         interval_time, interval_tokens = 0.0, 0
-        last: dict[str, Any] = {}
-        val_loss: dict[str, float] = {}
         t_start = time.perf_counter()
         try:
             for step in range(start_step + 1, budget.total_steps + 1):
@@ -290,6 +300,7 @@ class Trainer:
                         "tokens": budget.tokens_at(step),
                         "flops": budget.flops_at(step),
                         "config_hash": cfg.config_hash(),
+                        "data_fingerprint": data_fp,
                         "model": cfg.model.name,
                         "train_loss": last.get("loss"),
                         "val_loss": val_loss or None,
