@@ -34,6 +34,15 @@ CASES = [
 ]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models: one intra-op thread is as fast, and does not thrash a shared CPU.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     return make_prepared(tmp_path_factory.mktemp("interop_hf_data"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
@@ -71,6 +72,15 @@ def _no_env_report(monkeypatch):
     import lm_eval.evaluator
 
     monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny models: one intra-op thread is as fast, and does not thrash a shared CPU.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +187,7 @@ def test_adapter_agrees_with_harness_hf_backend_on_export(setup):
     assert lm.generate_until(gens) == hf.generate_until(gens)
 
 
+@pytest.mark.filterwarnings("ignore:.*found in sys.modules after import")
 def test_registered_by_name_as_the_command_line_uses_it(setup):
     """The harness CLI (``python -m moelab.interop.lm_eval_adapter --model moelab --model_args
     run_dir=...``) ends in ``simple_evaluate(model="moelab", model_args="...", device="cuda:0")``

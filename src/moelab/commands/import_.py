@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     res = import_hf(args.hf_dir, args.out, verify=not args.no_verify)
     check = (
         f"logits match (max |diff| {res.max_abs_logit_diff:.2g})"
-        if res.max_abs_logit_diff == res.max_abs_logit_diff
+        if res.max_abs_logit_diff is not None
         else "not verified"
     )
     print(f"imported {res.hf_class} into {res.out}; {check}")

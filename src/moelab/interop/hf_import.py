@@ -36,7 +36,23 @@ from moelab.io import atomic_dir
 class ImportResult:
     out: Path
     hf_class: str
-    max_abs_logit_diff: float
+    max_abs_logit_diff: float | None  # None when not verified
+
+
+def write_run_files(
+    folder: Path, model: torch.nn.Module, run_cfg, tokenizer_json: bytes, meta: dict
+) -> None:
+    """What the trainer leaves in a run folder, for a model that was not trained here:
+    ``config.yaml``, ``tokenizer.json`` and checkpoint ``meta["step"]`` (trainer format)."""
+    from moelab.train import checkpoint as ckpt_io
+    from moelab.train.rundir import CONFIG
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG).write_text(run_cfg.to_yaml(), encoding="utf-8")
+    (folder / TOKENIZER).write_bytes(tokenizer_json)
+    step = int(meta["step"])
+    state = {"step": step, "tokens": meta.get("tokens", 0), "no_optimizer_state": True}
+    ckpt_io.save_checkpoint(folder, step, model, state, meta, keep_last=1)
 
 
 def _load_hf(hf_dir: Path):
@@ -63,10 +79,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, verify: bool = True) -> Impor
     """Import the model folder ``hf_dir`` into a new moelab run folder ``out``."""
     from moelab.data.tokenizer import load_tokenizer, special_ids
     from moelab.model import build_model
-    from moelab.train import checkpoint as ckpt_io
     from moelab.train.config import DataSection, RunConfig, TrainConfig
     from moelab.train.loading import load_model
-    from moelab.train.rundir import CONFIG
 
     hf_dir, out = Path(hf_dir), Path(out)
     if not (hf_dir / HF_CONFIG).is_file():
@@ -114,12 +128,9 @@ def import_hf(hf_dir: str | Path, out: str | Path, verify: bool = True) -> Impor
         "imported_from": str(hf_dir.resolve()),
         "hf_class": cls.name,
     }
-    diff = float("nan")
+    diff: float | None = None
     with atomic_dir(out) as tmp:
-        (tmp / CONFIG).write_text(run_cfg.to_yaml(), encoding="utf-8")
-        (tmp / TOKENIZER).write_bytes(tok_path.read_bytes())
-        train_state = {"step": 0, "tokens": 0, "imported_from": str(hf_dir.resolve())}
-        ckpt_io.save_checkpoint(tmp, 0, model, train_state, meta, keep_last=1)
+        write_run_files(tmp, model, run_cfg, tok_path.read_bytes(), meta)
         if verify:
             # Check what a user will load: the run folder through the trainer's own loader.
             loaded, _, _ = load_model(tmp)
