@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import yaml
 
@@ -102,7 +104,7 @@ def test_run_state_and_eval_key(tmp_path):
     assert run_state(tmp_path / "r", key) is RunState.INTERRUPTED
     (tmp_path / "r" / "done.json").write_text("{}")
     assert run_state(tmp_path / "r", key) is RunState.TRAINED
-    (tmp_path / "r" / "study_eval.json").write_text('{"eval_key": "%s"}' % key)
+    (tmp_path / "r" / "study_eval.json").write_text(json.dumps({"eval_key": key}))
     assert run_state(tmp_path / "r", key) is RunState.FINISHED
     assert eval_key(load_study(None, ["eval.limit=3"]).eval) != key
 
@@ -160,3 +162,29 @@ def test_unknown_preset_and_missing_file_are_user_errors(tmp_path, capsys):
 def test_load_study_rejects_wrong_types():
     with pytest.raises(MoelabError, match="eval.shots"):
         load_study(None, ["eval.shots=many"])
+
+
+def test_shipped_default_yaml_mirrors_the_builtin_default():
+    from pathlib import Path
+
+    from moelab.study.config import study_to_dict
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "study" / "default.yaml"
+    assert study_to_dict(load_study(shipped)) == study_to_dict(load_study(None))
+
+
+def test_shipped_cpu_study_plans():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "study" / "cpu.yaml"
+    cfg = load_study(path)
+    assert len(cfg.eval.finetune) >= 2 and cfg.eval.zero_shot and cfg.eval.few_shot
+    assert len(cfg.data.heldout) >= 3
+    plan = make_plan(
+        expand_grid(cfg),
+        data_dir=None,
+        vocab_size=cfg.data.vocab_size,
+        flops_per_second=cfg.flops_per_second,
+        measure=False,
+    )
+    assert {p.family for p in plan} == {"dense", "moe8-top2"}
