@@ -82,9 +82,8 @@ def _reference(cfg: ModelConfig, world: int) -> tuple[list[float], list[float]]:
     return losses, norms
 
 
-def _distributed(cfg: ModelConfig, rank: int, world: int, ep: int):
-    topo = Topology(rank=rank, world=world, local_rank=rank, ep=ep, device=torch.device("cpu"))
-    topo.mesh = build_mesh(topo)
+def _distributed(cfg: ModelConfig, topo: Topology):
+    rank, world = topo.rank, topo.world
     model = wrap_for_parallel(build_model(cfg, seed=0).train(), topo)
     opt = _opt(model)
     losses, norms = [], []
@@ -109,9 +108,13 @@ def _worker(rank: int, world: int) -> None:
         (_cfg(4, 1.0, "paper"), 1),  # ep=1: experts replicated, dense HSDP
         (_cfg(0, None, "paper"), 1),  # dense: plain FSDP over both ranks
     ]
+    topos = {}
+    for ep in (1, 2):  # process groups are made once per layout, as in a real job
+        topos[ep] = Topology(rank, world, rank, ep, torch.device("cpu"))
+        topos[ep].mesh = build_mesh(topos[ep])
     for cfg, ep in cases:
         ref_loss, ref_norm = _reference(cfg, world)
-        got_loss, got_norm = _distributed(cfg, rank, world, ep)
+        got_loss, got_norm = _distributed(cfg, topos[ep])
         where = f"n_experts={cfg.n_experts} cf={cfg.capacity_factor} ep={ep}"
         assert ref_loss[-2] < ref_loss[0], where  # it trains
         for s in range(STEPS):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,13 +38,13 @@ def _raw(prepared: Path) -> dict:
     raw = tiny_config(
         prepared,
         moe=True,
-        budget_steps=3,
+        budget_steps=4,
         batch_size=4,
         seq_len=16,
         warmup_steps=1,
         eval_tokens=256,
         eval_points=1,
-        checkpoint_every=0,
+        checkpoint_every=2,
         dropout=0.0,
         device="cpu",
     )
@@ -51,19 +52,8 @@ def _raw(prepared: Path) -> dict:
     return raw
 
 
-def test_torchrun_two_ranks_match_one_process(tmp_path):
-    prepared = make_prepared(tmp_path)
-    raw = _raw(prepared)
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(raw))
-
-    one = train(load_run_config(raw), tmp_path / "one", progress=False)
-
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MOELAB_DIST_TIMEOUT_S": "60",
-    }
+def _torchrun(config: Path, out: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MOELAB_DIST_TIMEOUT_S": "60"}
     cmd = [
         sys.executable,
         "-m",
@@ -76,17 +66,41 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
         "train",
         str(config),
         "--out",
-        str(tmp_path / "two"),
+        str(out),
         "--no-progress",
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
+
+def _cut_back_to_step_2(src: Path, dst: Path) -> None:
+    """A copy of run ``src`` as if it had stopped after its step-2 checkpoint."""
+    shutil.copytree(src, dst)
+    shutil.rmtree(dst / "checkpoints" / "step_00000004")
+    (dst / "done.json").unlink()
+
+
+def _same_rows(a_rows, b_rows, steps) -> None:
+    a = {r["step"]: r for r in a_rows}
+    b = {r["step"]: r for r in b_rows}
+    for s in steps:
+        assert abs(a[s]["loss"] - b[s]["loss"]) < 1e-4, (s, a[s], b[s])
+        assert abs(a[s]["grad_norm"] - b[s]["grad_norm"]) < 1e-4 * max(1.0, a[s]["grad_norm"])
+
+
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    prepared = make_prepared(tmp_path)
+    raw = _raw(prepared)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+
+    one = train(load_run_config(raw), tmp_path / "one", progress=False)
+    _torchrun(config, tmp_path / "two")
+
     rows_one, rows_two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
-    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one]
+    assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2, 3, 4]
+    _same_rows(rows_one, rows_two, [1, 2, 3, 4])
     for a, b in zip(rows_one, rows_two):
-        assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
-        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4 * max(1.0, a["grad_norm"])
         # telemetry describes the whole batch: loads summed over both ranks
         assert [m["tokens_per_expert"] for m in a["moe"]] == [
             m["tokens_per_expert"] for m in b["moe"]
@@ -94,9 +108,9 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     for dom, v in one["val_loss"].items():
         assert abs(v - rows_two[-1]["val_loss"][dom]) < 1e-4
 
-    ckpt = tmp_path / "two" / "checkpoints" / "step_00000003"
-    assert (ckpt / "sharded" / ".metadata").is_file()
-    model, cfg, meta = load_model(tmp_path / "two")
+    # The checkpoint: DCP shards plus the full files that one process reads.
+    assert (tmp_path / "two" / "checkpoints" / "step_00000004" / "sharded" / ".metadata").is_file()
+    model, _, meta = load_model(tmp_path / "two")
     assert meta["world"] == 2
     from moelab.data import PreparedData
 
@@ -104,3 +118,12 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     got = evaluate(model, eval_sets, torch.device("cpu"), contextlib.nullcontext)
     for dom, v in got.items():
         assert abs(v - one["val_loss"][dom]) < 1e-4
+
+    # Resume across world sizes: one process continues the 2-rank run from step 2 ...
+    _cut_back_to_step_2(tmp_path / "two", tmp_path / "two_then_one")
+    train(load_run_config(raw), tmp_path / "two_then_one", progress=False)
+    _same_rows(rows_one, read_metrics(tmp_path / "two_then_one"), [3, 4])
+    # ... and 2 ranks continue the one-process run from step 2.
+    _cut_back_to_step_2(tmp_path / "one", tmp_path / "one_then_two")
+    _torchrun(config, tmp_path / "one_then_two")
+    _same_rows(rows_one, read_metrics(tmp_path / "one_then_two"), [3, 4])

@@ -1,32 +1,42 @@
 """Scale-out with PyTorch's own engine: torchrun, DeviceMesh, FSDP2, expert parallelism over
-all-to-all, torch.distributed.checkpoint. See docs/distributed.md."""
+all-to-all, torch.distributed.checkpoint. See docs/distributed.md.
 
-from moelab.parallel.dcp import consolidate, load_sharded, read_sharded_weights, save_sharded
-from moelab.parallel.entry import train_distributed
-from moelab.parallel.expert_parallel import (
-    ExpertParallelMoeFFN,
-    apply_expert_parallel,
-    expert_grad_divisor,
-)
-from moelab.parallel.fsdp import grad_norm, wrap_for_parallel
-from moelab.parallel.launch import Topology, env_world, fail_fast, setup_from_env, teardown
-from moelab.parallel.options import ParallelOptions
+Names are imported on first use, so ``moelab.parallel.launch.env_world()`` (asked by every
+``moelab train``) does not pay for importing FSDP and DCP in a single-process run.
+"""
 
-__all__ = [
-    "ExpertParallelMoeFFN",
-    "ParallelOptions",
-    "Topology",
-    "apply_expert_parallel",
-    "consolidate",
-    "env_world",
-    "expert_grad_divisor",
-    "fail_fast",
-    "grad_norm",
-    "load_sharded",
-    "read_sharded_weights",
-    "save_sharded",
-    "setup_from_env",
-    "teardown",
-    "train_distributed",
-    "wrap_for_parallel",
-]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "ExpertParallelMoeFFN": "expert_parallel",
+    "apply_expert_parallel": "expert_parallel",
+    "expert_grad_divisor": "expert_parallel",
+    "ParallelOptions": "options",
+    "Topology": "launch",
+    "env_world": "launch",
+    "fail_fast": "launch",
+    "setup_from_env": "launch",
+    "teardown": "launch",
+    "consolidate": "dcp",
+    "load_sharded": "dcp",
+    "read_sharded_weights": "dcp",
+    "save_sharded": "dcp",
+    "grad_norm": "fsdp",
+    "wrap_for_parallel": "fsdp",
+    "train_distributed": "entry",
+    "DistributedTrainer": "trainer",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'moelab.parallel' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"moelab.parallel.{_WHERE[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

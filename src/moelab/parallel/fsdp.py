@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
@@ -78,7 +77,7 @@ def wrap_for_parallel(
         _distribute_experts(layers, topo)
         mesh = topo.mesh
     else:
-        mesh = init_device_mesh(topo.device.type, (topo.world,))
+        mesh = topo.flat_mesh
     ignored = set(expert_parameters(model))
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     blocks = getattr(model, "layers", [])

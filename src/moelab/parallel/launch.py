@@ -17,7 +17,7 @@ import datetime
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -40,6 +40,14 @@ class Topology:
     ep: int
     device: torch.device
     mesh: DeviceMesh | None = None
+    _flat_mesh: DeviceMesh | None = field(default=None, repr=False)
+
+    @property
+    def flat_mesh(self) -> DeviceMesh:
+        """All ranks in one dimension (FSDP of a dense model); built once, then reused."""
+        if self._flat_mesh is None:
+            self._flat_mesh = init_device_mesh(self.device.type, (self.world,))
+        return self._flat_mesh
 
     @property
     def edp(self) -> int:
