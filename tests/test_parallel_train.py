@@ -2,8 +2,8 @@
 
 The run is dropless with no balancing-loss weight, so the 2-rank run (each rank routing its own
 rows) computes exactly the single-process step: the logged losses, gradient norms and
-validation losses agree to 1e-4, and the checkpoint (full safetensors + DCP shards) loads in
-one process with the same validation loss.
+validation losses agree to 1e-4. Checkpoints cross world sizes both ways: 2 ranks resume a
+one-process checkpoint, one process resumes (and evaluates) a 2-rank one.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _raw(prepared: Path) -> dict:
         warmup_steps=1,
         eval_tokens=256,
         eval_points=1,
-        checkpoint_every=2,
+        checkpoint_every=1,
+        keep_last=4,
         dropout=0.0,
         device="cpu",
     )
@@ -73,10 +74,12 @@ def _torchrun(config: Path, out: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-def _cut_back_to_step_2(src: Path, dst: Path) -> None:
-    """A copy of run ``src`` as if it had stopped after its step-2 checkpoint."""
+def _cut_back(src: Path, dst: Path, step: int) -> None:
+    """A copy of run ``src`` as if it had stopped right after its checkpoint at ``step``."""
     shutil.copytree(src, dst)
-    shutil.rmtree(dst / "checkpoints" / "step_00000004")
+    for ckpt in (dst / "checkpoints").iterdir():
+        if int(ckpt.name.split("_")[1]) > step:
+            shutil.rmtree(ckpt)
     (dst / "done.json").unlink()
 
 
@@ -88,19 +91,21 @@ def _same_rows(a_rows, b_rows, steps) -> None:
         assert abs(a[s]["grad_norm"] - b[s]["grad_norm"]) < 1e-4 * max(1.0, a[s]["grad_norm"])
 
 
-def test_torchrun_two_ranks_match_one_process(tmp_path):
+def test_torchrun_two_ranks_match_one_process_and_resume_across_world_sizes(tmp_path):
     prepared = make_prepared(tmp_path)
     raw = _raw(prepared)
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(raw))
-
     one = train(load_run_config(raw), tmp_path / "one", progress=False)
-    _torchrun(config, tmp_path / "two")
+    rows_one = read_metrics(tmp_path / "one")
 
-    rows_one, rows_two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    # 2 ranks continue the one-process run after step 1 (its full-file checkpoint) ...
+    _cut_back(tmp_path / "one", tmp_path / "two", step=1)
+    _torchrun(config, tmp_path / "two")
+    rows_two = read_metrics(tmp_path / "two")
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2, 3, 4]
-    _same_rows(rows_one, rows_two, [1, 2, 3, 4])
-    for a, b in zip(rows_one, rows_two):
+    _same_rows(rows_one, rows_two, [2, 3, 4])
+    for a, b in zip(rows_one[1:], rows_two[1:]):
         # telemetry describes the whole batch: loads summed over both ranks
         assert [m["tokens_per_expert"] for m in a["moe"]] == [
             m["tokens_per_expert"] for m in b["moe"]
@@ -108,7 +113,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     for dom, v in one["val_loss"].items():
         assert abs(v - rows_two[-1]["val_loss"][dom]) < 1e-4
 
-    # The checkpoint: DCP shards plus the full files that one process reads.
+    # Their checkpoints: DCP shards plus the full files that one process reads.
     assert (tmp_path / "two" / "checkpoints" / "step_00000004" / "sharded" / ".metadata").is_file()
     model, _, meta = load_model(tmp_path / "two")
     assert meta["world"] == 2
@@ -119,11 +124,7 @@ def test_torchrun_two_ranks_match_one_process(tmp_path):
     for dom, v in got.items():
         assert abs(v - one["val_loss"][dom]) < 1e-4
 
-    # Resume across world sizes: one process continues the 2-rank run from step 2 ...
-    _cut_back_to_step_2(tmp_path / "two", tmp_path / "two_then_one")
+    # ... and one process continues the 2-rank run after step 2 (a checkpoint they wrote).
+    _cut_back(tmp_path / "two", tmp_path / "two_then_one", step=2)
     train(load_run_config(raw), tmp_path / "two_then_one", progress=False)
     _same_rows(rows_one, read_metrics(tmp_path / "two_then_one"), [3, 4])
-    # ... and 2 ranks continue the one-process run from step 2.
-    _cut_back_to_step_2(tmp_path / "one", tmp_path / "one_then_two")
-    _torchrun(config, tmp_path / "one_then_two")
-    _same_rows(rows_one, read_metrics(tmp_path / "one_then_two"), [3, 4])
