@@ -119,3 +119,18 @@ def test_lambada_style_greedy_accuracy_matches_argmax(tok, model):
     assert result["metrics"]["greedy"]["mean"] == float(greedy)
     hand = sum(hand_logprobs(model, list(c_ids), list(k_ids)))
     assert result["scores"][0][0]["logprob"][0] == pytest.approx(hand, abs=1e-4)
+
+
+def test_shared_contexts_give_the_packed_scores(tok, model):
+    encode = make_encode(tok)
+    ctx = "The cat sat on the mat. The dog sat on the log. A bird"
+    conts = [" sang in the tree.", " ran", " sat on the mat again.", " sang in the tree."]
+    reqs = [Request(*encode_pair(encode, ctx, k, prefix_id=0)) for k in conts]
+    reqs.append(Request(*encode_pair(encode, "Hi", " there", prefix_id=0)))  # not shareable
+    packed = score_requests(reqs, model_logits_at(model), max_len=128)
+    shared = score_requests(
+        reqs, model_logits_at(model), max_len=128, shared_model=model, min_shared_tokens=1
+    )
+    for a, b in zip(packed, shared):
+        assert a.logprobs.tolist() == pytest.approx(b.logprobs.tolist(), abs=1e-5)
+        assert a.greedy == b.greedy

@@ -71,6 +71,7 @@ def evaluate_task(
     bootstrap: int = 1000,
     progress: bool = False,
     keep_scores: bool = False,
+    share_contexts: bool = True,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` on ``task`` primed with ``shots`` examples, over ``seeds`` draws.
 
@@ -78,7 +79,8 @@ def evaluate_task(
     ``prefix_id``). ``logits_at`` replaces the model for scoring (then ``model`` may be None and
     ``max_len`` is required). With ``keep_scores`` the result holds ``scores[seed][item]``: every
     mode's score per candidate (LAMBADA: the last word's log-prob and greedy hit). Returns a
-    plain dict (see docs/evaluation.md)."""
+    plain dict (see docs/evaluation.md). ``share_contexts`` runs a context shared by several
+    candidates once into a KV cache (moelab models only; the scores are the same)."""
     if shots < 0:
         raise MoelabError(f"--shots must be >= 0, got {shots}")
     n_seeds = default_seeds(shots) if seeds is None else seeds
@@ -92,6 +94,7 @@ def evaluate_task(
     if prefix_id is None:
         prefix_id = eot_id(tokenizer)
     stats = ForwardStats()
+    own_model = logits_at is None
     if logits_at is None:
         if model is None:
             raise MoelabError("evaluate_task needs a model or a logits_at function")
@@ -143,6 +146,7 @@ def evaluate_task(
                 pad_id=prefix_id,
                 stats=stats,
                 progress=advance,
+                shared_model=model if (share_contexts and own_model) else None,
             )
         finally:
             if model is not None and was_training:
@@ -212,6 +216,7 @@ def evaluate_task(
             "forward_tokens": stats.tokens,
             "padded_tokens": stats.padded_tokens,
             "batches": stats.batches,
+            "shared_contexts": bool(share_contexts and own_model),
             "moe_capacity_last_batch": stats.capacity,
             "moe_max_dropped_frac": stats.max_dropped_frac,
             "items_per_second": n_items * len(seed_list) / seconds if seconds > 0 else None,

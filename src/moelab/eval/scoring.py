@@ -123,11 +123,18 @@ def score_requests(
     pad_id: int = 0,
     stats: ForwardStats | None = None,
     progress: Callable[[int], None] | None = None,
+    shared_model: torch.nn.Module | None = None,
+    min_shared_tokens: int = 32,
 ) -> list[Scored]:
     """Score every request once (duplicates are computed once). Each sequence is
     ``(context + continuation)[:-1]``, truncated on the left to ``max_len`` tokens, right-padded
-    in its batch; padding sits after every real token, so causal attention never sees it."""
+    in its batch; padding sits after every real token, so causal attention never sees it.
+
+    With ``shared_model`` (a moelab LanguageModel), requests that share a context with others
+    run the context once into a KV cache and all their continuations from it
+    (:mod:`moelab.eval.shared`) when that saves at least ``min_shared_tokens`` tokens."""
     stats = stats if stats is not None else ForwardStats()
+    advance = progress or (lambda n: None)
     unique: dict[Request, int] = {}
     for r in requests:
         if not r.continuation_ids:
@@ -138,13 +145,35 @@ def score_requests(
                 f"context of {max_len}"
             )
         unique.setdefault(r, len(unique))
-    seqs = []
-    for r in unique:
-        full = r.context_ids + r.continuation_ids
-        seqs.append(full[-(max_len + 1) :])
+    keys = list(unique)
+    results: dict[Request, Scored] = {}
+    packed = keys
+    if shared_model is not None:
+        from moelab.eval.shared import score_shared, shared_groups
+
+        groups, packed = shared_groups(keys, max_len, min_shared_tokens)
+        with torch.inference_mode():
+            for context_ids, conts in groups:
+                scored = score_shared(shared_model, context_ids, conts, device, pad_id, stats)
+                for cont, sc in zip(conts, scored):
+                    results[Request(context_ids, cont)] = sc
+                advance(len(conts))
+    for r, sc in zip(
+        packed,
+        _score_packed(
+            packed, logits_at, max_len, device, batch_tokens, max_batch, pad_id, stats, advance
+        ),
+    ):
+        results[r] = sc
+    return [results[r] for r in requests]
+
+
+def _score_packed(
+    keys, logits_at, max_len, device, batch_tokens, max_batch, pad_id, stats, advance
+) -> list[Scored]:
+    seqs = [(r.context_ids + r.continuation_ids)[-(max_len + 1) :] for r in keys]
     inputs_len = [len(s) - 1 for s in seqs]
     results: list[Scored | None] = [None] * len(seqs)
-    keys = list(unique)
     with torch.inference_mode():
         for batch in _batches(inputs_len, batch_tokens, max_batch):
             T = max(inputs_len[i] for i in batch)
@@ -163,23 +192,27 @@ def score_requests(
                 torch.tensor(rows, device=device),
                 torch.tensor(positions, device=device),
             )
-            logp_NV = torch.log_softmax(logits_NV.float(), dim=-1)
-            target_N = torch.tensor(targets, device=logp_NV.device)
-            lp_N = logp_NV.gather(1, target_N[:, None])[:, 0].double().cpu().numpy()
-            hit_N = (logp_NV.argmax(-1) == target_N).cpu().numpy()
-            start = 0
-            for i, n in owners:
-                results[i] = Scored(
-                    lp_N[start : start + n].copy(), bool(hit_N[start : start + n].all())
-                )
-                start += n
+            for (i, _), sc in zip(owners, split_scores(logits_NV, targets, [n for _, n in owners])):
+                results[i] = sc
             stats.batches += 1
             stats.sequences += len(batch)
             stats.tokens += sum(inputs_len[i] for i in batch)
             stats.padded_tokens += len(batch) * T
-            if progress is not None:
-                progress(len(batch))
-    return [results[unique[r]] for r in requests]  # type: ignore[misc]
+            advance(len(batch))
+    return results  # type: ignore[return-value]
+
+
+def split_scores(logits_NV: torch.Tensor, targets: list[int], counts: list[int]) -> list[Scored]:
+    """Per-request log-probs and greedy hits from the logits of all their target positions."""
+    logp_NV = torch.log_softmax(logits_NV.float(), dim=-1)
+    target_N = torch.tensor(targets, device=logp_NV.device)
+    lp_N = logp_NV.gather(1, target_N[:, None])[:, 0].double().cpu().numpy()
+    hit_N = (logp_NV.argmax(-1) == target_N).cpu().numpy()
+    out, start = [], 0
+    for n in counts:
+        out.append(Scored(lp_N[start : start + n].copy(), bool(hit_N[start : start + n].all())))
+        start += n
+    return out
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
