@@ -269,3 +269,76 @@ def shared_export(tmp_path_factory, name: str = "robust_hf") -> Path:
     rc = main(["export", str(run), "--out", str(base / name), "--no-verify"])
     assert rc == 0, f"exporting the shared dense run failed with exit code {rc}"
     return base / name
+
+
+# ---------------------------------------------------------------------------------------------
+# A micro-study: two runs (dense and MoE) of four steps on the shared tiny data
+
+
+TASK_ROWS = [
+    {"context": "the cat", "choices": ["sleeps quietly", "barks loudly"], "label": 0},
+    {"context": "a dog", "choices": ["sleeps quietly", "barks loudly"], "label": 1},
+    {"context": "the horse", "choices": ["runs fast", "sings sweetly"], "label": 0},
+]
+
+
+def micro_study_config(tmp_path_factory) -> dict:
+    """The micro-study's config (data: the shared prepared folder; one generic zero-shot
+    task; perplexity on 64 tokens; no bootstrap; no throughput measurement)."""
+    import json
+
+    base = tmp_path_factory.getbasetemp()
+    task = base / "robust_task.jsonl"
+    if not task.is_file():
+        task.write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS), encoding="utf-8")
+    run = tiny_run_config(shared_prepared(tmp_path_factory), moe=False, eval_points=2)
+    run["model"]["moe_every"] = 2
+    return {
+        "name": "micro",
+        "data": {"prepared": run.pop("data")},
+        "base": run,
+        "grid": {"model.n_experts": [0, 4]},
+        "eval": {"ppl": True, "ppl_max_tokens": 64, "zero_shot": [str(task)], "limit": 3},
+        "fit": {"bootstrap": 0},
+        "measure_throughput": False,
+        "threads": 1,  # tiny models on a shared CPU: one thread is several times faster
+    }
+
+
+def shared_study(tmp_path_factory, name: str = "robust_study") -> Path:
+    """A finished, uninterrupted micro-study (``moelab study`` through the CLI), built once."""
+    base = tmp_path_factory.getbasetemp()
+    found = _cached(base, name, "report.html")
+    if found:
+        return found
+    cfg = write_yaml(base / f"{name}.yaml", micro_study_config(tmp_path_factory))
+    rc = main(["study", str(cfg), "--out", str(base / name)])
+    assert rc == 0, f"the shared micro-study failed with exit code {rc}"
+    return base / name
+
+
+WALL_TIME_COLUMNS = ("train_wall_s", "eval_wall_s")
+OWN_PATH_KEYS = ("out_dir",)  # results.json meta naming the study folder itself
+
+
+def results_table(study_dir: Path) -> dict:
+    """results.json without wall times (the only numbers allowed to differ between runs) and
+    without the study folder's own path."""
+    import json
+
+    data = json.loads((study_dir / "results.json").read_text(encoding="utf-8"))
+    data["rows"] = [
+        {k: v for k, v in row.items() if k not in WALL_TIME_COLUMNS} for row in data["rows"]
+    ]
+    data["columns"] = [c for c in data["columns"] if c not in WALL_TIME_COLUMNS]
+    data["meta"] = {k: v for k, v in data["meta"].items() if k not in OWN_PATH_KEYS}
+    return data
+
+
+def results_csv_without_wall_times(study_dir: Path) -> list[list[str]]:
+    import csv
+
+    with open(study_dir / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    keep = [i for i, c in enumerate(rows[0]) if c not in WALL_TIME_COLUMNS]
+    return [[r[i] for i in keep] for r in rows]
