@@ -16,6 +16,7 @@ import torch.distributed as dist
 
 from _parallel_spawn import run_ranks
 from moelab.config import ModelConfig
+from moelab.errors import MoelabError
 from moelab.model.moe import MoeFFN
 from moelab.parallel.expert_parallel import ExpertParallelMoeFFN, expert_grad_divisor
 
@@ -110,12 +111,55 @@ def _check_replicated(rank: int, world: int) -> None:
         torch.testing.assert_close(p.grad, ref.experts.get_parameter(name).grad, **TOL)
 
 
+def _check_paper_normalisation(rank: int, world: int) -> None:
+    """grad_divisor=sqrt(world) (fairseq's sqrt_world_size): expert gradients are the summed
+    ones over sqrt(world), the router's are untouched."""
+    ref = _layer("paper", None, 2, seed=9)
+    x_BTD = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(10))
+    ref(x_BTD).y_BTD.sum().backward()
+    layer = ExpertParallelMoeFFN(
+        copy.deepcopy(ref),
+        ep=world,
+        ep_rank=rank,
+        ep_group=dist.group.WORLD,
+        grad_divisor=expert_grad_divisor("paper", world),
+    )
+    layer.zero_grad()
+    layer(x_BTD[rank::world]).y_BTD.sum().backward()
+    lo = layer.expert_offset
+    for name, p in layer.experts.named_parameters():
+        want = ref.experts.get_parameter(name).grad[lo : lo + layer.n_local] / world**0.5
+        torch.testing.assert_close(p.grad, want, **TOL)
+
+
+def _check_width_disagreement(rank: int, world: int) -> None:
+    """Ranks built with different widths fail with a clear error before the token exchange,
+    on every rank, instead of a backend error or a hang."""
+    for cf in (None, 1.0):
+        layer = ExpertParallelMoeFFN(
+            _layer("paper", cf, 2, seed=11) if rank == 0 else _wide_layer(cf),
+            ep=world,
+            ep_rank=rank,
+            ep_group=dist.group.WORLD,
+        )
+        d = layer.gate.weight.shape[1]
+        with pytest.raises(MoelabError, match="disagree on the model width"):
+            layer(torch.randn(2, 3, d))
+
+
+def _wide_layer(cf) -> MoeFFN:
+    cfg = ModelConfig(d_model=24, n_heads=2, d_ffn=24, n_experts=4, capacity_factor=cf)
+    return MoeFFN(cfg, layer=1).train()
+
+
 def _worker(rank: int, world: int) -> None:
     _check_layer(rank, world, "paper", None, 2, seed=1)  # dropless, uneven splits
     _check_layer(rank, world, "modern", None, 1, seed=2)
     _check_layer(rank, world, "paper", 1.0, 2, seed=3)  # capacity: fixed buffers, drops
     _check_layer(rank, world, "modern", 0.5, 2, seed=4)
     _check_replicated(rank, world)
+    _check_paper_normalisation(rank, world)
+    _check_width_disagreement(rank, world)
 
 
 def test_expert_parallel_matches_single_process():
@@ -125,7 +169,5 @@ def test_expert_parallel_matches_single_process():
 def test_grad_divisor_options():
     assert expert_grad_divisor("exact", 8) == 8.0
     assert expert_grad_divisor("paper", 16) == 4.0
-    from moelab.errors import MoelabError
-
     with pytest.raises(MoelabError, match="exact, paper"):
         expert_grad_divisor("sqrt", 4)
