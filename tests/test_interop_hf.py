@@ -181,3 +181,27 @@ def test_import_refuses_what_moelab_cannot_compute(tmp_path, prepared, capsys):
     out = tmp_path / "run"
     _expect_refusal(capsys, ["import", str(src), "--out", str(out)], out, "grouped-query")
     assert not out.exists()
+
+
+def test_class_choice_follows_the_exactness_rules():
+    from moelab.config import ModelConfig
+    from moelab.interop import class_for_model
+
+    def pick(**kw) -> str:
+        return class_for_model(ModelConfig(n_layers=4, d_model=32, n_heads=2, **kw)).name
+
+    assert pick() == "XGLMForCausalLM"
+    assert pick(arch="modern") == "LlamaForCausalLM"
+    moe = dict(arch="modern", n_experts=4)
+    assert pick(**moe, moe_every=1, top_k=2) == "MixtralForCausalLM"
+    assert pick(**moe, moe_every=1, top_k=4) == "MixtralForCausalLM"
+    assert pick(**moe, moe_every=1, top_k=1) == "Qwen2MoeForCausalLM"  # Switch gate weight
+    assert pick(**moe, moe_every=2, top_k=2) == "Qwen2MoeForCausalLM"  # MoE every other layer
+    for kw, words in [
+        (dict(padding_idx=0), "padding_idx=0"),
+        (dict(norm_eps=1e-6), "norm_eps=1e-06"),
+        (dict(n_experts=4, moe_every=2), "paper's MoE"),
+        (dict(**moe, eval_capacity_factor=2.0), "eval_capacity_factor=2.0"),
+    ]:
+        with pytest.raises(MoelabError, match=words):
+            pick(**kw)
