@@ -112,7 +112,11 @@ class DistributedTrainer(Trainer):
         return grad_norm(params).to(self.device)
 
     def run(self) -> dict[str, Any]:
-        # Rank 0 writes config.yaml and the tokenizer before any other rank inspects the folder.
+        # Every rank checks the folder before anyone writes (a refusal is then the same clear
+        # error on every rank); rank 0 writes config.yaml and the tokenizer before the others
+        # look again.
+        claim_run_dir(self.cfg, self.run_dir, write=False)
+        dist.barrier()
         if self.is_main:
             claim_run_dir(self.cfg, self.run_dir, write=True)
         dist.barrier()
