@@ -139,7 +139,7 @@ class LanguageModel(nn.Module):
 
     def _sinusoidal(self, positions_T: torch.Tensor) -> torch.Tensor:
         rows_T = positions_T + self._pos_offset
-        need = int(rows_T[-1]) + 1
+        need = int(rows_T.max()) + 1 if rows_T.numel() else 0
         if need > self.pos_table.shape[0]:
             # Past max_seq_len (e.g. long generation): extend the table like XGLM does.
             self.pos_table = sinusoidal_table(need, self.cfg.d_model, self.cfg.padding_idx).to(
