@@ -20,6 +20,8 @@ from moelab.config import ModelConfig, apply_overrides, from_dict, load_yaml
 from moelab.errors import MoelabError
 from moelab.train.config import DataSection, TrainConfig, load_run_config, run_config_from_dict
 
+# Subnormal floats are left out: the trainer turns on flush-to-zero for the whole process
+# (torch.set_flush_denormal), and hypothesis refuses to draw subnormals once it is on.
 SETTINGS = settings(
     max_examples=50,
     deadline=None,
@@ -36,7 +38,7 @@ scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False),
     st.text(max_size=12),
     st.sampled_from(["0", "1e-3", "3e-4", "nan", "-inf", "null", "true", "paper", "modern"]),
 )
@@ -58,7 +60,7 @@ def mapping(field_names: list[str]) -> st.SearchStrategy[dict]:
 
 def _model_values() -> st.SearchStrategy:
     # Plausible numbers too, so that many examples get past the type checks into validate().
-    return st.one_of(values, st.integers(-3, 70), st.floats(-1.0, 3.0))
+    return st.one_of(values, st.integers(-3, 70), st.floats(-1.0, 3.0, allow_subnormal=False))
 
 
 def loads_or_refuses(fn, *args, **kwargs):
@@ -176,6 +178,8 @@ YAML_CRASHERS = [
     ("timestamp-tag", "!!timestamp x"),
     ("deep-nesting", "[" * 1200),
 ]
+
+
 @pytest.mark.parametrize("value", [v for _, v in YAML_CRASHERS], ids=[i for i, _ in YAML_CRASHERS])
 def test_override_yaml_crashers(value):
     loads_or_refuses(apply_overrides, {"train": {}}, [f"train.lr={value}"])

@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from moelab.errors import MoelabError
 from moelab.eval.tasks.generic import load_generic
 
+# Subnormal floats are left out: the trainer turns on flush-to-zero for the whole process
+# (torch.set_flush_denormal), and hypothesis refuses to draw subnormals once it is on.
 SETTINGS = settings(
     max_examples=60,
     deadline=None,
@@ -29,7 +31,7 @@ json_scalars = st.one_of(
     st.booleans(),
     st.integers(-5, 5),
     st.integers(),
-    st.floats(allow_nan=False),
+    st.floats(allow_nan=False, allow_subnormal=False),
     st.text(max_size=10),
     st.sampled_from(["0", "1", "-1", " 2 ", "", " ", "yes", "١"]),  # last: Arabic-Indic one
 )
