@@ -14,6 +14,7 @@ process).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,9 @@ class DistributedTrainer(Trainer):
     # -- seams ----------------------------------------------------------------------------------
 
     def build_model(self) -> nn.Module:
+        # A block returns its MoeOutput, whose y_BTD is a view; FSDP2 warns that an in-place op
+        # on it would skip its hook. The model only reads it (x + dropout(y)), so it is safe.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
         model = build_model(self.cfg.model, seed=self.cfg.train.seed).to(self.device)
         param_dtype = torch.bfloat16 if self.options.bf16_params else None
         return wrap_for_parallel(
