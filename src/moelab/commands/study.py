@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 
 def add_arguments(parser) -> None:
     parser.add_argument(
@@ -35,5 +37,8 @@ def run(args) -> int:
     from moelab.study.sweep import run_study
 
     cfg = load_study(args.config, args.set)
-    run_study(cfg, args.out, plan_only=args.plan)
+    words = ["moelab", "study"] + ([args.config] if args.config else []) + ["--out", args.out]
+    for item in args.set:
+        words += ["--set", item]
+    run_study(cfg, args.out, plan_only=args.plan, command=shlex.join(words))
     return 0

@@ -121,6 +121,8 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
     rows = [row for rec in records for row in rows_for_run(rec)]
     meta = build_meta(study, records, _study_evals(out, [r.name for r in records]))
     meta["out_dir"] = str(out)
+    cmd_file = out / "command.txt"
+    meta["command"] = cmd_file.read_text(encoding="utf-8").strip() if cmd_file.is_file() else None
     _zero_shot_means(rows, records, meta)
     write_results(out, rows, meta)
     fit_cfg = study.get("fit", {})
@@ -352,6 +354,8 @@ def _setup(
         )
     seeds = sorted({r["seed"] for r in finals if r["seed"] is not None})
     items.append(f"Training seeds: {', '.join(str(s) for s in seeds)}")
+    if meta.get("command"):
+        items.append(f"Command: `{meta['command']}`")
     doc.add(Bullets(items))
 
 
@@ -403,7 +407,8 @@ def _table(doc: Document, finals: list[dict], meta: dict) -> None:
     doc.add(
         Para(
             "Losses are validation cross-entropy in nats per token on a fixed subset of "
-            "each domain's validation split. The full table, with every logged evaluation "
+            "each domain's validation split; train time is the trainer's wall time (for a "
+            "resumed run, since its last resume). The full table, with every logged evaluation "
             "point of every run, is `results.csv` / `results.json`."
         )
     )

@@ -145,6 +145,7 @@ def run_study(
     *,
     plan_only: bool = False,
     echo: Echo = _print,
+    command: str | None = None,
 ) -> list[PlannedRun]:
     """Run (or, with ``plan_only``, only print the plan of) a study in ``out_dir``."""
     out = Path(out_dir)
@@ -158,6 +159,8 @@ def run_study(
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
+    if command:  # the report quotes the command line that produced it
+        atomic_write_text(out / "command.txt", command + "\n")
     with _torch_threads(cfg.threads):
         return _run(cfg, out, echo)
 
