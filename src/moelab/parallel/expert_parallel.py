@@ -85,16 +85,11 @@ class ExpertParallelMoeFFN(MoeFFN):
             raise MoelabError(
                 f"expert-parallel degree {ep} does not divide model.n_experts={moe.n_experts}"
             )
-        for attr in (
-            "layer",
-            "n_experts",
-            "top_k",
-            "policy",
-            "capacity_factor",
-            "eval_capacity_factor",
-            "generator",
-        ):
-            setattr(self, attr, getattr(moe, attr))
+        # Every plain attribute of the layer (layer, n_experts, top_k, policy, capacity
+        # factors, generator, training, and any added later); submodules are set below.
+        for attr, value in vars(moe).items():
+            if not attr.startswith("_"):
+                setattr(self, attr, value)
         self.ep, self.ep_rank = ep, ep_rank
         self.ep_group, self.edp_group = ep_group, edp_group
         self.grad_divisor = grad_divisor
