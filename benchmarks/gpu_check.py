@@ -6,7 +6,9 @@ report tokens/s and MFU (PaLM FLOPs per token against the GPU's stated dense bf1
     PYTHONPATH=src python benchmarks/gpu_check.py --smoke         # CPU: tiny shapes, seconds
 
 Everything runs offline: the data is moelab's built-in corpus (Python's standard library text),
-prepared here into a temporary folder. Both sides train with bf16 autocast over fp32 weights,
+prepared here into a temporary folder with an 8192-token BPE vocabulary, so "125M" is the paper's
+12 x 768 shape with that vocabulary (about 91M parameters; the table prints the exact counts).
+Both sides train with bf16 autocast over fp32 weights,
 AdamW (betas 0.9/0.98, eps 1e-8, wd 0.01), the same batch size, sequence length and batches
 (moelab's TrainStream). moelab's tokens/s come from its own metrics.jsonl (the step time,
 excluding evaluation and checkpoint writes); the first quarter of the steps is skipped on both
