@@ -11,8 +11,6 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from moelab.errors import MoelabError
-
 
 class _AllToAll(torch.autograd.Function):
     @staticmethod
@@ -69,15 +67,3 @@ def agree_max(values: list[int], group, device: torch.device) -> list[int]:
     t = torch.tensor(values, dtype=torch.int64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
     return t.tolist()
-
-
-def check_same(name: str, value: int, group, device: torch.device) -> None:
-    """Raise a clear error unless every rank of ``group`` passes the same ``value``: checked
-    before a collective whose buffers depend on it (a mismatch would fail deep inside the
-    backend or hang)."""
-    hi, neg_lo = agree_max([value, -value], group, device)
-    if hi != -neg_lo:
-        raise MoelabError(
-            f"ranks disagree on {name} (from {-neg_lo} to {hi}); every rank must run the same "
-            "model config and batch shape"
-        )

@@ -16,14 +16,6 @@ import torch.distributed as dist
 SUMMED = ("tokens_per_expert", "tokens_kept_per_expert")
 
 
-def all_reduce_mean(values: list[float], device: torch.device, group=None) -> list[float]:
-    if not values:
-        return []
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t, group=group)
-    return (t / dist.get_world_size(group)).tolist()
-
-
 def reduce_moe_rows(layers: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
     """Combine the per-layer telemetry dicts of all ranks (same layers, same keys on every
     rank): lists in ``SUMMED`` are summed, other numbers averaged, ``layer`` kept."""
