@@ -18,18 +18,41 @@ a run copies it first (:func:`copy_run`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import pytest
 import yaml
 
 from moelab.cli import main
 
 Snapshot = dict[str, tuple[str, int, int, str]] | None
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models on a CPU shared with other work run several times faster on one thread
+    than on oversubscribed OpenMP threads. Import this fixture into a test module to use it
+    (the shared run builders below use one thread too)."""
+    with torch_threads(1):
+        yield
 
 
 def snapshot(root: str | Path) -> Snapshot:
@@ -214,7 +237,8 @@ def shared_run(tmp_path_factory, name: str = "robust_run", *, moe: bool = True) 
         return found
     prepared = shared_prepared(tmp_path_factory)
     cfg = write_yaml(base / f"{name}.yaml", tiny_run_config(prepared, moe=moe))
-    rc = main(["train", str(cfg), "--out", str(base / name), "--no-progress"])
+    with torch_threads(1):
+        rc = main(["train", str(cfg), "--out", str(base / name), "--no-progress"])
     assert rc == 0, f"training the shared tiny run failed with exit code {rc}"
     return base / name
 
@@ -266,7 +290,8 @@ def shared_export(tmp_path_factory, name: str = "robust_hf") -> Path:
     if found:
         return found
     run = shared_run(tmp_path_factory, "robust_dense_run", moe=False)
-    rc = main(["export", str(run), "--out", str(base / name), "--no-verify"])
+    with torch_threads(1):
+        rc = main(["export", str(run), "--out", str(base / name), "--no-verify"])
     assert rc == 0, f"exporting the shared dense run failed with exit code {rc}"
     return base / name
 
@@ -306,7 +331,8 @@ def micro_study_config(tmp_path_factory) -> dict:
 
 
 def shared_study(tmp_path_factory, name: str = "robust_study") -> Path:
-    """A finished, uninterrupted micro-study (``moelab study`` through the CLI), built once."""
+    """A finished, uninterrupted micro-study (``moelab study`` through the CLI), built once;
+    its config file is ``<returned folder>.yaml``."""
     base = tmp_path_factory.getbasetemp()
     found = _cached(base, name, "report.html")
     if found:
@@ -318,20 +344,22 @@ def shared_study(tmp_path_factory, name: str = "robust_study") -> Path:
 
 
 WALL_TIME_COLUMNS = ("train_wall_s", "eval_wall_s")
-OWN_PATH_KEYS = ("out_dir",)  # results.json meta naming the study folder itself
 
 
-def results_table(study_dir: Path) -> dict:
-    """results.json without wall times (the only numbers allowed to differ between runs) and
-    without the study folder's own path."""
+def results_table(study_dir: Path, config: Path) -> dict:
+    """results.json without wall times (the only numbers allowed to differ between runs), with
+    the study folder's and its config file's paths (which the metadata may quote, e.g. the
+    command line) replaced by placeholders."""
     import json
 
-    data = json.loads((study_dir / "results.json").read_text(encoding="utf-8"))
+    text = (study_dir / "results.json").read_text(encoding="utf-8")
+    for path, placeholder in ((config, "<CONFIG>"), (study_dir, "<STUDY>")):
+        text = text.replace(json.dumps(str(path))[1:-1], placeholder)
+    data = json.loads(text)
     data["rows"] = [
         {k: v for k, v in row.items() if k not in WALL_TIME_COLUMNS} for row in data["rows"]
     ]
     data["columns"] = [c for c in data["columns"] if c not in WALL_TIME_COLUMNS]
-    data["meta"] = {k: v for k, v in data["meta"].items() if k not in OWN_PATH_KEYS}
     return data
 
 

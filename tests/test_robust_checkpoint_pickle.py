@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from _robust import copy_run, expect_user_error, run_cli, shared_run, snapshot
+from _robust import (
+    copy_run,
+    expect_user_error,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    run_cli,
+    shared_run,
+    snapshot,
+)
 
 
 class _SystemPayload:

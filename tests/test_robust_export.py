@@ -10,6 +10,7 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
     shared_export,
     shared_run,

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from _robust import copy_run, expect_user_error, run_cli, shared_prepared, shared_run, write_corpus
+from _robust import (
+    copy_run,
+    expect_user_error,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    run_cli,
+    shared_prepared,
+    shared_run,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from _robust import copy_run, expect_user_error, run_cli, shared_export, shared_run, snapshot
+from _robust import (
+    copy_run,
+    expect_user_error,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    run_cli,
+    shared_export,
+    shared_run,
+    snapshot,
+)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from _robust import expect_user_error, run_cli, shared_run, shared_study, snapshot
+from _robust import (
+    expect_user_error,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    run_cli,
+    shared_run,
+    shared_study,
+    snapshot,
+)
 
 
 @pytest.fixture(scope="module")

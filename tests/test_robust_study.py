@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from _robust import expect_user_error, micro_study_config, shared_study, write_yaml
+from _robust import (
+    expect_user_error,
+    micro_study_config,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    shared_study,
+    write_yaml,
+)
 
 DELETE = object()
 

@@ -20,6 +20,7 @@ import pytest
 
 from _robust import (
     micro_study_config,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
     results_csv_without_wall_times,
     results_table,
     shared_study,
@@ -111,7 +112,8 @@ def test_killed_study_resumes_to_the_same_results(tmp_path_factory, tmp_path, mo
     # 4. The last re-run finishes.
     assert _study(cfg, out) == 0
     assert (out / "report.html").is_file()
-    got, want = results_table(out), results_table(baseline)
+    got = results_table(out, cfg)
+    want = results_table(baseline, baseline.with_suffix(".yaml"))
     assert got["columns"] == want["columns"]
     assert got["meta"] == want["meta"]
     assert got["rows"] == want["rows"]

@@ -13,6 +13,7 @@ import yaml
 from _robust import (
     copy_run,
     expect_user_error,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
     shared_prepared,
     shared_run,
