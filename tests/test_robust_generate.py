@@ -171,13 +171,13 @@ def test_unknown_device(finished_run, capsys):
     )
 
 
-def test_shared_prepared_is_untouched(tmp_path_factory, capsys):
-    """The data folder a run came from is never written by generate."""
+def test_run_and_data_are_untouched(tmp_path_factory, capsys):
+    """Neither the run nor the data folder it came from is ever written by generate."""
     from _robust import snapshot
 
     data = shared_prepared(tmp_path_factory)
     run = shared_run(tmp_path_factory)
-    before = snapshot(data)
+    before = snapshot(data), snapshot(run)
     rc, _, err = run_cli(capsys, _generate(run, "--seed", "3"))
     assert rc == 0, err
-    assert snapshot(data) == before
+    assert (snapshot(data), snapshot(run)) == before
