@@ -8,18 +8,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import torch
 import torch.distributed as dist
 
 
+class ExchangeTimer:
+    """Time spent in all-to-all exchanges (forward and backward), read once per logging
+    interval. CPU: wall time around the (blocking) call. CUDA: events recorded on the stream
+    around the call, read after the step has synchronised anyway, so timing adds no sync."""
+
+    def __init__(self) -> None:
+        self._cpu_s = 0.0
+        self._events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @contextlib.contextmanager
+    def measure(self, device: torch.device):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            self._events.append((start, end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self._cpu_s += time.perf_counter() - t0
+
+    def take(self) -> float:
+        """Seconds measured since the last call; resets."""
+        total = self._cpu_s
+        for start, end in self._events:
+            end.synchronize()
+            total += start.elapsed_time(end) / 1000.0
+        self._cpu_s, self._events = 0.0, []
+        return total
+
+
 class _AllToAll(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_ND, out_splits, in_splits, group):  # noqa: D102
+    def forward(ctx, x_ND, out_splits, in_splits, group, timer):  # noqa: D102
         ctx.splits = (out_splits, in_splits)
-        ctx.group = group
+        ctx.group, ctx.timer = group, timer
         x_ND = x_ND.contiguous()
         out_ND = x_ND.new_empty((sum(out_splits), *x_ND.shape[1:]))
-        dist.all_to_all_single(out_ND, x_ND, out_splits, in_splits, group=group)
+        with _measured(timer, x_ND.device):
+            dist.all_to_all_single(out_ND, x_ND, out_splits, in_splits, group=group)
         return out_ND
 
     @staticmethod
@@ -27,16 +63,26 @@ class _AllToAll(torch.autograd.Function):
         out_splits, in_splits = ctx.splits
         g_ND = g_ND.contiguous()
         gx_ND = g_ND.new_empty((sum(in_splits), *g_ND.shape[1:]))
-        dist.all_to_all_single(gx_ND, g_ND, in_splits, out_splits, group=ctx.group)
-        return gx_ND, None, None, None
+        with _measured(ctx.timer, g_ND.device):
+            dist.all_to_all_single(gx_ND, g_ND, in_splits, out_splits, group=ctx.group)
+        return gx_ND, None, None, None, None
+
+
+def _measured(timer: ExchangeTimer | None, device: torch.device):
+    return timer.measure(device) if timer is not None else contextlib.nullcontext()
 
 
 def all_to_all(
-    x_ND: torch.Tensor, out_splits: list[int], in_splits: list[int], group
+    x_ND: torch.Tensor,
+    out_splits: list[int],
+    in_splits: list[int],
+    group,
+    timer: ExchangeTimer | None = None,
 ) -> torch.Tensor:
     """Send rows ``in_splits[j]`` of ``x_ND`` (in order) to rank j of ``group``; receive
-    ``out_splits[j]`` rows from rank j. Differentiable."""
-    return _AllToAll.apply(x_ND, list(out_splits), list(in_splits), group)
+    ``out_splits[j]`` rows from rank j. Differentiable; ``timer`` accumulates the time spent
+    in both directions."""
+    return _AllToAll.apply(x_ND, list(out_splits), list(in_splits), group, timer)
 
 
 class _ExpertGrad(torch.autograd.Function):

@@ -39,7 +39,7 @@ from moelab.model.moe import (
     plan_dispatch,
     route,
 )
-from moelab.parallel.collectives import agree_max, all_to_all, expert_grad
+from moelab.parallel.collectives import ExchangeTimer, agree_max, all_to_all, expert_grad
 
 GRAD_NORMALISATIONS = ("exact", "paper")
 
@@ -93,6 +93,7 @@ class ExpertParallelMoeFFN(MoeFFN):
         self.ep, self.ep_rank = ep, ep_rank
         self.ep_group, self.edp_group = ep_group, edp_group
         self.grad_divisor = grad_divisor
+        self.timer = ExchangeTimer()  # all-to-all time, read by the trainer's telemetry
         self.n_local = moe.n_experts // ep
         self.gate = moe.gate
         full = moe.experts
@@ -108,6 +109,9 @@ class ExpertParallelMoeFFN(MoeFFN):
     def expert_offset(self) -> int:
         """Global index of this rank's first expert."""
         return self.ep_rank * self.n_local
+
+    def _timer(self) -> ExchangeTimer | None:
+        return self.timer if self.training else None  # training exchanges only, not eval
 
     # -- local experts ------------------------------------------------------------------------
 
@@ -141,7 +145,7 @@ class ExpertParallelMoeFFN(MoeFFN):
         recv_SE = [row[:El] for row in rows]  # [source rank][local expert]
         in_splits = [sum(counts[j * El : (j + 1) * El]) for j in range(ep)]
         out_splits = [sum(r) for r in recv_SE]
-        x_recv = all_to_all(x_ND, out_splits, in_splits, self.ep_group)
+        x_recv = all_to_all(x_ND, out_splits, in_splits, self.ep_group, self._timer())
         # Received blocks are [source][expert]; the experts need [expert][source].
         chunks = x_recv.split([c for r in recv_SE for c in r])
         x_grouped = torch.cat([chunks[s * El + e] for e in range(El) for s in range(ep)])
@@ -149,7 +153,7 @@ class ExpertParallelMoeFFN(MoeFFN):
         y_grouped = self._run_local(x_grouped, local_counts)
         y_chunks = y_grouped.split([recv_SE[s][e] for e in range(El) for s in range(ep)])
         y_recv = torch.cat([y_chunks[e * ep + s] for s in range(ep) for e in range(El)])
-        return all_to_all(y_recv, in_splits, out_splits, self.ep_group)
+        return all_to_all(y_recv, in_splits, out_splits, self.ep_group, self._timer())
 
     def _capacity(self, x_ND: torch.Tensor, counts_E: torch.Tensor, capacity: int):
         ep, El, E = self.ep, self.n_local, self.n_experts
@@ -170,11 +174,12 @@ class ExpertParallelMoeFFN(MoeFFN):
         pos_N = expert_N * C + torch.arange(N, device=x_ND.device) - starts_E[expert_N]
         buf_ECD = x_ND.new_zeros(E * C, D).index_copy(0, pos_N, x_ND)
         split = [El * C] * ep
-        recv = all_to_all(buf_ECD, split, split, self.ep_group)  # [source][expert][slot]
+        # Received: [source][expert][slot].
+        recv = all_to_all(buf_ECD, split, split, self.ep_group, self._timer())
         grouped = recv.view(ep, El, C, D).transpose(0, 1).reshape(El * ep * C, D)
         y = self._run_local(grouped, [ep * C] * El)  # padding rows are never read back
         y_recv = y.view(El, ep, C, D).transpose(0, 1).reshape(ep * El * C, D)
-        y_ECD = all_to_all(y_recv, split, split, self.ep_group)
+        y_ECD = all_to_all(y_recv, split, split, self.ep_group, self._timer())
         return y_ECD.index_select(0, pos_N)
 
     # -- forward --------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from torch import nn
 
 from moelab.model import MoeFFN, build_model
 from moelab.parallel import dcp
+from moelab.parallel.expert_parallel import ExpertParallelMoeFFN
 from moelab.parallel.fsdp import grad_norm, wrap_for_parallel
 from moelab.parallel.launch import Topology
 from moelab.parallel.options import ParallelOptions
@@ -131,6 +132,15 @@ class DistributedTrainer(Trainer):
             acc[key] = self.reduce_mean(acc[key])
         row = super()._row(step, lr, acc, n_acc, skipped, interval_tokens, interval_time, telemetry)
         if "moe" in row:
+            # The paper's all-to-all time: seconds this interval (forward + backward), then
+            # averaged over ranks with the other per-layer figures.
+            timers = {
+                m.layer: m.timer.take()
+                for m in self.model.modules()
+                if isinstance(m, ExpertParallelMoeFFN)
+            }
+            for layer in row["moe"]:
+                layer["all_to_all_s"] = timers.get(layer["layer"], 0.0)
             row["moe"] = reduce_moe_rows(row["moe"], self.device)
         return row
 
