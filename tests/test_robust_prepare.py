@@ -177,3 +177,57 @@ def test_successful_rerun_changes_nothing(prepared, corpus, capsys):
     rc, out, _ = run_cli(capsys, [*prepared, "--out", corpus / "out"])
     assert rc == 0 and "up to date" in out
     assert snapshot(corpus) == before
+
+
+class SimulatedKill(BaseException):
+    """Stands in for SIGKILL: not an Exception, so only ``finally`` blocks see it."""
+
+
+def test_killed_prepare_leaves_nothing_and_reruns_identically(corpus, capsys, monkeypatch):
+    """Killed while writing the second shard: no --out folder appears (the output is built
+    under a temporary name); the half-written temporary folder a real kill would leave is
+    removed by the re-run, whose shards and tokenizer equal those of an uninterrupted run."""
+    import importlib
+
+    # (moelab.data re-exports the function prepare, which hides the module of the same name)
+    prepare_module = importlib.import_module("moelab.data.prepare")
+
+    argv = ["prepare", "--source", GOOD.format(tmp=corpus), "--vocab-size", "300"]
+    rc, _, err = run_cli(capsys, [*argv, "--out", corpus / "reference", "--no-progress"])
+    assert rc == 0, err
+
+    original = prepare_module.write_split
+    calls = {"n": 0}
+
+    def write_then_die(folder, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            (folder / "half.tokens.bin").write_bytes(b"\x01" * 7)
+            raise SimulatedKill
+        return original(folder, *args, **kwargs)
+
+    out = corpus / "out"
+    with monkeypatch.context() as m:
+        m.setattr(prepare_module, "write_split", write_then_die)
+        with pytest.raises(SimulatedKill):
+            run_cli(capsys, [*argv, "--out", out, "--no-progress"])
+    assert not out.exists()
+    # What a real kill leaves: the temporary folder, named after a pid that cannot be alive
+    # (Linux pids are at most 2**22).
+    leftover = corpus / f".out.tmp-{2**22 + 1}"
+    leftover.mkdir()
+    (leftover / "a.train.tokens.bin").write_bytes(b"\x02" * 11)
+
+    rc, _, err = run_cli(capsys, [*argv, "--out", out, "--no-progress"])
+    assert rc == 0, err
+    assert not leftover.exists(), "the killed run's temporary folder was not cleaned up"
+    ref, got = snapshot(corpus / "reference"), snapshot(out)
+    assert set(got) == set(ref)
+    for name in got:
+        if name not in (".", "manifest.json"):
+            assert got[name][3] == ref[name][3], name  # same bytes (sha256)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["fingerprint"]
+        == json.loads((corpus / "reference/manifest.json").read_text())["fingerprint"]
+    )
