@@ -132,3 +132,21 @@ def test_bad_target(dense_run, tmp_path, capsys):
         watch=[tmp_path],
         match=[r"--to", r"hf"],
     )
+
+
+class SimulatedKill(BaseException):
+    """Stands in for SIGKILL: not an Exception, so only ``finally`` blocks see it."""
+
+
+def test_killed_export_leaves_no_out(dense_run, tmp_path, capsys, monkeypatch):
+    """Killed after the weights and tokenizer were saved, during the logits check: --out does
+    not appear (the export is built in a temporary folder, renamed when complete)."""
+    import moelab.interop.hf_export as hf_export
+
+    def die(*args, **kwargs):
+        raise SimulatedKill
+
+    monkeypatch.setattr(hf_export, "max_logit_diff", die)
+    with pytest.raises(SimulatedKill):
+        run_cli(capsys, ["export", dense_run, "--out", tmp_path / "hf"])
+    assert list(tmp_path.iterdir()) == []

@@ -116,3 +116,21 @@ def test_out_that_is_taken(hf, tmp_path_factory, tmp_path, capsys):
     copy_run(shared_run(tmp_path_factory), tmp_path / "other_run")
     for out, match in [("a_file", r"not a folder"), ("other_run", r"not empty")]:
         expect_user_error(capsys, _import(hf, tmp_path / out), watch=[tmp_path, hf], match=[match])
+
+
+class SimulatedKill(BaseException):
+    """Stands in for SIGKILL: not an Exception, so only ``finally`` blocks see it."""
+
+
+def test_killed_import_leaves_no_out(hf, tmp_path, capsys, monkeypatch):
+    """Killed after the checkpoint was written, during the logits check: --out does not
+    appear (the run folder is built under a temporary name, renamed when complete)."""
+    import moelab.interop.hf_import as hf_import
+
+    def die(*args, **kwargs):
+        raise SimulatedKill
+
+    monkeypatch.setattr(hf_import, "max_logit_diff", die)
+    with pytest.raises(SimulatedKill):
+        run_cli(capsys, ["import", hf, "--out", tmp_path / "run"])
+    assert list(tmp_path.iterdir()) == []
