@@ -2,10 +2,11 @@
 
 Builds a freshly initialised model from a CPU preset (weights do not change the speed), trains
 a byte-level BPE on the task texts, and times ``moelab.eval.priming.evaluate_task`` zero-shot
-and few-shot, with every candidate as its own packed sequence and with shared contexts run once
-into a KV cache. The lm-evaluation-harness comparison is added by the interop benchmark.
+and few-shot, with every candidate as its own packed sequence and with every shared context run
+once into a KV cache (``min_shared_tokens=1``; the library default only shares contexts that
+save >= 1024 tokens). The lm-evaluation-harness comparison is added by the interop benchmark.
 
-    python benchmarks/priming.py [--presets dense-cpu-2m,moe-cpu-2m] [--limit 40] [--shots 4]
+    python benchmarks/priming.py [--presets dense-cpu-0.5m,moe-cpu-0.5m] [--limit 20] [--shots 4]
 
 Prints a table and, as the last line, one JSON object with the figures. Other processes may
 share the CPU: compare numbers measured in the same run only.
@@ -33,12 +34,12 @@ def build_tokenizer(tasks, vocab_size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--presets", default="dense-cpu-2m,moe-cpu-2m")
-    parser.add_argument("--tasks", default="copa,hellaswag,piqa")
-    parser.add_argument("--limit", type=int, default=40)
+    parser.add_argument("--presets", default="dense-cpu-0.5m,moe-cpu-0.5m")
+    parser.add_argument("--tasks", default="copa,piqa,hellaswag")
+    parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--shots", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=4096)
+    parser.add_argument("--vocab", type=int, default=2048)
     parser.add_argument("--tasks-dir", default=None)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -54,7 +55,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         cfg = get_preset(preset)
         cfg.vocab_size = tok.get_vocab_size()
-        cfg.max_seq_len = 1024
+        cfg.max_seq_len = 512
         model = build_model(cfg, seed=0).to(args.device).eval()
         for task in tasks:
             for shots, seeds in ((0, 1), (args.shots, args.seeds)):
@@ -69,6 +70,7 @@ def main() -> None:
                         seeds,
                         args.limit,
                         share_contexts=share,
+                        min_shared_tokens=1,
                         bootstrap=10,
                     )
                     dt = time.perf_counter() - t0

@@ -128,7 +128,6 @@ def run(args) -> int:
             progress=show_progress,
             opened=run_,
         )
-        result["paths"] = list(args.ppl)
         write_result(args.run_dir, result)
         results.append(result)
         if not args.json:

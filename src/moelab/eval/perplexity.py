@@ -331,4 +331,5 @@ def run_perplexity(
     result["checkpoint"] = run.checkpoint
     result["capacity"] = capacity_report(run.model)
     result["max_tokens"] = max_tokens
+    result["paths"] = list(paths or [])
     return result

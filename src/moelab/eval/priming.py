@@ -72,6 +72,7 @@ def evaluate_task(
     progress: bool = False,
     keep_scores: bool = False,
     share_contexts: bool = True,
+    min_shared_tokens: int = 1024,
 ) -> dict[str, Any]:
     """Accuracy of ``model`` on ``task`` primed with ``shots`` examples, over ``seeds`` draws.
 
@@ -80,7 +81,9 @@ def evaluate_task(
     ``max_len`` is required). With ``keep_scores`` the result holds ``scores[seed][item]``: every
     mode's score per candidate (LAMBADA: the last word's log-prob and greedy hit). Returns a
     plain dict (see docs/evaluation.md). ``share_contexts`` runs a context shared by several
-    candidates once into a KV cache (moelab models only; the scores are the same)."""
+    candidates once into a KV cache when that saves at least ``min_shared_tokens`` tokens
+    (moelab models only; the scores are the same). Below that, one packed batch of full
+    sequences is faster: a forward call per context costs more than the tokens it saves."""
     if shots < 0:
         raise MoelabError(f"--shots must be >= 0, got {shots}")
     n_seeds = default_seeds(shots) if seeds is None else seeds
@@ -147,6 +150,7 @@ def evaluate_task(
                 stats=stats,
                 progress=advance,
                 shared_model=model if (share_contexts and own_model) else None,
+                min_shared_tokens=min_shared_tokens,
             )
         finally:
             if model is not None and was_training:
