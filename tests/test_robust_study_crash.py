@@ -120,3 +120,47 @@ def test_killed_study_resumes_to_the_same_results(tmp_path_factory, tmp_path, mo
     assert results_csv_without_wall_times(out) == results_csv_without_wall_times(baseline)
     for run in runs.iterdir():
         json.loads((run / "study_eval.json").read_text())  # complete, parseable
+
+
+@pytest.mark.slow
+def test_sigkilled_study_resumes_to_the_same_results(tmp_path_factory, tmp_path, capsys):
+    """The real thing once: `moelab study` in its own process, SIGKILLed as soon as the second
+    run has its first checkpoint (so somewhere in that run's training or evaluation), then
+    re-run to the end: the same results table as the uninterrupted study."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    baseline = shared_study(tmp_path_factory)
+    cfg = write_yaml(tmp_path / "study.yaml", micro_study_config(tmp_path_factory))
+    out = tmp_path / "study"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moelab", "study", str(cfg), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = sorted((out / "runs").glob("*")) if (out / "runs").is_dir() else []
+            if len(runs) == 2 and any((runs[1] / "checkpoints").glob("step_*")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the study finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not (out / "report.html").exists()
+
+    assert _study(cfg, out) == 0
+    got = results_table(out, cfg)
+    want = results_table(baseline, baseline.with_suffix(".yaml"))
+    assert got == want
+    assert results_csv_without_wall_times(out) == results_csv_without_wall_times(baseline)
