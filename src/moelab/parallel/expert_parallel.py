@@ -64,8 +64,9 @@ def _local(p: torch.Tensor) -> torch.Tensor:
 class ExpertParallelMoeFFN(MoeFFN):
     """A :class:`MoeFFN` whose ``experts`` hold only this rank's ``E / ep`` experts.
 
-    Built from a full layer with :meth:`from_layer` (the router is shared, the expert weights
-    sliced); routing and its telemetry are the base class's, computed on the local tokens.
+    Built from a full layer (the router is shared, the expert weights sliced: rank
+    ``ep_rank`` keeps experts ``ep_rank * E/ep ..``); routing, its losses and telemetry are the
+    base class's, computed on the local tokens.
     ``ep_group`` is the expert group (None when ``ep == 1``), ``edp_group`` the ranks holding
     the same experts (None or size 1: nothing to sum).
     """
@@ -98,12 +99,13 @@ class ExpertParallelMoeFFN(MoeFFN):
         self.gate = moe.gate
         full = moe.experts
         _, D, Fd = full.w1.shape
-        self.experts = Experts(self.n_local, D, Fd, full.arch, full.activation_dropout)
+        self.experts = Experts(self.n_local, D, Fd, full.arch, full.activation_dropout).to(
+            device=full.w1.device, dtype=full.w1.dtype
+        )
         lo = ep_rank * self.n_local
         with torch.no_grad():
             for name, p in self.experts.named_parameters():
                 p.copy_(getattr(full, name)[lo : lo + self.n_local])
-        self.experts.to(full.w1.device)
 
     @property
     def expert_offset(self) -> int:
