@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from moelab.cli import main
 from test_eval_support import trained_run
 
@@ -29,6 +31,7 @@ def _task(tmp_path, name="even", n=6, train=0):
     return path
 
 
+@pytest.mark.slow
 def test_eval_ppl_and_task_json(tmp_path, capsys):
     run = trained_run()
     task = _task(tmp_path)
@@ -91,6 +94,7 @@ def test_eval_errors_are_one_line_exit_2(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_finetune_cli_choice_head(tmp_path, capsys):
     run = trained_run()
     task = _task(tmp_path, "ft", n=4, train=10)

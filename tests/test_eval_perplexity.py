@@ -54,6 +54,7 @@ def test_strided_loss_equals_hand_computation():
     assert row["bits_per_byte"] == pytest.approx(nll / math.log(2) / 100, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_run_perplexity_marks_domains_and_reports_capacity(tmp_path):
     run = trained_run()
     result = run_perplexity(run, stride=32)

@@ -36,6 +36,7 @@ def test_encode_pair_moves_trailing_space_and_splits_the_whole_string(tok):
     assert encode_pair(encode, "", " mat", prefix_id=eot) == ((eot,), tuple(tok.encode(" mat").ids))
 
 
+@pytest.mark.slow
 def test_batched_scores_equal_unbatched_forward(tok, model):
     encode = make_encode(tok)
     pairs = [
