@@ -19,7 +19,7 @@ from torch import nn
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
 from moelab.model.kv_cache import KVCache
-from moelab.model.moe import MoeFFN, MoeStats
+from moelab.model.moe import MoeFFN, MoeOutput, MoeStats
 from moelab.model.positions import rotary_cos_sin, sinusoidal_offset, sinusoidal_table
 
 
@@ -100,7 +100,12 @@ class Block(nn.Module):
         self.ffn_norm = make_norm(cfg)
         self.ffn: nn.Module = MoeFFN(cfg, layer) if moe else FeedForward(cfg)
 
-    def forward(self, x_BTD, rotary, kv_cache):
+    def forward(
+        self,
+        x_BTD: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        kv_cache: KVCache | None,
+    ) -> tuple[torch.Tensor, MoeOutput | None]:
         h = self.attn(self.attn_norm(x_BTD), rotary=rotary, kv_cache=kv_cache)
         x_BTD = x_BTD + F.dropout(h, self.dropout, self.training)
         ffn_in = self.ffn_norm(x_BTD)
