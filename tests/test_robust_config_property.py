@@ -4,7 +4,7 @@ Covered: ``from_dict`` + ``validate`` for ``ModelConfig`` and the trainer's ``Tr
 ``run_config_from_dict`` (the whole run config, without opening data), ``apply_overrides`` with
 random ``KEY=VALUE`` strings, and ``load_yaml`` on random file bytes. Inputs mix the real field
 names with random ones and values of every JSON/YAML type (NaN, infinities and huge integers
-included). Known crashes found by the sweep are pinned below as strict xfails.
+included). Crashes the sweep found (since fixed) are kept below as regression tests.
 """
 
 from __future__ import annotations
