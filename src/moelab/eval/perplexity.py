@@ -21,6 +21,7 @@ import torch
 
 from moelab.errors import MoelabError
 from moelab.eval.progress import progress_bar
+from moelab.eval.runs import forward_flops
 from moelab.eval.scoring import ForwardStats, LogitsAt, model_logits_at
 
 IN_DOMAIN, OUT_OF_DOMAIN = "in-domain", "out-of-domain"
@@ -170,6 +171,7 @@ def evaluate_perplexity(
         "compute": {
             "seconds": time.perf_counter() - t0,
             "forward_tokens": stats.tokens,
+            "forward_flops_estimate": forward_flops(model, stats.tokens, stats.sequences),
             "padded_tokens": stats.padded_tokens,
             "batches": stats.batches,
             "moe_capacity_last_batch": stats.capacity,

@@ -17,6 +17,7 @@ import torch
 from moelab.errors import MoelabError
 from moelab.eval.fewshot import sample_shots, shot_prefix
 from moelab.eval.progress import progress_bar
+from moelab.eval.runs import forward_flops
 from moelab.eval.scoring import (
     MODES,
     Candidate,
@@ -220,6 +221,7 @@ def evaluate_task(
             "forward_tokens": stats.tokens,
             "padded_tokens": stats.padded_tokens,
             "batches": stats.batches,
+            "forward_flops_estimate": forward_flops(model, stats.tokens, stats.sequences),
             "shared_contexts": bool(share_contexts and own_model),
             "moe_capacity_last_batch": stats.capacity,
             "moe_max_dropped_frac": stats.max_dropped_frac,

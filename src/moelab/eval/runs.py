@@ -78,3 +78,16 @@ def capacity_report(model: torch.nn.Module) -> dict[str, Any]:
         return {"moe": False}
     cf = layers[0].eval_capacity_factor
     return {"moe": True, "eval_capacity_factor": cf, "dropless": cf is None}
+
+
+def forward_flops(model: torch.nn.Module, tokens: int, sequences: int) -> float | None:
+    """Estimated forward FLOPs: a third of PaLM's 6N + 12 L T D per token (moelab.flops), with T
+    the mean sequence length. An upper bound here: only scored positions reach the output
+    projection."""
+    cfg = getattr(model, "cfg", None) if model is not None else None
+    if cfg is None or tokens <= 0:
+        return None
+    from moelab.flops import palm_flops_per_token
+
+    mean_len = max(1, round(tokens / max(sequences, 1)))
+    return palm_flops_per_token(cfg, seq_len=mean_len) / 3.0 * tokens
