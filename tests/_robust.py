@@ -11,9 +11,9 @@ The contract every user-facing command must keep for bad input (docs/robustness.
 :func:`snapshot`: every file and folder below a root (hidden ones included, so an orphaned
 ``.NAME.tmp-<pid>`` shows up) with its size, mtime and SHA-256.
 
-The tiny prepared data and trained run are built once per test session (whichever robustness
-module asks first) under pytest's session temp folder and shared read-only; a test that damages
-a run copies it first (:func:`copy_run`).
+The tiny prepared data, the trained runs (MoE and dense), the Hugging Face export and the
+micro-study are built once per test session (by whichever robustness module asks first) under
+pytest's session temp folder and shared read-only; a test that damages one copies it first.
 """
 
 from __future__ import annotations
