@@ -216,3 +216,19 @@ def test_run_data_with_a_shard_of_another_tokenizer(
         watch=[tmp_path, finished_run],
         match=[r"alpha\.val", r"prepare again"],
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="eval: when RUN_DIR/eval exists as a file, writing the result raises "
+    "FileExistsError (traceback) after the whole evaluation ran",
+)
+def test_result_folder_that_cannot_be_created(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    (run / "eval").write_text("not a folder\n")
+    expect_user_error(
+        capsys,
+        ["eval", run, "--ppl", "--max-tokens", "32"],
+        watch=[tmp_path],
+        match=[r"eval"],
+    )

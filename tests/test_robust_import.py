@@ -134,3 +134,18 @@ def test_killed_import_leaves_no_out(hf, tmp_path, capsys, monkeypatch):
     with pytest.raises(SimulatedKill):
         run_cli(capsys, ["import", hf, "--out", tmp_path / "run"])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="import: an --out whose parent is a file (cannot be created) raises FileExistsError "
+    "(traceback) from mkdir in atomic_dir",
+)
+def test_out_that_cannot_be_created(hf, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder\n")
+    expect_user_error(
+        capsys,
+        _import(hf, tmp_path / "a_file" / "run"),
+        watch=[tmp_path, hf],
+        match=[r"a_file"],
+    )

@@ -231,3 +231,16 @@ def test_killed_prepare_leaves_nothing_and_reruns_identically(corpus, capsys, mo
         manifest["fingerprint"]
         == json.loads((corpus / "reference/manifest.json").read_text())["fingerprint"]
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="prepare: an --out whose parent is a file (cannot be created) raises FileExistsError "
+    "(traceback) from mkdir in atomic_dir",
+)
+def test_out_that_cannot_be_created(corpus, capsys):
+    (corpus / "a_file").write_text("not a folder\n")
+    argv = ["prepare", "--source", GOOD.format(tmp=corpus), "--vocab-size", "300"]
+    expect_user_error(
+        capsys, [*argv, "--out", corpus / "a_file" / "out"], watch=[corpus], match=[r"a_file"]
+    )

@@ -183,3 +183,19 @@ def test_out_holding_a_different_study_keeps_its_runs(tmp_path_factory, tmp_path
     rc, _, err = run_cli(capsys, ["study", tmp_path / "other.yaml", "--out", study])
     assert rc == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err
     assert {k: snapshot(study / k) for k in keep} == before
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="study: an --out whose parent is a file (cannot be created) raises "
+    "NotADirectoryError (traceback) from out.mkdir in run_study",
+)
+def test_out_that_cannot_be_created(tmp_path_factory, tmp_path, capsys):
+    write_yaml(tmp_path / "study.yaml", micro_study_config(tmp_path_factory))
+    (tmp_path / "a_file").write_text("not a folder\n")
+    expect_user_error(
+        capsys,
+        ["study", tmp_path / "study.yaml", "--out", tmp_path / "a_file" / "out"],
+        watch=[tmp_path],
+        match=[r"a_file"],
+    )

@@ -456,3 +456,19 @@ def test_config_unchanged_by_a_refused_override(finished_run, tmp_path, capsys):
         match=[r"different config", r"train\.lr"],
     )
     assert yaml.safe_load((run / "config.yaml").read_text()) == copy.deepcopy(stored)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="train: an --out whose parent is a file (cannot be created) raises "
+    "NotADirectoryError (traceback) from mkdir in claim_run_dir",
+)
+def test_out_that_cannot_be_created(prepared, tmp_path, capsys):
+    write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    (tmp_path / "a_file").write_text("not a folder\n")
+    expect_user_error(
+        capsys,
+        ["train", tmp_path / "run.yaml", "--out", tmp_path / "a_file" / "run", "--no-progress"],
+        watch=[tmp_path, prepared],
+        match=[r"a_file"],
+    )
