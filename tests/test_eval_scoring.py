@@ -11,7 +11,7 @@ from moelab.eval.priming import evaluate_task
 from moelab.eval.scoring import Request, encode_pair, model_logits_at, score_requests
 from moelab.eval.tasks.items import Item, Task
 from moelab.eval.tokens import eot_id, make_encode
-from test_eval_support import hand_logprobs, tiny_model, tiny_tokenizer
+from test_eval_support import hand_logprobs, tiny_model, tiny_tokenizer, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,19 @@ def test_left_truncation_keeps_the_continuation(tok, model):
     )
 
 
-def test_every_mode_equals_a_hand_computation(tok, model):
+@pytest.fixture(scope="module")
+def trained():
+    """(model, tokenizer) of a tiny MoE trained a few steps in this test session."""
+    from moelab.eval.runs import open_run
+
+    run = open_run(trained_run(), device="cpu")
+    return run.model, run.tokenizer
+
+
+@pytest.mark.parametrize("which", ["trained", "fresh"])
+def test_every_mode_equals_a_hand_computation(which, tok, model, trained):
+    if which == "trained":
+        model, tok = trained
     # Two candidates sharing a first word, so "mean after the common prefix" differs from mean.
     item = Item(("How do I open a jar?",), ("Twist the lid to the left.", "Twist the dog."), 0)
     partial = Item(("The cat sat on the mat", "The dog sat on the log"), ("and sang.",), 1)
