@@ -100,7 +100,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from moelab.eval.perplexity import run_perplexity
     from moelab.eval.priming import run_priming
-    from moelab.eval.results import perplexity_table, priming_rows, write_result
+    from moelab.eval.results import check_eval_dir, perplexity_table, priming_rows, write_result
     from moelab.eval.runs import open_run
     from moelab.eval.tasks import get_task
 
@@ -112,6 +112,7 @@ def run(args) -> int:
             raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     separator = unescape(args.separator)
     capacity = _capacity(args.capacity_factor) if args.capacity_factor is not None else None
+    check_eval_dir(args.run_dir)
     tasks = [get_task(t, args.tasks_dir) for t in args.task]  # bad task files fail before loading
     run_ = open_run(args.run_dir, step=args.step, device=args.device)
     show_progress = not args.json

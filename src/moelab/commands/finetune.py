@@ -64,7 +64,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from moelab.commands.eval import _capacity
     from moelab.eval.finetune import FinetuneSettings, finetune
-    from moelab.eval.results import finetune_table, write_result
+    from moelab.eval.results import check_eval_dir, finetune_table, write_result
     from moelab.eval.tasks import get_task
 
     for name in ("limit", "train_limit", "max_len"):
@@ -80,6 +80,7 @@ def run(args) -> int:
         max_len=args.max_len,
         capacity_factor=_capacity(args.capacity_factor) if args.capacity_factor else None,
     ).validate()
+    check_eval_dir(args.run_dir)
     task = get_task(args.task, args.tasks_dir)
     result = finetune(
         args.run_dir,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab import __version__
+from moelab.errors import MoelabError
 from moelab.io import atomic_write_json
 
 EVAL_DIR = "eval"
@@ -34,12 +35,23 @@ def result_name(result: dict[str, Any]) -> str:
     return f"finetune-{_slug(result['task'])}{limit}.json"
 
 
+def check_eval_dir(run_dir: str | Path) -> Path:
+    """``RUN_DIR/eval``, checked before any work so a long evaluation never ends in an error."""
+    folder = Path(run_dir) / EVAL_DIR
+    if folder.exists() and not folder.is_dir():
+        raise MoelabError(f"{folder} exists and is not a folder; move it away to store results")
+    return folder
+
+
 def write_result(run_dir: str | Path, result: dict[str, Any]) -> Path:
     """Stamp ``result`` (version, time) and write it to ``RUN_DIR/eval/<name>.json``."""
     result.setdefault("moelab_version", __version__)
     result.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-    path = Path(run_dir) / EVAL_DIR / result_name(result)
-    atomic_write_json(path, result)
+    path = check_eval_dir(run_dir) / result_name(result)
+    try:
+        atomic_write_json(path, result)
+    except OSError as e:
+        raise MoelabError(f"cannot write {path}: {e.strerror or e}") from None
     result["file"] = str(path)
     return path
 
