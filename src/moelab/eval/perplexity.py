@@ -299,15 +299,21 @@ def run_perplexity(
     run_data_dir = Path(run.run_cfg.data.dir)
     train_domains: set[str] = set()
     sources: list[PplSource] = []
+    run_tok = run.run_dir / "tokenizer.json"
     if not paths:
         data = PreparedData.open(run_data_dir, verify=False)
+        if run_tok.is_file() and not _same_file(run_data_dir / "tokenizer.json", run_tok):
+            raise MoelabError(
+                f"the run's data folder {run_data_dir} now holds another tokenizer than the run "
+                "was trained with; pass the text files to --ppl (tokenized with the run's)"
+            )
         train_domains = set(data.train_domains)
         sources = sources_from_prepared(data, train_domains, max_tokens)
     else:
         for path in expand_paths(paths):
             if path.is_dir():
                 data = PreparedData.open(path, verify=False)
-                if not _same_file(path / "tokenizer.json", run.run_dir / "tokenizer.json"):
+                if not _same_file(path / "tokenizer.json", run_tok):
                     raise MoelabError(
                         f"--ppl {path}: prepared with a different tokenizer than the run; "
                         "pass the text files instead so they are tokenized with the run's"
