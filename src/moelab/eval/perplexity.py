@@ -165,6 +165,7 @@ def evaluate_perplexity(
             model.train()
     return {
         "kind": "perplexity",
+        "mode": "sliding" if stride < context else "non-overlapping",
         "context": context,
         "stride": stride,
         "domains": rows,

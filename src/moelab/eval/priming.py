@@ -199,6 +199,7 @@ def evaluate_task(
     )
     return {
         "kind": "priming",
+        "mode": "few-shot" if shots else "zero-shot",
         "task": task.name,
         "task_kind": task.kind,
         "split": task.split,
