@@ -218,11 +218,6 @@ def test_run_data_with_a_shard_of_another_tokenizer(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval: when RUN_DIR/eval exists as a file, writing the result raises "
-    "FileExistsError (traceback) after the whole evaluation ran",
-)
 def test_result_folder_that_cannot_be_created(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     (run / "eval").write_text("not a folder\n")
