@@ -49,6 +49,8 @@ def test_vocab_comes_from_the_data_and_is_noted(prepared):
         ("model.preset=nope", "model.preset"),
         ("data.weights.nope=1", "data.weights.nope"),
         ("train.seq_len=100", "train.seq_len"),
+        ("train.seed=-1", "train.seed"),
+        ("data.weights={alpha: 0}", "data.weights"),
     ],
 )
 def test_config_errors_name_the_dotted_key(prepared, override, key):

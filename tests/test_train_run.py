@@ -226,3 +226,14 @@ def test_resume_refuses_changed_data(tmp_path):
             tmp_path / "run",
             progress=False,
         )
+
+
+def test_a_start_without_checkpoint_can_be_replaced(prepared, tmp_path, capsys):
+    # A run killed before its first checkpoint leaves config.yaml only: a new config may start.
+    first = load_run_config(tiny_config(prepared, budget_steps=2, eval_tokens=0))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text(first.to_yaml())
+    second = load_run_config(tiny_config(prepared, budget_steps=2, eval_tokens=0, lr=5e-3))
+    assert train(second, tmp_path / "run", progress=False)["steps"] == 2
+    assert "held a run with no checkpoint yet" in capsys.readouterr().err
+    assert load_run_config(tmp_path / "run" / "config.yaml").train.lr == 5e-3

@@ -141,6 +141,8 @@ class TrainConfig:
             raise bad("eval_batch_size", f"must be >= 1 or null, got {self.eval_batch_size}")
         if self.checkpoint_every < 0:
             raise bad("checkpoint_every", "must be >= 0 (0: only the final step)")
+        if self.seed < 0:
+            raise bad("seed", f"must be >= 0, got {self.seed}")
         if self.max_nonfinite_in_row < 1:
             raise bad("max_nonfinite_in_row", f"must be >= 1, got {self.max_nonfinite_in_row}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -244,6 +246,8 @@ def _resolve_data(spec: Any) -> DataSection:
         for dom, w in section.weights.items():
             if not (w >= 0 and math.isfinite(w)):
                 raise MoelabError(f"data.weights.{dom}: must be >= 0, got {w}")
+        if section.weights and not any(w > 0 for w in section.weights.values()):
+            raise MoelabError("data.weights: all zero; give at least one domain a weight > 0")
     return section
 
 

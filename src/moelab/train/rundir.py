@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,15 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
             )
     if existing is not None:
         diffs = config_differences(existing, cfg)
+        if diffs and not has_checkpoints(run_dir) and not (run_dir / DONE).exists():
+            # A start that never reached its first checkpoint has nothing to resume.
+            if write:
+                print(
+                    f"note: {run_dir} held a run with no checkpoint yet; starting over with the "
+                    "new config",
+                    file=sys.stderr,
+                )
+            diffs, existing = [], None
         if diffs:
             more = f"; ... ({len(diffs)} in all)" if len(diffs) > 8 else ""
             shown = "; ".join(diffs[:8]) + more
@@ -57,7 +67,7 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG, cfg.to_yaml())  # operational keys may change
         tok = Path(cfg.data.dir) / TOKENIZER
-        if tok.is_file() and not (run_dir / TOKENIZER).is_file():
+        if tok.is_file():
             atomic_write_bytes(run_dir / TOKENIZER, tok.read_bytes())
     return existing is not None
 

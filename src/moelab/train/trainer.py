@@ -151,7 +151,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         cfg, t, budget = self.cfg, self.cfg.train, self.budget
         run_dir = self.run_dir
-        resuming = claim_run_dir(cfg, run_dir, write=self.is_main)
+        resuming = claim_run_dir(cfg, run_dir, write=False)
         done = read_done(run_dir) if resuming else None
         if done is not None and done.get("steps") == budget.total_steps:
             self._say(f"{run_dir}: already complete ({budget.total_steps} steps); nothing to do")
@@ -166,6 +166,8 @@ class Trainer:
         stream = TrainStream(data, t.seq_len, t.batch_size, t.seed, weights=cfg.data.weights)
         eval_bs = t.eval_batch_size or self.micro_batch
         eval_sets = build_eval_sets(data, t.seq_len, t.eval_tokens, eval_bs)
+        # Only now, with the data checked, does the folder become this run's.
+        claim_run_dir(cfg, run_dir, write=self.is_main)
 
         seed_everything(t.seed)
         self.model = model = self.build_model()
