@@ -251,12 +251,6 @@ def test_run_data_gone(tmp_path, capsys):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eval: --ppl without paths scores the run's data folder even after it was "
-    "re-prepared with another tokenizer (the check done for --ppl DIR is skipped for the "
-    "run's own data): a perplexity of foreign token ids, exit 0",
-)
 def test_run_data_reprepared_with_another_tokenizer(tmp_path, capsys):
     from moelab.data import prepare
 
