@@ -126,6 +126,7 @@ CASES = [
         "task-folder-missing", ["--task", "piqa", "--tasks-dir", "{in}"], [r"piqa", r"--tasks-dir"]
     ),
     _case("shots-negative", ["--task", "{in}/good.jsonl", "--shots", "-1"], [r"--shots"]),
+    _case("shots-too-many", ["--task", "{in}/good.jsonl", "--shots", "10"], [r"shots"]),
     _case("seeds-zero", ["--task", "{in}/good.jsonl", "--shots", "1", "--seeds", "0"], [r"seeds"]),
     _case(
         "batch-size-zero",
