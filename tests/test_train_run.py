@@ -42,7 +42,6 @@ def dense_run(prepared, tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.slow
 def test_dense_learns_far_below_unigram_entropy(prepared, dense_run):
     h = unigram_entropy(prepared)
     done = json.loads((dense_run / "done.json").read_text())
@@ -51,7 +50,6 @@ def test_dense_learns_far_below_unigram_entropy(prepared, dense_run):
     assert all(v < 0.5 * h for v in done["val_loss"].values())
 
 
-@pytest.mark.slow
 def test_moe_learns_and_logs_telemetry(prepared, tmp_path):
     cfg = load_run_config(tiny_config(prepared, moe=True, budget_steps=100, log_every=10))
     summary = train(cfg, tmp_path / "moe", progress=False)
