@@ -109,12 +109,6 @@ def test_resume_refuses_without_running_it(kind, finished_run, tmp_path, capsys)
     assert snapshot(run / "checkpoints") == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train: the refusal of a state.pt with a code-running pickle is 6 lines (torch's "
-    "whole UnpicklingError text, for exec with ANSI escapes) and its 'fix' says to re-run "
-    "torch.load with weights_only=False, i.e. to execute the payload",
-)
 @pytest.mark.parametrize("kind", list(PAYLOADS))
 def test_resume_refusal_is_one_safe_line(kind, finished_run, tmp_path, capsys):
     marker = tmp_path / "marker"

@@ -322,11 +322,6 @@ def _interrupted(finished_run: Path, dest: Path) -> Path:
     return run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train: resuming when no checkpoint is valid prints a 'skipping it' line per damaged "
-    "checkpoint before the error line (2+ lines on stderr)",
-)
 def test_resume_with_only_a_truncated_checkpoint(finished_run, tmp_path, capsys):
     run = _interrupted(finished_run, tmp_path / "run")
     weights = run / "checkpoints" / "step_00000002" / "model.safetensors"
@@ -351,11 +346,6 @@ def dense_run(tmp_path_factory) -> Path:
     return shared_run(tmp_path_factory, "robust_dense_run", moe=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train: a checkpoint whose weights do not fit the run's config is refused, but only "
-    "after RUN_DIR/config.yaml and RUN_DIR/tokenizer.json were rewritten",
-)
 def test_resume_from_a_checkpoint_of_another_shape(finished_run, dense_run, tmp_path, capsys):
     run = _interrupted(finished_run, tmp_path / "run")
     shutil.rmtree(run / "checkpoints" / "step_00000002")
@@ -368,11 +358,6 @@ def test_resume_from_a_checkpoint_of_another_shape(finished_run, dense_run, tmp_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train: a checkpoint whose meta.json config_hash differs from the run's config "
-    "(same shapes, e.g. another lr) is resumed from silently instead of refused",
-)
 def test_resume_from_a_checkpoint_of_another_config(finished_run, prepared, tmp_path, capsys):
     cfg = _set(tiny_run_config(prepared), "train.lr", 5e-3)
     write_yaml(tmp_path / "other.yaml", cfg)
@@ -391,12 +376,6 @@ def test_resume_from_a_checkpoint_of_another_config(finished_run, prepared, tmp_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train: resuming on data re-prepared with another tokenizer is refused with a good "
-    "line, but only after claim_run_dir overwrote RUN_DIR/tokenizer.json with the new data's "
-    "tokenizer (and rewrote config.yaml): the refused run's weights no longer match its tokenizer",
-)
 def test_resume_on_data_with_another_tokenizer(tmp_path_factory, tmp_path, capsys):
     from moelab.data import prepare
 
@@ -452,11 +431,6 @@ def test_config_unchanged_by_a_refused_override(finished_run, tmp_path, capsys):
     assert yaml.safe_load((run / "config.yaml").read_text()) == copy.deepcopy(stored)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="train: an --out whose parent is a file (cannot be created) raises "
-    "NotADirectoryError (traceback) from mkdir in claim_run_dir",
-)
 def test_out_that_cannot_be_created(prepared, tmp_path, capsys):
     write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
     (tmp_path / "a_file").write_text("not a folder\n")

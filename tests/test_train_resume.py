@@ -150,3 +150,39 @@ def test_hopeless_resume_message(prepared, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no valid checkpoint to resume from (step_00000004: meta.json is not valid JSON" in err
     assert "to start over" in err
+
+
+def test_run_made_by_import_is_refused_in_one_line(prepared, tmp_path, capsys):
+    """A run folder as `moelab import` writes it (step 0, no optimizer or RNG state) cannot be
+    resumed: one line naming the import and what to do instead, and the folder is unchanged."""
+    from moelab.interop.hf_import import write_run_files
+    from moelab.model import build_model
+
+    raw = tiny_config(prepared, budget_steps=4, eval_tokens=0)
+    cfg = load_run_config(raw)
+    run = tmp_path / "imported"
+    meta = {"step": 0, "tokens": 0, "config_hash": cfg.config_hash(), "imported_from": "HF"}
+    tokenizer = (prepared / "tokenizer.json").read_bytes()
+    write_run_files(run, build_model(cfg.model, seed=0), cfg, tokenizer, meta)
+    before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "moelab import" in err and "finetune" in err, err
+    assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
+@pytest.mark.parametrize("flush_before", [False, True])
+def test_training_leaves_flush_denormal_as_it_was(prepared, tmp_path, flush_before):
+    """The trainer flushes denormals on CPU for speed, but only while it runs: the process
+    setting (hypothesis, a notebook) is restored afterwards."""
+    from moelab.train.trainer import _flush_denormal_enabled
+
+    torch.set_flush_denormal(flush_before)
+    try:
+        raw = tiny_config(prepared, budget_steps=2, eval_tokens=0)
+        train(load_run_config(raw), tmp_path / "run", progress=False)
+        assert _flush_denormal_enabled() is flush_before
+        assert (torch.tensor([1e-300], dtype=torch.float64) * 1e-10).item() != 0 or flush_before
+    finally:
+        torch.set_flush_denormal(False)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -176,18 +177,61 @@ def load_weights(path: Path, model: nn.Module) -> None:
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise MoelabError(f"{file}: cannot read weights ({e})") from None
     for name, target in aliases.items():
-        tensors[name] = tensors[target]
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
+        if target in tensors:
+            tensors[name] = tensors[target]
+    mismatch = first_mismatch(model, tensors)
+    if mismatch is None:
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError as e:
+            mismatch = str(e).strip().splitlines()[-1].strip()
+    if mismatch is not None:
         raise MoelabError(
-            f"{file}: weights do not fit the model in the run's config ({first})"
-        ) from None
+            f"{file}: weights do not fit the model in the run's config ({mismatch}); this "
+            "checkpoint was made with another model config: delete it, or use the run it came from"
+        )
+
+
+def first_mismatch(model: nn.Module, tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first tensor that is missing, unexpected or of another shape, in words."""
+    expected = model.state_dict()
+    for name, t in expected.items():
+        if name not in tensors:
+            return f"{name} is missing"
+        if tuple(tensors[name].shape) != tuple(t.shape):
+            return (
+                f"{name} has shape {list(tensors[name].shape)} in the checkpoint, "
+                f"{list(t.shape)} in the model"
+            )
+    extra = sorted(set(tensors) - set(expected))
+    return f"{extra[0]} is not in the model" if extra else None
 
 
 def load_train_state(path: Path) -> dict[str, Any]:
+    """``state.pt`` of checkpoint folder ``path``: tensors and plain data only. Messages never
+    quote torch's text, which suggests ``weights_only=False`` (that would run the pickle)."""
+    file = path / STATE
     try:
-        return torch.load(path / STATE, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise MoelabError(f"{path / STATE}: cannot read training state ({e})") from None
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise MoelabError(
+            f"{file} holds objects other than tensors and plain data (refused: loading it could "
+            "run code); delete that checkpoint folder to resume from an older one"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any other failure to read means a bad file
+        raise MoelabError(
+            f"{file}: cannot read training state ({type(e).__name__}); delete that checkpoint "
+            "folder to resume from an older one"
+        ) from None
+    needed = ("step", "optimizer", "rng")
+    if state.get("no_optimizer_state") if isinstance(state, dict) else False:
+        raise MoelabError(
+            f"{file}: written by `moelab import` without optimizer or RNG state, so training "
+            "cannot resume from it; fine-tune or evaluate the run, or train a new one"
+        )
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise MoelabError(
+            f"{file}: not a moelab training state (needs {', '.join(needed)}); delete that "
+            "checkpoint folder to resume from an older one"
+        )
+    return state

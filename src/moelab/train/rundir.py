@@ -14,6 +14,7 @@ from typing import Any
 
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_bytes, atomic_write_text
+from moelab.paths import check_can_create
 from moelab.train.checkpoint import CHECKPOINTS
 from moelab.train.config import RunConfig, config_differences, load_run_config
 
@@ -34,6 +35,7 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
     """Check that ``cfg`` may train in ``run_dir``; return True when the folder already holds
     this run (resume). A folder holding another run, or unrelated files, is refused.
     With ``write`` (rank 0) the resolved config and tokenizer are written."""
+    check_can_create(run_dir)
     existing = None
     if run_dir.exists():
         if not run_dir.is_dir():

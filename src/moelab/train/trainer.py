@@ -29,7 +29,14 @@ from moelab.train.metrics import MetricsWriter, truncate_metrics
 from moelab.train.optim import build_optimizer, set_lr
 from moelab.train.progress import ProgressBar
 from moelab.train.rng import rng_state, seed_everything, set_rng_state
-from moelab.train.rundir import DONE, claim_run_dir, clear_stale, has_checkpoints, read_done
+from moelab.train.rundir import (
+    DONE,
+    TOKENIZER,
+    claim_run_dir,
+    clear_stale,
+    has_checkpoints,
+    read_done,
+)
 from moelab.train.schedule import LrSchedule
 from moelab.train.step import train_step
 from moelab.train.telemetry import MoeTelemetry
@@ -46,6 +53,12 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise MoelabError(f"train.device: {name} requested but CUDA is not available")
     return torch.device(name)
+
+
+def _flush_denormal_enabled() -> bool:
+    """Whether this thread flushes subnormal floats to zero (torch has a setter, no getter)."""
+    tiny = torch.tensor([1e-300], dtype=torch.float64)
+    return bool((tiny * 1e-10).item() == 0.0)
 
 
 class Trainer:
@@ -139,7 +152,13 @@ class Trainer:
         model = self.unwrap(self.model)
         ckpt_io.load_weights(path, model)
         state = ckpt_io.load_train_state(path)
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise MoelabError(
+                f"{path / ckpt_io.STATE}: its optimizer state does not fit this run's model "
+                f"({type(e).__name__}); delete that checkpoint folder to resume from an older one"
+            ) from None
         set_rng_state(state["rng"])
         for name, mod in model.named_modules():
             if name in state.get("moe_generators", {}):
@@ -149,6 +168,54 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        # Denormals slow fp32 CPU training ~10x. The flag is process-wide, so the caller's
+        # setting (a notebook, a test process) is restored on the way out.
+        if self.device.type != "cpu":
+            return self._run()
+        previous = _flush_denormal_enabled()
+        torch.set_flush_denormal(True)
+        try:
+            return self._run()
+        finally:
+            torch.set_flush_denormal(previous)
+
+    def _resume_checks(self, path: Path, data, data_fp: str | None) -> dict[str, Any]:
+        """Refuse (before anything is written) a checkpoint this run cannot continue from;
+        return its meta.json. The config hash is checked after the weights are restored, so a
+        checkpoint of another shape is named by its first mismatching tensor."""
+        cfg, run_dir = self.cfg, self.run_dir
+        meta = ckpt_io.read_meta(path)
+        if meta.get("imported_from") is not None:
+            raise MoelabError(
+                f"{path}: written by `moelab import` (no optimizer or RNG state), so "
+                f"{run_dir} cannot be resumed; evaluate or fine-tune it (moelab eval / "
+                "moelab finetune), or train a new run with another --out"
+            )
+        if meta.get("data_fingerprint") not in (None, data_fp):
+            raise MoelabError(
+                f"data.dir: the prepared data in {cfg.data.dir} changed since this run "
+                f"started (fingerprint {meta['data_fingerprint'][:12]} -> {str(data_fp)[:12]});"
+                " resuming needs the same data, or start a new run"
+            )
+        ours, theirs = run_dir / TOKENIZER, Path(cfg.data.dir) / TOKENIZER
+        if ours.is_file() and theirs.is_file() and ours.read_bytes() != theirs.read_bytes():
+            raise MoelabError(
+                f"data.dir: {theirs} differs from {ours} (the data was re-prepared with another "
+                "tokenizer since this run started); resume on the original data, or start a "
+                "new run with another --out"
+            )
+        return meta
+
+    def _check_config_hash(self, path: Path, meta: dict[str, Any]) -> None:
+        want = self.cfg.config_hash()
+        if meta.get("config_hash") not in (None, want):
+            raise MoelabError(
+                f"{path}: made with another config (config_hash {meta['config_hash']} in its "
+                f"meta.json, {want} for {self.run_dir / 'config.yaml'}); delete that checkpoint "
+                "folder, or resume it in the run it came from"
+            )
+
+    def _run(self) -> dict[str, Any]:
         cfg, t, budget = self.cfg, self.cfg.train, self.budget
         run_dir = self.run_dir
         resuming = claim_run_dir(cfg, run_dir, write=False)
@@ -156,8 +223,6 @@ class Trainer:
         if done is not None and done.get("steps") == budget.total_steps:
             self._say(f"{run_dir}: already complete ({budget.total_steps} steps); nothing to do")
             return done
-        if self.device.type == "cpu":
-            torch.set_flush_denormal(True)  # denormals slow fp32 CPU training ~10x
         data = open_prepared(cfg.data.dir)
         from moelab.data import TrainStream
 
@@ -166,8 +231,6 @@ class Trainer:
         stream = TrainStream(data, t.seq_len, t.batch_size, t.seed, weights=cfg.data.weights)
         eval_bs = t.eval_batch_size or self.micro_batch
         eval_sets = build_eval_sets(data, t.seq_len, t.eval_tokens, eval_bs)
-        # Only now, with the data checked, does the folder become this run's.
-        claim_run_dir(cfg, run_dir, write=self.is_main)
 
         seed_everything(t.seed)
         self.model = model = self.build_model()
@@ -177,31 +240,28 @@ class Trainer:
         start_step, nonfinite_total, resumed_from = 0, 0, None
         last: dict[str, Any] = {}
         val_loss: dict[str, float] = {}
-        if self.is_main:
-            clear_stale(run_dir)
+        # Everything that can refuse the run is checked (and the checkpoint restored) before the
+        # folder becomes this run's: a refusal leaves RUN_DIR exactly as it was.
         if has_checkpoints(run_dir):
             found, skipped = ckpt_io.newest_valid(run_dir)
-            for bad, reason in skipped:
-                self._say(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it")
             if found is None:
                 raise MoelabError(
                     f"{run_dir}: no valid checkpoint to resume from ("
                     + "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
                     + f"); delete {run_dir / ckpt_io.CHECKPOINTS} to start over"
                 )
+            meta = self._resume_checks(found.path, data, data_fp)
             state = self._restore(found.path, optimizer)
+            self._check_config_hash(found.path, meta)
+            for bad, reason in skipped:
+                self._say(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it")
             start_step = resumed_from = int(state["step"])
             nonfinite_total = int(state.get("nonfinite_total", 0))
-            meta = ckpt_io.read_meta(found.path)
-            if meta.get("data_fingerprint") not in (None, data_fp):
-                raise MoelabError(
-                    f"data.dir: the prepared data in {cfg.data.dir} changed since this run "
-                    f"started (fingerprint {meta['data_fingerprint'][:12]} -> {str(data_fp)[:12]});"
-                    " resuming needs the same data, or start a new run"
-                )
             last, val_loss = {"loss": meta.get("train_loss")}, meta.get("val_loss") or {}
             self._say(f"resuming from checkpoint {found.path.name} (step {start_step})")
+        claim_run_dir(cfg, run_dir, write=self.is_main)
         if self.is_main:
+            clear_stale(run_dir)
             truncate_metrics(run_dir, start_step)
             (run_dir / DONE).unlink(missing_ok=True)
 
