@@ -61,3 +61,21 @@ def test_cutting_is_off_for_other_pre_tokenizers(tok):
     from tokenizers import Tokenizer
 
     assert not can_cut_documents(Tokenizer.from_str(json.dumps(spec)))
+
+
+@pytest.mark.parametrize("name", ["[EOS]", "<eot>", "<|end_of_text|>", "</s>"])
+def test_data_eval_and_generate_agree_on_the_end_of_text_token(name):
+    """One list of end-of-text names (moelab.data.tokenizer) serves data, eval and generate."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from moelab.data.tokenizer import eot_token_id
+    from moelab.eval.tokens import eot_id
+
+    vocab = {"a": 0, "b": 1, name: 2}
+    other = Tokenizer(WordLevel(vocab, unk_token="a"))
+    assert eot_token_id(other) == 2
+    assert eot_id(other) == 2
+    assert special_ids(other) == (2, 2)  # no padding token: pads with the end-of-text id
+    plain = Tokenizer(WordLevel({"a": 0, "b": 1}, unk_token="a"))
+    assert eot_token_id(plain) is None and eot_id(plain, default=7) == 7

@@ -76,11 +76,6 @@ def _truncate_all_weights(run: Path) -> None:
         f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_model (generate, eval, export): when no checkpoint is valid it prints a "
-    "'skipping it' line per checkpoint before the error line (3 lines on stderr here)",
-)
 def test_all_checkpoints_truncated(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     _truncate_all_weights(run)
@@ -122,22 +117,12 @@ def test_checkpoint_from_another_config(finished_run, dense_run, tmp_path, capsy
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate: a corrupt RUN/tokenizer.json raises a raw tokenizers Exception "
-    "(Tokenizer.from_file in generate_text) instead of a MoelabError",
-)
 def test_corrupt_tokenizer(finished_run, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     (run / "tokenizer.json").write_text('{"version": "1.0", "model": ')
     expect_user_error(capsys, _generate(run), watch=[tmp_path], match=[r"tokenizer\.json"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate: a RUN/tokenizer.json with a larger vocabulary than the model's (another "
-    "tokenizer) is not checked against model.vocab_size; ids past the embedding crash",
-)
 def test_tokenizer_of_another_vocabulary(finished_run, tmp_path_factory, tmp_path, capsys):
     from moelab.data import prepare
 
@@ -160,11 +145,6 @@ def test_unavailable_cuda(finished_run, capsys):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="generate: an unknown --device (tpu) is not checked; torch.device raises "
-    "RuntimeError (traceback)",
-)
 def test_unknown_device(finished_run, capsys):
     expect_user_error(
         capsys, _generate(finished_run, "--device", "tpu"), watch=[finished_run], match=[r"tpu"]

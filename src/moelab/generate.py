@@ -14,8 +14,6 @@ from torch import nn
 from moelab.errors import MoelabError
 from moelab.model import KVCache
 
-EOT_NAMES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>")
-
 
 def filter_logits(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Set logits outside the top-k and outside the top-p probability mass to -inf."""
@@ -86,19 +84,25 @@ def generate_text(
 ) -> str:
     """Load a run's newest valid checkpoint and its tokenizer, continue ``prompt``; returns the
     continuation only. Generation stops at the end-of-document token."""
-    from tokenizers import Tokenizer
-
+    from moelab.data.tokenizer import eot_token_id, load_tokenizer
+    from moelab.eval.runs import pick_device
     from moelab.train import load_model
 
     run_dir = Path(run_dir)
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise MoelabError(f"{run_dir}: no tokenizer.json; is it a moelab run folder?")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MoelabError(f"--device {device}: CUDA is not available; use --device cpu")
-    tok = Tokenizer.from_file(str(tok_path))
-    model, _, _ = load_model(run_dir, step=step, device=device)
-    eot = next((tok.token_to_id(t) for t in EOT_NAMES if tok.token_to_id(t) is not None), None)
+    dev = pick_device(device)
+    tok = load_tokenizer(tok_path)
+    model, cfg, _ = load_model(run_dir, step=step, device=dev)
+    tok_vocab = tok.get_vocab_size(with_added_tokens=True)
+    if tok_vocab > cfg.model.vocab_size:
+        raise MoelabError(
+            f"{tok_path} has vocab {tok_vocab} but the model was trained with "
+            f"{cfg.model.vocab_size} (another tokenizer); put back the tokenizer.json of the "
+            "data the run was trained on"
+        )
+    eot = eot_token_id(tok)
     ids = tok.encode(prompt, add_special_tokens=False).ids
     # Training documents follow an end-of-document token: start the prompt the same way.
     prompt_ids = ([eot] if eot is not None else []) + ids

@@ -27,7 +27,18 @@ EOT_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 SPECIAL_TOKENS = (EOT_TOKEN, PAD_TOKEN)
 # Names other tokenizers use, tried in order when loading a user's tokenizer.json.
-EOT_CANDIDATES = (EOT_TOKEN, "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "[SEP]")
+# The one list of end-of-document token names (data, eval, generate and interop all use it
+# through eot_token_id / special_ids, so they agree on every tokenizer); first match wins.
+EOT_CANDIDATES = (
+    EOT_TOKEN,
+    "</s>",
+    "<|end_of_text|>",
+    "<eos>",
+    "<|eot_id|>",
+    "<eot>",
+    "[EOS]",
+    "[SEP]",
+)
 PAD_CANDIDATES = (PAD_TOKEN, "<pad>", "[PAD]", "<|padding|>")
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 BATCH_CHARS = 1 << 20  # ~1 MB of text per encode task: big enough to amortise the round trip
@@ -66,15 +77,25 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises plain Exception for bad JSON
-        raise MoelabError(f"{path} is not a valid tokenizer.json: {str(e)[:200]}") from None
+        detail = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise MoelabError(
+            f"{path} is not a valid tokenizer.json ({detail}); restore it or re-create it with "
+            "moelab prepare"
+        ) from None
     tok.encode_special_tokens = True
     return tok
+
+
+def eot_token_id(tok: Tokenizer) -> int | None:
+    """The end-of-document id (the first of EOT_CANDIDATES the tokenizer has), or None."""
+    ids = (tok.token_to_id(name) for name in EOT_CANDIDATES)
+    return next((i for i in ids if i is not None), None)
 
 
 def special_ids(tok: Tokenizer, where: str = "tokenizer") -> tuple[int, int]:
     """(eot_id, pad_id). A tokenizer without a padding token pads with its end-of-document token;
     padded positions are always masked out, so the choice does not change any loss."""
-    eot = next((tok.token_to_id(t) for t in EOT_CANDIDATES if tok.token_to_id(t) is not None), None)
+    eot = eot_token_id(tok)
     if eot is None:
         raise MoelabError(
             f"{where} has no end-of-document token (one of {', '.join(EOT_CANDIDATES)}); "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-EOT_NAMES = ("<|endoftext|>", "</s>", "<eos>", "<eot>", "[EOS]")
+from moelab.data.tokenizer import eot_token_id  # the one list of end-of-text names
 
 
 def make_encode(tokenizer: Any) -> Callable[[str], list[int]]:
@@ -28,8 +28,5 @@ def make_encode(tokenizer: Any) -> Callable[[str], list[int]]:
 def eot_id(tokenizer: Any, default: int = 0) -> int:
     """The end-of-text id: the token documents are separated by in training, used as the
     context of an empty prompt."""
-    for name in EOT_NAMES:
-        tid = tokenizer.token_to_id(name) if hasattr(tokenizer, "token_to_id") else None
-        if tid is not None:
-            return int(tid)
-    return default
+    tid = eot_token_id(tokenizer) if hasattr(tokenizer, "token_to_id") else None
+    return default if tid is None else int(tid)

@@ -20,20 +20,29 @@ def load_model(
 ) -> tuple[LanguageModel, RunConfig, dict[str, Any]]:
     """(model in eval mode on ``device``, the run's config, the checkpoint's meta.json).
 
-    Checkpoints that fail their checksums are skipped with a note on stderr; with ``step`` only
-    that checkpoint is considered."""
+    Checkpoints that fail their checksums are skipped (a note on stderr when an older valid one
+    is used; otherwise one MoelabError names them all); with ``step`` only that checkpoint is
+    considered."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     found, skipped = ckpt_io.newest_valid(run_dir, step)
-    for bad, reason in skipped:
-        print(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it", file=sys.stderr)
     if found is None:
         which = f"at step {step}" if step is not None else "in it"
         detail = "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
+        fix = (
+            "pick another --step or re-train it"
+            if step is not None
+            else f"train it (again) with moelab train --out {run_dir}"
+        )
         raise MoelabError(
-            f"{run_dir}: no valid checkpoint {which}" + (f" ({detail})" if detail else "")
+            f"{run_dir}: no valid checkpoint {which}"
+            + (f" ({detail})" if detail else "")
+            + f"; {fix}"
         )
     model = build_model(cfg.model, seed=0)
     ckpt_io.load_weights(found.path, model)
+    # Only now (a usable checkpoint exists) are the skipped newer ones worth a note.
+    for bad, reason in skipped:
+        print(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it", file=sys.stderr)
     meta = ckpt_io.read_meta(found.path)
     return model.to(device).eval(), cfg, meta
