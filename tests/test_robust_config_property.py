@@ -20,8 +20,8 @@ from moelab.config import ModelConfig, apply_overrides, from_dict, load_yaml
 from moelab.errors import MoelabError
 from moelab.train.config import DataSection, TrainConfig, load_run_config, run_config_from_dict
 
-# Subnormal floats are left out: the trainer turns on flush-to-zero for the whole process
-# (torch.set_flush_denormal), and hypothesis refuses to draw subnormals once it is on.
+# Subnormal floats are left out: they add nothing here, and hypothesis refuses to draw them
+# whenever something in the process has turned on flush-to-zero (torch.set_flush_denormal).
 SETTINGS = settings(
     max_examples=50,
     deadline=None,

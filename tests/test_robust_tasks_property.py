@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from moelab.errors import MoelabError
 from moelab.eval.tasks.generic import load_generic
 
-# Subnormal floats are left out: the trainer turns on flush-to-zero for the whole process
-# (torch.set_flush_denormal), and hypothesis refuses to draw subnormals once it is on.
+# Subnormal floats are left out: they add nothing here, and hypothesis refuses to draw them
+# whenever something in the process has turned on flush-to-zero (torch.set_flush_denormal).
 SETTINGS = settings(
     max_examples=60,
     deadline=None,
