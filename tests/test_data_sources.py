@@ -113,8 +113,18 @@ def test_missing_files_and_folders(tmp_path):
         read_source(parse_source_spec(f"a={tmp_path}"), 1000)
 
 
-def test_hf_source_fails_fast_in_one_line():
-    pytest.importorskip("datasets", reason="the 'datasets' package is not installed")
+@pytest.fixture
+def hf_cache(tmp_path, monkeypatch):
+    """A private datasets cache: tests never write into the user's ~/.cache/huggingface.
+    ``datasets`` reads the variable at import, so its config attribute is set as well."""
+    datasets = pytest.importorskip("datasets", reason="the 'datasets' package is not installed")
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+def test_hf_source_fails_fast_in_one_line(hf_cache):
     spec = parse_source_spec("w=hf:moelab-test/does-not-exist-7f3a:split=train")
     t0 = time.monotonic()
     with pytest.raises(MoelabError) as e:
@@ -123,8 +133,7 @@ def test_hf_source_fails_fast_in_one_line():
     assert "does-not-exist-7f3a" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_hf_source_reads_a_local_dataset_folder(tmp_path):
-    pytest.importorskip("datasets", reason="the 'datasets' package is not installed")
+def test_hf_source_reads_a_local_dataset_folder(tmp_path, hf_cache):
     folder = tmp_path / "ds"
     folder.mkdir()
     rows = [{"text": "first row"}, {"text": ""}, {"text": "second row"}]
@@ -134,3 +143,4 @@ def test_hf_source_reads_a_local_dataset_folder(tmp_path):
     assert ds.records[0]["rows"] == 3 and ds.records[0]["split"] == "train"
     with pytest.raises(MoelabError, match="no column 'body'"):
         read_source(parse_source_spec(f"w=hf:{folder}:field=body"), 1000)
+    assert any(hf_cache.iterdir())  # the dataset was cached here, not in the user's cache

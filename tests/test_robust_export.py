@@ -152,11 +152,6 @@ def test_killed_export_leaves_no_out(dense_run, tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export: an --out whose parent is a file (cannot be created) raises FileExistsError "
-    "(traceback) from mkdir in atomic_dir, after the model was loaded and converted",
-)
 def test_out_that_cannot_be_created(dense_run, tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a folder\n")
     expect_user_error(

@@ -48,6 +48,7 @@ from moelab.data.tokenizer import (
 )
 from moelab.errors import MoelabError
 from moelab.io import atomic_dir, atomic_write_json
+from moelab.paths import check_can_create
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ def fingerprint(
 def _out_is_free(out: Path) -> bool:
     """True if ``out`` is absent or an empty folder; False if it looks like a prepared folder;
     an error (before any work) if it is something else."""
+    check_can_create(out)
     if not out.exists():
         return True
     if not out.is_dir():

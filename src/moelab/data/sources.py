@@ -28,6 +28,7 @@ import lzma
 import os
 import re
 import socket
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,10 @@ def read_bytes(path: Path) -> bytes:
     try:
         with opener(path, "rb") as f:
             return f.read()
+    except (EOFError, lzma.LZMAError, zlib.error) as e:  # damaged compressed streams
+        raise MoelabError(
+            f"cannot read {path}: truncated or corrupt ({e}); re-download or re-compress it"
+        ) from None
     except OSError as e:
         raise MoelabError(f"cannot read {path}: {e}") from None
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from moelab.errors import MoelabError
+from moelab.paths import check_can_create
 
 LOGIT_TOLERANCE = 1e-4  # max |moelab - transformers| on fp32 logits
 HF_CONFIG = "config.json"
@@ -20,6 +21,7 @@ TOKENIZER = "tokenizer.json"
 
 def check_new_folder(out: Path, flag: str = "--out") -> None:
     """An output folder must not exist or be empty: nothing of the user's is ever replaced."""
+    check_can_create(out, flag)
     if out.exists():
         if not out.is_dir():
             raise MoelabError(f"{flag} {out}: exists and is not a folder")

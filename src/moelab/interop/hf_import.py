@@ -56,19 +56,26 @@ def write_run_files(
 
 
 def _load_hf(hf_dir: Path):
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
         hf_config = AutoConfig.from_pretrained(hf_dir, local_files_only=True)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MoelabError(f"{hf_dir}: cannot read {HF_CONFIG} ({first})") from None
+    except Exception as e:  # noqa: BLE001 - e.g. huggingface_hub's strict-dataclass errors
+        text = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        detail = text[:200] or type(e).__name__
+        raise MoelabError(f"{hf_dir}: cannot read {HF_CONFIG} ({detail}); fix that file") from None
     cls = class_for_hf_config(hf_config)
     cfg = cls.read_config(hf_config)
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(
             hf_dir, dtype=torch.float32, local_files_only=True
         )
+    except SafetensorError:
+        raise MoelabError(
+            f"{hf_dir}: cannot load the {cls.name} weights (a .safetensors file is truncated or "
+            "corrupt); save the model again"
+        ) from None
     except (OSError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MoelabError(f"{hf_dir}: cannot load the {cls.name} weights ({first})") from None
