@@ -235,3 +235,16 @@ def test_a_start_without_checkpoint_can_be_replaced(prepared, tmp_path, capsys):
     assert train(second, tmp_path / "run", progress=False)["steps"] == 2
     assert "held a run with no checkpoint yet" in capsys.readouterr().err
     assert load_run_config(tmp_path / "run" / "config.yaml").train.lr == 5e-3
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_done_line_is_printed_by_rank_0_only(prepared, tmp_path, capsys, monkeypatch, rank):
+    """Under torchrun every rank runs the command; only rank 0 prints the summary line.
+    (WORLD_SIZE stays unset, so this process trains alone; only RANK is looked at.)"""
+    monkeypatch.setenv("RANK", rank)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(prepared, budget_steps=2, eval_tokens=0)))
+    capsys.readouterr()
+    assert main(["train", str(path), "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    done_lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("done: ")]
+    assert len(done_lines) == (1 if rank == "0" else 0)

@@ -9,6 +9,7 @@ moelab train --out RUN_DIR            # resume a run with the config.yaml stored
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from moelab.errors import MoelabError
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(build_raw_config(args), args.set)
     summary = train(cfg, args.out, progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun the summary line is printed once, by rank 0
     val = summary.get("val_loss") or {}
     shown = ", ".join(f"{d} {v:.4f}" for d, v in val.items())
     loss = summary.get("final_train_loss")
