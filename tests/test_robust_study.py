@@ -199,3 +199,26 @@ def test_out_that_cannot_be_created(tmp_path_factory, tmp_path, capsys):
         watch=[tmp_path],
         match=[r"a_file"],
     )
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"base.train.budget_steps": -4}, [r"budget_steps"]),
+        ({"grid": {"model.n_experts": [0, 4]}, "base.model.top_k": 6}, [r"top_k"]),
+        ({"base.model.capacity_factor": 0}, [r"capacity_factor"]),
+    ],
+    ids=["negative-budget", "top-k-above-experts", "capacity-factor-zero"],
+)
+def test_bad_run_settings_with_plan(changes, match, tmp_path_factory, tmp_path, capsys):
+    """`moelab study --plan` validates every run config and writes nothing."""
+    cfg = micro_study_config(tmp_path_factory)
+    for key, value in changes.items():
+        _set(cfg, key, value)
+    write_yaml(tmp_path / "study.yaml", cfg)
+    expect_user_error(
+        capsys,
+        ["study", tmp_path / "study.yaml", "--out", tmp_path / "out", "--plan"],
+        watch=[tmp_path],
+        match=match,
+    )
