@@ -29,15 +29,16 @@ SPECIAL_TOKENS = (EOT_TOKEN, PAD_TOKEN)
 # Names other tokenizers use, tried in order when loading a user's tokenizer.json.
 # The one list of end-of-document token names (data, eval, generate and interop all use it
 # through eot_token_id / special_ids, so they agree on every tokenizer); first match wins.
+# Names added later go at the end, so folders prepared before keep the id they recorded.
 EOT_CANDIDATES = (
     EOT_TOKEN,
     "</s>",
     "<|end_of_text|>",
     "<eos>",
     "<|eot_id|>",
+    "[SEP]",
     "<eot>",
     "[EOS]",
-    "[SEP]",
 )
 PAD_CANDIDATES = (PAD_TOKEN, "<pad>", "[PAD]", "<|padding|>")
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
