@@ -163,13 +163,13 @@ def fmt_seconds(s: float) -> str:
 def format_plan(plan: list[PlannedRun], eval_note: str = "") -> str:
     """A human table of the plan, one line per run, with totals."""
     head = (
-        f"{'#':>3}  {'run':<34} {'family':<14} {'params':>8} {'active':>8} {'steps':>6} "
+        f"{'#':>3}  {'run':<34} {'family':<18} {'params':>8} {'active':>8} {'steps':>6} "
         f"{'tokens':>8} {'tok/param':>9} {'FLOPs':>8} {'est. time':>9}"
     )
     lines = [head, "-" * len(head)]
     for i, p in enumerate(plan, 1):
         lines.append(
-            f"{i:>3}  {p.name[:34]:<34} {p.family[:14]:<14} {_si(p.params.total):>8} "
+            f"{i:>3}  {p.name[:34]:<34} {p.family[:18]:<18} {_si(p.params.total):>8} "
             f"{_si(p.params.active):>8} {p.steps:>6} {_si(p.tokens):>8} "
             f"{p.tokens / p.params.active:>9.2f} {p.train_flops:>8.2e} "
             f"{fmt_seconds(p.est_seconds):>9}"
