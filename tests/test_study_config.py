@@ -187,4 +187,4 @@ def test_shipped_cpu_study_plans():
         flops_per_second=cfg.flops_per_second,
         measure=False,
     )
-    assert {p.family for p in plan} == {"dense", "moe8-top2"}
+    assert {p.family for p in plan} == {"modern-dense", "modern-moe8-top2"}
