@@ -71,7 +71,9 @@ def plot_loss_vs_compute(curves: Sequence[FamilyCurve], ylabel: str, path: Path)
         else:
             ax.scatter([], [], s=22, color=col, label=cur.family)
         if cur.fitted is not None and all_c:
-            xs = np.geomspace(min(all_c), max(all_c) * 2, 200)
+            # Over the fitted points' range, a little beyond: not over early points it ignored.
+            lo = min(cur.frontier_compute or all_c) / 1.5
+            xs = np.geomspace(lo, max(all_c) * 2, 200)
             ax.plot(xs, cur.fitted(xs), color=col, lw=1.5, label=cur.fit_label or None)
     ax.set_xscale("log")
     ax.set_yscale("log")
