@@ -10,6 +10,7 @@ device-list scheduler would hand runs to worker processes (one ``moelab train`` 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -147,22 +148,38 @@ def run_study(
     echo: Echo = _print,
     command: str | None = None,
 ) -> list[PlannedRun]:
-    """Run (or, with ``plan_only``, only print the plan of) a study in ``out_dir``."""
+    """Run (or, with ``plan_only``, only print the plan of) a study in ``out_dir``.
+
+    Everything that can be checked without writing is checked first (every run config, and
+    that existing run folders hold the same runs); a study refused while its data is being
+    prepared leaves no ``out_dir`` behind if this call created it."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MoelabError(f"--out {out}: exists and is not a folder")
-    if plan_only:
-        with _torch_threads(cfg.threads):
-            plan = build_plan(cfg, out)
-        echo(format_plan(plan, eval_note(cfg)))
-        return plan
-
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
-    if command:  # the report quotes the command line that produced it
-        atomic_write_text(out / "command.txt", command + "\n")
     with _torch_threads(cfg.threads):
-        return _run(cfg, out, echo)
+        checked = build_plan(cfg, out, measure=False)  # validates every run config
+        for p in checked:
+            p.run_config.data.dir = str(prepared_dir(cfg, out))
+            _check_same_config(run_dir(out, p.name), p)
+        if plan_only:
+            plan = build_plan(cfg, out) if cfg.measure_throughput else checked
+            echo(format_plan(plan, eval_note(cfg)))
+            return plan
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MoelabError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+        try:
+            data_dir = prepare_data(cfg, out, echo)
+        except BaseException:
+            if created:  # nothing of this study existed before: leave nothing behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
+        if command:  # the report quotes the command line that produced it
+            atomic_write_text(out / "command.txt", command + "\n")
+        return _run(cfg, out, data_dir, echo)
 
 
 @contextlib.contextmanager
@@ -180,8 +197,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _run(cfg: StudyConfig, out: Path, echo: Echo) -> list[PlannedRun]:
-    data_dir = prepare_data(cfg, out, echo)
+def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[PlannedRun]:
     plan = build_plan(cfg, out)
     for p in plan:
         p.run_config.data.dir = str(data_dir)
