@@ -34,11 +34,6 @@ def _set(cfg: dict, dotted: str, value) -> dict:
     return cfg
 
 
-LEAVES_STUDY_YAML = (
-    "study: a refused study leaves --out behind: run_study creates the folder and writes "
-    "study.yaml before the data is prepared and the plan (run configs) is validated"
-)
-
 # (id, {dotted key: value}, regexes, known bug or None); every case fails before any training
 CASES = [
     ("unknown-top-key", {"nmae": "x"}, [r"nmae", r"valid keys"], None),
@@ -61,43 +56,43 @@ CASES = [
         "negative-budget",
         {"base.train.budget_steps": -4},
         [r"budget_steps"],
-        LEAVES_STUDY_YAML,
+        None,
     ),
     (
         "top-k-above-experts",
         {"grid": {"model.n_experts": [0, 4]}, "base.model.top_k": 6},
         [r"top_k"],
-        LEAVES_STUDY_YAML,
+        None,
     ),
     (
         "capacity-factor-zero",
         {"base.model.capacity_factor": 0},
         [r"capacity_factor"],
-        LEAVES_STUDY_YAML,
+        None,
     ),
     (
         "unknown-run-key",
         {"base.train.learning_rate": 0.1},
         [r"train\.learning_rate"],
-        LEAVES_STUDY_YAML,
+        None,
     ),
     (
         "prepared-missing",
         {"data": {"prepared": "{tmp}/no_data"}},
         [r"no_data", r"prepare"],
-        LEAVES_STUDY_YAML,
+        None,
     ),
     (
         "source-missing",
         {"data": {"sources": {"a": "{tmp}/nope/*.txt"}, "vocab_size": 300}},
         [r"nope", r"no files match"],
-        LEAVES_STUDY_YAML,
+        None,
     ),
     (
         "vocab-below-specials",
         {"data": {"builtin": True, "vocab_size": 100}},
         [r"vocab_size", r"too small"],
-        LEAVES_STUDY_YAML,
+        None,
     ),
 ]
 
@@ -151,11 +146,6 @@ def test_bad_command_line(tmp_path_factory, tmp_path, capsys):
         expect_user_error(capsys, argv, watch=[tmp_path], match=match)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="study: --out holding a study with other run settings is refused, but only after "
-    "its study.yaml and plan.json were overwritten with the new study's",
-)
 def test_out_holding_a_different_study_is_kept(tmp_path_factory, tmp_path, capsys):
     study = shutil.copytree(shared_study(tmp_path_factory), tmp_path / "study", symlinks=True)
     cfg = _set(copy.deepcopy(micro_study_config(tmp_path_factory)), "base.train.lr", 5e-3)
@@ -169,8 +159,8 @@ def test_out_holding_a_different_study_is_kept(tmp_path_factory, tmp_path, capsy
 
 
 def test_out_holding_a_different_study_keeps_its_runs(tmp_path_factory, tmp_path, capsys):
-    """The part that holds today: no run folder, checkpoint or result of the old study is
-    touched (only study.yaml and plan.json are, see the xfail above)."""
+    """No run folder, checkpoint or result of the old study is touched (study.yaml and
+    plan.json are guarded by the test above)."""
     from _robust import snapshot
 
     study = shutil.copytree(shared_study(tmp_path_factory), tmp_path / "study", symlinks=True)
@@ -185,11 +175,6 @@ def test_out_holding_a_different_study_keeps_its_runs(tmp_path_factory, tmp_path
     assert {k: snapshot(study / k) for k in keep} == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="study: an --out whose parent is a file (cannot be created) raises "
-    "NotADirectoryError (traceback) from out.mkdir in run_study",
-)
 def test_out_that_cannot_be_created(tmp_path_factory, tmp_path, capsys):
     write_yaml(tmp_path / "study.yaml", micro_study_config(tmp_path_factory))
     (tmp_path / "a_file").write_text("not a folder\n")
