@@ -22,12 +22,15 @@ from typing import Any
 
 DEFAULT_STUDY: dict[str, Any] = {
     "name": "default",
+    # Tiny matrices: a second OpenMP thread costs more than it gives, and far more when anything
+    # else shares the CPU (measured: up to 20x slower with 2 threads on a busy 2-core machine).
+    "threads": 1,
     "data": {"vocab_size": 2048},
     "base": {
         "train": {
             "budget_tokens": 1_200_000,
             "seq_len": 128,
-            "batch_size": 32,
+            "batch_size": 16,  # ~590 steps per run: tiny models need steps more than batch
             "lr": 3.0e-3,
             "warmup_steps": 20,
             "schedule": "linear",
