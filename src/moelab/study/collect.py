@@ -14,8 +14,9 @@ import numpy as np
 
 from moelab.errors import MoelabError
 from moelab.flops import count_params
-from moelab.study.layout import STUDY_EVAL, read_study_eval, runs_dir
+from moelab.study.layout import STUDY_EVAL, runs_dir
 from moelab.study.results import RunRecord
+from moelab.train.metrics import METRICS
 
 
 def _float(v: Any) -> float | None:
@@ -67,38 +68,132 @@ def expert_load(metrics: list[dict[str, Any]]) -> tuple[list[int], np.ndarray] |
     return steps, arr_SLE.transpose(1, 0, 2)
 
 
-def read_record(path: Path) -> RunRecord | None:
-    """A finished and evaluated run as a record; None while it is not finished."""
+def read_record(path: Path, *, rerun: str, key: str | None = None) -> RunRecord:
+    """A finished and evaluated run as a record. Anything missing or damaged is refused with
+    one line naming the file and the fix (``rerun`` is the study command to quote): a report is
+    never built from part of a run. ``key``: the study's evaluation key the run must match."""
     from moelab.train.config import load_run_config
-    from moelab.train.metrics import read_metrics
 
-    ev = read_study_eval(path)
-    if not (path / "done.json").is_file() or ev is None:
-        return None
-    cfg = load_run_config(path / "config.yaml", check_data=False)
-    points = validation_points(read_metrics(path))
+    if not (path / "done.json").is_file():
+        what = "has no run folder" if not path.is_dir() else "is not finished (no done.json)"
+        raise MoelabError(f"{path}: this planned run {what}; rerun `{rerun}` to finish it")
+    ev = read_finished_eval(path, rerun=rerun, key=key)
+    retrain = f"delete {path} and rerun `{rerun}` to train it again"
+    try:
+        cfg = load_run_config(path / "config.yaml", check_data=False)
+    except MoelabError as e:
+        msg = str(e) if "config.yaml" in str(e) else f"{path / 'config.yaml'}: {e}"
+        raise MoelabError(f"{msg}; {retrain}") from None
+    metrics_file = path / METRICS
+    try:
+        points = validation_points(read_finished_metrics(path, retrain))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MoelabError(
+            f"{metrics_file}: a validation row is malformed ({type(e).__name__}: {e}); {retrain}"
+        ) from None
     if not points:
-        raise MoelabError(f"{path}: metrics.jsonl has no validation points; rerun the study")
+        raise MoelabError(f"{metrics_file}: no validation points in a finished run; {retrain}")
     counts = count_params(cfg.model)
     return RunRecord(
         name=ev["run"],
         family=ev["family"],
         preset=ev["preset"],
         seed=cfg.train.seed,
-        values=ev.get("values", {}),
+        values=ev.get("values") or {},
         params_total=counts.total,
         params_active=counts.active,
         params_active_non_embedding=counts.active_non_embedding,
         in_domains=list(ev["in_domains"]),
         out_domains=list(ev["out_domains"]),
         points=points,
-        zero_shot=dict(ev.get("zero_shot", {})),
-        few_shot=dict(ev.get("few_shot", {})),
-        finetune=dict(ev.get("finetune", {})),
-        eval_loss=dict(ev.get("eval_loss", {})),
+        zero_shot=dict(ev.get("zero_shot") or {}),
+        few_shot=dict(ev.get("few_shot") or {}),
+        finetune=dict(ev.get("finetune") or {}),
+        eval_loss=dict(ev.get("eval_loss") or {}),
         train_wall_s=_train_wall(path, ev),
-        eval_wall_s=ev.get("eval_wall_s"),
+        eval_wall_s=_float(ev.get("eval_wall_s")),
     )
+
+
+def read_finished_metrics(path: Path, fix: str) -> list[dict[str, Any]]:
+    """Every row of a finished run's metrics.jsonl. A torn or damaged line is refused: it is
+    legitimate only while a run is training (the trainer drops it when it resumes), so in a
+    finished run it means the file was damaged and rows would silently go missing."""
+    f = path / METRICS
+    try:
+        text = f.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MoelabError(f"{f}: missing in a finished run; {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MoelabError(f"{f}: cannot read it ({_reason(e)}); {fix}") from None
+    lines = text.splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            torn = i == len(lines) and not text.endswith("\n")
+            what = "is cut off (torn last line)" if torn else "is not a JSON object"
+            raise MoelabError(f"{f}: line {i} {what} although the run finished; {fix}")
+        rows.append(row)
+    return rows
+
+
+# study_eval.json fields the table needs, and the types they must have
+_EVAL_REQUIRED: dict[str, tuple[type, ...]] = {
+    "run": (str,),
+    "family": (str,),
+    "preset": (str, type(None)),
+    "in_domains": (list,),
+    "out_domains": (list,),
+}
+_EVAL_SCORES = ("zero_shot", "few_shot", "finetune", "eval_loss")
+
+
+def read_finished_eval(path: Path, *, rerun: str, key: str | None = None) -> dict[str, Any]:
+    """A finished run's study_eval.json, checked field by field; a missing, damaged or stale
+    file is refused (deleting it makes the next `moelab study` evaluate the run again)."""
+    f = path / STUDY_EVAL
+    fix = f"delete it and rerun `{rerun}` to evaluate the run again"
+    if not f.is_file():
+        raise MoelabError(
+            f"{f}: missing, the run is trained but not evaluated; rerun `{rerun}` to evaluate it"
+        )
+    try:
+        ev = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MoelabError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise MoelabError(f"{f}: cannot read it ({_reason(e)}); {fix}") from None
+    if not isinstance(ev, dict):
+        raise MoelabError(f"{f}: expected a JSON object; {fix}")
+    for name, types in _EVAL_REQUIRED.items():
+        if name not in ev:
+            raise MoelabError(f"{f}: no {name!r} field; {fix}")
+        if not isinstance(ev[name], types):
+            raise MoelabError(f"{f}: field {name!r} has the wrong type; {fix}")
+    if ev["run"] != path.name:
+        raise MoelabError(f"{f}: belongs to run {ev['run']!r}, not {path.name!r}; {fix}")
+    for name in _EVAL_SCORES + ("values", "tasks"):
+        if ev.get(name) is not None and not isinstance(ev[name], dict):
+            raise MoelabError(f"{f}: field {name!r} must be a mapping; {fix}")
+    for name in _EVAL_SCORES:
+        for task, value in (ev.get(name) or {}).items():
+            if value is not None and _float(value) is None and not isinstance(value, float):
+                raise MoelabError(f"{f}: {name}.{task} is not a number ({value!r}); {fix}")
+    if key is not None and ev.get("eval_key") != key:
+        raise MoelabError(f"{f}: evaluated with other settings than the study's study.yaml; {fix}")
+    return ev
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _train_wall(path: Path, ev: dict[str, Any]) -> float | None:
@@ -114,14 +209,26 @@ def _train_wall(path: Path, ev: dict[str, Any]) -> float | None:
     return _float(ev.get("train_wall_s"))
 
 
-def read_records(out_dir: Path, order: list[str] | None = None) -> list[RunRecord]:
-    """Every finished run under DIR/runs, in plan order when the plan is known."""
+def read_records(
+    out_dir: Path,
+    order: list[str] | None = None,
+    *,
+    rerun: str = "moelab study CONFIG --out DIR",
+    key: str | None = None,
+) -> list[RunRecord]:
+    """The runs of a study, every one finished and evaluated. ``order``: the plan's run
+    names; each must be finished (else the study is not done and the report refuses) and
+    evaluated with ``key``. Run folders outside the plan (an earlier grid in the same --out)
+    join the table after them when they are finished and evaluated."""
     root = runs_dir(out_dir)
     if not root.is_dir():
         raise MoelabError(f"{out_dir}: no runs/ folder; is this a study folder (moelab study)?")
-    names = sorted(p.name for p in root.iterdir() if (p / STUDY_EVAL).is_file())
-    if order:
-        rank = {n: i for i, n in enumerate(order)}
-        names.sort(key=lambda n: (rank.get(n, len(rank)), n))
-    records = [r for r in (read_record(root / n) for n in names) if r is not None]
+    planned = list(dict.fromkeys(order or []))
+    extra = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.name not in set(planned) and (p / "done.json").is_file() and (p / STUDY_EVAL).is_file()
+    )
+    records = [read_record(root / n, rerun=rerun, key=key) for n in planned]
+    records += [read_record(root / n, rerun=rerun) for n in extra]
     return records

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.study import plots
@@ -64,18 +62,65 @@ def _si(x: float) -> str:
     return f"{x:.3g}"
 
 
-def _load_study(out_dir: Path) -> dict[str, Any]:
+def rerun_command(out_dir: Path) -> str:
+    """The command that (re)runs this study, to quote in error messages: the one recorded in
+    command.txt, else its general form."""
+    try:
+        recorded = (out_dir / "command.txt").read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        recorded = ""
+    # Only when it names this folder: a study folder copied or moved elsewhere would
+    # otherwise be told to rerun the study in its old place.
+    outs = {f"--out {out_dir}", f"--out {out_dir.resolve()}"}
+    if (
+        recorded
+        and "\n" not in recorded
+        and any(recorded.endswith(o) or o + " " in recorded for o in outs)
+    ):
+        return recorded
+    return f"moelab study CONFIG --out {out_dir}"
+
+
+def _load_study(out_dir: Path, rerun: str) -> tuple[dict[str, Any], str | None]:
+    """The study config as written by `moelab study` (a dict, as the report reads it) and its
+    evaluation key; ({}, None) for a folder without study.yaml. A damaged file is refused."""
+    from moelab.study.config import load_study, study_to_dict
+    from moelab.study.layout import eval_key
+
     f = out_dir / "study.yaml"
-    if not f.is_file():
-        return {}
-    return yaml.safe_load(f.read_text(encoding="utf-8")) or {}
+    if not f.exists():
+        return {}, None
+    try:
+        cfg = load_study(f)
+    except MoelabError as e:
+        msg = str(e) if str(f) in str(e) else f"{f}: {e}"
+        raise MoelabError(f"{msg}; rerun `{rerun}` to rewrite it") from None
+    return study_to_dict(cfg), eval_key(cfg.eval)
 
 
-def _plan_order(out_dir: Path) -> list[str]:
+def _plan_order(out_dir: Path, rerun: str) -> list[str]:
+    """The run names of plan.json, in plan order; [] without a plan. A damaged plan is
+    refused."""
     f = out_dir / "plan.json"
-    if not f.is_file():
+    if not f.exists():
         return []
-    return [p["run"] for p in json.loads(f.read_text(encoding="utf-8"))]
+    fix = f"rerun `{rerun}` to rewrite it"
+    try:
+        plan = json.loads(f.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise MoelabError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise MoelabError(f"{f}: cannot read it ({reason}); {fix}") from None
+    if not isinstance(plan, list) or not plan:
+        raise MoelabError(f"{f}: expected a non-empty list of planned runs; {fix}")
+    names = []
+    for i, entry in enumerate(plan):
+        name = entry.get("run") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise MoelabError(f"{f}: entry {i} has no valid 'run' name; {fix}")
+        names.append(name)
+    return names
 
 
 def _study_evals(out_dir: Path, names: list[str]) -> list[dict[str, Any]]:
@@ -114,8 +159,11 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
     out = Path(out_dir)
     if not out.is_dir():
         raise MoelabError(f"{out}: not a folder; give the --out folder of a `moelab study` run")
-    study = _load_study(out)
-    records = read_records(out, _plan_order(out))
+    # Everything is read and checked before anything is written: a damaged or unfinished
+    # study is refused with the outputs of its last good report left as they were.
+    rerun = rerun_command(out)
+    study, key = _load_study(out, rerun)
+    records = read_records(out, _plan_order(out, rerun), rerun=rerun, key=key)
     if not records:
         raise MoelabError(f"{out}: no finished runs yet; run `moelab study --out {out}` first")
     rows = [row for rec in records for row in rows_for_run(rec)]

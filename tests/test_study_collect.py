@@ -1,0 +1,61 @@
+"""`moelab report` rebuilds only from complete, current runs: study_eval.json files that are
+stale or belong to another run are refused before anything is written; a finished run folder
+outside the plan still joins the table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from _robust import (
+    expect_user_error,
+    one_torch_thread,  # noqa: F401 (autouse fixture)
+    run_cli,
+    shared_study,
+)
+
+
+@pytest.fixture
+def study_copy(tmp_path_factory, tmp_path) -> Path:
+    return shutil.copytree(shared_study(tmp_path_factory), tmp_path / "study", symlinks=True)
+
+
+def _last_run(study: Path) -> Path:
+    return sorted(p for p in (study / "runs").iterdir() if p.is_dir())[-1]
+
+
+def _edit_eval(run_dir: Path, **changes) -> None:
+    f = run_dir / "study_eval.json"
+    ev = json.loads(f.read_text())
+    ev.update(changes)
+    f.write_text(json.dumps(ev))
+
+
+def test_stale_evaluation_is_refused(study_copy, capsys):
+    _edit_eval(_last_run(study_copy), eval_key="0000000000000000")
+    expect_user_error(
+        capsys,
+        ["report", study_copy],
+        watch=[study_copy],
+        match=[r"study_eval\.json", r"other settings", rf"--out {study_copy}"],
+    )
+
+
+def test_evaluation_of_another_run_is_refused(study_copy, capsys):
+    _edit_eval(_last_run(study_copy), run="someone-else")
+    expect_user_error(
+        capsys, ["report", study_copy], watch=[study_copy], match=[r"someone-else", r"delete it"]
+    )
+
+
+def test_finished_run_outside_the_plan_joins_the_table(study_copy, capsys):
+    plan = json.loads((study_copy / "plan.json").read_text())
+    left_out = plan.pop()["run"]
+    (study_copy / "plan.json").write_text(json.dumps(plan))
+    rc, _, err = run_cli(capsys, ["report", study_copy])
+    assert rc == 0, err
+    rows = json.loads((study_copy / "results.json").read_text())["rows"]
+    assert rows[-1]["run"] == left_out
