@@ -41,7 +41,9 @@ def add_arguments(parser) -> None:
         default=[],
         metavar="NAME_OR_JSONL",
         help="priming task: a registered name (hellaswag, piqa, winogrande, storycloze, copa, "
-        "lambada, boolq, sst2, rte, cb, mrpc) or a generic .jsonl file; repeatable",
+        "lambada, boolq, sst2, rte, cb, mrpc), hf:NAME for the official Hugging Face split "
+        "(hellaswag, piqa, winogrande, copa, boolq, lambada; needs `datasets`), or a generic "
+        ".jsonl file; repeatable",
     )
     parser.add_argument("--shots", type=int, default=0, help="examples in the prompt (default 0)")
     parser.add_argument(

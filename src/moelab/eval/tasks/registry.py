@@ -1,6 +1,7 @@
 """Task names -> loaders, and where task files are looked up.
 
-``get_task("piqa")`` loads ``<tasks dir>/piqa``; ``get_task("my/file.jsonl")`` loads a generic
+``get_task("piqa")`` loads ``<tasks dir>/piqa``; ``get_task("hf:piqa")`` fetches its official
+splits from the Hugging Face hub (tasks/hf.py); ``get_task("my/file.jsonl")`` loads a generic
 JSONL file. The tasks directory is, in order: the ``tasks_dir`` argument (``--tasks-dir``), the
 ``MOELAB_TASKS_DIR`` environment variable, ``../shared/data`` next to the moelab checkout, and
 ``../shared/data`` relative to the working directory.
@@ -64,7 +65,12 @@ def _looks_like_file(name: str) -> bool:
 
 
 def get_task(name_or_path: str, tasks_dir: str | Path | None = None) -> Task:
-    """Load a registered task by name, or a generic JSONL task from a path."""
+    """Load a registered task by name, its official hub splits (``hf:NAME``), or a generic
+    JSONL task from a path."""
+    if name_or_path.startswith("hf:"):
+        from moelab.eval.tasks.hf import load_hub_task  # imports datasets only when asked
+
+        return load_hub_task(name_or_path)
     if name_or_path in TASKS:
         spec = TASKS[name_or_path]
         root = Path(tasks_dir) if tasks_dir is not None else default_tasks_dir()

@@ -1,0 +1,197 @@
+"""Official splits from the Hugging Face hub: ``--task hf:piqa`` (needs ``datasets`` and network,
+or the dataset in the local HF cache).
+
+Each supported task names the dataset the harness uses (lm-evaluation-harness 0.4 task YAMLs)
+and a pure converter from one record of that dataset's schema to an :class:`Item`. The
+converters reuse the local loaders' row parsers wherever the official schema is the one the
+local files use, so both paths give the same prompts:
+
+- hellaswag: Rowan/hellaswag, validation (shots: train); activity_label, ctx_a, ctx_b,
+  endings, label ("0"-"3")
+- piqa: baber/piqa, validation (train); goal, sol1, sol2, label (0/1)
+- winogrande: allenai/winogrande config winogrande_xl, validation (train); sentence, option1,
+  option2, answer ("1"/"2")
+- copa: aps/super_glue config copa, validation (train); premise, choice1, choice2, question
+  ("cause"/"effect"), label
+- boolq: aps/super_glue config boolq, validation (train); question, passage, label (0/1)
+- lambada: EleutherAI/lambada_openai config default, test; text
+
+StoryCloze is not offered: its hub copy (LSDSem/story_cloze) holds no data and asks for the
+files from a manual request form; give the local CSVs instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moelab.errors import MoelabError
+from moelab.eval.tasks import classification, paper
+from moelab.eval.tasks.files import Row
+from moelab.eval.tasks.items import Item, Task
+
+PREFIX = "hf:"
+Converter = Callable[[Mapping[str, Any], str], Item]
+
+
+class _HubRow(Row):
+    """A hub record; errors name the dataset, split and row instead of a file and line."""
+
+    def __init__(self, where: str, data: dict[str, Any]):
+        super().__init__(Path(where), 0, data)
+        self.where = where
+
+    def error(self, field: str, why: str) -> MoelabError:
+        return MoelabError(f'{self.where}: field "{field}": {why}')
+
+
+def _row(record: Mapping[str, Any], where: str) -> Row:
+    return _HubRow(where, dict(record))
+
+
+def hellaswag_item(record: Mapping[str, Any], where: str = "hellaswag") -> Item:
+    return paper._hellaswag_row(_row(record, where))
+
+
+def piqa_item(record: Mapping[str, Any], where: str = "piqa") -> Item:
+    # The hub puts the label in the record; the original release keeps it in a .lst file.
+    row = _row(record, where)
+    label = row.label_in_range("label", row.int("label"), 2)
+    return Item((row.str("goal"),), (row.str("sol1"), row.str("sol2")), label)
+
+
+def winogrande_item(record: Mapping[str, Any], where: str = "winogrande") -> Item:
+    return paper._winogrande_row(_row(record, where))
+
+
+def copa_item(record: Mapping[str, Any], where: str = "copa") -> Item:
+    return paper._copa_row(_row(record, where))
+
+
+def boolq_item(record: Mapping[str, Any], where: str = "boolq") -> Item:
+    return classification._boolq_row(_row(record, where))
+
+
+def lambada_item(record: Mapping[str, Any], where: str = "lambada") -> Item:
+    return paper._lambada_row(_row(record, where))
+
+
+@dataclass(frozen=True)
+class HubTask:
+    name: str
+    dataset: str
+    config: str | None
+    split: str  # evaluated
+    train_split: str | None  # shots / fine-tuning
+    convert: Converter
+    kind: str = "choice"
+    finetune: str | None = "choice"
+    class_names: tuple[str, ...] = ()
+
+
+HUB_TASKS: dict[str, HubTask] = {
+    t.name: t
+    for t in [
+        HubTask("hellaswag", "Rowan/hellaswag", None, "validation", "train", hellaswag_item),
+        HubTask("piqa", "baber/piqa", None, "validation", "train", piqa_item),
+        HubTask(
+            "winogrande",
+            "allenai/winogrande",
+            "winogrande_xl",
+            "validation",
+            "train",
+            winogrande_item,
+        ),  # fmt: skip
+        HubTask("copa", "aps/super_glue", "copa", "validation", "train", copa_item),
+        HubTask(
+            "boolq",
+            "aps/super_glue",
+            "boolq",
+            "validation",
+            "train",
+            boolq_item,
+            finetune="classify",
+            class_names=("no", "yes"),
+        ),  # fmt: skip
+        HubTask(
+            "lambada",
+            "EleutherAI/lambada_openai",
+            "default",
+            "test",
+            None,
+            lambada_item,
+            kind="last_word",
+            finetune=None,
+        ),  # fmt: skip
+    ]
+}
+
+
+def is_hub_task(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def convert_records(spec: HubTask, split: str, records) -> list[Item]:
+    where = f"{PREFIX}{spec.dataset}"
+    return [spec.convert(r, f"{where} {split} row {i}") for i, r in enumerate(records)]
+
+
+def _load_split(spec: HubTask, split: str) -> list[dict[str, Any]]:
+    # The offline switch and reachability probe are the data package's, shared with hf: sources.
+    from moelab.data.sources import _env_true, _hub_offline, _hub_reachable
+
+    offline = _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE")
+    if not offline and not _hub_reachable():
+        offline = True
+    with _hub_offline(offline):
+        try:
+            import datasets
+        except ImportError:
+            raise MoelabError(
+                f"task {PREFIX}{spec.name} needs the 'datasets' package: pip install datasets "
+                "(or give the task's local files with --tasks-dir)"
+            ) from None
+        try:
+            ds = datasets.load_dataset(spec.dataset, spec.config, split=split)
+        except Exception as e:  # the library raises many types; all mean "could not load"
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if offline:
+                why = "huggingface.co is unreachable and it is not in the local cache"
+            raise MoelabError(
+                f"task {PREFIX}{spec.name}: cannot load {spec.dataset}"
+                f"{f' ({spec.config})' if spec.config else ''} split {split!r}: {why}; "
+                "give the task's local files with --tasks-dir instead"
+            ) from None
+    return list(ds)
+
+
+def load_hub_task(name: str) -> Task:
+    """``hf:piqa`` -> the task read from its official hub splits."""
+    key = name.removeprefix(PREFIX)
+    spec = HUB_TASKS.get(key)
+    if spec is None:
+        extra = ""
+        if key == "storycloze":
+            extra = " (StoryCloze has no public hub copy: use its local CSVs)"
+        raise MoelabError(
+            f"task {name!r}: no official hub split known{extra}; supported: "
+            + ", ".join(PREFIX + n for n in HUB_TASKS)
+        )
+    items = convert_records(spec, spec.split, _load_split(spec, spec.split))
+    train = None
+    if spec.train_split is not None:
+        train = convert_records(spec, spec.train_split, _load_split(spec, spec.train_split))
+    where = f"{PREFIX}{spec.dataset}" + (f":{spec.config}" if spec.config else "")
+    return Task(
+        spec.name,
+        spec.kind,
+        items,
+        spec.split,
+        train,
+        spec.train_split,
+        finetune=spec.finetune,
+        class_names=list(spec.class_names),
+        sources=[f"{where} {s}" for s in (spec.split, spec.train_split) if s],
+    )
