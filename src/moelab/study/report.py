@@ -172,15 +172,15 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
     cmd_file = out / "command.txt"
     meta["command"] = cmd_file.read_text(encoding="utf-8").strip() if cmd_file.is_file() else None
     _zero_shot_means(rows, records, meta)
-    write_results(out, rows, meta)
     fit_cfg = study.get("fit", {})
-    an = analyse(
+    an = analyse(  # before the first write: a failing fit leaves the old outputs whole
         rows,
         meta,
         mode=fit_cfg.get("frontier", "envelope"),
         bootstrap=int(fit_cfg.get("bootstrap", 200)),
         min_run_fraction=float(fit_cfg.get("min_run_fraction", 0.1)),
     )
+    write_results(out, rows, meta)
     atomic_write_json(out / "fits.json", fits_json(an))
     figures = make_figures(out, rows, records, meta, an)
     doc = compose(study, rows, records, meta, an, figures)
