@@ -157,5 +157,5 @@ def test_unreachable_hub_without_offline_env_fails_fast(monkeypatch):
 def test_missing_datasets_package_says_how_to_install(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setitem(sys.modules, "datasets", None)  # makes `import datasets` fail
-    with pytest.raises(MoelabError, match="pip install datasets"):
+    with pytest.raises(MoelabError, match=r"pip install .moelab\[hf\]."):
         get_task("hf:hellaswag")

@@ -18,7 +18,6 @@ Documents that are empty or whitespace-only are skipped. Line endings are normal
 from __future__ import annotations
 
 import bz2
-import contextlib
 import glob
 import gzip
 import hashlib
@@ -27,15 +26,14 @@ import json
 import lzma
 import os
 import re
-import socket
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from moelab.errors import MoelabError
+from moelab.hub import load_hf_dataset
 
 DOMAIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 DOC_MODES = ("file", "blank", "line")
@@ -296,68 +294,22 @@ def _jsonl_docs(text: str, path: Path, field_name: str, max_doc_bytes: int) -> I
 # Hugging Face datasets
 
 
-def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-
-
-@contextlib.contextmanager
-def _hub_offline(offline: bool) -> Iterator[None]:
-    """Offline mode for this call only: the hub reads HF_HUB_OFFLINE once, at import, so the
-    imported constants are switched and switched back afterwards."""
-    patched = []
-    if offline:
-        import importlib
-
-        modules = []
-        for module_name in ("huggingface_hub.constants", "datasets.config"):
-            with contextlib.suppress(ImportError):  # import all before patching any
-                modules.append(importlib.import_module(module_name))
-        for module in modules:
-            patched.append((module, module.HF_HUB_OFFLINE))
-            module.HF_HUB_OFFLINE = True
-    try:
-        yield
-    finally:
-        for module, value in patched:
-            module.HF_HUB_OFFLINE = value
-
-
 def read_hf_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
     """Rows of a Hugging Face dataset. Without network we switch the hub to offline mode first,
     so a cached dataset still loads and a missing one fails at once instead of retrying."""
     name = spec.location.removeprefix("hf:")
     config, split = spec.option("config"), spec.option("split") or "train"
     field_name = spec.option("field") or "text"
-    offline = _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE")
-    if not offline and not _hub_reachable():
-        offline = True
-    with _hub_offline(offline):
-        try:
-            import datasets
-        except ImportError:
-            raise MoelabError(
-                f"{spec.domain}: hf: sources need the 'datasets' package: pip install 'moelab[hf]'"
-            ) from None
-        try:
-            ds = datasets.load_dataset(name, config, split=split)
-        except Exception as e:  # the library raises many types; all mean "could not load"
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if offline:
-                why = "huggingface.co is unreachable and it is not in the local cache"
-            raise MoelabError(
-                f"{spec.domain}: cannot load Hugging Face dataset {name!r}"
-                f"{f' config {config!r}' if config else ''} split {split!r}: {why}"
-            ) from None
+    config_note = f" config {config!r}" if config else ""
+    ds = load_hf_dataset(
+        name,
+        config,
+        split,
+        what=f"{spec.domain}: Hugging Face dataset {name!r}{config_note}",
+        missing_package=(
+            f"{spec.domain}: hf: sources need the 'datasets' package: pip install 'moelab[hf]'"
+        ),
+    )
     if field_name not in ds.column_names:
         raise MoelabError(
             f"{spec.domain}: dataset {name!r} has no column {field_name!r} "

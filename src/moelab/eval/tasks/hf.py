@@ -31,6 +31,7 @@ from moelab.errors import MoelabError
 from moelab.eval.tasks import classification, paper
 from moelab.eval.tasks.files import Row
 from moelab.eval.tasks.items import Item, Task
+from moelab.hub import load_hf_dataset
 
 PREFIX = "hf:"
 Converter = Callable[[Mapping[str, Any], str], Item]
@@ -139,31 +140,18 @@ def convert_records(spec: HubTask, split: str, records) -> list[Item]:
 
 
 def _load_split(spec: HubTask, split: str) -> list[dict[str, Any]]:
-    # The offline switch and reachability probe are the data package's, shared with hf: sources.
-    from moelab.data.sources import _env_true, _hub_offline, _hub_reachable
-
-    offline = _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE")
-    if not offline and not _hub_reachable():
-        offline = True
-    with _hub_offline(offline):
-        try:
-            import datasets
-        except ImportError:
-            raise MoelabError(
-                f"task {PREFIX}{spec.name} needs the 'datasets' package: pip install datasets "
-                "(or give the task's local files with --tasks-dir)"
-            ) from None
-        try:
-            ds = datasets.load_dataset(spec.dataset, spec.config, split=split)
-        except Exception as e:  # the library raises many types; all mean "could not load"
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if offline:
-                why = "huggingface.co is unreachable and it is not in the local cache"
-            raise MoelabError(
-                f"task {PREFIX}{spec.name}: cannot load {spec.dataset}"
-                f"{f' ({spec.config})' if spec.config else ''} split {split!r}: {why}; "
-                "give the task's local files with --tasks-dir instead"
-            ) from None
+    source = f"{spec.dataset}, {spec.config}" if spec.config else spec.dataset
+    ds = load_hf_dataset(
+        spec.dataset,
+        spec.config,
+        split,
+        what=f"task {PREFIX}{spec.name} ({source})",
+        missing_package=(
+            f"task {PREFIX}{spec.name} needs the 'datasets' package: pip install 'moelab[hf]' "
+            "(or give the task's local files with --tasks-dir)"
+        ),
+        fix="; give the task's local files with --tasks-dir instead",
+    )
     return list(ds)
 
 
