@@ -127,26 +127,14 @@ def train_moelab(name: str, model: dict, data: Path, work: Path, args) -> dict:
 
 
 def hf_xglm(cfg: ModelConfig):
-    from transformers import XGLMConfig, XGLMForCausalLM
-
-    hf_cfg = XGLMConfig(
-        vocab_size=cfg.vocab_size,
-        max_position_embeddings=cfg.max_seq_len,
-        d_model=cfg.d_model,
-        ffn_dim=cfg.d_ffn,
-        num_layers=cfg.n_layers,
-        attention_heads=cfg.n_heads,
-        activation_function="gelu",
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attn_dropout,
-        activation_dropout=cfg.activation_dropout,
-        layerdrop=0.0,
-        scale_embedding=True,
-        tie_word_embeddings=True,
-        use_cache=False,
-    )
+    # The same peer as benchmarks/train_throughput.py: what `moelab export` writes for cfg.
     # transformers 5 has only eager attention for XGLM (it refuses "sdpa"): the peer as shipped.
-    return XGLMForCausalLM(hf_cfg)
+    from moelab.interop.hf_xglm import XGLM
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_throughput import hf_peer
+
+    return hf_peer(XGLM, cfg)
 
 
 def train_xglm(run_cfg, args) -> dict:

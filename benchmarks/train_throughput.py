@@ -44,48 +44,32 @@ from moelab.train.telemetry import MoeTelemetry
 AUX_WEIGHT = 0.01
 
 
-def hf_xglm(cfg: ModelConfig):
-    from transformers import XGLMConfig, XGLMForCausalLM
+def hf_peer(hf_class, cfg: ModelConfig):
+    """The transformers model that ``moelab export`` would write for ``cfg`` (same config
+    builder), freshly initialised, set up for training: no KV cache, router logits returned so
+    Mixtral's balancing loss is part of its loss, as moelab's is."""
+    import transformers
 
-    hf_cfg = XGLMConfig(
-        vocab_size=cfg.vocab_size,
-        max_position_embeddings=cfg.max_seq_len,
-        d_model=cfg.d_model,
-        ffn_dim=cfg.d_ffn,
-        num_layers=cfg.n_layers,
-        attention_heads=cfg.n_heads,
-        activation_function="gelu",
-        dropout=cfg.dropout,
-        attention_dropout=cfg.attn_dropout,
-        activation_dropout=cfg.activation_dropout,
-        scale_embedding=True,
-        tie_word_embeddings=True,
-        use_cache=False,
-    )
-    return XGLMForCausalLM(hf_cfg)
+    from moelab.interop.hf_classes import SpecialIds
+
+    hf_cfg = hf_class.make_config(cfg, SpecialIds(eot=0, pad=1))
+    hf_cfg.use_cache = False
+    if cfg.is_moe:
+        hf_cfg.output_router_logits = True
+        hf_cfg.router_aux_loss_coef = AUX_WEIGHT
+    return getattr(transformers, hf_class.name)(hf_cfg)
+
+
+def hf_xglm(cfg: ModelConfig):
+    from moelab.interop.hf_xglm import XGLM
+
+    return hf_peer(XGLM, cfg)
 
 
 def hf_mixtral(cfg: ModelConfig):
-    from transformers import MixtralConfig, MixtralForCausalLM
+    from moelab.interop.hf_moe import MIXTRAL
 
-    hf_cfg = MixtralConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.d_ffn,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_heads,
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=True,
-        num_local_experts=cfg.n_experts,
-        num_experts_per_tok=cfg.top_k,
-        output_router_logits=True,
-        router_aux_loss_coef=AUX_WEIGHT,
-        use_cache=False,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-    )
-    return MixtralForCausalLM(hf_cfg)
+    return hf_peer(MIXTRAL, cfg)
 
 
 class HFAsMoelab(torch.nn.Module):
