@@ -80,12 +80,14 @@ class HFAsMoelab(torch.nn.Module):
         super().__init__()
         self.hf = hf_model
 
-    def forward(self, tokens_BT):
+    def forward(self, tokens_BT, targets_BT=None):
+        # Logits out, as transformers' models give them: train_step takes the loss from them.
         out = self.hf(input_ids=tokens_BT)
         zero = out.logits.new_zeros((), dtype=torch.float32)
         aux = getattr(out, "aux_loss", None)
         return SimpleNamespace(
             logits_BTV=out.logits,
+            ce_loss=None,
             aux_loss=aux.float() if aux is not None else zero,
             z_loss=zero,
             moe_stats=[],

@@ -18,36 +18,26 @@ from torch import nn
 
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
+from moelab.model.fused_loss import linear_cross_entropy
 from moelab.model.kv_cache import KVCache
 from moelab.model.moe import MoeFFN, MoeOutput, MoeStats
 from moelab.model.positions import rotary_cos_sin, sinusoidal_offset, sinusoidal_table
+from moelab.model.rms_norm import RMSNorm
 
 
 @dataclass
 class ModelOutput:
     """``logits_BTV`` (B, 1, V when ``last_only``), ``hidden_BTD`` (after the final norm, only
     when asked), ``aux_loss`` / ``z_loss`` (unweighted sums over MoE layers; zero for dense),
-    ``moe_stats`` (one :class:`MoeStats` per MoE layer, in layer order)."""
+    ``moe_stats`` (one :class:`MoeStats` per MoE layer, in layer order), ``ce_loss`` (float32
+    mean cross-entropy against ``targets_BT``, only when they were given; then no logits)."""
 
     logits_BTV: torch.Tensor | None
     aux_loss: torch.Tensor
     z_loss: torch.Tensor
     hidden_BTD: torch.Tensor | None = None
     moe_stats: list[MoeStats] = field(default_factory=list)
-
-
-class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 and cast back (Llama's order of operations)."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+    ce_loss: torch.Tensor | None = None  # mean next-token loss, when targets were given
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -162,10 +152,13 @@ class LanguageModel(nn.Module):
         return_hidden: bool = False,
         last_only: bool = False,
         return_logits: bool = True,
+        targets_BT: torch.Tensor | None = None,
     ) -> ModelOutput:
         """Logits for every position (or only the last with ``last_only``; none with
         ``return_logits=False``). With ``kv_cache`` the tokens continue the cached sequence:
-        positions start at ``kv_cache.length`` and the cache is extended."""
+        positions start at ``kv_cache.length`` and the cache is extended. With ``targets_BT``
+        the output carries the mean cross-entropy instead of logits, computed chunk by chunk
+        through the LM head (:mod:`moelab.model.fused_loss`): what training needs."""
         B, T = tokens_BT.shape
         device = tokens_BT.device
         start = kv_cache.length if kv_cache is not None else 0
@@ -195,9 +188,16 @@ class LanguageModel(nn.Module):
         h_BTD = self.final_norm(x_BTD)
         if last_only:
             h_BTD = h_BTD[:, -1:]
+        ce_loss = None
+        if targets_BT is not None:
+            ce_loss = linear_cross_entropy(
+                h_BTD.reshape(-1, h_BTD.shape[-1]), self.embed.weight, targets_BT.reshape(-1)
+            )
+            return_logits = False
         logits = F.linear(h_BTD, self.embed.weight) if return_logits else None
         return ModelOutput(
             logits_BTV=logits,
+            ce_loss=ce_loss,
             aux_loss=aux_loss,
             z_loss=z_loss,
             hidden_BTD=h_BTD if return_hidden else None,

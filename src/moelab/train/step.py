@@ -2,8 +2,10 @@
 loss and gradient norm (the NaN guard), optional clipping, and the update.
 
 A plain function so the trainer, the distributed layer and the throughput benchmark all run
-the very same step. The model must return an object with ``logits_BTV``, ``aux_loss``,
-``z_loss`` and ``moe_stats`` (moelab's ``ModelOutput``).
+the very same step. The model is called as ``model(inputs_BT, targets_BT=targets_BT)`` and must
+return an object with ``aux_loss``, ``z_loss``, ``moe_stats`` and either ``ce_loss`` (the mean
+cross-entropy, as moelab's model computes it through its fused head) or ``logits_BTV`` (then
+the loss is taken from the logits here).
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ def train_step(
     for micro in micros:
         inputs_BT, targets_BT = micro[:, :-1], micro[:, 1:]
         with autocast():
-            out = model(inputs_BT)
-            logits = out.logits_BTV
-            ce = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets_BT.reshape(-1)
-            )
+            out = model(inputs_BT, targets_BT=targets_BT)
+            ce = out.ce_loss
+            if ce is None:  # a model that only returns logits
+                logits = out.logits_BTV
+                ce = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]).float(), targets_BT.reshape(-1)
+                )
         loss = ce + aux_loss_weight * out.aux_loss + z_loss_weight * out.z_loss
         finite &= torch.isfinite(loss)
         (loss / n).backward()
