@@ -50,14 +50,32 @@ def rotary_cos_sin(
     return angles_TD.cos(), angles_TD.sin()
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """[x1 | x2] -> [-x2 | x1] over the last dim (Llama's convention, not interleaved pairs)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+class _Rotary(torch.autograd.Function):
+    """``x * cos + rotate_half(x) * sin`` (rotate_half: [x1 | x2] -> [-x2 | x1], Llama's
+    convention, not interleaved pairs) with the same roundings (so logits match Llama
+    bit for bit) in three passes instead of five, and a two-term backward instead of
+    autograd's five ops; rotary was about 5% of a small modern model's training step."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):  # noqa: D102
+        h = x.shape[-1] // 2
+        out = x * cos
+        out[..., :h].sub_(x[..., h:] * sin[..., :h])
+        out[..., h:].add_(x[..., :h] * sin[..., h:])
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        cos, sin = ctx.saved_tensors
+        h = g.shape[-1] // 2
+        gx = g * cos
+        gx[..., :h].addcmul_(g[..., h:], sin[..., h:])
+        gx[..., h:].addcmul_(g[..., :h], sin[..., :h], value=-1)
+        return gx, None, None
 
 
 def apply_rotary(x_BHTd: torch.Tensor, cos_Td: torch.Tensor, sin_Td: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys (B, H, T, head_dim) by their positions' angles."""
-    cos = cos_Td.to(x_BHTd.dtype)
-    sin = sin_Td.to(x_BHTd.dtype)
-    return x_BHTd * cos + rotate_half(x_BHTd) * sin
+    """Rotate queries or keys (B, H, T, head_dim) by their positions' angles: the value of
+    ``x * cos + rotate_half(x) * sin``."""
+    return _Rotary.apply(x_BHTd, cos_Td.to(x_BHTd.dtype), sin_Td.to(x_BHTd.dtype))
