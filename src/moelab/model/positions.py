@@ -54,7 +54,8 @@ class _Rotary(torch.autograd.Function):
     """``x * cos + rotate_half(x) * sin`` (rotate_half: [x1 | x2] -> [-x2 | x1], Llama's
     convention, not interleaved pairs) with the same roundings (so logits match Llama
     bit for bit) in three passes instead of five, and a two-term backward instead of
-    autograd's five ops; rotary was about 5% of a small modern model's training step."""
+    autograd's five ops: 1.15 ms against 1.46 ms forward + backward for (8, 5, 256, 32) on one
+    core (``python benchmarks/model_ops.py --threads 1``)."""
 
     @staticmethod
     def forward(ctx, x, cos, sin):  # noqa: D102
