@@ -4,7 +4,9 @@ Forward + backward time, same inputs, same run, alternating rounds:
 - ``loss``: the chunked LM-head cross-entropy (``moelab.model.fused_loss.linear_cross_entropy``)
   vs ``F.cross_entropy(F.linear(h, W).float(), targets)``;
 - ``rmsnorm``: ``moelab.model.rms_norm.RMSNorm`` vs Llama's formula through autograd;
-- ``rotary``: ``moelab.model.positions.apply_rotary`` vs ``x * cos + rotate_half(x) * sin``.
+- ``rotary``: ``moelab.model.positions.apply_rotary`` vs ``x * cos + rotate_half(x) * sin``;
+- ``attn_bf16``: moelab's ``Attention`` under bf16 autocast (on a CPU without AMX its core runs
+  in fp32) vs the same module with torch's bf16 ``scaled_dot_product_attention`` core.
 
 Shapes default to ``moe-cpu-2m-modern`` at batch 8 x 256 (N = 2048 tokens, D = 160, V = 4096,
 5 heads of 32). ratio = PyTorch time / moelab time (above 1: moelab faster).
@@ -22,10 +24,12 @@ import os
 import platform
 import statistics
 import time
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
+from moelab.model import attention
 from moelab.model.fused_loss import linear_cross_entropy
 from moelab.model.positions import apply_rotary, rotary_cos_sin
 from moelab.model.rms_norm import RMSNorm
@@ -57,7 +61,20 @@ def cases(n_tokens: int, d_model: int, vocab: int, n_heads: int):
     q = torch.randn(B, T, n_heads, hd, generator=g).transpose(1, 2).requires_grad_()
     gq = torch.randn(B, n_heads, T, hd, generator=g)
 
+    attn = attention.Attention(d_model, n_heads, bias=False, attn_dropout=0.0, layer=0)
+    x_BTD = torch.randn(B, T, d_model, generator=g, requires_grad=True)
+
+    def attn_step():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = attn(x_BTD, (cos, sin))
+        y.float().sum().backward()
+
+    def attn_step_bf16_core():
+        with mock.patch.object(attention, "_cpu_attention_in_fp32", lambda q: False):
+            attn_step()
+
     return {
+        "attn_bf16": (attn_step, attn_step_bf16_core),
         "loss": (
             lambda: linear_cross_entropy(h, w, t).backward(),
             lambda: F.cross_entropy(F.linear(h, w).float(), t).backward(),
