@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from moelab.model.grouped import _autocast_dtype
+
 # Rows per chunk = budget // V: about 2 MB of float32 logits on CPU (cache-sized); on
 # accelerators large chunks keep the matmuls big, the budget only bounds memory.
 _CPU_CHUNK_ELEMENTS = 1 << 19
@@ -80,9 +82,5 @@ def linear_cross_entropy(
     autocast dtype and the softmax in float32, as ``F.linear`` + ``.float()`` would."""
     if h_ND.shape[0] != targets_N.shape[0]:
         raise ValueError(f"{h_ND.shape[0]} rows but {targets_N.shape[0]} targets")
-    device_type = h_ND.device.type
-    if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = torch.promote_types(h_ND.dtype, w_VD.dtype)
+    dtype = _autocast_dtype(h_ND.device.type) or torch.promote_types(h_ND.dtype, w_VD.dtype)
     return _LinearCrossEntropy.apply(h_ND, w_VD, targets_N, dtype)
