@@ -40,7 +40,7 @@ def test_unknown_preset_names_close_matches():
 
 def test_compute_partners_have_same_width_and_depth():
     moes = [n for n in PRESETS if get_preset(n).is_moe]
-    assert len(moes) == 4 + 6
+    assert len(moes) == 4 + 8
     for moe in moes:
         dense_name = compute_partner(moe)
         assert dense_name is not None and compute_partner(dense_name) == moe
@@ -68,7 +68,7 @@ def test_paper_presets_follow_the_paper():
 
 
 def test_cpu_ladder_sizes():
-    for tag, target in [("0.5m", 0.5e6), ("2m", 2e6), ("8m", 8e6)]:
+    for tag, target in [("0.5m", 0.5e6), ("1m", 1e6), ("2m", 2e6), ("8m", 8e6)]:
         for suffix in ("", "-modern"):
             dense = get_preset(f"dense-cpu-{tag}{suffix}")
             moe = get_preset(f"moe-cpu-{tag}{suffix}")
@@ -77,7 +77,7 @@ def test_cpu_ladder_sizes():
             assert (moe.n_experts, moe.top_k) == (8, 2)
             assert moe.moe_every == (1 if suffix else 2)
             assert moe.arch == dense.arch == ("modern" if suffix else "paper")
-    assert len(CPU_PRESETS) == 12
+    assert len(CPU_PRESETS) == 16
 
 
 def _build_model_or_skip():

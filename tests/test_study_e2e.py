@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,6 +86,9 @@ def test_mini_study_end_to_end_resume_and_rebuild(tmp_path, capsys):
     # Killed at the third run's first checkpoint (8 of 64 steps): it resumes from there.
     assert killed and not third_done_before
     assert f"resuming {RUNS[2]}" in log and "[4/4] training tiny-moe-b" in log
+    # The ETA counts evaluation too, once this process has timed one (the third run's).
+    assert "estimated once the first run is evaluated" in log
+    assert re.search(r"\[4/4\] training tiny-moe-b .*ETA \S+ training \+ \S+ evaluation", log)
     done = json.loads((out / "runs" / RUNS[2] / "done.json").read_text())
     assert done["resumed_from_step"]  # the trainer continued from its checkpoint
 

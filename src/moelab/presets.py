@@ -96,7 +96,7 @@ def _build() -> tuple[dict[str, ModelConfig], dict[str, str]]:
         partner_of_moe[moe_name] = dense_name
 
     # CPU ladder: (size tag, layers, d_model, heads); head dim 32 throughout.
-    ladder = [("0.5m", 4, 96, 3), ("2m", 6, 160, 5), ("8m", 10, 256, 8)]
+    ladder = [("0.5m", 4, 96, 3), ("1m", 5, 128, 4), ("2m", 6, 160, 5), ("8m", 10, 256, 8)]
     for modern in (False, True):
         suffix = "-modern" if modern else ""
         for tag, n_layers, d_model, n_heads in ladder:

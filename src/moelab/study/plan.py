@@ -70,24 +70,23 @@ def measure_flops_per_second(run_cfg: RunConfig, steps: int = 2) -> float | None
         import torch
 
         from moelab.model import build_model
+        from moelab.train.optim import build_optimizer
     except ImportError:
         return None
     t = run_cfg.train
     torch.manual_seed(0)
     model = build_model(run_cfg.model)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    opt = build_optimizer(model, t)  # the trainer's (fused AdamW where it can)
     mb = t.micro_batch_size
     tokens_BT = torch.randint(0, run_cfg.model.vocab_size, (mb, t.seq_len + 1))
     dtype = torch.bfloat16 if t.dtype == "bf16" else None
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
-            out = model(tokens_BT[:, :-1])
-            loss = torch.nn.functional.cross_entropy(
-                out.logits_BTV.flatten(0, 1).float(), tokens_BT[:, 1:].flatten()
-            )
-            loss = loss + run_cfg.model.aux_loss_weight * out.aux_loss
+            # The trainer's path: the model's own chunked loss, no logits.
+            out = model(tokens_BT[:, :-1], targets_BT=tokens_BT[:, 1:])
+            loss = out.ce_loss + run_cfg.model.aux_loss_weight * out.aux_loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -213,11 +213,19 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
         echo(f"{n - len(todo)} of {n} runs already finished; skipping them")
     remaining_est = sum(p.est_seconds for _, p in todo)
     spent_actual = spent_est = 0.0
-    for i, planned in todo:
+    # Evaluation does a fixed amount of work per run whatever its training budget, scaling
+    # with the model's FLOPs per token: its rate is learned from the evaluations done so far.
+    eval_s = eval_flops_per_token = 0.0
+    for j, (i, planned) in enumerate(todo):
         path = run_dir(out, planned.name)
         state = run_state(path, key)
         ratio = spent_actual / spent_est if spent_est > 0 else 1.0
-        eta = fmt_seconds(remaining_est * ratio)
+        eta = fmt_seconds(remaining_est * ratio) + " training"
+        if eval_flops_per_token > 0:
+            left = sum(p.flops_per_token for _, p in todo[j:]) * eval_s / eval_flops_per_token
+            eta += f" + {fmt_seconds(left)} evaluation"
+        elif cfg.eval.zero_shot or cfg.eval.few_shot or cfg.eval.finetune or cfg.eval.ppl:
+            eta += " + evaluation (estimated once the first run is evaluated)"
         train_s = 0.0
         if state in (RunState.NEW, RunState.INTERRUPTED):
             verb = "resuming" if state is RunState.INTERRUPTED else "training"
@@ -230,7 +238,10 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
             spent_est += planned.est_seconds
         remaining_est -= planned.est_seconds
         echo(f"[{i}/{n}] evaluating {planned.name}")
+        start = time.perf_counter()
         _evaluate_one(cfg, planned, path, key, train_s, echo)
+        eval_s += time.perf_counter() - start
+        eval_flops_per_token += planned.flops_per_token
     echo(f"all {n} runs finished; writing the results table, fits and report")
     from moelab.study.report import build_report
 
