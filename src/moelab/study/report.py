@@ -592,12 +592,21 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
     body = []
     for d in an.in_domains + an.out_domains:
         ma = an.metrics.get(f"loss/{d}")
-        for fam, pts in ma.speedups.items() if ma else []:
+        side = "in" if d in an.in_domains else "out"
+        if ma is None or not ma.speedups:  # say why rather than drop the domain
+            why = (
+                "no dense fit: " + ma.fit_errors[an.dense_family]
+                if (ma is not None and an.dense_family in ma.fit_errors)
+                else "no speedup computed"
+            )
+            body.append([d, side, "-", "-", "-", why])
+            continue
+        for fam, pts in ma.speedups.items():
             h = headline(pts)
             body.append(
                 [
                     d,
-                    "in" if d in an.in_domains else "out",
+                    side,
                     fam,
                     _fmt(h.quality) if h else "-",
                     f"{h.speedup:.2f}x" if h and h.speedup else "-",
