@@ -16,8 +16,8 @@ def _cpu_attention_in_fp32(q: torch.Tensor) -> bool:
     """On a CPU without AMX tiles, torch's bf16/fp16 flash attention is slower than fp32, its
     backward most of all. There the core runs in fp32 (the softmax inside is the kind of op
     autocast keeps in fp32 anyway); elsewhere it follows the input dtype. A whole attention
-    block of ``moe-cpu-2m-modern`` under bf16 autocast, forward + backward, one core: 44.7 ms
-    against 54.7 ms with a bf16 core (``python benchmarks/model_ops.py --threads 1``)."""
+    block of ``moe-cpu-2m-modern`` under bf16 autocast, forward + backward, one core: 37.2 ms
+    against 48.7 ms with a bf16 core (``python benchmarks/model_ops.py --threads 1``)."""
     if q.device.type != "cpu" or q.dtype not in (torch.bfloat16, torch.float16):
         return False
     has_amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: True)

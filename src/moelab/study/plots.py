@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # noqa: E402  (must precede pyplot)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from moelab.io import atomic_write_bytes  # noqa: E402
 
@@ -58,6 +59,36 @@ def _color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
 
+def _compute_axis(axis: Any) -> None:
+    """Compact labels on a log FLOPs axis ("2e13"): over a decade or two matplotlib would
+    otherwise label its minor ticks in full scientific notation, and they overlap."""
+    lo, hi = sorted(axis.get_view_interval())
+    if lo > 0 and math.log10(hi / lo) < 3:
+        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.0e}".replace("e+", "e")))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def _loss_axis(axis: Any) -> None:
+    """Plain numbers (4, 5, 6) on a log loss axis that spans less than a decade, where the
+    labelled ticks are minor ones."""
+    plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(plain)
+    lo, hi = sorted(axis.get_view_interval())
+    axis.set_minor_formatter(plain if lo > 0 and hi / lo < 10 else ticker.NullFormatter())
+
+
+def _ratio_axis(axis: Any) -> None:
+    """Speedup factors as 0.5x, 1x, 2x ... on a log axis."""
+    lo, hi = sorted(axis.get_view_interval())
+    nice = (0.1, 0.2, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50, 100)
+    inside = [v for v in nice if lo <= v <= hi]
+    if len(inside) >= 2:
+        axis.set_major_locator(ticker.FixedLocator(inside))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}x"))
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
 def plot_loss_vs_compute(curves: Sequence[FamilyCurve], ylabel: str, path: Path) -> None:
     """Log-log validation loss against training FLOPs, one colour per family: every evaluation
     point faint, the frontier the fit used solid, the fitted power law as a line."""
@@ -77,6 +108,8 @@ def plot_loss_vs_compute(curves: Sequence[FamilyCurve], ylabel: str, path: Path)
             ax.plot(xs, cur.fitted(xs), color=col, lw=1.5, label=cur.fit_label or None)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _compute_axis(ax.xaxis)
+    _loss_axis(ax.yaxis)
     ax.set_xlabel("training FLOPs (paper accounting)")
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
@@ -118,6 +151,8 @@ def plot_speedup(series: Sequence[SpeedupSeries], path: Path, title: str) -> Non
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    _compute_axis(ax.xaxis)
+    _ratio_axis(ax.yaxis)
     ax.set_xlabel("dense training FLOPs at the same quality")
     ax.set_ylabel("speedup factor (dense / MoE compute)")
     ax.grid(True, which="both", alpha=0.3)
