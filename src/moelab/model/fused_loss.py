@@ -52,7 +52,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 max_n = z_nV.amax(dim=1)
                 p_nV = z_nV.sub_(max_n[:, None]).exp_()
                 sum_n = p_nV.sum(dim=1)
-                loss_sum += (max_n + sum_n.log() - zt_n).sum()
+                loss_sum += ((max_n - zt_n) + sum_n.log()).sum()  # exact when zt is the max
                 if gh_ND is None and gw_VD is None:
                     continue
                 # d(mean loss)/dz = (softmax(z) - onehot(target)) / N, built in place.

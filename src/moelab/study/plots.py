@@ -59,14 +59,41 @@ def _color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
 
+def _limits(axis: Any) -> tuple[float, float]:
+    ax = axis.axes
+    lo, hi = ax.get_xlim() if axis is ax.xaxis else ax.get_ylim()  # autoscaled first
+    return min(lo, hi), max(lo, hi)
+
+
+def _flops_label(v: float, _pos: Any = None) -> str:
+    """2e13, 2.5e13, 1.04e13: at most three significant digits, no '+'."""
+    if not (v > 0 and math.isfinite(v)):
+        return ""
+    exp = math.floor(math.log10(v))
+    mant = f"{v / 10.0**exp:.3g}"
+    if mant == "10":
+        mant, exp = "1", exp + 1
+    return f"{mant}e{exp}"
+
+
 def _compute_axis(axis: Any) -> None:
     """Compact labels on a log FLOPs axis ("2e13"): over a decade or two matplotlib would
-    otherwise label its minor ticks in full scientific notation, and they overlap."""
-    lo, hi = sorted(axis.get_view_interval())
-    if lo > 0 and math.log10(hi / lo) < 3:
-        axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.0e}".replace("e+", "e")))
+    otherwise label its minor ticks in full scientific notation, and they overlap. On such a
+    range the ticks are the round values 1, 2, 5 (else 1..9) x 10^k inside it, or evenly
+    spaced ones where fewer than two of those fall inside."""
+    axis.set_major_formatter(ticker.FuncFormatter(_flops_label))
     axis.set_minor_formatter(ticker.NullFormatter())
+    lo, hi = _limits(axis)
+    if not (lo > 0 and math.isfinite(hi)) or math.log10(hi / lo) >= 3:
+        return
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for subs in ((1, 2, 5), tuple(range(1, 10))):
+        inside = [m * 10.0**k for k in decades for m in subs if lo <= m * 10.0**k <= hi]
+        if len(inside) >= 2:
+            axis.set_major_locator(ticker.FixedLocator(inside))
+            return
+    # Narrower still: evenly spaced ticks, labelled to three digits by _flops_label.
+    axis.set_major_locator(ticker.MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
 
 
 def _loss_axis(axis: Any) -> None:
@@ -74,13 +101,13 @@ def _loss_axis(axis: Any) -> None:
     labelled ticks are minor ones."""
     plain = ticker.FuncFormatter(lambda v, _: f"{v:g}")
     axis.set_major_formatter(plain)
-    lo, hi = sorted(axis.get_view_interval())
+    lo, hi = _limits(axis)
     axis.set_minor_formatter(plain if lo > 0 and hi / lo < 10 else ticker.NullFormatter())
 
 
 def _ratio_axis(axis: Any) -> None:
     """Speedup factors as 0.5x, 1x, 2x ... on a log axis."""
-    lo, hi = sorted(axis.get_view_interval())
+    lo, hi = _limits(axis)
     nice = (0.1, 0.2, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 50, 100)
     inside = [v for v in nice if lo <= v <= hi]
     if len(inside) >= 2:

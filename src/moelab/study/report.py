@@ -593,24 +593,22 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
     for d in an.in_domains + an.out_domains:
         ma = an.metrics.get(f"loss/{d}")
         side = "in" if d in an.in_domains else "out"
-        if ma is None or not ma.speedups:  # say why rather than drop the domain
-            why = (
-                "no dense fit: " + ma.fit_errors[an.dense_family]
-                if (ma is not None and an.dense_family in ma.fit_errors)
-                else "no speedup computed"
-            )
-            body.append([d, side, "-", "-", "-", why])
-            continue
-        for fam, pts in ma.speedups.items():
-            h = headline(pts)
+        for fam, dense_fam in an.partner.items():
+            pts = ma.speedups.get(fam) if ma is not None else None
+            h = headline(pts) if pts else None
+            if h is None:  # say why rather than drop the row
+                err = ma.fit_errors.get(dense_fam) if ma is not None else None
+                why = f"no {dense_fam} fit: {err}" if err else "no speedup computed"
+                body.append([d, side, fam, "-", "-", why])
+                continue
             body.append(
                 [
                     d,
                     side,
                     fam,
-                    _fmt(h.quality) if h else "-",
-                    f"{h.speedup:.2f}x" if h and h.speedup else "-",
-                    ("extrapolated" if h.extrapolated else "measured") if h else "none",
+                    _fmt(h.quality),
+                    f"{h.speedup:.2f}x" if h.speedup else "-",
+                    "extrapolated" if h.extrapolated else "measured",
                 ]
             )
     if body:
