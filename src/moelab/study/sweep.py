@@ -238,9 +238,7 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
             spent_est += planned.est_seconds
         remaining_est -= planned.est_seconds
         echo(f"[{i}/{n}] evaluating {planned.name}")
-        start = time.perf_counter()
-        _evaluate_one(cfg, planned, path, key, train_s, echo)
-        eval_s += time.perf_counter() - start
+        eval_s += _evaluate_one(cfg, planned, path, key, train_s, echo)
         eval_flops_per_token += planned.flops_per_token
     echo(f"all {n} runs finished; writing the results table, fits and report")
     from moelab.study.report import build_report
@@ -251,7 +249,8 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
 
 def _evaluate_one(
     cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train_s: float, echo: Echo
-) -> None:
+) -> float:
+    """Evaluate one trained run, write its ``study_eval.json``; return the seconds it took."""
     from moelab.study.evaluate import evaluate_run
 
     start = time.perf_counter()
@@ -272,3 +271,4 @@ def _evaluate_one(
         eval_wall_s=time.perf_counter() - start,
     )
     atomic_write_json(path / STUDY_EVAL, result)
+    return result["eval_wall_s"]
