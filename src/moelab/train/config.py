@@ -66,8 +66,12 @@ class TrainConfig:
     lr: float = 6e-4
     warmup_steps: int | None = None  # or warmup_tokens; neither: 1% of the steps
     warmup_tokens: int | None = None
-    schedule: str = "linear"  # "linear" (paper) | "cosine" | "constant"
+    schedule: str = "linear"  # "linear" (paper) | "cosine" | "constant" | "wsd"
     min_lr_ratio: float = 0.0  # floor of the decay, as a fraction of lr
+    # wsd: the decay's share of the steps, and how many cooldown branches to fork from the
+    # stable phase (annealed validation points at budgets 1/2, 1/4, ... of the run's).
+    decay_fraction: float = 0.2
+    cooldowns: int = 0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-8
     weight_decay: float = 0.01
@@ -119,8 +123,18 @@ class TrainConfig:
             v = getattr(self, key)
             if v is not None and v < 0:
                 raise bad(key, f"must be >= 0, got {v}")
-        if self.schedule not in ("linear", "cosine", "constant"):
-            raise bad("schedule", f"must be linear, cosine or constant, got {self.schedule!r}")
+        if self.schedule not in ("linear", "cosine", "constant", "wsd"):
+            raise bad("schedule", f"must be linear, cosine, constant or wsd, got {self.schedule!r}")
+        if not 0.0 < self.decay_fraction < 1.0:
+            raise bad("decay_fraction", f"must be in (0, 1), got {self.decay_fraction}")
+        if self.cooldowns < 0:
+            raise bad("cooldowns", f"must be >= 0, got {self.cooldowns}")
+        if self.cooldowns and self.schedule != "wsd":
+            raise bad(
+                "cooldowns",
+                f"cooldown branches need schedule: wsd (got {self.schedule!r}); "
+                "set train.schedule=wsd or train.cooldowns=0",
+            )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise bad("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -41,12 +41,18 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _made_at(row: dict[str, Any]) -> int:
+    """The main-run step after which a row was written: a cooldown branch's row carries the
+    step its trajectory ended at, but it was made right after its fork step."""
+    return int(row.get("fork_step", row.get("step", 0)))
+
+
 def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
-    """Keep only rows with ``step <= last_step`` (rewritten atomically)."""
+    """Keep only rows written at or before main step ``last_step`` (rewritten atomically)."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return
-    keep = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= last_step]
+    keep = [r for r in read_metrics(run_dir) if _made_at(r) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 

@@ -25,6 +25,7 @@ from moelab.model import MoeFFN, build_model
 from moelab.train import checkpoint as ckpt_io
 from moelab.train.budget import Budget, eval_steps, resolve_budget
 from moelab.train.config import RunConfig, open_prepared
+from moelab.train.cooldown import restore_snapshot, take_snapshot
 from moelab.train.metrics import MetricsWriter, truncate_metrics
 from moelab.train.optim import build_optimizer, set_lr
 from moelab.train.progress import ProgressBar
@@ -37,7 +38,7 @@ from moelab.train.rundir import (
     has_checkpoints,
     read_done,
 )
-from moelab.train.schedule import LrSchedule
+from moelab.train.schedule import Cooldown, LrSchedule, cooldown_lr, cooldown_plan
 from moelab.train.step import train_step
 from moelab.train.telemetry import MoeTelemetry
 from moelab.train.validation import build_eval_sets, evaluate
@@ -86,8 +87,15 @@ class Trainer:
         self.device = device or pick_device(t.device)
         self.budget: Budget = resolve_budget(cfg)
         self.schedule = LrSchedule(
-            t.lr, self.budget.warmup_steps, self.budget.total_steps, t.schedule, t.min_lr_ratio
+            t.lr,
+            self.budget.warmup_steps,
+            self.budget.total_steps,
+            t.schedule,
+            t.min_lr_ratio,
+            t.decay_fraction,
         )
+        self.cooldowns: list[Cooldown] = cooldown_plan(self.schedule, t.cooldowns)
+        self.fork_at = {c.fork_step: c for c in self.cooldowns}
         self.eval_at = set(eval_steps(self.budget.total_steps, t.eval_points))
         self.micro_batch = t.batch_size // (world * t.grad_accum)
         self.amp_dtype = torch.bfloat16 if t.dtype == "bf16" else None
@@ -127,6 +135,64 @@ class Trainer:
             )
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def flops_spent(self, step: int) -> float:
+        """Training FLOPs spent once main step ``step`` and every cooldown forked at or before
+        it are done: what the run cost, as opposed to the trajectory's ``flops_at(step)``."""
+        branch_tokens = sum(c.length for c in self.cooldowns if c.fork_step <= step)
+        return self.budget.flops_at(step) + self.budget.flops_at(branch_tokens)
+
+    def _train_step(self, model, batch, optimizer, params, on_moe_stats):
+        m = self.cfg.model
+        return train_step(
+            model,
+            batch,
+            optimizer,
+            params,
+            micro_batch=self.micro_batch,
+            aux_loss_weight=m.aux_loss_weight,
+            z_loss_weight=m.z_loss_weight,
+            clip=self.cfg.train.clip,
+            autocast=self.autocast,
+            on_moe_stats=on_moe_stats,
+            all_finite=self.all_finite,
+            grad_norm=self.grad_norm,
+        )
+
+    def _cooldown(self, c: Cooldown, model, optimizer, params, stream, eval_sets) -> dict:
+        """Run the cooldown branch ``c`` from the current state, validate its end, restore the
+        state, and return its metrics row (``annealed``: the rate ended at the floor)."""
+        t, budget = self.cfg.train, self.budget
+        snap = take_snapshot(self.unwrap(model), optimizer)
+        ce, n_ok, lr = 0.0, 0, t.lr
+        t0 = time.perf_counter()
+        try:
+            for j in range(1, c.length + 1):
+                lr = cooldown_lr(t.lr, t.min_lr_ratio, j, c.length)
+                set_lr(optimizer, lr)
+                step = c.fork_step + j
+                batch = stream.batch(step, self.rank, self.world).to(self.device)
+                res = self._train_step(model, batch, optimizer, params, None)
+                if res.updated:
+                    ce += float(res.ce_loss)
+                    n_ok += 1
+            val = evaluate(model, eval_sets, self.device, self.autocast) if eval_sets else {}
+        finally:
+            restore_snapshot(self.unwrap(model), optimizer, snap)
+        return {
+            "step": c.end_step,
+            "fork_step": c.fork_step,
+            "branch": True,
+            "annealed": True,
+            "tokens": budget.tokens_at(c.end_step),
+            "flops": budget.flops_at(c.end_step),
+            "flops_spent": self.flops_spent(c.fork_step),
+            "lr": lr,
+            "loss": ce / n_ok if n_ok else math.nan,
+            "skipped_updates": c.length - n_ok,
+            "val_loss": val,
+            "wall_s": time.perf_counter() - t0,
+        }
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -289,19 +355,12 @@ class Trainer:
                 lr = self.schedule(step)
                 set_lr(optimizer, lr)
                 batch = stream.batch(step, self.rank, self.world).to(self.device, non_blocking=True)
-                res = train_step(
+                res = self._train_step(
                     model,
                     batch,
                     optimizer,
                     params,
-                    micro_batch=self.micro_batch,
-                    aux_loss_weight=cfg.model.aux_loss_weight,
-                    z_loss_weight=cfg.model.z_loss_weight,
-                    clip=t.clip,
-                    autocast=self.autocast,
-                    on_moe_stats=telemetry.add if telemetry is not None else None,
-                    all_finite=self.all_finite,
-                    grad_norm=self.grad_norm,
+                    telemetry.add if telemetry is not None else None,
                 )
                 if res.updated:
                     nonfinite_run = 0
@@ -340,6 +399,7 @@ class Trainer:
                     )
                     if is_eval:
                         row["val_loss"] = val_loss
+                        row["annealed"] = is_last and self.schedule.ends_annealed()
                     writer.write(row)
                     last = row
                     bar.update(step, row.get("loss"), row["tokens_per_s"])
@@ -355,6 +415,17 @@ class Trainer:
                         f"training stopped at step {step}: {nonfinite_run} non-finite losses or "
                         f"gradients in a row (train.max_nonfinite_in_row); {where}; lower "
                         "train.lr, set train.clip, or use train.dtype=fp32"
+                    )
+                if step in self.fork_at and nonfinite_run == 0:
+                    # Before the checkpoint: a checkpoint at a fork step means its branch
+                    # (and its row) is done, so a resume never has to redo or skip one.
+                    branch = self._cooldown(
+                        self.fork_at[step], model, optimizer, params, stream, eval_sets
+                    )
+                    writer.write(branch)
+                    self._say(
+                        f"cooldown {branch['fork_step']} -> {branch['step']}: "
+                        + ", ".join(f"{d} {v:.3f}" for d, v in branch["val_loss"].items())
                     )
                 if is_ckpt and nonfinite_run == 0:
                     meta = {
@@ -383,6 +454,8 @@ class Trainer:
             "flops": budget.total_flops,
             "flops_accounting": "paper (Narayanan et al.) train_flops_per_token x tokens",
             "flops_per_token": budget.flops_per_token,
+            "flops_spent": self.flops_spent(budget.total_steps),
+            "cooldowns": [[c.fork_step, c.length] for c in self.cooldowns],
             "palm_flops_per_token": palm_flops_per_token(cfg.model, t.seq_len),
             "budget": {"kind": budget.kind, "requested": budget.requested},
             "params_total": counts.total,
@@ -412,6 +485,7 @@ class Trainer:
             "grad_norm": gnorm if n_acc else math.nan,
             "skipped_updates": skipped,
             "tokens_per_s": interval_tokens / interval_time if interval_time > 0 else 0.0,
+            "flops_spent": self.flops_spent(step),
         }
         if telemetry is not None:
             row["moe"] = telemetry.flush()
