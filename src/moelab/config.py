@@ -21,6 +21,15 @@ from moelab.errors import MoelabError
 
 T = TypeVar("T")
 
+INIT_SCHEMES = ("fairseq", "scaled_normal")
+
+
+def default_init(arch: str) -> str:
+    """The initialisation an architecture gets when a config does not name one: fairseq's for
+    the paper arch (what the paper's models were trained from), the GPT-2 style scaled normal
+    for the modern arch (measured to train it well; docs/model.md)."""
+    return "fairseq" if arch == "paper" else "scaled_normal"
+
 
 @dataclass
 class ModelConfig:
@@ -41,7 +50,10 @@ class ModelConfig:
     activation_dropout: float = 0.0
     padding_idx: int = 1  # fairseq's padding index; sinusoidal positions start at padding_idx + 1
     norm_eps: float = 1e-5
-    init_std: float = 0.02
+    # "fairseq" | "scaled_normal" (see docs/model.md); None (or omitted) = the arch's default,
+    # resolved on construction so the saved and hashed config always names the scheme.
+    init: str | None = None
+    init_std: float = 0.02  # scaled_normal only
     rope_theta: float = 10000.0  # modern arch only
     # MoE
     n_experts: int = 0
@@ -52,6 +64,10 @@ class ModelConfig:
     second_expert_policy: str = "all"  # "all" | "sampling" | "random" (top_k == 2 only)
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.init is None:
+            self.init = default_init(self.arch)
 
     @property
     def is_moe(self) -> bool:
@@ -69,6 +85,13 @@ class ModelConfig:
 
         if self.arch not in ("paper", "modern"):
             raise bad("arch", f"must be 'paper' or 'modern', got {self.arch!r}")
+        if self.init is None:
+            self.init = default_init(self.arch)
+        if self.init not in INIT_SCHEMES:
+            raise bad("init", f"must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        std_ok = self.init_std > 0 and math.isfinite(self.init_std)
+        if self.init == "scaled_normal" and not std_ok:
+            raise bad("init_std", f"must be > 0, got {self.init_std}")
         for key in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ffn", "max_seq_len"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)}")

@@ -10,6 +10,9 @@ experts. Dropout is 0 there: these runs see each token about once and are far fr
 where dropout only slows learning. The ``-modern`` pairs use the modern architecture (RMSNorm,
 SwiGLU with ``d_ffn ~ 8/3 d`` so the FFN keeps the GELU model's size, rotary positions, no biases)
 with MoE in every layer, the layout Llama and Mixtral checkpoints use.
+
+Every preset names its initialisation: ``fairseq`` for the paper architecture (what the paper's
+models started from), ``scaled_normal`` for the modern one (docs/model.md).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ def _paper(name: str, n_layers: int, d_model: int, n_heads: int, n_experts: int 
         n_experts=n_experts,
         moe_every=2,
         top_k=2,
+        init="fairseq",
     )
 
 
@@ -66,6 +70,7 @@ def _cpu(
         n_experts=_CPU_EXPERTS if moe else 0,
         moe_every=1 if modern else 2,
         top_k=2,
+        init="scaled_normal" if modern else "fairseq",
     )
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
 from moelab.model.fused_loss import linear_cross_entropy
+from moelab.model.init import init_weights
 from moelab.model.kv_cache import KVCache
 from moelab.model.moe import MoeFFN, MoeOutput, MoeStats
 from moelab.model.positions import rotary_cos_sin, sinusoidal_offset, sinusoidal_table
@@ -205,39 +206,9 @@ class LanguageModel(nn.Module):
         )
 
 
-def init_weights(model: LanguageModel, generator: torch.Generator | None = None) -> None:
-    """Normal(0, init_std) for projections, router and experts' input weights; residual output
-    projections (attn out_proj, FFN fc2/w2, experts' w2) use init_std / sqrt(2 * n_layers)
-    (GPT-2 style) so the residual stream's variance does not grow with depth; biases zero,
-    norms one. Embedding: normal(0, D^-0.5) in the paper arch (fairseq; scaled by sqrt(D) this
-    gives unit-variance inputs), normal(0, init_std) in the modern arch. Nothing starts tiny,
-    which keeps fp32 on CPU clear of denormal slowdowns."""
-    cfg = model.cfg
-    std = cfg.init_std
-    out_std = std / math.sqrt(2 * cfg.n_layers)
-    out_names = ("out_proj", "fc2", "w2")
-
-    def normal_(t: torch.Tensor, s: float) -> None:
-        nn.init.normal_(t, 0.0, s, generator=generator)
-
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 2)
-            if name == "embed.weight":
-                normal_(p, cfg.d_model**-0.5 if cfg.arch == "paper" else std)
-            elif "norm" in name:
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-            elif name.endswith("bias") or name.endswith(".b1") or name.endswith(".b2"):
-                p.zero_()
-            elif any(part in out_names for part in leaf[-2:]):
-                normal_(p, out_std)
-            else:
-                normal_(p, std)
-
-
 def build_model(cfg: ModelConfig, seed: int | None = None) -> LanguageModel:
-    """Build and initialise a model (``seed`` fixes the initialisation; None uses torch's
-    global RNG)."""
+    """Build and initialise a model by ``cfg.init`` (``seed`` fixes the initialisation; None
+    uses torch's global RNG)."""
     cfg.validate()
     model = LanguageModel(cfg)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
