@@ -60,6 +60,11 @@ class StudyEval:
     shots: int = 4
     seeds: int = 3  # few-shot seeds (the paper used 25)
     limit: int | None = 200  # items per task (the paper used every item)
+    limits: dict[str, int] = field(default_factory=dict)  # per task (blimp: per paradigm)
+    # Tasks skipped with a note (instead of an error) when their files are not there: lets the
+    # built-in study score BLiMP where ../shared/data has it and still run on a bare machine.
+    optional: list[str] = field(default_factory=list)
+    fewshot_sampling: str = "per_item"  # "per_item" | "per_run" (one example set per seed)
     finetune: list[str] = field(default_factory=list)
     finetune_options: dict[str, Any] = field(default_factory=dict)
 
@@ -81,6 +86,12 @@ class StudyConfig:
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     family_keys: list[str] | None = None  # grid keys whose value joins the family name
+    # Extra seeds for some models only (cheap replicates of the small sizes, for intervals):
+    # {seeds: [2, 3], models: [dense-cpu-0.5m, moe-cpu-0.5m]}; each adds a run "NAME__seed=S".
+    replicates: dict[str, list[Any]] = field(default_factory=dict)
+    # Runs trained at once, each in its own process with `threads` threads (default 1): on a
+    # 2-core machine two single-threaded runs of tiny models take about half the wall time.
+    workers: int = 1
     eval: StudyEval = field(default_factory=StudyEval)
     fit: StudyFit = field(default_factory=StudyFit)
     # Estimated training throughput for --plan when no measurement is possible, in training
@@ -103,9 +114,11 @@ class StudyConfig:
                 raise MoelabError(f"grid: bad key {key!r}; use dotted run-config keys")
         if "model" not in self.base and "model" not in self.grid:
             raise MoelabError("base.model: missing; name a preset in base.model or grid.model")
-        if self.fit.frontier not in ("envelope", "final"):
+        from moelab.study.fit import MODES
+
+        if self.fit.frontier not in MODES:
             raise MoelabError(
-                f"fit.frontier: must be 'envelope' or 'final', not {self.fit.frontier!r}"
+                f"fit.frontier: must be one of {', '.join(MODES)}, not {self.fit.frontier!r}"
             )
         if not 0.0 <= self.fit.min_run_fraction < 1.0:
             raise MoelabError("fit.min_run_fraction: must be in [0, 1)")
@@ -115,8 +128,24 @@ class StudyConfig:
             raise MoelabError("eval.shots must be >= 0 and eval.seeds >= 1")
         if self.eval.limit is not None and self.eval.limit < 1:
             raise MoelabError("eval.limit: must be >= 1 or null (every item)")
+        if self.eval.fewshot_sampling not in ("per_item", "per_run"):
+            raise MoelabError(
+                "eval.fewshot_sampling: must be 'per_item' or 'per_run', not "
+                f"{self.eval.fewshot_sampling!r}"
+            )
+        for task, n in self.eval.limits.items():
+            if not isinstance(n, int) or n < 1:
+                raise MoelabError(f"eval.limits.{task}: must be an integer >= 1, got {n!r}")
         if self.eval.few_shot and self.eval.shots == 0:
             raise MoelabError("eval.shots: few_shot tasks need shots >= 1")
+        if set(self.replicates) - {"seeds", "models"}:
+            raise MoelabError("replicates: expected the keys 'seeds' and 'models' only")
+        if self.replicates and not (self.replicates.get("seeds") and self.replicates.get("models")):
+            raise MoelabError("replicates: give both 'seeds' (a list) and 'models' (a list)")
+        if self.replicates and ("seed" in self.grid or "train.seed" in self.grid):
+            raise MoelabError("replicates: the grid already varies the seed; use one of the two")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise MoelabError(f"workers: must be an integer >= 1, got {self.workers!r}")
         if self.threads is not None and self.threads < 1:
             raise MoelabError(f"threads: must be >= 1 or null, got {self.threads}")
         if not (self.flops_per_second > 0 and math.isfinite(self.flops_per_second)):

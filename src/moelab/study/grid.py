@@ -123,4 +123,40 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
         specs.append(RunSpec(name, index, values, run_config, family_suffix=suffix))
     if not specs:
         raise MoelabError("grid: no runs; give at least one model")
-    return specs
+    return specs + _replicates(cfg, specs, seed_key, seen)
+
+
+def _replicates(
+    cfg: StudyConfig, specs: list[RunSpec], seed_key: str, seen: dict[str, int]
+) -> list[RunSpec]:
+    """Copies of the grid's runs of ``replicates.models`` with each of ``replicates.seeds``."""
+    rep = cfg.replicates
+    if not rep:
+        return []
+    wanted = [str(m) for m in rep["models"]]
+    models = {_value_label(s.values.get("model", "")) for s in specs}
+    missing = [m for m in wanted if m not in models]
+    if missing:
+        known = ", ".join(sorted(models))
+        raise MoelabError(f"replicates.models: {', '.join(missing)} not in grid.model ({known})")
+    out: list[RunSpec] = []
+    for seed in rep["seeds"]:
+        for spec in specs:
+            if _value_label(spec.values.get("model", "")) not in wanted:
+                continue
+            run_config = copy.deepcopy(spec.run_config)
+            set_dotted(run_config, seed_key, seed)
+            name = _safe(f"{spec.name}__seed={_value_label(seed)}")
+            if name in seen:
+                raise MoelabError(f"replicates: run {name!r} twice; give distinct seeds")
+            seen[name] = len(specs) + len(out)
+            out.append(
+                RunSpec(
+                    name,
+                    len(specs) + len(out),
+                    {**spec.values, "seed": seed},
+                    run_config,
+                    family_suffix=spec.family_suffix,
+                )
+            )
+    return out

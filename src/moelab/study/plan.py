@@ -10,7 +10,7 @@ from typing import Any
 from moelab.config import ModelConfig
 from moelab.flops import ParamCounts, count_params, train_flops_per_token
 from moelab.study.grid import RunSpec
-from moelab.train.budget import resolve_budget
+from moelab.train.budget import cooldowns_of, resolve_budget
 from moelab.train.config import RunConfig, run_config_from_dict
 
 
@@ -24,9 +24,10 @@ class PlannedRun:
     flops_per_token: float
     steps: int
     tokens: int
-    train_flops: float
-    est_seconds: float
+    train_flops: float  # the main trajectory's
+    est_seconds: float  # for every FLOP spent, cooldown branches included
     throughput_source: str  # "measured" or "constant"
+    spent_flops: float = 0.0  # train_flops plus the cooldown branches' (schedule: wsd)
 
     @property
     def name(self) -> str:
@@ -116,6 +117,7 @@ def make_plan(
         budget = resolve_budget(run_cfg)  # the trainer's own rounding to whole steps
         steps, tokens = budget.total_steps, budget.total_tokens
         per_token, flops = budget.flops_per_token, budget.total_flops
+        spent = flops + budget.flops_at(sum(c.length for c in cooldowns_of(run_cfg, budget)))
         speed, source = flops_per_second, "constant"
         if measure:
             key = repr(
@@ -136,8 +138,9 @@ def make_plan(
                 steps=steps,
                 tokens=tokens,
                 train_flops=flops,
-                est_seconds=flops / speed,
+                est_seconds=spent / speed,
                 throughput_source=source,
+                spent_flops=spent,
             )
         )
     return plan
@@ -174,11 +177,16 @@ def format_plan(plan: list[PlannedRun], eval_note: str = "") -> str:
             f"{fmt_seconds(p.est_seconds):>9}"
         )
     total_flops = sum(p.train_flops for p in plan)
+    spent = sum(p.spent_flops for p in plan)
+    cooldown_note = (
+        f" + {spent - total_flops:.3g} in cooldown branches" if spent > total_flops * 1.0001 else ""
+    )
     total_s = sum(p.est_seconds for p in plan)
     sources = sorted({p.throughput_source for p in plan})
     lines.append("-" * len(head))
     lines.append(
-        f"{len(plan)} runs, {total_flops:.3g} training FLOPs (paper accounting), estimated "
+        f"{len(plan)} runs, {total_flops:.3g} training FLOPs (paper accounting){cooldown_note}, "
+        "estimated "
         f"training time {fmt_seconds(total_s)} ({'/'.join(sources)} throughput)"
         + (f"; {eval_note}" if eval_note else "")
     )

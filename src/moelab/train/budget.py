@@ -62,6 +62,23 @@ def resolve_budget(cfg: RunConfig) -> Budget:
     return Budget(kind, requested, steps, tokens_per_step, fpt, min(warmup, steps))
 
 
+def schedule_of(cfg: RunConfig, budget: Budget):
+    """The run's learning-rate schedule (a pure function of the step)."""
+    from moelab.train.schedule import LrSchedule
+
+    t = cfg.train
+    return LrSchedule(
+        t.lr, budget.warmup_steps, budget.total_steps, t.schedule, t.min_lr_ratio, t.decay_fraction
+    )
+
+
+def cooldowns_of(cfg: RunConfig, budget: Budget):
+    """The run's cooldown branches (``moelab.train.schedule.Cooldown``), in fork order."""
+    from moelab.train.schedule import cooldown_plan
+
+    return cooldown_plan(schedule_of(cfg, budget), cfg.train.cooldowns)
+
+
 def eval_steps(total_steps: int, points: int) -> list[int]:
     """``points`` log-spaced steps from 1 to ``total_steps`` (deduplicated), always including
     the final step: the same steps for every run with the same step count."""

@@ -23,7 +23,7 @@ from moelab.flops import count_params, palm_flops_per_token
 from moelab.io import atomic_write_json
 from moelab.model import MoeFFN, build_model
 from moelab.train import checkpoint as ckpt_io
-from moelab.train.budget import Budget, eval_steps, resolve_budget
+from moelab.train.budget import Budget, cooldowns_of, eval_steps, resolve_budget, schedule_of
 from moelab.train.config import RunConfig, open_prepared
 from moelab.train.cooldown import restore_snapshot, take_snapshot
 from moelab.train.metrics import MetricsWriter, truncate_metrics
@@ -38,7 +38,7 @@ from moelab.train.rundir import (
     has_checkpoints,
     read_done,
 )
-from moelab.train.schedule import Cooldown, LrSchedule, cooldown_lr, cooldown_plan
+from moelab.train.schedule import Cooldown, cooldown_lr
 from moelab.train.step import train_step
 from moelab.train.telemetry import MoeTelemetry
 from moelab.train.validation import build_eval_sets, evaluate
@@ -86,15 +86,8 @@ class Trainer:
             )
         self.device = device or pick_device(t.device)
         self.budget: Budget = resolve_budget(cfg)
-        self.schedule = LrSchedule(
-            t.lr,
-            self.budget.warmup_steps,
-            self.budget.total_steps,
-            t.schedule,
-            t.min_lr_ratio,
-            t.decay_fraction,
-        )
-        self.cooldowns: list[Cooldown] = cooldown_plan(self.schedule, t.cooldowns)
+        self.schedule = schedule_of(cfg, self.budget)
+        self.cooldowns: list[Cooldown] = cooldowns_of(cfg, self.budget)
         self.fork_at = {c.fork_step: c for c in self.cooldowns}
         self.eval_at = set(eval_steps(self.budget.total_steps, t.eval_points))
         self.micro_batch = t.batch_size // (world * t.grad_accum)
