@@ -11,6 +11,7 @@ from typing import Any
 
 from moelab.errors import MoelabError
 from moelab.study.fit import (
+    MODES,
     EvalPoint,
     MonotoneFit,
     PowerLawFit,
@@ -48,6 +49,7 @@ class Analysis:
     in_domains: list[str]
     out_domains: list[str]
     min_run_fraction: float = 0.0
+    mode: str = "envelope"  # the loss fits' point selection (fit.MODES)
 
 
 def _is_dense(family: str) -> bool:
@@ -78,8 +80,16 @@ def _points(rows: list[dict[str, Any]], column: str, final_only: bool) -> dict[s
         c = r.get("train_flops")
         if not c or c <= 0:
             continue
-        out.setdefault(r["family"], []).append(EvalPoint(r["run"], float(c), float(v)))
+        annealed = bool(r.get("annealed"))
+        out.setdefault(r["family"], []).append(EvalPoint(r["run"], float(c), float(v), annealed))
     return out
+
+
+def moe_frontier_mode(mode: str) -> str:
+    """The selection the MoE side of a speedup uses for a dense fit on ``mode``: the same kind of
+    point (annealed points for ``annealed``, final points for ``final``), as a monotone frontier;
+    ``envelope`` for ``envelope`` and ``all`` (a measured frontier is a lower envelope)."""
+    return mode if mode in ("annealed", "final") else "envelope"
 
 
 def analyse_loss(
@@ -104,12 +114,16 @@ def analyse_loss(
         dense_fit = ma.fits.get(dense)
         if dense_fit is None or moe not in ma.points:
             continue
-        frontier = fit_monotone(
-            ma.points[moe],
-            higher_is_better=False,
-            mode="envelope",
-            min_run_fraction=min_run_fraction,
-        )
+        try:
+            frontier = fit_monotone(
+                ma.points[moe],
+                higher_is_better=False,
+                mode=moe_frontier_mode(mode),
+                min_run_fraction=min_run_fraction,
+            )
+        except MoelabError as e:
+            ma.fit_errors.setdefault(moe, str(e))
+            continue
         ma.speedups[moe] = speedup_curve(dense_fit, frontier)
     return ma
 
@@ -145,6 +159,8 @@ def analyse(
     bootstrap: int = 200,
     min_run_fraction: float = 0.1,
 ) -> Analysis:
+    if mode not in MODES:
+        raise MoelabError(f"fit.frontier: {mode!r} is unknown; use one of {', '.join(MODES)}")
     families = list(dict.fromkeys(r["family"] for r in rows))
     dense, partner = pair_families(families)
     in_domains = list(meta.get("in_domains", []))
@@ -167,7 +183,9 @@ def analyse(
     zs = analyse_zero_shot(rows, meta, partner)
     if zs is not None:
         metrics[ZERO_SHOT] = zs
-    return Analysis(families, dense, partner, metrics, in_domains, out_domains, min_run_fraction)
+    return Analysis(
+        families, dense, partner, metrics, in_domains, out_domains, min_run_fraction, mode
+    )
 
 
 def headline(points: list[SpeedupPoint]) -> SpeedupPoint | None:
@@ -182,7 +200,14 @@ def headline(points: list[SpeedupPoint]) -> SpeedupPoint | None:
 
 def fits_json(an: Analysis) -> dict[str, Any]:
     """Fits and speedups as plain data (``fits.json``)."""
-    out: dict[str, Any] = {"dense_family": an.dense_family, "partner": an.partner, "metrics": {}}
+    out: dict[str, Any] = {
+        "dense_family": an.dense_family,
+        "partner": an.partner,
+        "frontier": an.mode,
+        "moe_frontier": moe_frontier_mode(an.mode),
+        "min_run_fraction": an.min_run_fraction,
+        "metrics": {},
+    }
     for name, ma in an.metrics.items():
         entry: dict[str, Any] = {
             "label": ma.label,

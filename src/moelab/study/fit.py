@@ -28,17 +28,21 @@ from scipy.optimize import least_squares
 
 from moelab.errors import MoelabError
 
-MODES = ("envelope", "final", "all")
+MODES = ("envelope", "final", "all", "annealed")
 
 
 @dataclass(frozen=True)
 class EvalPoint:
     """One evaluation: ``run`` (the unit the bootstrap resamples), training FLOPs so far, and the
-    measured value (a loss, or an accuracy in [0, 1])."""
+    measured value (a loss, or an accuracy in [0, 1]). ``annealed``: the learning rate had
+    decayed to the schedule's floor when it was measured (a cooldown branch's end, or the final
+    point of a decaying schedule), so the point is what a run trained to exactly this compute
+    would reach; mid-run points of a stable or slowly decaying phase are not."""
 
     run: str
     compute: float
     value: float
+    annealed: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,9 +60,11 @@ def select_points(
 
     ``mode``: ``"envelope"`` keeps the compute-efficient frontier: every point that is strictly
     better than all points at lower or equal compute, over all runs (lower envelope of a loss,
-    upper envelope of an accuracy). ``"final"`` keeps each run's last (highest-compute) point.
-    ``"all"`` keeps everything. ``min_run_fraction`` first drops each run's points below that
-    fraction of the run's final compute (early-training points that no power law describes).
+    upper envelope of an accuracy). ``"annealed"`` is the same envelope over the annealed points
+    only (a mid-run point of an undecayed schedule sits above the loss a run of that length
+    reaches, so it would bend the frontier). ``"final"`` keeps each run's last (highest-compute)
+    point. ``"all"`` keeps everything. ``min_run_fraction`` first drops each run's points below
+    that fraction of the run's final compute (early-training points that no power law describes).
     """
     if mode not in MODES:
         raise MoelabError(f"fit mode {mode!r} is unknown; use one of {', '.join(MODES)}")
@@ -74,6 +80,8 @@ def select_points(
         for p in pts:
             last[p.run] = max(last.get(p.run, 0.0), p.compute)
         pts = [p for p in pts if p.compute >= min_run_fraction * last[p.run]]
+    if mode == "annealed":
+        pts = [p for p in pts if p.annealed]
     sign = -1.0 if higher_is_better else 1.0  # compare as "lower is better"
     pts.sort(key=lambda p: (p.compute, sign * p.value))
     if mode == "all":
@@ -235,9 +243,15 @@ def fit_power_law(
     runs = sorted({p.run for p in all_points})
     fitted = _fit_selected(pts, huber_delta)
     if fitted is None:
+        hint = "add runs or budgets"
+        if mode == "annealed":
+            hint = (
+                "train with schedule: wsd and cooldown branches for annealed points at several "
+                "budgets, or fit with frontier: envelope"
+            )
         raise MoelabError(
             f"a power-law fit needs at least 3 positive points at 2 or more compute values; "
-            f"the {mode!r} selection has {len(pts)} from {len(runs)} run(s): add runs or budgets"
+            f"the {mode!r} selection has {len(pts)} from {len(runs)} run(s): {hint}"
         )
     e, log_a, alpha = fitted
     compute = np.array([p.compute for p in pts])

@@ -462,6 +462,17 @@ def _table(doc: Document, finals: list[dict], meta: dict) -> None:
     )
 
 
+FRONTIER_TEXT = {
+    "annealed": "the annealed frontier: the lower envelope of the family's annealed points "
+    "(cooldown-branch ends and decayed final points, where the learning rate had reached its "
+    "floor)",
+    "envelope": "the compute-efficient frontier: the lower envelope of all evaluation points of "
+    "the family's runs, annealed or not",
+    "final": "each run's final point",
+    "all": "every evaluation point of the family's runs",
+}
+
+
 def _interval(fit: PowerLawFit, name: str) -> str:
     iv = fit.intervals.get(name)
     return f" [{iv[0]:.3g}, {iv[1]:.3g}]" if iv else ""
@@ -473,8 +484,8 @@ def _fits(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
     doc.add(
         Para(
             "Per family, L(C) = E + A·C^-alpha is fitted (Huber loss on log L, several "
-            "starting points) to the compute-efficient frontier: the lower envelope of all "
-            "evaluation points of the family's runs, leaving out each run's points below "
+            f"starting points) to {FRONTIER_TEXT[an.mode]} (`fit.frontier: {an.mode}`), "
+            "leaving out each run's points below "
             f"{frac:g} of its final compute (early training follows no power law). "
             "Brackets: 95% bootstrap intervals over runs (given with 3 or more runs per "
             "family). Residuals are log(observed) - log(fitted)."
