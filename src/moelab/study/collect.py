@@ -34,18 +34,25 @@ def validation_points(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
         val = row.get("val_loss")
         if not isinstance(val, dict) or not val:
             continue
+        branch = bool(row.get("branch"))
+        flops = float(row["flops"])
         points.append(
             {
                 "step": int(row["step"]),
                 "tokens": int(row["tokens"]),
-                "train_flops": float(row["flops"]),
+                "train_flops": flops,
+                "train_flops_spent": _float(row.get("flops_spent")) or flops,
+                # Runs trained before annealing was recorded: no point is known to be annealed.
+                "annealed": bool(row.get("annealed", False)),
+                "branch": branch,
+                "fork_step": int(row["fork_step"]) if branch else None,
                 "val": {d: _float(v) for d, v in val.items()},
             }
         )
-    points.sort(key=lambda p: p["step"])
-    # A resumed run may log the same step twice; keep the last.
-    dedup: dict[int, dict[str, Any]] = {p["step"]: p for p in points}
-    return [dedup[s] for s in sorted(dedup)]
+    # A resumed run may log the same step twice; keep the last. A cooldown branch may end at
+    # the step of a main-run validation: both are kept, the main run's point last.
+    dedup: dict[tuple[int, bool], dict[str, Any]] = {(p["step"], p["branch"]): p for p in points}
+    return [dedup[k] for k in sorted(dedup, key=lambda k: (k[0], not k[1]))]
 
 
 def expert_load(metrics: list[dict[str, Any]]) -> tuple[list[int], np.ndarray] | None:
@@ -107,6 +114,9 @@ def read_record(path: Path, *, rerun: str, key: str | None = None) -> RunRecord:
         out_domains=list(ev["out_domains"]),
         points=points,
         zero_shot=dict(ev.get("zero_shot") or {}),
+        zero_shot_detail={
+            k: v for k, v in (ev.get("zero_shot_detail") or {}).items() if isinstance(v, dict)
+        },
         few_shot=dict(ev.get("few_shot") or {}),
         finetune=dict(ev.get("finetune") or {}),
         eval_loss=dict(ev.get("eval_loss") or {}),
@@ -178,7 +188,7 @@ def read_finished_eval(path: Path, *, rerun: str, key: str | None = None) -> dic
             raise MoelabError(f"{f}: field {name!r} has the wrong type; {fix}")
     if ev["run"] != path.name:
         raise MoelabError(f"{f}: belongs to run {ev['run']!r}, not {path.name!r}; {fix}")
-    for name in _EVAL_SCORES + ("values", "tasks"):
+    for name in _EVAL_SCORES + ("values", "tasks", "zero_shot_detail"):
         if ev.get(name) is not None and not isinstance(ev[name], dict):
             raise MoelabError(f"{f}: field {name!r} must be a mapping; {fix}")
     for name in _EVAL_SCORES:

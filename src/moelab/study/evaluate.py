@@ -48,6 +48,7 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
         "out_domains": list(data.heldout_domains),
         "checkpoint": run.checkpoint,
         "zero_shot": {},
+        "zero_shot_detail": {},
         "few_shot": {},
         "finetune": {},
         "eval_loss": {},
@@ -63,27 +64,58 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
             "context": ppl["context"],
         }
     tdir = tasks_dir_of(cfg)
+    result["skipped_tasks"] = {}
     for name in dict.fromkeys(ev.zero_shot + ev.few_shot):
+        if name in ev.optional and not task_available(name, tdir):
+            why = f"not found under {tdir} (optional in this study: skipped)"
+            result["skipped_tasks"][task_label(name)] = why
+            echo(f"    {name}: {why}")
+            continue
         task = _task(name, tdir)
-        out = evaluate_task(run.model, run.tokenizer, task, shots=0, seeds=1, limit=ev.limit)
+        out = evaluate_task(
+            run.model,
+            run.tokenizer,
+            task,
+            shots=0,
+            seeds=1,
+            limit=_limit(name, ev),
+        )
         label = task_label(name)
         result["zero_shot"][label] = out["accuracy"]
+        result["zero_shot_detail"][label] = {
+            k: out.get(k)
+            for k in ("accuracy_ci95", "score", "score_ci95", "score_chance", "groups")
+        }
         result["tasks"][label] = {
             "chance": out["chance"],
             "n_items": out["n_items"],
             "n_items_total": out["n_items_total"],
             "split": out["split"],
             "mode": out["primary_mode"],
+            "score_chance": out.get("score_chance"),
+            "reference": out.get("reference") or {},
+            "groups_n_items": {g: v.get("n_items") for g, v in (out.get("groups") or {}).items()},
+            "limit": _limit(name, ev),
         }
         result["details"][f"{label}/0-shot"] = _brief(out)
+        score = out.get("score")
         echo(
             f"    {name} 0-shot: {out['accuracy']:.3f} (chance {out['chance']:.3f}, "
             f"{out['n_items']} items)"
+            + (f"; score {score:.4f} (chance {out.get('score_chance'):.4f})" if score else "")
         )
     for name in ev.few_shot:
+        if task_label(name) in result["skipped_tasks"]:
+            continue
         task = _task(name, tdir)
         out = evaluate_task(
-            run.model, run.tokenizer, task, shots=ev.shots, seeds=ev.seeds, limit=ev.limit
+            run.model,
+            run.tokenizer,
+            task,
+            shots=ev.shots,
+            seeds=ev.seeds,
+            limit=_limit(name, ev),
+            fewshot_sampling=ev.fewshot_sampling,
         )
         result["few_shot"][task_label(name)] = out["accuracy"]
         result["details"][f"{task_label(name)}/{ev.shots}-shot"] = _brief(out)
@@ -108,6 +140,22 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
         )
         echo(f"    {name} fine-tuned: {acc:.3f}")
     return result
+
+
+def _limit(name: str, ev) -> int | None:
+    """Items per task; BLiMP counts its limit per paradigm (``eval.limits`` overrides any)."""
+    return ev.limits.get(task_label(name), ev.limit)
+
+
+def task_available(name: str, tasks_dir: str | None) -> bool:
+    """Whether a registered task's folder exists (other names: let the loader decide)."""
+    from moelab.eval.tasks.registry import TASKS, default_tasks_dir
+
+    spec = TASKS.get(name.split(":", 1)[0])
+    if spec is None or name.startswith("hf:"):
+        return True
+    root = Path(tasks_dir) if tasks_dir else default_tasks_dir()
+    return root is not None and ((root / spec.folder).is_dir() or (root / spec.name).is_dir())
 
 
 def _brief(out: dict[str, Any]) -> dict[str, Any]:

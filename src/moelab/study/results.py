@@ -28,6 +28,10 @@ FIXED_COLUMNS = [
     "final",
     "tokens",
     "train_flops",
+    "train_flops_spent",
+    "annealed",
+    "branch",
+    "fork_step",
     "params_total",
     "params_active",
     "params_active_non_embedding",
@@ -35,6 +39,7 @@ FIXED_COLUMNS = [
     "loss_in_domain",
     "loss_out_of_domain",
     "zero_shot_mean",
+    "zero_shot_score_mean",
     "few_shot_mean",
     "train_wall_s",
     "eval_wall_s",
@@ -58,6 +63,8 @@ class RunRecord:
     # validation points: {"step", "tokens", "train_flops", "val": {domain: loss}}
     points: list[dict[str, Any]]
     zero_shot: dict[str, float] = field(default_factory=dict)
+    # per zero-shot task: {"accuracy_ci95", "score", "score_ci95", "groups": {group: {...}}}
+    zero_shot_detail: dict[str, dict[str, Any]] = field(default_factory=dict)
     few_shot: dict[str, float] = field(default_factory=dict)
     finetune: dict[str, float] = field(default_factory=dict)
     eval_loss: dict[str, float] = field(default_factory=dict)  # final perplexity eval, nats/token
@@ -72,9 +79,13 @@ def _mean(values: list[float]) -> float | None:
 
 def rows_for_run(rec: RunRecord) -> list[dict[str, Any]]:
     rows = []
-    n = len(rec.points)
+    # The final point is the main run's last validation (a branch may end later in steps only
+    # if the schedule was cut short; it is never the run's final model).
+    main = [i for i, p in enumerate(rec.points) if not p.get("branch")]
+    last = main[-1] if main else len(rec.points) - 1
+    scores = {t: d["score"] for t, d in rec.zero_shot_detail.items() if d.get("score") is not None}
     for i, p in enumerate(rec.points):
-        final = i == n - 1
+        final = i == last
         val = p.get("val", {})
         row: dict[str, Any] = {
             "run": rec.name,
@@ -85,6 +96,10 @@ def rows_for_run(rec: RunRecord) -> list[dict[str, Any]]:
             "final": final,
             "tokens": p["tokens"],
             "train_flops": p["train_flops"],
+            "train_flops_spent": p.get("train_flops_spent", p["train_flops"]),
+            "annealed": bool(p.get("annealed", False)),
+            "branch": bool(p.get("branch", False)),
+            "fork_step": p.get("fork_step"),
             "params_total": rec.params_total,
             "params_active": rec.params_active,
             "params_active_non_embedding": rec.params_active_non_embedding,
@@ -92,6 +107,7 @@ def rows_for_run(rec: RunRecord) -> list[dict[str, Any]]:
             "loss_in_domain": _mean([val.get(d) for d in rec.in_domains]),
             "loss_out_of_domain": _mean([val.get(d) for d in rec.out_domains]),
             "zero_shot_mean": _mean(list(rec.zero_shot.values())) if final else None,
+            "zero_shot_score_mean": _mean(list(scores.values())) if final and scores else None,
             "few_shot_mean": _mean(list(rec.few_shot.values())) if final else None,
             "train_wall_s": rec.train_wall_s if final else None,
             "eval_wall_s": rec.eval_wall_s if final else None,
@@ -103,6 +119,7 @@ def rows_for_run(rec: RunRecord) -> list[dict[str, Any]]:
         if final:
             for task, acc in rec.zero_shot.items():
                 row[f"zero_shot/{task}"] = acc
+                _zero_shot_detail(row, task, rec.zero_shot_detail.get(task) or {})
             for task, acc in rec.few_shot.items():
                 row[f"few_shot/{task}"] = acc
             for task, acc in rec.finetune.items():
@@ -113,6 +130,25 @@ def rows_for_run(rec: RunRecord) -> list[dict[str, Any]]:
     return rows
 
 
+def _zero_shot_detail(row: dict[str, Any], task: str, detail: dict[str, Any]) -> None:
+    """Interval and continuous score of one zero-shot task, and its per-field breakdown."""
+
+    def put(prefix: str, name: str, value: Any, ci: Any) -> None:
+        row[f"{prefix}/{name}"] = value
+        lo, hi = ci if isinstance(ci, list | tuple) and len(ci) == 2 else (None, None)
+        row[f"{prefix}_lo/{name}"], row[f"{prefix}_hi/{name}"] = lo, hi
+
+    put("zero_shot", task, row[f"zero_shot/{task}"], detail.get("accuracy_ci95"))
+    if detail.get("score") is not None:
+        put("zero_shot_score", task, detail["score"], detail.get("score_ci95"))
+    for group, g in (detail.get("groups") or {}).items():
+        if not group.startswith("field:"):
+            continue  # paradigms stay in the run's study_eval.json
+        put("zero_shot", f"{task}:{group}", g.get("accuracy"), g.get("accuracy_ci95"))
+        if g.get("score") is not None:
+            put("zero_shot_score", f"{task}:{group}", g["score"], g.get("score_ci95"))
+
+
 def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     """Fixed columns first, then grid values, per-domain losses, accuracies, in first-seen order."""
     extra: list[str] = []
@@ -120,7 +156,17 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
         for k in row:
             if k not in FIXED_COLUMNS and k not in extra:
                 extra.append(k)
-    order = ("grid.", "loss/", "eval_loss/", "zero_shot/", "few_shot/", "finetune/")
+    order = (
+        "grid.",
+        "loss/",
+        "eval_loss/",
+        "zero_shot/",
+        "zero_shot_lo/",
+        "zero_shot_hi/",
+        "zero_shot_score",
+        "few_shot/",
+        "finetune/",
+    )
     extra.sort(key=lambda k: next((i for i, p in enumerate(order) if k.startswith(p)), len(order)))
     return FIXED_COLUMNS + extra
 

@@ -211,6 +211,13 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
     n = len(plan)
     if len(todo) < n:
         echo(f"{n - len(todo)} of {n} runs already finished; skipping them")
+    if cfg.workers > 1 and len(todo) > 1:
+        _run_parallel(cfg, out, todo, n, key, echo)
+        echo(f"all {n} runs finished; writing the results table, fits and report")
+        from moelab.study.report import build_report
+
+        build_report(out, echo=echo)
+        return plan
     remaining_est = sum(p.est_seconds for _, p in todo)
     spent_actual = spent_est = 0.0
     # Evaluation does a fixed amount of work per run whatever its training budget, scaling
@@ -245,6 +252,78 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
 
     build_report(out, echo=echo)
     return plan
+
+
+def _train_and_evaluate(
+    cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train: bool
+) -> tuple[float, float, list[str]]:
+    """One run in a worker process: train (unless already trained), evaluate, write its
+    study_eval.json. Returns (train seconds, evaluation seconds, the lines it would have
+    printed), so the parent prints each run's lines together."""
+    import torch
+
+    torch.set_num_threads(cfg.threads or 1)
+    lines: list[str] = []
+    train_s = 0.0
+    if train:
+        from moelab.train import train as train_run
+
+        start = time.perf_counter()
+        train_run(planned.run_config, path, progress=False)
+        train_s = time.perf_counter() - start
+    eval_s = _evaluate_one(cfg, planned, path, key, train_s, lines.append)
+    return train_s, eval_s, lines
+
+
+def _run_parallel(
+    cfg: StudyConfig, out: Path, todo: list[tuple[int, PlannedRun]], n: int, key: str, echo: Echo
+) -> None:
+    """Train and evaluate ``todo`` in ``cfg.workers`` processes, longest runs first (so the
+    last to finish is a short one). Each run is computed exactly as in sequence: same config,
+    same seed, same thread count, its own process."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    order = sorted(todo, key=lambda ip: -ip[1].est_seconds)
+    total_est = sum(p.est_seconds for _, p in todo) / cfg.workers
+    echo(
+        f"{len(todo)} runs on {cfg.workers} worker processes ({cfg.threads or 1} thread each); "
+        f"estimated training time {fmt_seconds(total_est)} + evaluation"
+    )
+    start = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    with cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+        futures = {}
+        for i, planned in order:
+            path = run_dir(out, planned.name)
+            state = run_state(path, key)
+            train = state in (RunState.NEW, RunState.INTERRUPTED)
+            verb = {RunState.NEW: "training", RunState.INTERRUPTED: "resuming"}.get(
+                state, "evaluating"
+            )
+            echo(f"[{i}/{n}] queued: {verb} {planned.name} ({planned.family})")
+            futures[pool.submit(_train_and_evaluate, cfg, planned, path, key, train)] = (
+                i,
+                planned,
+            )
+        done = 0
+        try:
+            for fut in cf.as_completed(futures):
+                i, planned = futures[fut]
+                train_s, eval_s, lines = fut.result()  # a run's error stops the study here
+                done += 1
+                elapsed = time.perf_counter() - start
+                echo(
+                    f"[{i}/{n}] finished {planned.name}: training {fmt_seconds(train_s)}, "
+                    f"evaluation {fmt_seconds(eval_s)} ({done}/{len(todo)} done, "
+                    f"{fmt_seconds(elapsed)} elapsed)"
+                )
+                for line in lines:
+                    echo(line)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
 
 
 def _evaluate_one(
