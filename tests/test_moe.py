@@ -132,7 +132,7 @@ def test_overflow_every_expert(k, capacity):
 def test_capacity_formula():
     assert expert_capacity(4096, 8, 2, 1.0) == 2 * math.ceil(4096 / 8)
     assert expert_capacity(10, 4, 2, 1.0) == 6
-    assert expert_capacity(10, 4, 1, 1.25) == 4  # ceil(1.25 * 3)
+    assert expert_capacity(10, 4, 1, 1.25) == 3  # top-1: int(1.25 * 3), fairseq's Top1Gate
     assert expert_capacity(10, 4, 2, 1.1) == 7  # ceil(6.6); float noise must not round up
     assert expert_capacity(5, 4, 2, 1.1) == 5  # 1.1 * 2 * 2 = 4.4 -> 5
     assert expert_capacity(10, 4, 2, None) is None

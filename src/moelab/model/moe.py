@@ -3,9 +3,10 @@
 The layer is three steps with plain data between them, so expert parallelism can slot an
 all-to-all between (2) and (3) without touching the maths:
 
-1. :func:`route` — a pure function of the router logits: top-k choice (ties to the lowest
-   expert index), second-expert policy, capacity slots, dropping, combine weights, balancing and
-   z losses and telemetry. Returns a :class:`Routing`.
+1. :func:`route` — a pure function of the router logits: top-k choice (as fairseq: rank 0 on
+   probabilities, later ranks on logits; ties to the lowest expert index), second-expert
+   policy, capacity slots, dropping, combine weights, balancing and z losses and telemetry.
+   Returns a :class:`Routing`.
 2. :func:`plan_dispatch` — the kept assignments sorted by expert (slot order inside an expert):
    source token, combine weight and count per expert. :class:`Experts` then runs expert e on its
    contiguous slice of the gathered tokens.
@@ -98,10 +99,18 @@ class Routing:
 def expert_capacity(
     n_tokens: int, n_experts: int, k: int, capacity_factor: float | None
 ) -> int | None:
-    """Slots per expert: ceil(cf * k * ceil(S / E)); None (dropless) when cf is None."""
+    """Slots per expert; None (dropless) when cf is None.
+
+    k == 1: int(cf * ceil(S / E)), fairseq's Top1Gate expression (rounds down, float noise and
+    all); at least 1, where fairseq would build a zero-slot layer and fail.
+    k >= 2: ceil(cf * k * ceil(S / E)); at cf = 1 and k = 2 fairseq's Top2Gate 2 * ceil(S / E)
+    (fairseq's top-2 has no capacity factor).
+    """
     if capacity_factor is None:
         return None
     per_expert = math.ceil(n_tokens / n_experts)
+    if k == 1:
+        return max(1, int(capacity_factor * per_expert))
     # round() guards against float noise such as 1.1 * 2 * 5 = 11.000000000000002.
     return max(1, math.ceil(round(capacity_factor * k * per_expert, 9)))
 
@@ -128,7 +137,9 @@ def route(
 ) -> Routing:
     """Top-k routing with capacity, fairseq semantics (a pure function of its inputs).
 
-    - probabilities: softmax in float32; expert r = the r-th best, ties to the lowest index.
+    - probabilities: softmax in float32. Expert 0 = argmax of the probabilities; expert r >= 1
+      = argmax of the logits over the experts not yet chosen (as fairseq's top2gating, also
+      where probabilities underflow to 0); exact ties go to the lowest index.
     - ``policy`` (k == 2 and ``training`` only): ``sampling`` picks expert 2 by Gumbel-noised
       logits excluding expert 1; ``random`` keeps expert 2 with probability 2 * g2.
     - capacity: rank-0 assignments take slots first in token order, then rank 1, ...;
@@ -146,17 +157,24 @@ def route(
     use_policy = training and k == 2 and policy != "all"
 
     with torch.no_grad():
-        scores_SE = probs_SE.detach().clone()
+        # Rank 0 is the argmax of the probabilities (fairseq's top1/top2gating); later ranks the
+        # argmax of the *logits* with earlier ranks masked (fairseq's logits_except1). They differ
+        # where far-below logits (gaps > ~100) underflow to probability exactly 0: the logits
+        # still order those experts, the probabilities would tie them at the lowest index.
+        # argmax returns the first maximal index: exact ties go to the lowest expert.
+        scores_SE = logits_SE.detach().clone()
         chosen = []
         for r in range(k):
-            if r == 1 and use_policy and policy == "sampling":
+            if r == 0:
+                e_S = probs_SE.detach().argmax(dim=-1)
+            elif r == 1 and use_policy and policy == "sampling":
                 u = torch.rand(S, E, generator=generator, device=logits_SE.device)
                 gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
                 noisy = logits_SE.detach() + gumbel
                 noisy.scatter_(1, chosen[0][:, None], float("-inf"))
                 e_S = noisy.argmax(dim=-1)
             else:
-                e_S = scores_SE.argmax(dim=-1)  # first maximal index: ties -> lowest expert
+                e_S = scores_SE.argmax(dim=-1)
             chosen.append(e_S)
             scores_SE.scatter_(1, e_S[:, None], float("-inf"))
         expert_SK = torch.stack(chosen, dim=1)
