@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,16 @@ import pytest
 from moelab.cli import main
 from moelab.errors import MoelabError
 from moelab.flops import count_params
-from moelab.presets import CPU_PRESETS, PAPER_PRESETS, PRESETS, compute_partner, get_preset
+from moelab.flops import train_flops_per_token
+from moelab.presets import (
+    CPU_PRESETS,
+    PAPER_PRESETS,
+    PRESETS,
+    compute_partner,
+    flops_ratio_to_partner,
+    get_preset,
+    moe_partners,
+)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -40,10 +50,12 @@ def test_unknown_preset_names_close_matches():
 
 def test_compute_partners_have_same_width_and_depth():
     moes = [n for n in PRESETS if get_preset(n).is_moe]
-    assert len(moes) == 4 + 8
+    assert len(moes) == 4 + 8 + 4
     for moe in moes:
         dense_name = compute_partner(moe)
-        assert dense_name is not None and compute_partner(dense_name) == moe
+        assert dense_name is not None and moe in moe_partners(dense_name)
+        # A dense preset answers with its first MoE: the every-layer one for -modern.
+        assert compute_partner(dense_name) == moe.removesuffix("-every2")
         m, d = get_preset(moe), get_preset(dense_name)
         assert not d.is_moe
         for key in ("arch", "n_layers", "d_model", "n_heads", "d_ffn", "vocab_size", "max_seq_len"):
@@ -77,7 +89,31 @@ def test_cpu_ladder_sizes():
             assert (moe.n_experts, moe.top_k) == (8, 2)
             assert moe.moe_every == (1 if suffix else 2)
             assert moe.arch == dense.arch == ("modern" if suffix else "paper")
-    assert len(CPU_PRESETS) == 16
+        # The modern MoE in the paper's layout: every second layer, same partner and shapes.
+        every2 = get_preset(f"moe-cpu-{tag}-modern-every2")
+        modern = get_preset(f"moe-cpu-{tag}-modern")
+        assert every2.moe_every == 2 and every2.arch == "modern"
+        assert dataclasses.replace(every2, name=modern.name, moe_every=1) == modern
+        assert compute_partner(every2.name) == f"dense-cpu-{tag}-modern"
+        assert every2.moe_layer_ids() == get_preset(f"moe-cpu-{tag}").moe_layer_ids()
+    assert len(CPU_PRESETS) == 20
+
+
+def test_flops_ratio_to_partner():
+    # The paper's 15B MoE costs 1.19x its 125M dense partner per token (PAPER.md), at 2048.
+    assert flops_ratio_to_partner("moe-15b") == pytest.approx(1.187, abs=1e-3)
+    assert flops_ratio_to_partner("moe-15b") == pytest.approx(1.440 / 1.213, rel=1e-3)
+    assert flops_ratio_to_partner("dense-125m") is None
+    for name in PRESETS:
+        cfg = get_preset(name)
+        if cfg.is_moe:
+            dense = get_preset(compute_partner(name))
+            ratio = train_flops_per_token(cfg, 128) / train_flops_per_token(dense, 128)
+            assert flops_ratio_to_partner(name, 128) == pytest.approx(ratio)
+    # Every second layer (the paper's layout) costs less per token than every layer.
+    assert flops_ratio_to_partner("moe-cpu-2m-modern-every2") < flops_ratio_to_partner(
+        "moe-cpu-2m-modern"
+    )
 
 
 def _build_model_or_skip():
@@ -116,6 +152,13 @@ def test_cli_json(capsys):
     for key in ("total_params", "active_params", "train_flops_per_token", "palm_flops_per_token"):
         assert isinstance(r[key], int | float) and r[key] > 0
     assert r["partner"] == "dense-125m"
+    assert r["flops_ratio_to_partner"] == pytest.approx(1.187, abs=1e-3)
+    assert r["init"] == "fairseq" and r["moe_every"] == 2
+    assert by_name["dense-125m"]["flops_ratio_to_partner"] is None
+    assert by_name["dense-cpu-2m-modern"]["moe_partners"] == [
+        "moe-cpu-2m-modern",
+        "moe-cpu-2m-modern-every2",
+    ]
     assert r["zflops_300b"] == pytest.approx(0.4319, rel=5e-3)
     assert r["active_params"] < r["total_params"]
     assert by_name["dense-125m"]["total_params"] == 123_653_376
@@ -125,6 +168,7 @@ def test_cli_table_and_errors(capsys):
     assert main(["presets", "dense-125m", "moe-15b"]) == 0
     out = capsys.readouterr().out
     assert "moe-15b" in out and "123.7M" in out and "0.4319" in out
+    assert "1.19x" in out and "vs partner" in out and "fairseq" in out
     assert "Narayanan" in out and "PaLM" in out
     assert "dense-355m" not in out  # only the named presets
     assert main(["presets", "dense-12"]) == 2

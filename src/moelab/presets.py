@@ -9,7 +9,9 @@ parameters, the MoE with 8 experts every second layer and top-2, like the paper 
 experts. Dropout is 0 there: these runs see each token about once and are far from overfitting,
 where dropout only slows learning. The ``-modern`` pairs use the modern architecture (RMSNorm,
 SwiGLU with ``d_ffn ~ 8/3 d`` so the FFN keeps the GELU model's size, rotary positions, no biases)
-with MoE in every layer, the layout Llama and Mixtral checkpoints use.
+with MoE in every layer, the layout Llama and Mixtral checkpoints use; the ``-modern-every2``
+MoEs put it in every second layer like the paper (same dense partner), so a modern study can
+match the paper's layout and its FLOPs ratio of an MoE token to a dense one.
 
 Every preset names its initialisation: ``fairseq`` for the paper architecture (what the paper's
 models started from), ``scaled_normal`` for the modern one (docs/model.md).
@@ -52,7 +54,14 @@ def _paper(name: str, n_layers: int, d_model: int, n_heads: int, n_experts: int 
 
 
 def _cpu(
-    name: str, n_layers: int, d_model: int, n_heads: int, *, moe: bool, modern: bool = False
+    name: str,
+    n_layers: int,
+    d_model: int,
+    n_heads: int,
+    *,
+    moe: bool,
+    modern: bool = False,
+    moe_every: int | None = None,
 ) -> ModelConfig:
     # SwiGLU has three FFN matrices: 8/3 d (rounded up to a multiple of 16) keeps 3 d F ~ 8 d^2.
     d_ffn = -(-(8 * d_model) // 3 // 16) * 16 if modern else 4 * d_model
@@ -68,7 +77,7 @@ def _cpu(
         dropout=0.0,
         attn_dropout=0.0,
         n_experts=_CPU_EXPERTS if moe else 0,
-        moe_every=1 if modern else 2,
+        moe_every=moe_every if moe_every is not None else (1 if modern else 2),
         top_k=2,
         init="scaled_normal" if modern else "fairseq",
     )
@@ -109,11 +118,23 @@ def _build() -> tuple[dict[str, ModelConfig], dict[str, str]]:
             presets[d_name] = _cpu(d_name, n_layers, d_model, n_heads, moe=False, modern=modern)
             presets[m_name] = _cpu(m_name, n_layers, d_model, n_heads, moe=True, modern=modern)
             partner_of_moe[m_name] = d_name
+    # The modern MoE in the paper's layout (every second layer): same dense partner.
+    for tag, n_layers, d_model, n_heads in ladder:
+        d_name, m_name = f"dense-cpu-{tag}-modern", f"moe-cpu-{tag}-modern-every2"
+        presets[m_name] = _cpu(
+            m_name, n_layers, d_model, n_heads, moe=True, modern=True, moe_every=2
+        )
+        partner_of_moe[m_name] = d_name
     return presets, partner_of_moe
 
 
 _PRESETS, _PARTNER_OF_MOE = _build()
-_PARTNER = {**_PARTNER_OF_MOE, **{d: m for m, d in _PARTNER_OF_MOE.items()}}
+# A dense preset with several MoE partners answers with the first one defined (the every-layer
+# modern MoE for dense-cpu-*-modern); moe_partners lists them all.
+_MOES_OF_DENSE: dict[str, list[str]] = {}
+for _moe, _dense in _PARTNER_OF_MOE.items():
+    _MOES_OF_DENSE.setdefault(_dense, []).append(_moe)
+_PARTNER = {**_PARTNER_OF_MOE, **{d: moes[0] for d, moes in _MOES_OF_DENSE.items()}}
 
 PRESETS: MappingProxyType[str, ModelConfig] = MappingProxyType(_PRESETS)
 """All presets by name, read-only. Use :func:`get_preset` for a copy you may modify."""
@@ -163,5 +184,25 @@ def get_preset(name: str) -> ModelConfig:
 
 def compute_partner(name: str) -> str | None:
     """The other half of a compute pair: an MoE preset's dense partner (same width and depth), or
-    the MoE preset a dense one is the partner of. ``None`` for a dense model without an MoE."""
+    the MoE preset a dense one is the partner of (the first, where several share it: see
+    :func:`moe_partners`). ``None`` for a dense model without an MoE."""
     return _PARTNER.get(_canonical(name))
+
+
+def moe_partners(name: str) -> list[str]:
+    """Every MoE preset whose dense partner is ``name`` (empty for an MoE or an unpaired
+    dense preset). ``dense-cpu-2m-modern`` -> ``[moe-cpu-2m-modern, moe-cpu-2m-modern-every2]``."""
+    return list(_MOES_OF_DENSE.get(_canonical(name), []))
+
+
+def flops_ratio_to_partner(name: str, seq_len: int | None = None) -> float | None:
+    """An MoE preset's training FLOPs per token over its dense partner's (paper accounting, at
+    ``seq_len`` or the preset's own context); None for a dense preset."""
+    from moelab.flops import train_flops_per_token
+
+    cfg = get_preset(name)
+    partner = compute_partner(name)
+    if not cfg.is_moe or partner is None:
+        return None
+    dense = get_preset(partner)
+    return train_flops_per_token(cfg, seq_len) / train_flops_per_token(dense, seq_len)

@@ -7,10 +7,16 @@ from typing import Any
 
 from moelab.errors import MoelabError
 from moelab.flops import count_params, palm_flops_per_token, train_flops_per_token
-from moelab.presets import PRESETS, compute_partner, get_preset
+from moelab.presets import (
+    PRESETS,
+    compute_partner,
+    flops_ratio_to_partner,
+    get_preset,
+    moe_partners,
+)
 
 TOKENS_300B = 300e9  # every model in the paper trained on 300B tokens
-_TABLE_WIDTH = 200  # wide enough for every column; the table itself stays its natural width
+_TABLE_WIDTH = 280  # wide enough for every column; the table itself stays its natural width
 
 
 def add_arguments(parser) -> None:
@@ -52,6 +58,11 @@ def preset_rows(names: list[str] | None = None, seq_len: int | None = None) -> l
                 "palm_flops_per_token": palm_flops_per_token(cfg, seq_len),
                 "zflops_300b": flops * TOKENS_300B / 1e21,
                 "partner": compute_partner(name),
+                # Every MoE sharing this dense partner (a dense preset may have several).
+                "moe_partners": moe_partners(name),
+                # MoE only: train FLOPs per token over the dense partner's, same context.
+                "flops_ratio_to_partner": flops_ratio_to_partner(name, seq_len),
+                "init": cfg.init,
             }
         )
     return rows
@@ -88,7 +99,8 @@ def run(args) -> int:
             "GFLOPs/tok: training FLOPs per token in the paper's (Narayanan) accounting with "
             "activation recomputation, used for budgets and compute matching. PaLM GFLOPs/tok: "
             "6*N_active + 12*L*T*D, no recomputation, used for MFU. ZFLOPs: paper accounting "
-            "at 300B tokens. Active = params one token uses (top-k experts)."
+            "at 300B tokens. Active = params one token uses (top-k experts). vs partner: an "
+            "MoE's GFLOPs/tok over its dense partner's (same context). MoE every n: layers n, 2n, ... (1-based) are MoE."
         ),
     )
     for col, justify in [
@@ -98,16 +110,23 @@ def run(args) -> int:
         ("d_model", "right"),
         ("heads", "right"),
         ("experts", "right"),
+        ("MoE every", "right"),
+        ("init", "left"),
         ("total", "right"),
         ("active", "right"),
         ("GFLOPs/tok", "right"),
         ("PaLM GFLOPs/tok", "right"),
         ("partner", "left"),
+        ("vs partner", "right"),
         ("ZFLOPs@300B", "right"),
     ]:
         table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
         experts = f"{r['n_experts']} top-{r['top_k']}" if r["n_experts"] else "-"
+        ratio = r["flops_ratio_to_partner"]
+        partner = r["partner"] or ""
+        if len(r["moe_partners"]) > 1:
+            partner = ", ".join(r["moe_partners"])
         table.add_row(
             r["name"],
             r["arch"],
@@ -115,11 +134,14 @@ def run(args) -> int:
             str(r["d_model"]),
             str(r["n_heads"]),
             experts,
+            str(r["moe_every"]) if r["n_experts"] else "-",
+            r["init"],
             _params(r["total_params"]),
             _params(r["active_params"]),
             _gflops(r["train_flops_per_token"]),
             _gflops(r["palm_flops_per_token"]),
-            r["partner"] or "",
+            partner,
+            f"{ratio:.2f}x" if ratio is not None else "",
             f"{r['zflops_300b']:.4g}",
         )
     # Never squeeze columns into ellipses: a narrow terminal wraps lines instead of hiding digits.
