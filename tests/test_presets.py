@@ -9,8 +9,7 @@ import pytest
 
 from moelab.cli import main
 from moelab.errors import MoelabError
-from moelab.flops import count_params
-from moelab.flops import train_flops_per_token
+from moelab.flops import count_params, train_flops_per_token
 from moelab.presets import (
     CPU_PRESETS,
     PAPER_PRESETS,

@@ -100,7 +100,8 @@ def run(args) -> int:
             "activation recomputation, used for budgets and compute matching. PaLM GFLOPs/tok: "
             "6*N_active + 12*L*T*D, no recomputation, used for MFU. ZFLOPs: paper accounting "
             "at 300B tokens. Active = params one token uses (top-k experts). vs partner: an "
-            "MoE's GFLOPs/tok over its dense partner's (same context). MoE every n: layers n, 2n, ... (1-based) are MoE."
+            "MoE's GFLOPs/tok over its dense partner's (same context). MoE every n: layers "
+            "n, 2n, ... (1-based) are MoE."
         ),
     )
     for col, justify in [
