@@ -104,3 +104,32 @@ def test_tasks_without_a_train_split_or_head_are_refused():
         finetune_task(model, tok, last_word)
     with pytest.raises(MoelabError, match="--lrs"):
         FinetuneSettings(lrs=()).validate()
+
+
+def test_extra_splits_are_scored_by_the_chosen_model_and_ties_go_to_lower_loss():
+    tok = tiny_tokenizer()
+    model = tiny_model(tok.get_vocab_size())
+    val = _items(12, 4)
+    task = Task(
+        "two-dev-sets",
+        "choice",
+        val,
+        "dev_a",
+        _items(20, 5),
+        "train",
+        finetune="classify",
+        class_names=["negative", "positive"],
+        extra_splits={"dev_b": list(val), "dev_c": _items(8, 6)},
+    )
+    settings = FinetuneSettings(epochs=1, batch_size=8, lrs=(1e-4, 3e-3), seed=0)
+    result = finetune_task(model, tok, task, settings, limit=10)
+    assert list(result["splits"]) == ["dev_a", "dev_b", "dev_c"]
+    assert [s["n_items"] for s in result["splits"].values()] == [10, 10, 8]
+    # dev_b holds the same items as dev_a: one model, so the same accuracy
+    assert result["splits"]["dev_a"]["accuracy"] == result["splits"]["dev_b"]["accuracy"]
+    assert result["accuracy"] == result["splits"]["dev_a"]["accuracy"]
+    best = max(result["grid"], key=lambda g: (g["heldout_accuracy"], -g["heldout_loss"]))
+    assert result["best_lr"] == best["lr"]
+    for g in result["grid"]:
+        assert set(g["split_accuracy"]) == {"dev_a", "dev_b", "dev_c"}
+        assert g["heldout_loss"] > 0

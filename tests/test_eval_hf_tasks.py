@@ -13,11 +13,15 @@ from moelab.eval.tasks import get_task
 from moelab.eval.tasks.hf import (
     HUB_TASKS,
     boolq_item,
+    convert_records,
     copa_item,
     hellaswag_item,
     lambada_item,
     load_hub_task,
+    mnli_item,
+    openbookqa_item,
     piqa_item,
+    record_item,
     winogrande_item,
 )
 
@@ -62,6 +66,32 @@ BOOLQ = {
     "label": 1,
 }
 LAMBADA = {"text": "he handed her the keys and she started the car"}
+# aps/super_glue config record: one row per query, entity strings and answer texts (no spans)
+RECORD = {
+    "passage": "Anna met Ben Cole in Oslo.\n@highlight\nAnna visited Oslo",
+    "query": "@placeholder shook hands with Anna.",
+    "entities": ["Anna", "Ben Cole", "Oslo", "Anna", "Cole"],
+    "entity_spans": {"text": ["Anna"], "start": [0], "end": [4]},
+    "answers": ["Ben Cole", "Cole"],
+    "idx": {"passage": 0, "query": 0},
+}
+# allenai/openbookqa config main
+OPENBOOKQA = {
+    "id": "7-1",
+    "question_stem": "A magnet will pick up",
+    "choices": {
+        "text": ["a paper clip", "a rubber band", "a glass bead", "a wool sock"],
+        "label": ["A", "B", "C", "D"],
+    },
+    "answerKey": "A",
+}
+# nyu-mll/glue config mnli (label 0 entailment, 1 neutral, 2 contradiction)
+MNLI = {
+    "premise": "The shop sells bread every morning.",
+    "hypothesis": "The shop never sells bread",
+    "label": 2,
+    "idx": 5,
+}
 
 
 def test_hellaswag_record():
@@ -113,6 +143,65 @@ def test_lambada_record():
     assert item.targets == ("car",)
 
 
+def test_record_hub_row_matches_the_local_loader():
+    item = record_item(RECORD)
+    assert item.contexts == ("Anna met Ben Cole in Oslo.\n\n  - Anna visited Oslo.\n",)
+    # distinct entities, sorted; both answer aliases are right
+    assert item.targets == tuple(
+        f"  - {e} shook hands with Anna." for e in ["Anna", "Ben Cole", "Cole", "Oslo"]
+    )
+    assert item.delimiter == "" and item.correct == (1, 2) and item.label == 1
+
+
+def test_record_hub_row_errors():
+    with pytest.raises(MoelabError, match=r'hf:aps/super_glue validation row 3: field "answers"'):
+        record_item({**RECORD, "answers": ["Carl"]}, "hf:aps/super_glue validation row 3")
+    with pytest.raises(MoelabError, match=r"no gold answer"):
+        record_item({**RECORD, "answers": []}, "hf:aps/super_glue test row 0")
+
+
+def test_openbookqa_hub_row():
+    item = openbookqa_item(OPENBOOKQA)
+    assert item.candidates()[0] == ("A magnet will pick up", " a paper clip")
+    assert item.n_candidates == 4 and item.label == 0
+    assert openbookqa_item({**OPENBOOKQA, "answerKey": " D"}).label == 3
+    with pytest.raises(MoelabError, match=r'field "answerKey": .E. is not one of'):
+        openbookqa_item({**OPENBOOKQA, "answerKey": "E"})
+    with pytest.raises(MoelabError, match=r'field "choices.label": 3 labels for 4'):
+        openbookqa_item({**OPENBOOKQA, "choices": {**OPENBOOKQA["choices"], "label": ["A"] * 3}})
+
+
+def test_mnli_hub_row_and_splits():
+    item = mnli_item(MNLI)
+    assert item.contexts == (
+        "The shop sells bread every morning.\nQuestion: The shop never sells bread."
+        " True, False or Neither?\nAnswer:",
+    )
+    assert item.targets == ("True", "Neither", "False") and item.label == 2
+    with pytest.raises(MoelabError, match=r'field "label"'):
+        mnli_item({**MNLI, "label": -1})  # the hub's unlabelled test rows
+    spec = HUB_TASKS["mnli"]
+    assert (spec.split, spec.extra_splits, spec.train_split) == (
+        "validation_matched",
+        ("validation_mismatched",),
+        "train",
+    )
+    assert HUB_TASKS["mnli_mismatched"].split == "validation_mismatched"
+    assert spec.finetune == "classify" and spec.class_names == (
+        "entailment",
+        "neutral",
+        "contradiction",
+    )
+    items = convert_records(spec, "validation_matched", [MNLI, {**MNLI, "label": 0}])
+    assert [it.label for it in items] == [2, 0]
+
+
+def test_new_hub_tasks_carry_their_primary_mode():
+    modes = {n: HUB_TASKS[n].primary_mode for n in ("record", "openbookqa", "mnli")}
+    assert modes == {"record": "mean", "openbookqa": "calibrated", "mnli": "mean"}
+    assert HUB_TASKS["record"].train_split is None and HUB_TASKS["record"].finetune is None
+
+
 def test_bad_record_names_dataset_row_and_field():
     with pytest.raises(MoelabError, match=r'hf:baber/piqa validation row 7: field "label"'):
         piqa_item({**PIQA, "label": 2}, "hf:baber/piqa validation row 7")
@@ -121,7 +210,18 @@ def test_bad_record_names_dataset_row_and_field():
 
 
 def test_supported_tasks():
-    assert set(HUB_TASKS) == {"hellaswag", "piqa", "winogrande", "copa", "boolq", "lambada"}
+    assert set(HUB_TASKS) == {
+        "hellaswag",
+        "piqa",
+        "winogrande",
+        "copa",
+        "boolq",
+        "lambada",
+        "record",
+        "openbookqa",
+        "mnli",
+        "mnli_mismatched",
+    }
 
 
 def test_storycloze_and_unknown_names_are_refused():

@@ -28,8 +28,9 @@ def add_arguments(parser) -> None:
         "--task",
         required=True,
         metavar="NAME_OR_JSONL",
-        help="sst2, rte, cb, boolq, mrpc (classification head); copa, piqa, storycloze, "
-        "hellaswag, winogrande or a generic .jsonl with a .train.jsonl (choice head)",
+        help="sst2, rte, cb, boolq, mrpc, mnli (classification head; mnli also reports "
+        "dev_mismatched); copa, piqa, storycloze, hellaswag, winogrande, openbookqa or a generic "
+        ".jsonl with a .train.jsonl (choice head)",
     )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -98,5 +99,9 @@ def run(args) -> int:
         sys.stdout.write("\n")
     else:
         print(finetune_table(result))
+        for name, split in result["splits"].items():  # further labelled splits (MNLI mismatched)
+            if name != result["split"]:
+                acc = 100 * split["accuracy"]
+                print(f"{name}: accuracy {acc:.1f} ({split['n_items']} items, same model)")
         print(f"wrote {result['file']}")
     return 0

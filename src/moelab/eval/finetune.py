@@ -2,18 +2,19 @@
 
 Every weight trains (embeddings, attention, routers and experts included) plus a new head:
 
-- classification tasks (SST-2, RTE, CB, BoolQ, MRPC): a linear layer D -> classes on the final
-  hidden state of the prompt's last token (as Hugging Face's GPT-2 sequence classifier does);
-- multiple-choice tasks (COPA, PIQA, StoryCloze, HellaSwag, WinoGrande, generic JSONL): a linear
-  layer D -> 1 scores the last token of each ``context + candidate``; a softmax over the
-  candidates gives the loss.
+- classification tasks (SST-2, RTE, CB, BoolQ, MRPC, MNLI): a linear layer D -> classes on the
+  final hidden state of the prompt's last token (as Hugging Face's GPT-2 sequence classifier does);
+- multiple-choice tasks (COPA, PIQA, StoryCloze, HellaSwag, WinoGrande, OpenBookQA, generic
+  JSONL): a linear layer D -> 1 scores the last token of each ``context + candidate``; a softmax
+  over the candidates gives the loss.
 
 The learning rate comes from a grid that is the same for every model (so neither family is
 tuned more than the other): each rate trains a fresh copy of the pretrained weights on the
-train split minus a held-out part, the rate with the best held-out accuracy wins, and its model's
-accuracy on the task's validation split is the result. MoE layers are dropless while
-fine-tuning and evaluating unless a capacity factor is given; the balancing loss keeps its
-pretraining weight.
+train split minus a held-out part, the rate with the best held-out accuracy wins (ties: the
+lower held-out cross-entropy), and its model's accuracy on the task's validation split is the
+result; a task with further labelled splits (MNLI: dev_mismatched next to dev_matched) has each
+scored by that same model in ``result["splits"]``. MoE layers are dropless while fine-tuning and
+evaluating unless a capacity factor is given; the balancing loss keeps its pretraining weight.
 """
 
 from __future__ import annotations
@@ -127,17 +128,25 @@ def _predict(logits, head) -> list[int]:
     return [int(s.argmax()) for s in logits]
 
 
-def accuracy(model, head_mod, items, head, encode, eot, max_len, device, batch_size) -> float:
+def evaluate_items(
+    model, head_mod, items, head, encode, eot, max_len, device, batch_size
+) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy of the gold candidate or class) on ``items``."""
     if not items:
-        return float("nan")
+        return float("nan"), float("nan")
     model.eval()
-    correct = 0
+    correct, loss_sum = 0, 0.0
     with torch.inference_mode():
         for b0 in range(0, len(items), batch_size):
             batch = items[b0 : b0 + batch_size]
             logits, _, _ = _batch_logits(model, head_mod, batch, head, encode, eot, max_len, device)
-            correct += sum(p == it.label for p, it in zip(_predict(logits, head), batch))
-    return correct / len(items)
+            correct += sum(it.is_correct(p) for p, it in zip(_predict(logits, head), batch))
+            loss_sum += float(_loss(logits, batch, head)) * len(batch)
+    return correct / len(items), loss_sum / len(items)
+
+
+def accuracy(model, head_mod, items, head, encode, eot, max_len, device, batch_size) -> float:
+    return evaluate_items(model, head_mod, items, head, encode, eot, max_len, device, batch_size)[0]
 
 
 def _train_one(
@@ -221,7 +230,8 @@ def finetune_task(
     s = (settings or FinetuneSettings()).validate()
     if task.finetune not in ("classify", "choice"):
         raise MoelabError(
-            f"task {task.name} is not a fine-tuning task (LAMBADA-style tasks have no head)"
+            f"task {task.name} is not a fine-tuning task (LAMBADA-style tasks have no head; "
+            "ReCoRD is evaluated zero-shot only)"
         )
     if not task.train_items:
         raise MoelabError(
@@ -243,7 +253,11 @@ def finetune_task(
             f"task {task.name}: too few training items ({len(pool)}) to hold some out"
         )
     held, train = pool[:n_held], pool[n_held:]
-    val = task.items[:limit] if limit is not None else task.items
+    # the evaluated split first, then any further labelled split (MNLI: dev_mismatched); all
+    # are scored by the same tuned model, and ``limit`` caps each of them
+    splits = {task.split: task.items, **task.extra_splits}
+    splits = {name: items[:limit] if limit is not None else items for name, items in splits.items()}
+    val = splits[task.split]
     t0 = time.perf_counter()
     grid, best = [], None
     steps = len(s.lrs) * s.epochs * math.ceil(len(train) / s.batch_size)
@@ -253,17 +267,25 @@ def finetune_task(
                 model, n_out, train, head, lr, s, encode, eot, max_len, device, advance
             )
             args = (head, encode, eot, max_len, device, s.batch_size)
-            held_acc = accuracy(tuned, head_mod, held, *args)
-            val_acc = accuracy(tuned, head_mod, val, *args)
+            held_acc, held_loss = evaluate_items(tuned, head_mod, held, *args)
+            split_acc = {
+                name: accuracy(tuned, head_mod, its, *args) for name, its in splits.items()
+            }
             row = {
                 "lr": lr,
                 "heldout_accuracy": held_acc,
+                "heldout_loss": held_loss,
                 "final_train_loss": last_loss,
                 "train_tokens": tokens,
-                "validation_accuracy": val_acc,
+                "validation_accuracy": split_acc[task.split],
+                "split_accuracy": split_acc,
             }
             grid.append(row)
-            if best is None or held_acc > best["heldout_accuracy"]:
+            # a small held-out part often ties on accuracy; the lower held-out loss breaks it
+            if best is None or (held_acc, -held_loss) > (
+                best["heldout_accuracy"],
+                -best["heldout_loss"],
+            ):
                 best = row
             del tuned, head_mod
     chance = float(np.mean([1.0 / it.n_candidates for it in val]))
@@ -283,6 +305,12 @@ def finetune_task(
         "n_train": len(train),
         "n_heldout": len(held),
         "accuracy": best["validation_accuracy"],
+        # every labelled split at the chosen rate ({split: {"accuracy", "n_items"}}); the
+        # evaluated split is also "accuracy" above
+        "splits": {
+            name: {"accuracy": best["split_accuracy"][name], "n_items": len(its)}
+            for name, its in splits.items()
+        },
         "best_lr": best["lr"],
         "chance": chance,
         "majority_class": majority,

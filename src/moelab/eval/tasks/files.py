@@ -7,6 +7,7 @@ Every loader goes through these helpers, so a malformed file gives one line like
 from __future__ import annotations
 
 import bz2
+import copy
 import csv
 import io
 import json
@@ -19,16 +20,39 @@ from moelab.errors import MoelabError
 
 
 class Row:
-    """One record of a task file, with the place it came from for error messages."""
+    """One record of a task file, with the place it came from for error messages. A nested
+    object (``row.obj("passage")``) is a Row too, whose errors name the full field path
+    (``field "passage.entities[2].end"``)."""
 
-    def __init__(self, path: Path, line: int, data: dict[str, Any]):
-        self.path, self.line, self.data = path, line, data
+    def __init__(self, path: Path, line: int, data: dict[str, Any], prefix: str = ""):
+        self.path, self.line, self.data, self.prefix = path, line, data, prefix
 
     def error(self, field: str, why: str) -> MoelabError:
-        return MoelabError(f'{self.path} line {self.line}: field "{field}": {why}')
+        return MoelabError(f'{self.path} line {self.line}: field "{self.prefix}{field}": {why}')
 
     def has(self, field: str) -> bool:
         return field in self.data
+
+    def _child(self, data: dict[str, Any], name: str) -> Row:
+        child = copy.copy(self)  # keeps the subclass and its place (file and line, or hub row)
+        child.data, child.prefix = data, f"{self.prefix}{name}."
+        return child
+
+    def obj(self, field: str) -> Row:
+        """A nested JSON object."""
+        value = self._get(field)
+        if not isinstance(value, dict):
+            raise self.error(field, f"expected an object, got {_show(value)}")
+        return self._child(value, field)
+
+    def objs(self, field: str, min_len: int = 1) -> list[Row]:
+        """A list of nested JSON objects."""
+        value = self._get(field)
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self.error(field, f"expected a list of objects, got {_show(value)}")
+        if len(value) < min_len:
+            raise self.error(field, f"expected at least {min_len} entries, got {len(value)}")
+        return [self._child(v, f"{field}[{i}]") for i, v in enumerate(value)]
 
     def str(self, field: str) -> str:
         value = self._get(field)

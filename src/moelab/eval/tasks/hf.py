@@ -15,6 +15,14 @@ local files use, so both paths give the same prompts:
   ("cause"/"effect"), label
 - boolq: aps/super_glue config boolq, validation (train); question, passage, label (0/1)
 - lambada: EleutherAI/lambada_openai config default, test; text
+- record: aps/super_glue config record, validation (no shots split: the train split holds 100k
+  queries and ReCoRD is zero-shot); passage (with "@highlight" markers), query, entities,
+  answers (see tasks/record.py for the template and the alias matching)
+- openbookqa: allenai/openbookqa config main, test (train); question_stem, choices {text,
+  label}, answerKey
+- mnli: nyu-mll/glue config mnli, validation_matched, with validation_mismatched also scored
+  when fine-tuning (train); premise, hypothesis, label (0 entailment, 1 neutral, 2
+  contradiction); mnli_mismatched: validation_mismatched (train)
 
 StoryCloze is not offered: its hub copy (LSDSem/story_cloze) holds no data and asks for the
 files from a manual request form; give the local CSVs instead.
@@ -28,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.errors import MoelabError
-from moelab.eval.tasks import classification, paper
+from moelab.eval.tasks import classification, mnli, openbookqa, paper, record
 from moelab.eval.tasks.files import Row
 from moelab.eval.tasks.items import Item, Task
 from moelab.hub import load_hf_dataset
@@ -45,7 +53,7 @@ class _HubRow(Row):
         self.where = where
 
     def error(self, field: str, why: str) -> MoelabError:
-        return MoelabError(f'{self.where}: field "{field}": {why}')
+        return MoelabError(f'{self.where}: field "{self.prefix}{field}": {why}')
 
 
 def _row(record: Mapping[str, Any], where: str) -> Row:
@@ -79,6 +87,32 @@ def lambada_item(record: Mapping[str, Any], where: str = "lambada") -> Item:
     return paper._lambada_row(_row(record, where))
 
 
+def record_item(row_data: Mapping[str, Any], where: str = "record") -> Item:
+    # The hub already gives the entity strings and answer texts (not spans), one row per query.
+    row = _row(row_data, where)
+    entities = row.str_list("entities", min_len=0)
+    answers = row.str_list("answers", min_len=0)
+    return record.build_item(row, row.str("passage"), row.str("query"), entities, answers)
+
+
+def openbookqa_item(row_data: Mapping[str, Any], where: str = "openbookqa") -> Item:
+    row = _row(row_data, where)
+    choices = row.obj("choices")
+    texts, labels = choices.str_list("text", min_len=2), choices.str_list("label", min_len=2)
+    if len(texts) != len(labels):
+        raise choices.error("label", f"{len(labels)} labels for {len(texts)} choice texts")
+    labels = [lab.strip() for lab in labels]
+    return openbookqa._item(
+        row, row.str("question_stem"), "question_stem", texts, labels, "answerKey"
+    )
+
+
+def mnli_item(row_data: Mapping[str, Any], where: str = "mnli") -> Item:
+    row = _row(row_data, where)
+    label = row.choice("label", [(i, i) for i in range(len(mnli.CLASSES))])
+    return mnli.make_item(row, "premise", "hypothesis", label)
+
+
 @dataclass(frozen=True)
 class HubTask:
     name: str
@@ -90,6 +124,8 @@ class HubTask:
     kind: str = "choice"
     finetune: str | None = "choice"
     class_names: tuple[str, ...] = ()
+    extra_splits: tuple[str, ...] = ()  # further labelled splits scored by fine-tuning
+    primary_mode: str | None = None  # as the local loader's Task.primary_mode
 
 
 HUB_TASKS: dict[str, HubTask] = {
@@ -125,6 +161,48 @@ HUB_TASKS: dict[str, HubTask] = {
             lambada_item,
             kind="last_word",
             finetune=None,
+        ),  # fmt: skip
+        HubTask(
+            "record",
+            "aps/super_glue",
+            "record",
+            "validation",
+            None,
+            record_item,
+            finetune=None,
+            primary_mode=record.PRIMARY_MODE,
+        ),  # fmt: skip
+        HubTask(
+            "openbookqa",
+            "allenai/openbookqa",
+            "main",
+            "test",
+            "train",
+            openbookqa_item,
+            primary_mode=openbookqa.PRIMARY_MODE,
+        ),  # fmt: skip
+        HubTask(
+            "mnli",
+            "nyu-mll/glue",
+            "mnli",
+            "validation_matched",
+            "train",
+            mnli_item,
+            finetune="classify",
+            class_names=tuple(mnli.CLASSES),
+            extra_splits=("validation_mismatched",),
+            primary_mode=mnli.PRIMARY_MODE,
+        ),  # fmt: skip
+        HubTask(
+            "mnli_mismatched",
+            "nyu-mll/glue",
+            "mnli",
+            "validation_mismatched",
+            "train",
+            mnli_item,
+            finetune="classify",
+            class_names=tuple(mnli.CLASSES),
+            primary_mode=mnli.PRIMARY_MODE,
         ),  # fmt: skip
     ]
 }
@@ -171,6 +249,7 @@ def load_hub_task(name: str) -> Task:
     train = None
     if spec.train_split is not None:
         train = convert_records(spec, spec.train_split, _load_split(spec, spec.train_split))
+    extra = {s: convert_records(spec, s, _load_split(spec, s)) for s in spec.extra_splits}
     where = f"{PREFIX}{spec.dataset}" + (f":{spec.config}" if spec.config else "")
     return Task(
         spec.name,
@@ -181,5 +260,7 @@ def load_hub_task(name: str) -> Task:
         spec.train_split,
         finetune=spec.finetune,
         class_names=list(spec.class_names),
-        sources=[f"{where} {s}" for s in (spec.split, spec.train_split) if s],
+        sources=[f"{where} {s}" for s in (spec.split, *spec.extra_splits, spec.train_split) if s],
+        extra_splits=extra,
+        primary_mode=spec.primary_mode,
     )

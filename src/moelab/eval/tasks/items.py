@@ -22,18 +22,42 @@ from dataclasses import dataclass, field
 class Item:
     contexts: tuple[str, ...]  # 1 shared context, or one per candidate (partial scoring)
     targets: tuple[str, ...]  # one per candidate, or 1 shared target (partial scoring)
-    label: int  # index of the correct candidate
+    label: int  # index of the correct candidate (the first one when several are correct)
     delimiter: str = " "  # put between context and target
+    # Every correct candidate when more than one is (ReCoRD: each passage entity that matches
+    # one of the gold answers); empty means ``label`` alone. When set it contains ``label``.
+    golds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.contexts) > 1 and len(self.targets) > 1:
             raise ValueError("an item has one shared context or one shared target, not neither")
         if not 0 <= self.label < self.n_candidates:
             raise ValueError(f"label {self.label} out of range for {self.n_candidates} candidates")
+        if self.golds and (
+            self.label not in self.golds
+            or not all(0 <= g < self.n_candidates for g in self.golds)
+            or len(set(self.golds)) != len(self.golds)
+        ):
+            raise ValueError(
+                f"golds {self.golds} must be distinct candidates and contain label {self.label}"
+            )
 
     @property
     def n_candidates(self) -> int:
         return max(len(self.contexts), len(self.targets))
+
+    @property
+    def correct(self) -> tuple[int, ...]:
+        """Indices of the candidates that count as a right answer."""
+        return self.golds or (self.label,)
+
+    def is_correct(self, index: int) -> bool:
+        return index in self.correct
+
+    @property
+    def chance(self) -> float:
+        """Probability that a uniform random pick is right."""
+        return len(self.correct) / self.n_candidates
 
     def context(self, i: int) -> str:
         return self.contexts[i if len(self.contexts) > 1 else 0]
@@ -68,10 +92,16 @@ class Task:
     finetune: str | None = None  # "classify", "choice" or None (not a fine-tuning task)
     class_names: list[str] = field(default_factory=list)  # for "classify"
     sources: list[str] = field(default_factory=list)  # files read
+    # Further labelled evaluation splits scored by fine-tuning next to ``items`` (MNLI:
+    # {"dev_mismatched": [...]} while ``items`` is dev_matched).
+    extra_splits: dict[str, list[Item]] = field(default_factory=dict)
+    # The task's own primary scoring mode (a name from scoring.MODES) when its source prescribes
+    # one (e.g. "calibrated" for OpenBookQA, GPT-3 sec. 2.4); None: the evaluator's default.
+    primary_mode: str | None = None
 
     @property
     def chance(self) -> float:
         """Expected accuracy of a uniform random guess (0 for open-vocabulary LAMBADA)."""
         if self.kind == "last_word" or not self.items:
             return 0.0
-        return sum(1.0 / it.n_candidates for it in self.items) / len(self.items)
+        return sum(it.chance for it in self.items) / len(self.items)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moelab.errors import MoelabError
-from moelab.eval.tasks import classification, paper
+from moelab.eval.tasks import classification, mnli, openbookqa, paper, record
 from moelab.eval.tasks.generic import load_generic
 from moelab.eval.tasks.items import Task
 
@@ -45,6 +45,30 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("rte", "superglue_rte", classification.load_rte, "entailment, 2-way"),
         TaskSpec("cb", "superglue_cb", classification.load_cb, "entailment, 3-way"),
         TaskSpec("mrpc", "glue_mrpc", classification.load_mrpc, "paraphrase detection"),
+        TaskSpec(
+            "record",
+            "superglue_record",
+            record.load_record,
+            "cloze over a passage's entities, zero-shot",
+        ),
+        TaskSpec(
+            "openbookqa",
+            "openbookqa",
+            openbookqa.load_openbookqa,
+            "science questions, 4 choices, few-shot",
+        ),
+        TaskSpec(
+            "mnli",
+            "glue_mnli",
+            mnli.load_mnli,
+            "entailment, 3-way, matched (fine-tuning also scores mismatched)",
+        ),
+        TaskSpec(
+            "mnli_mismatched",
+            "glue_mnli",
+            mnli.load_mnli_mismatched,
+            "entailment, 3-way, mismatched",
+        ),
     ]
 }
 
