@@ -3,14 +3,16 @@ has no speedup."""
 
 from __future__ import annotations
 
-from moelab.study.analysis import Analysis, MetricAnalysis
+from moelab.study.analysis import Analysis, MetricAnalysis, headline
 from moelab.study.document import Document, to_markdown
 from moelab.study.fit import SpeedupPoint
 from moelab.study.report import _domains
 
 
 def _metric(domain: str, **kw) -> MetricAnalysis:
-    return MetricAnalysis(f"loss/{domain}", domain, False, points={}, **kw)
+    ma = MetricAnalysis(f"loss/{domain}", domain, False, points={}, **kw)
+    ma.headlines = {fam: headline(pts) for fam, pts in ma.speedups.items()}
+    return ma
 
 
 def _table(an: Analysis) -> str:
@@ -36,7 +38,7 @@ def test_domain_without_a_dense_fit_keeps_its_row_with_the_reason():
             out_domains=["chat", "docs"],
         )
     )
-    assert "| books | in | moe8-top2 | 4.9 | 2.00x | measured |" in md
+    assert "| books | in | moe8-top2 | 4.9 | 2.00x | interpolated (fit) |" in md
     assert "| chat | out | moe8-top2 | - | - | no dense fit: needs at least 3 points |" in md
     assert "| docs | out | moe8-top2 | - | - | no speedup computed |" in md
 
@@ -59,7 +61,7 @@ def test_each_moe_family_is_reported_against_its_own_dense_partner():
             out_domains=["chat"],
         )
     )
-    assert "| books | in | moe8-top2 | 4.9 | 2.00x | measured |" in md
+    assert "| books | in | moe8-top2 | 4.9 | 2.00x | interpolated (fit) |" in md
     reason = "no modern-dense fit: needs at least 3 points |"
     assert f"| books | in | modern-moe8-top2 | - | - | {reason}" in md
     assert f"| chat | out | modern-moe8-top2 | - | - | {reason}" in md

@@ -1,16 +1,26 @@
-"""From the results table to fits and speedup factors, using :mod:`moelab.study.fit`.
+"""From the results table to fits, speedup factors with intervals, labels and measured bounds.
 
 Everything here reads the table rows (and the table's metadata for chance levels), so every
-number the report states can be traced back to ``results.json``.
+number the report states can be traced back to ``results.json``. See docs/fit.md for the
+method: frontier selection, the bootstrap over runs stratified by preset, the three labels and
+the headline rule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from moelab.errors import MoelabError
+from moelab.study.bootstrap import RunResampler, percentile_interval
+from moelab.study.bounds import MeasuredBound, bounds_at, measured_bounds
 from moelab.study.fit import (
+    EXTRAPOLATED,
+    INTERPOLATED,
+    MEASURED_BOUND,
     MODES,
     EvalPoint,
     MonotoneFit,
@@ -19,15 +29,51 @@ from moelab.study.fit import (
     fit_monotone,
     fit_power_law,
     mean_chance_interval,
-    speedup_curve,
+    refit_power_law,
+    set_intervals,
+    speedup_at,
 )
 
 ZERO_SHOT = "zero_shot_mean"
+ZERO_SHOT_SCORE = "zero_shot_score_mean"
+ACCURACY_LABEL = "mean zero-shot accuracy"
+SCORE_LABEL = "mean zero-shot continuous score (normalised probability of the correct candidate)"
+SEED_KEYS = ("grid.seed", "grid.train.seed")
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The speedup quoted for one setting and MoE family (see :func:`headline`).
+
+    ``label``: ``"interpolated (fit)"``, ``"extrapolated"`` or ``"measured bound"`` (the fit's
+    value was contradicted by a bound the points show; ``bound`` is then ``">="`` or ``"<="``
+    and ``fit_speedup`` keeps the fit's value). ``lo``/``hi``: the bootstrap's 95% interval at
+    this quality (none for a measured bound, which is a fact about these runs, not an estimate).
+    """
+
+    quality: float
+    speedup: float
+    label: str
+    lo: float | None
+    hi: float | None
+    c_dense: float | None
+    c_moe: float | None
+    at_dense_edge: bool = False
+    bound: str = ""
+    fit_speedup: float | None = None
+    fit_lo: float | None = None
+    fit_hi: float | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclass
 class MetricAnalysis:
-    """One quality metric (a loss column, or the mean zero-shot accuracy) across families."""
+    """One quality metric (a loss column, the mean zero-shot accuracy or score) across
+    families. Per MoE family: the speedup curve (each point with interval, label and measured
+    bounds), the headline, every measured bound, and how the interval was made or why none."""
 
     metric: str
     label: str
@@ -35,9 +81,14 @@ class MetricAnalysis:
     points: dict[str, list[EvalPoint]]  # family -> every point
     fits: dict[str, PowerLawFit | MonotoneFit] = field(default_factory=dict)
     fit_errors: dict[str, str] = field(default_factory=dict)
-    # moe family -> speedup at each of the MoE's measured frontier points
     speedups: dict[str, list[SpeedupPoint]] = field(default_factory=dict)
-    chance: tuple[float, float] | None = None
+    chance: tuple[float, float] | None = None  # accuracy: no speedup at or below its top
+    headlines: dict[str, Headline] = field(default_factory=dict)
+    bounds: dict[str, list[MeasuredBound]] = field(default_factory=dict)
+    interval: dict[str, str] = field(default_factory=dict)  # scheme, or why no interval
+    n_bootstrap: dict[str, int] = field(default_factory=dict)  # resamples that gave both fits
+    dense_edge: dict[str, float] = field(default_factory=dict)  # quality at the dense range's top
+    kind: str = "loss"  # "loss", "accuracy" or "score"
 
 
 @dataclass
@@ -50,6 +101,8 @@ class Analysis:
     out_domains: list[str]
     min_run_fraction: float = 0.0
     mode: str = "envelope"  # the loss fits' point selection (fit.MODES)
+    bootstrap: int = 0
+    seed_spread: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _is_dense(family: str) -> bool:
@@ -71,6 +124,17 @@ def pair_families(families: list[str]) -> tuple[str | None, dict[str, str]]:
     return (dense[0] if dense else None), partner
 
 
+def stratum_key(row: dict[str, Any]) -> str:
+    """The configuration a run replicates: its preset and every grid value except the seed.
+    Runs with equal keys are seeds of one design point (the bootstrap's strata)."""
+    grid = [f"{k}={row[k]}" for k in sorted(row) if k.startswith("grid.") and k not in SEED_KEYS]
+    return "|".join([str(row.get("family")), str(row.get("preset") or row["run"]), *grid])
+
+
+def strata_of(rows: list[dict[str, Any]]) -> dict[str, str]:
+    return {r["run"]: stratum_key(r) for r in rows}
+
+
 def _points(rows: list[dict[str, Any]], column: str, final_only: bool) -> dict[str, list]:
     out: dict[str, list[EvalPoint]] = {}
     for r in rows:
@@ -78,7 +142,7 @@ def _points(rows: list[dict[str, Any]], column: str, final_only: bool) -> dict[s
         if v is None or (final_only and not r.get("final")):
             continue
         c = r.get("train_flops")
-        if not c or c <= 0:
+        if not c or c <= 0 or not math.isfinite(float(v)):
             continue
         annealed = bool(r.get("annealed"))
         out.setdefault(r["family"], []).append(EvalPoint(r["run"], float(c), float(v), annealed))
@@ -92,6 +156,197 @@ def moe_frontier_mode(mode: str) -> str:
     return mode if mode in ("annealed", "final") else "envelope"
 
 
+# ---------------------------------------------------------------------------------------------
+# Headline
+
+
+def headline(
+    points: list[SpeedupPoint], *, higher_is_better: bool = False, edge: float | None = None
+) -> Headline | None:
+    """The speedup quoted for a setting: at the best quality whose comparison is interpolated
+    (the dense fit inverted inside its measured compute range, the dense range's top edge
+    included); failing that, at the best extrapolated one. A measured bound at that quality
+    that contradicts the fit's value replaces it (label "measured bound")."""
+    valid = [p for p in points if p.speedup is not None and not p.extrapolated]
+    pool = valid or [p for p in points if p.speedup is not None]
+    if not pool:
+        return None
+    pick = max if higher_is_better else min
+    p = pick(pool, key=lambda q: q.quality)
+    at_edge = edge is not None and math.isclose(p.quality, edge, rel_tol=1e-12)
+    label = INTERPOLATED if valid else EXTRAPOLATED
+    h = Headline(p.quality, p.speedup, label, p.lo, p.hi, p.c_dense, p.c_moe, at_edge, note=p.note)
+    fit_text = f"the fit gave {_x(p.speedup)}" + (
+        f" [{_x(p.lo)}, {_x(p.hi)}]" if p.lo is not None else ""
+    )
+    if p.lower_bound is not None and p.speedup < p.lower_bound:
+        return replace(
+            h,
+            speedup=p.lower_bound,
+            label=MEASURED_BOUND,
+            lo=None,
+            hi=None,
+            bound=">=",
+            fit_speedup=p.speedup,
+            fit_lo=p.lo,
+            fit_hi=p.hi,
+            note=f"{fit_text}, below what the runs measured",
+        )
+    if p.upper_bound is not None and p.speedup > p.upper_bound:
+        return replace(
+            h,
+            speedup=p.upper_bound,
+            label=MEASURED_BOUND,
+            lo=None,
+            hi=None,
+            bound="<=",
+            fit_speedup=p.speedup,
+            fit_lo=p.lo,
+            fit_hi=p.hi,
+            note=f"{fit_text}, above what the runs measured",
+        )
+    return h
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+# ---------------------------------------------------------------------------------------------
+# One comparison: an MoE family against its dense partner on one metric
+
+
+def _levels(moe: MonotoneFit, edge: float | None, hib: bool) -> list[float]:
+    """The MoE frontier's measured qualities plus the dense range's top edge, worst first."""
+    levels = list(moe.knots_value) + ([edge] if edge is not None else [])
+    levels = sorted(set(levels), key=lambda q: q if hib else -q)
+    return levels
+
+
+def _dense_compute_at(params: tuple[float, float, float], t: float) -> float | None:
+    e, log_a, alpha = params
+    if not t > e:
+        return None
+    return math.exp((log_a - math.log(t - e)) / alpha)
+
+
+def compare(
+    ma: MetricAnalysis,
+    moe: str,
+    dense: str,
+    moe_curve: MonotoneFit,
+    *,
+    mode: str,
+    moe_mode: str,
+    strata: dict[str, str],
+    n_bootstrap: int,
+    min_run_fraction: float,
+    seed: int = 0,
+    huber_delta: float = 1e-2,
+) -> None:
+    """Speedup curve, intervals, measured bounds and headline of ``moe`` against ``dense``.
+
+    Each bootstrap resample draws runs of both families (:class:`RunResampler`, stratified by
+    preset), refits the dense curve and rebuilds the MoE frontier, and evaluates
+    ``c_dense(t) / c_moe(t)`` at the same quality levels as the full-data curve: the MoE
+    frontier's measured qualities and the dense range's top edge."""
+    hib = ma.higher_is_better
+    dense_fit = ma.fits[dense]
+    dense_pts, moe_pts = ma.points[dense], ma.points[moe]
+    lo_c, hi_c = dense_fit.compute_range
+    edge = dense_fit.predict(hi_c)
+    edge = float(edge) if edge is not None else None
+    if edge is not None:
+        ma.dense_edge[moe] = edge
+    levels = _levels(moe_curve, edge, hib)
+    curve = []
+    for q in levels:
+        sp = speedup_at(dense_fit, moe_curve, q, chance=ma.chance)
+        lb, ub = bounds_at(dense_pts, moe_pts, q, mode=mode, higher_is_better=hib)
+        curve.append(
+            replace(
+                sp,
+                lower_bound=lb.ratio if lb else None,
+                upper_bound=ub.ratio if ub else None,
+            )
+        )
+
+    log_values = ma.kind == "loss"
+    d_rs = RunResampler.build(dense_pts, strata, log_values=log_values)
+    m_rs = RunResampler.build(moe_pts, strata, log_values=log_values)
+    pooled = d_rs.offsets + m_rs.offsets  # seed noise pooled over both families
+    d_rs.offsets = m_rs.offsets = pooled
+    usable = bool(pooled)
+    if not usable:
+        ma.interval[moe] = d_rs.why_not() or m_rs.why_not() or "no interval"
+    elif n_bootstrap <= 0:
+        ma.interval[moe] = "no interval: fit.bootstrap is 0"
+    else:
+        singles = d_rs.singletons + m_rs.singletons
+        ma.interval[moe] = (
+            f"95% percentile interval over {n_bootstrap} resamples of runs, stratified by preset"
+            + (
+                f"; {len(singles)} single-run preset(s) take a seed offset drawn from the "
+                f"{len(pooled)} replicate runs' pooled spread"
+                if singles
+                else ""
+            )
+        )
+    samples: list[list[float]] = [[] for _ in levels]
+    params: list[tuple[float, float, float]] = []
+    n_ok = 0
+    if usable and n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        for _ in range(n_bootstrap):
+            d_b, m_b = d_rs.draw(rng), m_rs.draw(rng)
+            if isinstance(dense_fit, PowerLawFit):
+                got = refit_power_law(dense_fit, d_b, min_run_fraction, huber_delta)
+                if got is None:
+                    continue
+                params.append(got)
+
+                def c_dense(t: float, got=got) -> float | None:
+                    return _dense_compute_at(got, t)
+            else:
+                dense_b = fit_monotone(d_b, higher_is_better=hib, mode=dense_fit.mode)
+                c_dense = dense_b.compute_at
+            try:
+                moe_b = fit_monotone(
+                    m_b, higher_is_better=hib, mode=moe_mode, min_run_fraction=min_run_fraction
+                ).with_floor(moe_curve.floor)
+            except MoelabError:
+                continue
+            n_ok += 1
+            for i, q in enumerate(levels):
+                if curve[i].speedup is None:
+                    continue
+                cd, cm = c_dense(q), moe_b.compute_at(q)
+                if cd is not None and cm is not None and cm > 0:
+                    samples[i].append(cd / cm)
+        if isinstance(dense_fit, PowerLawFit) and not dense_fit.intervals:
+            set_intervals(dense_fit, params)
+    ma.n_bootstrap[moe] = n_ok
+    for i, sp in enumerate(curve):
+        iv = percentile_interval(samples[i], n_ok) if sp.speedup is not None else None
+        curve[i] = replace(
+            sp,
+            lo=iv[0] if iv else None,
+            hi=iv[1] if iv else None,
+            n_resamples=len(samples[i]),
+        )
+    ma.speedups[moe] = curve
+    ma.bounds[moe] = measured_bounds(
+        dense_pts, moe_pts, mode=mode, higher_is_better=hib, min_run_fraction=min_run_fraction
+    )
+    h = headline(curve, higher_is_better=hib, edge=edge)
+    if h is not None:
+        ma.headlines[moe] = h
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
 def analyse_loss(
     rows: list[dict[str, Any]],
     column: str,
@@ -103,52 +358,144 @@ def analyse_loss(
     min_run_fraction: float,
 ) -> MetricAnalysis:
     ma = MetricAnalysis(column, label, False, _points(rows, column, final_only=False))
+    strata = strata_of(rows)
+    dense_families = set(partner.values())
     for fam, pts in ma.points.items():
+        rs = RunResampler.build(pts, strata)
+        # A dense partner's parameter intervals come from the comparison's resamples.
+        n = 0 if fam in dense_families and any(m in ma.points for m in partner) else bootstrap
         try:
             ma.fits[fam] = fit_power_law(
-                pts, mode=mode, n_bootstrap=bootstrap, min_run_fraction=min_run_fraction
+                pts, mode=mode, n_bootstrap=n, min_run_fraction=min_run_fraction, resampler=rs
             )
         except MoelabError as e:
             ma.fit_errors[fam] = str(e)
+    moe_mode = moe_frontier_mode(mode)
     for moe, dense in partner.items():
-        dense_fit = ma.fits.get(dense)
-        if dense_fit is None or moe not in ma.points:
+        if dense not in ma.fits or moe not in ma.points:
             continue
         try:
             frontier = fit_monotone(
                 ma.points[moe],
                 higher_is_better=False,
-                mode=moe_frontier_mode(mode),
+                mode=moe_mode,
                 min_run_fraction=min_run_fraction,
             )
         except MoelabError as e:
             ma.fit_errors.setdefault(moe, str(e))
             continue
-        ma.speedups[moe] = speedup_curve(dense_fit, frontier)
+        # Between measured points the MoE frontier follows a power law's curvature: its own
+        # fitted irreducible loss, else the dense one's.
+        own = ma.fits.get(moe)
+        floor = own.E if isinstance(own, PowerLawFit) else ma.fits[dense].E
+        frontier = frontier.with_floor(floor)
+        compare(
+            ma,
+            moe,
+            dense,
+            frontier,
+            mode=mode,
+            moe_mode=moe_mode,
+            strata=strata,
+            n_bootstrap=bootstrap,
+            min_run_fraction=min_run_fraction,
+        )
+    for fam in dense_families:  # a dense family no comparison resampled: its own bootstrap
+        fit = ma.fits.get(fam)
+        if isinstance(fit, PowerLawFit) and not fit.intervals and bootstrap > 0:
+            rs = RunResampler.build(ma.points[fam], strata)
+            if rs.usable():
+                ma.fits[fam] = fit_power_law(
+                    ma.points[fam],
+                    mode=mode,
+                    n_bootstrap=bootstrap,
+                    min_run_fraction=min_run_fraction,
+                    resampler=rs,
+                )
     return ma
+
+
+def _zero_shot_chance(meta: dict[str, Any]) -> tuple[float, float] | None:
+    tasks = meta.get("zero_shot_tasks") or []
+    info = meta.get("tasks", {})
+    known = [t for t in tasks if t in info and info[t].get("chance") is not None]
+    if not known or len(known) != len(tasks):
+        return None
+    return mean_chance_interval(
+        [info[t]["chance"] for t in known], [int(info[t]["n_items"]) for t in known]
+    )
 
 
 def analyse_zero_shot(
-    rows: list[dict[str, Any]], meta: dict[str, Any], partner: dict[str, str]
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    partner: dict[str, str],
+    *,
+    column: str = ZERO_SHOT,
+    bootstrap: int = 0,
 ) -> MetricAnalysis | None:
-    """Mean zero-shot accuracy of each run's final checkpoint: a monotone fit in log compute per
-    family (a power law does not suit a bounded score), and no speedup inside the chance band."""
-    pts = _points(rows, ZERO_SHOT, final_only=True)
+    """Mean zero-shot accuracy (``column`` ``zero_shot_mean``) or continuous score
+    (``zero_shot_score_mean``) of each run's final checkpoint: a monotone fit in log compute per
+    family (a power law does not suit a bounded score). Accuracy gives no speedup inside the
+    chance interval; the score, smooth where accuracy is flat, gives one everywhere."""
+    pts = _points(rows, column, final_only=True)
     if not pts:
         return None
-    ma = MetricAnalysis(ZERO_SHOT, "mean zero-shot accuracy", True, pts)
-    tasks = meta.get("zero_shot_tasks") or []
-    info = meta.get("tasks", {})
-    chances = [info[t]["chance"] for t in tasks if t in info]
-    items = [info[t]["n_items"] for t in tasks if t in info]
-    if chances and len(chances) == len(tasks):
-        ma.chance = mean_chance_interval(chances, items)
+    score = column == ZERO_SHOT_SCORE
+    ma = MetricAnalysis(column, SCORE_LABEL if score else ACCURACY_LABEL, True, pts)
+    ma.kind = "score" if score else "accuracy"
+    if not score:
+        ma.chance = _zero_shot_chance(meta)
     for fam, fpts in pts.items():
         ma.fits[fam] = fit_monotone(fpts, higher_is_better=True, mode="all")
+    strata = strata_of(rows)
     for moe, dense in partner.items():
         if dense in ma.fits and moe in ma.fits:
-            ma.speedups[moe] = speedup_curve(ma.fits[dense], ma.fits[moe], chance=ma.chance)
+            compare(
+                ma,
+                moe,
+                dense,
+                ma.fits[moe],
+                mode="all",
+                moe_mode="all",
+                strata=strata,
+                n_bootstrap=bootstrap,
+                min_run_fraction=0.0,
+            )
     return ma
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per design point with several seeds: the spread of the final in-domain (and mean
+    out-of-domain) loss over its seeds, so a speedup can be told from seed noise."""
+    finals: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("final"):
+            finals.setdefault(stratum_key(r), []).append(r)
+    out = []
+    for group in finals.values():
+        if len(group) < 2:
+            continue
+        entry: dict[str, Any] = {
+            "family": group[0]["family"],
+            "preset": group[0].get("preset"),
+            "runs": [r["run"] for r in group],
+            "seeds": [r.get("seed") for r in group],
+        }
+        for col in ("loss_in_domain", "loss_out_of_domain"):
+            vals = np.array([r[col] for r in group if r.get(col) is not None], dtype=float)
+            if len(vals) < 2:
+                continue
+            entry[col] = {
+                "n": len(vals),
+                "mean": float(vals.mean()),
+                "std": float(vals.std(ddof=1)),
+                "min": float(vals.min()),
+                "max": float(vals.max()),
+                "range_rel": float((vals.max() - vals.min()) / vals.mean()),
+            }
+        out.append(entry)
+    return out
 
 
 def analyse(
@@ -180,78 +527,99 @@ def analyse(
             bootstrap=bootstrap,
             min_run_fraction=min_run_fraction,
         )
-    zs = analyse_zero_shot(rows, meta, partner)
-    if zs is not None:
-        metrics[ZERO_SHOT] = zs
+    for column in (ZERO_SHOT, ZERO_SHOT_SCORE):
+        zs = analyse_zero_shot(rows, meta, partner, column=column, bootstrap=bootstrap)
+        if zs is not None:
+            metrics[column] = zs
     return Analysis(
-        families, dense, partner, metrics, in_domains, out_domains, min_run_fraction, mode
+        families,
+        dense,
+        partner,
+        metrics,
+        in_domains,
+        out_domains,
+        min_run_fraction,
+        mode,
+        bootstrap,
+        seed_spread(rows),
     )
 
 
-def headline(points: list[SpeedupPoint]) -> SpeedupPoint | None:
-    """The speedup quoted per domain: at the best quality the MoE reached where the comparison is
-    inside the measured dense range; failing that, the last point (marked extrapolated)."""
-    valid = [p for p in points if p.speedup is not None and not p.extrapolated]
-    if valid:
-        return valid[-1]
-    with_value = [p for p in points if p.speedup is not None]
-    return with_value[-1] if with_value else None
+# ---------------------------------------------------------------------------------------------
+# fits.json
+
+
+def _point_dict(p: SpeedupPoint) -> dict[str, Any]:
+    return {
+        "quality": p.quality,
+        "c_dense": p.c_dense,
+        "c_moe": p.c_moe,
+        "speedup": p.speedup,
+        "lo": p.lo,
+        "hi": p.hi,
+        "n_resamples": p.n_resamples,
+        "label": p.label,
+        "extrapolated": p.extrapolated,
+        "lower_bound": p.lower_bound,
+        "upper_bound": p.upper_bound,
+        "note": p.note,
+    }
+
+
+def _fit_dict(fit: PowerLawFit | MonotoneFit) -> dict[str, Any]:
+    if isinstance(fit, PowerLawFit):
+        return {
+            "kind": "power_law",
+            "E": fit.E,
+            "A": fit.A,
+            "alpha": fit.alpha,
+            "intervals": fit.intervals,
+            "n_bootstrap": fit.n_bootstrap,
+            "rms_residual": fit.rms_residual,
+            "n_points": len(fit.points),
+            "n_runs": fit.n_runs,
+            "compute_range": fit.compute_range,
+            "mode": fit.mode,
+            "points": [[p.run, p.compute, p.value, p.annealed] for p in fit.points],
+            "residuals": fit.residuals,
+        }
+    return {
+        "kind": "monotone",
+        "knots_compute": fit.knots_compute,
+        "knots_value": fit.knots_value,
+        "residuals": fit.residuals,
+        "compute_range": fit.compute_range,
+        "mode": fit.mode,
+    }
 
 
 def fits_json(an: Analysis) -> dict[str, Any]:
-    """Fits and speedups as plain data (``fits.json``)."""
+    """Fits, speedups (with intervals, labels and bounds), headlines, measured bounds and the
+    seed-to-seed spread as plain data (``fits.json``)."""
     out: dict[str, Any] = {
         "dense_family": an.dense_family,
         "partner": an.partner,
         "frontier": an.mode,
         "moe_frontier": moe_frontier_mode(an.mode),
         "min_run_fraction": an.min_run_fraction,
+        "bootstrap": an.bootstrap,
+        "labels": [INTERPOLATED, EXTRAPOLATED, MEASURED_BOUND],
         "metrics": {},
+        "seed_spread": an.seed_spread,
     }
     for name, ma in an.metrics.items():
-        entry: dict[str, Any] = {
+        out["metrics"][name] = {
             "label": ma.label,
-            "fits": {},
+            "kind": ma.kind,
+            "higher_is_better": ma.higher_is_better,
+            "fits": {fam: _fit_dict(fit) for fam, fit in ma.fits.items()},
             "fit_errors": ma.fit_errors,
-            "speedups": {},
             "chance_interval": ma.chance,
+            "speedups": {fam: [_point_dict(p) for p in pts] for fam, pts in ma.speedups.items()},
+            "headline": {fam: h.as_dict() for fam, h in ma.headlines.items()},
+            "measured_bounds": {fam: [b.as_dict() for b in bs] for fam, bs in ma.bounds.items()},
+            "interval": ma.interval,
+            "n_bootstrap": ma.n_bootstrap,
+            "dense_edge_quality": ma.dense_edge,
         }
-        for fam, fit in ma.fits.items():
-            if isinstance(fit, PowerLawFit):
-                entry["fits"][fam] = {
-                    "kind": "power_law",
-                    "E": fit.E,
-                    "A": fit.A,
-                    "alpha": fit.alpha,
-                    "intervals": fit.intervals,
-                    "n_bootstrap": fit.n_bootstrap,
-                    "rms_residual": fit.rms_residual,
-                    "n_points": len(fit.points),
-                    "n_runs": fit.n_runs,
-                    "compute_range": fit.compute_range,
-                    "mode": fit.mode,
-                    "points": [[p.run, p.compute, p.value] for p in fit.points],
-                    "residuals": fit.residuals,
-                }
-            else:
-                entry["fits"][fam] = {
-                    "kind": "monotone",
-                    "knots_compute": fit.knots_compute,
-                    "knots_value": fit.knots_value,
-                    "residuals": fit.residuals,
-                    "compute_range": fit.compute_range,
-                }
-        for fam, pts in ma.speedups.items():
-            entry["speedups"][fam] = [
-                {
-                    "quality": p.quality,
-                    "c_dense": p.c_dense,
-                    "c_moe": p.c_moe,
-                    "speedup": p.speedup,
-                    "extrapolated": p.extrapolated,
-                    "note": p.note,
-                }
-                for p in pts
-            ]
-        out["metrics"][name] = entry
     return out

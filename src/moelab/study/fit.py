@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from moelab.errors import MoelabError
+
+if TYPE_CHECKING:
+    from moelab.study.bootstrap import RunResampler
 
 MODES = ("envelope", "final", "all", "annealed")
 
@@ -178,6 +182,73 @@ def _fit_once(
     return best
 
 
+def _huber_cost(r: np.ndarray, delta: float) -> float:
+    a = np.abs(r)
+    return float(np.sum(np.where(a <= delta, 0.5 * r * r, delta * a - 0.5 * delta * delta)))
+
+
+def _polish(
+    x: np.ndarray,
+    log_y: np.ndarray,
+    y_min: float,
+    huber_delta: float,
+    theta0: np.ndarray,
+    max_iter: int = 200,
+) -> tuple[np.ndarray, float] | None:
+    """The same objective as :func:`_fit_once`, minimised from ``theta0`` by Levenberg-Marquardt
+    on iteratively reweighted Huber residuals (3x3 normal equations; bounds by projection).
+    A bootstrap resample's optimum is close to the full data's, where this converges in a few
+    steps at a fraction of ``least_squares``'s per-call overhead. ``None`` when it does not
+    converge (the caller then runs ``least_squares``)."""
+    lo = np.array([0.0, -1e6, 1e-4])
+    hi = np.array([y_min * (1 - 1e-9), 1e6, 10.0])
+
+    def resid(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        u = theta[1] - theta[2] * x
+        pred = theta[0] + np.exp(u)
+        return log_y - np.log(pred), np.exp(u) / pred
+
+    theta = np.clip(np.asarray(theta0, dtype=float), lo, hi)
+    with np.errstate(all="ignore"):
+        r, share = resid(theta)
+        cost = _huber_cost(r, huber_delta)
+        lam = 1e-3
+        for _ in range(max_iter):
+            pred = theta[0] + np.exp(theta[1] - theta[2] * x)
+            jac = np.stack([1.0 / pred, share, -x * share], axis=1)  # d log(pred) / d theta
+            a = np.abs(r)
+            w = np.where(a <= huber_delta, 1.0, huber_delta / np.maximum(a, 1e-300))
+            jtj = jac.T @ (w[:, None] * jac)
+            grad = jac.T @ (w * r)
+            if np.max(np.abs(grad)) < 1e-12 * (1.0 + cost):
+                return theta, cost
+            try:
+                step = np.linalg.solve(jtj + lam * np.diag(np.diag(jtj) + 1e-12), grad)
+            except np.linalg.LinAlgError:
+                return None
+            new = np.clip(theta + step, lo, hi)
+            r_new, share_new = resid(new)
+            new_cost = _huber_cost(r_new, huber_delta)
+            if np.isfinite(new_cost) and new_cost <= cost:
+                done = cost - new_cost <= 1e-15 * (1.0 + cost) and np.allclose(
+                    new, theta, rtol=1e-10, atol=1e-12
+                )
+                theta, r, share, cost = new, r_new, share_new, new_cost
+                lam = max(lam / 10, 1e-12)
+                if done:
+                    return theta, cost
+            else:
+                lam *= 10
+                if lam > 1e12:
+                    return theta, cost  # no downhill step left: a (projected) minimum
+    return None
+
+
+def _on_bound(theta: np.ndarray, y: np.ndarray) -> bool:
+    e, alpha = theta[0], theta[2]
+    return e <= 1e-9 * y.min() or e >= y.min() * (1 - 1e-6) or alpha <= 1.1e-4 or alpha >= 9.99
+
+
 def _starts(x: np.ndarray, y: np.ndarray, quick: bool = False) -> list[np.ndarray]:
     """Starting points: for several guesses of E, a straight line through log(y - E) vs x, and
     two fixed slopes through the mean. ``quick``: only the straight lines for two guesses."""
@@ -208,12 +279,23 @@ def _fit_selected(
     log_c = np.log(compute)
     log_c_ref = float(log_c.mean())  # conditioning: x is centred, O(1)
     x = log_c - log_c_ref
-    # With a warm start (bootstrap resamples) a few extra starts suffice.
+    # With a warm start (bootstrap resamples) a few extra starts suffice, each polished by the
+    # small Levenberg-Marquardt; least_squares only where none of them converges.
     starts = _starts(x, y, quick=bool(extra_starts))
+    best = None
     if extra_starts:
         # starts given in (E, log_A, alpha); convert log_A to the centred log_a
         starts = [np.array([s[0], s[1] - s[2] * log_c_ref, s[2]]) for s in extra_starts] + starts
-    best = _fit_once(x, np.log(y), float(y.min()), huber_delta, starts)
+        for i, theta0 in enumerate(starts):
+            got = _polish(x, np.log(y), float(y.min()), huber_delta, theta0)
+            if got is not None and (best is None or got[1] < best[1]):
+                best = got
+            # The warm starts' optimum stands unless it sits on a bound (E = 0 or E = min L),
+            # where the resample may have its optimum elsewhere: then try the other starts too.
+            if i == len(extra_starts) - 1 and best is not None and not _on_bound(best[0], y):
+                break
+    if best is None:
+        best = _fit_once(x, np.log(y), float(y.min()), huber_delta, starts)
     if best is None:
         return None
     e, log_a, alpha = (float(v) for v in best[0])
@@ -229,14 +311,17 @@ def fit_power_law(
     n_bootstrap: int = 200,
     ci: float = 0.95,
     seed: int = 0,
+    resampler: RunResampler | None = None,
 ) -> PowerLawFit:
     """Fit ``L(C) = E + A * C**-alpha`` to one family's loss points (see :func:`select_points`
     for ``mode`` and ``min_run_fraction``).
 
     The objective is a Huber loss (``huber_delta`` in units of log loss, so 0.01 is 1%) on
-    ``log L``, minimised from several starting points in centred log-compute space. With at
-    least three runs, ``n_bootstrap`` resamples of the runs (with replacement; the frontier is
-    rebuilt from each resample) give percentile intervals at level ``ci`` for E, A and alpha.
+    ``log L``, minimised from several starting points in centred log-compute space.
+    ``n_bootstrap`` resamples of whole runs (the frontier is rebuilt from each) give percentile
+    intervals at level ``ci`` for E, A and alpha: drawn by ``resampler`` (stratified by preset,
+    :mod:`moelab.study.bootstrap`) when given, else with replacement over all runs once there
+    are at least three.
     """
     all_points = list(points)
     pts = select_points(all_points, mode, min_run_fraction=min_run_fraction)
@@ -270,10 +355,18 @@ def fit_power_law(
         compute_range=(float(compute.min()), float(compute.max())),
         mode=mode,
     )
-    if n_bootstrap > 0 and len(runs) >= 3:
-        _bootstrap(
-            fit, all_points, runs, mode, min_run_fraction, huber_delta, n_bootstrap, ci, seed
-        )
+    if resampler is None and len(runs) >= 3:
+        from moelab.study.bootstrap import RunResampler  # bootstrap.py imports EvalPoint
+
+        resampler = RunResampler.build(all_points)  # one stratum: every run
+    if n_bootstrap > 0 and resampler is not None and resampler.usable():
+        samples = []
+        rng = np.random.default_rng(seed)
+        for _ in range(n_bootstrap):
+            got = refit_power_law(fit, resampler.draw(rng), min_run_fraction, huber_delta)
+            if got is not None:
+                samples.append(got)
+        set_intervals(fit, samples, ci)
     return fit
 
 
@@ -281,31 +374,20 @@ def _safe_exp(v: float) -> float:
     return math.exp(v) if v < 709 else math.inf
 
 
-def _bootstrap(
-    fit: PowerLawFit,
-    all_points: list[EvalPoint],
-    runs: list[str],
-    mode: str,
-    min_run_fraction: float,
-    huber_delta: float,
-    n_bootstrap: int,
-    ci: float,
-    seed: int,
+def refit_power_law(
+    fit: PowerLawFit, points: list[EvalPoint], min_run_fraction: float, huber_delta: float
+) -> tuple[float, float, float] | None:
+    """(E, log_A, alpha) of ``fit``'s selection rebuilt from ``points`` (a bootstrap resample),
+    started from ``fit``'s optimum and two quick guesses: the full-data optimum is close to every
+    resample's."""
+    pts = select_points(points, fit.mode, min_run_fraction=min_run_fraction)
+    return _fit_selected(pts, huber_delta, extra_starts=[np.array([fit.E, fit.log_A, fit.alpha])])
+
+
+def set_intervals(
+    fit: PowerLawFit, samples: list[tuple[float, float, float]], ci: float = 0.95
 ) -> None:
-    by_run: dict[str, list[EvalPoint]] = {r: [] for r in runs}
-    for p in all_points:
-        by_run[p.run].append(p)
-    rng = np.random.default_rng(seed)
-    warm = [np.array([fit.E, fit.log_A, fit.alpha])]
-    samples = []
-    for _ in range(n_bootstrap):
-        chosen = rng.integers(0, len(runs), size=len(runs))
-        resample = [p for i in chosen for p in by_run[runs[i]]]
-        pts = select_points(resample, mode, min_run_fraction=min_run_fraction)
-        # Few starts: the full-data optimum is close to every resample's optimum.
-        got = _fit_selected(pts, huber_delta, extra_starts=warm)
-        if got is not None:
-            samples.append(got)
+    """Percentile intervals of E, A, alpha from bootstrap ``samples`` of (E, log_A, alpha)."""
     if not samples:
         return
     arr = np.array(samples)  # (n, 3): E, log_A, alpha
@@ -329,8 +411,14 @@ def _bootstrap(
 
 @dataclass
 class MonotoneFit:
-    """A monotone curve of value against log compute, linear between knots; strictly increasing
-    in value when ``higher_is_better``, strictly decreasing otherwise. No extrapolation."""
+    """A monotone curve of value against log compute through its knots; strictly increasing
+    in value when ``higher_is_better``, strictly decreasing otherwise. No extrapolation.
+
+    Between knots it is linear in (log compute, value), or, with ``floor`` set (a loss curve and
+    an irreducible loss below every knot), linear in (log compute, log(value - floor)): exact
+    for ``floor + B * C**-beta``, where linear interpolation in the loss itself overstates the
+    compute between two points of the convex curve (by about 10% midway between points a factor
+    of two apart)."""
 
     knots_compute: list[float]  # strictly increasing
     knots_value: list[float]  # strictly monotone
@@ -339,26 +427,43 @@ class MonotoneFit:
     residuals: list[float]  # observed - predict(compute), one per point
     compute_range: tuple[float, float]
     mode: str
+    floor: float | None = None
+
+    def _t(self, v: np.ndarray | float) -> np.ndarray:
+        v = np.asarray(v, dtype=float)
+        return v if self.floor is None else np.log(np.maximum(v - self.floor, 1e-300))
+
+    def with_floor(self, floor: float | None) -> MonotoneFit:
+        """The same knots interpolated in log(value - ``floor``); unchanged when ``floor`` is
+        None or not below every knot."""
+        if floor is None or not math.isfinite(floor) or floor >= min(self.knots_value):
+            return self
+        return replace(self, floor=float(floor))
 
     def predict(self, compute: float) -> float | None:
-        """Fitted value at ``compute``: linear in log compute between knots, flat from the end
-        knots to the ends of the measured range; ``None`` outside the measured range."""
+        """Fitted value at ``compute``: interpolated between knots, flat from the end knots to
+        the ends of the measured range; ``None`` outside the measured range."""
         lo, hi = self.compute_range
         if not lo * (1 - 1e-12) <= compute <= hi * (1 + 1e-12):
             return None
-        return float(np.interp(math.log(compute), np.log(self.knots_compute), self.knots_value))
+        got = float(
+            np.interp(math.log(compute), np.log(self.knots_compute), self._t(self.knots_value))
+        )
+        return got if self.floor is None else self.floor + math.exp(got)
 
     def compute_at(self, value: float) -> float | None:
         """Compute at which the curve reaches ``value``; ``None`` outside its value range."""
-        v = np.asarray(self.knots_value)
+        raw = np.asarray(self.knots_value)
         log_c = np.log(self.knots_compute)
-        if not self.higher_is_better:  # np.interp needs increasing x: flip the sign
-            v, value = -v, -value
-        if len(v) == 1:
-            return float(self.knots_compute[0]) if math.isclose(value, v[0]) else None
-        if not v[0] <= value <= v[-1]:
+        if len(raw) == 1:
+            return float(self.knots_compute[0]) if math.isclose(value, raw[0]) else None
+        inside = raw.min() <= value <= raw.max()
+        if not inside:
             return None
-        return float(math.exp(np.interp(value, v, log_c)))
+        v, t = self._t(raw), float(self._t(value))
+        if v[0] > v[-1]:  # np.interp needs increasing x: flip the sign
+            v, t = -v, -t
+        return float(math.exp(np.interp(t, v, log_c)))
 
 
 def fit_monotone(
@@ -413,11 +518,19 @@ def fit_monotone(
 # Speedup factor
 
 
+INTERPOLATED = "interpolated (fit)"
+EXTRAPOLATED = "extrapolated"
+MEASURED_BOUND = "measured bound"
+
+
 @dataclass(frozen=True)
 class SpeedupPoint:
     """Speedup at one quality level. ``speedup`` is None where it cannot be measured (``note``
     says why); ``extrapolated`` marks values that leave the measured dense range or rest on a
-    quality the fit cannot reach."""
+    quality the fit cannot reach. ``lo``/``hi``: bootstrap percentile interval (``None`` without
+    one), from ``n_resamples`` resamples that gave a value. ``lower_bound``/``upper_bound``: the
+    speedup bounds the measured points show at this quality, without any fit
+    (:mod:`moelab.study.bounds`)."""
 
     quality: float
     c_dense: float | None
@@ -425,6 +538,19 @@ class SpeedupPoint:
     speedup: float | None
     extrapolated: bool
     note: str = ""
+    lo: float | None = None
+    hi: float | None = None
+    n_resamples: int = 0
+    lower_bound: float | None = None
+    upper_bound: float | None = None
+
+    @property
+    def label(self) -> str:
+        """``"interpolated (fit)"``: the dense curve inverted inside its measured compute range;
+        ``"extrapolated"``: outside it; empty where there is no value."""
+        if self.speedup is None:
+            return ""
+        return EXTRAPOLATED if self.extrapolated else INTERPOLATED
 
 
 def chance_interval(chance: float, n_items: int, z: float = 1.96) -> tuple[float, float]:

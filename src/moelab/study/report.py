@@ -18,7 +18,7 @@ from typing import Any
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.study import plots
-from moelab.study.analysis import ZERO_SHOT, Analysis, analyse, fits_json, headline
+from moelab.study.analysis import ZERO_SHOT, Analysis, analyse, fits_json
 from moelab.study.collect import expert_load, read_records
 from moelab.study.config import task_label
 from moelab.study.document import (
@@ -32,7 +32,7 @@ from moelab.study.document import (
     to_html,
     to_markdown,
 )
-from moelab.study.fit import PowerLawFit
+from moelab.study.fit import EXTRAPOLATED, PowerLawFit
 from moelab.study.layout import run_dir
 from moelab.study.results import RunRecord, rows_for_run, write_results
 
@@ -263,12 +263,12 @@ def make_figures(
     labels, values, ext = [], [], []
     for d in an.in_domains + an.out_domains:
         ma = an.metrics.get(f"loss/{d}")
-        for fam, pts in ma.speedups.items() if ma else []:
-            h = headline(pts)
+        for fam in ma.speedups if ma else []:
+            h = ma.headlines.get(fam)
             tag = "in" if d in an.in_domains else "out"
             labels.append(f"{d} ({tag})" + (f" {fam}" if len(an.partner) > 1 else ""))
             values.append(h.speedup if h else float("nan"))
-            ext.append(bool(h.extrapolated) if h else False)
+            ext.append(h.label == EXTRAPOLATED if h else False)
     if labels:
         plots.plot_domain_bars(
             labels, values, ext, pdir / "domain_speedup.png", "Speedup per domain"
@@ -549,7 +549,7 @@ def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
                         _fmt(p.c_moe) if p.c_moe else "-",
                         _fmt(p.c_dense) if p.c_dense else "-",
                         f"{p.speedup:.2f}x" if p.speedup is not None else "-",
-                        "extrapolated" if p.extrapolated else ("measured" if p.speedup else ""),
+                        p.label,
                         p.note,
                     ]
                 )
@@ -605,8 +605,7 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
         ma = an.metrics.get(f"loss/{d}")
         side = "in" if d in an.in_domains else "out"
         for fam, dense_fam in an.partner.items():
-            pts = ma.speedups.get(fam) if ma is not None else None
-            h = headline(pts) if pts else None
+            h = ma.headlines.get(fam) if ma is not None else None
             if h is None:  # say why rather than drop the row
                 err = ma.fit_errors.get(dense_fam) if ma is not None else None
                 why = f"no {dense_fam} fit: {err}" if err else "no speedup computed"
@@ -619,7 +618,7 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
                     fam,
                     _fmt(h.quality),
                     f"{h.speedup:.2f}x" if h.speedup else "-",
-                    "extrapolated" if h.extrapolated else "measured",
+                    h.label,
                 ]
             )
     if body:
