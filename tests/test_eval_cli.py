@@ -120,3 +120,15 @@ def test_finetune_cli_choice_head(tmp_path, capsys):
     assert result["best_lr"] in (1e-4, 1e-3) and 0.0 <= result["accuracy"] <= 1.0
     assert (run / "eval" / "finetune-ft.json").is_file()
     assert main(["finetune", str(run), "--task", str(task), "--lrs", "fast"]) == 2
+
+
+def test_eval_fewshot_sampling_flag(tmp_path, capsys):
+    run = trained_run()
+    task = _task(tmp_path, "samp", n=6, train=8)
+    args = ["eval", str(run), "--task", str(task), "--shots", "2", "--seeds", "2", "--json"]
+    assert main([*args, "--fewshot-sampling", "per_run"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert result["fewshot_sampling"] == "per_run" and result["primary_mode"] == "mean"
+    assert 0.0 <= result["score"] <= 1.0 and result["score_chance"] == 0.5
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["fewshot_sampling"] == "per_item"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from moelab.errors import MoelabError
@@ -197,3 +198,94 @@ def test_non_utf8_task_file_names_the_line(tmp_path):
     )
     with pytest.raises(MoelabError, match='line 1: field "label": expected an integer'):
         get_task(str(path))
+
+
+def test_continuous_score_is_the_softmax_of_the_primary_mode(tmp_path, tok, model):
+    task = get_task(str(_write_jsonl(tmp_path / "even.jsonl", _choice_rows(10))))
+    r = evaluate_task(model, tok, task, shots=1, seeds=2, limit=8, keep_scores=True)
+    assert r["primary_mode"] == "mean" and r["accuracy_ci95"] == r["metrics"]["mean"]["ci95"]
+    probs = []
+    for seed_scores in r["scores"]:
+        row = []
+        for i, by_mode in enumerate(seed_scores):
+            s = np.asarray(by_mode["mean"])
+            row.append(np.exp(s[task.items[i].label]) / np.exp(s).sum())
+        probs.append(row)
+    probs = np.asarray(probs)
+    assert r["score"] == pytest.approx(probs.mean(), abs=1e-9)
+    assert r["score_per_seed"] == pytest.approx(probs.mean(axis=1).tolist(), abs=1e-9)
+    assert r["score_ci95"][0] <= r["score"] <= r["score_ci95"][1]
+    assert r["score_chance"] == 0.5 and r["groups"] == {} and r["reference"] == {}
+    for mode, m in r["metrics"].items():  # every mode's own score is reported too
+        assert 0.0 < m["score"] < 1.0, mode
+
+
+def test_primary_mode_comes_from_the_task(tok, model):
+    items = [Item(("Is it?",), ("yes", "no", "maybe so"), i % 3) for i in range(6)]
+    task = Task("t", "choice", items, "eval", primary_mode="sum")
+    r = evaluate_task(model, tok, task, keep_scores=True)
+    assert r["primary_mode"] == "sum" and r["accuracy"] == r["metrics"]["sum"]["mean"]
+    # p(correct) / sum_j p(candidate j) with the summed log-probs, averaged over items
+    sums = np.asarray([x["sum"] for x in r["scores"][0]])  # (items, candidates)
+    p = np.exp(sums - np.logaddexp.reduce(sums, axis=1, keepdims=True))
+    assert r["score"] == pytest.approx(np.mean([p[i, i % 3] for i in range(6)]))
+    assert r["score_chance"] == pytest.approx(1 / 3)
+    task.neutral_prompt = None  # no calibration prompt: no calibrated mode, no extra sequences
+    r2 = evaluate_task(model, tok, task)
+    assert "calibrated" not in r2["metrics"] and r2["compute"]["requests"] == 18
+    task.primary_mode = "calibrated"
+    with pytest.raises(MoelabError, match="primary scoring mode 'calibrated'"):
+        evaluate_task(model, tok, task)
+
+
+def test_several_correct_candidates_count_together(tok, model):
+    # ReCoRD-style aliases: candidates 0 and 2 are both right
+    items = [Item(("Who?",), ("Obama", "Biden", "Barack Obama"), 0, golds=(0, 2))] * 2
+    task = Task("aliases", "choice", items, "eval", primary_mode="sum")
+    r = evaluate_task(model, tok, task, keep_scores=True)
+    s = np.asarray(r["scores"][0][0]["sum"])
+    p = np.exp(s - np.logaddexp.reduce(s))
+    assert r["score"] == pytest.approx(p[0] + p[2])
+    assert r["accuracy"] == float(int(np.argmax(s)) in (0, 2))
+    assert r["chance"] == r["score_chance"] == pytest.approx(2 / 3)
+
+
+def test_per_run_sampling_uses_one_example_set_per_seed(tmp_path, tok, model):
+    task = get_task(str(_write_jsonl(tmp_path / "even.jsonl", _choice_rows(12))))
+
+    def shots(index, seed, sampling):
+        return [s.demonstration() for s in sample_shots(task, index, 3, seed, sampling)]
+
+    for seed in range(3):
+        sets = [shots(i, seed, "per_run") for i in range(12)]
+        common = max(sets, key=sets.count)
+        users = [i for i, s in enumerate(sets) if s == common]
+        # every item not among the 3 examples gets the very same examples, in the same order
+        members = [i for i in range(12) if task.items[i].demonstration() in common]
+        assert len(users) == 12 - len(members) and len(members) == 3
+        for i in members:  # an example item takes the next one of the permutation instead
+            assert task.items[i].demonstration() not in sets[i] and len(set(sets[i])) == 3
+    assert shots(0, 0, "per_run") != shots(0, 1, "per_run")  # another seed, another set
+    per_item = {tuple(shots(i, 0, "per_item")) for i in range(12)}
+    assert len(per_item) > 3  # today's default: every item draws its own
+    r = evaluate_task(model, tok, task, shots=2, seeds=2, fewshot_sampling="per_run")
+    assert r["fewshot_sampling"] == "per_run"
+    # one prompt prefix per seed: far fewer distinct contexts than one draw per item
+    per_item_run = evaluate_task(model, tok, task, shots=2, seeds=2)
+    assert r["compute"]["unique_sequences"] <= per_item_run["compute"]["unique_sequences"]
+    with pytest.raises(MoelabError, match="fewshot_sampling must be one of per_item, per_run"):
+        evaluate_task(model, tok, task, shots=1, fewshot_sampling="per_seed")
+
+
+def test_limit_counts_per_group_when_the_task_says_so(tok, model):
+    items = [Item(("",), (f"the cat {i}.", f"cat the {i}."), 0, "") for i in range(7)]
+    groups = [("field:a", "paradigm:x")] * 4 + [("field:a", "paradigm:y")] * 3
+    task = Task("g", "choice", items, "eval", groups=groups, limit_per="paradigm")
+    r = evaluate_task(model, tok, task, limit=2)
+    assert r["n_items"] == 4 and r["limit"] == 2 and r["limit_per"] == "paradigm"
+    assert {k: g["n_items"] for k, g in r["groups"].items()} == {
+        "field:a": 4,
+        "paradigm:x": 2,
+        "paradigm:y": 2,
+    }
+    assert r["groups"]["field:a"]["accuracy"] == r["accuracy"]

@@ -40,10 +40,10 @@ def add_arguments(parser) -> None:
         action="append",
         default=[],
         metavar="NAME_OR_JSONL",
-        help="priming task: a registered name (hellaswag, piqa, winogrande, storycloze, copa, "
-        "lambada, boolq, sst2, rte, cb, mrpc), hf:NAME for the official Hugging Face split "
-        "(hellaswag, piqa, winogrande, copa, boolq, lambada; needs `datasets`), or a generic "
-        ".jsonl file; repeatable",
+        help="priming task: a registered name (see docs/evaluation.md: hellaswag, piqa, "
+        "winogrande, storycloze, copa, lambada, boolq, sst2, rte, cb, mrpc, blimp, ...; "
+        "blimp:PARADIGM or blimp:FIELD for a part of BLiMP), hf:NAME for the official Hugging "
+        "Face split (needs `datasets`), or a generic .jsonl file; repeatable",
     )
     parser.add_argument("--shots", type=int, default=0, help="examples in the prompt (default 0)")
     parser.add_argument(
@@ -52,7 +52,19 @@ def add_arguments(parser) -> None:
         default=None,
         help="draws of examples (default 25 when --shots > 0, else 1)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N items")
+    parser.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="evaluate only the first N items (BLiMP: the first N pairs of every paradigm)",
+    )
+    parser.add_argument(
+        "--fewshot-sampling",
+        choices=("per_item", "per_run"),
+        default="per_item",
+        help="per_item (default): every item draws its own shots; per_run: one draw per seed, "
+        "the same shots for every item (fairseq's few-shot trials)",
+    )
     parser.add_argument(
         "--tasks-dir",
         default=None,
@@ -148,6 +160,7 @@ def run(args) -> int:
             progress=show_progress,
             show_prompt=args.show_prompt,
             opened=run_,
+            fewshot_sampling=args.fewshot_sampling,
         )
         for result in primed:
             write_result(args.run_dir, result)

@@ -21,7 +21,7 @@ import torch
 
 from moelab.errors import MoelabError
 from moelab.eval.progress import progress_bar
-from moelab.eval.runs import forward_flops
+from moelab.eval.runs import evaluation_state, forward_flops
 from moelab.eval.scoring import ForwardStats, LogitsAt, model_logits_at
 
 IN_DOMAIN, OUT_OF_DOMAIN = "in-domain", "out-of-domain"
@@ -120,13 +120,11 @@ def evaluate_perplexity(
         raise MoelabError(f"--context {context} exceeds the model's {model.cfg.max_seq_len}")
     stride = stride or context
     device = device if device is not None else next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     rows = []
     t0 = time.perf_counter()
     stats = ForwardStats()
     logits_at = model_logits_at(model, stats)
-    try:
+    with evaluation_state(model):
         for src in sources:
             if len(src.tokens) < 2:
                 raise MoelabError(
@@ -160,9 +158,6 @@ def evaluate_perplexity(
                     "seconds": time.perf_counter() - t_src,
                 }
             )
-    finally:
-        if was_training:
-            model.train()
     return {
         "kind": "perplexity",
         "mode": "sliding" if stride < context else "non-overlapping",
@@ -294,7 +289,7 @@ def run_perplexity(
     named text files, globs and prepared folders. MoE layers are dropless unless
     ``capacity_factor`` is given. ``max_tokens`` caps the tokens scored per source."""
     from moelab.data import PreparedData
-    from moelab.eval.runs import capacity_report, open_run, set_capacity
+    from moelab.eval.runs import capacity_report, open_run
 
     run = opened or open_run(run_dir, step=step, device=device)
     run_data_dir = Path(run.run_cfg.data.dir)
@@ -324,21 +319,23 @@ def run_perplexity(
                 sources += sources_from_prepared(data, roles, max_tokens, str(path))
             else:
                 sources.append(source_from_text(path, run.tokenizer, max_tokens))
-    set_capacity(run.model, eval_factor=capacity_factor, train_factor=capacity_factor)
     from moelab.eval.tokens import eot_id
 
-    result = evaluate_perplexity(
-        run.model,
-        sources,
-        context=context,
-        stride=stride,
-        batch_size=batch_size,
-        pad_id=eot_id(run.tokenizer),
-        progress=progress,
-    )
+    # The capacity asked for here holds for this call only: the model (which the caller may go
+    # on evaluating, as a study does) gets its own factors back afterwards.
+    with evaluation_state(run.model, capacity_factor):
+        result = evaluate_perplexity(
+            run.model,
+            sources,
+            context=context,
+            stride=stride,
+            batch_size=batch_size,
+            pad_id=eot_id(run.tokenizer),
+            progress=progress,
+        )
+        result["capacity"] = capacity_report(run.model)
     result["run_dir"] = str(run.run_dir)
     result["checkpoint"] = run.checkpoint
-    result["capacity"] = capacity_report(run.model)
     result["max_tokens"] = max_tokens
     result["paths"] = list(paths or [])
     return result

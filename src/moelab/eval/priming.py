@@ -3,7 +3,10 @@
 ``evaluate_task`` builds all prompts (k shots per item and seed, plus the neutral calibration
 prompt per candidate), tokenizes them the harness's way, scores the unique sequences in batches
 and reports accuracy under every scoring mode, per seed, with mean/std over seeds, a bootstrap
-95% interval over items and the task's chance level.
+95% interval over items and the task's chance level; and, under the task's primary mode, the
+continuous score (the probability the model gives the correct candidate among the candidates),
+with the same statistics, for the whole task and for each of its groups (BLiMP's fields and
+paradigms).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import numpy as np
 import torch
 
 from moelab.errors import MoelabError
-from moelab.eval.fewshot import sample_shots, shot_prefix
+from moelab.eval.fewshot import check_sampling, sample_shots, shot_prefix
 from moelab.eval.progress import progress_bar
-from moelab.eval.runs import forward_flops
+from moelab.eval.runs import evaluation_state, forward_flops
 from moelab.eval.scoring import (
     MODES,
     Candidate,
@@ -29,7 +32,7 @@ from moelab.eval.scoring import (
     model_logits_at,
     score_requests,
 )
-from moelab.eval.stats import bootstrap_ci, mean_std
+from moelab.eval.stats import bootstrap_ci, correct_probability, mean_std
 from moelab.eval.tasks.items import Task
 from moelab.eval.tokens import eot_id, make_encode
 
@@ -41,17 +44,78 @@ def default_seeds(shots: int) -> int:
 
 
 def build_prompts(
-    task: Task, index: int, shots: int, seed: int, separator: str = "\n"
+    task: Task,
+    index: int,
+    shots: int,
+    seed: int,
+    separator: str = "\n",
+    sampling: str = "per_item",
 ) -> list[tuple[str, str]]:
     """The exact ``(context, continuation)`` strings scored for one item and seed."""
-    prefix = shot_prefix(sample_shots(task, index, shots, seed), separator)
+    prefix = shot_prefix(sample_shots(task, index, shots, seed, sampling), separator)
     return task.items[index].candidates(prefix)
 
 
 def calibration_prompts(task: Task, index: int) -> list[tuple[str, str]]:
-    """Each candidate's continuation after the task's neutral prompt (no shots)."""
+    """Each candidate's continuation after the task's neutral prompt (no shots); none when the
+    task has no neutral prompt."""
+    if task.neutral_prompt is None:
+        return []
     item = task.items[index]
     return [(task.neutral_prompt, cont) for _, cont in item.candidates()]
+
+
+def task_modes(task: Task) -> tuple[str, ...]:
+    """The scoring modes reported for ``task``."""
+    if task.kind == "last_word":
+        return ("greedy",)
+    return tuple(m for m in MODES if m != "calibrated" or task.neutral_prompt is not None)
+
+
+def primary_mode(task: Task) -> str:
+    """The task's headline mode: its own (loader or registry), else "mean" (the paper's
+    default; "greedy" for last-word tasks)."""
+    modes = task_modes(task)
+    mode = task.primary_mode or ("greedy" if task.kind == "last_word" else "mean")
+    if mode not in modes:
+        raise MoelabError(
+            f"task {task.name}: primary scoring mode {mode!r} is not one of its modes "
+            f"({', '.join(modes)})"
+        )
+    return mode
+
+
+def selected_items(task: Task, limit: int | None) -> list[int]:
+    """Indices of the evaluated items: the first ``limit`` (all when None), counted per group
+    of prefix ``task.limit_per`` when the task sets one (BLiMP: pairs per paradigm)."""
+    if limit is not None and limit < 1:
+        raise MoelabError(f"--limit must be >= 1, got {limit}")
+    if limit is None:
+        return list(range(len(task.items)))
+    if not task.limit_per or not task.groups:
+        return list(range(min(limit, len(task.items))))
+    prefix = task.limit_per + ":"
+    taken: dict[str | None, int] = {}
+    out = []
+    for i, labels in enumerate(task.groups):
+        key = next((g for g in labels if g.startswith(prefix)), None)
+        if taken.get(key, 0) < limit:
+            taken[key] = taken.get(key, 0) + 1
+            out.append(i)
+    return out
+
+
+def _summary(correct_SI: np.ndarray, score_SI: np.ndarray, bootstrap: int) -> dict[str, Any]:
+    """Accuracy and score of a [seed, item] block: means, intervals over items."""
+    acc_lo, acc_hi = bootstrap_ci(correct_SI.mean(axis=0), n_resamples=bootstrap)
+    sc_lo, sc_hi = bootstrap_ci(score_SI.mean(axis=0), n_resamples=bootstrap)
+    return {
+        "accuracy": float(correct_SI.mean()),
+        "score": float(score_SI.mean()),
+        "n_items": int(correct_SI.shape[1]),
+        "accuracy_ci95": [acc_lo, acc_hi],
+        "score_ci95": [sc_lo, sc_hi],
+    }
 
 
 def evaluate_task(
@@ -74,6 +138,7 @@ def evaluate_task(
     keep_scores: bool = False,
     share_contexts: bool = True,
     min_shared_tokens: int = 1024,
+    fewshot_sampling: str = "per_item",
 ) -> dict[str, Any]:
     """Accuracy of ``model`` on ``task`` primed with ``shots`` examples, over ``seeds`` draws.
 
@@ -84,15 +149,22 @@ def evaluate_task(
     plain dict (see docs/evaluation.md). ``share_contexts`` runs a context shared by several
     candidates once into a KV cache when that saves at least ``min_shared_tokens`` tokens
     (moelab models only; the scores are the same). Below that, one packed batch of full
-    sequences is faster: a forward call per context costs more than the tokens it saves."""
+    sequences is faster: a forward call per context costs more than the tokens it saves.
+
+    ``limit`` keeps the first N items (per paradigm for BLiMP, ``Task.limit_per``).
+    ``fewshot_sampling``: "per_item" draws each item's shots apart, "per_run" one set per seed
+    for every item (:mod:`moelab.eval.fewshot`). The model is left as it was given (train/eval
+    flags, MoE capacity)."""
     if shots < 0:
         raise MoelabError(f"--shots must be >= 0, got {shots}")
     n_seeds = default_seeds(shots) if seeds is None else seeds
     if n_seeds < 1:
         raise MoelabError(f"--seeds must be >= 1, got {n_seeds}")
-    if limit is not None and limit < 1:
-        raise MoelabError(f"--limit must be >= 1, got {limit}")
-    n_items = len(task.items) if limit is None else min(limit, len(task.items))
+    check_sampling(fewshot_sampling)
+    primary = primary_mode(task)
+    modes = task_modes(task)
+    indices = selected_items(task, limit)
+    n_items = len(indices)
     seed_list = [seed_base + s for s in range(n_seeds)]
     encode = make_encode(tokenizer)
     if prefix_id is None:
@@ -124,23 +196,23 @@ def evaluate_task(
     for seed in seed_list:
         plan.append(
             [
-                [request(p) for p in build_prompts(task, i, shots, seed, separator)]
-                for i in range(n_items)
+                [
+                    request(p)
+                    for p in build_prompts(task, i, shots, seed, separator, fewshot_sampling)
+                ]
+                for i in indices
             ]
         )
-    calib = [[request(p) for p in calibration_prompts(task, i)] for i in range(n_items)]
+    calib = [[request(p) for p in calibration_prompts(task, i)] for i in indices]
     if task.kind == "last_word":
-        calib = [[] for _ in range(n_items)]  # no candidates to compare: nothing to calibrate
+        calib = [[] for _ in indices]  # no candidates to compare: nothing to calibrate
     flat = [r for seed_plan in plan for item in seed_plan for r in item]
     flat += [r for item in calib for r in item]
     unique = list(dict.fromkeys(flat))
 
     # 2) one pass over the model
     with progress_bar(len(unique), f"{task.name} {shots}-shot", progress) as advance:
-        was_training = model.training if model is not None else False
-        if model is not None:
-            model.eval()
-        try:
+        with evaluation_state(model):
             scored_list = score_requests(
                 unique,
                 logits_at,
@@ -153,50 +225,70 @@ def evaluate_task(
                 shared_model=model if (share_contexts and own_model) else None,
                 min_shared_tokens=min_shared_tokens,
             )
-        finally:
-            if model is not None and was_training:
-                model.train()
     scored = dict(zip(unique, scored_list))
     seconds = time.perf_counter() - t0
 
-    # 3) accuracy per mode, seed and item
-    modes = ("greedy",) if task.kind == "last_word" else MODES
-    correct = {m: np.zeros((len(seed_list), n_items)) for m in modes}
-    logprob_sum = np.zeros((len(seed_list), n_items))
+    # 3) accuracy and continuous score per mode, seed and item
+    shape = (len(seed_list), n_items)
+    correct = {m: np.zeros(shape) for m in modes}
+    prob = {m: np.zeros(shape) for m in modes}  # probability given to the correct candidate(s)
+    logprob_sum = np.zeros(shape)
     kept: list[list[dict[str, list[float]]]] = [[] for _ in seed_list]
     for s in range(len(seed_list)):
-        for i in range(n_items):
+        for n, i in enumerate(indices):
             item = task.items[i]
-            reqs = plan[s][i]
+            reqs = plan[s][n]
             if task.kind == "last_word":
                 sc = scored[reqs[0]]
-                correct["greedy"][s, i] = float(sc.greedy)
-                logprob_sum[s, i] = float(sc.logprobs.sum())
+                correct["greedy"][s, n] = float(sc.greedy)
+                logprob_sum[s, n] = float(sc.logprobs.sum())
+                # the probability of the whole last word: LAMBADA's continuous score
+                prob["greedy"][s, n] = float(np.exp(logprob_sum[s, n]))
                 if keep_scores:
-                    kept[s].append({"logprob": [logprob_sum[s, i]], "greedy": [sc.greedy]})
+                    kept[s].append({"logprob": [logprob_sum[s, n]], "greedy": [sc.greedy]})
                 continue
             cands = [
-                Candidate(r, scored[r], item.target(j), scored[calib[i][j]])
+                Candidate(r, scored[r], item.target(j), scored[calib[n][j]] if calib[n] else None)
                 for j, r in enumerate(reqs)
             ]
-            by_mode = candidate_scores(cands)
+            by_mode = {m: v for m, v in candidate_scores(cands).items() if m in modes}
+            gold = item.correct
             for mode, values in by_mode.items():
-                correct[mode][s, i] = float(int(np.argmax(values)) == item.label)
+                correct[mode][s, n] = float(int(np.argmax(values)) in gold)
+                prob[mode][s, n] = correct_probability(values, gold)
             if keep_scores:
                 kept[s].append({m: v.tolist() for m, v in by_mode.items()})
-            logprob_sum[s, i] = float(scored[reqs[item.label]].logprobs.sum())
+            logprob_sum[s, n] = float(scored[reqs[item.label]].logprobs.sum())
 
     metrics = {}
     for mode in modes:
         per_seed = correct[mode].mean(axis=1).tolist()
         mean, std = mean_std(per_seed)
         lo, hi = bootstrap_ci(correct[mode].mean(axis=0), n_resamples=bootstrap)
-        metrics[mode] = {"per_seed": per_seed, "mean": mean, "std": std, "ci95": [lo, hi]}
-    primary = "greedy" if task.kind == "last_word" else "mean"
-    sub = task.items[:n_items]
-    chance = (
-        0.0 if task.kind == "last_word" else float(np.mean([1 / it.n_candidates for it in sub]))
-    )
+        metrics[mode] = {
+            "per_seed": per_seed,
+            "mean": mean,
+            "std": std,
+            "ci95": [lo, hi],
+            "score": float(prob[mode].mean()),
+        }
+    score_per_seed = prob[primary].mean(axis=1).tolist()
+    score_mean, score_std = mean_std(score_per_seed)
+    sub = [task.items[i] for i in indices]
+    if task.kind == "last_word":
+        chance = score_chance = 0.0
+    else:
+        chance = float(np.mean([it.chance for it in sub]))
+        score_chance = chance  # softmax over indifferent candidates: |correct| / n per item
+    groups = {}
+    if task.groups:
+        members: dict[str, list[int]] = {}
+        for n, i in enumerate(indices):
+            for label in task.groups[i]:
+                members.setdefault(label, []).append(n)
+        for label in sorted(members):
+            cols = members[label]
+            groups[label] = _summary(correct[primary][:, cols], prob[primary][:, cols], bootstrap)
     return {
         "kind": "priming",
         "mode": "few-shot" if shots else "zero-shot",
@@ -208,12 +300,23 @@ def evaluate_task(
         "seeds": seed_list,
         "n_items": n_items,
         "n_items_total": len(task.items),
+        "limit": limit,
+        "limit_per": task.limit_per if limit is not None else None,
+        "fewshot_sampling": fewshot_sampling if shots else None,
         "separator": separator,
         "primary_mode": primary,
         "accuracy": metrics[primary]["mean"],
         "accuracy_std": metrics[primary]["std"],
+        "accuracy_ci95": metrics[primary]["ci95"],
+        "score": score_mean,
+        "score_std": score_std,
+        "score_per_seed": score_per_seed,
+        "score_ci95": list(bootstrap_ci(prob[primary].mean(axis=0), n_resamples=bootstrap)),
+        "score_chance": score_chance,
         "chance": chance,
         "metrics": metrics,
+        "groups": groups,
+        "reference": task.reference,
         "gold_logprob_mean": float(logprob_sum.mean()),
         "compute": {
             "seconds": seconds,
@@ -233,7 +336,14 @@ def evaluate_task(
     }
 
 
-def example_prompts(task: Task, shots: int, seed: int = 0, index: int = 0, separator: str = "\n"):
+def example_prompts(
+    task: Task,
+    shots: int,
+    seed: int = 0,
+    index: int = 0,
+    separator: str = "\n",
+    sampling: str = "per_item",
+):
     """The exact strings scored for one item: its candidates and calibration prompts."""
     if not task.items:
         raise MoelabError(f"task {task.name} has no items")
@@ -244,7 +354,7 @@ def example_prompts(task: Task, shots: int, seed: int = 0, index: int = 0, separ
         "label": task.items[index].label,
         "candidates": [
             {"context": c, "continuation": k}
-            for c, k in build_prompts(task, index, shots, seed, separator)
+            for c, k in build_prompts(task, index, shots, seed, separator, sampling)
         ],
         "calibration": [
             {"context": c, "continuation": k} for c, k in calibration_prompts(task, index)
@@ -268,34 +378,40 @@ def run_priming(
     progress: bool = False,
     show_prompt: bool = False,
     opened=None,
+    fewshot_sampling: str = "per_item",
 ) -> list[dict[str, Any]]:
     """Priming accuracy of a run's newest checkpoint on each task (a name, a path or a loaded
-    :class:`Task`). MoE layers are dropless unless ``capacity_factor`` is given. With
-    ``show_prompt`` each result carries ``example_prompts`` (the first item, seed 0)."""
-    from moelab.eval.runs import capacity_report, open_run, set_capacity
+    :class:`Task`). MoE layers are dropless unless ``capacity_factor`` is given (for these
+    evaluations only: the model gets its own factors back). With ``show_prompt`` each result
+    carries ``example_prompts`` (the first item, seed 0)."""
+    from moelab.eval.runs import capacity_report, open_run
     from moelab.eval.tasks import get_task
 
+    check_sampling(fewshot_sampling)
     # every task file is checked before any model work
     loaded = [t if isinstance(t, Task) else get_task(t, tasks_dir) for t in tasks]
     run = opened or open_run(run_dir, step=step, device=device)
-    set_capacity(run.model, eval_factor=capacity_factor, train_factor=capacity_factor)
     results = []
-    for task in loaded:
-        result = evaluate_task(
-            run.model,
-            run.tokenizer,
-            task,
-            shots,
-            seeds,
-            limit,
-            separator=separator,
-            batch_tokens=batch_tokens,
-            progress=progress,
-        )
-        result["run_dir"] = str(run.run_dir)
-        result["checkpoint"] = run.checkpoint
-        result["capacity"] = capacity_report(run.model)
-        if show_prompt:
-            result["example_prompts"] = example_prompts(task, shots, separator=separator)
-        results.append(result)
+    with evaluation_state(run.model, capacity_factor):
+        for task in loaded:
+            result = evaluate_task(
+                run.model,
+                run.tokenizer,
+                task,
+                shots,
+                seeds,
+                limit,
+                separator=separator,
+                batch_tokens=batch_tokens,
+                progress=progress,
+                fewshot_sampling=fewshot_sampling,
+            )
+            result["run_dir"] = str(run.run_dir)
+            result["checkpoint"] = run.checkpoint
+            result["capacity"] = capacity_report(run.model)
+            if show_prompt:
+                result["example_prompts"] = example_prompts(
+                    task, shots, separator=separator, sampling=fewshot_sampling
+                )
+            results.append(result)
     return results

@@ -27,9 +27,12 @@ def result_name(result: dict[str, Any]) -> str:
             return "ppl.json"
         digest = hashlib.sha256("\0".join(paths).encode()).hexdigest()[:8]
         return f"ppl-{_slug(Path(paths[0]).stem)}-{digest}.json"
-    limit = (
-        f"-limit{result['n_items']}" if result.get("n_items") != result.get("n_items_total") else ""
-    )
+    if result.get("n_items") == result.get("n_items_total"):
+        limit = ""
+    elif result.get("limit_per"):  # BLiMP: the limit counts items per paradigm
+        limit = f"-limit{result['limit']}per{_slug(result['limit_per'])}"
+    else:
+        limit = f"-limit{result['n_items']}"
     if kind == "priming":
         return f"priming-{_slug(result['task'])}-{result['shots']}shot{limit}.json"
     return f"finetune-{_slug(result['task'])}{limit}.json"
@@ -91,16 +94,22 @@ def perplexity_table(result: dict[str, Any]) -> str:
     return head + "\n" + table
 
 
+def _interval(ci: list[float] | None) -> str:
+    return "-" if not ci else f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
 def priming_rows(results: list[dict[str, Any]]) -> str:
     rows = []
     for r in results:
         m = r["metrics"]
-        lo, hi = m[r["primary_mode"]]["ci95"]
         cells = [r["task"], str(r["shots"]), str(len(r["seeds"])), str(r["n_items"])]
+        cells.append(r["primary_mode"])
         cells.append(f"{_pct(r['accuracy'])} ± {_pct(r['accuracy_std'])}")
-        cells.append(f"[{_pct(lo)}, {_pct(hi)}]")
+        cells.append(_interval(m[r["primary_mode"]]["ci95"]))
         cells.append(_pct(r["chance"]))
-        for mode in ("sum", "char", "byte", "calibrated"):
+        cells.append(_pct(r.get("score")))
+        cells.append(_interval(r.get("score_ci95")))
+        for mode in ("sum", "mean", "char", "byte", "calibrated"):
             cells.append(_pct(m[mode]["mean"]) if mode in m else "-")
         rows.append(cells)
     header = [
@@ -108,16 +117,48 @@ def priming_rows(results: list[dict[str, Any]]) -> str:
         "shots",
         "seeds",
         "items",
-        "acc (mean/tok)",
+        "mode",
+        "acc",
         "95% CI",
         "chance",
+        "score",
+        "95% CI",
         "sum",
+        "mean",
         "char",
         "byte",
         "calib",
     ]
-    return (
-        _table(header, rows) + "\naccuracy in %; ± is the std over seeds; LAMBADA: greedy last word"
+    text = _table(header, rows) + (
+        "\naccuracy in %, under the task's primary scoring mode (column mode); ± is the std over"
+        " seeds; score: mean probability given to the correct candidate among the candidates"
+        " (LAMBADA: greedy last word, score = probability of the word); sum..calib: accuracy"
+        " under every mode"
+    )
+    for r in results:
+        if r.get("groups"):
+            text += "\n\n" + group_table(r)
+    return text
+
+
+def group_table(result: dict[str, Any]) -> str:
+    """Accuracy and score per group (BLiMP: fields, then paradigms) next to the reference
+    models' accuracies."""
+    ref = result.get("reference") or {}
+    models = list(ref)
+    rows = []
+    overall = {"accuracy": result["accuracy"], "score": result.get("score")}
+    overall.update(accuracy_ci95=result.get("accuracy_ci95"), n_items=result["n_items"])
+    overall["score_ci95"] = result.get("score_ci95")
+    ordered = sorted(result["groups"].items(), key=lambda kv: (not kv[0].startswith("field:"), kv))
+    for label, g in [("overall", overall), *ordered]:
+        cells = [label, str(g["n_items"]), _pct(g["accuracy"]), _interval(g["accuracy_ci95"])]
+        cells += [_pct(g["score"]), _interval(g["score_ci95"])]
+        cells += [_pct(ref[m].get(label)) for m in models]
+        rows.append(cells)
+    header = ["group", "items", "acc", "95% CI", "score", "95% CI", *models]
+    return f"{result['task']} ({result['primary_mode']} mode), accuracy in %\n" + _table(
+        header, rows
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,37 @@ def set_capacity(
     for layer in moe_layers(model):
         layer.eval_capacity_factor = eval_factor
         layer.capacity_factor = train_factor
+
+
+_KEEP: Any = object()  # evaluation_state: leave the capacity factors as they are
+
+
+@contextmanager
+def evaluation_state(
+    model: torch.nn.Module | None, capacity_factor: float | None = _KEEP
+) -> Iterator[None]:
+    """Eval mode (and, when ``capacity_factor`` is given, that MoE capacity factor in train and
+    eval mode; None = dropless) for the body of the ``with``. On exit every module's train/eval
+    flag and every MoE layer's capacity factors are what they were on entry, so an evaluation
+    never changes what a later one on the same model computes (perplexity used to leave the
+    layers dropless, and priming after it then ignored ``model.eval_capacity_factor``)."""
+    if model is None:
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    factors = [(m, m.capacity_factor, m.eval_capacity_factor) for m in moe_layers(model)]
+    try:
+        model.eval()
+        if capacity_factor is not _KEEP:
+            set_capacity(model, eval_factor=capacity_factor, train_factor=capacity_factor)
+        yield
+    finally:
+        # Per module, not model.train(flag): a model may hold a mix (e.g. frozen parts in eval).
+        for module, training in flags:
+            module.training = training
+        for layer, train_cf, eval_cf in factors:
+            layer.capacity_factor = train_cf
+            layer.eval_capacity_factor = eval_cf
 
 
 def capacity_report(model: torch.nn.Module) -> dict[str, Any]:

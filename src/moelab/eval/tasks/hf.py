@@ -236,6 +236,10 @@ def _load_split(spec: HubTask, split: str) -> list[dict[str, Any]]:
 def load_hub_task(name: str) -> Task:
     """``hf:piqa`` -> the task read from its official hub splits."""
     key = name.removeprefix(PREFIX)
+    if key.partition(":")[0] == "blimp":  # one hub config per paradigm: tasks/blimp.py
+        from moelab.eval.tasks.blimp import load_hub_blimp
+
+        return load_hub_blimp(key.partition(":")[2])
     spec = HUB_TASKS.get(key)
     if spec is None:
         extra = ""

@@ -88,7 +88,8 @@ class Task:
     split: str  # its name
     train_items: list[Item] | None = None  # shots come from here when present
     train_split: str | None = None
-    neutral_prompt: str = "Answer:"  # context for the calibration score
+    # Context for the calibration score; None: the task has none (no "calibrated" mode).
+    neutral_prompt: str | None = "Answer:"
     finetune: str | None = None  # "classify", "choice" or None (not a fine-tuning task)
     class_names: list[str] = field(default_factory=list)  # for "classify"
     sources: list[str] = field(default_factory=list)  # files read
@@ -98,6 +99,13 @@ class Task:
     # The task's own primary scoring mode (a name from scoring.MODES) when its source prescribes
     # one (e.g. "calibrated" for OpenBookQA, GPT-3 sec. 2.4); None: the evaluator's default.
     primary_mode: str | None = None
+    # Per item, the groups it is reported in besides the whole task (BLiMP:
+    # ("field:syntax", "paradigm:adjunct_island")); empty: no breakdown.
+    groups: list[tuple[str, ...]] = field(default_factory=list)
+    # Published accuracies of other models: {model: {"overall": x, "field:syntax": y, ...}}.
+    reference: dict[str, dict[str, float]] = field(default_factory=dict)
+    # ``limit`` counts items per group with this prefix (BLiMP: "paradigm"); None: in total.
+    limit_per: str | None = None
 
     @property
     def chance(self) -> float:
