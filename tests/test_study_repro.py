@@ -38,6 +38,8 @@ def test_same_seed_same_table_in_sequence_and_in_parallel(tmp_path, capsys):
     log = capsys.readouterr().out
     assert "4 runs on 2 worker processes" in log
 
+    timing = json.loads((out_b / "study_time.json").read_text())
+    assert timing["invocations"][-1]["workers"] == 2 and timing["wall_s"] > 0
     a, b = _table(out_a / "results.csv"), _table(out_b / "results.csv")
     assert a == b
     runs = {r["run"] for r in a}

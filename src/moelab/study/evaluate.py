@@ -169,6 +169,12 @@ def _brief(out: dict[str, Any]) -> dict[str, Any]:
         "primary_mode",
         "split",
         "shots_from",
+        "score",
+        "score_ci95",
+        "score_chance",
+        "accuracy_ci95",
+        "fewshot_sampling",
+        "limit_per",
     )
     brief = {k: out.get(k) for k in keep}
     brief["ci95"] = out["metrics"][out["primary_mode"]]["ci95"]

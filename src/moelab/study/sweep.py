@@ -154,6 +154,7 @@ def run_study(
     that existing run folders hold the same runs); a study refused while its data is being
     prepared leaves no ``out_dir`` behind if this call created it."""
     out = Path(out_dir)
+    started = (time.time(), time.perf_counter())
     if out.exists() and not out.is_dir():
         raise MoelabError(f"--out {out}: exists and is not a folder")
     with _torch_threads(cfg.threads):
@@ -179,7 +180,7 @@ def run_study(
         atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
         if command:  # the report quotes the command line that produced it
             atomic_write_text(out / "command.txt", command + "\n")
-        return _run(cfg, out, data_dir, echo)
+        return _run(cfg, out, data_dir, echo, started)
 
 
 @contextlib.contextmanager
@@ -197,7 +198,40 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[PlannedRun]:
+def record_study_time(cfg: StudyConfig, out: Path, started: tuple[float, float]) -> None:
+    """Append this invocation to ``study_time.json`` (wall time from the command's start, data
+    preparation included); ``wall_s`` is the sum over invocations, so a resumed study states its
+    total. Written before the report, which quotes it."""
+    import datetime as dt
+    import json
+
+    f = out / "study_time.json"
+    try:
+        old = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+        invocations = list(old.get("invocations") or [])
+    except (OSError, ValueError, AttributeError):
+        invocations = []  # a damaged timing file only loses the earlier invocations' times
+
+    def iso(t: float) -> str:
+        return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="seconds")
+
+    wall = time.perf_counter() - started[1]
+    invocations.append(
+        {
+            "started": iso(started[0]),
+            "finished": iso(started[0] + wall),
+            "wall_s": wall,
+            "workers": cfg.workers,
+            "threads": cfg.threads,
+        }
+    )
+    total = sum(float(i.get("wall_s") or 0.0) for i in invocations)
+    atomic_write_json(f, {"wall_s": total, "invocations": invocations})
+
+
+def _run(
+    cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo, started: tuple[float, float]
+) -> list[PlannedRun]:
     plan = build_plan(cfg, out)
     for p in plan:
         p.run_config.data.dir = str(data_dir)
@@ -216,6 +250,7 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
         echo(f"all {n} runs finished; writing the results table, fits and report")
         from moelab.study.report import build_report
 
+        record_study_time(cfg, out, started)
         build_report(out, echo=echo)
         return plan
     remaining_est = sum(p.est_seconds for _, p in todo)
@@ -250,6 +285,7 @@ def _run(cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo) -> list[Planne
     echo(f"all {n} runs finished; writing the results table, fits and report")
     from moelab.study.report import build_report
 
+    record_study_time(cfg, out, started)
     build_report(out, echo=echo)
     return plan
 
