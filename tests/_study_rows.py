@@ -142,3 +142,63 @@ def study_rows(
                 noise_seed=noise_seed,
             )
     return rows
+
+
+ZERO_SHOT_META = {
+    "zero_shot_tasks": ["blimp", "hellaswag"],
+    "tasks": {
+        "blimp": {
+            "chance": 0.5,
+            "n_items": 1340,
+            "score_chance": 0.5,
+            "mode": "sum",
+            "split": "train",
+            "reference": {
+                "5-gram": {"overall": 0.61, "field:syntax": 0.6, "field:morphology": 0.63},
+                "GPT-2": {"overall": 0.83, "field:syntax": 0.82, "field:morphology": 0.85},
+            },
+            "groups_n_items": {"field:syntax": 800, "field:morphology": 540},
+        },
+        "hellaswag": {
+            "chance": 0.25,
+            "n_items": 200,
+            "score_chance": 0.25,
+            "mode": "char",
+            "split": "validation",
+            "reference": {},
+            "groups_n_items": {},
+        },
+    },
+}
+
+
+def add_zero_shot(rows: list[dict], speedup: float = 2.0) -> list[dict]:
+    """Zero-shot columns on each run's final row (team CONTRACT section 2): BLiMP accuracy
+    rising with log compute (4 points per doubling, the MoE ``speedup`` times more efficient)
+    and its fields, HellaSwag at chance; continuous scores for both, their means."""
+    for r in rows:
+        if not r["final"]:
+            continue
+        ce = r["train_flops"] * (speedup if r["family"] != "dense" else 1.0)
+        doublings = math.log2(ce / 1e12)
+        blimp = 0.5 + 0.04 * doublings
+        hella = 0.25 + 0.001 * doublings
+        cols = {
+            "blimp": (blimp, 0.02, 0.5 + 0.01 * doublings + 0.005, 0.004),
+            "blimp:field:syntax": (blimp - 0.01, 0.025, None, None),
+            "blimp:field:morphology": (blimp + 0.015, 0.03, None, None),
+            "hellaswag": (hella, 0.06, 0.25 + 0.002 * doublings + 0.001, 0.01),
+        }
+        for task, (acc, half, score, score_half) in cols.items():
+            r[f"zero_shot/{task}"] = acc
+            r[f"zero_shot_lo/{task}"] = acc - half
+            r[f"zero_shot_hi/{task}"] = acc + half
+            if score is not None:
+                r[f"zero_shot_score/{task}"] = score
+                r[f"zero_shot_score_lo/{task}"] = score - score_half
+                r[f"zero_shot_score_hi/{task}"] = score + score_half
+        r["zero_shot_mean"] = (r["zero_shot/blimp"] + r["zero_shot/hellaswag"]) / 2
+        r["zero_shot_score_mean"] = (
+            r["zero_shot_score/blimp"] + r["zero_shot_score/hellaswag"]
+        ) / 2
+    return rows

@@ -38,9 +38,9 @@ def test_domain_without_a_dense_fit_keeps_its_row_with_the_reason():
             out_domains=["chat", "docs"],
         )
     )
-    assert "| books | in | moe8-top2 | 4.9 | 2.00x | interpolated (fit) |" in md
-    assert "| chat | out | moe8-top2 | - | - | no dense fit: needs at least 3 points |" in md
-    assert "| docs | out | moe8-top2 | - | - | no speedup computed |" in md
+    assert "| books | in | moe8-top2 | 4.9 | 2.00x | - | interpolated (fit) |" in md
+    assert "| chat | out | moe8-top2 | - | - | - | no dense fit: needs at least 3 points |" in md
+    assert "| docs | out | moe8-top2 | - | - | - | no speedup computed |" in md
 
 
 def test_each_moe_family_is_reported_against_its_own_dense_partner():
@@ -61,8 +61,10 @@ def test_each_moe_family_is_reported_against_its_own_dense_partner():
             out_domains=["chat"],
         )
     )
-    assert "| books | in | moe8-top2 | 4.9 | 2.00x | interpolated (fit) |" in md
+    assert "| books | in | moe8-top2 | 4.9 | 2.00x | - | interpolated (fit) |" in md
     reason = "no modern-dense fit: needs at least 3 points |"
-    assert f"| books | in | modern-moe8-top2 | - | - | {reason}" in md
-    assert f"| chat | out | modern-moe8-top2 | - | - | {reason}" in md
-    assert "| chat | out | moe8-top2 | - | - | no speedup computed |" in md
+    assert f"| books | in | modern-moe8-top2 | - | - | - | {reason}" in md
+    assert f"| chat | out | modern-moe8-top2 | - | - | - | {reason}" in md
+    assert "| chat | out | moe8-top2 | - | - | - | no speedup computed |" in md
+    # the out-of-domain mean sits next to the per-domain rows, even without a value
+    assert "| out-of-domain (mean) | out | moe8-top2 | - | - | - | no speedup computed |" in md

@@ -111,3 +111,19 @@ def test_damaged_study_is_refused_and_kept(damage, match, study_copy, capsys):
     was: a report is never rebuilt from damaged or partial inputs."""
     _damage(study_copy, damage)
     expect_user_error(capsys, ["report", study_copy], watch=[study_copy], match=match)
+
+
+def test_readme_snippet_prints_the_markdown_block(study_copy, capsys):
+    """`--readme-snippet` rebuilds the report, prints the snippet (and only it) on stdout, the
+    status line on stderr, and leaves the same text in readme_snippet.md."""
+    from moelab.study.snippet import BEGIN, END
+
+    rc, out, err = run_cli(capsys, ["report", study_copy, "--readme-snippet"])
+    assert rc == 0, err
+    assert out.startswith(BEGIN) and out.rstrip().endswith(END)
+    assert "report:" in err and "report:" not in out
+    assert (study_copy / "readme_snippet.md").read_text() == out
+    assert "#### Headline speedups" in out and "| run | family | seed |" in out
+    fits = json.loads((study_copy / "fits.json").read_text())
+    assert fits["frontier"] in ("envelope", "annealed", "final", "all")
+    assert "headline" in fits["metrics"]["loss_in_domain"]

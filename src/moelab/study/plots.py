@@ -27,12 +27,20 @@ _COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 @dataclass
 class SpeedupSeries:
-    """Speedup factor against dense compute for one metric and one MoE family."""
+    """Speedup factor against dense compute for one metric and one MoE family; optionally its
+    bootstrap band (``lo``/``hi``, None where a point has no interval), the measured bounds at
+    each point (``lower``/``upper``) and the headline point."""
 
     label: str  # e.g. "in-domain", "ood: wikitext2", "zero-shot"
     dense_compute: list[float]
     speedup: list[float]
     extrapolated: list[bool]
+    lo: list[float | None] = field(default_factory=list)
+    hi: list[float | None] = field(default_factory=list)
+    lower: list[float | None] = field(default_factory=list)
+    upper: list[float | None] = field(default_factory=list)
+    headline: tuple[float, float] | None = None  # (dense compute, speedup)
+    headline_label: str = ""
 
 
 @dataclass
@@ -145,14 +153,21 @@ def plot_loss_vs_compute(curves: Sequence[FamilyCurve], ylabel: str, path: Path)
     _save(fig, path)
 
 
-def plot_speedup(series: Sequence[SpeedupSeries], path: Path, title: str) -> None:
-    """Speedup factor (dense compute / MoE compute at equal quality) against dense compute;
-    measured segments solid, extrapolated ones dashed, 1x as a reference line."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+def _nan(values: Sequence[float | None], n: int) -> np.ndarray:
+    if not values:
+        return np.full(n, np.nan)
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def _draw_speedup(ax: Any, series: Sequence[SpeedupSeries]) -> None:
+    """Solid where interpolated, dashed where extrapolated, a shaded 95% band where the bootstrap
+    gave one, measured bounds as triangles (up: lower bound, down: upper bound), the headline as
+    a star."""
     for i, s in enumerate(series):
         col = _color(i)
         x = np.asarray(s.dense_compute, dtype=float)
         y = np.asarray(s.speedup, dtype=float)
+        n = len(x)
         ext = np.asarray(s.extrapolated, dtype=bool)
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
         meas = ok & ~ext
@@ -175,17 +190,85 @@ def plot_speedup(series: Sequence[SpeedupSeries], path: Path, title: str) -> Non
                 alpha=0.6,
                 label=None if meas.any() else f"{s.label} (extrapolated)",
             )
+        lo, hi = _nan(s.lo, n), _nan(s.hi, n)
+        band = ok & np.isfinite(lo) & np.isfinite(hi) & (lo > 0)
+        if band.any():
+            order = np.argsort(np.where(band, x, np.inf))
+            xb, lob, hib = x[order], lo[order], hi[order]
+            keep = band[order]
+            ax.fill_between(xb[keep], lob[keep], hib[keep], color=col, alpha=0.18, lw=0)
+        for values, marker in ((_nan(s.lower, n), "^"), (_nan(s.upper, n), "v")):
+            m = ok & np.isfinite(values) & (values > 0)
+            if m.any():
+                ax.scatter(
+                    x[m], values[m], marker=marker, s=18, color=col, alpha=0.55, linewidths=0
+                )
+        if s.headline is not None and s.headline[0] > 0 and s.headline[1] > 0:
+            ax.scatter(
+                [s.headline[0]],
+                [s.headline[1]],
+                marker="*",
+                s=90,
+                color=col,
+                edgecolors="black",
+                linewidths=0.5,
+                zorder=5,
+            )
+            ax.annotate(
+                f"{s.headline_label}{s.headline[1]:.2f}x",
+                s.headline,
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     _compute_axis(ax.xaxis)
     _ratio_axis(ax.yaxis)
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def plot_speedup(series: Sequence[SpeedupSeries], path: Path, title: str) -> None:
+    """Speedup factor (dense compute / MoE compute at equal quality) against dense compute,
+    one figure: bands, bounds and headline as :func:`_draw_speedup`."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    _draw_speedup(ax, series)
     ax.set_xlabel("dense training FLOPs at the same quality")
     ax.set_ylabel("speedup factor (dense / MoE compute)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title + "  (dashed: extrapolated)")
+    ax.set_title(title + "  (dashed: extrapolated; band: 95%)", fontsize=9)
     if series:
         ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def plot_speedup_panels(
+    panels: Sequence[tuple[str, Sequence[SpeedupSeries]]], path: Path, title: str
+) -> None:
+    """One panel per setting (its title first in each pair), three to a row."""
+    n = max(1, len(panels))
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    for k in range(rows * cols):
+        ax = axes[k // cols][k % cols]
+        if k >= len(panels):
+            ax.axis("off")
+            continue
+        name, series = panels[k]
+        _draw_speedup(ax, series)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("dense FLOPs at equal quality", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel("speedup (dense / MoE)", fontsize=8)
+        if len(series) > 1:
+            ax.legend(fontsize=6)
+    fig.suptitle(
+        title + "  (solid: interpolated, dashed: extrapolated, band: 95% bootstrap, "
+        "triangles: measured bounds, star: headline)",
+        fontsize=9,
+    )
+    fig.tight_layout()
     _save(fig, path)
 
 
@@ -195,8 +278,11 @@ def plot_domain_bars(
     extrapolated: Sequence[bool],
     path: Path,
     title: str,
+    lo: Sequence[float | None] | None = None,
+    hi: Sequence[float | None] | None = None,
 ) -> None:
-    """One bar per domain; hatched bars are extrapolated, missing values are left empty."""
+    """One bar per setting; hatched bars are extrapolated, whiskers the 95% interval where
+    there is one, missing values are left empty."""
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 2), 4.0))
     xs = np.arange(len(labels))
     for i, (v, ext) in enumerate(zip(values, extrapolated)):
@@ -210,11 +296,15 @@ def plot_domain_bars(
             hatch="//" if ext else None,
             alpha=0.6 if ext else 0.9,
         )
-        ax.text(i, v, f"{v:.2f}x", ha="center", va="bottom", fontsize=7)
+        top = v
+        if lo is not None and hi is not None and lo[i] is not None and hi[i] is not None:
+            ax.errorbar(i, v, yerr=[[v - lo[i]], [hi[i] - v]], color="black", capsize=3, lw=1)
+            top = hi[i]
+        ax.text(i, top, f"{v:.2f}x", ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("speedup factor")
-    ax.set_title(title + "  (hatched: extrapolated)")
+    ax.set_title(title + "  (hatched: extrapolated; whiskers: 95%)")
     _save(fig, path)
 
 

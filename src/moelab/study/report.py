@@ -9,7 +9,6 @@ is read from the table or from the fits computed from it.
 from __future__ import annotations
 
 import json
-import math
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +17,14 @@ from typing import Any
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.study import plots
-from moelab.study.analysis import ZERO_SHOT, Analysis, analyse, fits_json
+from moelab.study.analysis import (
+    ZERO_SHOT,
+    ZERO_SHOT_SCORE,
+    Analysis,
+    analyse,
+    fits_json,
+    moe_frontier_mode,
+)
 from moelab.study.collect import expert_load, read_records
 from moelab.study.config import task_label
 from moelab.study.document import (
@@ -34,32 +40,26 @@ from moelab.study.document import (
 )
 from moelab.study.fit import EXTRAPOLATED, PowerLawFit
 from moelab.study.layout import run_dir
+from moelab.study.report_sections import (
+    blimp_blocks,
+    bounds_blocks,
+    chance_verdicts,
+    fmt,
+    grouped_tasks,
+    headline_blocks,
+    interval_text,
+    si,
+    spread_blocks,
+    times,
+    zero_shot_blocks,
+)
 from moelab.study.results import RunRecord, rows_for_run, write_results
 
 Echo = Callable[[str], None]
 
 
-def _fmt(v: Any, digits: int = 4) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
-            return f"{v:.3g}"
-        return f"{v:.{digits}g}"
-    return str(v)
-
-
-def _si(x: float) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.3g}"
+_fmt = fmt
+_si = si
 
 
 def rerun_command(out_dir: Path) -> str:
@@ -180,26 +180,90 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
         bootstrap=int(fit_cfg.get("bootstrap", 200)),
         min_run_fraction=float(fit_cfg.get("min_run_fraction", 0.1)),
     )
+    finals = [r for r in rows if r["final"]]
+    fits = fits_json(an)
+    fits["zero_shot"] = zero_shot_json(finals, meta)
+    fits["study_wall"] = study_wall(out, finals)
     write_results(out, rows, meta)
-    atomic_write_json(out / "fits.json", fits_json(an))
+    atomic_write_json(out / "fits.json", fits)
     figures = make_figures(out, rows, records, meta, an)
     doc = compose(study, rows, records, meta, an, figures)
     atomic_write_text(out / "report.md", to_markdown(doc))
     atomic_write_text(out / "report.html", to_html(doc))
+    from moelab.study.snippet import readme_snippet
+
+    atomic_write_text(out / SNIPPET, readme_snippet(study, rows, meta, an, fits["study_wall"]))
     echo(f"report: {out / 'report.md'} and {out / 'report.html'}; table: {out / 'results.csv'}")
     return out / "report.md"
 
 
+SNIPPET = "readme_snippet.md"
+
+
+def study_wall(out: Path, finals: list[dict]) -> dict[str, Any]:
+    """The study's wall time: ``study_time.json`` (written by `moelab study`) when present, else
+    the sum of the runs' training and evaluation times, saying which."""
+    f = out / "study_time.json"
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+        wall = float(data["wall_s"])
+        last = (data.get("invocations") or [{}])[-1]
+        return {
+            "wall_s": wall,
+            "source": "study_time.json",
+            "workers": last.get("workers"),
+            "threads": last.get("threads"),
+        }
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        pass
+    total = sum((r.get("train_wall_s") or 0) + (r.get("eval_wall_s") or 0) for r in finals)
+    return {"wall_s": total, "source": "sum of per-run training and evaluation times"}
+
+
+def zero_shot_json(finals: list[dict], meta: dict) -> dict[str, Any]:
+    """Zero-shot facts for fits.json: which runs' accuracy intervals left chance per task, and
+    the grouped tasks' (BLiMP's) accuracies per run and field next to the reference models."""
+    grouped: dict[str, Any] = {}
+    for task in grouped_tasks(finals, meta):
+        per_run = {}
+        for r in finals:
+            cols = {
+                k.split("/", 1)[1][len(task) + 1 :]: v
+                for k, v in r.items()
+                if k.startswith(f"zero_shot/{task}:") and v is not None
+            }
+            entry = {
+                "overall": r.get(f"zero_shot/{task}"),
+                "overall_ci95": [r.get(f"zero_shot_lo/{task}"), r.get(f"zero_shot_hi/{task}")],
+                "score": r.get(f"zero_shot_score/{task}"),
+            }
+            for g, v in cols.items():
+                entry[g] = v
+                lo = r.get(f"zero_shot_lo/{task}:{g}")
+                hi = r.get(f"zero_shot_hi/{task}:{g}")
+                if lo is not None and hi is not None:
+                    entry[f"{g}_ci95"] = [lo, hi]
+            per_run[r["run"]] = entry
+        grouped[task] = {
+            "runs": per_run,
+            "reference": meta.get("tasks", {}).get(task, {}).get("reference") or {},
+        }
+    return {"chance_verdicts": chance_verdicts(finals, meta), "grouped": grouped}
+
+
 def _zero_shot_means(rows: list[dict], records: list[RunRecord], meta: dict) -> None:
-    """The mean zero-shot accuracy uses the study's zero-shot tasks only (few-shot tasks are
-    also scored at zero shots, for the gains figure, but do not enter the mean)."""
+    """The mean zero-shot accuracy and continuous score use the study's zero-shot tasks only
+    (few-shot tasks are also scored at zero shots, for the gains figure, but do not enter the
+    mean; BLiMP's per-field columns are breakdowns, not tasks)."""
     tasks = meta["zero_shot_tasks"]
     for row in rows:
         if not row["final"]:
             continue
-        vals = [row.get(f"zero_shot/{t}") for t in tasks]
-        vals = [v for v in vals if v is not None]
-        row["zero_shot_mean"] = sum(vals) / len(vals) if vals and len(vals) == len(tasks) else None
+        for prefix, mean in (("zero_shot", ZERO_SHOT), ("zero_shot_score", ZERO_SHOT_SCORE)):
+            vals = [row.get(f"{prefix}/{t}") for t in tasks]
+            vals = [v for v in vals if v is not None]
+            full = vals and len(vals) == len(tasks)
+            row[mean] = sum(vals) / len(vals) if full else None
         few = [row.get(f"few_shot/{t}") for t in meta["few_shot_tasks"]]
         few = [v for v in few if v is not None]
         row["few_shot_mean"] = sum(few) / len(few) if few else None
@@ -235,43 +299,40 @@ def make_figures(
         plots.plot_loss_vs_compute(curves, ma.label, pdir / f"{key}.png")
         figs[key] = f"plots/{key}.png"
 
-    series = []
-    speed_metrics = ["loss_in_domain", "loss_out_of_domain"]
-    if len(an.out_domains) > 1:  # with one held-out set its curve is the mean's
-        speed_metrics += [f"loss/{d}" for d in an.out_domains]
-    speed_metrics.append(ZERO_SHOT)
-    for column in speed_metrics:
-        ma = an.metrics.get(column)
-        if ma is None:
-            continue
-        for fam, pts in ma.speedups.items():
-            got = [p for p in pts if p.speedup is not None]
-            if not got:
-                continue
-            label = _metric_short(column) + (f" ({fam})" if len(an.partner) > 1 else "")
-            series.append(
-                plots.SpeedupSeries(
-                    label,
-                    [p.c_dense for p in got],
-                    [p.speedup for p in got],
-                    [p.extrapolated for p in got],
-                )
-            )
-    plots.plot_speedup(series, pdir / "speedup.png", "MoE speedup vs dense")
+    main = [
+        c
+        for c in ("loss_in_domain", "loss_out_of_domain", ZERO_SHOT, ZERO_SHOT_SCORE)
+        if c in an.metrics
+    ]
+    panels = [(_metric_short(c), speedup_series(an, c)) for c in main]
+    plots.plot_speedup_panels(panels, pdir / "speedup.png", "MoE speedup vs dense")
     figs["speedup"] = "plots/speedup.png"
+    domains = [f"loss/{d}" for d in an.in_domains + an.out_domains if f"loss/{d}" in an.metrics]
+    if domains:
+        panels = [(_metric_short(c), speedup_series(an, c)) for c in domains]
+        plots.plot_speedup_panels(panels, pdir / "speedup_domains.png", "MoE speedup per domain")
+        figs["speedup_domains"] = "plots/speedup_domains.png"
 
-    labels, values, ext = [], [], []
-    for d in an.in_domains + an.out_domains:
-        ma = an.metrics.get(f"loss/{d}")
-        for fam in ma.speedups if ma else []:
+    labels, values, ext, lo, hi = [], [], [], [], []
+    bars = ["loss_in_domain", "loss_out_of_domain"] + domains
+    for column in bars:
+        ma = an.metrics.get(column)
+        for fam in an.partner if ma else []:
             h = ma.headlines.get(fam)
-            tag = "in" if d in an.in_domains else "out"
-            labels.append(f"{d} ({tag})" + (f" {fam}" if len(an.partner) > 1 else ""))
+            labels.append(_metric_short(column) + (f" {fam}" if len(an.partner) > 1 else ""))
             values.append(h.speedup if h else float("nan"))
             ext.append(h.label == EXTRAPOLATED if h else False)
-    if labels:
+            lo.append(h.lo if h else None)
+            hi.append(h.hi if h else None)
+    if domains:
         plots.plot_domain_bars(
-            labels, values, ext, pdir / "domain_speedup.png", "Speedup per domain"
+            labels,
+            values,
+            ext,
+            pdir / "domain_speedup.png",
+            "Headline speedup per domain",
+            lo=lo,
+            hi=hi,
         )
         figs["domain_speedup"] = "plots/domain_speedup.png"
 
@@ -310,7 +371,40 @@ def _metric_short(column: str) -> str:
         return "out-of-domain (mean)"
     if column == ZERO_SHOT:
         return "zero-shot accuracy"
-    return "ood: " + column.split("/", 1)[1]
+    if column == ZERO_SHOT_SCORE:
+        return "zero-shot continuous score"
+    domain = column.split("/", 1)[1]
+    return domain
+
+
+def speedup_series(an: Analysis, column: str) -> list[plots.SpeedupSeries]:
+    """The figure's data for one setting: per MoE family its curve with band, bounds and
+    headline."""
+    ma = an.metrics[column]
+    out = []
+    for fam, pts in ma.speedups.items():
+        got = [p for p in pts if p.speedup is not None]
+        if not got:
+            continue
+        h = ma.headlines.get(fam)
+        head = None
+        if h is not None and h.c_dense:
+            head = (h.c_dense, h.speedup)
+        out.append(
+            plots.SpeedupSeries(
+                fam,
+                [p.c_dense for p in got],
+                [p.speedup for p in got],
+                [p.extrapolated for p in got],
+                lo=[p.lo for p in got],
+                hi=[p.hi for p in got],
+                lower=[p.lower_bound for p in got],
+                upper=[p.upper_bound for p in got],
+                headline=head,
+                headline_label={">=": "≥", "<=": "≤"}.get(h.bound, "") if h else "",
+            )
+        )
+    return out
 
 
 def _largest_final(rows: list[dict], family: str) -> dict | None:
@@ -344,11 +438,17 @@ def compose(
 ) -> Document:
     doc = Document(f"moelab study report: {meta['study']}")
     finals = [r for r in rows if r["final"]]
-    _setup(doc, study, finals, records, meta)
+    _setup(doc, study, finals, records, meta, an)
     _table(doc, finals, meta)
+    doc.add(*headline_blocks(an))
+    doc.add(*bounds_blocks(an))
+    doc.add(*spread_blocks(an, study))
     _fits(doc, an, figs)
     _speedups(doc, an, figs)
     _domains(doc, an, figs)
+    doc.add(*zero_shot_blocks(finals, meta))
+    _zero_shot_chance(doc, an)
+    doc.add(*blimp_blocks(finals, meta))
     _experts(doc, records, figs)
     _priming(doc, finals, an, meta, figs)
     _finetune(doc, finals, an, meta)
@@ -357,7 +457,12 @@ def compose(
 
 
 def _setup(
-    doc: Document, study: dict, finals: list[dict], records: list[RunRecord], meta: dict
+    doc: Document,
+    study: dict,
+    finals: list[dict],
+    records: list[RunRecord],
+    meta: dict,
+    an: Analysis,
 ) -> None:
     train = (study.get("base") or {}).get("train", {})
     total_flops = sum(r["train_flops"] for r in finals)
@@ -402,6 +507,11 @@ def _setup(
         )
     seeds = sorted({r["seed"] for r in finals if r["seed"] is not None})
     items.append(f"Training seeds: {', '.join(str(s) for s in seeds)}")
+    items.append(
+        f"Fits: `fit.frontier: {an.mode}` ({FRONTIER_TEXT[an.mode]}); the MoE side of each "
+        f"speedup uses its own {moe_frontier_mode(an.mode)} frontier; "
+        f"{an.bootstrap} bootstrap resamples of runs for every interval"
+    )
     if meta.get("command"):
         items.append(f"Command: `{meta['command']}`")
     doc.add(Bullets(items))
@@ -416,18 +526,23 @@ def _grid_label(value: Any) -> str:
 def _table(doc: Document, finals: list[dict], meta: dict) -> None:
     doc.add(Heading("Results (final checkpoint of each run)"))
     domains = meta["in_domains"] + meta["out_domains"]
+    spent = any(r.get("train_flops_spent") is not None for r in finals)
     header = [
         "run",
         "family",
+        "seed",
         "params",
         "active",
         "tokens",
         "FLOPs",
+        *(["FLOPs spent"] if spent else []),
         "in-domain loss",
         "out-of-domain loss",
     ] + [f"loss {d}" for d in domains]
     if any(r.get("zero_shot_mean") is not None for r in finals):
         header.append("zero-shot mean")
+    if any(r.get(ZERO_SHOT_SCORE) is not None for r in finals):
+        header.append("zero-shot score mean")
     if any(r.get("few_shot_mean") is not None for r in finals):
         header.append("few-shot mean")
     ft = meta["finetune_tasks"]
@@ -437,15 +552,19 @@ def _table(doc: Document, finals: list[dict], meta: dict) -> None:
         cells = [
             r["run"],
             r["family"],
+            _fmt(r.get("seed")),
             _si(r["params_total"]),
             _si(r["params_active"]),
             _si(r["tokens"]),
             f"{r['train_flops']:.3g}",
+            *([_fmt(r.get("train_flops_spent"))] if spent else []),
             _fmt(r["loss_in_domain"]),
             _fmt(r["loss_out_of_domain"]),
         ] + [_fmt(r.get(f"loss/{d}")) for d in domains]
         if "zero-shot mean" in header:
             cells.append(_fmt(r.get("zero_shot_mean")))
+        if "zero-shot score mean" in header:
+            cells.append(_fmt(r.get(ZERO_SHOT_SCORE)))
         if "few-shot mean" in header:
             cells.append(_fmt(r.get("few_shot_mean")))
         cells += [_fmt(r.get(f"finetune/{t}")) for t in ft]
@@ -456,8 +575,11 @@ def _table(doc: Document, finals: list[dict], meta: dict) -> None:
         Para(
             "Losses are validation cross-entropy in nats per token on a fixed subset of "
             "each domain's validation split; train time is the trainer's wall time (for a "
-            "resumed run, since its last resume). The full table, with every logged evaluation "
-            "point of every run, is `results.csv` / `results.json`."
+            "resumed run, since its last resume). FLOPs: the compute of the final point's "
+            "trajectory (what the fits use); FLOPs spent: everything the run trained, cooldown "
+            "branches included (its cost). The full table, with every logged evaluation "
+            "point of every run (`annealed` marks the points whose learning rate had decayed "
+            "to its floor), is `results.csv` / `results.json`."
         )
     )
 
@@ -487,10 +609,18 @@ def _fits(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
             f"starting points) to {FRONTIER_TEXT[an.mode]} (`fit.frontier: {an.mode}`), "
             "leaving out each run's points below "
             f"{frac:g} of its final compute (early training follows no power law). "
-            "Brackets: 95% bootstrap intervals over runs (given with 3 or more runs per "
-            "family). Residuals are log(observed) - log(fitted)."
+            "Brackets: 95% bootstrap intervals over runs, resampled within each preset "
+            "(docs/fit.md). Residuals are log(observed) - log(fitted)."
         )
     )
+    why = {
+        ma.interval.get(moe, "")
+        for ma in an.metrics.values()
+        for moe in an.partner
+        if ma.interval.get(moe, "").startswith("no interval")
+    }
+    if why:
+        doc.add(Para("No brackets where " + "; ".join(sorted(why)) + "."))
     header = [
         "metric",
         "family",
@@ -541,6 +671,9 @@ def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
             for p in pts:
                 if p.speedup is None and not p.note:
                     continue
+                bounds = "-"
+                if p.lower_bound is not None or p.upper_bound is not None:
+                    bounds = f"[{times(p.lower_bound)}, {times(p.upper_bound)}]"
                 body.append(
                     [
                         _metric_short(column),
@@ -548,8 +681,10 @@ def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
                         _fmt(p.quality),
                         _fmt(p.c_moe) if p.c_moe else "-",
                         _fmt(p.c_dense) if p.c_dense else "-",
-                        f"{p.speedup:.2f}x" if p.speedup is not None else "-",
-                        p.label,
+                        times(p.speedup),
+                        interval_text(p.lo, p.hi),
+                        p.label or "-",
+                        bounds,
                         p.note,
                     ]
                 )
@@ -557,36 +692,44 @@ def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
 
 
 def _speedups(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
-    doc.add(Heading("Speedup factor"))
+    doc.add(Heading("Speedup curves"))
     doc.add(
         Para(
             "Speedup at quality t = c_dense(t) / c_moe(t): the dense family's fitted curve "
             "inverted at t, over the compute at which the MoE family measured t (its "
-            "frontier, interpolated in log compute). A value is **extrapolated** when t is "
-            "at or below the dense fit's irreducible loss or c_dense(t) falls outside the "
-            "measured dense compute range; the figure draws those dashed."
+            "frontier, interpolated between measured points in log compute and log(L - E)), at "
+            "every quality the MoE frontier measured and at the dense range's top edge. Plotted "
+            "against c_dense, the paper's x axis: solid where interpolated, dashed where "
+            "extrapolated (c_dense outside the dense runs' compute range), the shaded band the "
+            "95% bootstrap interval, triangles the measured bounds at each quality, the star "
+            "the headline."
         )
     )
     if "speedup" in figs:
         doc.add(Image(figs["speedup"], "speedup factor vs dense compute"))
-    body = _speedup_rows(an, ["loss_in_domain", "loss_out_of_domain", ZERO_SHOT])
+    if "speedup_domains" in figs:
+        doc.add(Image(figs["speedup_domains"], "speedup factor per domain"))
+    body = _speedup_rows(an, ["loss_in_domain", "loss_out_of_domain", ZERO_SHOT, ZERO_SHOT_SCORE])
     if body:
         doc.add(
             Table(
                 [
-                    "metric",
+                    "setting",
                     "MoE family",
                     "quality t",
                     "MoE FLOPs",
                     "dense FLOPs",
                     "speedup",
-                    "status",
+                    "95% interval",
+                    "label",
+                    "measured bounds",
                     "note",
                 ],
                 body,
                 align_right_from=2,
             )
         )
+        doc.add(Para("Every domain's curve, with the same columns, is in `fits.json`."))
     else:
         doc.add(Para("No speedup could be computed (no dense fit, or no MoE family)."))
 
@@ -595,36 +738,43 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
     doc.add(Heading("Speedup per domain"))
     doc.add(
         Para(
-            "For each validation domain, the speedup at the best quality the MoE reached "
-            "where the comparison stays inside the measured dense range (else its last "
-            "point, marked extrapolated)."
+            "For each validation domain, the headline speedup (best interpolated quality, the "
+            "dense range's edge included; a measured bound where it contradicts the fit), with "
+            "the mean over the out-of-domain sets next to the per-domain values: a speedup on "
+            "some held-out domains says little if the mean is below 1."
         )
     )
     body = []
-    for d in an.in_domains + an.out_domains:
-        ma = an.metrics.get(f"loss/{d}")
-        side = "in" if d in an.in_domains else "out"
+    rows = [("loss_in_domain", "in-domain (mean)", "in")]
+    if an.out_domains:
+        rows.append(("loss_out_of_domain", "out-of-domain (mean)", "out"))
+    rows += [(f"loss/{d}", d, "in") for d in an.in_domains]
+    rows += [(f"loss/{d}", d, "out") for d in an.out_domains]
+    for column, name, side in rows:
+        ma = an.metrics.get(column)
         for fam, dense_fam in an.partner.items():
             h = ma.headlines.get(fam) if ma is not None else None
             if h is None:  # say why rather than drop the row
                 err = ma.fit_errors.get(dense_fam) if ma is not None else None
                 why = f"no {dense_fam} fit: {err}" if err else "no speedup computed"
-                body.append([d, side, fam, "-", "-", why])
+                body.append([name, side, fam, "-", "-", "-", why])
                 continue
+            prefix = {">=": "≥ ", "<=": "≤ "}.get(h.bound, "")
             body.append(
                 [
-                    d,
+                    name,
                     side,
                     fam,
                     _fmt(h.quality),
-                    f"{h.speedup:.2f}x" if h.speedup else "-",
+                    prefix + times(h.speedup),
+                    interval_text(h.lo, h.hi),
                     h.label,
                 ]
             )
     if body:
         doc.add(
             Table(
-                ["domain", "in/out", "MoE family", "loss t", "speedup", "status"],
+                ["domain", "in/out", "MoE family", "loss t", "speedup", "95% interval", "label"],
                 body,
                 align_right_from=3,
             )
@@ -647,21 +797,33 @@ def _experts(doc: Document, records: list[RunRecord], figs: dict[str, str]) -> N
     doc.add(Image(figs["expert_load"], "expert load heatmap"))
 
 
+def _zero_shot_chance(doc: Document, an: Analysis) -> None:
+    zma = an.metrics.get(ZERO_SHOT)
+    if zma is not None and zma.chance is not None:
+        doc.add(
+            Para(
+                f"The mean zero-shot accuracy's chance interval is "
+                f"[{zma.chance[0]:.3f}, {zma.chance[1]:.3f}]; accuracies inside it give "
+                f"no speedup. The continuous score gives one at every quality both families "
+                f"measured."
+            )
+        )
+
+
 def _priming(
     doc: Document, finals: list[dict], an: Analysis, meta: dict, figs: dict[str, str]
 ) -> None:
-    zs, fs = meta["zero_shot_tasks"], meta["few_shot_tasks"]
-    if not zs and not fs:
+    fs = meta["few_shot_tasks"]
+    if not fs:
         return
-    doc.add(Heading("Zero-shot and few-shot priming"))
-    tasks = list(dict.fromkeys(zs + fs))
-    header = ["run", "family"] + [f"{t} 0-shot" for t in tasks]
+    doc.add(Heading("Few-shot priming"))
+    header = ["run", "family"] + [f"{t} 0-shot" for t in fs]
     header += [f"{t} {meta['shots']}-shot" for t in fs]
     body = []
     for r in finals:
         body.append(
             [r["run"], r["family"]]
-            + [_fmt(r.get(f"zero_shot/{t}")) for t in tasks]
+            + [_fmt(r.get(f"zero_shot/{t}")) for t in fs]
             + [_fmt(r.get(f"few_shot/{t}")) for t in fs]
         )
     doc.add(Table(header, body, align_right_from=2))
@@ -671,20 +833,11 @@ def _priming(
             [
                 f"{t}: chance {_fmt(info[t].get('chance'))}, {info[t].get('n_items')} items"
                 + (f", split {info[t]['split']}" if info[t].get("split") else "")
-                for t in tasks
+                for t in fs
                 if t in info
             ]
         )
     )
-    zma = an.metrics.get(ZERO_SHOT)
-    if zma is not None and zma.chance is not None:
-        doc.add(
-            Para(
-                f"The mean zero-shot accuracy's chance interval is "
-                f"[{zma.chance[0]:.3f}, {zma.chance[1]:.3f}]; accuracies inside it give "
-                f"no speedup."
-            )
-        )
     if "shot_gains" in figs:
         doc.add(Image(figs["shot_gains"], "few-shot vs zero-shot"))
         gains = []

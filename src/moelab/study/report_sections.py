@@ -1,0 +1,570 @@
+"""Report sections shared by ``report.md`` and the README snippet: the headline speedups with
+intervals and labels, measured bounds, seed-to-seed spread, the runs table, zero-shot tasks
+against chance, and BLiMP next to its reference models.
+
+Each function returns document blocks built only from the results rows, the table's metadata
+and the analysis computed from them, so the report and the snippet state the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from moelab.study.analysis import (
+    ZERO_SHOT,
+    ZERO_SHOT_SCORE,
+    Analysis,
+    Headline,
+    MetricAnalysis,
+)
+from moelab.study.bounds import LOWER, UPPER, MeasuredBound, bounds_at
+from moelab.study.document import Bullets, Heading, Para, Table
+from moelab.study.fit import EXTRAPOLATED, INTERPOLATED, MEASURED_BOUND, chance_interval
+
+REPRODUCIBILITY = (
+    "Reproducibility: two trainings with the same seed and the same number of torch threads are "
+    "bitwise identical; another thread count changes floating-point rounding (about 1e-8 in the "
+    "weights after 40 steps) and, over a run, the losses. A difference between MoE and dense "
+    "smaller than the seed-to-seed spread above is not evidence of a speedup."
+)
+
+
+def fmt(v: Any, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3g}"
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def si(x: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def times(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def interval_text(lo: float | None, hi: float | None) -> str:
+    return "-" if lo is None or hi is None else f"[{lo:.2f}x, {hi:.2f}x]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings: which metric each headline row is
+
+
+def settings(an: Analysis) -> list[tuple[str, str]]:
+    """(metric column, row name) for every setting with a speedup, in report order: in-domain,
+    out-of-domain mean, each domain (training domains, then held-out ones), zero-shot accuracy,
+    zero-shot continuous score."""
+    out = [("loss_in_domain", "in-domain loss")]
+    if an.out_domains:
+        out.append(("loss_out_of_domain", "out-of-domain loss (mean)"))
+    out += [(f"loss/{d}", f"loss: {d} (in-domain)") for d in an.in_domains]
+    out += [(f"loss/{d}", f"loss: {d} (out-of-domain)") for d in an.out_domains]
+    out.append((ZERO_SHOT, "zero-shot accuracy (mean)"))
+    out.append(
+        (
+            ZERO_SHOT_SCORE,
+            "zero-shot continuous score (mean): normalised probability of the correct candidate",
+        )
+    )
+    return [(col, name) for col, name in out if col in an.metrics]
+
+
+def _quality(ma: MetricAnalysis, q: float) -> str:
+    return f"{q:.3f}" if ma.kind != "loss" else f"{q:.4g}"
+
+
+def _no_headline_reason(ma: MetricAnalysis, moe: str, dense: str) -> str:
+    if dense in ma.fit_errors:
+        return f"no {dense} fit: {ma.fit_errors[dense]}"
+    if moe in ma.fit_errors:
+        return f"no {moe} frontier: {ma.fit_errors[moe]}"
+    pts = ma.speedups.get(moe, [])
+    if pts and all(p.note == "within the chance interval" for p in pts if p.speedup is None):
+        if not any(p.speedup is not None for p in pts):
+            return "accuracy within the chance interval at every quality both families measured"
+    if moe not in ma.points or dense not in ma.points:
+        return "a family has no points for this metric"
+    return "no quality measured by both families"
+
+
+def _label_cell(h: Headline) -> str:
+    if h.label == MEASURED_BOUND:
+        fit = times(h.fit_speedup)
+        if h.fit_lo is not None:
+            fit += f" {interval_text(h.fit_lo, h.fit_hi)}"
+        return f"measured bound (the fit gave {fit})"
+    return h.label + (", dense range edge" if h.at_dense_edge else "")
+
+
+def _speedup_cell(h: Headline) -> str:
+    prefix = {">=": "≥ ", "<=": "≤ "}.get(h.bound, "")
+    return prefix + times(h.speedup)
+
+
+def _bounds_cell(ma: MetricAnalysis, moe: str, dense: str, q: float, mode: str) -> str:
+    lo, hi = bounds_at(
+        ma.points[dense], ma.points[moe], q, mode=mode, higher_is_better=ma.higher_is_better
+    )
+    if lo is None and hi is None:
+        return "-"
+    return f"[{times(lo.ratio) if lo else '-'}, {times(hi.ratio) if hi else '-'}]"
+
+
+def headline_rows(an: Analysis) -> list[list[str]]:
+    rows = []
+    for col, name in settings(an):
+        ma = an.metrics[col]
+        mode = an.mode if ma.kind == "loss" else "all"
+        for moe, dense in an.partner.items():
+            h = ma.headlines.get(moe)
+            fam = moe if len(an.partner) > 1 else ""
+            if h is None:
+                rows.append([name, fam, "-", "-", _no_headline_reason(ma, moe, dense), "-", "-"])
+                continue
+            rows.append(
+                [
+                    name,
+                    fam,
+                    _speedup_cell(h),
+                    interval_text(h.lo, h.hi),
+                    _label_cell(h),
+                    _quality(ma, h.quality),
+                    _bounds_cell(ma, moe, dense, h.quality, mode),
+                ]
+            )
+    if len(an.partner) <= 1:
+        rows = [[r[0]] + r[2:] for r in rows]
+    return rows
+
+
+def headline_blocks(an: Analysis, level: int = 2) -> list:
+    """The headline speedup per setting: value, 95% interval, label, the quality it is quoted
+    at, and the measured bounds at that quality; then how the intervals were made."""
+    blocks: list = [Heading("Headline speedups", level)]
+    header = [
+        "setting",
+        "MoE family",
+        "speedup",
+        "95% interval",
+        "label",
+        "at quality t",
+        "measured bounds at t",
+    ]
+    if len(an.partner) <= 1:
+        header = [header[0]] + header[2:]
+    rows = headline_rows(an)
+    if not rows:
+        return blocks + [Para("No speedup: the study has no dense and MoE family pair.")]
+    blocks.append(Table(header, rows, align_right_from=1))
+    blocks.append(
+        Para(
+            "Speedup at quality t = c_dense(t) / c_moe(t), quoted at the best quality whose "
+            "comparison is interpolated (the dense range's top edge included). Labels: "
+            f"**{INTERPOLATED}**: the dense fit inverted inside the dense runs' compute range; "
+            f"**{EXTRAPOLATED}**: outside it; **{MEASURED_BOUND}**: no fit, the runs' own points "
+            "show it (it replaces a fit value it contradicts). Losses: lower is better; "
+            "accuracy and score: higher is better."
+        )
+    )
+    notes = []
+    for col, _ in settings(an):
+        for moe in an.partner:
+            note = an.metrics[col].interval.get(moe)
+            if note and note not in notes:
+                notes.append(note)
+    if notes:
+        blocks.append(Para("Intervals: " + "; ".join(notes) + "."))
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Measured bounds
+
+
+def _evidence(b: MeasuredBound, ma: MetricAnalysis) -> str:
+    q = _quality(ma, b.quality)
+    if b.kind == LOWER:
+        return (
+            f"{b.moe_run} reached {q} at {b.moe_compute:.3g} FLOPs; no dense point reached it by "
+            f"{b.dense_compute:.3g} ({b.dense_run}: {_quality(ma, b.dense_value)})"
+        )
+    return (
+        f"{b.dense_run} reached {q} at {b.dense_compute:.3g} FLOPs; no MoE point reached it by "
+        f"{b.moe_compute:.3g} ({b.moe_run}: {_quality(ma, b.moe_value)})"
+    )
+
+
+def strongest_bounds(ma: MetricAnalysis, moe: str) -> tuple[MeasuredBound | None, ...]:
+    bs = ma.bounds.get(moe, [])
+    lows = [b for b in bs if b.kind == LOWER]
+    ups = [b for b in bs if b.kind == UPPER]
+    return (
+        max(lows, key=lambda b: b.ratio) if lows else None,
+        min(ups, key=lambda b: b.ratio) if ups else None,
+    )
+
+
+def bounds_blocks(an: Analysis, level: int = 2) -> list:
+    """The strongest lower and upper bound per setting, with the two runs that show each."""
+    rows = []
+    for col, name in settings(an):
+        ma = an.metrics[col]
+        for moe in an.partner:
+            lo, hi = strongest_bounds(ma, moe)
+            fam = [moe] if len(an.partner) > 1 else []
+            for b, sign in ((lo, "≥"), (hi, "≤")):
+                if b is not None:
+                    rows.append(
+                        [
+                            name,
+                            *fam,
+                            f"{sign} {b.ratio:.2f}x",
+                            _quality(ma, b.quality),
+                            _evidence(b, ma),
+                        ]
+                    )
+    blocks: list = [Heading("Measured bounds (no fit)", level)]
+    if not rows:
+        return blocks + [
+            Para("The points show no bound: the families' measured qualities do not overlap.")
+        ]
+    header = [
+        "setting",
+        *(["MoE family"] if len(an.partner) > 1 else []),
+        "speedup",
+        "at quality t",
+        "shown by",
+    ]
+    blocks.append(Table(header, rows, align_right_from=len(header) - 3))
+    blocks.append(
+        Para(
+            "Lower bound: an MoE run reached t at compute c and no dense point had reached t by "
+            "c' (an annealed point under the annealed frontier), so the speedup at t is at least "
+            "c'/c; the upper bound mirrors it. The strongest of each per setting; fits.json "
+            "lists them all. They hold for the runs trained (another size could do better)."
+        )
+    )
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed-to-seed spread
+
+
+def spread_blocks(an: Analysis, study: dict, level: int = 2) -> list:
+    blocks: list = [Heading("Seed-to-seed spread", level)]
+    if not an.seed_spread:
+        blocks.append(
+            Para(
+                "Every configuration ran with a single seed, so the report cannot tell a "
+                "speedup from seed noise; add replicate seeds (grid `seed: [1, 2, 3]`)."
+            )
+        )
+    else:
+        rows = []
+        for s in an.seed_spread:
+            ind = s.get("loss_in_domain", {})
+            ood = s.get("loss_out_of_domain")
+            rows.append(
+                [
+                    str(s["preset"]),
+                    s["family"],
+                    ", ".join(str(x) for x in s["seeds"]),
+                    f"{ind.get('mean', float('nan')):.4f} ± {ind.get('std', float('nan')):.4f}",
+                    f"{ind.get('min', float('nan')):.4f} – {ind.get('max', float('nan')):.4f}",
+                    f"{100 * ind.get('range_rel', float('nan')):.2f}%",
+                    f"{ood['mean']:.4f} ± {ood['std']:.4f}" if ood else "-",
+                ]
+            )
+        blocks.append(
+            Table(
+                [
+                    "preset",
+                    "family",
+                    "seeds",
+                    "final in-domain loss (mean ± sd)",
+                    "min – max",
+                    "max-min / mean",
+                    "out-of-domain loss (mean ± sd)",
+                ],
+                rows,
+                align_right_from=3,
+            )
+        )
+    threads = study.get("threads")
+    blocks.append(
+        Para(REPRODUCIBILITY + (f" This study ran with {threads} thread(s)." if threads else ""))
+    )
+    return blocks
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs table (compact: the README's)
+
+
+def runs_table(finals: list[dict], meta: dict) -> Table:
+    header = [
+        "run",
+        "family",
+        "seed",
+        "active params",
+        "FLOPs",
+        "FLOPs spent",
+        "in-domain loss",
+        "out-of-domain loss",
+    ]
+    has_acc = any(r.get(ZERO_SHOT) is not None for r in finals)
+    has_score = any(r.get(ZERO_SHOT_SCORE) is not None for r in finals)
+    if has_acc:
+        header.append("zero-shot acc. (mean)")
+    if has_score:
+        header.append("zero-shot score (mean)")
+    header.append("train time")
+    body = []
+    for r in finals:
+        spent = r.get("train_flops_spent")
+        cells = [
+            r["run"],
+            r["family"],
+            fmt(r.get("seed")),
+            si(r["params_active"]) if r.get("params_active") else "-",
+            f"{r['train_flops']:.3g}",
+            f"{spent:.3g}" if spent else "-",
+            fmt(r.get("loss_in_domain")),
+            fmt(r.get("loss_out_of_domain")),
+        ]
+        if has_acc:
+            cells.append(fmt(r.get(ZERO_SHOT)))
+        if has_score:
+            cells.append(fmt(r.get(ZERO_SHOT_SCORE)))
+        cells.append(f"{(r.get('train_wall_s') or 0) / 60:.1f} min")
+        body.append(cells)
+    return Table(header, body, align_right_from=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-shot tasks against chance, BLiMP against its reference models
+
+
+def _acc_interval(r: dict, key: str) -> tuple[float | None, float | None]:
+    task = key.split("/", 1)[1]
+    return r.get(f"zero_shot_lo/{task}"), r.get(f"zero_shot_hi/{task}")
+
+
+def _with_interval(v: float | None, lo: float | None, hi: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+
+def chance_verdicts(finals: list[dict], meta: dict) -> dict[str, dict[str, list[str]]]:
+    """Per zero-shot task: the runs whose accuracy interval lies above chance ("above") or below
+    it ("below"). The interval is the row's ``zero_shot_lo/hi``; without it, the binomial chance
+    interval around chance from the task's item count decides."""
+    out: dict[str, dict[str, list[str]]] = {}
+    info = meta.get("tasks", {})
+    for task in meta.get("zero_shot_tasks", []):
+        chance = info.get(task, {}).get("chance")
+        if chance is None:
+            continue
+        verdict: dict[str, list[str]] = {"above": [], "below": []}
+        for r in finals:
+            acc = r.get(f"zero_shot/{task}")
+            if acc is None:
+                continue
+            lo, hi = r.get(f"zero_shot_lo/{task}"), r.get(f"zero_shot_hi/{task}")
+            if lo is None or hi is None:
+                n = info[task].get("n_items")
+                if not n:
+                    continue
+                c_lo, c_hi = chance_interval(chance, int(n))
+                above, below = acc > c_hi, acc < c_lo
+            else:
+                above, below = lo > chance, hi < chance
+            if above:
+                verdict["above"].append(r["run"])
+            elif below:
+                verdict["below"].append(r["run"])
+        out[task] = verdict
+    return out
+
+
+def chance_sentence(finals: list[dict], meta: dict) -> str:
+    v = chance_verdicts(finals, meta)
+    if not v:
+        return ""
+    above = [f"{t} ({', '.join(x['above'])})" for t, x in v.items() if x["above"]]
+    below = [f"{t} ({', '.join(x['below'])})" for t, x in v.items() if x["below"]]
+    text = (
+        "Accuracy left the chance interval (above chance) for: " + "; ".join(above) + "."
+        if above
+        else "Accuracy left the chance interval for no task: every run's accuracy interval "
+        "contains chance."
+    )
+    if below:
+        text += " Below chance (interval entirely under it): " + "; ".join(below) + "."
+    inside = [t for t, x in v.items() if not x["above"] and not x["below"]]
+    if inside and (above or below):
+        text += " Within the chance interval for every run: " + ", ".join(inside) + "."
+    return text
+
+
+def zero_shot_blocks(finals: list[dict], meta: dict, level: int = 2) -> list:
+    tasks = meta.get("zero_shot_tasks", [])
+    if not tasks:
+        return []
+    info = meta.get("tasks", {})
+    blocks: list = [Heading("Zero-shot tasks", level)]
+    acc_rows, score_rows = [], []
+    for r in finals:
+        acc_rows.append(
+            [r["run"], r["family"]]
+            + [
+                _with_interval(
+                    r.get(f"zero_shot/{t}"), r.get(f"zero_shot_lo/{t}"), r.get(f"zero_shot_hi/{t}")
+                )
+                for t in tasks
+            ]
+        )
+        score_rows.append(
+            [r["run"], r["family"]]
+            + [
+                _with_interval(
+                    r.get(f"zero_shot_score/{t}"),
+                    r.get(f"zero_shot_score_lo/{t}"),
+                    r.get(f"zero_shot_score_hi/{t}"),
+                )
+                for t in tasks
+            ]
+        )
+    blocks.append(Para("**Accuracy** (each task's primary scoring mode), 95% interval:"))
+    blocks.append(Table(["run", "family", *tasks], acc_rows, align_right_from=2))
+    if any(r.get(f"zero_shot_score/{t}") is not None for r in finals for t in tasks):
+        blocks.append(
+            Para(
+                "**Continuous score**: the normalised probability of the correct candidate "
+                "(the candidates' primary-mode scores softmax-normalised over the candidates), "
+                "mean over items, 95% interval:"
+            )
+        )
+        blocks.append(Table(["run", "family", *tasks], score_rows, align_right_from=2))
+    items = []
+    for t in tasks:
+        ti = info.get(t, {})
+        if not ti:
+            continue
+        parts = [f"accuracy chance {fmt(ti.get('chance'))}"]
+        if ti.get("score_chance") is not None:
+            parts.append(f"score chance {fmt(ti.get('score_chance'))}")
+        parts.append(f"{ti.get('n_items')} items")
+        if ti.get("mode"):
+            parts.append(f"primary mode `{ti['mode']}`")
+        if ti.get("split"):
+            parts.append(f"split {ti['split']}")
+        items.append(f"{t}: " + ", ".join(parts))
+    if items:
+        blocks.append(Bullets(items))
+    sentence = chance_sentence(finals, meta)
+    if sentence:
+        blocks.append(Para(sentence))
+    return blocks
+
+
+def grouped_tasks(finals: list[dict], meta: dict) -> list[str]:
+    """Zero-shot tasks with a per-field breakdown or reference accuracies (BLiMP)."""
+    out = []
+    for t in meta.get("zero_shot_tasks", []):
+        ti = meta.get("tasks", {}).get(t, {})
+        has_groups = any(k.startswith(f"zero_shot/{t}:field:") for r in finals for k in r)
+        if ti.get("reference") or has_groups:
+            out.append(t)
+    return out
+
+
+def _fields(task: str, finals: list[dict], meta: dict) -> list[str]:
+    ti = meta.get("tasks", {}).get(task, {})
+    seen: list[str] = []
+    for g in list(ti.get("groups_n_items", {})) + [
+        k for ref in (ti.get("reference") or {}).values() for k in ref
+    ]:
+        if g.startswith("field:") and g not in seen:
+            seen.append(g)
+    for r in finals:
+        for k in r:
+            prefix = f"zero_shot/{task}:"
+            if k.startswith(prefix + "field:") and k[len(prefix) :] not in seen:
+                seen.append(k[len(prefix) :])
+    return seen
+
+
+def blimp_blocks(finals: list[dict], meta: dict, level: int = 2) -> list:
+    """Per grouped task (BLiMP): accuracy overall and per field for every run, with intervals,
+    next to the reference models' accuracies."""
+    blocks: list = []
+    for task in grouped_tasks(finals, meta):
+        ti = meta.get("tasks", {}).get(task, {})
+        fields = _fields(task, finals, meta)
+        header = ["model", "overall", *(f.split(":", 1)[1] for f in fields)]
+        rows = []
+        for r in finals:
+            cells = [
+                r["run"],
+                _with_interval(
+                    r.get(f"zero_shot/{task}"),
+                    r.get(f"zero_shot_lo/{task}"),
+                    r.get(f"zero_shot_hi/{task}"),
+                ),
+            ]
+            for f in fields:
+                key = f"{task}:{f}"
+                cells.append(
+                    _with_interval(
+                        r.get(f"zero_shot/{key}"),
+                        r.get(f"zero_shot_lo/{key}"),
+                        r.get(f"zero_shot_hi/{key}"),
+                    )
+                )
+            rows.append(cells)
+        for name, ref in (ti.get("reference") or {}).items():
+            rows.append(
+                [f"{name} (reference)", fmt(ref.get("overall"), 3)]
+                + [fmt(ref.get(f), 3) for f in fields]
+            )
+        blocks.append(Heading(f"{task}: accuracy overall and per field", level))
+        blocks.append(Table(header, rows, align_right_from=1))
+        n = ti.get("n_items")
+        groups_n = ti.get("groups_n_items") or {}
+        notes = [
+            f"Chance {fmt(ti.get('chance'))}; {n} pairs scored"
+            + (
+                " ("
+                + ", ".join(f"{f.split(':', 1)[1]} {groups_n[f]}" for f in fields if f in groups_n)
+                + ")"
+                if groups_n
+                else ""
+            )
+            + "; brackets: 95% bootstrap interval over items."
+        ]
+        if ti.get("reference"):
+            notes.append(
+                "Reference rows: the accuracies published with the data set (mean over "
+                "paradigms; fields: mean over the field's paradigms), models trained on far more "
+                "text than any run here."
+            )
+        blocks.append(Para(" ".join(notes)))
+    return blocks

@@ -1,0 +1,158 @@
+"""The report and the README snippet on a constructed results table (CONTRACT section 2
+columns): headline speedups with intervals and labels for every setting, measured bounds,
+seed-to-seed spread, zero-shot accuracy and continuous score kept apart, BLiMP next to its
+reference models, and the figures."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+
+from _study_rows import META, ZERO_SHOT_META, add_zero_shot, study_rows
+from moelab.study.analysis import analyse
+from moelab.study.document import to_markdown
+from moelab.study.report import compose, make_figures, zero_shot_json
+from moelab.study.report_sections import chance_verdicts
+from moelab.study.snippet import BEGIN, END, readme_snippet
+
+STUDY = {"threads": 1, "fit": {"frontier": "annealed", "bootstrap": 30}}
+
+
+@pytest.fixture(scope="module")
+def built():
+    rows = add_zero_shot(study_rows(seed_noise=0.003))
+    meta = {**META, **ZERO_SHOT_META, "command": "moelab study --out runs/s", "out_dir": "runs/s"}
+    an = analyse(rows, meta, mode="annealed", bootstrap=30)
+    return rows, meta, an
+
+
+def _row(md: str, first_cell: str, after: str = "") -> list[str]:
+    """The first table row starting with ``first_cell`` (after the line ``after``)."""
+    md = md[md.index(after) :] if after else md
+    lines = [ln for ln in md.splitlines() if ln.startswith(f"| {first_cell} |")]
+    assert lines, f"no table row starting with {first_cell!r}"
+    return [c.strip() for c in lines[0].strip("|").split("|")]
+
+
+def test_headline_table_has_every_setting_with_interval_and_label(built):
+    rows, meta, an = built
+    md = to_markdown(compose(STUDY, rows, [], meta, an, {}))
+    for setting in (
+        "in-domain loss",
+        "out-of-domain loss (mean)",
+        "loss: code (in-domain)",
+        "loss: prose_heldout (out-of-domain)",
+    ):
+        cells = _row(md, setting)
+        h = an.metrics[
+            {
+                "in-domain loss": "loss_in_domain",
+                "out-of-domain loss (mean)": "loss_out_of_domain",
+                "loss: code (in-domain)": "loss/code",
+                "loss: prose_heldout (out-of-domain)": "loss/prose_heldout",
+            }[setting]
+        ].headlines["moe8-top2"]
+        assert cells[1] == f"{h.speedup:.2f}x"
+        assert cells[2] == f"[{h.lo:.2f}x, {h.hi:.2f}x]"
+        assert cells[3] == "interpolated (fit), dense range edge"
+        assert re.fullmatch(r"\[\d\.\d\dx, (-|\d+\.\d\dx)\]", cells[5]), cells
+    # zero-shot: accuracy and the continuous score on separate, labelled rows
+    acc = _row(md, "zero-shot accuracy (mean)")
+    score = _row(
+        md,
+        "zero-shot continuous score (mean): normalised probability of the correct candidate",
+    )
+    assert acc[1] == "2.00x" and score[1] == "2.00x"
+    assert "stratified by preset" in md and "single-run preset" in md
+    # the out-of-domain mean sits next to the per-domain rows in the domain table too
+    assert re.search(r"\| out-of-domain \(mean\) \| out \| moe8-top2 \| [\d.]+ \| \d\.\d\dx \|", md)
+
+
+def test_accuracy_within_chance_gives_no_speedup_but_the_score_does(built):
+    rows, meta, an = built
+    acc = an.metrics["zero_shot_mean"]
+    score = an.metrics["zero_shot_score_mean"]
+    assert acc.chance[0] < 0.375 < acc.chance[1]  # the smallest runs' mean accuracy
+    within = [p for p in acc.speedups["moe8-top2"] if p.note == "within the chance interval"]
+    assert within and all(p.speedup is None for p in within)
+    assert all(p.note != "within the chance interval" for p in score.speedups["moe8-top2"])
+    # the smallest MoE's point: no accuracy speedup (inside chance), a score speedup
+    acc_small, score_small = acc.speedups["moe8-top2"][0], score.speedups["moe8-top2"][0]
+    d = math.log2(2 * 1.3e12 / 1e12)  # the smallest MoE's effective doublings
+    assert acc_small.quality == pytest.approx((0.5 + 0.04 * d + 0.25 + 0.001 * d) / 2)
+    assert acc_small.speedup is None
+    assert score_small.c_moe == pytest.approx(1.3e12) and score_small.speedup == pytest.approx(2)
+    assert acc.kind == "accuracy" and score.kind == "score"
+    assert "continuous score" in score.label and "accuracy" in acc.label
+
+
+def test_measured_bounds_and_seed_spread_sections(built):
+    rows, meta, an = built
+    md = to_markdown(compose(STUDY, rows, [], meta, an, {}))
+    assert "## Measured bounds (no fit)" in md
+    lower = [ln for ln in md.splitlines() if ln.startswith("| in-domain loss | ≥ ")]
+    upper = [ln for ln in md.splitlines() if ln.startswith("| in-domain loss | ≤ ")]
+    assert len(lower) == len(upper) == 1
+    assert "no dense point reached it by" in lower[0] and "no MoE point" in upper[0]
+    cells = _row(md, "dense-0")
+    assert cells[1:3] == ["dense", "1, 2, 3"] and "±" in cells[3]
+    assert "bitwise identical" in md and "1 thread(s)" in md
+
+
+def test_blimp_table_and_chance_sentence(built):
+    rows, meta, an = built
+    md = to_markdown(compose(STUDY, rows, [], meta, an, {}))
+    assert "## blimp: accuracy overall and per field" in md
+    assert _row(md, "5-gram (reference)")[1:] == ["0.61", "0.6", "0.63"]
+    assert _row(md, "GPT-2 (reference)")[1] == "0.83"
+    big = _row(md, "moe-2__seed=1", after="## blimp")
+    assert big[1] == "0.715 [0.695, 0.735]" and big[2] == "0.705 [0.680, 0.730]"
+    finals = [r for r in rows if r["final"]]
+    verdicts = chance_verdicts(finals, meta)
+    assert "dense-0__seed=1" not in verdicts["blimp"]["above"]  # 0.50 [0.48, 0.52]
+    assert "moe-0__seed=1" in verdicts["blimp"]["above"]
+    assert verdicts["hellaswag"] == {"above": [], "below": []}
+    assert "Accuracy left the chance interval (above chance) for: blimp (" in md
+    assert "Within the chance interval for every run: hellaswag." in md
+    data = zero_shot_json(finals, meta)
+    run = data["grouped"]["blimp"]["runs"]["moe-2__seed=1"]
+    syntax = next(r for r in finals if r["run"] == "moe-2__seed=1")["zero_shot/blimp:field:syntax"]
+    assert run["field:syntax"] == syntax
+    assert run["field:syntax_ci95"] == pytest.approx([syntax - 0.025, syntax + 0.025])
+    assert data["grouped"]["blimp"]["reference"]["GPT-2"]["overall"] == 0.83
+    json.dumps(data)  # plain data
+
+
+def test_readme_snippet_is_self_contained_markdown(built):
+    rows, meta, an = built
+    wall = {"wall_s": 912.0, "source": "study_time.json", "workers": 2, "threads": 1}
+    text = readme_snippet(STUDY, rows, meta, an, wall)
+    assert text.startswith(BEGIN) and text.rstrip().endswith(END)
+    assert "```\nmoelab study --out runs/s\n```" in text
+    assert "Wall time 15.2 min (2 worker(s), 1 thread(s) each)" in text
+    assert "`annealed` frontier" in text and "30 bootstrap resamples" in text
+    for heading in (
+        "#### Headline speedups",
+        "#### Measured bounds (no fit)",
+        "#### Seed-to-seed spread",
+        "#### blimp: accuracy overall and per field",
+    ):
+        assert heading in text
+    h = an.metrics["loss_in_domain"].headlines["moe8-top2"]
+    assert f"| in-domain loss | {h.speedup:.2f}x | [{h.lo:.2f}x, {h.hi:.2f}x] |" in text
+    assert "| loss: code_heldout (out-of-domain) |" in text
+    assert "| zero-shot accuracy (mean) |" in text
+    assert "| moe-2__seed=1 | moe8-top2 | 1 |" in text  # runs table
+    assert "![" not in text  # no image paths that only resolve inside the study folder
+    fallback = readme_snippet(STUDY, rows, meta, an, {"wall_s": 600.0, "source": "sum of x"})
+    assert "Wall time 10.0 min (sum of x)" in fallback
+
+
+def test_figures_draw_bands_per_setting(built, tmp_path):
+    rows, meta, an = built
+    figs = make_figures(tmp_path, rows, [], meta, an)
+    for key in ("speedup", "speedup_domains", "domain_speedup", "loss_in_domain"):
+        assert (tmp_path / figs[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key
