@@ -143,6 +143,9 @@ def test_measured_lower_bound_wins_over_a_fit_below_it():
     assert h.fit_speedup < h.speedup and h.lo is None and "below what the runs measured" in h.note
     assert not h.at_dense_edge  # the MoE never reached the dense edge's loss
     assert_not_contradicted(ma)
+    # the curve keeps the fit's value at that quality, marked as contradicted
+    point = next(p for p in ma.speedups[MOE] if p.quality == h.quality)
+    assert point.speedup == h.fit_speedup and point.contradicted == ">="
 
 
 def test_measured_upper_bound_wins_over_a_fit_above_it():

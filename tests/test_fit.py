@@ -292,3 +292,18 @@ def test_user_errors():
         speedup_at(
             fit_monotone(family(noise=0.0)), fit_monotone(family(), higher_is_better=False), 3
         )
+
+
+def test_flat_isotonic_curve_reaches_no_value_at_a_definite_compute():
+    """A larger model scoring lower pools every point into one block: no speedup can invert
+    that curve, and the note says why."""
+    pts = [EvalPoint("a", 1e12, 0.53), EvalPoint("b", 4e12, 0.50)]
+    flat = fit_monotone(pts, higher_is_better=True)
+    assert flat.knots_value == pytest.approx([0.515]) and flat.compute_at(0.515) is None
+    moe = fit_monotone([EvalPoint("m", 2e12, 0.515), EvalPoint("m2", 3e12, 0.52)])
+    sp = speedup_at(flat, moe, 0.515)
+    assert sp.speedup is None and "flat" in sp.note
+    single = fit_monotone([EvalPoint("a", 1e12, 0.53)], higher_is_better=True)
+    assert single.compute_at(0.53) == pytest.approx(
+        1e12
+    )  # one point is a measurement, not a flat curve

@@ -64,6 +64,7 @@ class Headline:
     fit_lo: float | None = None
     fit_hi: float | None = None
     note: str = ""
+    n_resamples: int = 0  # bootstrap resamples that gave a value at this quality
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -175,11 +176,22 @@ def headline(
     p = pick(pool, key=lambda q: q.quality)
     at_edge = edge is not None and math.isclose(p.quality, edge, rel_tol=1e-12)
     label = INTERPOLATED if valid else EXTRAPOLATED
-    h = Headline(p.quality, p.speedup, label, p.lo, p.hi, p.c_dense, p.c_moe, at_edge, note=p.note)
+    h = Headline(
+        p.quality,
+        p.speedup,
+        label,
+        p.lo,
+        p.hi,
+        p.c_dense,
+        p.c_moe,
+        at_edge,
+        note=p.note,
+        n_resamples=p.n_resamples,
+    )
     fit_text = f"the fit gave {_x(p.speedup)}" + (
         f" [{_x(p.lo)}, {_x(p.hi)}]" if p.lo is not None else ""
     )
-    if p.lower_bound is not None and p.speedup < p.lower_bound:
+    if p.contradicted == ">=":
         return replace(
             h,
             speedup=p.lower_bound,
@@ -192,7 +204,7 @@ def headline(
             fit_hi=p.hi,
             note=f"{fit_text}, below what the runs measured",
         )
-    if p.upper_bound is not None and p.speedup > p.upper_bound:
+    if p.contradicted == "<=":
         return replace(
             h,
             speedup=p.upper_bound,
@@ -479,6 +491,7 @@ def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {
             "family": group[0]["family"],
             "preset": group[0].get("preset"),
+            "model": group[0].get("grid.model") or group[0].get("preset"),
             "runs": [r["run"] for r in group],
             "seeds": [r.get("seed") for r in group],
         }
@@ -562,6 +575,7 @@ def _point_dict(p: SpeedupPoint) -> dict[str, Any]:
         "extrapolated": p.extrapolated,
         "lower_bound": p.lower_bound,
         "upper_bound": p.upper_bound,
+        "contradicted_by_bound": p.contradicted,
         "note": p.note,
     }
 

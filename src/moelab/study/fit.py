@@ -452,10 +452,15 @@ class MonotoneFit:
         return got if self.floor is None else self.floor + math.exp(got)
 
     def compute_at(self, value: float) -> float | None:
-        """Compute at which the curve reaches ``value``; ``None`` outside its value range."""
+        """Compute at which the curve reaches ``value``; ``None`` outside its value range, and
+        for a flat curve (isotonic regression pooled points at several computes into one
+        value: it reaches that value at no particular compute)."""
         raw = np.asarray(self.knots_value)
         log_c = np.log(self.knots_compute)
         if len(raw) == 1:
+            lo, hi = self.compute_range
+            if lo < hi * (1 - 1e-12):
+                return None
             return float(self.knots_compute[0]) if math.isclose(value, raw[0]) else None
         inside = raw.min() <= value <= raw.max()
         if not inside:
@@ -545,6 +550,18 @@ class SpeedupPoint:
     upper_bound: float | None = None
 
     @property
+    def contradicted(self) -> str:
+        """``">="`` or ``"<="`` when a measured bound at this quality contradicts the value
+        (the value lies below the lower bound or above the upper one), else empty."""
+        if self.speedup is None:
+            return ""
+        if self.lower_bound is not None and self.speedup < self.lower_bound:
+            return ">="
+        if self.upper_bound is not None and self.speedup > self.upper_bound:
+            return "<="
+        return ""
+
+    @property
     def label(self) -> str:
         """``"interpolated (fit)"``: the dense curve inverted inside its measured compute range;
         ``"extrapolated"``: outside it; empty where there is no value."""
@@ -596,6 +613,8 @@ def speedup_at(
         why = (
             "at or below the dense fit's irreducible loss"
             if isinstance(dense, PowerLawFit)
+            else "the dense curve is flat (one value over its whole range)"
+            if len(dense.knots_value) == 1 and dense.compute_range[0] < dense.compute_range[1]
             else "outside the dense family's measured range"
         )
         return SpeedupPoint(quality, None, c_moe, None, True, why)

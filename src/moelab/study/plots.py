@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,9 +244,13 @@ def plot_speedup(series: Sequence[SpeedupSeries], path: Path, title: str) -> Non
 
 
 def plot_speedup_panels(
-    panels: Sequence[tuple[str, Sequence[SpeedupSeries]]], path: Path, title: str
+    panels: Sequence[
+        tuple[str, Sequence[SpeedupSeries]] | tuple[str, Sequence[SpeedupSeries], str]
+    ],
+    path: Path,
+    title: str,
 ) -> None:
-    """One panel per setting (its title first in each pair), three to a row."""
+    """One panel per setting, three to a row: (title, series[, why a panel has no curve])."""
     n = max(1, len(panels))
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -255,7 +260,14 @@ def plot_speedup_panels(
         if k >= len(panels):
             ax.axis("off")
             continue
-        name, series = panels[k]
+        name, series = panels[k][0], panels[k][1]
+        if not series:
+            why = panels[k][2] if len(panels[k]) > 2 else "no speedup"
+            ax.text(0.5, 0.5, textwrap.fill(why, 40), ha="center", va="center", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(name, fontsize=9)
+            continue
         _draw_speedup(ax, series)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("dense FLOPs at equal quality", fontsize=8)

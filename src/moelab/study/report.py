@@ -38,7 +38,7 @@ from moelab.study.document import (
     to_html,
     to_markdown,
 )
-from moelab.study.fit import EXTRAPOLATED, PowerLawFit
+from moelab.study.fit import EXTRAPOLATED, PowerLawFit, SpeedupPoint
 from moelab.study.layout import run_dir
 from moelab.study.report_sections import (
     blimp_blocks,
@@ -304,12 +304,12 @@ def make_figures(
         for c in ("loss_in_domain", "loss_out_of_domain", ZERO_SHOT, ZERO_SHOT_SCORE)
         if c in an.metrics
     ]
-    panels = [(_metric_short(c), speedup_series(an, c)) for c in main]
+    panels = [(_metric_short(c), speedup_series(an, c), _no_curve(an, c)) for c in main]
     plots.plot_speedup_panels(panels, pdir / "speedup.png", "MoE speedup vs dense")
     figs["speedup"] = "plots/speedup.png"
     domains = [f"loss/{d}" for d in an.in_domains + an.out_domains if f"loss/{d}" in an.metrics]
     if domains:
-        panels = [(_metric_short(c), speedup_series(an, c)) for c in domains]
+        panels = [(_metric_short(c), speedup_series(an, c), _no_curve(an, c)) for c in domains]
         plots.plot_speedup_panels(panels, pdir / "speedup_domains.png", "MoE speedup per domain")
         figs["speedup_domains"] = "plots/speedup_domains.png"
 
@@ -375,6 +375,14 @@ def _metric_short(column: str) -> str:
         return "zero-shot continuous score"
     domain = column.split("/", 1)[1]
     return domain
+
+
+def _no_curve(an: Analysis, column: str) -> str:
+    """Why a setting's panel has no curve (shown in the empty panel)."""
+    from moelab.study.report_sections import no_headline_reason
+
+    ma = an.metrics[column]
+    return "; ".join(no_headline_reason(ma, moe, d) for moe, d in an.partner.items())
 
 
 def speedup_series(an: Analysis, column: str) -> list[plots.SpeedupSeries]:
@@ -683,12 +691,25 @@ def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
                         _fmt(p.c_dense) if p.c_dense else "-",
                         times(p.speedup),
                         interval_text(p.lo, p.hi),
-                        p.label or "-",
+                        _curve_label(p),
                         bounds,
                         p.note,
                     ]
                 )
     return body
+
+
+def _curve_label(p: SpeedupPoint) -> str:
+    """The point's label, and a warning where a measured bound at its quality contradicts
+    the fit's value (the headline replaces such a value by the bound; the curve keeps the fit
+    and says so)."""
+    if not p.label:
+        return "-"
+    if p.contradicted == ">=":
+        return f"{p.label}; contradicted: measured ≥ {p.lower_bound:.2f}x"
+    if p.contradicted == "<=":
+        return f"{p.label}; contradicted: measured ≤ {p.upper_bound:.2f}x"
+    return p.label
 
 
 def _speedups(doc: Document, an: Analysis, figs: dict[str, str]) -> None:

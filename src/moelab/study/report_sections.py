@@ -88,17 +88,19 @@ def _quality(ma: MetricAnalysis, q: float) -> str:
     return f"{q:.3f}" if ma.kind != "loss" else f"{q:.4g}"
 
 
-def _no_headline_reason(ma: MetricAnalysis, moe: str, dense: str) -> str:
+def no_headline_reason(ma: MetricAnalysis, moe: str, dense: str) -> str:
     if dense in ma.fit_errors:
         return f"no {dense} fit: {ma.fit_errors[dense]}"
     if moe in ma.fit_errors:
         return f"no {moe} frontier: {ma.fit_errors[moe]}"
     pts = ma.speedups.get(moe, [])
-    if pts and all(p.note == "within the chance interval" for p in pts if p.speedup is None):
-        if not any(p.speedup is not None for p in pts):
-            return "accuracy within the chance interval at every quality both families measured"
+    notes = {p.note for p in pts if p.speedup is None}
+    if notes == {"within the chance interval"}:
+        return "accuracy within the chance interval at every quality both families measured"
     if moe not in ma.points or dense not in ma.points:
         return "a family has no points for this metric"
+    if len(notes) == 1:
+        return f"no speedup at any quality: {notes.pop()}"
     return "no quality measured by both families"
 
 
@@ -114,6 +116,17 @@ def _label_cell(h: Headline) -> str:
 def _speedup_cell(h: Headline) -> str:
     prefix = {">=": "≥ ", "<=": "≤ "}.get(h.bound, "")
     return prefix + times(h.speedup)
+
+
+def _interval_cell(h: Headline, n_boot: int) -> str:
+    """The interval, or why there is none where the bootstrap ran."""
+    if h.lo is not None and h.hi is not None:
+        return interval_text(h.lo, h.hi)
+    if h.label == MEASURED_BOUND:
+        return "- (a measured bound)"
+    if n_boot > 0:
+        return f"- (only {h.n_resamples} of {n_boot} resamples reach t)"
+    return "-"
 
 
 def _bounds_cell(ma: MetricAnalysis, moe: str, dense: str, q: float, mode: str) -> str:
@@ -134,14 +147,14 @@ def headline_rows(an: Analysis) -> list[list[str]]:
             h = ma.headlines.get(moe)
             fam = moe if len(an.partner) > 1 else ""
             if h is None:
-                rows.append([name, fam, "-", "-", _no_headline_reason(ma, moe, dense), "-", "-"])
+                rows.append([name, fam, "-", "-", no_headline_reason(ma, moe, dense), "-", "-"])
                 continue
             rows.append(
                 [
                     name,
                     fam,
                     _speedup_cell(h),
-                    interval_text(h.lo, h.hi),
+                    _interval_cell(h, ma.n_bootstrap.get(moe, 0)),
                     _label_cell(h),
                     _quality(ma, h.quality),
                     _bounds_cell(ma, moe, dense, h.quality, mode),
@@ -282,7 +295,7 @@ def spread_blocks(an: Analysis, study: dict, level: int = 2) -> list:
             ood = s.get("loss_out_of_domain")
             rows.append(
                 [
-                    str(s["preset"]),
+                    str(s.get("model") or s["preset"]),
                     s["family"],
                     ", ".join(str(x) for x in s["seeds"]),
                     f"{ind.get('mean', float('nan')):.4f} ± {ind.get('std', float('nan')):.4f}",
@@ -294,7 +307,7 @@ def spread_blocks(an: Analysis, study: dict, level: int = 2) -> list:
         blocks.append(
             Table(
                 [
-                    "preset",
+                    "model",
                     "family",
                     "seeds",
                     "final in-domain loss (mean ± sd)",
