@@ -304,6 +304,19 @@ def compare(
                 else ""
             )
         )
+    # Where each level sits in a resample: a level the MoE frontier measured stays at that MoE
+    # compute (the resample's frontier value there is its quality), the dense range's edge stays
+    # at the largest dense compute. A fixed quality would fall outside a resample's frontier
+    # whenever the seed that reached it is not drawn, leaving the extreme points without an
+    # interval; a fixed compute is inside every resample's measured range.
+    anchors: list[tuple[str, float] | None] = []
+    for q, sp in zip(levels, curve):
+        if edge is not None and q == edge:
+            anchors.append(("dense", hi_c))
+        elif sp.c_moe is not None:
+            anchors.append(("moe", sp.c_moe))
+        else:
+            anchors.append(None)
     samples: list[list[float]] = [[] for _ in levels]
     params: list[tuple[float, float, float]] = []
     n_ok = 0
@@ -319,9 +332,12 @@ def compare(
 
                 def c_dense(t: float, got=got) -> float | None:
                     return _dense_compute_at(got, t)
+
+                def dense_at(c: float, got=got) -> float | None:
+                    return got[0] + math.exp(got[1] - got[2] * math.log(c))
             else:
                 dense_b = fit_monotone(d_b, higher_is_better=hib, mode=dense_fit.mode)
-                c_dense = dense_b.compute_at
+                c_dense, dense_at = dense_b.compute_at, dense_b.predict
             try:
                 moe_b = fit_monotone(
                     m_b, higher_is_better=hib, mode=moe_mode, min_run_fraction=min_run_fraction
@@ -329,10 +345,14 @@ def compare(
             except MoelabError:
                 continue
             n_ok += 1
-            for i, q in enumerate(levels):
-                if curve[i].speedup is None:
+            for i, anchor in enumerate(anchors):
+                if curve[i].speedup is None or anchor is None:
                     continue
-                cd, cm = c_dense(q), moe_b.compute_at(q)
+                side, c = anchor
+                t = moe_b.predict(c) if side == "moe" else dense_at(c)
+                if t is None or (ma.chance is not None and t <= ma.chance[1]):
+                    continue
+                cd, cm = (c_dense(t), c) if side == "moe" else (c, moe_b.compute_at(t))
                 if cd is not None and cm is not None and cm > 0:
                     samples[i].append(cd / cm)
         if isinstance(dense_fit, PowerLawFit) and not dense_fit.intervals:
