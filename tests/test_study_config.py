@@ -69,6 +69,9 @@ def test_plan_numbers_follow_the_trainer_budget():
 
 
 def test_default_study_fits_the_cpu_budget():
+    """The paper's architecture and layout, three sizes per family (so the dense fit brackets
+    the MoE's qualities), annealed points from cooldown branches, replicates of the smallest
+    pair, BLiMP zero-shot where its files exist."""
     cfg = load_study(None)
     plan = make_plan(
         expand_grid(cfg),
@@ -77,21 +80,36 @@ def test_default_study_fits_the_cpu_budget():
         flops_per_second=cfg.flops_per_second,
         measure=False,
     )
-    total = sum(p.train_flops for p in plan)
-    assert 3e13 <= total <= 1.5e14
+    total = sum(p.spent_flops for p in plan)
+    assert 5e13 <= total <= 2e14
     assert cfg.data.vocab_size <= 4096
-    assert {p.family for p in plan} == {"modern-dense", "modern-moe8-top2"}
-    steps = plan[0].steps
-    eval_points = cfg.base["train"]["eval_points"]
-    from moelab.train.budget import eval_steps
+    assert {p.family for p in plan} == {"dense", "moe8-top2"}
+    assert {p.run_config.model.arch for p in plan} == {"paper"}
+    assert {p.run_config.model.init for p in plan} == {"fairseq"}
+    assert {p.run_config.model.moe_every for p in plan if p.run_config.model.is_moe} == {2}
+    for family in ("dense", "moe8-top2"):
+        sizes = {p.preset for p in plan if p.family == family}
+        assert len(sizes) >= 3
+    assert cfg.fit.frontier == "annealed" and cfg.workers == 2 and cfg.threads == 1
+    from moelab.train.budget import cooldowns_of, resolve_budget
 
-    kept = [s for s in eval_steps(steps, eval_points) if s >= cfg.fit.min_run_fraction * steps]
-    assert len(kept) >= 5  # per run, so each family's frontier has at least five points
+    for p in plan:
+        budget = resolve_budget(p.run_config)
+        annealed = [c.end_step for c in cooldowns_of(p.run_config, budget)] + [budget.total_steps]
+        kept = [s for s in annealed if s >= cfg.fit.min_run_fraction * budget.total_steps]
+        assert len(kept) >= 4  # per run: the final point and three cooldown ends
+    seeds = {}
+    for p in plan:
+        seeds.setdefault(p.preset, set()).add(p.run_config.train.seed)
+    assert seeds["dense-cpu-0.5m"] == seeds["moe-cpu-0.5m"] == {1, 2, 3}
+    assert "blimp" in cfg.eval.zero_shot and "blimp" in cfg.eval.optional
 
 
 def test_overrides_and_task_labels():
-    cfg = load_study(None, ["eval.limit=50", "grid.seed=[1,2]", "name=x"])
+    cfg = load_study(None, ["eval.limit=50", "grid.seed=[1,2]", "replicates={}", "name=x"])
     assert cfg.eval.limit == 50 and cfg.grid["seed"] == [1, 2] and cfg.name == "x"
+    with pytest.raises(MoelabError, match="replicates: the grid already varies the seed"):
+        load_study(None, ["grid.seed=[1,2]"])
     assert task_label("/a/b/my_task.jsonl") == "my_task" and task_label("piqa") == "piqa"
 
 
@@ -187,4 +205,32 @@ def test_shipped_cpu_study_plans():
         flops_per_second=cfg.flops_per_second,
         measure=False,
     )
-    assert {p.family for p in plan} == {"modern-dense", "modern-moe8-top2"}
+    assert {p.family for p in plan} == {"dense", "moe8-top2"}
+    assert cfg.fit.frontier == "annealed" and "blimp" in cfg.eval.zero_shot
+
+
+def test_shipped_modern_study_asks_the_default_question_of_the_modern_architecture():
+    from pathlib import Path
+
+    from moelab.study.config import study_to_dict
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "study" / "modern.yaml"
+    modern, default = study_to_dict(load_study(path)), study_to_dict(load_study(None))
+    plan = make_plan(
+        expand_grid(load_study(path)),
+        data_dir=None,
+        vocab_size=2048,
+        flops_per_second=1e11,
+        measure=False,
+    )
+    assert {p.family for p in plan} == {"modern-dense", "modern-moe8-top2-every2"}
+    assert {p.run_config.model.moe_every for p in plan if p.run_config.model.is_moe} == {2}
+    # the same study but for the architecture (and its learning rate)
+    for key in ("eval", "fit", "workers", "threads", "data"):
+        assert modern[key] == default[key], key
+    differs = {
+        k
+        for k in default["base"]["train"]
+        if default["base"]["train"][k] != modern["base"]["train"][k]
+    }
+    assert differs <= {"lr"}

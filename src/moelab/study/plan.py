@@ -39,8 +39,15 @@ class PlannedRun:
 
 
 def family_of(model: ModelConfig, suffix: str = "") -> str:
-    """dense / moe<E>-top<k>, prefixed with the architecture when it is not the paper's."""
+    """dense / moe<E>-top<k>[-every<n>], prefixed with the architecture when it is not the
+    paper's."""
     base = "dense" if not model.is_moe else f"moe{model.n_experts}-top{model.top_k}"
+    # The usual MoE layout of each architecture (paper: every second layer, as in the paper;
+    # modern: every layer, as Mixtral) is implied; any other says so, so that both layouts in
+    # one grid are two families.
+    usual_every = 2 if model.arch == "paper" else 1
+    if model.is_moe and model.moe_every != usual_every:
+        base += f"-every{model.moe_every}"
     if model.arch != "paper":
         base = f"{model.arch}-{base}"
     return base + suffix
@@ -162,8 +169,18 @@ def fmt_seconds(s: float) -> str:
     return f"{s / 3600:.2f}h"
 
 
-def format_plan(plan: list[PlannedRun], eval_note: str = "") -> str:
-    """A human table of the plan, one line per run, with totals."""
+def _makespan(seconds: list[float], workers: int) -> float:
+    """Wall time of jobs handed out longest first to ``workers`` processes."""
+    loads = [0.0] * workers
+    for s in sorted(seconds, reverse=True):
+        loads[loads.index(min(loads))] += s
+    return max(loads)
+
+
+def format_plan(plan: list[PlannedRun], eval_note: str = "", workers: int = 1) -> str:
+    """A human table of the plan, one line per run, with totals (the time on ``workers``
+    processes assumes each runs at the measured single-process speed: true while there are
+    at least as many free cores as workers)."""
     head = (
         f"{'#':>3}  {'run':<34} {'family':<18} {'params':>8} {'active':>8} {'steps':>6} "
         f"{'tokens':>8} {'tok/param':>9} {'FLOPs':>8} {'est. time':>9}"
@@ -188,6 +205,12 @@ def format_plan(plan: list[PlannedRun], eval_note: str = "") -> str:
         f"{len(plan)} runs, {total_flops:.3g} training FLOPs (paper accounting){cooldown_note}, "
         "estimated "
         f"training time {fmt_seconds(total_s)} ({'/'.join(sources)} throughput)"
+        + (
+            f", about {fmt_seconds(_makespan([p.est_seconds for p in plan], workers))} "
+            f"on {workers} worker processes"
+            if workers > 1
+            else ""
+        )
         + (f"; {eval_note}" if eval_note else "")
     )
     return "\n".join(lines)

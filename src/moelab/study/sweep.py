@@ -73,6 +73,9 @@ def eval_note(cfg: StudyConfig) -> str:
     if not parts:
         return "evaluation: validation loss per domain only"
     lim = f"{ev.limit} items per task" if ev.limit else "all items"
+    if ev.limits:
+        lim += "; " + ", ".join(f"{t}: {n}" for t, n in ev.limits.items())
+        lim += " per paradigm" if set(ev.limits) == {"blimp"} else ""
     return "evaluation (not in the estimate): " + "; ".join(parts) + f" ({lim})"
 
 
@@ -164,7 +167,7 @@ def run_study(
             _check_same_config(run_dir(out, p.name), p)
         if plan_only:
             plan = build_plan(cfg, out) if cfg.measure_throughput else checked
-            echo(format_plan(plan, eval_note(cfg)))
+            echo(format_plan(plan, eval_note(cfg), cfg.workers))
             return plan
         created = not out.exists()
         try:
@@ -236,7 +239,7 @@ def _run(
     for p in plan:
         p.run_config.data.dir = str(data_dir)
     atomic_write_json(out / "plan.json", _plan_json(plan))
-    echo(format_plan(plan, eval_note(cfg)))
+    echo(format_plan(plan, eval_note(cfg), cfg.workers))
 
     key = eval_key(cfg.eval)
     for p in plan:
