@@ -234,3 +234,16 @@ def test_shipped_modern_study_asks_the_default_question_of_the_modern_architectu
         if default["base"]["train"][k] != modern["base"]["train"][k]
     }
     assert differs <= {"lr"}
+
+
+def test_per_model_settings_and_replicates():
+    cfg = load_study(None)
+    specs = {s.name: s for s in expand_grid(cfg)}
+    assert specs["dense-cpu-2m"].run_config["train"]["lr"] == 4.0e-3
+    assert specs["moe-cpu-0.5m__seed=3"].run_config["train"]["lr"] == 8.0e-3
+    assert specs["moe-cpu-0.5m__seed=3"].run_config["train"]["seed"] == 3
+    assert specs["moe-cpu-0.5m__seed=3"].values["seed"] == 3
+    with pytest.raises(MoelabError, match="per_model: dense-cpu-8m not in grid.model"):
+        expand_grid(load_study(None, ["per_model.dense-cpu-8m={train.lr: 0.001}"]))
+    with pytest.raises(MoelabError, match="replicates.models: moe-cpu-8m not in grid.model"):
+        expand_grid(load_study(None, ["replicates.models=[moe-cpu-8m]"]))

@@ -86,6 +86,9 @@ class StudyConfig:
     base: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     family_keys: list[str] | None = None  # grid keys whose value joins the family name
+    # Settings of some models only, as dotted run-config keys: {dense-cpu-2m: {train.lr: 4e-3}}
+    # (the paper, too, gives each size its own learning rate; an MoE takes its partner's).
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Extra seeds for some models only (cheap replicates of the small sizes, for intervals):
     # {seeds: [2, 3], models: [dense-cpu-0.5m, moe-cpu-0.5m]}; each adds a run "NAME__seed=S".
     replicates: dict[str, list[Any]] = field(default_factory=dict)
@@ -138,6 +141,12 @@ class StudyConfig:
                 raise MoelabError(f"eval.limits.{task}: must be an integer >= 1, got {n!r}")
         if self.eval.few_shot and self.eval.shots == 0:
             raise MoelabError("eval.shots: few_shot tasks need shots >= 1")
+        for model, settings in self.per_model.items():
+            if not isinstance(settings, dict) or not settings:
+                raise MoelabError(
+                    f"per_model.{model}: expected a mapping of dotted run-config keys, "
+                    "e.g. {train.lr: 0.004}"
+                )
         if set(self.replicates) - {"seeds", "models"}:
             raise MoelabError("replicates: expected the keys 'seeds' and 'models' only")
         if self.replicates and not (self.replicates.get("seeds") and self.replicates.get("models")):

@@ -34,7 +34,7 @@ DEFAULT_STUDY: dict[str, Any] = {
             "budget_tokens": 1_200_000,
             "seq_len": 128,
             "batch_size": 16,  # ~590 steps per run: tiny models need steps more than batch
-            "lr": 3.0e-3,
+            "lr": 6.0e-3,  # per_model below sets each size's
             "warmup_steps": 20,
             "schedule": "wsd",
             "decay_fraction": 0.2,
@@ -56,6 +56,16 @@ DEFAULT_STUDY: dict[str, Any] = {
             "dense-cpu-2m",
             "moe-cpu-2m",
         ]
+    },
+    # Learning rate per size, measured for fairseq init on this corpus and schedule
+    # (docs/model.md); each MoE takes its dense partner's, as in the paper.
+    "per_model": {
+        "dense-cpu-0.5m": {"train.lr": 8.0e-3},
+        "moe-cpu-0.5m": {"train.lr": 8.0e-3},
+        "dense-cpu-1m": {"train.lr": 6.0e-3},
+        "moe-cpu-1m": {"train.lr": 6.0e-3},
+        "dense-cpu-2m": {"train.lr": 4.0e-3},
+        "moe-cpu-2m": {"train.lr": 4.0e-3},
     },
     "replicates": {"seeds": [2, 3], "models": ["dense-cpu-0.5m", "moe-cpu-0.5m"]},
     "eval": {

@@ -111,6 +111,9 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
             model = run_config.get("model")
             base_label = model if isinstance(model, str) else (model or {}).get("preset", "model")
             labels.insert(0, _value_label(base_label))
+        model_label = labels[0]
+        for key, value in cfg.per_model.get(model_label, {}).items():
+            set_dotted(run_config, seed_key if key == "seed" else key, value)
         name = _safe("__".join(labels))
         if name in seen:
             raise MoelabError(
@@ -123,6 +126,9 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
         specs.append(RunSpec(name, index, values, run_config, family_suffix=suffix))
     if not specs:
         raise MoelabError("grid: no runs; give at least one model")
+    unused = set(cfg.per_model) - {_value_label(s.values.get("model", "")) for s in specs}
+    if unused and "model" in cfg.grid:
+        raise MoelabError(f"per_model: {', '.join(sorted(unused))} not in grid.model")
     return specs + _replicates(cfg, specs, seed_key, seen)
 
 
