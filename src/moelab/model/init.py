@@ -41,8 +41,8 @@ def _normal(t: torch.Tensor, std: float, generator: torch.Generator | None) -> N
 def fairseq_rule(name: str, shapes: dict[str, tuple[int, ...]], d_model: int) -> tuple[str, float]:
     """(distribution, scale) of parameter ``name`` under fairseq's init: ``("uniform", bound)``,
     ``("normal", std)`` or ``("const", value)``. ``shapes`` maps every parameter name to its
-    shape (a bias's fan_in is its weight's input size). The tests check drawn tensors against
-    this one statement of the rule."""
+    shape (a bias's fan_in is its weight's input size). tests/test_init.py checks the drawn
+    tensors against its own table of fairseq's rule."""
     leaf = name.rsplit(".", 1)[-1]
     shape = shapes[name]
     if name == "embed.weight":
