@@ -190,9 +190,16 @@ def test_measured_bounds_from_points_alone():
     stable = dense[:2] + [EvalPoint("d2", 2.26e13, 4.314, annealed=False)]
     lo2, _ = bounds_at(stable, moe, 4.280, mode="annealed")
     assert lo2.ratio == pytest.approx(1e13 / 9.44e12)
-    # ... while under frontier: envelope any point may
+    # ... whatever the fit's frontier mode (the review's case: under envelope a stable-phase
+    # point gave false bounds)
     lo3, _ = bounds_at(stable, moe, 4.280, mode="envelope")
-    assert lo3.ratio == pytest.approx(2.26e13 / 9.44e12)
+    assert lo3.ratio == pytest.approx(1e13 / 9.44e12)
+    # runs without any annealed point: each run's final point is the witness
+    plain = [EvalPoint(p.run, p.compute, p.value) for p in dense]
+    lo5, _ = bounds_at(
+        plain, [EvalPoint(p.run, p.compute, p.value) for p in moe], 4.280, mode="envelope"
+    )
+    assert lo5.ratio == pytest.approx(2.26e13 / 9.44e12)
     # "reached" may be shown by any point: a dense stable-phase point at 8e12 reaching 4.28
     # removes the lower bound's evidence past it
     lo4, _ = bounds_at(dense + [EvalPoint("d2", 8e12, 4.27)], moe, 4.280, mode="annealed")

@@ -247,3 +247,19 @@ def test_per_model_settings_and_replicates():
         expand_grid(load_study(None, ["per_model.dense-cpu-8m={train.lr: 0.001}"]))
     with pytest.raises(MoelabError, match="replicates.models: moe-cpu-8m not in grid.model"):
         expand_grid(load_study(None, ["replicates.models=[moe-cpu-8m]"]))
+
+
+def test_replicate_seed_equal_to_the_base_seed_is_refused():
+    with pytest.raises(MoelabError, match="replicates.seeds: 2 is already the seed of"):
+        expand_grid(load_study(None, ["base.train.seed=2"]))
+    specs = expand_grid(load_study(None, ["base.train.seed=11", "replicates.seeds=[12,13]"]))
+    assert sorted({s.run_config["train"]["seed"] for s in specs}) == [11, 12, 13]
+
+
+def test_frontier_defaults_to_annealed_when_the_runs_fork_cooldowns(tmp_path):
+    base = {"model": "dense-cpu-0.5m", "train": {"budget_tokens": 1000}}
+    plain = StudyConfig(base=base).validate()
+    assert plain.fit.frontier == "envelope"
+    wsd = {"model": "dense-cpu-0.5m", "train": {"schedule": "wsd", "cooldowns": 2}}
+    assert StudyConfig(base=wsd).validate().fit.frontier == "annealed"
+    assert StudyConfig(base=wsd, workers=2).validate().threads == 1

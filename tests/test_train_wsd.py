@@ -128,3 +128,21 @@ def test_branches_are_annealed_leave_no_trace_and_resume_exactly(prepared, tmp_p
     assert _timeless(read_metrics(resumed)) == _timeless(rows)
     c = _weights(resumed)
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_cooldown_plan_forks_are_distinct_and_in_the_stable_phase():
+    for total in range(2, 80):
+        for warmup in (0, 1, 3):
+            for f in (0.1, 0.2, 0.5, 0.7, 0.9):
+                s = LrSchedule(1.0, warmup, total, "wsd", decay_fraction=f)
+                plan = cooldown_plan(s, 6)
+                forks = [c.fork_step for c in plan]
+                assert len(set(forks)) == len(forks), (total, warmup, f)
+                assert all(warmup < c.fork_step < s.decay_start for c in plan)
+                assert all(s(c.fork_step) == 1.0 for c in plan)  # forked at the peak rate
+
+
+def test_cooldowns_need_validation(prepared):
+    raw = tiny_config(prepared, schedule="wsd", cooldowns=2, eval_tokens=0)
+    with pytest.raises(MoelabError, match="train.cooldowns: cooldown branches exist to be"):
+        load_run_config(raw)

@@ -58,13 +58,14 @@ class MeasuredBound:
 
 
 def eligible(points: Sequence[EvalPoint], mode: str) -> list[EvalPoint]:
-    """The points that may show "not reached by this compute" under fit ``mode``: annealed
-    points for ``annealed``, each run's final point for ``final``, every point otherwise."""
-    if mode == "annealed":
-        return [p for p in points if p.annealed]
-    if mode == "final":
-        return select_points(points, "final")
-    return list(points)
+    """The points that may show "not reached by this compute": only a model whose learning rate
+    had decayed is a fair witness (a mid-run point of a decaying schedule is worse than the
+    annealed model of the same compute), so annealed points when the runs have any, else each
+    run's final point, whatever the fit ``mode``."""
+    annealed = [p for p in points if p.annealed]
+    if annealed:
+        return annealed
+    return select_points(points, "final")
 
 
 def _better(a: float, b: float, higher_is_better: bool) -> bool:

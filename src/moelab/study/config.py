@@ -71,7 +71,9 @@ class StudyEval:
 
 @dataclass
 class StudyFit:
-    frontier: str = "envelope"  # "envelope": lower envelope of every validation point; "final"
+    # annealed | envelope | final | all (docs/fit.md). Default: "annealed" when the base run's
+    # schedule forks cooldown branches (schedule wsd, cooldowns > 0), else "envelope".
+    frontier: str | None = None
     bootstrap: int = 200  # resamples over runs for parameter uncertainty
     # Drop each run's points below this fraction of its final compute before fitting: the first
     # steps (warm-up, loss above the unigram level) follow no power law.
@@ -119,6 +121,10 @@ class StudyConfig:
             raise MoelabError("base.model: missing; name a preset in base.model or grid.model")
         from moelab.study.fit import MODES
 
+        if self.fit.frontier is None:
+            train = self.base.get("train") or {}
+            branches = train.get("schedule") == "wsd" and (train.get("cooldowns") or 0) > 0
+            self.fit.frontier = "annealed" if branches else "envelope"
         if self.fit.frontier not in MODES:
             raise MoelabError(
                 f"fit.frontier: must be one of {', '.join(MODES)}, not {self.fit.frontier!r}"
@@ -155,6 +161,8 @@ class StudyConfig:
             raise MoelabError("replicates: the grid already varies the seed; use one of the two")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise MoelabError(f"workers: must be an integer >= 1, got {self.workers!r}")
+        if self.workers > 1 and self.threads is None:
+            self.threads = 1  # one per worker process, in sequence as in parallel
         if self.threads is not None and self.threads < 1:
             raise MoelabError(f"threads: must be >= 1 or null, got {self.threads}")
         if not (self.flops_per_second > 0 and math.isfinite(self.flops_per_second)):

@@ -66,7 +66,8 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
     tdir = tasks_dir_of(cfg)
     result["skipped_tasks"] = {}
     for name in dict.fromkeys(ev.zero_shot + ev.few_shot):
-        if name in ev.optional and not task_available(name, tdir):
+        optional = name in ev.optional or name.split(":", 1)[0] in ev.optional
+        if optional and not task_available(name, tdir):
             why = f"not found under {tdir} (optional in this study: skipped)"
             result["skipped_tasks"][task_label(name)] = why
             echo(f"    {name}: {why}")
@@ -144,7 +145,8 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
 
 def _limit(name: str, ev) -> int | None:
     """Items per task; BLiMP counts its limit per paradigm (``eval.limits`` overrides any)."""
-    return ev.limits.get(task_label(name), ev.limit)
+    label = task_label(name)
+    return ev.limits.get(label, ev.limits.get(label.split(":", 1)[0], ev.limit))
 
 
 def task_available(name: str, tasks_dir: str | None) -> bool:

@@ -150,6 +150,12 @@ def _replicates(
         for spec in specs:
             if _value_label(spec.values.get("model", "")) not in wanted:
                 continue
+            own = (spec.run_config.get("train") or {}).get("seed", 1)
+            if seed == own:
+                raise MoelabError(
+                    f"replicates.seeds: {seed} is already the seed of {spec.name} (train.seed); "
+                    "give replicate seeds other than the base seed"
+                )
             run_config = copy.deepcopy(spec.run_config)
             set_dotted(run_config, seed_key, seed)
             name = _safe(f"{spec.name}__seed={_value_label(seed)}")

@@ -169,7 +169,7 @@ def fmt_seconds(s: float) -> str:
     return f"{s / 3600:.2f}h"
 
 
-def _makespan(seconds: list[float], workers: int) -> float:
+def makespan(seconds: list[float], workers: int) -> float:
     """Wall time of jobs handed out longest first to ``workers`` processes."""
     loads = [0.0] * workers
     for s in sorted(seconds, reverse=True):
@@ -206,7 +206,7 @@ def format_plan(plan: list[PlannedRun], eval_note: str = "", workers: int = 1) -
         "estimated "
         f"training time {fmt_seconds(total_s)} ({'/'.join(sources)} throughput)"
         + (
-            f", about {fmt_seconds(_makespan([p.est_seconds for p in plan], workers))} "
+            f", about {fmt_seconds(makespan([p.est_seconds for p in plan], workers))} "
             f"on {workers} worker processes"
             if workers > 1
             else ""

@@ -301,7 +301,7 @@ def _train_and_evaluate(
     printed), so the parent prints each run's lines together."""
     import torch
 
-    torch.set_num_threads(cfg.threads or 1)
+    torch.set_num_threads(cfg.threads or 1)  # validate() sets 1 when workers > 1
     lines: list[str] = []
     train_s = 0.0
     if train:
@@ -324,14 +324,17 @@ def _run_parallel(
     import multiprocessing
 
     order = sorted(todo, key=lambda ip: -ip[1].est_seconds)
-    total_est = sum(p.est_seconds for _, p in todo) / cfg.workers
+    from moelab.study.plan import makespan
+
+    total_est = makespan([p.est_seconds for _, p in todo], cfg.workers)
     echo(
         f"{len(todo)} runs on {cfg.workers} worker processes ({cfg.threads or 1} thread each); "
         f"estimated training time {fmt_seconds(total_est)} + evaluation"
     )
     start = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    with cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx) as pool:
+    pool = cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx)
+    try:
         futures = {}
         for i, planned in order:
             path = run_dir(out, planned.name)
@@ -341,28 +344,26 @@ def _run_parallel(
                 state, "evaluating"
             )
             echo(f"[{i}/{n}] queued: {verb} {planned.name} ({planned.family})")
-            futures[pool.submit(_train_and_evaluate, cfg, planned, path, key, train)] = (
-                i,
-                planned,
+            job = pool.submit(_train_and_evaluate, cfg, planned, path, key, train)
+            futures[job] = (i, planned)
+        for done, fut in enumerate(cf.as_completed(futures), 1):
+            i, planned = futures[fut]
+            train_s, eval_s, lines = fut.result()  # a run's error stops the study here
+            echo(
+                f"[{i}/{n}] finished {planned.name}: training {fmt_seconds(train_s)}, "
+                f"evaluation {fmt_seconds(eval_s)} ({done}/{len(todo)} done, "
+                f"{fmt_seconds(time.perf_counter() - start)} elapsed)"
             )
-        done = 0
-        try:
-            for fut in cf.as_completed(futures):
-                i, planned = futures[fut]
-                train_s, eval_s, lines = fut.result()  # a run's error stops the study here
-                done += 1
-                elapsed = time.perf_counter() - start
-                echo(
-                    f"[{i}/{n}] finished {planned.name}: training {fmt_seconds(train_s)}, "
-                    f"evaluation {fmt_seconds(eval_s)} ({done}/{len(todo)} done, "
-                    f"{fmt_seconds(elapsed)} elapsed)"
-                )
-                for line in lines:
-                    echo(line)
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
+            for line in lines:
+                echo(line)
+    except BaseException:
+        # Ctrl-C or a failed run: stop now. The workers are killed, not waited for (each would
+        # start its next queued run first); every run resumes from its last checkpoint.
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 def _evaluate_one(

@@ -129,6 +129,12 @@ class TrainConfig:
             raise bad("decay_fraction", f"must be in (0, 1), got {self.decay_fraction}")
         if self.cooldowns < 0:
             raise bad("cooldowns", f"must be >= 0, got {self.cooldowns}")
+        if self.cooldowns and self.eval_tokens == 0:
+            raise bad(
+                "cooldowns",
+                "cooldown branches exist to be validated; set train.eval_tokens > 0 or "
+                "train.cooldowns=0",
+            )
         if self.cooldowns and self.schedule != "wsd":
             raise bad(
                 "cooldowns",

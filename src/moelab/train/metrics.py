@@ -84,6 +84,10 @@ class MetricsWriter:
 
     def _write_tensorboard(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
+        if row.get("branch"):  # a cooldown branch's end: its own series, not the main run's
+            for dom, v in (row.get("val_loss") or {}).items():
+                self._tb.add_scalar(f"cooldown_val_loss/{dom}", v, step)
+            return
         for key in ("loss", "aux_loss", "z_loss", "lr", "tokens_per_s", "grad_norm"):
             v = row.get(key)
             if isinstance(v, int | float) and math.isfinite(v):

@@ -96,9 +96,13 @@ def cooldown_plan(schedule: LrSchedule, n_branches: int) -> list[Cooldown]:
     out: list[Cooldown] = []
     for i in range(1, n_branches + 1):
         # a WSD run of total / 2**i steps: its decay starts at this fork
-        total_i = schedule.total_steps / 2**i
-        fork = round(total_i - decay_steps(round(total_i), f))
+        total_i = round(schedule.total_steps / 2**i)
+        fork = total_i - decay_steps(total_i, f)
+        # Forks must lie in the stable phase (after warmup, before the main decay) and be
+        # distinct: tiny runs have room for fewer branches than asked.
         if fork <= schedule.warmup_steps or fork < 1:
             break
-        out.append(Cooldown(fork, max(1, round(total_i) - fork)))
+        if fork >= schedule.decay_start or any(c.fork_step == fork for c in out):
+            continue
+        out.append(Cooldown(fork, total_i - fork))
     return sorted(out, key=lambda c: c.fork_step)

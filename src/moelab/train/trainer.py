@@ -102,6 +102,10 @@ class Trainer:
     def unwrap(self, model: nn.Module) -> nn.Module:
         return model
 
+    def reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean over ranks (one process: the value itself)."""
+        return x
+
     def all_finite(self, finite: torch.Tensor) -> bool:
         """True when the loss and gradients are finite on every rank (one process: this one)."""
         return bool(finite)
@@ -157,7 +161,8 @@ class Trainer:
         state, and return its metrics row (``annealed``: the rate ended at the floor)."""
         t, budget = self.cfg.train, self.budget
         snap = take_snapshot(self.unwrap(model), optimizer)
-        ce, n_ok, lr = 0.0, 0, t.lr
+        ce = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_ok, lr, last_ok = 0, t.lr, False
         t0 = time.perf_counter()
         try:
             for j in range(1, c.length + 1):
@@ -166,22 +171,25 @@ class Trainer:
                 step = c.fork_step + j
                 batch = stream.batch(step, self.rank, self.world).to(self.device)
                 res = self._train_step(model, batch, optimizer, params, None)
+                last_ok = res.updated
                 if res.updated:
-                    ce += float(res.ce_loss)
+                    ce += res.ce_loss.double()
                     n_ok += 1
-            val = evaluate(model, eval_sets, self.device, self.autocast) if eval_sets else {}
+            val = evaluate(model, eval_sets, self.device, self.autocast)
+            loss = float(self.reduce_mean(ce) / n_ok) if n_ok else math.nan
         finally:
             restore_snapshot(self.unwrap(model), optimizer, snap)
         return {
             "step": c.end_step,
             "fork_step": c.fork_step,
             "branch": True,
-            "annealed": True,
+            # Annealed only if the decay really happened: every update of the branch applied.
+            "annealed": n_ok == c.length and last_ok,
             "tokens": budget.tokens_at(c.end_step),
             "flops": budget.flops_at(c.end_step),
             "flops_spent": self.flops_spent(c.fork_step),
             "lr": lr,
-            "loss": ce / n_ok if n_ok else math.nan,
+            "loss": loss,
             "skipped_updates": c.length - n_ok,
             "val_loss": val,
             "wall_s": time.perf_counter() - t0,
@@ -290,6 +298,9 @@ class Trainer:
         stream = TrainStream(data, t.seq_len, t.batch_size, t.seed, weights=cfg.data.weights)
         eval_bs = t.eval_batch_size or self.micro_batch
         eval_sets = build_eval_sets(data, t.seq_len, t.eval_tokens, eval_bs)
+        if self.cooldowns and not eval_sets:
+            self._say("no validation split in the data: the cooldown branches are skipped")
+            self.cooldowns, self.fork_at = [], {}
 
         seed_everything(t.seed)
         self.model = model = self.build_model()
@@ -392,7 +403,10 @@ class Trainer:
                     )
                     if is_eval:
                         row["val_loss"] = val_loss
-                        row["annealed"] = is_last and self.schedule.ends_annealed()
+                        # the last update must have applied for the model to be the decayed one
+                        row["annealed"] = (
+                            is_last and self.schedule.ends_annealed() and nonfinite_run == 0
+                        )
                     writer.write(row)
                     last = row
                     bar.update(step, row.get("loss"), row["tokens_per_s"])
@@ -409,7 +423,7 @@ class Trainer:
                         f"gradients in a row (train.max_nonfinite_in_row); {where}; lower "
                         "train.lr, set train.clip, or use train.dtype=fp32"
                     )
-                if step in self.fork_at and nonfinite_run == 0:
+                if step in self.fork_at and eval_sets:
                     # Before the checkpoint: a checkpoint at a fork step means its branch
                     # (and its row) is done, so a resume never has to redo or skip one.
                     branch = self._cooldown(
