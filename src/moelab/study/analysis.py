@@ -191,31 +191,19 @@ def headline(
     fit_text = f"the fit gave {_x(p.speedup)}" + (
         f" [{_x(p.lo)}, {_x(p.hi)}]" if p.lo is not None else ""
     )
-    if p.contradicted == ">=":
+    if p.contradicted in (">=", "<="):
+        lower = p.contradicted == ">="
         return replace(
             h,
-            speedup=p.lower_bound,
+            speedup=p.lower_bound if lower else p.upper_bound,
             label=MEASURED_BOUND,
             lo=None,
             hi=None,
-            bound=">=",
+            bound=p.contradicted,
             fit_speedup=p.speedup,
             fit_lo=p.lo,
             fit_hi=p.hi,
-            note=f"{fit_text}, below what the runs measured",
-        )
-    if p.contradicted == "<=":
-        return replace(
-            h,
-            speedup=p.upper_bound,
-            label=MEASURED_BOUND,
-            lo=None,
-            hi=None,
-            bound="<=",
-            fit_speedup=p.speedup,
-            fit_lo=p.lo,
-            fit_hi=p.hi,
-            note=f"{fit_text}, above what the runs measured",
+            note=f"{fit_text}, {'below' if lower else 'above'} what the runs measured",
         )
     return h
 
