@@ -97,11 +97,11 @@ def test_default_study_fits_the_cpu_budget():
         budget = resolve_budget(p.run_config)
         annealed = [c.end_step for c in cooldowns_of(p.run_config, budget)] + [budget.total_steps]
         kept = [s for s in annealed if s >= cfg.fit.min_run_fraction * budget.total_steps]
-        assert len(kept) >= 4  # per run: the final point and three cooldown ends
+        assert len(kept) >= 3  # per run: the final point and two cooldown ends
     seeds = {}
     for p in plan:
         seeds.setdefault(p.preset, set()).add(p.run_config.train.seed)
-    assert seeds["dense-cpu-0.5m"] == seeds["moe-cpu-0.5m"] == {1, 2, 3}
+    assert seeds["dense-cpu-0.5m"] == seeds["moe-cpu-0.5m"] == {1, 2}
     assert "blimp" in cfg.eval.zero_shot and "blimp" in cfg.eval.optional
 
 
@@ -240,9 +240,9 @@ def test_per_model_settings_and_replicates():
     cfg = load_study(None)
     specs = {s.name: s for s in expand_grid(cfg)}
     assert specs["dense-cpu-2m"].run_config["train"]["lr"] == 4.0e-3
-    assert specs["moe-cpu-0.5m__seed=3"].run_config["train"]["lr"] == 8.0e-3
-    assert specs["moe-cpu-0.5m__seed=3"].run_config["train"]["seed"] == 3
-    assert specs["moe-cpu-0.5m__seed=3"].values["seed"] == 3
+    assert specs["moe-cpu-0.5m__seed=2"].run_config["train"]["lr"] == 8.0e-3
+    assert specs["moe-cpu-0.5m__seed=2"].run_config["train"]["seed"] == 2
+    assert specs["moe-cpu-0.5m__seed=2"].values["seed"] == 2
     with pytest.raises(MoelabError, match="per_model: dense-cpu-8m not in grid.model"):
         expand_grid(load_study(None, ["per_model.dense-cpu-8m={train.lr: 0.001}"]))
     with pytest.raises(MoelabError, match="replicates.models: moe-cpu-8m not in grid.model"):
@@ -252,8 +252,8 @@ def test_per_model_settings_and_replicates():
 def test_replicate_seed_equal_to_the_base_seed_is_refused():
     with pytest.raises(MoelabError, match="replicates.seeds: 2 is already the seed of"):
         expand_grid(load_study(None, ["base.train.seed=2"]))
-    specs = expand_grid(load_study(None, ["base.train.seed=11", "replicates.seeds=[12,13]"]))
-    assert sorted({s.run_config["train"]["seed"] for s in specs}) == [11, 12, 13]
+    specs = expand_grid(load_study(None, ["base.train.seed=11", "replicates.seeds=[12]"]))
+    assert sorted({s.run_config["train"]["seed"] for s in specs}) == [11, 12]
 
 
 def test_frontier_defaults_to_annealed_when_the_runs_fork_cooldowns(tmp_path):
