@@ -49,7 +49,7 @@ def test_unknown_preset_names_close_matches():
 
 def test_compute_partners_have_same_width_and_depth():
     moes = [n for n in PRESETS if get_preset(n).is_moe]
-    assert len(moes) == 4 + 8 + 4
+    assert len(moes) == 4 + 10 + 5  # paper, CPU paper and modern, CPU modern every2
     for moe in moes:
         dense_name = compute_partner(moe)
         assert dense_name is not None and moe in moe_partners(dense_name)
@@ -79,7 +79,7 @@ def test_paper_presets_follow_the_paper():
 
 
 def test_cpu_ladder_sizes():
-    for tag, target in [("0.5m", 0.5e6), ("1m", 1e6), ("2m", 2e6), ("8m", 8e6)]:
+    for tag, target in [("0.25m", 0.25e6), ("0.5m", 0.5e6), ("1m", 1e6), ("2m", 2e6), ("8m", 8e6)]:
         for suffix in ("", "-modern"):
             dense = get_preset(f"dense-cpu-{tag}{suffix}")
             moe = get_preset(f"moe-cpu-{tag}{suffix}")
@@ -95,7 +95,7 @@ def test_cpu_ladder_sizes():
         assert dataclasses.replace(every2, name=modern.name, moe_every=1) == modern
         assert compute_partner(every2.name) == f"dense-cpu-{tag}-modern"
         assert every2.moe_layer_ids() == get_preset(f"moe-cpu-{tag}").moe_layer_ids()
-    assert len(CPU_PRESETS) == 20
+    assert len(CPU_PRESETS) == 25
 
 
 def test_flops_ratio_to_partner():

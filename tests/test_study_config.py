@@ -101,7 +101,7 @@ def test_default_study_fits_the_cpu_budget():
     seeds = {}
     for p in plan:
         seeds.setdefault(p.preset, set()).add(p.run_config.train.seed)
-    assert seeds["dense-cpu-0.5m"] == seeds["moe-cpu-0.5m"] == {1, 2}
+    assert seeds["dense-cpu-0.25m"] == seeds["moe-cpu-0.25m"] == {1, 2}
     assert "blimp" in cfg.eval.zero_shot and "blimp" in cfg.eval.optional
 
 
@@ -239,10 +239,10 @@ def test_shipped_modern_study_asks_the_default_question_of_the_modern_architectu
 def test_per_model_settings_and_replicates():
     cfg = load_study(None)
     specs = {s.name: s for s in expand_grid(cfg)}
-    assert specs["dense-cpu-2m"].run_config["train"]["lr"] == 4.0e-3
-    assert specs["moe-cpu-0.5m__seed=2"].run_config["train"]["lr"] == 8.0e-3
-    assert specs["moe-cpu-0.5m__seed=2"].run_config["train"]["seed"] == 2
-    assert specs["moe-cpu-0.5m__seed=2"].values["seed"] == 2
+    assert specs["dense-cpu-1m"].run_config["train"]["lr"] == 6.0e-3
+    assert specs["moe-cpu-0.25m__seed=2"].run_config["train"]["lr"] == 1.0e-2
+    assert specs["moe-cpu-0.25m__seed=2"].run_config["train"]["seed"] == 2
+    assert specs["moe-cpu-0.25m__seed=2"].values["seed"] == 2
     with pytest.raises(MoelabError, match="per_model: dense-cpu-8m not in grid.model"):
         expand_grid(load_study(None, ["per_model.dense-cpu-8m={train.lr: 0.001}"]))
     with pytest.raises(MoelabError, match="replicates.models: moe-cpu-8m not in grid.model"):

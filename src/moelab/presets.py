@@ -4,17 +4,16 @@ Every MoE preset has a dense *compute partner* with the same width and depth (PA
 only adds experts, so its training FLOPs per token are the partner's plus one active FFN per MoE
 layer (top-2). ``get_preset`` returns a fresh copy, so callers may edit what they get.
 
-CPU ladder (vocab 4096, context 256): dense and MoE pairs at about 0.5M, 2M and 8M non-embedding
-parameters, the MoE with 8 experts every second layer and top-2, like the paper at 1/64 of the
-experts. Dropout is 0 there: these runs see each token about once and are far from overfitting,
-where dropout only slows learning. The ``-modern`` pairs use the modern architecture (RMSNorm,
-SwiGLU with ``d_ffn ~ 8/3 d`` so the FFN keeps the GELU model's size, rotary positions, no biases)
-with MoE in every layer, the layout Llama and Mixtral checkpoints use; the ``-modern-every2``
-MoEs put it in every second layer like the paper (same dense partner), so a modern study can
-match the paper's layout and its FLOPs ratio of an MoE token to a dense one.
-
-Every preset names its initialisation: ``fairseq`` for the paper architecture (what the paper's
-models started from), ``scaled_normal`` for the modern one (docs/model.md).
+CPU ladder (vocab 4096, context 256): dense and MoE pairs at about 0.25M, 0.5M, 1M, 2M and 8M
+non-embedding parameters, the MoE with 8 experts every second layer and top-2, like the paper at
+1/64 of the experts. Dropout is 0 there: these runs see each token about once and are far from
+overfitting, where dropout only slows learning. The ``-modern`` pairs use the modern architecture
+(RMSNorm, SwiGLU with ``d_ffn ~ 8/3 d`` so the FFN keeps the GELU model's size, rotary positions,
+no biases) with MoE in every layer, the layout Llama and Mixtral checkpoints use; the
+``-modern-every2`` MoEs put it in every second layer like the paper (same dense partner), so a
+modern study can match the paper's layout and its FLOPs ratio of an MoE token to a dense one. Every
+preset names its initialisation: ``fairseq`` for the paper architecture (what the paper's models
+started from), ``scaled_normal`` for the modern one (docs/model.md).
 """
 
 from __future__ import annotations
@@ -110,7 +109,13 @@ def _build() -> tuple[dict[str, ModelConfig], dict[str, str]]:
         partner_of_moe[moe_name] = dense_name
 
     # CPU ladder: (size tag, layers, d_model, heads); head dim 32 throughout.
-    ladder = [("0.5m", 4, 96, 3), ("1m", 5, 128, 4), ("2m", 6, 160, 5), ("8m", 10, 256, 8)]
+    ladder = [
+        ("0.25m", 4, 64, 2),
+        ("0.5m", 4, 96, 3),
+        ("1m", 5, 128, 4),
+        ("2m", 6, 160, 5),
+        ("8m", 10, 256, 8),
+    ]
     for modern in (False, True):
         suffix = "-modern" if modern else ""
         for tag, n_layers, d_model, n_heads in ladder:
