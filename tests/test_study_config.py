@@ -263,3 +263,16 @@ def test_frontier_defaults_to_annealed_when_the_runs_fork_cooldowns(tmp_path):
     wsd = {"model": "dense-cpu-0.5m", "train": {"schedule": "wsd", "cooldowns": 2}}
     assert StudyConfig(base=wsd).validate().fit.frontier == "annealed"
     assert StudyConfig(base=wsd, workers=2).validate().threads == 1
+
+
+def test_shipped_small_cpu_study_plans():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "study" / "cpu-small.yaml"
+    cfg = load_study(path)
+    plan = make_plan(
+        expand_grid(cfg), data_dir=None, vocab_size=4096, flops_per_second=1e11, measure=False
+    )
+    assert {p.family for p in plan} == {"dense", "moe8-top2"}
+    assert len({p.preset for p in plan}) == 6 and cfg.workers == 2
+    assert "blimp" in cfg.eval.zero_shot and cfg.eval.few_shot and not cfg.eval.finetune
