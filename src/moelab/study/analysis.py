@@ -435,14 +435,16 @@ def analyse_loss(
     return ma
 
 
-def _zero_shot_chance(meta: dict[str, Any]) -> tuple[float, float] | None:
-    tasks = meta.get("zero_shot_tasks") or []
+def _zero_shot_chance(meta: dict[str, Any], key: str = "chance") -> tuple[float, float] | None:
+    """Interval a chance-level model's mean accuracy lands in (``key="score_chance"``: the same
+    binomial band around the score's chance level, conservative for a score in [0, 1])."""
+    tasks = [t for t in meta.get("zero_shot_tasks") or [] if t in meta.get("tasks", {})]
     info = meta.get("tasks", {})
-    known = [t for t in tasks if t in info and info[t].get("chance") is not None]
+    known = [t for t in tasks if info[t].get(key) is not None]
     if not known or len(known) != len(tasks):
         return None
     return mean_chance_interval(
-        [info[t]["chance"] for t in known], [int(info[t]["n_items"]) for t in known]
+        [info[t][key] for t in known], [int(info[t]["n_items"]) for t in known]
     )
 
 
@@ -482,6 +484,11 @@ def analyse_zero_shot(
                 n_bootstrap=bootstrap,
                 min_run_fraction=0.0,
             )
+            # One final point per run and item noise of a few points: a bound at a quality a
+            # chance-level model reaches is noise, not a measurement.
+            band = ma.chance if not score else _zero_shot_chance(meta, "score_chance")
+            if band is not None:
+                ma.bounds[moe] = [b for b in ma.bounds.get(moe, []) if b.quality > band[1]]
     return ma
 
 
