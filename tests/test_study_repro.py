@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -60,3 +65,46 @@ def test_same_seed_same_table_in_sequence_and_in_parallel(tmp_path, capsys):
         assert len(final) == 1 and final[0]["annealed"] == "true" and final[0]["branch"] == "false"
         # spent compute counts the cooldowns: more than the trajectory's at the end
         assert float(final[0]["train_flops_spent"]) > float(final[0]["train_flops"])
+
+
+def _children(pid: int) -> list[int]:
+    import subprocess
+
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(x) for x in out.stdout.split()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_killing_a_parallel_study_ends_its_workers(tmp_path):
+    """SIGKILL to the study process alone: its worker processes end too, instead of training on
+    as orphans."""
+    cfg_path = mini_study(tmp_path, with_tasks=False, budget_tokens=200_000)
+    study = yaml.safe_load(cfg_path.read_text())
+    study["workers"] = 2
+    study["eval"] = {"ppl": False}
+    cfg_path.write_text(yaml.safe_dump(study, sort_keys=False))
+    cmd = [sys.executable, "-m", "moelab", "study", str(cfg_path), "--out", str(tmp_path / "o")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        workers: list[int] = []
+        while time.monotonic() < deadline and len(workers) < 2:
+            workers = [
+                c
+                for c in _children(proc.pid)
+                if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="replace")
+            ]
+            time.sleep(0.2)
+        assert len(workers) == 2, "the study did not start two workers"
+        time.sleep(2)  # let them import and start training
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):
+            time.sleep(0.2)
+        alive = [w for w in workers if Path(f"/proc/{w}").exists()]
+        assert not alive, f"workers {alive} outlived the killed study"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -10,6 +10,7 @@ device-list scheduler would hand runs to worker processes (one ``moelab train`` 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -293,6 +294,23 @@ def _run(
     return plan
 
 
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: on Linux, ask the kernel to end this worker when the study process
+    dies (a SIGTERM or SIGKILL to the study alone would otherwise leave its workers training).
+    Elsewhere a worker notices only when it reports its run."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    if os.getppid() != parent:  # the study died before the request was made
+        os._exit(1)
+
+
 def _train_and_evaluate(
     cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train: bool
 ) -> tuple[float, float, list[str]]:
@@ -333,7 +351,12 @@ def _run_parallel(
     )
     start = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
-    pool = cf.ProcessPoolExecutor(max_workers=cfg.workers, mp_context=ctx)
+    pool = cf.ProcessPoolExecutor(
+        max_workers=cfg.workers,
+        mp_context=ctx,
+        initializer=_die_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         futures = {}
         for i, planned in order:
