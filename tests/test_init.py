@@ -196,3 +196,16 @@ def test_init_choice_changes_the_config_hash():
     custom = run_config({"arch": "modern", "n_layers": 2, "d_model": 64, "n_heads": 2})
     assert custom.to_dict()["model"]["init"] == "scaled_normal"
     assert "init: scaled_normal" in custom.to_yaml()
+
+
+def test_arch_override_on_a_preset_takes_that_arch_init():
+    """{preset: dense-cpu-0.5m, arch: modern} is a modern model: it gets the modern init unless
+    the config names one."""
+    from moelab.train.config import _resolve_model
+
+    cfg, _, _ = _resolve_model({"preset": "dense-cpu-0.5m", "arch": "modern"})
+    assert cfg.arch == "modern" and cfg.init == "scaled_normal"
+    cfg, _, _ = _resolve_model({"preset": "dense-cpu-0.5m", "arch": "modern", "init": "fairseq"})
+    assert cfg.init == "fairseq"
+    cfg, _, _ = _resolve_model({"preset": "dense-cpu-0.5m-modern", "arch": "paper"})
+    assert cfg.init == "fairseq"

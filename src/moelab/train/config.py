@@ -249,6 +249,8 @@ def _resolve_model(spec: Any) -> tuple[ModelConfig, dict[str, Any], str | None]:
     spec = dict(spec)
     name = spec.pop("preset", None)
     base = to_dict(preset(name, "model.preset")) if name is not None else {}
+    if "arch" in spec and "init" not in spec:
+        base.pop("init", None)  # the preset's init belongs to its arch: resolve the new arch's
     from_dict(ModelConfig, spec, "model")  # type-check the user's keys on their own first
     cfg = from_dict(ModelConfig, {**base, **spec}, "model")
     return cfg, spec, name
