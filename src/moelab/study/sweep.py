@@ -251,12 +251,20 @@ def _run(
         echo(f"{n - len(todo)} of {n} runs already finished; skipping them")
     if cfg.workers > 1 and len(todo) > 1:
         _run_parallel(cfg, out, todo, n, key, echo)
-        echo(f"all {n} runs finished; writing the results table, fits and report")
-        from moelab.study.report import build_report
+    else:
+        _run_sequential(cfg, out, todo, n, key, echo)
+    echo(f"all {n} runs finished; writing the results table, fits and report")
+    from moelab.study.report import build_report
 
-        record_study_time(cfg, out, started)
-        build_report(out, echo=echo)
-        return plan
+    record_study_time(cfg, out, started)
+    build_report(out, echo=echo)
+    return plan
+
+
+def _run_sequential(
+    cfg: StudyConfig, out: Path, todo: list[tuple[int, PlannedRun]], n: int, key: str, echo: Echo
+) -> None:
+    """Train and evaluate ``todo`` one run after another in this process, with an ETA."""
     remaining_est = sum(p.est_seconds for _, p in todo)
     spent_actual = spent_est = 0.0
     # Evaluation does a fixed amount of work per run whatever its training budget, scaling
@@ -286,12 +294,6 @@ def _run(
         echo(f"[{i}/{n}] evaluating {planned.name}")
         eval_s += _evaluate_one(cfg, planned, path, key, train_s, echo)
         eval_flops_per_token += planned.flops_per_token
-    echo(f"all {n} runs finished; writing the results table, fits and report")
-    from moelab.study.report import build_report
-
-    record_study_time(cfg, out, started)
-    build_report(out, echo=echo)
-    return plan
 
 
 def _die_with_parent(parent: int) -> None:
