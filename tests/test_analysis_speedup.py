@@ -103,8 +103,8 @@ def test_noisy_runs_give_an_interval_that_holds_the_truth():
     assert h.label == INTERPOLATED
     assert h.lo < h.speedup < h.hi and h.lo < 2.0 < h.hi
     assert 0.05 < (h.hi - h.lo) / h.speedup < 0.6
-    assert "stratified by preset" in ma.interval[MOE]
-    assert "single-run preset" in ma.interval[MOE]
+    assert "4 degrees of freedom" in ma.interval[MOE]  # 3 seeds of 2 presets
+    assert ma.seed_noise[MOE].runs == 6
     assert ma.n_bootstrap[MOE] == 100
     assert ma.fits[DENSE].intervals["alpha"][0] < ma.fits[DENSE].alpha  # from the same resamples
     assert_not_contradicted(ma)
@@ -232,7 +232,7 @@ def test_headline_picks_the_best_in_range_quality():
     assert headline([none]) is None
 
 
-def test_resampler_keeps_every_preset_and_pools_seed_offsets():
+def test_resampler_keeps_every_run_and_shifts_each_preset_by_the_pooled_seed_spread():
     rows = study_rows(seed_noise=0.01, noise_seed=3)
     strata = {r["run"]: stratum_key(r) for r in rows}
     dense_pts = [
@@ -242,24 +242,38 @@ def test_resampler_keeps_every_preset_and_pools_seed_offsets():
     ]
     rs = RunResampler.build(dense_pts, strata)
     assert len(rs.strata) == 3 and len(rs.replicated) == 1 and len(rs.singletons) == 2
-    # three seeds of dense-0: offsets are each run's mean log deviation from the preset's
-    # mean, times sqrt(3/2)
+    # three seeds of dense-0: each run's mean log deviation from the preset's mean, pooled
+    # into a variance with k - 1 = 2 degrees of freedom
     runs = rs.strata[rs.replicated[0]]
     logs = np.array([[math.log(p.value) for p in rs.points[r]] for r in runs])
-    want = (logs - logs.mean(axis=0)).mean(axis=1) * math.sqrt(1.5)
-    assert rs.offsets == pytest.approx(list(want))
+    dev = (logs - logs.mean(axis=0)).mean(axis=1)
+    assert rs.run_offsets() == pytest.approx(list(dev))
+    assert (rs.noise.df, rs.noise.runs) == (2, 3)
+    assert rs.noise.sd == pytest.approx(math.sqrt((dev**2).sum() / 2))
+    # a resample keeps every run of every preset and moves each preset's runs together, by
+    # sd for a single run and sd / sqrt(3) for the mean of three
     rng = np.random.default_rng(0)
-    for _ in range(5):
-        drawn = rs.draw(rng)
-        base = {p.run.split("#")[0] for p in drawn}
-        assert {"dense-1__seed=1", "dense-2__seed=1"} <= base  # every size, every resample
-        assert len({p.run for p in drawn}) == 5  # three draws of dense-0 + two singletons
-        single = [p for p in drawn if p.run.startswith("dense-2")]
-        orig = rs.points["dense-2__seed=1"]
-        ratio = {round(a.value / b.value, 12) for a, b in zip(single, orig)}
-        assert len(ratio) == 1 and math.log(ratio.pop()) == pytest.approx(
-            min(rs.offsets, key=lambda o: abs(o - math.log(single[0].value / orig[0].value)))
-        )
+    shifts: dict[str, list[float]] = {"dense-0": [], "dense-2": []}
+    for _ in range(3000):
+        drawn = rs.draw(rng, sd=0.01)
+        by_run: dict[str, list[EvalPoint]] = {}
+        for p in drawn:
+            by_run.setdefault(p.run.split("#")[0], []).append(p)
+        assert set(by_run) == set(rs.points)  # every size, every seed, every resample
+        per_run = {}
+        for run, pts in by_run.items():
+            ratios = {round(a.value / b.value, 12) for a, b in zip(pts, rs.points[run])}
+            assert len(ratios) == 1  # a run's whole curve moves by one factor
+            per_run[run] = math.log(ratios.pop())
+        assert len({round(per_run[r], 12) for r in runs}) == 1  # a preset's seeds together
+        shifts["dense-0"].append(per_run[runs[0]])
+        shifts["dense-2"].append(per_run["dense-2__seed=1"])
+    assert np.std(shifts["dense-2"]) == pytest.approx(0.01, rel=0.08)
+    assert np.std(shifts["dense-0"]) == pytest.approx(0.01 / math.sqrt(3), rel=0.08)
+    # sd itself is drawn from its posterior: ss / chi2(df), whose quantiles the report quotes
+    draws = [rs.noise.draw_sd(rng) for _ in range(4000)]
+    for q in (0.1, 0.5, 0.9):
+        assert np.quantile(draws, q) == pytest.approx(rs.noise.quantile_sd(q), rel=0.1)
     # seeds only: another learning rate is another design point
     other = dict(rows[0], **{"grid.train.lr": 0.001})
     assert stratum_key(other) != stratum_key(rows[0])
@@ -276,7 +290,10 @@ def test_fits_json_carries_labels_intervals_bounds_and_spread():
     assert h["label"] == INTERPOLATED and h["lo"] < h["speedup"] < h["hi"]
     assert all("label" in p and "lo" in p for p in m["speedups"][MOE])
     assert {b["kind"] for b in m["measured_bounds"][MOE]} == {"lower", "upper"}
-    assert "stratified" in m["interval"][MOE]
+    assert "seed offset" in m["interval"][MOE]
+    noise = m["seed_noise"][MOE]  # 3 seeds of each smallest preset, 0.3% noise
+    assert (noise["df"], noise["replicate_runs"]) == (4, 6)
+    assert noise["sd_lo"] < noise["sd"] < noise["sd_hi"] and 0.001 < noise["sd"] < 0.01
     assert all(pt[3] for pt in m["fits"][DENSE]["points"])  # annealed points only
     for key in ("loss_out_of_domain", "loss/code_heldout", "loss/prose"):
         assert data["metrics"][key]["headline"][MOE]["speedup"] > 1

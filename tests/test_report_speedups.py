@@ -59,6 +59,8 @@ def test_headline_table_has_every_setting_with_interval_and_label(built):
         assert cells[2] == f"[{h.lo:.2f}x, {h.hi:.2f}x]"
         assert cells[3] == "interpolated (fit), dense range edge"
         assert re.fullmatch(r"\[\d\.\d\dx, (-|\d+\.\d\dx)\]", cells[5]), cells
+        # the seed spread the interval rests on, with its own 95% range
+        assert re.fullmatch(r"\d\.\d\d% \[\d\.\d\d%, \d+\.\d\d%\]", cells[6]), cells
     # zero-shot: accuracy and the continuous score on separate, labelled rows
     acc = _row(md, "zero-shot accuracy (mean)")
     score = _row(
@@ -66,7 +68,7 @@ def test_headline_table_has_every_setting_with_interval_and_label(built):
         "zero-shot continuous score (mean): normalised probability of the correct candidate",
     )
     assert acc[1] == "2.00x" and score[1] == "2.00x"
-    assert "stratified by preset" in md and "single-run preset" in md
+    assert "seed offset of sd / sqrt(its seeds)" in md and "degrees of freedom" in md
     # the out-of-domain mean sits next to the per-domain rows in the domain table too
     assert re.search(r"\| out-of-domain \(mean\) \| out \| moe8-top2 \| [\d.]+ \| \d\.\d\dx \|", md)
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from moelab.errors import MoelabError
-from moelab.study.bootstrap import RunResampler, percentile_interval
+from moelab.study.bootstrap import RunResampler, SeedNoise, percentile_interval
 from moelab.study.bounds import MeasuredBound, bounds_at, measured_bounds
 from moelab.study.fit import (
     EXTRAPOLATED,
@@ -87,6 +87,7 @@ class MetricAnalysis:
     headlines: dict[str, Headline] = field(default_factory=dict)
     bounds: dict[str, list[MeasuredBound]] = field(default_factory=dict)
     interval: dict[str, str] = field(default_factory=dict)  # scheme, or why no interval
+    seed_noise: dict[str, SeedNoise] = field(default_factory=dict)  # the spread intervals used
     n_bootstrap: dict[str, int] = field(default_factory=dict)  # resamples that gave both fits
     dense_edge: dict[str, float] = field(default_factory=dict)  # quality at the dense range's top
     kind: str = "loss"  # "loss", "accuracy" or "score"
@@ -230,6 +231,25 @@ def _dense_compute_at(params: tuple[float, float, float], t: float) -> float | N
     return math.exp((log_a - math.log(t - e)) / alpha)
 
 
+def interval_text(noise: SeedNoise, n_bootstrap: int) -> str:
+    """How a comparison's intervals were made (the spread itself: :func:`seed_sd_text`)."""
+    return (
+        f"95% percentile interval over {n_bootstrap} resamples: every preset's runs shifted "
+        f"together by a seed offset of sd / sqrt(its seeds), sd drawn per resample from its "
+        f"posterior given the seed-to-seed spread of {noise.runs} replicate runs "
+        f"({noise.df} degrees of freedom, pooled over both families), so few replicates widen "
+        f"the interval"
+    )
+
+
+def seed_sd_text(noise: SeedNoise, log_values: bool) -> str:
+    """The pooled seed spread with its 95% range: in % of the loss, or in value units."""
+    vals = (noise.sd, noise.quantile_sd(0.025), noise.quantile_sd(0.975))
+    if log_values:
+        return "{:.2%} [{:.2%}, {:.2%}]".format(*vals)
+    return "{:.4f} [{:.4f}, {:.4f}]".format(*vals)
+
+
 def compare(
     ma: MetricAnalysis,
     moe: str,
@@ -274,24 +294,16 @@ def compare(
     log_values = ma.kind == "loss"
     d_rs = RunResampler.build(dense_pts, strata, log_values=log_values)
     m_rs = RunResampler.build(moe_pts, strata, log_values=log_values)
-    pooled = d_rs.offsets + m_rs.offsets  # seed noise pooled over both families
-    d_rs.offsets = m_rs.offsets = pooled
-    usable = bool(pooled)
+    noise = d_rs.noise + m_rs.noise  # seed noise pooled over both families
+    d_rs.noise = m_rs.noise = noise
+    usable = noise.df > 0
     if not usable:
         ma.interval[moe] = d_rs.why_not() or m_rs.why_not() or "no interval"
     elif n_bootstrap <= 0:
         ma.interval[moe] = "no interval: fit.bootstrap is 0"
     else:
-        singles = d_rs.singletons + m_rs.singletons
-        ma.interval[moe] = (
-            f"95% percentile interval over {n_bootstrap} resamples of runs, stratified by preset"
-            + (
-                f"; {len(singles)} single-run preset(s) take a seed offset drawn from the "
-                f"{len(pooled)} replicate runs' pooled spread"
-                if singles
-                else ""
-            )
-        )
+        ma.seed_noise[moe] = noise
+        ma.interval[moe] = interval_text(noise, n_bootstrap)
     # Where each level sits in a resample: a level the MoE frontier measured stays at that MoE
     # compute (the resample's frontier value there is its quality), the dense range's edge stays
     # at the largest dense compute. A fixed quality would fall outside a resample's frontier
@@ -311,7 +323,8 @@ def compare(
     if usable and n_bootstrap > 0:
         rng = np.random.default_rng(seed)
         for _ in range(n_bootstrap):
-            d_b, m_b = d_rs.draw(rng), m_rs.draw(rng)
+            sd = noise.draw_sd(rng)  # one seed spread per resample, for both families
+            d_b, m_b = d_rs.draw(rng, sd), m_rs.draw(rng, sd)
             if isinstance(dense_fit, PowerLawFit):
                 got = refit_power_law(dense_fit, d_b, min_run_fraction, huber_delta)
                 if got is None:
@@ -648,6 +661,17 @@ def fits_json(an: Analysis) -> dict[str, Any]:
             "headline": {fam: h.as_dict() for fam, h in ma.headlines.items()},
             "measured_bounds": {fam: [b.as_dict() for b in bs] for fam, bs in ma.bounds.items()},
             "interval": ma.interval,
+            "seed_noise": {
+                fam: {
+                    "sd": n.sd,
+                    "sd_lo": n.quantile_sd(0.025),
+                    "sd_hi": n.quantile_sd(0.975),
+                    "df": n.df,
+                    "replicate_runs": n.runs,
+                    "units": "log loss" if ma.kind == "loss" else "value",
+                }
+                for fam, n in ma.seed_noise.items()
+            },
             "n_bootstrap": ma.n_bootstrap,
             "dense_edge_quality": ma.dense_edge,
         }

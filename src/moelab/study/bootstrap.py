@@ -1,17 +1,25 @@
 """Which runs a bootstrap resample draws: a run is the unit, stratified by preset.
 
-Points of one run are correlated (one initialisation, one data order), so a resample draws whole
+Points of one run are correlated (one initialisation, one data order), so a resample moves whole
 runs. The model sizes are design points chosen by the grid, not samples from a population of
-sizes: a resample keeps every preset and draws, with replacement, as many of that preset's runs
-(its replicate seeds) as it has. Resampling over all runs instead would drop a size from some
-resamples and move the measured compute range with it, mixing the grid's design into what should
-be seed-to-seed noise.
+sizes: a stratified resample keeps every preset and every run, and varies each preset by what a
+seed would change.
 
-A preset with one run has no spread of its own to resample. When other presets of the comparison
-have replicate seeds, their seed-to-seed spread stands in: each such run is shifted by an offset
-drawn from the replicated presets' pooled run offsets (in log loss for losses, in value for
-bounded scores), assuming a seed moves a run's whole curve by about the same amount at every size.
-With no replicated preset at all there is no noise estimate and no interval.
+The seed-to-seed spread comes from the presets that have replicate seeds: each replicated run's
+mean deviation from its preset's mean (in log loss for losses, in value for bounded scores) over
+the computes all its seeds measured, pooled over presets (and, in a comparison, over both
+families) into one variance with its degrees of freedom (k - 1 per preset of k seeds). The
+assumption: a seed moves a run's whole curve by about the same amount at every size. A resample
+shifts each preset's runs together by an offset drawn from N(0, sd**2 / k) (k: its runs; their
+mean is what the fit sees), with one sd drawn per resample from its posterior given the pool (a
+scaled inverse chi-square). Drawing sd rather than fixing it is what makes few replicates honest:
+with 2-4 degrees of freedom the pooled spread itself is uncertain by a factor of two or more
+(two pairs of seeds that happen to agree closely give a near-zero spread), and resampling runs
+with replacement from 2 or 3 seeds understates even the spread it sees (by (k - 1) / k).
+With no replicated preset there is no noise estimate and no interval.
+
+Without strata (``stratum_of=None``: a plain fit with no grid behind it) a resample draws runs
+with replacement from all of them.
 """
 
 from __future__ import annotations
@@ -25,16 +33,49 @@ import numpy as np
 from moelab.study.fit import EvalPoint
 
 
+@dataclass(frozen=True)
+class SeedNoise:
+    """Pooled seed-to-seed spread: ``ss`` the sum of squared run offsets from their preset's
+    mean (transformed units), ``df`` its degrees of freedom, ``runs`` the replicate runs."""
+
+    ss: float = 0.0
+    df: int = 0
+    runs: int = 0
+
+    def __add__(self, other: SeedNoise) -> SeedNoise:
+        return SeedNoise(self.ss + other.ss, self.df + other.df, self.runs + other.runs)
+
+    @property
+    def sd(self) -> float:
+        """The pooled estimate of one run's offset sd (nan without replicates)."""
+        return math.sqrt(self.ss / self.df) if self.df else math.nan
+
+    def draw_sd(self, rng: np.random.Generator) -> float:
+        """One draw of sd from its posterior given the pool (flat prior on log sd):
+        sd**2 = ss / chi2(df)."""
+        if not self.df:
+            return 0.0
+        return math.sqrt(self.ss / rng.chisquare(self.df))
+
+    def quantile_sd(self, q: float) -> float:
+        """The ``q`` quantile of that posterior (for the report: how uncertain the spread is)."""
+        from scipy.stats import chi2
+
+        return math.sqrt(self.ss / chi2.ppf(1 - q, self.df)) if self.df else math.nan
+
+
 @dataclass
 class RunResampler:
     """Draws resamples of whole runs. ``strata``: stratum -> its runs (a preset's seeds);
-    ``offsets``: pooled per-run offsets from replicated strata (transformed units);
-    ``log_values``: offsets act on log(value) (losses) rather than on the value."""
+    ``noise``: the pooled seed spread (a comparison pools both families' into both);
+    ``log_values``: offsets act on log(value) (losses) rather than on the value;
+    ``stratified``: False for one stratum holding every run (plain bootstrap over runs)."""
 
     strata: dict[str, list[str]]
     points: dict[str, list[EvalPoint]]  # run -> its points
-    offsets: list[float] = field(default_factory=list)
+    noise: SeedNoise = field(default_factory=SeedNoise)
     log_values: bool = True
+    stratified: bool = True
 
     @classmethod
     def build(
@@ -53,8 +94,8 @@ class RunResampler:
         for run in sorted(by_run):
             key = "" if stratum_of is None else stratum_of.get(run, f"run:{run}")
             strata.setdefault(key, []).append(run)
-        rs = cls(strata, by_run, log_values=log_values)
-        rs.offsets = rs._pooled_offsets()
+        rs = cls(strata, by_run, log_values=log_values, stratified=stratum_of is not None)
+        rs.noise = rs._pooled_noise()
         return rs
 
     @property
@@ -78,24 +119,15 @@ class RunResampler:
             "resample; add replicate seeds (grid `seed: [1, 2]`), at least for the smallest sizes"
         )
 
-    def scheme(self) -> str:
-        if not self.usable():
-            return "none"
-        if self.singletons:
-            return "stratified by preset; single-run presets shifted by a pooled seed offset"
-        return "stratified by preset"
-
     def _transform(self, v: float) -> float:
         return math.log(v) if self.log_values else v
 
-    def _pooled_offsets(self) -> list[float]:
+    def run_offsets(self) -> list[float]:
         """Each replicated run's mean deviation from its preset's mean, over the computes all of
-        that preset's runs measured, scaled by sqrt(k / (k - 1)) so the pool's spread estimates a
-        single run's offset (k runs in the preset)."""
+        that preset's runs measured (transformed units)."""
         out: list[float] = []
         for runs in self.strata.values():
-            k = len(runs)
-            if k < 2:
+            if len(runs) < 2:
                 continue
             by_c = [
                 {_key(p.compute): self._transform(p.value) for p in self.points[r]} for r in runs
@@ -106,26 +138,45 @@ class RunResampler:
                 common = {0}
             keys = sorted(common)
             vals = np.array([[d[c] for c in keys] for d in by_c])  # (k runs, computes)
-            dev = (vals - vals.mean(axis=0)).mean(axis=1) * math.sqrt(k / (k - 1))
-            out.extend(float(x) for x in dev)
+            out.extend(float(x) for x in (vals - vals.mean(axis=0)).mean(axis=1))
         return out
 
-    def draw(self, rng: np.random.Generator) -> list[EvalPoint]:
-        """One resample's points; a run drawn twice appears under two names."""
+    def _pooled_noise(self) -> SeedNoise:
+        if not self.stratified:
+            return SeedNoise()
+        offsets = self.run_offsets()
+        df = sum(len(runs) - 1 for runs in self.strata.values() if len(runs) >= 2)
+        return SeedNoise(float(sum(o * o for o in offsets)), df, len(offsets))
+
+    def draw(self, rng: np.random.Generator, sd: float | None = None) -> list[EvalPoint]:
+        """One resample's points. Stratified: every run, each preset's shifted together by
+        N(0, sd**2 / k) (``sd``: this resample's seed spread; default: drawn from
+        ``noise``). Unstratified: runs drawn with replacement (a run drawn twice appears under
+        two names)."""
         out: list[EvalPoint] = []
+        if not self.stratified:
+            for runs in self.strata.values():
+                for j, i in enumerate(rng.integers(0, len(runs), size=len(runs))):
+                    out += self._shifted(runs[i], f"{runs[i]}#{j}", 0.0)
+            return out
+        if sd is None:
+            sd = self.noise.draw_sd(rng)
         for runs in self.strata.values():
-            if len(runs) >= 2:
-                chosen = [(runs[i], 0.0) for i in rng.integers(0, len(runs), size=len(runs))]
-            elif self.offsets:
-                chosen = [(runs[0], self.offsets[int(rng.integers(0, len(self.offsets)))])]
-            else:
-                chosen = [(runs[0], 0.0)]
-            for j, (run, off) in enumerate(chosen):
-                name = f"{run}#{j}"
-                for p in self.points[run]:
-                    v = p.value * math.exp(off) if self.log_values else p.value + off
-                    out.append(EvalPoint(name, p.compute, v, p.annealed))
+            off = float(rng.normal(0.0, sd / math.sqrt(len(runs)))) if sd > 0 else 0.0
+            for run in runs:
+                out += self._shifted(run, f"{run}#0", off)
         return out
+
+    def _shifted(self, run: str, name: str, off: float) -> list[EvalPoint]:
+        return [
+            EvalPoint(
+                name,
+                p.compute,
+                p.value * math.exp(off) if self.log_values else p.value + off,
+                p.annealed,
+            )
+            for p in self.points[run]
+        ]
 
 
 def _key(compute: float) -> float:

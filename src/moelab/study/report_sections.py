@@ -17,6 +17,7 @@ from moelab.study.analysis import (
     Analysis,
     Headline,
     MetricAnalysis,
+    seed_sd_text,
 )
 from moelab.study.bounds import LOWER, UPPER, MeasuredBound, bounds_at
 from moelab.study.document import Bullets, Heading, Para, Table
@@ -138,6 +139,12 @@ def _bounds_cell(ma: MetricAnalysis, moe: str, dense: str, q: float, mode: str) 
     return f"[{times(lo.ratio) if lo else '-'}, {times(hi.ratio) if hi else '-'}]"
 
 
+def _seed_sd_cell(ma: MetricAnalysis, moe: str) -> str:
+    """The seed spread this setting's interval rests on (from the replicate runs)."""
+    noise = ma.seed_noise.get(moe)
+    return seed_sd_text(noise, ma.kind == "loss") if noise is not None else "-"
+
+
 def headline_rows(an: Analysis) -> list[list[str]]:
     rows = []
     for col, name in settings(an):
@@ -147,7 +154,8 @@ def headline_rows(an: Analysis) -> list[list[str]]:
             h = ma.headlines.get(moe)
             fam = moe if len(an.partner) > 1 else ""
             if h is None:
-                rows.append([name, fam, "-", "-", no_headline_reason(ma, moe, dense), "-", "-"])
+                reason = no_headline_reason(ma, moe, dense)
+                rows.append([name, fam, "-", "-", reason, "-", "-", _seed_sd_cell(ma, moe)])
                 continue
             rows.append(
                 [
@@ -158,6 +166,7 @@ def headline_rows(an: Analysis) -> list[list[str]]:
                     _label_cell(h),
                     _quality(ma, h.quality),
                     _bounds_cell(ma, moe, dense, h.quality, mode),
+                    _seed_sd_cell(ma, moe),
                 ]
             )
     if len(an.partner) <= 1:
@@ -177,6 +186,7 @@ def headline_blocks(an: Analysis, level: int = 2) -> list:
         "label",
         "at quality t",
         "measured bounds at t",
+        "seed sd [95% range]",
     ]
     if len(an.partner) <= 1:
         header = [header[0]] + header[2:]
