@@ -146,7 +146,8 @@ def test_sigkilled_study_resumes_to_the_same_results(tmp_path_factory, tmp_path,
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            runs = sorted((out / "runs").glob("*")) if (out / "runs").is_dir() else []
+            found = (out / "runs").glob("[!.]*") if (out / "runs").is_dir() else []  # no locks
+            runs = sorted(found)
             if len(runs) == 2 and any((runs[1] / "checkpoints").glob("step_*")):
                 break
             time.sleep(0.05)

@@ -15,9 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
-import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -48,6 +46,7 @@ from moelab.data.tokenizer import (
 )
 from moelab.errors import MoelabError
 from moelab.io import atomic_dir, atomic_write_json
+from moelab.lock import folder_lock, remove_stale_temps
 from moelab.paths import check_can_create
 
 
@@ -281,20 +280,6 @@ def _check_existing(out: Path, fp: str) -> dict[str, Any] | None:
     return manifest
 
 
-def _remove_stale_temp_dirs(out: Path) -> None:
-    """Delete ``.<out>.tmp-<pid>`` folders left by runs that were killed (their pid is gone)."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not tmp.is_dir():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
-
-
 def prepare(
     out: str | Path,
     sources: Sequence[SourceSpec | str] = (),
@@ -330,14 +315,40 @@ def prepare(
     src_specs, heldout_specs = _as_specs(sources), _as_specs(heldout)
     use_builtin = (not src_specs) if builtin is None else builtin
     user_tok = None
-    tok_sha = None
     if tokenizer is not None:
         user_tok = load_tokenizer(tokenizer)
         special_ids(user_tok, str(tokenizer))
-        tok_sha = sha256_file(Path(tokenizer))
     else:
         check_vocab_size(vocab_size)  # before any reading
 
+    # One preparation per folder at a time; the lock is held until the folder is complete.
+    with folder_lock(out, "prepare"):
+        return _prepare_locked(
+            out,
+            src_specs,
+            heldout_specs,
+            use_builtin,
+            settings,
+            tokenizer,
+            user_tok,
+            workers,
+            progress,
+        )
+
+
+def _prepare_locked(
+    out: Path,
+    src_specs: list[SourceSpec],
+    heldout_specs: list[SourceSpec],
+    use_builtin: bool,
+    settings: PrepareSettings,
+    tokenizer: str | Path | None,
+    user_tok: Any,
+    workers: int,
+    progress: bool,
+) -> PrepareResult:
+    vocab_size, seed = settings.vocab_size, settings.seed
+    tok_sha = sha256_file(Path(tokenizer)) if tokenizer is not None else None
     _out_is_free(out)  # refuse a wrong --out before reading any input
     prog = _Progress(progress)
     with prog.running():
@@ -370,7 +381,7 @@ def prepare(
 
         if out.exists():  # an empty folder the user made: replaced by the complete one
             out.rmdir()
-        _remove_stale_temp_dirs(out)
+        remove_stale_temps(out)  # left by killed runs: we hold the lock, so none is live
         with atomic_dir(out) as tmp, DocumentEncoder(tok, workers) as encoder:
             tok_path = tmp / "tokenizer.json"
             tok.save(str(tok_path))

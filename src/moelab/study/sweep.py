@@ -21,6 +21,7 @@ import yaml
 
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
+from moelab.lock import folder_lock
 from moelab.study.config import StudyConfig, study_to_dict
 from moelab.study.grid import expand_grid
 from moelab.study.layout import (
@@ -170,21 +171,25 @@ def run_study(
             plan = build_plan(cfg, out) if cfg.measure_throughput else checked
             echo(format_plan(plan, eval_note(cfg), cfg.workers))
             return plan
-        created = not out.exists()
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise MoelabError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-        try:
-            data_dir = prepare_data(cfg, out, echo)
-        except BaseException:
-            if created:  # nothing of this study existed before: leave nothing behind
-                shutil.rmtree(out, ignore_errors=True)
-            raise
-        atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
-        if command:  # the report quotes the command line that produced it
-            atomic_write_text(out / "command.txt", command + "\n")
-        return _run(cfg, out, data_dir, echo, started)
+        # One study process per folder; its runs, trained by it or its workers, take their
+        # own run-folder locks below it.
+        with folder_lock(out, "study"):
+            created = not out.exists()
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise MoelabError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+            try:
+                data_dir = prepare_data(cfg, out, echo)
+            except BaseException:
+                if created:  # nothing of this study existed before: leave nothing behind
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
+            text = yaml.safe_dump(study_to_dict(cfg), sort_keys=False)
+            atomic_write_text(out / "study.yaml", text)
+            if command:  # the report quotes the command line that produced it
+                atomic_write_text(out / "command.txt", command + "\n")
+            return _run(cfg, out, data_dir, echo, started)
 
 
 @contextlib.contextmanager

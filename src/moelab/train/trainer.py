@@ -21,6 +21,7 @@ from torch import nn
 from moelab.errors import MoelabError
 from moelab.flops import count_params, palm_flops_per_token
 from moelab.io import atomic_write_json
+from moelab.lock import folder_lock, holds_lock
 from moelab.model import MoeFFN, build_model
 from moelab.train import checkpoint as ckpt_io
 from moelab.train.budget import Budget, cooldowns_of, eval_steps, resolve_budget, schedule_of
@@ -237,14 +238,22 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         # Denormals slow fp32 CPU training ~10x. The flag is process-wide, so the caller's
         # setting (a notebook, a test process) is restored on the way out.
-        if self.device.type != "cpu":
-            return self._run()
-        previous = _flush_denormal_enabled()
-        torch.set_flush_denormal(True)
-        try:
-            return self._run()
-        finally:
-            torch.set_flush_denormal(previous)
+        with self._folder_lock():
+            if self.device.type != "cpu":
+                return self._run()
+            previous = _flush_denormal_enabled()
+            torch.set_flush_denormal(True)
+            try:
+                return self._run()
+            finally:
+                torch.set_flush_denormal(previous)
+
+    def _folder_lock(self) -> contextlib.AbstractContextManager:
+        """One process trains in a run folder at a time (docs/training.md). Distributed jobs
+        are one launch, whose ranks share the folder: they take no lock here."""
+        if self.world > 1:
+            return contextlib.nullcontext()
+        return folder_lock(self.run_dir, "train")
 
     def _resume_checks(self, path: Path, data, data_fp: str | None) -> dict[str, Any]:
         """Refuse (before anything is written) a checkpoint this run cannot continue from;
@@ -330,7 +339,7 @@ class Trainer:
             last, val_loss = {"loss": meta.get("train_loss")}, meta.get("val_loss") or {}
             self._say(f"resuming from checkpoint {found.path.name} (step {start_step})")
         claim_run_dir(cfg, run_dir, write=self.is_main)
-        if self.is_main:
+        if self.is_main and holds_lock(run_dir):  # no other live writer can own a temporary
             clear_stale(run_dir)
             truncate_metrics(run_dir, start_step)
             (run_dir / DONE).unlink(missing_ok=True)

@@ -1,0 +1,299 @@
+"""An exclusive lock per output folder, held for a command's life (train, study, prepare, ...).
+
+The lock is a file beside the folder, ``PARENT/.NAME.lock`` (beside, not inside: ``prepare`` and
+``export`` rename a finished temporary folder into place, and a refused command must leave the
+folder exactly as it was). It holds the holder's host, PID, start time and a heartbeat time that
+a daemon thread refreshes every ``HEARTBEAT_S`` seconds. flock is not used: it is unreliable on
+the network filesystems clusters share between nodes. The file is created atomically (hard link
+of a complete temporary file, or O_CREAT|O_EXCL where links are not supported), so exactly one
+of two racing processes gets it.
+
+A lock is stale, and taken over, when its heartbeat is older than ``STALE_S`` (the holder died
+or lost its node: its PID means nothing on another host), or at once when it was written on this
+host by a PID that no longer exists. Taking over is itself guarded by an O_EXCL ``.break`` file,
+so two processes cannot both break the same stale lock and then both believe they hold the new
+one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from moelab.errors import MoelabError
+from moelab.paths import check_can_create
+
+HEARTBEAT_S = 10.0
+STALE_S = 120.0  # twelve missed heartbeats: a busy filesystem is not mistaken for a dead holder
+
+_held: dict[Path, FolderLock] = {}  # folder (resolved) -> this process's lock on it
+
+
+def lock_path(folder: Path) -> Path:
+    return folder.parent / f".{folder.name}.lock"
+
+
+def holds_lock(folder: str | Path) -> bool:
+    """Whether this process holds the lock on ``folder`` (cleanups of shared temporaries
+    run only then: no other live process can own them)."""
+    lock = _held.get(Path(folder).resolve())
+    return lock is not None and not lock.lost
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """The lock's record; None if it is gone; {} if it is unreadable or half-written."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _pid_dead(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
+def _age(path: Path, record: dict[str, Any]) -> float:
+    """Seconds since the holder's last heartbeat (the file's mtime when the record is torn)."""
+    beat = record.get("heartbeat")
+    if not isinstance(beat, int | float):
+        try:
+            beat = path.stat().st_mtime
+        except OSError:
+            return 0.0
+    return time.time() - float(beat)
+
+
+def is_stale(path: Path, record: dict[str, Any], stale_s: float = STALE_S) -> bool:
+    if record.get("host") == socket.gethostname() and _pid_dead(record.get("pid")):
+        return True
+    return _age(path, record) > stale_s
+
+
+def describe(path: Path, record: dict[str, Any]) -> str:
+    if not record:
+        return f"an unreadable lock file {path}"
+    what = record.get("command") or "moelab"
+    since = record.get("since")
+    since_s = _iso(since) if isinstance(since, int | float) else "?"
+    return (
+        f"moelab {what} (pid {record.get('pid')} on host {record.get('host')}, since {since_s}, "
+        f"last heartbeat {_age(path, record):.0f} s ago)"
+    )
+
+
+class FolderLock:
+    """Hold with ``with FolderLock(folder, "train"):``; refused with a MoelabError naming the
+    holder when another live process has it."""
+
+    def __init__(self, folder: str | Path, command: str, flag: str = "--out"):
+        self.folder = Path(folder).resolve()
+        self.path = lock_path(self.folder)
+        self.command, self.flag = command, flag
+        self.token = uuid.uuid4().hex
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._made: list[Path] = []  # parent folders created for the lock, removed if left empty
+        self._since = time.time()
+
+    # -- the record -----------------------------------------------------------------------------
+
+    def _record(self) -> bytes:
+        rec = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "command": self.command,
+            "since": self._since,
+            "heartbeat": time.time(),
+            "token": self.token,
+        }
+        return (json.dumps(rec) + "\n").encode("utf-8")
+
+    def _write_temp(self) -> Path:
+        tmp = self.path.with_name(f"{self.path.name}.{self.token}")
+        with open(tmp, "wb") as f:
+            f.write(self._record())
+            f.flush()
+            os.fsync(f.fileno())
+        return tmp
+
+    def _create(self) -> bool:
+        """Create the lock file atomically; False if it exists."""
+        tmp = self._write_temp()
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this filesystem: O_EXCL, then the content
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._record())
+            return True
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _break_stale(self, seen: dict[str, Any]) -> None:
+        """Remove the lock judged stale, unless it changed since it was judged."""
+        guard = self.path.with_name(self.path.name + ".break")
+        try:
+            fd = os.open(guard, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            # Another process is breaking it now, or died doing so long ago.
+            with contextlib.suppress(OSError):
+                if time.time() - guard.stat().st_mtime > STALE_S:
+                    guard.unlink()
+            return
+        os.close(fd)
+        try:
+            now = _read(self.path)
+            if now is not None and now == seen and is_stale(self.path, now):
+                self.path.unlink(missing_ok=True)
+        finally:
+            guard.unlink(missing_ok=True)
+
+    # -- acquire / release ----------------------------------------------------------------------
+
+    def acquire(self) -> FolderLock:
+        if self.folder in _held:
+            raise RuntimeError(f"{self.folder} is already locked by this process")
+        check_can_create(self.folder, self.flag)  # a parent that is a file: the usual line
+        self._make_parent()
+        try:
+            for _ in range(20):
+                if self._create():
+                    break
+                record = _read(self.path)
+                if record is None:
+                    continue  # released between our attempt and the read: try again
+                if is_stale(self.path, record):
+                    print(
+                        f"note: {self.flag} {self.folder}: taking over the stale lock of "
+                        f"{describe(self.path, record)}",
+                        file=sys.stderr,
+                    )
+                    self._break_stale(record)
+                    time.sleep(0.01)
+                    continue
+                raise MoelabError(
+                    f"{self.flag} {self.folder} is in use by {describe(self.path, record)}; wait "
+                    f"for it to finish (a lock without a heartbeat for {STALE_S:.0f} s is taken "
+                    "over)"
+                )
+            else:
+                raise MoelabError(f"{self.flag} {self.folder}: could not take its lock {self.path}")
+        except BaseException:
+            self._unmake_parent()
+            raise
+        _held[self.folder] = self
+        self._thread = threading.Thread(target=self._beat, name="moelab-lock", daemon=True)
+        self._thread.start()
+        return self
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        _held.pop(self.folder, None)
+        if not self.lost:
+            rec = _read(self.path)
+            if rec is not None and rec.get("token") == self.token:
+                self.path.unlink(missing_ok=True)
+        self._unmake_parent()
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            rec = _read(self.path)
+            if rec is None or rec.get("token") != self.token:
+                self.lost = True  # taken over after we missed heartbeats (a suspended process)
+                print(
+                    f"warning: {self.flag} {self.folder}: this process lost its lock "
+                    f"{self.path} (no heartbeat for {STALE_S:.0f} s); temporaries are left alone",
+                    file=sys.stderr,
+                )
+                return
+            with contextlib.suppress(OSError):
+                tmp = self._write_temp()
+                os.replace(tmp, self.path)
+
+    # -- the parent folder ------------------------------------------------------------------------
+
+    def _make_parent(self) -> None:
+        missing = []
+        p = self.folder.parent
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        try:
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MoelabError(
+                f"{self.flag} {self.folder}: cannot create its parent folder ({e.strerror})"
+            ) from None
+        self._made = missing  # innermost first
+
+    def _unmake_parent(self) -> None:
+        """A refused command leaves no folder behind that only its lock needed."""
+        for p in self._made:
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        self._made = []
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, command: str, flag: str = "--out") -> Iterator[FolderLock]:
+    lock = FolderLock(folder, command, flag)
+    with lock:
+        yield lock
+
+
+def remove_stale_temps(folder: str | Path) -> None:
+    """Delete ``.NAME.tmp-*`` folders beside ``folder`` (left by killed writers of it). Only the
+    lock holder calls this: every writer of ``folder`` holds its lock, so none is live."""
+    import shutil
+
+    folder = Path(folder).resolve()
+    if not holds_lock(folder):
+        return
+    for tmp in folder.parent.glob(f".{folder.name}.tmp-*"):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.is_file() or tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
