@@ -18,6 +18,7 @@ Documents that are empty or whitespace-only are skipped. Line endings are normal
 from __future__ import annotations
 
 import bz2
+import codecs
 import glob
 import gzip
 import hashlib
@@ -30,7 +31,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from moelab.errors import MoelabError
 from moelab.hub import load_hf_dataset
@@ -193,18 +194,79 @@ def expand_files(spec: SourceSpec) -> list[Path]:
     return files
 
 
-def read_bytes(path: Path) -> bytes:
-    """Raw bytes of a file, decompressing .gz/.bz2/.xz transparently."""
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix, open)
-    try:
-        with opener(path, "rb") as f:
-            return f.read()
-    except (EOFError, lzma.LZMAError, zlib.error) as e:  # damaged compressed streams
+COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+# damaged compressed streams raise these (gzip.BadGzipFile is an OSError)
+_CORRUPT = (EOFError, lzma.LZMAError, zlib.error)
+BINARY_PROBE = 8192  # bytes looked at for a NUL, as git and grep do
+
+
+def open_raw(path: Path) -> BinaryIO:
+    """The file's bytes as a stream, .gz/.bz2/.xz decompressed on the fly."""
+    return COMPRESSED.get(path.suffix, open)(path, "rb")
+
+
+def _nul_is_text(encoding: str | None) -> bool:
+    """UTF-16 and UTF-32 text is full of NUL bytes; every other encoding we accept is not."""
+    return any(
+        e.strip().lower().replace("_", "-").startswith(("utf-16", "utf-32"))
+        for e in (encoding or "utf-8").split(",")
+    )
+
+
+def refuse_binary(head: bytes, path: Path, encoding: str | None = None) -> None:
+    """A NUL byte near the start means a binary file (or a compressed one without its suffix):
+    decoding it would give a meaningless text, and a meaningless perplexity or tokenizer."""
+    if b"\0" in head[:BINARY_PROBE] and not _nul_is_text(encoding):
         raise MoelabError(
+            f"{path} looks binary (a NUL byte in its first {BINARY_PROBE} bytes), not text; "
+            "give a text file (compressed ones need their .gz, .bz2 or .xz suffix)"
+        )
+
+
+def _read_error(path: Path, e: Exception) -> MoelabError:
+    if isinstance(e, _CORRUPT) or isinstance(e, gzip.BadGzipFile):
+        return MoelabError(
             f"cannot read {path}: truncated or corrupt ({e}); re-download or re-compress it"
-        ) from None
-    except OSError as e:
-        raise MoelabError(f"cannot read {path}: {e}") from None
+        )
+    return MoelabError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}")
+
+
+def read_bytes(path: Path, encoding: str | None = None) -> bytes:
+    """Raw bytes of a text file, decompressing .gz/.bz2/.xz transparently; a binary file is
+    refused (see :func:`refuse_binary`)."""
+    try:
+        with open_raw(path) as f:
+            raw = f.read()
+    except (*_CORRUPT, OSError) as e:
+        raise _read_error(path, e) from None
+    refuse_binary(raw, path, encoding)
+    return raw
+
+
+def iter_text(path: Path, encoding: str, block: int = 1 << 16) -> Iterator[str]:
+    """The decoded text of a file in pieces of about ``block`` bytes, with the same rules as
+    :func:`decode_text` (decompression, binary refused, universal newlines, BOM dropped), in
+    constant memory. A byte the encoding cannot decode raises UnicodeDecodeError."""
+    decoder = io.IncrementalNewlineDecoder(
+        codecs.getincrementaldecoder(encoding)("strict"), translate=True
+    )
+    checked = at_start = False
+    try:
+        with open_raw(path) as f:
+            while raw := f.read(block):
+                if not checked:
+                    refuse_binary(raw, path, encoding)
+                    checked = True
+                text = decoder.decode(raw)
+                if text and not at_start:  # the first character decoded may be a BOM
+                    text, at_start = text.removeprefix("\ufeff"), True
+                if text:
+                    yield text
+    except (*_CORRUPT, OSError) as e:
+        raise _read_error(path, e) from None
+    tail = decoder.decode(b"", final=True)
+    if tail:
+        yield tail
 
 
 def decode_text(raw: bytes, path: Path, spec: SourceSpec) -> tuple[str, str]:
@@ -238,7 +300,7 @@ def _file_record(path: Path, raw_size: int, sha256: str, **extra: Any) -> dict[s
 def read_file_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
     out = DocSet(docs=[])
     for path in expand_files(spec):
-        raw = read_bytes(path)
+        raw = read_bytes(path, spec.option("encoding"))
         sha = hashlib.sha256(raw).hexdigest()
         fmt = spec.option("format") or (
             "jsonl" if re.search(r"\.(jsonl|ndjson)(\.(gz|bz2|xz))?$", path.name) else "text"

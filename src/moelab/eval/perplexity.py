@@ -225,17 +225,6 @@ def sources_from_prepared(
     return out
 
 
-def _read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise MoelabError(f"--ppl {path}: cannot read it ({e.strerror or e})") from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:  # several classic corpora are Latin-1
-        return raw.decode("latin-1")
-
-
 def expand_paths(paths: list[str]) -> list[Path]:
     """Files and prepared folders named directly or by glob, in a stable order."""
     out: list[Path] = []
@@ -257,14 +246,16 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 def source_from_text(path: Path, tokenizer: Any, max_tokens: int | None = None) -> PplSource:
-    """A text file, tokenized with the run's tokenizer (UTF-8, or Latin-1 when not UTF-8)."""
-    text = _read_text(path)
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
-    n_bytes = len(text.encode("utf-8"))
-    if max_tokens is not None and len(ids) > max_tokens:
-        ids = ids[:max_tokens]
-        n_bytes = len(tokenizer.decode(ids, skip_special_tokens=True).encode("utf-8"))
-    return PplSource(path.name, np.asarray(ids, dtype=np.int64), n_bytes, OUT_OF_DOMAIN, str(path))
+    """A text file, tokenized with the run's tokenizer in pieces (:mod:`moelab.eval.text_source`:
+    memory does not grow with the file; reading stops at ``max_tokens``). UTF-8, or Latin-1
+    when the file is not UTF-8 (several classic corpora are)."""
+    from moelab.eval.text_source import read_tokens
+
+    try:
+        tokens, n_bytes = read_tokens(path, tokenizer, max_tokens)
+    except UnicodeDecodeError:  # only tokenizing is repeated: nothing was scored yet
+        tokens, n_bytes = read_tokens(path, tokenizer, max_tokens, encoding="latin-1")
+    return PplSource(path.name, tokens, n_bytes, OUT_OF_DOMAIN, str(path))
 
 
 def _same_file(a: Path, b: Path) -> bool:
