@@ -4,7 +4,9 @@ reader: .gz decompressed, binary refused (item 9)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from _robust import (
+    expect_user_error,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
     shared_run,
@@ -117,3 +120,52 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path, run):
     args = ["--max-tokens", "2000", "--device", "cpu", "--json"]
     peaks = [peak_kb(["eval", run, "--ppl", f, *args]) for f in (small, big)]
     assert peaks[1] - peaks[0] < 20_000, f"peak RSS {peaks} KB for 2 MB and 20 MB files"
+
+
+def test_compressed_text_scores_as_the_text_and_binary_is_refused(tmp_path, run, capsys):
+    """Item 9: gzip of a text scored 3,806 where the text scored 238; now it is decompressed."""
+    text = text_of(30_000)
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "t.txt.gz").write_bytes(gzip.compress(text.encode("utf-8")))
+    (tmp_path / "t.txt.xz").write_bytes(lzma.compress(text.encode("utf-8")))
+    rows = {}
+    for name in ("t.txt", "t.txt.gz", "t.txt.xz"):
+        rc, out, err = run_cli(
+            capsys, ["eval", run, "--ppl", tmp_path / name, "--max-tokens", "300", "--json"]
+        )
+        assert rc == 0, err
+        (rows[name],) = json.loads(out)["results"][0]["domains"]
+    for name in ("t.txt.gz", "t.txt.xz"):
+        for key in ("tokens", "bytes", "loss"):
+            assert rows[name][key] == rows["t.txt"][key], (name, key)
+    # a compressed file without its suffix, a binary file, a damaged archive: one line each
+    (tmp_path / "packed.txt").write_bytes(gzip.compress(text.encode("utf-8")))
+    (tmp_path / "weights.bin").write_bytes(bytes(range(256)) * 64)
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(text.encode("utf-8"))[:200])
+    watch = [run / "eval", tmp_path]
+    for name, match in [
+        ("packed.txt", [r"packed\.txt", r"binary", r"\.gz"]),
+        ("weights.bin", [r"weights\.bin", r"binary"]),
+        ("cut.txt.gz", [r"cut\.txt\.gz", r"truncated or corrupt"]),
+    ]:
+        expect_user_error(capsys, ["eval", run, "--ppl", tmp_path / name], watch=watch, match=match)
+
+
+def test_prepare_refuses_a_binary_source(tmp_path, capsys):
+    """The same reader serves prepare: a binary file is refused even with :encoding=latin-1
+    (which decodes any byte), before anything is written."""
+    (tmp_path / "blob.dat").write_bytes(b"text\0" * 100)
+    expect_user_error(
+        capsys,
+        [
+            "prepare",
+            "--source",
+            f"a={tmp_path / 'blob.dat'}:encoding=latin-1",
+            "--out",
+            tmp_path / "out",
+            "--vocab-size",
+            "300",
+        ],
+        watch=[tmp_path],
+        match=[r"blob\.dat", r"binary"],
+    )
