@@ -154,7 +154,9 @@ def score_requests(
         groups, packed = shared_groups(keys, max_len, min_shared_tokens)
         with torch.inference_mode():
             for context_ids, conts in groups:
-                scored = score_shared(shared_model, context_ids, conts, device, pad_id, stats)
+                scored = score_shared(
+                    shared_model, context_ids, conts, device, pad_id, stats, batch_tokens
+                )
                 for cont, sc in zip(conts, scored):
                     results[Request(context_ids, cont)] = sc
                 advance(len(conts))

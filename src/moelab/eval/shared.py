@@ -2,8 +2,9 @@
 
 Multiple-choice items score several candidates after the same context (and few-shot prompts
 make that context long). Instead of one full sequence per candidate, the context runs once with
-batch 1, its cached keys/values are repeated for the C candidates, and the C continuations run
-as one right-padded batch that attends to the cache. The logits are the same as those of the
+batch 1, its cached keys/values are repeated for the candidates, and the continuations run as
+right-padded batches (of at most ``batch_tokens`` positions, cache included) that attend to the
+cache. The logits are the same as those of the
 full sequences (the model numbers positions from the cache length), so the scores agree with
 the packed path to float rounding; MoE layers must be dropless for that (capacity would depend
 on the batch).
@@ -50,6 +51,24 @@ def _repeat_cache(cache, cfg, copies: int, device):
     return big
 
 
+def continuation_batches(
+    context_len: int, continuations: Sequence[tuple[int, ...]], batch_tokens: int
+) -> list[range]:
+    """Consecutive groups of continuations whose batch holds at most ``batch_tokens`` padded
+    positions, counting the repeated cache: rows * (context_len + longest input) <= batch_tokens
+    (one row at least). Every cached key/value, hidden state and logit of a batch scales with
+    that number, so an item with 10^4 choices no longer takes memory in proportion to them."""
+    groups, first, longest = [], 0, 0
+    for i, cont in enumerate(continuations):
+        t = max(longest, len(cont) - 1)
+        if i > first and (i + 1 - first) * (context_len + t) > batch_tokens:
+            groups.append(range(first, i))
+            first, t = i, len(cont) - 1
+        longest = t
+    groups.append(range(first, len(continuations)))
+    return groups
+
+
 def score_shared(
     model: torch.nn.Module,
     context_ids: tuple[int, ...],
@@ -57,13 +76,28 @@ def score_shared(
     device: torch.device | str,
     pad_id: int,
     stats: ForwardStats,
+    batch_tokens: int = 8192,
 ) -> list[Scored]:
+    """Scores of every continuation after ``context_ids``: the context runs once, then the
+    continuations in batches of at most ``batch_tokens`` (:func:`continuation_batches`)."""
     from moelab.model import KVCache
 
     cache = KVCache()
     ctx_1T = torch.tensor([list(context_ids)], dtype=torch.long, device=device)
     out = model(ctx_1T, kv_cache=cache, return_hidden=True, return_logits=False)
     h_last_D = out.hidden_BTD[0, -1]  # predicts every continuation's first token
+    stats.tokens += len(context_ids)
+    stats.padded_tokens += len(context_ids)
+    scored: list[Scored] = []
+    for group in continuation_batches(len(context_ids), continuations, batch_tokens):
+        conts = [continuations[i] for i in group]
+        scored += _score_after(model, cache, h_last_D, conts, device, pad_id, stats)
+    return scored
+
+
+def _score_after(model, cache, h_last_D, continuations, device, pad_id, stats) -> list[Scored]:
+    """One batch of continuations after the cached context (the cache itself is left as is:
+    :func:`_repeat_cache` copies it)."""
     C = len(continuations)
     T = max(len(c) for c in continuations) - 1  # continuation inputs: all but the last token
     hidden_rows = []
@@ -85,6 +119,6 @@ def score_shared(
     logits_NV = torch.nn.functional.linear(h_ND, model.embed.weight).float()
     stats.batches += 1
     stats.sequences += C
-    stats.tokens += len(context_ids) + sum(len(c) - 1 for c in continuations)
-    stats.padded_tokens += len(context_ids) + C * T
+    stats.tokens += sum(len(c) - 1 for c in continuations)
+    stats.padded_tokens += C * T
     return split_scores(logits_NV, targets, [len(c) for c in continuations])
