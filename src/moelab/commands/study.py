@@ -33,12 +33,19 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    import sys
+
     from moelab.study.config import load_study
     from moelab.study.sweep import run_study
+    from moelab.train.stop import TrainingStopped
 
     cfg = load_study(args.config, args.set)
     words = ["moelab", "study"] + ([args.config] if args.config else []) + ["--out", args.out]
     for item in args.set:
         words += ["--set", item]
-    run_study(cfg, args.out, plan_only=args.plan, command=shlex.join(words))
+    try:
+        run_study(cfg, args.out, plan_only=args.plan, command=shlex.join(words))
+    except TrainingStopped as e:  # SIGTERM / SIGINT while a run trained in this process
+        print(f"{e}; rerunning this study command resumes the study", file=sys.stderr)
+        return e.exit_code
     return 0

@@ -72,10 +72,17 @@ def build_raw_config(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from moelab.train import load_run_config, train
+    from moelab.train.stop import TrainingStopped
 
     cfg = load_run_config(build_raw_config(args), args.set)
-    summary = train(cfg, args.out, progress=not args.no_progress)
+    try:
+        summary = train(cfg, args.out, progress=not args.no_progress)
+    except TrainingStopped as e:  # SIGTERM / SIGINT: saved, one line, 128 + signal number
+        print(str(e), file=sys.stderr)
+        return e.exit_code
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun the summary line is printed once, by rank 0
     val = summary.get("val_loss") or {}

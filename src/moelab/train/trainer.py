@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from moelab.train.rundir import (
 )
 from moelab.train.schedule import Cooldown, cooldown_lr
 from moelab.train.step import train_step
+from moelab.train.stop import StopRequest, TrainingStopped
 from moelab.train.telemetry import MoeTelemetry
 from moelab.train.validation import build_eval_sets, evaluate
 
@@ -362,6 +364,9 @@ class Trainer:
         n_acc, skipped_in_interval, nonfinite_run = 0, 0, 0
         interval_time, interval_tokens = 0.0, 0
         t_start = time.perf_counter()
+        # Distributed ranks would have to agree on the step to stop at: torchrun's own
+        # signal handling applies there.
+        stop = StopRequest(enabled=self.world == 1).__enter__()
         try:
             for step in range(start_step + 1, budget.total_steps + 1):
                 t0 = time.perf_counter()
@@ -395,8 +400,11 @@ class Trainer:
                 interval_tokens += budget.tokens_per_step
 
                 is_last = step == budget.total_steps
+                stopping = stop.at_boundary() is not None and not is_last
                 is_eval = step in self.eval_at and bool(eval_sets)
-                is_ckpt = is_last or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                is_ckpt = (
+                    is_last or stopping or (t.checkpoint_every and step % t.checkpoint_every == 0)
+                )
                 if is_eval:
                     val_loss = evaluate(model, eval_sets, self.device, self.autocast)
                 if step % t.log_every == 0 or is_last or is_eval or is_ckpt or nonfinite_run:
@@ -455,7 +463,10 @@ class Trainer:
                         "val_loss": val_loss or None,
                     }
                     self.save_checkpoint(step, model, optimizer, meta, nonfinite_total)
+                if stopping:
+                    raise self._stopped(stop.signum, step, saved=nonfinite_run == 0)
         finally:
+            stop.__exit__()
             writer.close()
             bar.close()
 
@@ -486,6 +497,21 @@ class Trainer:
         if self.is_main:
             atomic_write_json(run_dir / DONE, summary)
         return summary
+
+    def _stopped(self, signum: int, step: int, *, saved: bool) -> TrainingStopped:
+        name = signal.Signals(signum).name
+        if saved:
+            where = f"checkpoint {ckpt_io.step_dir(self.run_dir, step)} saved"
+        else:
+            good = ckpt_io.newest_valid(self.run_dir)[0]
+            where = "no checkpoint at this step (its update was not finite); " + (
+                f"the last good one is {good.path}" if good else "there is no checkpoint yet"
+            )
+        return TrainingStopped(
+            f"stopped by {name} at step {step} of {self.budget.total_steps}: {where}; "
+            f"`moelab train --out {self.run_dir}` resumes",
+            signum,
+        )
 
     def _row(self, step, lr, acc, n_acc, skipped, interval_tokens, interval_time, telemetry):
         n = max(1, n_acc)

@@ -1,0 +1,93 @@
+"""SIGTERM and SIGINT during training: finish the step, save a checkpoint, then stop.
+
+SIGTERM is what Slurm and most schedulers send before a preemption's SIGKILL; SIGINT is Ctrl-C.
+Killing the process at once would lose up to ``checkpoint_every`` steps, so the first signal
+only records a request, which the training loop honours at the next step boundary by saving a
+checkpoint there and raising :class:`TrainingStopped`. If the boundary is not reached within
+the grace period (``MOELAB_STOP_GRACE_S``, default 20 s: below Slurm's default 30 s between
+SIGTERM and SIGKILL), or a second signal arrives, the process stops at once as a plain
+KeyboardInterrupt would (every checkpoint on disk is complete: they are written atomically).
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import signal
+import threading
+
+GRACE_S = 20.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on a signal after saving its state; ``str()`` is the one line to print.
+    A KeyboardInterrupt, so library callers (a notebook, the study) treat it as Ctrl-C."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention for "ended by this signal"
+
+
+def grace_seconds() -> float:
+    try:
+        return max(0.0, float(os.environ.get("MOELAB_STOP_GRACE_S", GRACE_S)))
+    except ValueError:
+        return GRACE_S
+
+
+class StopRequest:
+    """``with StopRequest() as stop:`` installs the handlers (main thread only; elsewhere, e.g.
+    a notebook's worker thread, signals keep their usual effect); ``stop.at_boundary()`` is
+    the signal number once one asked to stop, else None."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self._old: dict[int, object] = {}
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> StopRequest:
+        if self.enabled:
+            for sig in SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._cancel_timer()
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:  # asked twice: stop now
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signum = signum
+        grace = grace_seconds()
+        # os.write, not print: a handler that prints while the main thread prints raises
+        # "reentrant call" on the shared stream.
+        os.write(
+            2,
+            f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then "
+            f"stopping (within {grace:.0f} s; send it again to stop at once)\n".encode(),
+        )
+        self._timer = threading.Timer(grace, _thread.interrupt_main)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def at_boundary(self) -> int | None:
+        """Called once per step boundary: the pending signal (the grace timer is stopped:
+        the checkpoint is being written now), or None."""
+        if self.signum is not None:
+            self._cancel_timer()
+        return self.signum

@@ -1,0 +1,102 @@
+"""SIGTERM (a scheduler's preemption notice) and SIGINT during training: the step finishes, a
+checkpoint is saved there, the process exits with one line; resuming gives the same numbers at
+every step as an uninterrupted run (issue 19, item 17)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from _train_data import make_prepared, tiny_config
+from moelab.train import load_run_config, read_metrics, train
+from moelab.train.checkpoint import list_checkpoints
+
+STEPS = 40
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return make_prepared(tmp_path_factory.mktemp("train_stop"))
+
+
+def _trace(run_dir: Path) -> list[tuple]:
+    return [(r["step"], r["loss"], r["lr"], r.get("val_loss")) for r in read_metrics(run_dir)]
+
+
+def _train(config: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "moelab", "train", str(config), "--out", str(out)]
+    return subprocess.Popen(
+        cmd + ["--no-progress"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def _signal_after(proc: subprocess.Popen, out: Path, step: int, sig: int) -> tuple[str, str]:
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            rows = read_metrics(out)
+            if rows and rows[-1]["step"] >= step:
+                break
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.005)
+        proc.send_signal(sig)
+        return proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_matches_uninterrupted_run(prepared, tmp_path):
+    # No periodic checkpoint before the end: without the signal handling nothing would be saved.
+    raw = tiny_config(prepared, moe=True, budget_steps=STEPS, checkpoint_every=1000, dropout=0.1)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    proc = _train(config, out)
+    _, err = _signal_after(proc, out, 8, signal.SIGTERM)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    last = read_metrics(out)[-1]["step"]
+    assert 8 <= last < STEPS and not (out / "done.json").exists()
+    assert [c.step for c in list_checkpoints(out)] == [last]
+    final = err.strip().splitlines()[-1]
+    assert final.startswith(f"stopped by SIGTERM at step {last} of {STEPS}: checkpoint"), err
+    assert f"step_{last:08d} saved" in final and "resumes" in final
+
+    resumed = _train(config, out)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming from checkpoint step_{last:08d} (step {last})" in err
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses: same reduction order
+    try:
+        train(load_run_config(raw), tmp_path / "straight", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert _trace(out) == _trace(tmp_path / "straight")
+
+
+@pytest.mark.slow
+def test_sigint_saves_a_checkpoint_too(prepared, tmp_path):
+    raw = tiny_config(prepared, budget_steps=STEPS, checkpoint_every=1000, eval_tokens=0)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    proc = _train(config, out)
+    _, err = _signal_after(proc, out, 3, signal.SIGINT)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    last = read_metrics(out)[-1]["step"]
+    assert [c.step for c in list_checkpoints(out)] == [last]
+    assert err.strip().splitlines()[-1].startswith(f"stopped by SIGINT at step {last}")
