@@ -213,14 +213,32 @@ def _nul_is_text(encoding: str | None) -> bool:
     )
 
 
+_WIDE_BOMS = (  # longest first: UTF-32-LE's mark starts with UTF-16-LE's
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
+
+
 def refuse_binary(head: bytes, path: Path, encoding: str | None = None) -> None:
     """A NUL byte near the start means a binary file (or a compressed one without its suffix):
-    decoding it would give a meaningless text, and a meaningless perplexity or tokenizer."""
-    if b"\0" in head[:BINARY_PROBE] and not _nul_is_text(encoding):
+    decoding it would give a meaningless text, and a meaningless perplexity or tokenizer.
+    UTF-16/32 text has NULs too: with its byte-order mark it is named as such."""
+    if b"\0" not in head[:BINARY_PROBE] or _nul_is_text(encoding):
+        return
+    wide = next((name for bom, name in _WIDE_BOMS if head.startswith(bom)), None)
+    if wide:
         raise MoelabError(
-            f"{path} looks binary (a NUL byte in its first {BINARY_PROBE} bytes), not text; "
-            "give a text file (compressed ones need their .gz, .bz2 or .xz suffix)"
+            f"{path} is not valid {encoding or 'utf-8'}: it is {wide} text (byte-order mark); "
+            f"give its encoding (prepare: DOMAIN=PATH:encoding={wide.lower()}) or convert it "
+            "to UTF-8"
         )
+    raise MoelabError(
+        f"{path} is not valid {encoding or 'utf-8'} text: it looks binary (a NUL byte in its "
+        f"first {BINARY_PROBE} bytes); give a text file (compressed ones need their .gz, .bz2 "
+        "or .xz suffix)"
+    )
 
 
 def _read_error(path: Path, e: Exception) -> MoelabError:

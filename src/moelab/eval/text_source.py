@@ -83,3 +83,9 @@ def read_tokens(
         n_tokens += len(ids)
     tokens = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     return tokens, n_bytes
+
+
+def probe_text(path: Path) -> None:
+    """Read the file's first block the way :func:`read_tokens` will, so that an unreadable,
+    binary or (visibly) damaged file is refused before the model is loaded."""
+    next(iter_text(path, "latin-1"), None)  # Latin-1 decodes any byte: only reading can fail
