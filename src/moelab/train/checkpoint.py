@@ -58,8 +58,19 @@ def list_checkpoints(run_dir: str | Path) -> list[Checkpoint]:
     for child in root.iterdir():
         m = _STEP_DIR.match(child.name)
         if m and child.is_dir():
-            found.append(Checkpoint(int(m.group(1)), child))
+            found.append(Checkpoint(_meta_step(child, int(m.group(1))), child))
     return sorted(found, key=lambda c: c.step)
+
+
+def _meta_step(path: Path, named: int) -> int:
+    """The step a checkpoint's own meta.json records: a folder renamed by hand must not pass
+    for a newer one. The name is used only when meta.json is unreadable (the checkpoint then
+    fails its check anyway)."""
+    try:
+        step = json.loads((path / META).read_text(encoding="utf-8")).get("step")
+    except (OSError, ValueError, AttributeError):
+        return named
+    return step if isinstance(step, int) and not isinstance(step, bool) else named
 
 
 def _sha256(path: Path) -> str:

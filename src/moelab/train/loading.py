@@ -16,13 +16,20 @@ from moelab.train.rundir import read_run_config
 
 
 def load_model(
-    run_dir: str | Path, step: int | None = None, device: str | torch.device = "cpu"
+    run_dir: str | Path,
+    step: int | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    announce: bool = False,
 ) -> tuple[LanguageModel, RunConfig, dict[str, Any]]:
     """(model in eval mode on ``device``, the run's config, the checkpoint's meta.json).
 
     Checkpoints that fail their checksums are skipped (a note on stderr when an older valid one
     is used; otherwise one MoelabError names them all); with ``step`` only that checkpoint is
-    considered."""
+    considered. The returned meta's ``step`` is the checkpoint's own (not its folder name's):
+    commands print it, so no reader silently uses another step than the user thinks. With
+    ``announce`` it is also said on stderr at once (library use; a command says it with its
+    result, keeping a later refusal to one stderr line)."""
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     found, skipped = ckpt_io.newest_valid(run_dir, step)
@@ -45,4 +52,7 @@ def load_model(
     for bad, reason in skipped:
         print(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it", file=sys.stderr)
     meta = ckpt_io.read_meta(found.path)
+    if announce:
+        what = f"{found.path.name} (step {found.step})"
+        print(f"{run_dir}: loaded checkpoint {what}", file=sys.stderr)
     return model.to(device).eval(), cfg, meta

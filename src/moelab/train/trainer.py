@@ -451,7 +451,11 @@ class Trainer:
                         f"cooldown {branch['fork_step']} -> {branch['step']}: "
                         + ", ".join(f"{d} {v:.3f}" for d, v in branch["val_loss"].items())
                     )
-                if is_ckpt and nonfinite_run == 0:
+                # No checkpoint during a streak of skipped updates (it would rotate good ones
+                # out), except the final one: a run that ends mid-streak still saves its end
+                # state (the weights of its last applied update), so every reader of the
+                # finished run loads its last step rather than silently an older one.
+                if is_ckpt and (nonfinite_run == 0 or is_last):
                     meta = {
                         "step": step,
                         "tokens": budget.tokens_at(step),
@@ -490,6 +494,9 @@ class Trainer:
             "final_train_loss": last.get("loss"),
             "val_loss": val_loss,
             "nonfinite_skipped": nonfinite_total,
+            # the final checkpoint's step, and how many updates before it were skipped in a row
+            "checkpoint_step": budget.total_steps,
+            "final_skipped_in_row": nonfinite_run,
             "resumed_from_step": resumed_from,
             "wall_s": wall,
             "tokens_per_s": trained_tokens / wall if wall > 0 else None,
