@@ -112,12 +112,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from moelab.eval.perplexity import expand_paths, run_perplexity
+    from moelab.eval.perplexity import check_inputs, run_perplexity
     from moelab.eval.priming import run_priming
     from moelab.eval.results import check_eval_dir, perplexity_table, priming_rows, write_result
     from moelab.eval.runs import open_run
     from moelab.eval.tasks import get_task
-    from moelab.eval.text_source import probe_text
 
     if args.ppl is None and not args.task:
         raise MoelabError("nothing to evaluate: give --ppl [PATH ...] and/or --task NAME")
@@ -129,9 +128,7 @@ def run(args) -> int:
     capacity = _capacity(args.capacity_factor) if args.capacity_factor is not None else None
     check_eval_dir(args.run_dir)
     tasks = [get_task(t, args.tasks_dir) for t in args.task]  # bad task files fail before loading
-    for path in expand_paths(args.ppl or []):  # so do missing, binary or unreadable text files
-        if not path.is_dir():
-            probe_text(path)
+    check_inputs(args.ppl or [])  # so do bad text files and crafted prepared folders
     run_ = open_run(args.run_dir, step=args.step, device=args.device)
     show_progress = not args.json
     results = []

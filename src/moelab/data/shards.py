@@ -10,8 +10,10 @@ Layout of a prepared folder::
 
 Training domains have splits ``train`` and ``val``; held-out domains only ``val``.
 The whole folder is built under a temporary name and renamed when complete, so a folder named
-like the output is never half-written. On open, every file's size is checked against the manifest
-(cheap, always) and, with ``verify=True`` (the default), its SHA-256 too.
+like the output is never half-written. On open, the manifest's schema and file names are
+checked (every file it names must lie in the folder), every file's size against the manifest
+(cheap, always) and, with ``verify=True`` (the default), its SHA-256 and the range of its token
+ids (same pass) too; unverified, a split's ids are range-checked when it is first read.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from moelab.data.folder_checks import check_ids, check_manifest, member, scan_tokens
 from moelab.data.tokenizer import load_tokenizer, special_ids
 from moelab.errors import MoelabError
 
@@ -109,8 +112,12 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def _check_file(path: Path, record: dict[str, Any], full: bool) -> None:
-    target = path / record["name"]
+def _check_file(
+    path: Path, record: dict[str, Any], full: bool, dtype: np.dtype | None = None
+) -> int | None:
+    """Size (always) and SHA-256 (``full``) of one named file. For a token file (``dtype``
+    given) and ``full``, the largest id too, read in the same pass; returned (None otherwise)."""
+    target = member(path, record["name"])
     if not target.is_file():
         raise MoelabError(f"{target} is missing; delete {path} and run moelab prepare again")
     size = target.stat().st_size
@@ -119,21 +126,35 @@ def _check_file(path: Path, record: dict[str, Any], full: bool) -> None:
             f"{target} has {size} bytes, the manifest says {record['bytes']} (truncated or "
             f"altered); delete {path} and run moelab prepare again"
         )
-    if full and sha256_file(target) != record["sha256"]:
+    if not full:
+        return None
+    if dtype is None:
+        digest, top = sha256_file(target), None
+    else:
+        digest, top = scan_tokens(target, dtype)
+    if digest != record["sha256"]:
         raise MoelabError(
             f"{target} does not match its checksum in the manifest (altered or corrupt); "
             f"delete {path} and run moelab prepare again"
         )
+    return top
 
 
 def verify_folder(path: Path, manifest: dict[str, Any], full: bool) -> None:
-    """Sizes always; SHA-256 of every shard too when ``full``. The tokenizer is always hashed
-    (it is small and a silently different tokenizer would make every number meaningless)."""
+    """The manifest's schema and file names (:mod:`moelab.data.folder_checks`), then sizes
+    always; SHA-256 of every shard and the range of its token ids too when ``full``. The
+    tokenizer is always hashed (it is small and a silently different tokenizer would make every
+    number meaningless)."""
+    check_manifest(path, manifest)
     _check_file(path, manifest["tokenizer"]["file"], full=True)
+    dtype = np.dtype(manifest["dtype"])
+    vocab = manifest["tokenizer"]["vocab_size"]
     for domain in manifest["domains"].values():
         for split in domain["splits"].values():
-            for record in split["files"].values():
-                _check_file(path, record, full)
+            _check_file(path, split["files"]["offsets"], full)
+            top = _check_file(path, split["files"]["tokens"], full, dtype)
+            if top is not None:
+                check_ids(path / split["files"]["tokens"]["name"], top, vocab)
 
 
 class PreparedData:
@@ -148,6 +169,7 @@ class PreparedData:
         self.vocab_size: int = manifest["tokenizer"]["vocab_size"]
         self.dtype = np.dtype(manifest["dtype"])
         self._memmaps: dict[tuple[str, str], np.ndarray] = {}
+        self._ids_checked = False  # else each split's ids are range-checked on its first read
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> PreparedData:
@@ -158,13 +180,22 @@ class PreparedData:
             raise MoelabError(f"prepared data folder {path} does not exist; run moelab prepare")
         manifest = read_manifest(path)
         verify_folder(path, manifest, full=verify)
-        tok = load_tokenizer(path / manifest["tokenizer"]["file"]["name"])
+        tok = load_tokenizer(member(path, manifest["tokenizer"]["file"]["name"]))
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        if vocab != manifest["tokenizer"]["vocab_size"]:
+            raise MoelabError(
+                f"{path}: the manifest's vocab_size {manifest['tokenizer']['vocab_size']} is not "
+                f"its tokenizer's {vocab} (a crafted or damaged folder); delete it and run "
+                "moelab prepare again"
+            )
         if special_ids(tok, str(path / "tokenizer.json")) != (
             manifest["tokenizer"]["eot_id"],
             manifest["tokenizer"]["pad_id"],
         ):
             raise MoelabError(f"{path}: tokenizer special ids disagree with the manifest")
-        return cls(path, manifest, tok)
+        data = cls(path, manifest, tok)
+        data._ids_checked = verify  # verified: every id was range-checked with the checksums
+        return data
 
     # -- what is here -----------------------------------------------------------------------
     @cached_property
@@ -215,14 +246,18 @@ class PreparedData:
             if rec["tokens"] == 0:
                 self._memmaps[key] = np.zeros(0, dtype=self.dtype)
             else:
-                self._memmaps[key] = np.memmap(self.path / name, dtype=self.dtype, mode="r")
+                target = member(self.path, name)
+                ids = np.memmap(target, dtype=self.dtype, mode="r")
+                if not self._ids_checked:  # one read of the split: cheap next to scoring it
+                    check_ids(target, int(ids.max()), self.vocab_size)
+                self._memmaps[key] = ids
         return self._memmaps[key]
 
     def doc_offsets(self, domain: str, split: str) -> np.ndarray:
         """int64 array of n_docs + 1 start positions; document i (with its trailing eot_id) is
         ``tokens[off[i]:off[i + 1]]``."""
         rec = self._split(domain, split)
-        offsets = np.fromfile(self.path / rec["files"]["offsets"]["name"], dtype=OFFSET_DTYPE)
+        offsets = np.fromfile(member(self.path, rec["files"]["offsets"]["name"]), OFFSET_DTYPE)
         if (
             len(offsets) != rec["documents"] + 1
             or offsets[0] != 0

@@ -245,6 +245,23 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return out
 
 
+def check_inputs(paths: list[str]) -> None:
+    """Open every ``--ppl`` path far enough to refuse bad input before a model is loaded: a text
+    file's first block (binary, unreadable), a prepared folder's manifest, files and validation
+    token ids (:mod:`moelab.data.folder_checks`)."""
+    from moelab.data import PreparedData
+    from moelab.eval.text_source import probe_text
+
+    for path in expand_paths(paths):
+        if not path.is_dir():
+            probe_text(path)
+            continue
+        data = PreparedData.open(path, verify=False)
+        for domain in data.domains:
+            if "val" in data.splits(domain):
+                data.tokens(domain, "val")  # range-checks its ids once
+
+
 def source_from_text(path: Path, tokenizer: Any, max_tokens: int | None = None) -> PplSource:
     """A text file, tokenized with the run's tokenizer in pieces (:mod:`moelab.eval.text_source`:
     memory does not grow with the file; reading stops at ``max_tokens``). UTF-8, or Latin-1
