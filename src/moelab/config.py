@@ -83,6 +83,7 @@ class ModelConfig:
         def bad(key: str, why: str) -> MoelabError:
             return MoelabError(f"model.{key}: {why}")
 
+        check_finite(self, "model")
         if self.arch not in ("paper", "modern"):
             raise bad("arch", f"must be 'paper' or 'modern', got {self.arch!r}")
         if self.init is None:
@@ -120,8 +121,12 @@ class ModelConfig:
                     raise bad(key, f"must be > 0 or null (dropless), got {v}")
             if self.second_expert_policy not in ("all", "sampling", "random"):
                 raise bad("second_expert_policy", "must be 'all', 'sampling' or 'random'")
-            if self.aux_loss_weight < 0 or self.z_loss_weight < 0:
-                raise bad("aux_loss_weight", "loss weights must be >= 0")
+        for key in ("aux_loss_weight", "z_loss_weight"):
+            if getattr(self, key) < 0:
+                raise bad(key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ("norm_eps", "rope_theta"):
+            if not getattr(self, key) > 0:
+                raise bad(key, f"must be > 0, got {getattr(self, key)}")
         return self
 
 
@@ -182,12 +187,28 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
                 raise MoelabError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise MoelabError(f"{key}: expected a number, got {value!r}")
-        return float(value)
+        # NaN passes every "< 0" check and trains to NaN losses; inf (also what 1e400 and
+        # integers beyond float range become) makes budgets and schedules meaningless.
+        number = float(value) if abs(value) < 2**1024 else math.inf
+        if not math.isfinite(number):
+            raise MoelabError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise MoelabError(f"{key}: expected a string, got {value!r}")
         return value
     return value
+
+
+def check_finite(obj: Any, section: str) -> None:
+    """Every float field of dataclass ``obj`` (and every float in a list field) is finite:
+    the same rule as loading, for configs built in Python rather than from a file."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise MoelabError(f"{section}.{f.name}: expected a finite number, got {value!r}")
 
 
 def _printable(key: object) -> str:

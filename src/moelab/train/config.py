@@ -22,7 +22,14 @@ from typing import Any
 
 import yaml
 
-from moelab.config import ModelConfig, apply_overrides, from_dict, load_yaml, to_dict
+from moelab.config import (
+    ModelConfig,
+    apply_overrides,
+    check_finite,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
 from moelab.errors import MoelabError
 
 SECTIONS = ("model", "data", "train")
@@ -96,6 +103,7 @@ class TrainConfig:
         def bad(key: str, why: str) -> MoelabError:
             return MoelabError(f"train.{key}: {why}")
 
+        check_finite(self, "train")
         budgets = [k for k in ("budget_flops", "budget_tokens", "budget_steps") if getattr(self, k)]
         if len(budgets) != 1:
             got = ", ".join(budgets) if budgets else "none"
