@@ -23,6 +23,27 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux allows (os.umask is the only
+    portable getter, and it briefly changes the mask for every thread)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable_like_the_rest(path: Path) -> None:
+    """Give a file the permissions a plain ``open()`` would: safetensors' writer creates
+    ``model.safetensors`` 0600, unreadable to the group where every other file is 0644."""
+    mode = path.stat().st_mode & 0o7777
+    want = mode | (0o666 & ~_umask())
+    if want != mode:
+        os.chmod(path, want)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,6 +77,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        _readable_like_the_rest(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -78,6 +100,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         yield tmp
         for child in tmp.rglob("*"):
             if child.is_file():
+                _readable_like_the_rest(child)
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -297,3 +297,18 @@ def remove_stale_temps(folder: str | Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.is_file() or tmp.is_symlink():
             tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def locked_new_dir(out: str | Path, command: str, check) -> Iterator[Path]:
+    """Build the new folder ``out`` under a temporary name (``moelab.io.atomic_dir``) while
+    holding its lock: ``check(out)`` runs again under the lock (another process may have made
+    ``out`` since the caller's first check), and the temporaries of killed earlier attempts
+    are removed first (export and import leave ``.NAME.tmp-PID`` when killed)."""
+    from moelab.io import atomic_dir
+
+    with folder_lock(out, command):
+        check(Path(out))
+        remove_stale_temps(out)
+        with atomic_dir(out) as tmp:
+            yield tmp

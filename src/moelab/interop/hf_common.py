@@ -19,6 +19,17 @@ HF_CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
 
 
+def require_transformers(command: str) -> None:
+    """One line with the install hint, not a ModuleNotFoundError traceback, when the optional
+    ``transformers`` package is missing (checked before any work)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise MoelabError(
+            f"moelab {command} needs the 'transformers' package: pip install 'moelab[hf]'"
+        ) from None
+
+
 def check_new_folder(out: Path, flag: str = "--out") -> None:
     """An output folder must not exist or be empty: nothing of the user's is ever replaced."""
     check_can_create(out, flag)

@@ -28,8 +28,9 @@ from moelab.interop.hf_common import (
     hf_tokenizer,
     max_logit_diff,
     quiet_transformers,
+    require_transformers,
 )
-from moelab.io import atomic_dir
+from moelab.lock import locked_new_dir
 
 EXPORT_INFO = "moelab_export.json"
 
@@ -67,6 +68,7 @@ def export_hf(
     run_dir: str | Path, out: str | Path, step: int | None = None, verify: bool = True
 ) -> ExportResult:
     """Export the newest valid checkpoint of ``run_dir`` (or ``step``) to folder ``out``."""
+    require_transformers("export")
     from transformers import AutoModelForCausalLM
 
     from moelab.train import load_model, read_run_config
@@ -82,7 +84,7 @@ def export_hf(
         hf_config = cls.make_config(cfg, SpecialIds(eot=eot, pad=pad))
         state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
         hf_model = build_hf_model(hf_config, cls.to_hf(state, cfg))
-        with atomic_dir(out) as tmp:
+        with locked_new_dir(out, "export", check_new_folder) as tmp:
             hf_model.save_pretrained(tmp, safe_serialization=True)
             fast_tok.save_pretrained(tmp)
             diff: float | None = None

@@ -28,8 +28,9 @@ from moelab.interop.hf_common import (
     check_new_folder,
     max_logit_diff,
     quiet_transformers,
+    require_transformers,
 )
-from moelab.io import atomic_dir
+from moelab.lock import locked_new_dir
 
 
 @dataclass
@@ -89,6 +90,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, verify: bool = True) -> Impor
     from moelab.train.config import DataSection, RunConfig, TrainConfig
     from moelab.train.loading import load_model
 
+    require_transformers("import")
     hf_dir, out = Path(hf_dir), Path(out)
     if not (hf_dir / HF_CONFIG).is_file():
         raise MoelabError(f"{hf_dir}: no {HF_CONFIG}; give a Hugging Face model folder")
@@ -136,7 +138,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, verify: bool = True) -> Impor
         "hf_class": cls.name,
     }
     diff: float | None = None
-    with atomic_dir(out) as tmp:
+    with locked_new_dir(out, "import", check_new_folder) as tmp:
         write_run_files(tmp, model, run_cfg, tok_path.read_bytes(), meta)
         if verify:
             # Check what a user will load: the run folder through the trainer's own loader.
