@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from moelab.data.globbing import expand
 from moelab.errors import MoelabError
 from moelab.hub import load_hf_dataset
 
@@ -65,9 +66,25 @@ class SourceSpec:
         return {"domain": self.domain, "location": self.location, "options": dict(self.options)}
 
 
+def _is_encoding(name: str) -> bool:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        return False
+    return True
+
+
+def _option_like(part: str) -> bool:
+    """``key=value`` (checked against the allowed keys later, so a typo is named) or the bare
+    encoding shorthand (``latin-1``, ``utf-8,latin-1``)."""
+    return "=" in part or (bool(part) and all(_is_encoding(e) for e in part.split(",")))
+
+
 def parse_source_spec(text: str) -> SourceSpec:
     """``news=data/*.txt:encoding=latin-1`` -> SourceSpec. A bare last part without ``=``
-    (``news=file.txt:latin-1``) is shorthand for the encoding."""
+    (``news=file.txt:latin-1``) is shorthand for the encoding. A ``:`` belongs to the path
+    unless what follows it looks like an option, and a text after ``DOMAIN=`` that names an
+    existing file is that file (so ``notes:v2.txt`` works as a file name)."""
     domain, sep, rest = text.partition("=")
     domain = domain.strip()
     if not sep or not rest:
@@ -78,12 +95,19 @@ def parse_source_spec(text: str) -> SourceSpec:
             "letters, digits, '_' and '-'"
         )
     parts = rest.split(":")
-    if parts[0] == "hf":  # hf:NAME keeps its prefix as the location
+    if os.path.lexists(os.path.expanduser(rest)):  # an existing file is literal: notes:v2.txt
+        location, opt_parts, allowed = rest, [], FILE_OPTIONS
+    elif parts[0] == "hf":  # hf:NAME keeps its prefix as the location
         if len(parts) < 2 or not parts[1]:
             raise MoelabError(f"source {text!r}: expected hf:NAME (e.g. hf:Salesforce/wikitext)")
         location, opt_parts, allowed = f"hf:{parts[1]}", parts[2:], HF_OPTIONS
     else:
-        location, opt_parts, allowed = parts[0], parts[1:], FILE_OPTIONS
+        # Options are the trailing parts that look like options (key=value, or a bare encoding
+        # name); everything before them is the path, colons included.
+        cut = len(parts)
+        while cut > 1 and _option_like(parts[cut - 1]):
+            cut -= 1
+        location, opt_parts, allowed = ":".join(parts[:cut]), parts[cut:], FILE_OPTIONS
     options: dict[str, str] = {}
     for part in opt_parts:
         key, eq, value = part.partition("=")
@@ -186,11 +210,17 @@ def expand_files(spec: SourceSpec) -> list[Path]:
         raise MoelabError(
             f"{spec.domain}: {pattern} is a folder; give a file or a glob such as {pattern}/*.txt"
         )
-    matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-    files = [Path(m).resolve() for m in matches if os.path.isfile(m)]
+    literal = os.path.lexists(pattern) or not glob.has_magic(pattern)
+    files = [Path(m).resolve() for m in expand(pattern) if os.path.isfile(m)]
     if not files:
-        what = "no files match" if glob.has_magic(pattern) else "no such file"
-        raise MoelabError(f"{spec.domain}: {what} {pattern!r}; check the path in --source")
+        what = "no such file" if literal else "no files match"
+        hint = ""
+        if ":" in pattern:
+            tail = pattern.rpartition(":")[2]
+            hint = (
+                f" (':{tail}' is no option or known encoding, so it was read as part of the path)"
+            )
+        raise MoelabError(f"{spec.domain}: {what} {pattern!r}{hint}; check the path in --source")
     return files
 
 
@@ -315,11 +345,38 @@ def _file_record(path: Path, raw_size: int, sha256: str, **extra: Any) -> dict[s
     return {"path": str(path), "bytes": raw_size, "sha256": sha256, **extra}
 
 
-def read_file_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
+# sha256 of a file's bytes -> (domain, path) of the first file read with them
+Seen = dict[str, tuple[str, Path]]
+
+
+def _first_reading(sha: str, path: Path, domain: str, seen: Seen) -> bool:
+    """True the first time these bytes are read. Again in the same domain (a glob matching a
+    copy or a link twice): False, the copy is skipped. In another domain: refused, since the
+    document could then be trained on in one domain and validated on in the other."""
+    if sha not in seen:
+        seen[sha] = (domain, path)
+        return True
+    first_domain, first = seen[sha]
+    if first_domain != domain:
+        raise MoelabError(
+            f"{path} has the same bytes as {first}, already read for domain {first_domain!r}; "
+            f"a document may not be in two domains ({first_domain!r} and {domain!r}), where it "
+            "could be trained on and validated on: remove one of them from the sources"
+        )
+    return False
+
+
+def read_file_source(spec: SourceSpec, max_doc_bytes: int, seen: Seen | None = None) -> DocSet:
+    """The documents of every file a spec names, each distinct content once (``seen``: the
+    checksums already read by earlier sources of the same preparation)."""
     out = DocSet(docs=[])
+    seen = {} if seen is None else seen
     for path in expand_files(spec):
         raw = read_bytes(path, spec.option("encoding"))
         sha = hashlib.sha256(raw).hexdigest()
+        if not _first_reading(sha, path, spec.domain, seen):
+            out.records.append(_file_record(path, len(raw), sha, duplicate_of=str(seen[sha][1])))
+            continue
         fmt = spec.option("format") or (
             "jsonl" if re.search(r"\.(jsonl|ndjson)(\.(gz|bz2|xz))?$", path.name) else "text"
         )
@@ -413,7 +470,9 @@ def read_hf_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
     return DocSet(docs=docs, records=[record])
 
 
-def read_source(spec: SourceSpec, max_doc_bytes: int) -> DocSet:
+def read_source(spec: SourceSpec, max_doc_bytes: int, seen: Seen | None = None) -> DocSet:
+    """Documents of one source. Pass the same ``seen`` to every source of a preparation so a
+    file's content is read once across all of them (:func:`_first_reading`)."""
     if spec.is_hf:
         return read_hf_source(spec, max_doc_bytes)
-    return read_file_source(spec, max_doc_bytes)
+    return read_file_source(spec, max_doc_bytes, seen)

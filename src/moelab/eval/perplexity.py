@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moelab.data.globbing import expand
 from moelab.errors import MoelabError
 from moelab.eval.progress import progress_bar
 from moelab.eval.runs import evaluation_state, forward_flops
@@ -229,7 +230,8 @@ def expand_paths(paths: list[str]) -> list[Path]:
     """Files and prepared folders named directly or by glob, in a stable order."""
     out: list[Path] = []
     for p in paths:
-        matches = sorted(globlib.glob(p, recursive=True)) if any(c in p for c in "*?[") else [p]
+        # an existing path is literal (file[1].txt); ** never enters a symlinked folder
+        matches = expand(p) if globlib.has_magic(p) else [p]
         if not matches:
             raise MoelabError(f"--ppl {p}: no file matches this pattern")
         for m in matches:
