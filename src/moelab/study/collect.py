@@ -211,7 +211,9 @@ def _train_wall(path: Path, ev: dict[str, Any]) -> float | None:
     resumes), else what the study timed."""
     try:
         done = json.loads((path / "done.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        done = {}
+    if not isinstance(done, dict):  # a hand-edited file: fall back to the study's own timing
         done = {}
     for key in ("wall_s", "train_wall_s", "wall_seconds", "elapsed_s"):
         if _float(done.get(key)) is not None:

@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from moelab.errors import MoelabError
 from moelab.io import atomic_write_text
 
 METRICS = "metrics.jsonl"
@@ -47,12 +48,47 @@ def _made_at(row: dict[str, Any]) -> int:
     return int(row.get("fork_step", row.get("step", 0)))
 
 
+def _is_step(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def checked_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows a resume keeps or cuts, each checked: a row that is not an object with an
+    integer ``step`` (a hand edit) is refused in one line naming its line, before the run
+    folder is written. A torn last line (a killed writer) is dropped, as by read_metrics."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        why = type(e).__name__
+        raise MoelabError(f"{path}: cannot read it ({why}); fix or delete it") from None
+    rows = []
+    for i, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not (
+            isinstance(row, dict)
+            and _is_step(row.get("step"))
+            and ("fork_step" not in row or _is_step(row["fork_step"]))
+        ):
+            raise MoelabError(
+                f"{path}: line {i} is not a metrics row (a JSON object with an integer "
+                "step); fix or delete that line, then resume"
+            )
+        rows.append(row)
+    return rows
+
+
 def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
     """Keep only rows written at or before main step ``last_step`` (rewritten atomically)."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return
-    keep = [r for r in read_metrics(run_dir) if _made_at(r) <= last_step]
+    keep = [r for r in checked_rows(run_dir) if _made_at(r) <= last_step]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 

@@ -79,14 +79,27 @@ def has_checkpoints(run_dir: Path) -> bool:
     return root.is_dir() and any(p.name.startswith("step_") for p in root.iterdir())
 
 
+# what a complete done.json must hold (the train command prints them)
+_DONE_NUMBERS = ("steps", "tokens", "flops")
+
+
 def read_done(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary; None when absent or damaged (not JSON, not an object, a number
+    missing): a damaged one is not trusted to say the run is complete, so the trainer finishes
+    the run again from its final checkpoint and rewrites it."""
     path = run_dir / DONE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
+        done = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
+    if not isinstance(done, dict):
+        return None
+    for key in _DONE_NUMBERS:
+        if not isinstance(done.get(key), int | float) or isinstance(done.get(key), bool):
+            return None
+    return done
 
 
 def clear_stale(run_dir: Path) -> None:

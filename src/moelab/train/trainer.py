@@ -28,7 +28,7 @@ from moelab.train import checkpoint as ckpt_io
 from moelab.train.budget import Budget, cooldowns_of, eval_steps, resolve_budget, schedule_of
 from moelab.train.config import RunConfig, open_prepared
 from moelab.train.cooldown import restore_snapshot, take_snapshot
-from moelab.train.metrics import MetricsWriter, truncate_metrics
+from moelab.train.metrics import MetricsWriter, checked_rows, truncate_metrics
 from moelab.train.optim import build_optimizer, set_lr
 from moelab.train.progress import ProgressBar
 from moelab.train.rng import rng_state, seed_everything, set_rng_state
@@ -269,6 +269,11 @@ class Trainer:
                 f"{run_dir} cannot be resumed; evaluate or fine-tune it (moelab eval / "
                 "moelab finetune), or train a new run with another --out"
             )
+        if not isinstance(meta.get("data_fingerprint"), str | None):
+            raise MoelabError(
+                f"{path / ckpt_io.META}: data_fingerprint is not a string (edited by hand?); "
+                "restore it, or delete that checkpoint folder to resume from an older one"
+            )
         if meta.get("data_fingerprint") not in (None, data_fp):
             raise MoelabError(
                 f"data.dir: the prepared data in {cfg.data.dir} changed since this run "
@@ -298,9 +303,12 @@ class Trainer:
         run_dir = self.run_dir
         resuming = claim_run_dir(cfg, run_dir, write=False)
         done = read_done(run_dir) if resuming else None
+        if resuming and done is None and (run_dir / DONE).is_file():
+            self._say(f"note: {run_dir / DONE} is damaged; finishing the run again rewrites it")
         if done is not None and done.get("steps") == budget.total_steps:
             self._say(f"{run_dir}: already complete ({budget.total_steps} steps); nothing to do")
             return done
+        checked_rows(run_dir)  # a hand-edited metrics.jsonl is refused before any write
         data = open_prepared(cfg.data.dir)
         from moelab.data import TrainStream
 
