@@ -41,6 +41,15 @@ def result_name(result: dict[str, Any]) -> str:
 def check_eval_dir(run_dir: str | Path) -> Path:
     """``RUN_DIR/eval``, checked before any work so a long evaluation never ends in an error."""
     folder = Path(run_dir) / EVAL_DIR
+    # A crafted run folder must not redirect writes: eval/ linked elsewhere (or dangling) would
+    # put every result, and the temporary files before them, wherever the link points.
+    if folder.is_symlink():
+        target = folder.resolve()
+        if not target.is_relative_to(Path(run_dir).resolve()):
+            raise MoelabError(
+                f"{folder} is a link to {target}, outside the run folder; moelab writes results "
+                "only inside the run: replace the link by a folder"
+            )
     if folder.exists() and not folder.is_dir():
         raise MoelabError(f"{folder} exists and is not a folder; move it away to store results")
     return folder
