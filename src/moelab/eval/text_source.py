@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from moelab.data.sources import iter_text
+from moelab.data.textfile import iter_text
 from moelab.data.tokenizer import CUT_AT, token_dtype
 
 PIECE_CHARS = 1 << 16
