@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob as globlib
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,20 +40,35 @@ class PplSource:
     origin: str  # where it came from (file or prepared folder)
 
 
-def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+def iter_windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int, int, int]]:
     """``(start, end, first_scored)``: the window's inputs are tokens[start:end], its targets
-    tokens[start+1:end+1], and targets at index >= first_scored are scored."""
+    tokens[start+1:end+1], and targets at index >= first_scored are scored. A generator: a long
+    text's windows are never all held (a tuple each, ~150 bytes, grew with the file)."""
     if not 1 <= stride <= context:
         raise MoelabError(f"--stride must be between 1 and the context {context}, got {stride}")
-    out = []
     scored_until, start = 1, 0
     while scored_until < n_tokens:
         end = min(start + context, n_tokens - 1)
         if end + 1 > scored_until:
-            out.append((start, end, scored_until))
+            yield start, end, scored_until
             scored_until = end + 1
         start += stride
-    return out
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """All of :func:`iter_windows` as a list."""
+    return list(iter_windows(n_tokens, context, stride))
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def source_loss(
@@ -68,11 +84,9 @@ def source_loss(
     advance=None,
 ) -> tuple[float, int]:
     """(sum of negative log-likelihoods in nats, number of scored tokens)."""
-    wins = windows(len(tokens), context, stride)
     total, count = 0.0, 0
     with torch.inference_mode():
-        for b0 in range(0, len(wins), batch_size):
-            batch = wins[b0 : b0 + batch_size]
+        for batch in _batched(iter_windows(len(tokens), context, stride), batch_size):
             T = max(end - start for start, end, _ in batch)
             tokens_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
             rows, positions, targets = [], [], []
@@ -131,7 +145,7 @@ def evaluate_perplexity(
                 raise MoelabError(
                     f"{src.name} ({src.origin}): fewer than 2 tokens, nothing to score"
                 )
-            n_windows = len(windows(len(src.tokens), context, stride))
+            n_windows = sum(1 for _ in iter_windows(len(src.tokens), context, stride))
             t_src = time.perf_counter()
             with progress_bar(n_windows, f"ppl {src.name}", progress) as advance:
                 nll, count = source_loss(
