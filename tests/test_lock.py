@@ -167,3 +167,14 @@ def test_heartbeat_advances_and_release_removes_only_our_lock(tmp_path, monkeypa
     with pytest.raises(MoelabError):
         FolderLock(folder2, "train").acquire()
     assert lock_path(folder2).is_file()  # a refused process never removes the holder's lock
+
+
+def test_a_lock_file_that_cannot_be_created_is_one_line(prepared, tmp_path, capsys):
+    """A folder name at the file name limit leaves no room for its lock file's name."""
+    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    expect_user_error(
+        capsys,
+        ["train", str(cfg), "--out", str(tmp_path / ("r" * 250)), "--no-progress"],
+        watch=[tmp_path],
+        match=[r"cannot create its lock file", r"too long"],
+    )

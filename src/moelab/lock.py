@@ -135,7 +135,8 @@ class FolderLock:
         return (json.dumps(rec) + "\n").encode("utf-8")
 
     def _write_temp(self) -> Path:
-        tmp = self.path.with_name(f"{self.path.name}.{self.token}")
+        # Not named after the folder: a folder name near the length limit must still fit.
+        tmp = self.path.with_name(f".moelab-lock-{self.token}")
         with open(tmp, "wb") as f:
             f.write(self._record())
             f.flush()
@@ -190,7 +191,14 @@ class FolderLock:
         self._make_parent()
         try:
             for _ in range(20):
-                if self._create():
+                try:
+                    created = self._create()
+                except OSError as e:  # e.g. a name at the length limit, a read-only parent
+                    raise MoelabError(
+                        f"{self.flag} {self.folder}: cannot create its lock file {self.path.name} "
+                        f"({e.strerror or e}); choose a shorter name or a writable place"
+                    ) from None
+                if created:
                     break
                 record = _read(self.path)
                 if record is None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from moelab.errors import MoelabError
 from moelab.flops import count_params
+from moelab.study.diverged import read_divergence
 from moelab.study.layout import STUDY_EVAL, runs_dir
 from moelab.study.results import RunRecord
 from moelab.train.metrics import METRICS
@@ -235,7 +236,8 @@ def read_records(
     root = runs_dir(out_dir)
     if not root.is_dir():
         raise MoelabError(f"{out_dir}: no runs/ folder; is this a study folder (moelab study)?")
-    planned = list(dict.fromkeys(order or []))
+    # A diverged run has no results: it is left out here and listed by diverged_runs.
+    planned = [n for n in dict.fromkeys(order or []) if read_divergence(root / n) is None]
     extra = sorted(
         p.name
         for p in root.iterdir()

@@ -23,6 +23,7 @@ from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.lock import folder_lock
 from moelab.study.config import StudyConfig, study_to_dict
+from moelab.study.diverged import DIVERGED, diverged_runs, read_divergence, record_divergence
 from moelab.study.grid import expand_grid
 from moelab.study.layout import (
     STUDY_EVAL,
@@ -30,8 +31,10 @@ from moelab.study.layout import (
     eval_key,
     run_dir,
     run_state,
+    runs_dir,
 )
 from moelab.study.plan import PlannedRun, fmt_seconds, format_plan, make_plan
+from moelab.train.trainer import TrainingDiverged
 
 Echo = Callable[[str], None]
 
@@ -129,12 +132,30 @@ def _check_same_config(path: Path, planned: PlannedRun) -> None:
 
 
 def pending_runs(plan: list[PlannedRun], out_dir: Path, key: str) -> list[tuple[int, PlannedRun]]:
-    """Runs that still need training or evaluation, with their 1-based index in the plan."""
+    """Runs that still need training or evaluation, with their 1-based index in the plan
+    (a run recorded as diverged is not retried: it would diverge the same way)."""
     return [
         (i, p)
         for i, p in enumerate(plan, 1)
         if run_state(run_dir(out_dir, p.name), key) is not RunState.FINISHED
+        and read_divergence(run_dir(out_dir, p.name)) is None
     ]
+
+
+# A run folder's name plus its lock file's longest suffix (".NAME.lock.break") must fit the
+# 255-byte file name limit of common filesystems.
+MAX_RUN_NAME_BYTES = 255 - len("..lock.break")
+
+
+def check_run_names(plan: list[PlannedRun]) -> None:
+    """Refuse, before anything is written, a run name no filesystem folder can have."""
+    for p in plan:
+        size = len(p.name.encode("utf-8"))
+        if size > MAX_RUN_NAME_BYTES:
+            raise MoelabError(
+                f"run name {p.name[:40]}... is {size} bytes, over the {MAX_RUN_NAME_BYTES} a run "
+                "folder name may have; use shorter grid keys or values"
+            )
 
 
 def _train_one(planned: PlannedRun, path: Path) -> float:
@@ -164,6 +185,7 @@ def run_study(
         raise MoelabError(f"--out {out}: exists and is not a folder")
     with _torch_threads(cfg.threads):
         checked = build_plan(cfg, out, measure=False)  # validates every run config
+        check_run_names(checked)
         for p in checked:
             p.run_config.data.dir = str(prepared_dir(cfg, out))
             _check_same_config(run_dir(out, p.name), p)
@@ -250,15 +272,24 @@ def _run(
     key = eval_key(cfg.eval)
     for p in plan:
         _check_same_config(run_dir(out, p.name), p)
+    names = [p.name for p in plan]
+    earlier = diverged_runs(runs_dir(out), names)
     todo = pending_runs(plan, out, key)
     n = len(plan)
-    if len(todo) < n:
-        echo(f"{n - len(todo)} of {n} runs already finished; skipping them")
+    if len(todo) < n - len(earlier):
+        echo(f"{n - len(todo) - len(earlier)} of {n} runs already finished; skipping them")
+    if earlier:
+        echo(
+            f"{len(earlier)} of {n} runs diverged before and are skipped: {', '.join(earlier)} "
+            f"(delete RUN/{DIVERGED} to retry one)"
+        )
     if cfg.workers > 1 and len(todo) > 1:
         _run_parallel(cfg, out, todo, n, key, echo)
     else:
         _run_sequential(cfg, out, todo, n, key, echo)
-    echo(f"all {n} runs finished; writing the results table, fits and report")
+    diverged = diverged_runs(runs_dir(out), names)
+    note = f" ({len(diverged)} diverged: {', '.join(diverged)})" if diverged else ""
+    echo(f"all {n} runs done{note}; writing the results table, fits and report")
     from moelab.study.report import build_report
 
     record_study_time(cfg, out, started)
@@ -292,7 +323,12 @@ def _run_sequential(
                 f"[{i}/{n}] {verb} {planned.name} ({planned.family}, {planned.tokens:,} tokens, "
                 f"{planned.train_flops:.2e} FLOPs); study ETA {eta}"
             )
-            train_s = _train_one(planned, path)
+            try:
+                train_s = _train_one(planned, path)
+            except TrainingDiverged as e:  # recorded; the other runs still get their results
+                echo(f"[{i}/{n}] " + record_divergence(path, planned.name, e))
+                remaining_est -= planned.est_seconds
+                continue
             spent_actual += train_s
             spent_est += planned.est_seconds
         remaining_est -= planned.est_seconds
@@ -320,10 +356,10 @@ def _die_with_parent(parent: int) -> None:
 
 def _train_and_evaluate(
     cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train: bool
-) -> tuple[float, float, list[str]]:
+) -> tuple[float, float, list[str], bool]:
     """One run in a worker process: train (unless already trained), evaluate, write its
     study_eval.json. Returns (train seconds, evaluation seconds, the lines it would have
-    printed), so the parent prints each run's lines together."""
+    printed, whether it diverged), so the parent prints each run's lines together."""
     import torch
 
     torch.set_num_threads(cfg.threads or 1)  # validate() sets 1 when workers > 1
@@ -333,10 +369,14 @@ def _train_and_evaluate(
         from moelab.train import train as train_run
 
         start = time.perf_counter()
-        train_run(planned.run_config, path, progress=False)
+        try:
+            train_run(planned.run_config, path, progress=False)
+        except TrainingDiverged as e:
+            line = record_divergence(path, planned.name, e)
+            return time.perf_counter() - start, 0.0, [line], True
         train_s = time.perf_counter() - start
     eval_s = _evaluate_one(cfg, planned, path, key, train_s, lines.append)
-    return train_s, eval_s, lines
+    return train_s, eval_s, lines, False
 
 
 def _run_parallel(
@@ -378,7 +418,10 @@ def _run_parallel(
             futures[job] = (i, planned)
         for done, fut in enumerate(cf.as_completed(futures), 1):
             i, planned = futures[fut]
-            train_s, eval_s, lines = fut.result()  # a run's error stops the study here
+            train_s, eval_s, lines, diverged = fut.result()  # other errors stop the study
+            if diverged:
+                echo(f"[{i}/{n}] " + lines[0])
+                continue
             echo(
                 f"[{i}/{n}] finished {planned.name}: training {fmt_seconds(train_s)}, "
                 f"evaluation {fmt_seconds(eval_s)} ({done}/{len(todo)} done, "
