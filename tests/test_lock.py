@@ -178,3 +178,20 @@ def test_a_lock_file_that_cannot_be_created_is_one_line(prepared, tmp_path, caps
         watch=[tmp_path],
         match=[r"cannot create its lock file", r"too long"],
     )
+
+
+def test_unlocked_cleanup_spares_a_live_processes_temporary(tmp_path):
+    """Without the lock (distributed jobs) only temporaries of PIDs gone from this host go;
+    with it, all do (no other live writer can exist)."""
+    from moelab.train.rundir import clear_stale
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], text=True, capture_output=True
+    ).stdout.strip()
+    ckpts = tmp_path / "checkpoints"
+    for pid in (dead, os.getpid()):
+        (ckpts / f".step_00000002.tmp-{pid}").mkdir(parents=True, exist_ok=True)
+    clear_stale(tmp_path, locked=False)
+    assert [p.name for p in ckpts.iterdir()] == [f".step_00000002.tmp-{os.getpid()}"]
+    clear_stale(tmp_path, locked=True)
+    assert list(ckpts.iterdir()) == []

@@ -185,8 +185,9 @@ class FolderLock:
     # -- acquire / release ----------------------------------------------------------------------
 
     def acquire(self) -> FolderLock:
-        if self.folder in _held:
-            raise RuntimeError(f"{self.folder} is already locked by this process")
+        if self.folder in _held:  # e.g. two library calls on one folder from two threads
+            what = _held[self.folder].command
+            raise MoelabError(f"{self.flag} {self.folder} is in use by this process ({what})")
         check_can_create(self.folder, self.flag)  # a parent that is a file: the usual line
         self._make_parent()
         try:

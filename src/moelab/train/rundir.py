@@ -7,6 +7,7 @@ self-contained), ``metrics.jsonl``, ``checkpoints/``, ``done.json`` once the bud
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -102,10 +103,26 @@ def read_done(run_dir: Path) -> dict[str, Any] | None:
     return done
 
 
-def clear_stale(run_dir: Path) -> None:
-    """Remove leftovers of an interrupted checkpoint write (temp folders)."""
+def clear_stale(run_dir: Path, *, locked: bool) -> None:
+    """Remove leftovers of an interrupted checkpoint write (``.step_*.tmp-PID`` folders).
+    ``locked``: this process holds the run folder's lock, so no other live process can own
+    one and all go. Without it (a distributed job, whose ranks share the folder unlocked) only
+    those whose PID is gone from this host are removed."""
     root = run_dir / CHECKPOINTS
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith(".") and ".tmp-" in p.name:
-                shutil.rmtree(p, ignore_errors=True)
+                if locked or _pid_gone(p.name.rsplit("-", 1)[-1]):
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_gone(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False

@@ -349,8 +349,8 @@ class Trainer:
             last, val_loss = {"loss": meta.get("train_loss")}, meta.get("val_loss") or {}
             self._say(f"resuming from checkpoint {found.path.name} (step {start_step})")
         claim_run_dir(cfg, run_dir, write=self.is_main)
-        if self.is_main and holds_lock(run_dir):  # no other live writer can own a temporary
-            clear_stale(run_dir)
+        if self.is_main:
+            clear_stale(run_dir, locked=holds_lock(run_dir))
             truncate_metrics(run_dir, start_step)
             (run_dir / DONE).unlink(missing_ok=True)
 
