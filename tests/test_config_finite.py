@@ -82,11 +82,6 @@ def test_configs_built_in_python_are_checked_too():
     TrainConfig(budget_steps=4).validate()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="commands/train.py (helper locks) calls int() on --budget-tokens before validation; "
-    "requested in /work/team/REQUESTS.md: remove this marker with that fix",
-)
 @pytest.mark.parametrize("value", ["nan", "inf", "1e400"])
 def test_budget_tokens_flag_non_finite_is_one_line(config, tmp_path, capsys, value):
     expect_user_error(

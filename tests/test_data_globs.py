@@ -91,11 +91,6 @@ def test_one_content_in_two_domains_is_refused(tmp_path):
         read_source(parse_source_spec(f"held={tmp_path}/same.txt"), 1000, seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs data/prepare.py (helper locks) to pass one `seen` dict to every read_source "
-    "call; requested in /work/team/REQUESTS.md: remove this marker with that change",
-)
 def test_prepare_refuses_a_file_in_a_training_and_a_heldout_domain(tmp_path, capsys):
     (tmp_path / "a.txt").write_text(TEXT)
     expect_user_error(

@@ -61,7 +61,9 @@ def build_raw_config(args: argparse.Namespace) -> dict:
         for key in flags:
             train.pop(key, None)
         for key, value in chosen.items():
-            train[key] = int(value) if key == "budget_tokens" else value
+            # As given: the config loader turns an integral float (1e6) into an int and refuses
+            # nan, inf or 1e400 in one line (an int() here would be a traceback).
+            train[key] = value
         raw["train"] = train
     if not raw:
         raise MoelabError(

@@ -154,6 +154,7 @@ def _collect_inputs(
     progress: _Progress,
 ) -> tuple[dict[str, DomainInput], dict[str, Any] | None]:
     domains: dict[str, DomainInput] = {}
+    seen: dict = {}  # one map for every source: a file's content is read once per preparation
     for role, specs in (("train", sources), ("heldout", heldout)):
         for spec in specs:
             d = domains.setdefault(spec.domain, DomainInput(spec.domain, role))
@@ -163,7 +164,7 @@ def _collect_inputs(
                     "a domain is either trained on or held out"
                 )
             with progress.task(f"reading {spec.domain}"):
-                docset = read_source(spec, settings.max_doc_bytes)
+                docset = read_source(spec, settings.max_doc_bytes, seen)
             if not docset.docs:
                 raise MoelabError(f"{spec.domain}: {spec.location} holds no text")
             d.docs.extend(docset.docs)
