@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from _robust import (
+    copy_run,
     expect_user_error,
     one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
@@ -43,7 +44,9 @@ def text_of(n_bytes: int) -> str:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
+    """A copy of the shared run: successful evaluations write RUN/eval, and the shared run is
+    read-only for every robustness test (one copies it and puts a file at RUN/eval)."""
+    return copy_run(shared_run(tmp_path_factory), tmp_path_factory.mktemp("run") / "run")
 
 
 @pytest.fixture(scope="module")
