@@ -23,6 +23,15 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _drop_stale(tmp: Path) -> None:
+    """Remove what a killed earlier process of the same PID (or a crafted folder) left at a
+    temporary name: a link itself (never its target), a file, or a folder."""
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    elif tmp.is_dir():
+        shutil.rmtree(tmp)
+
+
 def _umask() -> int:
     """The process's umask, read without setting it where Linux allows (os.umask is the only
     portable getter, and it briefly changes the mask for every thread)."""
@@ -48,8 +57,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _drop_stale(tmp)
     try:
-        with open(tmp, "wb") as f:
+        # O_EXCL: never write through a link planted at the temporary name (a crafted folder
+        # may hold one for a range of PIDs); os.replace then swaps the final name itself, never
+        # a link's target.
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666
+        )
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -75,6 +91,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _drop_stale(tmp)  # the writer opens it by name: no link may stand there
     try:
         yield tmp
         _readable_like_the_rest(tmp)
@@ -93,9 +110,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    _drop_stale(tmp)
+    tmp.mkdir()  # fails rather than follow anything that appeared at the name since
     try:
         yield tmp
         for child in tmp.rglob("*"):

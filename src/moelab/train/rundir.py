@@ -18,6 +18,7 @@ from moelab.io import atomic_write_bytes, atomic_write_text
 from moelab.paths import check_can_create
 from moelab.train.checkpoint import CHECKPOINTS
 from moelab.train.config import RunConfig, config_differences, load_run_config
+from moelab.train.metrics import METRICS
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
@@ -41,6 +42,7 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
     if run_dir.exists():
         if not run_dir.is_dir():
             raise MoelabError(f"--out {run_dir}: exists and is not a folder")
+        check_no_links_out(run_dir)
         if (run_dir / CONFIG).is_file():
             existing = read_run_config(run_dir)
         elif any(run_dir.iterdir()):
@@ -73,6 +75,28 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
         if tok.is_file():
             atomic_write_bytes(run_dir / TOKENIZER, tok.read_bytes())
     return existing is not None
+
+
+# What the trainer writes in a run folder: none may lead outside it.
+WRITTEN = (CONFIG, TOKENIZER, METRICS, DONE, CHECKPOINTS, "tensorboard")
+
+
+def check_no_links_out(run_dir: Path) -> None:
+    """Refuse (before any write) a run folder whose entry the trainer writes is a symbolic
+    link leading outside the folder, or nowhere: a crafted or copied folder must not make
+    training create or append to files elsewhere. A link within the folder is fine."""
+    root = run_dir.resolve()
+    for name in WRITTEN:
+        entry = run_dir / name
+        if not entry.is_symlink():
+            continue
+        target = entry.resolve()
+        if not target.is_relative_to(root) or not target.exists():
+            where = "outside the run folder" if not target.is_relative_to(root) else "nowhere"
+            raise MoelabError(
+                f"{entry} is a link to {target} ({where}); moelab writes only inside the run "
+                "folder: remove the link, or replace it by the file or folder itself"
+            )
 
 
 def has_checkpoints(run_dir: Path) -> bool:
