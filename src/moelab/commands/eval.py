@@ -171,12 +171,21 @@ def run(args) -> int:
         if not args.json:
             print(priming_rows(primed))
     if args.json:
-        json.dump({"run_dir": args.run_dir, "results": results}, sys.stdout, indent=2)
+        doc = {"run_dir": args.run_dir, "checkpoint": run_.checkpoint, "results": results}
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
+        # Said only now, with the result: a refusal after loading stays one stderr line, and
+        # the step evaluated is never a guess (an older checkpoint may have been used).
+        print(loaded_line(args.run_dir, run_.checkpoint))
         for r in results:
             print(f"wrote {r['file']}")
     return 0
+
+
+def loaded_line(run_dir, checkpoint: dict) -> str:
+    """``RUN: checkpoint step N`` from the loaded checkpoint's own meta.json (eval, finetune)."""
+    return f"{run_dir}: checkpoint step {checkpoint.get('step')}"
 
 
 def _print_prompts(shown: dict) -> None:

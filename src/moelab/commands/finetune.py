@@ -63,7 +63,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from moelab.commands.eval import _capacity
+    from moelab.commands.eval import _capacity, loaded_line
     from moelab.eval.finetune import FinetuneSettings, finetune
     from moelab.eval.results import check_eval_dir, finetune_table, write_result
     from moelab.eval.tasks import get_task
@@ -103,5 +103,6 @@ def run(args) -> int:
             if name != result["split"]:
                 acc = 100 * split["accuracy"]
                 print(f"{name}: accuracy {acc:.1f} ({split['n_items']} items, same model)")
+        print(loaded_line(args.run_dir, result["checkpoint"]))  # --json: in result["checkpoint"]
         print(f"wrote {result['file']}")
     return 0
