@@ -38,12 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_raw_config(args: argparse.Namespace) -> dict:
     from moelab.config import load_yaml
-    from moelab.train.rundir import CONFIG
+    from moelab.train.rundir import CONFIG, with_data_dir_from
 
-    if args.config:
+    own = Path(args.out) / CONFIG
+    given_own = bool(args.config) and own.is_file() and Path(args.config).is_file()
+    given_own = given_own and own.samefile(args.config)
+    if args.config and not given_own:
         raw = load_yaml(args.config)
-    elif (Path(args.out) / CONFIG).is_file() and not args.preset:
-        raw = load_yaml(Path(args.out) / CONFIG)  # resume with the run's own config
+    elif (args.config or not args.preset) and own.is_file():
+        # resume with the run's own config (a study run's data.dir is relative to its folder)
+        raw = with_data_dir_from(load_yaml(own), Path(args.out))
     else:
         raw = {}
     if args.preset:

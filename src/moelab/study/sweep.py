@@ -123,7 +123,7 @@ def _check_same_config(path: Path, planned: PlannedRun) -> None:
     if not cfg_file.is_file():
         return
     old = load_run_config(cfg_file, check_data=False)
-    diffs = [d for d in config_differences(old, planned.run_config) if not d.startswith("data.dir")]
+    diffs = config_differences(old, planned.run_config)  # data.dir never counts (fingerprint)
     if diffs:
         raise MoelabError(
             f"{path} was trained with a different config ({diffs[0]}); "

@@ -183,6 +183,11 @@ class TrainConfig:
         return self.batch_size // self.grad_accum
 
 
+# Identified by the data's fingerprint, not by its path: a moved data, run or study folder must
+# resume. The trainer compares the checkpoint's data_fingerprint (and tokenizer) with the data.
+LOCATION_KEYS = frozenset({"data.dir"})
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs. ``model`` is fully resolved (preset applied, vocab from data)."""
@@ -205,10 +210,21 @@ class RunConfig:
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def config_hash(self) -> str:
-        """Hash of every key that changes what the run computes (not OPERATIONAL_KEYS)."""
+        """Hash of every key that changes what the run computes (not OPERATIONAL_KEYS, not
+        where the data lives: LOCATION_KEYS)."""
+        flat = flatten(self.to_dict())
+        return _hash({k: v for k, v in flat.items() if k not in OPERATIONAL_KEYS | LOCATION_KEYS})
+
+    def legacy_config_hash(self, data_dir: str) -> str:
+        """The hash checkpoints written before data.dir left it hold (data.dir included),
+        for the data folder ``data_dir`` they were trained on: such runs stay resumable."""
         flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in OPERATIONAL_KEYS}
-        blob = json.dumps(flat, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return _hash({**flat, "data.dir": data_dir})
+
+
+def _hash(flat: dict[str, Any]) -> str:
+    blob = json.dumps(flat, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -223,11 +239,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
-    """Keys (dotted) whose values differ and matter for the results, as 'key: old -> new'."""
+    """Keys (dotted) whose values differ and matter for the results, as 'key: old -> new'.
+    Where the data lives (LOCATION_KEYS) does not count: its fingerprint says if it is the same."""
     a, b = flatten(old.to_dict()), flatten(new.to_dict())
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if key in OPERATIONAL_KEYS:
+        if key in OPERATIONAL_KEYS or key in LOCATION_KEYS:
             continue
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
@@ -362,7 +379,10 @@ def open_prepared(path: str | Path):
 
     p = Path(path)
     if not p.is_dir():
-        raise MoelabError(f"data.dir: {p} is not a folder; run `moelab prepare --out {p}` first")
+        raise MoelabError(
+            f"data.dir: {p} is not a folder; run `moelab prepare --out {p}` first, or, if the "
+            "data folder moved, resume with --set data.dir=ITS_NEW_PLACE"
+        )
     return PreparedData.open(p)
 
 

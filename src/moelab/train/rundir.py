@@ -6,6 +6,7 @@ self-contained), ``metrics.jsonl``, ``checkpoints/``, ``done.json`` once the bud
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,11 +27,45 @@ DONE = "done.json"
 
 
 def read_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run was started with (no data access needed)."""
+    """The resolved config a run was started with (no data access needed); a data.dir stored
+    relative to the run folder (study runs, see stored_config) is made absolute again."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise MoelabError(f"{run_dir}: not a moelab run folder (no {CONFIG})")
-    return load_run_config(path, check_data=False)
+    from moelab.config import load_yaml
+
+    return load_run_config(with_data_dir_from(load_yaml(path), Path(run_dir)), check_data=False)
+
+
+def with_data_dir_from(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A run's stored config (plain data) with a relative data.dir taken relative to the run
+    folder holding it, not to the working directory."""
+    data = raw.get("data") if isinstance(raw, dict) else None
+    where = data.get("dir") if isinstance(data, dict) else data
+    if not isinstance(where, str) or not where or Path(where).expanduser().is_absolute():
+        return raw
+    absolute = str((run_dir / where).resolve())
+    new_data = {**data, "dir": absolute} if isinstance(data, dict) else absolute
+    return {**raw, "data": new_data}
+
+
+# A run folder RUNS/NAME of a study folder (the one holding this file, see moelab.study.layout)
+STUDY_MARKER = "study.yaml"
+
+
+def stored_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
+    """``cfg`` as config.yaml stores it: a study run whose data lives inside the study folder
+    keeps data.dir relative to the run folder (``../../data``), so the whole study folder can
+    be moved and resumed. Elsewhere the path stays absolute: a run folder moved on its own
+    still finds its data."""
+    study = run_dir.absolute().parent.parent
+    if run_dir.absolute().parent.name != "runs" or not (study / STUDY_MARKER).is_file():
+        return cfg
+    data = Path(cfg.data.dir).resolve()
+    if not data.is_relative_to(study.resolve()):
+        return cfg
+    relative = os.path.relpath(data, run_dir.resolve())
+    return RunConfig(cfg.model, dataclasses.replace(cfg.data, dir=relative), cfg.train, cfg.notes)
 
 
 def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
@@ -70,7 +105,8 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
             )
     if write:
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / CONFIG, cfg.to_yaml())  # operational keys may change
+        # operational keys (and where the data lives) may change
+        atomic_write_text(run_dir / CONFIG, stored_config(cfg, run_dir).to_yaml())
         tok = Path(cfg.data.dir) / TOKENIZER
         if tok.is_file():
             atomic_write_bytes(run_dir / TOKENIZER, tok.read_bytes())

@@ -33,12 +33,14 @@ from moelab.train.optim import build_optimizer, set_lr
 from moelab.train.progress import ProgressBar
 from moelab.train.rng import rng_state, seed_everything, set_rng_state
 from moelab.train.rundir import (
+    CONFIG,
     DONE,
     TOKENIZER,
     claim_run_dir,
     clear_stale,
     has_checkpoints,
     read_done,
+    read_run_config,
 )
 from moelab.train.schedule import Cooldown, cooldown_lr
 from moelab.train.step import train_step
@@ -290,13 +292,23 @@ class Trainer:
         return meta
 
     def _check_config_hash(self, path: Path, meta: dict[str, Any]) -> None:
-        want = self.cfg.config_hash()
-        if meta.get("config_hash") not in (None, want):
-            raise MoelabError(
-                f"{path}: made with another config (config_hash {meta['config_hash']} in its "
-                f"meta.json, {want} for {self.run_dir / 'config.yaml'}); delete that checkpoint "
-                "folder, or resume it in the run it came from"
-            )
+        want, got = self.cfg.config_hash(), meta.get("config_hash")
+        if got in (None, want) or got in self._legacy_hashes():
+            return
+        raise MoelabError(
+            f"{path}: made with another config (config_hash {got} in its "
+            f"meta.json, {want} for {self.run_dir / 'config.yaml'}); delete that checkpoint "
+            "folder, or resume it in the run it came from"
+        )
+
+    def _legacy_hashes(self) -> set[str]:
+        """Hashes a checkpoint written before data.dir left the hash may hold: with the data
+        folder the run's config.yaml names (where it was trained; not yet rewritten here) or
+        the one given now."""
+        dirs = {self.cfg.data.dir}
+        if (self.run_dir / CONFIG).is_file():
+            dirs.add(read_run_config(self.run_dir).data.dir)
+        return {self.cfg.legacy_config_hash(d) for d in dirs}
 
     def _run(self) -> dict[str, Any]:
         cfg, t, budget = self.cfg, self.cfg.train, self.budget
