@@ -6,12 +6,33 @@ Write to a temporary name in the same folder, fsync, then ``os.replace`` (atomic
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# "No space left" (ENOSPC) and "disk quota exceeded" (EDQUOT) mean the same to a user: free
+# space, then rerun. Rust writers (safetensors, tokenizers) raise their own errors that only
+# quote the OS message; torch.save wraps the OSError of a Python file in a RuntimeError.
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def no_space_left(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from or during) says the disk is full."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        if any(text in str(e) for text in _FULL_TEXTS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _fsync_dir(path: Path) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.errors import MoelabError
+from moelab.io import no_space_left
 from moelab.paths import check_can_create
 
 HEARTBEAT_S = 10.0
@@ -137,10 +138,15 @@ class FolderLock:
     def _write_temp(self) -> Path:
         # Not named after the folder: a folder name near the length limit must still fit.
         tmp = self.path.with_name(f".moelab-lock-{self.token}")
-        with open(tmp, "wb") as f:
-            f.write(self._record())
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self._record())
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:  # e.g. a full disk: created, but never written; leave nothing
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
         return tmp
 
     def _create(self) -> bool:
@@ -195,6 +201,12 @@ class FolderLock:
                 try:
                     created = self._create()
                 except OSError as e:  # e.g. a name at the length limit, a read-only parent
+                    if no_space_left(e):
+                        raise MoelabError(
+                            f"{self.flag} {self.folder}: no space left on the device holding "
+                            f"{self.path.parent} (for its lock file {self.path.name}); free "
+                            "space and run the same command again"
+                        ) from None
                     raise MoelabError(
                         f"{self.flag} {self.folder}: cannot create its lock file {self.path.name} "
                         f"({e.strerror or e}); choose a shorter name or a writable place"

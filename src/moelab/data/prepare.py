@@ -45,7 +45,7 @@ from moelab.data.tokenizer import (
     train_bpe,
 )
 from moelab.errors import MoelabError
-from moelab.io import atomic_dir, atomic_write_json
+from moelab.io import atomic_dir, atomic_write_json, no_space_left
 from moelab.lock import folder_lock, remove_stale_temps
 from moelab.paths import check_can_create
 
@@ -337,6 +337,22 @@ def prepare(
         )
 
 
+@contextlib.contextmanager
+def _disk_full_is_one_line(out: Path) -> Iterator[None]:
+    """A full disk while writing the folder: one line instead of a Rust or numpy traceback.
+    atomic_dir has removed the partial temporary folder by then, so OUT is as it was."""
+    try:
+        yield
+    except Exception as e:
+        if not no_space_left(e):
+            raise
+        raise MoelabError(
+            f"no space left on the device holding {out.parent}: {out} was not prepared and "
+            "nothing of it is left; free space (the shards take 2 or 4 bytes per token) "
+            "and run the same command again"
+        ) from None
+
+
 def _prepare_locked(
     out: Path,
     src_specs: list[SourceSpec],
@@ -383,7 +399,11 @@ def _prepare_locked(
         if out.exists():  # an empty folder the user made: replaced by the complete one
             out.rmdir()
         remove_stale_temps(out)  # left by killed runs: we hold the lock, so none is live
-        with atomic_dir(out) as tmp, DocumentEncoder(tok, workers) as encoder:
+        with (
+            _disk_full_is_one_line(out),
+            atomic_dir(out) as tmp,
+            DocumentEncoder(tok, workers) as encoder,
+        ):
             tok_path = tmp / "tokenizer.json"
             tok.save(str(tok_path))
             domain_records: dict[str, Any] = {}

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from moelab.errors import MoelabError
-from moelab.io import atomic_dir
+from moelab.io import atomic_dir, no_space_left
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
@@ -110,20 +110,45 @@ def save_checkpoint(
     if final.exists():  # same step saved before (e.g. a resumed run re-reaching it)
         shutil.rmtree(final)
     tensors, aliases = weights_state(model)
-    with atomic_dir(final) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS), metadata={_ALIASES_KEY: json.dumps(aliases)})
-        torch.save(train_state, tmp / STATE)
-        files = {
-            name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-            for name in (WEIGHTS, STATE)
-        }
-        (tmp / META).write_text(
-            json.dumps({**meta, "step": step, "files": files}, indent=2) + "\n", encoding="utf-8"
-        )
+    try:
+        with atomic_dir(final) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS), metadata={_ALIASES_KEY: json.dumps(aliases)})
+            # Through a Python file: torch's own path writer reports a full disk only as
+            # "unexpected pos ..."; this way the OSError (ENOSPC) is chained and recognised.
+            with open(tmp / STATE, "wb") as f:
+                torch.save(train_state, f)
+            files = {
+                name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                for name in (WEIGHTS, STATE)
+            }
+            (tmp / META).write_text(
+                json.dumps({**meta, "step": step, "files": files}, indent=2) + "\n",
+                encoding="utf-8",
+            )
+    except Exception as e:  # the temporary folder is gone (atomic_dir): nothing half-written
+        if no_space_left(e):
+            raise MoelabError(
+                f"no space left on the device holding {final.parent}: checkpoint step {step} "
+                f"was not written; {intact_note(run_dir)}"
+            ) from None
+        raise
     for old in list_checkpoints(run_dir)[:-keep_last]:
         if old.step != step:
             shutil.rmtree(old.path, ignore_errors=True)
     return final
+
+
+def intact_note(run_dir: str | Path) -> str:
+    """Which checkpoint a failed write left as the one to resume from (named, not re-hashed:
+    each was verified when written, and a later resume checks it again)."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        return "no checkpoint was saved yet; free space and run the same command again"
+    newest = found[-1]
+    return (
+        f"the newest checkpoint, {newest.path.name} (step {newest.step}), is intact: free space "
+        "and run the same command again to resume from it"
+    )
 
 
 def read_meta(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from torch import nn
 
 from moelab.errors import MoelabError
 from moelab.flops import count_params, palm_flops_per_token
-from moelab.io import atomic_write_json
+from moelab.io import atomic_write_json, no_space_left
 from moelab.lock import folder_lock, holds_lock
 from moelab.model import MoeFFN, build_model
 from moelab.train import checkpoint as ckpt_io
@@ -242,7 +242,7 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         # Denormals slow fp32 CPU training ~10x. The flag is process-wide, so the caller's
         # setting (a notebook, a test process) is restored on the way out.
-        with self._folder_lock():
+        with self._folder_lock(), self._disk_full_is_one_line():
             if self.device.type != "cpu":
                 return self._run()
             previous = _flush_denormal_enabled()
@@ -251,6 +251,20 @@ class Trainer:
                 return self._run()
             finally:
                 torch.set_flush_denormal(previous)
+
+    @contextlib.contextmanager
+    def _disk_full_is_one_line(self):
+        """A full disk while writing metrics, done.json or config.yaml: one line naming the
+        file and the checkpoint to resume from (checkpoints say so themselves)."""
+        try:
+            yield
+        except OSError as e:
+            if not no_space_left(e):
+                raise
+            where = e.filename or self.run_dir
+            raise MoelabError(
+                f"no space left on the device holding {where}; {ckpt_io.intact_note(self.run_dir)}"
+            ) from None
 
     def _folder_lock(self) -> contextlib.AbstractContextManager:
         """One process trains in a run folder at a time (docs/training.md). Distributed jobs
