@@ -27,6 +27,7 @@ from moelab.study.analysis import (
 )
 from moelab.study.collect import expert_load, read_records
 from moelab.study.config import task_label
+from moelab.study.diverged import diverged_runs
 from moelab.study.document import (
     Bullets,
     Code,
@@ -39,7 +40,7 @@ from moelab.study.document import (
     to_markdown,
 )
 from moelab.study.fit import EXTRAPOLATED, PowerLawFit, SpeedupPoint
-from moelab.study.layout import run_dir
+from moelab.study.layout import run_dir, runs_dir
 from moelab.study.report_sections import (
     blimp_blocks,
     bounds_blocks,
@@ -163,11 +164,14 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
     # study is refused with the outputs of its last good report left as they were.
     rerun = rerun_command(out)
     study, key = _load_study(out, rerun)
-    records = read_records(out, _plan_order(out, rerun), rerun=rerun, key=key)
+    planned = _plan_order(out, rerun)
+    records = read_records(out, planned, rerun=rerun, key=key)
     if not records:
         raise MoelabError(f"{out}: no finished runs yet; run `moelab study --out {out}` first")
     rows = [row for rec in records for row in rows_for_run(rec)]
     meta = build_meta(study, records, _study_evals(out, [r.name for r in records]))
+    # Left out of the table and the fits; said, so no run silently disappears from a study.
+    meta["diverged"] = diverged_runs(runs_dir(out), planned)
     meta["out_dir"] = str(out)
     cmd_file = out / "command.txt"
     meta["command"] = cmd_file.read_text(encoding="utf-8").strip() if cmd_file.is_file() else None
@@ -522,6 +526,12 @@ def _setup(
     )
     if meta.get("command"):
         items.append(f"Command: `{meta['command']}`")
+    diverged = meta.get("diverged") or {}
+    if diverged:
+        items.append(
+            f"Diverged, left out of the table and the fits ({len(diverged)}): "
+            + "; ".join(f"`{name}` ({message})" for name, message in diverged.items())
+        )
     doc.add(Bullets(items))
 
 
