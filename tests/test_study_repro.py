@@ -76,15 +76,19 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-def test_killing_a_parallel_study_ends_its_workers(tmp_path):
-    """SIGKILL to the study process alone: its worker processes end too, instead of training on
-    as orphans."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killing_a_parallel_study_ends_its_workers(tmp_path, sig):
+    """SIGKILL or SIGTERM to the study process alone: its worker processes end too, instead of
+    training on as orphans. SIGTERM reaches the workers as their death signal while they train,
+    so their training saves a checkpoint and stops; a worker must then end rather than take the
+    next run still queued for it (four runs on two workers: two are queued), as it did."""
     cfg_path = mini_study(tmp_path, with_tasks=False, budget_tokens=200_000)
     study = yaml.safe_load(cfg_path.read_text())
     study["workers"] = 2
     study["eval"] = {"ppl": False}
     cfg_path.write_text(yaml.safe_dump(study, sort_keys=False))
-    cmd = [sys.executable, "-m", "moelab", "study", str(cfg_path), "--out", str(tmp_path / "o")]
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "moelab", "study", str(cfg_path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 90
@@ -97,8 +101,11 @@ def test_killing_a_parallel_study_ends_its_workers(tmp_path):
             ]
             time.sleep(0.2)
         assert len(workers) == 2, "the study did not start two workers"
-        time.sleep(2)  # let them import and start training
-        proc.send_signal(signal.SIGKILL)
+        # signal once both are training (a metrics row written), not while they import
+        while time.monotonic() < deadline and len(list(out.glob("runs/*/metrics.jsonl"))) < 2:
+            time.sleep(0.2)
+        assert len(list(out.glob("runs/*/metrics.jsonl"))) == 2, "no two runs training"
+        proc.send_signal(sig)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and any(Path(f"/proc/{w}").exists() for w in workers):

@@ -350,7 +350,20 @@ def _die_with_parent(parent: int) -> None:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except OSError:
             pass
-    if os.getppid() != parent:  # the study died before the request was made
+    global _STUDY_PID
+    _STUDY_PID = parent
+    _exit_if_orphaned()  # the study died before the request was made
+
+
+# The study process's pid, in a worker (set by its initializer).
+_STUDY_PID: int | None = None
+
+
+def _exit_if_orphaned() -> None:
+    """End this worker if the study process is gone. The death signal arrives once: a worker
+    whose training caught it (SIGTERM saves a checkpoint and stops, train/stop.py) would
+    otherwise go on to the next run still queued in its pipe, training as an orphan."""
+    if _STUDY_PID is not None and os.getppid() != _STUDY_PID:
         os._exit(1)
 
 
@@ -369,12 +382,17 @@ def _train_and_evaluate(
         from moelab.train import train as train_run
 
         start = time.perf_counter()
+        _exit_if_orphaned()
         try:
             train_run(planned.run_config, path, progress=False)
+        except KeyboardInterrupt:  # SIGTERM/SIGINT: the run saved its checkpoint and stopped
+            _exit_if_orphaned()
+            raise
         except TrainingDiverged as e:
             line = record_divergence(path, planned.name, e)
             return time.perf_counter() - start, 0.0, [line], True
         train_s = time.perf_counter() - start
+    _exit_if_orphaned()
     eval_s = _evaluate_one(cfg, planned, path, key, train_s, lines.append)
     return train_s, eval_s, lines, False
 
