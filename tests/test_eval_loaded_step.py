@@ -79,3 +79,14 @@ def test_finetune_prints_the_step_it_used(finished_run, tmp_path, capsys):
     rc, out, err = run_cli(capsys, argv)
     assert rc == 0, err
     assert f"{run}: checkpoint step {older}" in out.splitlines()
+
+
+def test_generate_prints_the_step_it_fell_back_to(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")
+    older = _newest_broken(run)
+    rc, out, err = run_cli(
+        capsys, ["generate", run, "--prompt", "the", "--max-tokens", "4", "--seed", "1"]
+    )
+    assert rc == 0, err
+    assert out.startswith("the")  # stdout is the text alone
+    assert f"{run}: checkpoint step {older}" in err.splitlines()

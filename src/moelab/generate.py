@@ -6,6 +6,7 @@ and of earlier tokens come from the cache.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -81,9 +82,11 @@ def generate_text(
     seed: int = 0,
     step: int | None = None,
     device: str = "cpu",
+    on_loaded: Callable[[dict], object] | None = None,
 ) -> str:
     """Load a run's newest valid checkpoint and its tokenizer, continue ``prompt``; returns the
-    continuation only. Generation stops at the end-of-document token."""
+    continuation only. Generation stops at the end-of-document token. ``on_loaded`` receives
+    the loaded checkpoint's meta (its ``step``), so a caller can say which step it used."""
     from moelab.data.tokenizer import eot_token_id, load_tokenizer
     from moelab.eval.runs import pick_device
     from moelab.train import load_model
@@ -94,7 +97,7 @@ def generate_text(
         raise MoelabError(f"{run_dir}: no tokenizer.json; is it a moelab run folder?")
     dev = pick_device(device)
     tok = load_tokenizer(tok_path)
-    model, cfg, _ = load_model(run_dir, step=step, device=dev)
+    model, cfg, meta = load_model(run_dir, step=step, device=dev)
     tok_vocab = tok.get_vocab_size(with_added_tokens=True)
     if tok_vocab > cfg.model.vocab_size:
         raise MoelabError(
@@ -102,6 +105,8 @@ def generate_text(
             f"{cfg.model.vocab_size} (another tokenizer); put back the tokenizer.json of the "
             "data the run was trained on"
         )
+    if on_loaded is not None:
+        on_loaded(meta)
     eot = eot_token_id(tok)
     ids = tok.encode(prompt, add_special_tokens=False).ids
     # Training documents follow an end-of-document token: start the prompt the same way.

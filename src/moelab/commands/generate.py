@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from moelab.generate import generate_text
 
+    loaded: list[dict] = []
     text = generate_text(
         args.run_dir,
         args.prompt,
@@ -30,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         step=args.step,
         device=args.device,
+        on_loaded=loaded.append,
     )
     print(args.prompt + text)
+    # stderr: stdout is the text; after success only, so a refusal stays one line
+    print(f"{args.run_dir}: checkpoint step {loaded[0].get('step')}", file=sys.stderr)
     return 0
