@@ -25,7 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _study_rows import study_rows  # noqa: E402
-
 from moelab.study.analysis import analyse_loss  # noqa: E402
 
 TRUE_SPEEDUP = 2.0
