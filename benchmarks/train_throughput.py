@@ -56,7 +56,7 @@ def hf_peer(hf_class, cfg: ModelConfig):
     Mixtral's balancing loss is part of its loss, as moelab's is."""
     import transformers
 
-    from moelab.interop.hf_classes import SpecialIds
+    from moelab.interop.hf_base import SpecialIds
 
     hf_cfg = hf_class.make_config(cfg, SpecialIds(eot=0, pad=1))
     hf_cfg.use_cache = False

@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from moelab.errors import MoelabError
-from moelab.interop.hf_classes import SpecialIds, class_for_model
+from moelab.interop.hf_base import SpecialIds
+from moelab.interop.hf_classes import class_for_model
 from moelab.interop.hf_common import (
     LOGIT_TOLERANCE,
     TOKENIZER,

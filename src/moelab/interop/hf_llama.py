@@ -15,7 +15,7 @@ from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
-from moelab.interop.hf_classes import HFClass, SpecialIds, State, rename
+from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
 
 
 def modern_common(cfg: ModelConfig, ids: SpecialIds) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import torch
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
-from moelab.interop.hf_classes import HFClass, SpecialIds, State, rename
+from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
 from moelab.interop.hf_llama import block_pairs, dense_ffn_pairs, modern_common, read_modern
 
 

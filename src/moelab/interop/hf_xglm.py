@@ -12,7 +12,7 @@ from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
-from moelab.interop.hf_classes import HFClass, SpecialIds, State, rename
+from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
 
 XGLM_EPS = 1e-5  # XGLM's nn.LayerNorm uses the default eps, not a config value
 
