@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from moelab.errors import MoelabError
+from moelab.eval.logprobs import ForwardStats, Request, Scored, split_scores
+from moelab.eval.shared import score_shared, shared_groups
 
 Encode = Callable[[str], list[int]]
 
@@ -49,31 +51,6 @@ def encode_pair(
     if not continuation_ids:  # a merge swallowed the boundary; score the continuation alone
         continuation_ids = encode(continuation)
     return tuple(context_ids), tuple(continuation_ids)
-
-
-@dataclass(frozen=True)
-class Request:
-    context_ids: tuple[int, ...]
-    continuation_ids: tuple[int, ...]
-
-
-@dataclass
-class Scored:
-    logprobs: np.ndarray  # float64, one per continuation token
-    greedy: bool  # every continuation token is the argmax of its prediction
-
-
-@dataclass
-class ForwardStats:
-    """Work done by :func:`score_requests` (``tokens``: real tokens through the model,
-    ``padded_tokens``: including right padding)."""
-
-    sequences: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-    batches: int = 0
-    max_dropped_frac: float = 0.0  # largest fraction of MoE assignments dropped in a batch
-    capacity: int | None = None  # MoE slots per expert in the last batch (None: dropless)
 
 
 # logits_at(tokens_BT, rows_N, positions_N) -> logits_NV for the requested (row, position) pairs
@@ -149,8 +126,6 @@ def score_requests(
     results: dict[Request, Scored] = {}
     packed = keys
     if shared_model is not None:
-        from moelab.eval.shared import score_shared, shared_groups
-
         groups, packed = shared_groups(keys, max_len, min_shared_tokens)
         with torch.inference_mode():
             for context_ids, conts in groups:
@@ -202,19 +177,6 @@ def _score_packed(
             stats.padded_tokens += len(batch) * T
             advance(len(batch))
     return results  # type: ignore[return-value]
-
-
-def split_scores(logits_NV: torch.Tensor, targets: list[int], counts: list[int]) -> list[Scored]:
-    """Per-request log-probs and greedy hits from the logits of all their target positions."""
-    logp_NV = torch.log_softmax(logits_NV.float(), dim=-1)
-    target_N = torch.tensor(targets, device=logp_NV.device)
-    lp_N = logp_NV.gather(1, target_N[:, None])[:, 0].double().cpu().numpy()
-    hit_N = (logp_NV.argmax(-1) == target_N).cpu().numpy()
-    out, start = [], 0
-    for n in counts:
-        out.append(Scored(lp_N[start : start + n].copy(), bool(hit_N[start : start + n].all())))
-        start += n
-    return out
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from moelab.eval.scoring import ForwardStats, Request, Scored, split_scores
+from moelab.eval.logprobs import ForwardStats, Request, Scored, split_scores
 
 
 def shared_groups(
