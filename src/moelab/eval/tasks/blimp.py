@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.errors import MoelabError
-from moelab.eval.tasks.files import Row, read_jsonl
+from moelab.eval.tasks.files import HUB_PREFIX, HubRow, Row, read_jsonl
 from moelab.eval.tasks.items import Item, Task
 
 NAME = "blimp"
@@ -222,10 +222,9 @@ def load_hub_blimp(selector: str = "") -> Task:
     """``hf:blimp[:selector]``: the chosen paradigms from the ``nyu-mll/blimp`` hub dataset
     (split "train", the only one; it holds the same 1000 pairs per paradigm as the files). No
     reference accuracies (they are not part of the dataset)."""
-    from moelab.eval.tasks.hf import PREFIX
     from moelab.hub import load_hf_dataset
 
-    name = PREFIX + NAME + (f":{selector}" if selector else "")
+    name = HUB_PREFIX + NAME + (f":{selector}" if selector else "")
     fields, uids = parse_selector(name, selector, list(PARADIGMS))
     chosen = [u for u, f in PARADIGMS.items() if _chosen(fields, uids, f, u)]
     pairs: list[tuple[Item, str, str]] = []
@@ -242,12 +241,10 @@ def load_hub_blimp(selector: str = "") -> Task:
             fix="; give the paradigm files with --tasks-dir instead",
         )
         for i, record in enumerate(ds):
-            pairs.append(pair_from_record(record, f"{PREFIX}{HUB_DATASET} {uid} row {i}"))
-    return _task(name, pairs, [f"{PREFIX}{HUB_DATASET}:{uid} train" for uid in chosen], {})
+            pairs.append(pair_from_record(record, f"{HUB_PREFIX}{HUB_DATASET} {uid} row {i}"))
+    return _task(name, pairs, [f"{HUB_PREFIX}{HUB_DATASET}:{uid} train" for uid in chosen], {})
 
 
 def pair_from_record(record: Any, where: str) -> tuple[Item, str, str]:
     """One hub record (the official fields; ``pair_id`` instead of ``pairID``)."""
-    from moelab.eval.tasks.hf import _HubRow
-
-    return pair_from_row(_HubRow(where, dict(record)))
+    return pair_from_row(HubRow(where, dict(record)))

@@ -99,6 +99,20 @@ class Row:
         return self.data[field]
 
 
+HUB_PREFIX = "hf:"  # task names that load the official hub splits: "hf:piqa" (tasks/hf.py)
+
+
+class HubRow(Row):
+    """A hub record; errors name the dataset, split and row instead of a file and line."""
+
+    def __init__(self, where: str, data: dict[str, Any]):
+        super().__init__(Path(where), 0, data)
+        self.where = where
+
+    def error(self, field: str, why: str) -> MoelabError:
+        return MoelabError(f'{self.where}: field "{self.prefix}{field}": {why}')
+
+
 def _show(value: Any) -> str:
     text = json.dumps(value) if not isinstance(value, str) else json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -32,32 +32,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from moelab.errors import MoelabError
 from moelab.eval.tasks import classification, mnli, openbookqa, paper, record
-from moelab.eval.tasks.files import Row
+from moelab.eval.tasks.blimp import load_hub_blimp
+from moelab.eval.tasks.files import HUB_PREFIX, HubRow, Row
 from moelab.eval.tasks.items import Item, Task
 from moelab.hub import load_hf_dataset
 
-PREFIX = "hf:"
 Converter = Callable[[Mapping[str, Any], str], Item]
 
 
-class _HubRow(Row):
-    """A hub record; errors name the dataset, split and row instead of a file and line."""
-
-    def __init__(self, where: str, data: dict[str, Any]):
-        super().__init__(Path(where), 0, data)
-        self.where = where
-
-    def error(self, field: str, why: str) -> MoelabError:
-        return MoelabError(f'{self.where}: field "{self.prefix}{field}": {why}')
-
-
 def _row(record: Mapping[str, Any], where: str) -> Row:
-    return _HubRow(where, dict(record))
+    return HubRow(where, dict(record))
 
 
 def hellaswag_item(record: Mapping[str, Any], where: str = "hellaswag") -> Item:
@@ -209,11 +197,11 @@ HUB_TASKS: dict[str, HubTask] = {
 
 
 def is_hub_task(name: str) -> bool:
-    return name.startswith(PREFIX)
+    return name.startswith(HUB_PREFIX)
 
 
 def convert_records(spec: HubTask, split: str, records) -> list[Item]:
-    where = f"{PREFIX}{spec.dataset}"
+    where = f"{HUB_PREFIX}{spec.dataset}"
     return [spec.convert(r, f"{where} {split} row {i}") for i, r in enumerate(records)]
 
 
@@ -223,9 +211,9 @@ def _load_split(spec: HubTask, split: str) -> list[dict[str, Any]]:
         spec.dataset,
         spec.config,
         split,
-        what=f"task {PREFIX}{spec.name} ({source})",
+        what=f"task {HUB_PREFIX}{spec.name} ({source})",
         missing_package=(
-            f"task {PREFIX}{spec.name} needs the 'datasets' package: pip install 'moelab[hf]' "
+            f"task {HUB_PREFIX}{spec.name} needs the 'datasets' package: pip install 'moelab[hf]' "
             "(or give the task's local files with --tasks-dir)"
         ),
         fix="; give the task's local files with --tasks-dir instead",
@@ -235,10 +223,8 @@ def _load_split(spec: HubTask, split: str) -> list[dict[str, Any]]:
 
 def load_hub_task(name: str) -> Task:
     """``hf:piqa`` -> the task read from its official hub splits."""
-    key = name.removeprefix(PREFIX)
+    key = name.removeprefix(HUB_PREFIX)
     if key.partition(":")[0] == "blimp":  # one hub config per paradigm: tasks/blimp.py
-        from moelab.eval.tasks.blimp import load_hub_blimp
-
         return load_hub_blimp(key.partition(":")[2])
     spec = HUB_TASKS.get(key)
     if spec is None:
@@ -247,14 +233,14 @@ def load_hub_task(name: str) -> Task:
             extra = " (StoryCloze has no public hub copy: use its local CSVs)"
         raise MoelabError(
             f"task {name!r}: no official hub split known{extra}; supported: "
-            + ", ".join(PREFIX + n for n in HUB_TASKS)
+            + ", ".join(HUB_PREFIX + n for n in HUB_TASKS)
         )
     items = convert_records(spec, spec.split, _load_split(spec, spec.split))
     train = None
     if spec.train_split is not None:
         train = convert_records(spec, spec.train_split, _load_split(spec, spec.train_split))
     extra = {s: convert_records(spec, s, _load_split(spec, s)) for s in spec.extra_splits}
-    where = f"{PREFIX}{spec.dataset}" + (f":{spec.config}" if spec.config else "")
+    where = f"{HUB_PREFIX}{spec.dataset}" + (f":{spec.config}" if spec.config else "")
     return Task(
         spec.name,
         spec.kind,
