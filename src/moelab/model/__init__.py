@@ -1,5 +1,7 @@
 """The transformer LM (paper and modern architectures) and its MoE layer."""
 
+from moelab.model.build import build_model
+from moelab.model.init import init_weights
 from moelab.model.kv_cache import KVCache
 from moelab.model.moe import (
     DispatchPlan,
@@ -12,7 +14,7 @@ from moelab.model.moe import (
     plan_dispatch,
     route,
 )
-from moelab.model.transformer import LanguageModel, ModelOutput, build_model, init_weights
+from moelab.model.transformer import LanguageModel, ModelOutput
 
 __all__ = [
     "DispatchPlan",

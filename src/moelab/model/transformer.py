@@ -19,7 +19,6 @@ from torch import nn
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
 from moelab.model.fused_loss import linear_cross_entropy
-from moelab.model.init import init_weights
 from moelab.model.kv_cache import KVCache
 from moelab.model.moe import MoeFFN, MoeOutput, MoeStats
 from moelab.model.positions import rotary_cos_sin, sinusoidal_offset, sinusoidal_table
@@ -204,13 +203,3 @@ class LanguageModel(nn.Module):
             hidden_BTD=h_BTD if return_hidden else None,
             moe_stats=stats,
         )
-
-
-def build_model(cfg: ModelConfig, seed: int | None = None) -> LanguageModel:
-    """Build and initialise a model by ``cfg.init`` (``seed`` fixes the initialisation; None
-    uses torch's global RNG)."""
-    cfg.validate()
-    model = LanguageModel(cfg)
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    init_weights(model, generator)
-    return model
