@@ -25,8 +25,6 @@ _WHERE = {
     "save_sharded": "dcp",
     "grad_norm": "fsdp",
     "wrap_for_parallel": "fsdp",
-    "train_distributed": "entry",
-    "DistributedTrainer": "trainer",
 }
 
 __all__ = sorted(_WHERE)

@@ -11,8 +11,9 @@ from moelab.train.config import (
 )
 from moelab.train.loading import load_model
 from moelab.train.metrics import read_metrics
+from moelab.train.run import train
 from moelab.train.rundir import read_run_config
-from moelab.train.trainer import Trainer, TrainingDiverged, train
+from moelab.train.trainer import Trainer, TrainingDiverged
 
 __all__ = [
     "Budget",

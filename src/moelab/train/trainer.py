@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -584,16 +583,3 @@ class Trainer:
             import sys
 
             print(message, file=sys.stderr, flush=True)
-
-
-def train(run_cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Train ``run_cfg`` in ``run_dir`` until its budget is reached (resuming from the newest
-    valid checkpoint there) and return the summary also written to ``done.json``.
-
-    Under torchrun (``WORLD_SIZE`` > 1) this process trains as its rank of the job
-    (``moelab.parallel.train_distributed``)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from moelab.parallel import train_distributed
-
-        return train_distributed(run_cfg, run_dir, progress=progress)
-    return Trainer(run_cfg, run_dir, progress=progress).run()

@@ -1,5 +1,7 @@
 """The training loop on many processes: :class:`moelab.train.Trainer` with its distributed seams
-filled in (model wrapping, reductions, gradient norm, collective checkpoints).
+filled in (model wrapping, reductions, gradient norm, collective checkpoints) from the mechanisms
+of :mod:`moelab.parallel`, and :func:`train_distributed`, one rank's share of a torchrun job
+(``torchrun ... -m moelab train CONFIG.yaml``).
 
 Checkpoints keep the single-process layout, so everything that reads runs keeps working:
 ``checkpoints/step_XXXXXXXX/`` holds ``model.safetensors`` (full weights, gathered to rank 0),
@@ -26,7 +28,7 @@ from moelab.model import MoeFFN, build_model
 from moelab.parallel import dcp
 from moelab.parallel.expert_parallel import ExpertParallelMoeFFN
 from moelab.parallel.fsdp import grad_norm, wrap_for_parallel
-from moelab.parallel.launch import Topology
+from moelab.parallel.launch import Topology, fail_fast, setup_from_env, teardown
 from moelab.parallel.options import ParallelOptions
 from moelab.parallel.telemetry import reduce_moe_rows
 from moelab.train import checkpoint as ckpt_io
@@ -205,3 +207,24 @@ class DistributedTrainer(Trainer):
             if name in state.get("moe_generators", {}):
                 mod.generator.set_state(state["moe_generators"][name])
         return state
+
+
+def train_distributed(
+    run_cfg, run_dir: str | Path, *, progress: bool = True, options: ParallelOptions | None = None
+) -> dict[str, Any]:
+    """Train ``run_cfg`` as this process's rank of the torchrun job in the environment
+    (``WORLD_SIZE`` > 1): FSDP2 for the dense parts, expert parallelism for the MoE layers.
+    Every rank returns the run summary; rank 0 writes the files."""
+    options = options or ParallelOptions.from_env()
+    topo = setup_from_env(
+        run_cfg.model.n_experts,
+        ep=options.ep,
+        device=run_cfg.train.device,
+        timeout_s=options.timeout_s,
+    )
+    try:
+        with fail_fast(topo.rank, topo.world, options.timeout_s):
+            trainer = DistributedTrainer(run_cfg, run_dir, topo, progress=progress, options=options)
+            return trainer.run()
+    finally:
+        teardown()
