@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -115,3 +116,60 @@ def test_killing_a_parallel_study_ends_its_workers(tmp_path, sig):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _metrics_steps(run: Path) -> list[int]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
+    return [r["step"] for r in rows if not r.get("branch")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signalled_parallel_study_saves_its_training_runs_and_resumes(tmp_path, sig):
+    """A scheduler's SIGTERM, or Ctrl-C, reaches the study and its workers together (one
+    process group). Each run in training finishes its step and saves a checkpoint there (no
+    periodic checkpoint exists: checkpoint_every is beyond the budget), no queued run starts,
+    the study ends with one line and 128 + the signal, and the same command resumes it. Before,
+    the study killed its workers (Ctrl-C) or died and sent them a second signal (SIGTERM):
+    either way no checkpoint."""
+    cfg_path = mini_study(tmp_path, with_tasks=False, budget_tokens=300_000)
+    study = yaml.safe_load(cfg_path.read_text())
+    study["workers"] = 2
+    study["eval"] = {"ppl": False}
+    study["base"]["train"]["checkpoint_every"] = 10**6
+    cfg_path.write_text(yaml.safe_dump(study, sort_keys=False))
+    out = tmp_path / "o"
+    cmd = [sys.executable, "-m", "moelab", "study", str(cfg_path), "--out", str(out)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        training: list[Path] = []
+        while time.monotonic() < deadline and len(training) < 2:
+            training = [
+                m.parent for m in out.glob("runs/*/metrics.jsonl") if _metrics_steps(m.parent)
+            ]
+            time.sleep(0.2)
+        assert len(training) == 2, "no two runs training"
+        os.killpg(proc.pid, sig)  # the whole group, as Ctrl-C or a scheduler does
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert f"study stopped by {signal.Signals(sig).name}" in last and "resumes" in last, last
+    for run in training:
+        ckpts = sorted((run / "checkpoints").glob("step_*"))
+        assert len(ckpts) == 1, f"{run.name}: {ckpts}"  # the stop checkpoint, nothing else
+        step = json.loads((ckpts[0] / "meta.json").read_text())["step"]
+        assert step == max(_metrics_steps(run)) and step > 0
+    started = {m.parent for m in out.glob("runs/*/metrics.jsonl")}
+    assert started == set(training)  # no queued run started after the signal
+    if sig == signal.SIGTERM:  # the same command resumes and finishes every run
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        assert len(list(out.glob("runs/*/done.json"))) == 4

@@ -100,3 +100,14 @@ def test_sigint_saves_a_checkpoint_too(prepared, tmp_path):
     last = read_metrics(out)[-1]["step"]
     assert [c.step for c in list_checkpoints(out)] == [last]
     assert err.strip().splitlines()[-1].startswith(f"stopped by SIGINT at step {last}")
+
+
+def test_training_stopped_crosses_a_process_boundary():
+    """A study's worker sends the exception back to the study: it must unpickle whole (it did
+    not: its __init__ takes two arguments and the pickle carried one)."""
+    import pickle
+
+    from moelab.train.stop import TrainingStopped
+
+    e = pickle.loads(pickle.dumps(TrainingStopped("stopped by SIGTERM at step 3", 15)))
+    assert (str(e), e.signum, e.exit_code) == ("stopped by SIGTERM at step 3", 15, 143)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ import yaml
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.lock import folder_lock
+from moelab.study import stopping
 from moelab.study.config import StudyConfig, study_to_dict
 from moelab.study.diverged import DIVERGED, diverged_runs, read_divergence, record_divergence
 from moelab.study.grid import expand_grid
@@ -34,6 +36,7 @@ from moelab.study.layout import (
     runs_dir,
 )
 from moelab.study.plan import PlannedRun, fmt_seconds, format_plan, make_plan
+from moelab.train.stop import TrainingStopped, grace_seconds
 from moelab.train.trainer import TrainingDiverged
 
 Echo = Callable[[str], None]
@@ -337,36 +340,6 @@ def _run_sequential(
         eval_flops_per_token += planned.flops_per_token
 
 
-def _die_with_parent(parent: int) -> None:
-    """Worker initializer: on Linux, ask the kernel to end this worker when the study process
-    dies (a SIGTERM or SIGKILL to the study alone would otherwise leave its workers training).
-    Elsewhere a worker notices only when it reports its run."""
-    import ctypes
-    import signal
-    import sys
-
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    global _STUDY_PID
-    _STUDY_PID = parent
-    _exit_if_orphaned()  # the study died before the request was made
-
-
-# The study process's pid, in a worker (set by its initializer).
-_STUDY_PID: int | None = None
-
-
-def _exit_if_orphaned() -> None:
-    """End this worker if the study process is gone. The death signal arrives once: a worker
-    whose training caught it (SIGTERM saves a checkpoint and stops, train/stop.py) would
-    otherwise go on to the next run still queued in its pipe, training as an orphan."""
-    if _STUDY_PID is not None and os.getppid() != _STUDY_PID:
-        os._exit(1)
-
-
 def _train_and_evaluate(
     cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train: bool
 ) -> tuple[float, float, list[str], bool]:
@@ -376,24 +349,28 @@ def _train_and_evaluate(
     import torch
 
     torch.set_num_threads(cfg.threads or 1)  # validate() sets 1 when workers > 1
+    stopping.exit_if_orphaned()
+    if stopping.stop_signal() is not None:  # the study is stopping: start nothing new
+        raise stopping.not_started(planned.name)
     lines: list[str] = []
     train_s = 0.0
     if train:
         from moelab.train import train as train_run
 
         start = time.perf_counter()
-        _exit_if_orphaned()
         try:
             train_run(planned.run_config, path, progress=False)
-        except KeyboardInterrupt:  # SIGTERM/SIGINT: the run saved its checkpoint and stopped
-            _exit_if_orphaned()
+        except KeyboardInterrupt as e:  # SIGTERM/SIGINT: the run saved its checkpoint, stopped
+            stopping.stopped_by(e)
+            stopping.exit_if_orphaned()
             raise
         except TrainingDiverged as e:
             line = record_divergence(path, planned.name, e)
             return time.perf_counter() - start, 0.0, [line], True
         train_s = time.perf_counter() - start
-    _exit_if_orphaned()
-    eval_s = _evaluate_one(cfg, planned, path, key, train_s, lines.append)
+    stopping.exit_if_orphaned()
+    with stopping.Evaluating(planned.name):  # a stop signal (even one after the last step) ends it
+        eval_s = _evaluate_one(cfg, planned, path, key, train_s, lines.append)
     return train_s, eval_s, lines, False
 
 
@@ -419,11 +396,12 @@ def _run_parallel(
     pool = cf.ProcessPoolExecutor(
         max_workers=cfg.workers,
         mp_context=ctx,
-        initializer=_die_with_parent,
+        initializer=stopping.init_worker,
         initargs=(os.getpid(),),
     )
+    futures: dict = {}
     try:
-        futures = {}
+        signals = stopping.StudySignals().__enter__()
         for i, planned in order:
             path = run_dir(out, planned.name)
             state = run_state(path, key)
@@ -447,13 +425,28 @@ def _run_parallel(
             )
             for line in lines:
                 echo(line)
+    except KeyboardInterrupt as e:
+        # Ctrl-C, SIGTERM, or a worker that was signalled: every worker saves its checkpoint
+        # and starts nothing new (study/stopping.py); every run resumes from there.
+        signals.__exit__()
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        stopping.stop_workers(procs, grace_seconds() + 10)
+        for fut, (i, _) in futures.items():
+            err = fut.exception() if fut.done() and not fut.cancelled() else None
+            if isinstance(err, KeyboardInterrupt) and "not started" not in str(err):
+                echo(f"[{i}/{n}] {err}")
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise TrainingStopped(f"study stopped by {signal.Signals(signum).name}", signum) from None
     except BaseException:
-        # Ctrl-C or a failed run: stop now. The workers are killed, not waited for (each would
-        # start its next queued run first); every run resumes from its last checkpoint.
+        # A failed run: stop now. The workers are killed, not waited for (each would start its
+        # next queued run first); every run resumes from its last checkpoint.
+        signals.__exit__()
         for proc in list((getattr(pool, "_processes", None) or {}).values()):
             proc.kill()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
+    signals.__exit__()
     pool.shutdown(wait=True)
 
 

@@ -18,6 +18,10 @@ import threading
 
 GRACE_S = 20.0
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Whether a second signal stops at once. A study's worker process sets it False: there the
+# study relays the signal it got to every worker, which may already have had the same one from
+# the process group (Ctrl-C, a scheduler's SIGTERM), and a duplicate must not cost the checkpoint.
+REPEAT_STOPS_AT_ONCE = True
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -27,6 +31,10 @@ class TrainingStopped(KeyboardInterrupt):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+    def __reduce__(self):
+        # A study's worker process sends it back to the study: pickle both arguments.
+        return (type(self), (str(self), self.signum))
 
     @property
     def exit_code(self) -> int:
@@ -48,6 +56,7 @@ class StopRequest:
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signum: int | None = None
+        self._delivered = False  # at_boundary has handed the signal to the training loop
         self._old: dict[int, object] = {}
         self._timer: threading.Timer | None = None
 
@@ -59,11 +68,21 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         self._cancel_timer()
-        for sig, old in self._old.items():
+        old_handlers, self._old = self._old, {}
+        for sig, old in old_handlers.items():
             signal.signal(sig, old)
-        self._old = {}
+        # A signal that came after the last step boundary was never acted on: hand it to the
+        # handler it displaced when that is the caller's own (a study worker's, which then starts
+        # no further run); under the default action the finished run has nothing left to save.
+        pending = old_handlers.get(self.signum) if self.signum is not None else None
+        own = callable(pending) and pending is not signal.default_int_handler
+        if own and not self._delivered:
+            self._delivered = True
+            pending(self.signum, None)
 
     def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and not REPEAT_STOPS_AT_ONCE:
+            return  # a duplicate: the grace timer still bounds the wait
         if self.signum is not None:  # asked twice: stop now
             self.__exit__()
             raise KeyboardInterrupt
@@ -90,4 +109,5 @@ class StopRequest:
         the checkpoint is being written now), or None."""
         if self.signum is not None:
             self._cancel_timer()
+            self._delivered = True
         return self.signum

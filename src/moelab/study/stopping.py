@@ -1,0 +1,135 @@
+"""Stopping a parallel study on a signal without losing what its workers trained.
+
+The study process and its worker processes share a process group, so Ctrl-C (SIGINT) and a
+scheduler's preemption (SIGTERM to the job) reach all of them; ``kill PID`` reaches the study
+alone, and a SIGKILLed study reaches its workers only through their parent-death signal. In every
+case each worker that is training must finish its step and save a checkpoint (train/stop.py),
+and no worker may start another run. So:
+
+- a worker takes a duplicate signal as a duplicate (``REPEAT_STOPS_AT_ONCE = False``), notes a
+  signal that arrives outside training (:func:`stop_signal`) and starts no run after one, and
+  stops an evaluation at once (nothing to save: a rerun evaluates the saved run);
+- the study relays the signal it got to every worker, waits for them to save (bounded by their
+  grace period), and ends with one line naming the signal.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from moelab.train import stop as train_stop
+from moelab.train.stop import TrainingStopped
+
+_study_pid: int | None = None
+_signal: int | None = None  # the stop signal this worker got outside training
+_evaluating = False  # a signal now interrupts the evaluation
+
+
+def init_worker(parent: int) -> None:
+    """Worker initializer: end with the study (Linux: the kernel's parent-death signal, which
+    the trainer treats as a stop request), and take stop signals as described above."""
+    global _study_pid
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+    _study_pid = parent
+    train_stop.REPEAT_STOPS_AT_ONCE = False
+    for sig in train_stop.SIGNALS:
+        signal.signal(sig, _note)
+    exit_if_orphaned()  # the study died before the request was made
+
+
+def _note(signum: int, frame) -> None:
+    global _signal
+    _signal = _signal or signum
+    if _evaluating:
+        raise KeyboardInterrupt
+
+
+def exit_if_orphaned() -> None:
+    """End this worker if the study process is gone: the death signal arrives once, and a
+    worker whose training caught it would otherwise go on to its next queued run."""
+    if _study_pid is not None and os.getppid() != _study_pid:
+        os._exit(1)
+
+
+def stopped_by(exc: KeyboardInterrupt) -> None:
+    """Training in this worker stopped on a signal (the trainer handled it): start no more runs."""
+    global _signal
+    _signal = _signal or getattr(exc, "signum", None) or signal.SIGTERM
+
+
+def stop_signal() -> int | None:
+    """The stop signal this worker has had (None: none)."""
+    return _signal
+
+
+def not_started(name: str) -> TrainingStopped:
+    return TrainingStopped(f"{name}: not started", _signal or signal.SIGTERM)
+
+
+class Evaluating:
+    """``with Evaluating(name):`` a stop signal interrupts the evaluation inside."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self) -> None:
+        global _evaluating
+        _evaluating = True
+        if _signal is not None:
+            raise self._stopped()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        global _evaluating
+        _evaluating = False
+        if exc_type is KeyboardInterrupt and _signal is not None:
+            raise self._stopped() from None
+        return False
+
+    def _stopped(self) -> TrainingStopped:
+        return TrainingStopped(
+            f"{self.name}: trained and saved; its evaluation was stopped (a rerun evaluates it)",
+            _signal or signal.SIGTERM,
+        )
+
+
+class StudySignals:
+    """In the study process, while workers run: SIGTERM raises TrainingStopped as SIGINT raises
+    KeyboardInterrupt, so one code path stops the workers (:func:`stop_workers`)."""
+
+    def __enter__(self) -> StudySignals:
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._old)
+
+    @staticmethod
+    def _handle(signum: int, frame) -> None:
+        raise TrainingStopped("the study was asked to stop", signum)
+
+
+def stop_workers(processes: list, grace_s: float) -> None:
+    """Relay a stop to every live worker, wait up to ``grace_s`` for each to save and end,
+    then kill what is left (a checkpoint on disk is complete: they are written atomically)."""
+    for proc in processes:
+        if proc.is_alive():
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    import time
+
+    deadline = time.monotonic() + grace_s
+    for proc in processes:
+        proc.join(timeout=max(0.0, deadline - time.monotonic()))
+    for proc in processes:
+        if proc.is_alive():
+            proc.kill()
