@@ -172,3 +172,28 @@ def test_prepare_refuses_a_binary_source(tmp_path, capsys):
         watch=[tmp_path],
         match=[r"blob\.dat", r"binary"],
     )
+
+
+def test_a_tokenizer_that_cannot_be_cut_gets_the_whole_text(tmp_path):
+    """A SentencePiece-style tokenizer (Metaspace: a prefix space on every encode call, as the
+    Llama, Mixtral and XGLM tokenizers `moelab import` brings) gives other ids when the text is
+    cut into pieces: such a tokenizer is read in one piece (reviewer's finding)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from moelab.data.tokenizer import can_cut_documents
+
+    text = text_of(20_000)
+    sp = Tokenizer(models.BPE(unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace()
+    sp.decoder = decoders.Metaspace()
+    sp.train_from_iterator([text], trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"]))
+    assert not can_cut_documents(sp)
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    whole = sp.encode(text, add_special_tokens=False).ids
+    cut = [
+        i for p in (text[:5000], text[5000:]) for i in sp.encode(p, add_special_tokens=False).ids
+    ]
+    assert cut != whole  # what cutting would have given
+    ids, _ = read_tokens(path, sp, piece_chars=64)
+    assert ids.tolist() == whole

@@ -11,7 +11,11 @@ size.
 Pieces end where the byte-level pre-tokenizer splits anyway (:data:`CUT_AT`, then before a
 space that follows a non-space), so for byte-level BPE tokenizers (moelab's, GPT-2's) the ids are
 exactly those of the whole text; a piece with neither (over ``4 * piece_chars`` characters without
-a line break or a space) is cut where it is, the only place ids can differ.
+a line break or a space) is cut where it is, the only place ids can differ. A tokenizer whose
+ids could change at such a cut (a normalizer, a SentencePiece-style pre-tokenizer that adds a
+prefix space to every encode call: Llama, Mixtral or XGLM runs made by ``moelab import``;
+:func:`moelab.data.tokenizer.can_cut_documents`) gets the whole text in one piece: exact ids,
+at the old memory cost.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from moelab.data.textfile import iter_text
-from moelab.data.tokenizer import CUT_AT, token_dtype
+from moelab.data.tokenizer import CUT_AT, can_cut_documents, token_dtype
 
 PIECE_CHARS = 1 << 16
 BEFORE_SPACE = re.compile(r"(?<=\S)(?= \S)")
@@ -67,6 +71,8 @@ def read_tokens(
     """(token ids, UTF-8 bytes of the text they encode) of the file's first ``max_tokens``
     tokens (all when None). Raises UnicodeDecodeError when ``encoding`` does not fit."""
     dtype = token_dtype(tokenizer.get_vocab_size(with_added_tokens=True))
+    if not can_cut_documents(tokenizer):
+        piece_chars = 1 << 62  # never cut: one piece, the ids of the whole text
     parts: list[np.ndarray] = []
     n_tokens = n_bytes = 0
     for piece in pieces(iter_text(path, encoding), piece_chars):
