@@ -127,3 +127,10 @@ def test_moved_study_resumes_to_the_same_results(tmp_path_factory, tmp_path, cap
     assert "resuming from checkpoint" in err
     assert results_csv_without_wall_times(moved) == results_csv_without_wall_times(tmp_path / "ref")
     assert read_run_config(moved / "runs" / runs[0].name).data.dir == str(moved / "data")
+    # a study run's stored config trains a new run elsewhere: its ../../data is relative to
+    # the run folder holding it, not to the working directory (reviewer's finding)
+    fresh = tmp_path / "elsewhere" / "fresh"
+    args = ["train", moved / "runs" / runs[0].name / "config.yaml", "--out", fresh, "--steps", "2"]
+    rc, _, err = run_cli(capsys, args)
+    assert rc == 0, err
+    assert read_run_config(fresh).data.dir == str(moved / "data")

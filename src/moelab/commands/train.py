@@ -45,6 +45,10 @@ def build_raw_config(args: argparse.Namespace) -> dict:
     given_own = given_own and own.samefile(args.config)
     if args.config and not given_own:
         raw = load_yaml(args.config)
+        holder = Path(args.config).parent
+        if Path(args.config).name == CONFIG and (holder / "checkpoints").is_dir():
+            # another run's stored config: its relative data.dir is relative to that run folder
+            raw = with_data_dir_from(raw, holder)
     elif (args.config or not args.preset) and own.is_file():
         # resume with the run's own config (a study run's data.dir is relative to its folder)
         raw = with_data_dir_from(load_yaml(own), Path(args.out))
