@@ -143,3 +143,16 @@ def test_eval_reads_a_bracketed_name_literally(tmp_path_factory, tmp_path, capsy
     (row,) = json.loads(out)["results"][0]["domains"]
     assert row["name"] == "file[1].txt"
     assert os.path.basename(row["origin"]) == "file[1].txt"
+
+
+def test_an_empty_file_in_two_domains_is_not_a_shared_document(tmp_path):
+    """Empty files (a placeholder, an empty LICENSE matched by two globs) hold no document: the
+    same empty bytes in a training and a held-out domain are no leak (reviewer's finding)."""
+    for d in ("d1", "d2"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.txt").write_text("")
+        (tmp_path / d / f"{d}.txt").write_text(TEXT + d)
+    seen: dict = {}
+    read_source(parse_source_spec(f"train={tmp_path}/d1/*.txt"), 1000, seen)
+    held = read_source(parse_source_spec(f"held={tmp_path}/d2/*.txt"), 1000, seen)
+    assert len(held.docs) >= 1

@@ -72,3 +72,10 @@ def test_a_result_file_linked_outside_is_replaced_not_written_through(run, tmp_p
     assert snapshot(victim) == before
     assert not (run / "eval" / "ppl.json").is_symlink()
     assert '"perplexity"' in (run / "eval" / "ppl.json").read_text()
+
+
+def test_dangling_eval_link_inside_the_run_is_refused_before_the_work(run, capsys):
+    """A link to a missing folder inside the run passed the check, the evaluation ran, and only
+    the final write failed ("File exists"): refused first now (reviewer's finding)."""
+    (run / "eval").symlink_to(run / "missing", target_is_directory=True)
+    expect_user_error(capsys, ["eval", run, *ARGS], watch=[run], match=[r"does not exist"])

@@ -278,6 +278,9 @@ def read_file_source(spec: SourceSpec, max_doc_bytes: int, seen: Seen | None = N
     for path in expand_files(spec):
         raw = read_bytes(path, spec.option("encoding"))
         sha = hashlib.sha256(raw).hexdigest()
+        if not raw.strip():  # no document: an empty file in two domains shares nothing
+            out.records.append(_file_record(path, len(raw), sha, empty=True))
+            continue
         if not _first_reading(sha, path, spec.domain, seen):
             out.records.append(_file_record(path, len(raw), sha, duplicate_of=str(seen[sha][1])))
             continue

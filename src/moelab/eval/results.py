@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from pathlib import Path
@@ -50,6 +51,11 @@ def check_eval_dir(run_dir: str | Path) -> Path:
                 f"{folder} is a link to {target}, outside the run folder; moelab writes results "
                 "only inside the run: replace the link by a folder"
             )
+    if folder.is_symlink() and not folder.exists():  # dangling, inside the run
+        raise MoelabError(
+            f"{folder} is a link to {os.readlink(folder)}, which does not exist; moelab writes "
+            "results only into a folder: replace the link by a folder"
+        )
     if folder.exists() and not folder.is_dir():
         raise MoelabError(f"{folder} exists and is not a folder; move it away to store results")
     return folder
