@@ -28,25 +28,12 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from moelab.errors import MoelabError
+from moelab.study.points import EvalPoint  # noqa: F401 (re-exported: moelab.study.fit.EvalPoint)
 
 if TYPE_CHECKING:
     from moelab.study.bootstrap import RunResampler
 
 MODES = ("envelope", "final", "all", "annealed")
-
-
-@dataclass(frozen=True)
-class EvalPoint:
-    """One evaluation: ``run`` (the unit the bootstrap resamples), training FLOPs so far, and the
-    measured value (a loss, or an accuracy in [0, 1]). ``annealed``: the learning rate had
-    decayed to the schedule's floor when it was measured (a cooldown branch's end, or the final
-    point of a decaying schedule), so the point is what a run trained to exactly this compute
-    would reach; mid-run points of a stable or slowly decaying phase are not."""
-
-    run: str
-    compute: float
-    value: float
-    annealed: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
