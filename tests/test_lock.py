@@ -195,3 +195,33 @@ def test_unlocked_cleanup_spares_a_live_processes_temporary(tmp_path):
     assert [p.name for p in ckpts.iterdir()] == [f".step_00000002.tmp-{os.getpid()}"]
     clear_stale(tmp_path, locked=True)
     assert list(ckpts.iterdir()) == []
+
+
+def test_a_pid_is_only_checked_in_its_own_pid_space(prepared, tmp_path, capsys):
+    """Containers can share a host name but not PIDs (host networking), and a restarted one may
+    get the old holder's PID (reviewer's findings). A fresh lock from this host name with a dead
+    PID but another PID namespace is live (refused); one naming this very process in this PID
+    space is not ours (we do not hold it), so it is stale and taken over."""
+    import os
+    import socket
+
+    from moelab.lock import _pid_space
+
+    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    out = tmp_path / "R"
+    path = _foreign_lock(out, age_s=1, host=socket.gethostname(), pid=2**22 + 17)  # no such PID
+    rec = json.loads(path.read_text())
+    here = _pid_space()
+    if "pidns" not in here:
+        pytest.skip("no /proc PID namespace on this platform")
+    path.write_text(json.dumps({**rec, **here, "pidns": here["pidns"] + 1}) + "\n")
+    expect_user_error(
+        capsys,
+        ["train", str(cfg), "--out", str(out), "--no-progress"],
+        watch=[tmp_path],
+        match=[r"in use by moelab train"],
+    )
+    path.write_text(json.dumps({**rec, **here, "pid": os.getpid()}) + "\n")
+    rc, _, err = run_cli(capsys, ["train", str(cfg), "--out", str(out), "--no-progress"])
+    assert rc == 0, err
+    assert "taking over the stale lock" in err

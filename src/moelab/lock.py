@@ -9,10 +9,10 @@ of a complete temporary file, or O_CREAT|O_EXCL where links are not supported), 
 of two racing processes gets it.
 
 A lock is stale, and taken over, when its heartbeat is older than ``STALE_S`` (the holder died
-or lost its node: its PID means nothing on another host), or at once when it was written on this
-host by a PID that no longer exists. Taking over is itself guarded by an O_EXCL ``.break`` file,
-so two processes cannot both break the same stale lock and then both believe they hold the new
-one.
+or lost its node: its PID means nothing on another host), or at once when it was written in this
+PID space (same host name, boot and PID namespace) by a PID that no longer exists. Taking over
+is itself guarded by an O_EXCL ``.break`` file, so two processes cannot both break the same
+stale lock and then both believe they hold the new one.
 """
 
 from __future__ import annotations
@@ -89,9 +89,26 @@ def _age(path: Path, record: dict[str, Any]) -> float:
     return time.time() - float(beat)
 
 
+def _pid_space() -> dict[str, Any]:
+    """What makes a PID in a record comparable with ours: the host name, and on Linux the boot
+    and the PID namespace. Containers may share a host name (host networking) but not their
+    PIDs, and a restarted container may reuse the old holder's PID."""
+    space: dict[str, Any] = {"host": socket.gethostname()}
+    with contextlib.suppress(OSError):
+        space["boot"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        space["pidns"] = os.stat("/proc/self/ns/pid").st_ino
+    return space
+
+
 def is_stale(path: Path, record: dict[str, Any], stale_s: float = STALE_S) -> bool:
-    if record.get("host") == socket.gethostname() and _pid_dead(record.get("pid")):
-        return True
+    """Stale when the heartbeat is older than ``stale_s``, or at once when the record's PID is
+    one of ours (same host, boot and PID namespace) and that process is gone, or is this process
+    (which does not hold it: a lock held here is found in ``_held`` first)."""
+    here = _pid_space()
+    if all(record.get(k) == v for k, v in here.items()):
+        pid = record.get("pid")
+        if pid == os.getpid() or _pid_dead(pid):
+            return True
     return _age(path, record) > stale_s
 
 
@@ -126,7 +143,7 @@ class FolderLock:
 
     def _record(self) -> bytes:
         rec = {
-            "host": socket.gethostname(),
+            **_pid_space(),
             "pid": os.getpid(),
             "command": self.command,
             "since": self._since,
@@ -162,8 +179,13 @@ class FolderLock:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as f:
-                f.write(self._record())
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(self._record())
+            except OSError:  # e.g. a full disk: an empty lock file would refuse for STALE_S
+                with contextlib.suppress(OSError):
+                    self.path.unlink()
+                raise
             return True
         finally:
             with contextlib.suppress(OSError):
