@@ -82,3 +82,23 @@ def test_atomic_writers_never_write_through_a_planted_link(tmp_path):
     assert (folder / "b.bin").read_bytes() == b"data"
     assert (folder / "c" / "x").read_text() == "x" and not (folder / "c").is_symlink()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "victim"]
+
+
+def test_a_linked_step_folder_is_refused_not_deleted(tmp_path):
+    """checkpoints/step_N linked to a folder elsewhere, then step N saved again (a resumed run
+    re-reaching it): one line, the linked folder untouched (was: rmtree's OSError traceback;
+    reviewer's finding)."""
+    from torch import nn
+
+    from moelab.errors import MoelabError
+    from moelab.train.checkpoint import save_checkpoint, step_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("x")
+    step_dir(run, 3).symlink_to(outside, target_is_directory=True)
+    with pytest.raises(MoelabError, match=r"step_00000003 is a link to .*outside"):
+        save_checkpoint(run, 3, nn.Linear(2, 2), {}, {}, keep_last=2)
+    assert (outside / "keep.txt").read_text() == "x"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
 import shutil
@@ -107,6 +108,11 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the newest ``keep_last``."""
     final = step_dir(run_dir, step)
+    if final.is_symlink():  # a crafted folder: never delete or write through a link
+        raise MoelabError(
+            f"{final} is a link to {os.readlink(final)}; moelab writes checkpoints only into "
+            "the run folder: remove the link and run the same command again"
+        )
     if final.exists():  # same step saved before (e.g. a resumed run re-reaching it)
         shutil.rmtree(final)
     tensors, aliases = weights_state(model)
