@@ -77,15 +77,24 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
-def test_killing_a_parallel_study_ends_its_workers(tmp_path, sig):
+@pytest.mark.parametrize(
+    "sig, runs", [(signal.SIGKILL, 4), (signal.SIGTERM, 4), (signal.SIGKILL, 2)]
+)
+def test_killing_a_parallel_study_ends_its_workers(tmp_path, sig, runs):
     """SIGKILL or SIGTERM to the study process alone: its worker processes end too, instead of
     training on as orphans. SIGTERM reaches the workers as their death signal while they train,
     so their training saves a checkpoint and stops; a worker must then end rather than take the
-    next run still queued for it (four runs on two workers: two are queued), as it did."""
+    next run still queued for it (four runs on two workers: two are queued), as it did. With one
+    short and one long run on two workers, the short run's worker is idle when the death signal
+    comes: it must end too (it waited for a task forever once the signal was noted rather than
+    fatal)."""
     cfg_path = mini_study(tmp_path, with_tasks=False, budget_tokens=200_000)
     study = yaml.safe_load(cfg_path.read_text())
     study["workers"] = 2
+    study["grid"]["model"] = study["grid"]["model"][:runs]
+    if runs == 2:  # the first run ends long before the second
+        first = study["grid"]["model"][0]["name"]
+        study["per_model"] = {first: {"train.budget_tokens": 8192}}
     study["eval"] = {"ppl": False}
     cfg_path.write_text(yaml.safe_dump(study, sort_keys=False))
     out = tmp_path / "o"
@@ -102,10 +111,14 @@ def test_killing_a_parallel_study_ends_its_workers(tmp_path, sig):
             ]
             time.sleep(0.2)
         assert len(workers) == 2, "the study did not start two workers"
-        # signal once both are training (a metrics row written), not while they import
-        while time.monotonic() < deadline and len(list(out.glob("runs/*/metrics.jsonl"))) < 2:
+        # signal once both runs are training (a metrics row written), not while they import;
+        # with a short run, once it is done and its worker idle
+        want = "runs/*/study_eval.json" if runs == 2 else "runs/*/metrics.jsonl"
+        need = 1 if runs == 2 else 2
+        while time.monotonic() < deadline and len(list(out.glob(want))) < need:
             time.sleep(0.2)
-        assert len(list(out.glob("runs/*/metrics.jsonl"))) == 2, "no two runs training"
+        assert len(list(out.glob(want))) == need, f"no {need} of {want}"
+        time.sleep(0.5)
         proc.send_signal(sig)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30

@@ -46,8 +46,14 @@ def init_worker(parent: int) -> None:
 
 
 def _note(signum: int, frame) -> None:
+    """A stop signal outside training: if it is the study's death signal, there is nothing to
+    save here, so end now (an idle worker would otherwise wait for a task forever); else start
+    no further run, stop an evaluation at once, and stop a training that has not yet installed
+    its own handler at its first step."""
     global _signal
+    exit_if_orphaned()
     _signal = _signal or signum
+    train_stop.PENDING = _signal
     if _evaluating:
         raise KeyboardInterrupt
 
@@ -90,6 +96,7 @@ class Evaluating:
         global _evaluating
         _evaluating = False
         if exc_type is KeyboardInterrupt and _signal is not None:
+            exit_if_orphaned()
             raise self._stopped() from None
         return False
 

@@ -22,6 +22,9 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # study relays the signal it got to every worker, which may already have had the same one from
 # the process group (Ctrl-C, a scheduler's SIGTERM), and a duplicate must not cost the checkpoint.
 REPEAT_STOPS_AT_ONCE = True
+# A stop signal the caller noted before training began (a study worker's handler between runs):
+# training then stops at its first step boundary.
+PENDING: int | None = None
 
 
 class TrainingStopped(KeyboardInterrupt):
@@ -64,6 +67,7 @@ class StopRequest:
         if self.enabled:
             for sig in SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
+            self.signum = PENDING
         return self
 
     def __exit__(self, *exc) -> None:
