@@ -111,3 +111,29 @@ def test_training_stopped_crosses_a_process_boundary():
 
     e = pickle.loads(pickle.dumps(TrainingStopped("stopped by SIGTERM at step 3", 15)))
     assert (str(e), e.signum, e.exit_code) == ("stopped by SIGTERM at step 3", 15, 143)
+
+
+@pytest.mark.parametrize("repeat_stops_at_once", [True, False])
+def test_a_step_that_outlasts_the_grace_period_stops_with_the_signals_code(
+    monkeypatch, repeat_stops_at_once
+):
+    """The grace timer ends a step that never reaches its boundary: exit code 128 + SIGTERM (it
+    was 130, a plain interrupt), and also in a study worker, where a repeated signal is ignored
+    and the timer's interrupt used to be ignored with it (no bound at all)."""
+    import os
+    import signal
+    import time
+
+    from moelab.train import stop as stop_mod
+    from moelab.train.stop import StopRequest, TrainingStopped
+
+    monkeypatch.setenv("MOELAB_STOP_GRACE_S", "0.2")
+    monkeypatch.setattr(stop_mod, "REPEAT_STOPS_AT_ONCE", repeat_stops_at_once)
+    with pytest.raises(TrainingStopped) as e:
+        with StopRequest():
+            os.kill(os.getpid(), signal.SIGTERM)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # a step that never ends
+                time.sleep(0.01)
+    assert e.value.exit_code == 143 and "did not end within 0.2 s" in str(e.value)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored

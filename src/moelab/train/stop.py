@@ -5,8 +5,9 @@ Killing the process at once would lose up to ``checkpoint_every`` steps, so the 
 only records a request, which the training loop honours at the next step boundary by saving a
 checkpoint there and raising :class:`TrainingStopped`. If the boundary is not reached within
 the grace period (``MOELAB_STOP_GRACE_S``, default 20 s: below Slurm's default 30 s between
-SIGTERM and SIGKILL), or a second signal arrives, the process stops at once as a plain
-KeyboardInterrupt would (every checkpoint on disk is complete: they are written atomically).
+SIGTERM and SIGKILL), it stops there with :class:`TrainingStopped` all the same, without that
+checkpoint; a second signal stops it at once as a plain KeyboardInterrupt would (every
+checkpoint on disk is complete: they are written atomically).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class StopRequest:
         self._delivered = False  # at_boundary has handed the signal to the training loop
         self._old: dict[int, object] = {}
         self._timer: threading.Timer | None = None
+        self._expired = False  # the grace period ran out before a step boundary
 
     def __enter__(self) -> StopRequest:
         if self.enabled:
@@ -85,6 +87,16 @@ class StopRequest:
             pending(self.signum, None)
 
     def _handle(self, signum: int, frame) -> None:
+        if self._expired:  # the grace timer's interrupt: stop now, with the signal's own code
+            stopped_by = self.signum or signum
+            self._delivered = True
+            self.__exit__()
+            raise TrainingStopped(
+                f"stopped by {signal.Signals(stopped_by).name}: the step did not end within "
+                f"{grace_seconds():g} s, so there is no checkpoint at it; the newest checkpoint "
+                "on disk is intact and resuming starts there",
+                stopped_by,
+            )
         if self.signum is not None and not REPEAT_STOPS_AT_ONCE:
             return  # a duplicate: the grace timer still bounds the wait
         if self.signum is not None:  # asked twice: stop now
@@ -99,9 +111,15 @@ class StopRequest:
             f"{signal.Signals(signum).name}: saving a checkpoint at the end of this step, then "
             f"stopping (within {grace:.0f} s; send it again to stop at once)\n".encode(),
         )
-        self._timer = threading.Timer(grace, _thread.interrupt_main)
+        # The timer interrupts the main thread through this same handler (interrupt_main
+        # simulates SIGINT), which then stops at once: also where a repeat is ignored.
+        self._timer = threading.Timer(grace, self._expire)
         self._timer.daemon = True
         self._timer.start()
+
+    def _expire(self) -> None:
+        self._expired = True
+        _thread.interrupt_main()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
