@@ -156,3 +156,16 @@ def test_an_empty_file_in_two_domains_is_not_a_shared_document(tmp_path):
     read_source(parse_source_spec(f"train={tmp_path}/d1/*.txt"), 1000, seen)
     held = read_source(parse_source_spec(f"held={tmp_path}/d2/*.txt"), 1000, seen)
     assert len(held.docs) >= 1
+
+
+def test_double_star_reaches_a_hidden_folder_the_pattern_names(tmp_path):
+    """`data/**/.cache/*.txt` matched with glob(recursive=True) before and matched nothing with
+    the link-safe walk (reviewer's finding); `**` alone still skips hidden folders, as glob."""
+    from moelab.data.globbing import expand
+
+    (tmp_path / "a" / ".cache").mkdir(parents=True)
+    (tmp_path / "a" / ".cache" / "x.txt").write_text("x")
+    (tmp_path / "a" / "y.txt").write_text("y")
+    got = expand(f"{tmp_path}/**/.cache/*.txt")
+    assert got == [f"{tmp_path}/a/.cache/x.txt"]
+    assert expand(f"{tmp_path}/**/*.txt") == [f"{tmp_path}/a/y.txt"]

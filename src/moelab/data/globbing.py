@@ -46,8 +46,10 @@ def _match(pattern: list[str], names: list[str]) -> bool:
 def _walk(base: str, rest: list[str]) -> list[str]:
     """Paths below folder ``base`` whose components after it match ``rest``."""
     out = []
+    names_hidden = any(_hidden(part) for part in rest)  # e.g. **/.cache/*.txt
     for root, dirs, files in os.walk(base, followlinks=False):
-        dirs[:] = [d for d in dirs if not _hidden(d)]  # never matched by ** below: not walked
+        if not names_hidden:  # then no hidden folder can match: not walked
+            dirs[:] = [d for d in dirs if not _hidden(d)]
         rel = os.path.relpath(root, base)
         prefix = [] if rel == "." else rel.split(os.sep)
         for name in dirs + files:
