@@ -242,9 +242,21 @@ def interval_text(noise: SeedNoise, n_bootstrap: int) -> str:
     )
 
 
+def _noise_dict(noise: SeedNoise, units: str) -> dict[str, Any]:
+    lo, hi = noise.sd_interval()
+    return {
+        "sd": noise.sd,
+        "sd_lo": lo,
+        "sd_hi": hi,
+        "df": noise.df,
+        "replicate_runs": noise.runs,
+        "units": units,
+    }
+
+
 def seed_sd_text(noise: SeedNoise, log_values: bool) -> str:
     """The pooled seed spread with its 95% range: in % of the loss, or in value units."""
-    vals = (noise.sd, noise.quantile_sd(0.025), noise.quantile_sd(0.975))
+    vals = (noise.sd, *noise.sd_interval())
     if log_values:
         return "{:.2%} [{:.2%}, {:.2%}]".format(*vals)
     return "{:.4f} [{:.4f}, {:.4f}]".format(*vals)
@@ -662,14 +674,7 @@ def fits_json(an: Analysis) -> dict[str, Any]:
             "measured_bounds": {fam: [b.as_dict() for b in bs] for fam, bs in ma.bounds.items()},
             "interval": ma.interval,
             "seed_noise": {
-                fam: {
-                    "sd": n.sd,
-                    "sd_lo": n.quantile_sd(0.025),
-                    "sd_hi": n.quantile_sd(0.975),
-                    "df": n.df,
-                    "replicate_runs": n.runs,
-                    "units": "log loss" if ma.kind == "loss" else "value",
-                }
+                fam: _noise_dict(n, "log loss" if ma.kind == "loss" else "value")
                 for fam, n in ma.seed_noise.items()
             },
             "n_bootstrap": ma.n_bootstrap,

@@ -57,6 +57,10 @@ class SeedNoise:
             return 0.0
         return math.sqrt(self.ss / rng.chisquare(self.df))
 
+    def sd_interval(self, ci: float = 0.95) -> tuple[float, float]:
+        """The central ``ci`` range of that posterior (how uncertain the spread itself is)."""
+        return self.quantile_sd((1 - ci) / 2), self.quantile_sd((1 + ci) / 2)
+
     def quantile_sd(self, q: float) -> float:
         """The ``q`` quantile of that posterior (for the report: how uncertain the spread is)."""
         from scipy.stats import chi2
@@ -101,10 +105,6 @@ class RunResampler:
     @property
     def replicated(self) -> list[str]:
         return [s for s, runs in self.strata.items() if len(runs) >= 2]
-
-    @property
-    def singletons(self) -> list[str]:
-        return [s for s, runs in self.strata.items() if len(runs) == 1]
 
     def usable(self) -> bool:
         """Whether a resample can vary at all: some stratum has replicate runs."""

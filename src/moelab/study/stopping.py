@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 from moelab.train import stop as train_stop
 from moelab.train.stop import TrainingStopped
@@ -132,8 +133,6 @@ def stop_workers(processes: list, grace_s: float) -> None:
                 os.kill(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-    import time
-
     deadline = time.monotonic() + grace_s
     for proc in processes:
         proc.join(timeout=max(0.0, deadline - time.monotonic()))

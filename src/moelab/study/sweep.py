@@ -400,8 +400,10 @@ def _run_parallel(
         initargs=(os.getpid(),),
     )
     futures: dict = {}
+    # Entered here and left by hand: the stop path restores SIGTERM before it waits for the
+    # workers, so a second SIGTERM then ends the study rather than the wait.
+    signals = stopping.StudySignals().__enter__()
     try:
-        signals = stopping.StudySignals().__enter__()
         for i, planned in order:
             path = run_dir(out, planned.name)
             state = run_state(path, key)
