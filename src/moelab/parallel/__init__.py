@@ -13,7 +13,7 @@ _WHERE = {
     "ExpertParallelMoeFFN": "expert_parallel",
     "apply_expert_parallel": "expert_parallel",
     "expert_grad_divisor": "expert_parallel",
-    "ParallelOptions": "options",
+    "ParallelConfig": "options",
     "Topology": "launch",
     "env_world": "launch",
     "fail_fast": "launch",

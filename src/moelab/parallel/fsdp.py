@@ -59,11 +59,12 @@ def wrap_for_parallel(
     *,
     expert_grad: str = "exact",
     param_dtype: torch.dtype | None = None,
+    reduce_dtype: torch.dtype = torch.float32,
 ) -> nn.Module:
     """Shard ``model`` (built identically on every rank, on ``topo.device``) in place and
     return it. ``param_dtype`` (e.g. ``torch.bfloat16``) runs the dense parts in that dtype
     under FSDP2 with fp32 master weights and fp32 gradient reduction; experts then compute in
-    the dtype of their inputs."""
+    the dtype of their inputs. ``reduce_dtype``: the dtype FSDP2 reduces gradients in."""
     divisor = expert_grad_divisor(expert_grad, topo.world)
     layers = apply_expert_parallel(
         model,
@@ -79,7 +80,7 @@ def wrap_for_parallel(
     else:
         mesh = topo.flat_mesh
     ignored = set(expert_parameters(model))
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     blocks = getattr(model, "layers", [])
     for block in blocks:
         fully_shard(

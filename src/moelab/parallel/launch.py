@@ -24,9 +24,7 @@ import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from moelab.errors import MoelabError
-
-DEFAULT_TIMEOUT_S = 300.0
-ENV_TIMEOUT = "MOELAB_DIST_TIMEOUT_S"
+from moelab.parallel.options import DEFAULT_TIMEOUT_S, ENV_TIMEOUT
 
 
 @dataclass
@@ -221,5 +219,5 @@ def fail_fast(rank: int, world: int, timeout_s: float):
         raise MoelabError(
             f"rank {rank} of {world}: a collective failed ({first}); another rank probably "
             f"died or stopped responding (see its output; collectives time out after "
-            f"{timeout_s:g} s, {ENV_TIMEOUT})"
+            f"{timeout_s:g} s: parallel.timeout_s)"
         ) from None

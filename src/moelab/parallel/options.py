@@ -1,46 +1,115 @@
-"""Settings of a distributed run that are not part of the run config (they change how the work
-is spread over processes, not what is computed), read from the environment."""
+"""The run config's ``parallel:`` section: how a run is spread over processes.
+
+Two of its keys change what is computed and are part of the config hash (a resume with another
+value is refused): ``expert_grad`` (expert gradients divided by world or sqrt(world)) and the
+FSDP dtypes ``param_dtype`` / ``reduce_dtype``. ``ep`` and ``timeout_s`` only change how the work
+is spread or how long a collective may wait. The environment variables of earlier versions stay
+as overrides; :meth:`ParallelConfig.with_env` applies them, and the trainer stores the result in
+``config.yaml``. Light on purpose (no torch import): every run config holds one.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 from dataclasses import dataclass
 
 from moelab.errors import MoelabError
-from moelab.parallel.expert_parallel import GRAD_NORMALISATIONS
-from moelab.parallel.launch import timeout_from_env
 
 ENV_EP = "MOELAB_EP"
 ENV_EXPERT_GRAD = "MOELAB_EXPERT_GRAD"
 ENV_BF16_PARAMS = "MOELAB_FSDP_BF16"
+ENV_TIMEOUT = "MOELAB_DIST_TIMEOUT_S"
+
+EXPERT_GRADS = ("exact", "paper")
+DTYPES = ("fp32", "bf16")
+DEFAULT_TIMEOUT_S = 300.0
+
+# The keys that change the numbers a run computes (the rest: the config hash leaves them out).
+NUMERIC_KEYS = ("expert_grad", "param_dtype", "reduce_dtype")
 
 
 @dataclass
-class ParallelOptions:
-    """``ep``: expert-parallel degree (None: gcd(world, n_experts)); ``expert_grad``: ``exact``
-    (expert gradients divided by world, the same as one process) or ``paper`` (by sqrt(world),
-    fairseq); ``bf16_params``: FSDP2 computes in bf16 with fp32 master weights and reductions;
-    ``timeout_s``: bound on every collective."""
+class ParallelConfig:
+    """``ep``: expert-parallel degree (null: gcd(world, n_experts)); ``expert_grad``: ``exact``
+    (expert gradients divided by world: the one-process update) or ``paper`` (by sqrt(world),
+    fairseq); ``param_dtype``: the dtype FSDP2 gathers dense weights in and computes with
+    (fp32 master weights stay); ``reduce_dtype``: the dtype FSDP2 reduces gradients in;
+    ``timeout_s``: bound on every collective. All of it applies to runs of more than one
+    process; one process ignores it."""
 
     ep: int | None = None
     expert_grad: str = "exact"
-    bf16_params: bool = False
-    timeout_s: float = 300.0
+    param_dtype: str = "fp32"
+    reduce_dtype: str = "fp32"
+    timeout_s: float = DEFAULT_TIMEOUT_S
 
-    @classmethod
-    def from_env(cls) -> ParallelOptions:
-        ep = os.environ.get(ENV_EP)
-        if ep is not None:
+    def validate(self) -> ParallelConfig:
+        def bad(key: str, why: str) -> MoelabError:
+            return MoelabError(f"parallel.{key}: {why}")
+
+        if self.ep is not None and self.ep < 1:
+            raise bad("ep", f"must be >= 1 or null (gcd of world and n_experts), got {self.ep}")
+        if self.expert_grad not in EXPERT_GRADS:
+            raise bad("expert_grad", f"must be exact or paper, got {self.expert_grad!r}")
+        for key in ("param_dtype", "reduce_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise bad(key, f"must be fp32 or bf16, got {getattr(self, key)!r}")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise bad("timeout_s", f"must be a number of seconds > 0, got {self.timeout_s}")
+        return self
+
+    def with_env(self) -> tuple[ParallelConfig, list[str]]:
+        """This config with the environment's overrides applied (``MOELAB_EP``,
+        ``MOELAB_EXPERT_GRAD``, ``MOELAB_FSDP_BF16=1``: param_dtype bf16,
+        ``MOELAB_DIST_TIMEOUT_S``), and a note per key an override changed."""
+        changes: dict[str, object] = {}
+        raw = os.environ.get(ENV_EP)
+        if raw is not None:
             try:
-                ep_value: int | None = int(ep)
+                changes["ep"] = int(raw)
             except ValueError:
-                raise MoelabError(f"{ENV_EP}={ep!r}: expected an integer") from None
-        else:
-            ep_value = None
-        grad = os.environ.get(ENV_EXPERT_GRAD, "exact")
-        if grad not in GRAD_NORMALISATIONS:
-            raise MoelabError(
-                f"{ENV_EXPERT_GRAD}={grad!r}: expected one of {', '.join(GRAD_NORMALISATIONS)}"
-            )
-        bf16 = os.environ.get(ENV_BF16_PARAMS, "0").lower() in ("1", "true", "yes")
-        return cls(ep=ep_value, expert_grad=grad, bf16_params=bf16, timeout_s=timeout_from_env())
+                raise MoelabError(f"{ENV_EP}={raw!r}: expected an integer") from None
+        raw = os.environ.get(ENV_EXPERT_GRAD)
+        if raw is not None:
+            if raw not in EXPERT_GRADS:
+                raise MoelabError(f"{ENV_EXPERT_GRAD}={raw!r}: expected one of exact, paper")
+            changes["expert_grad"] = raw
+        raw = os.environ.get(ENV_BF16_PARAMS)
+        if raw is not None and raw.lower() in ("1", "true", "yes"):
+            changes["param_dtype"] = "bf16"
+        raw = os.environ.get(ENV_TIMEOUT)
+        if raw is not None:
+            try:
+                changes["timeout_s"] = float(raw)
+            except ValueError:
+                raise MoelabError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds") from None
+        env_name = {
+            "ep": ENV_EP,
+            "expert_grad": ENV_EXPERT_GRAD,
+            "param_dtype": ENV_BF16_PARAMS,
+            "timeout_s": ENV_TIMEOUT,
+        }
+        notes = [
+            f"parallel.{k}: {v}, from {env_name[k]}"
+            for k, v in changes.items()
+            if getattr(self, k) != v
+        ]
+        try:
+            new = dataclasses.replace(self, **changes).validate()
+        except MoelabError as e:  # name the variable, not only the key it set
+            key = str(e).split(":", 1)[0].removeprefix("parallel.")
+            raise MoelabError(f"{env_name.get(key, key)}: {str(e).split(': ', 1)[1]}") from None
+        return new, notes
+
+    def hashed(self) -> dict[str, object]:
+        """The keys of this section that enter the config hash: the numeric ones, and only
+        where they differ from the default, so runs from before the section existed keep their
+        hash (and resume)."""
+        default = ParallelConfig()
+        return {
+            f"parallel.{k}": getattr(self, k)
+            for k in NUMERIC_KEYS
+            if getattr(self, k) != getattr(default, k)
+        }

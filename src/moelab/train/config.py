@@ -1,9 +1,11 @@
 """The run config: which model, which prepared data, and how to train it.
 
-A run config has three sections. ``model`` is a preset name, or a mapping of ``ModelConfig`` fields,
-optionally ``preset: NAME`` plus fields that override the preset. ``data`` is the prepared data
-folder (or a mapping with ``dir`` and optional mixture ``weights``). ``train`` is a
-:class:`TrainConfig`. Everything is checked up front; errors name the dotted key.
+A run config has three sections and an optional fourth. ``model`` is a preset name, or a mapping
+of ``ModelConfig`` fields, optionally ``preset: NAME`` plus fields that override the preset.
+``data`` is the prepared data folder (or a mapping with ``dir`` and optional mixture
+``weights``). ``train`` is a :class:`TrainConfig`. ``parallel`` is a
+:class:`~moelab.parallel.options.ParallelConfig` (how a run of several processes is spread; all
+defaults when absent). Everything is checked up front; errors name the dotted key.
 
 The model's ``vocab_size`` always comes from the prepared data's tokenizer, so a run can never
 disagree with its data about token ids.
@@ -31,8 +33,9 @@ from moelab.config import (
     to_dict,
 )
 from moelab.errors import MoelabError
+from moelab.parallel.options import ParallelConfig
 
-SECTIONS = ("model", "data", "train")
+SECTIONS = ("model", "data", "train", "parallel")
 
 # Keys that may change when a run resumes: they change how a run is watched or stored,
 # never the numbers it produces.
@@ -44,6 +47,8 @@ OPERATIONAL_KEYS = frozenset(
         "train.checkpoint_every",
         "train.max_nonfinite_in_row",
         "train.device",
+        "parallel.ep",
+        "parallel.timeout_s",
     }
 )
 
@@ -196,12 +201,14 @@ class RunConfig:
     data: DataSection
     train: TrainConfig
     notes: list[str] = field(default_factory=list)  # how values were resolved; not compared
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": to_dict(self.model),
             "data": to_dict(self.data),
             "train": to_dict(self.train),
+            "parallel": to_dict(self.parallel),
         }
 
     def to_yaml(self) -> str:
@@ -211,15 +218,20 @@ class RunConfig:
 
     def config_hash(self) -> str:
         """Hash of every key that changes what the run computes (not OPERATIONAL_KEYS, not
-        where the data lives: LOCATION_KEYS)."""
-        flat = flatten(self.to_dict())
-        return _hash({k: v for k, v in flat.items() if k not in OPERATIONAL_KEYS | LOCATION_KEYS})
+        where the data lives: LOCATION_KEYS; parallel keys only where not default, see
+        ParallelConfig.hashed)."""
+        flat = self._hashed_flat()
+        return _hash({k: v for k, v in flat.items() if k not in LOCATION_KEYS})
 
     def legacy_config_hash(self, data_dir: str) -> str:
         """The hash checkpoints written before data.dir left it hold (data.dir included),
         for the data folder ``data_dir`` they were trained on: such runs stay resumable."""
-        flat = {k: v for k, v in flatten(self.to_dict()).items() if k not in OPERATIONAL_KEYS}
-        return _hash({**flat, "data.dir": data_dir})
+        return _hash({**self._hashed_flat(), "data.dir": data_dir})
+
+    def _hashed_flat(self) -> dict[str, Any]:
+        flat = flatten({k: v for k, v in self.to_dict().items() if k != "parallel"})
+        flat = {k: v for k, v in flat.items() if k not in OPERATIONAL_KEYS}
+        return {**flat, **self.parallel.hashed()}
 
 
 def _hash(flat: dict[str, Any]) -> str:
@@ -318,6 +330,10 @@ def run_config_from_dict(raw: dict[str, Any], *, check_data: bool = True) -> Run
     if train_raw is None:
         raise MoelabError("train: missing; at least a budget (train.budget_tokens, ...) is needed")
     train = from_dict(TrainConfig, train_raw, "train").validate()
+    parallel_raw = raw.get("parallel")  # optional (`parallel:` with nothing under it too)
+    parallel = from_dict(ParallelConfig, {} if parallel_raw is None else parallel_raw, "parallel")
+    check_finite(parallel, "parallel")
+    parallel.validate()
     notes: list[str] = []
     if preset_name:
         notes.append(f"model: preset {preset_name}" + (" with overrides" if explicit else ""))
@@ -348,7 +364,7 @@ def run_config_from_dict(raw: dict[str, Any], *, check_data: bool = True) -> Run
         raise MoelabError(
             f"train.seq_len: {train.seq_len} exceeds model.max_seq_len {model.max_seq_len}"
         )
-    return RunConfig(model=model, data=data, train=train, notes=notes)
+    return RunConfig(model=model, data=data, train=train, notes=notes, parallel=parallel)
 
 
 def load_run_config(
@@ -389,4 +405,20 @@ def open_prepared(path: str | Path):
 def replace_train(cfg: RunConfig, **changes: Any) -> RunConfig:
     """A copy of ``cfg`` with some train fields changed (validated)."""
     train = dataclasses.replace(cfg.train, **changes).validate()
-    return RunConfig(copy.deepcopy(cfg.model), copy.deepcopy(cfg.data), train, list(cfg.notes))
+    return RunConfig(
+        copy.deepcopy(cfg.model),
+        copy.deepcopy(cfg.data),
+        train,
+        list(cfg.notes),
+        copy.deepcopy(cfg.parallel),
+    )
+
+
+def with_parallel_env(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with the environment's parallel overrides (MOELAB_EP, MOELAB_EXPERT_GRAD,
+    MOELAB_FSDP_BF16, MOELAB_DIST_TIMEOUT_S) applied, noted in its notes so that the stored
+    config.yaml says where the values came from."""
+    parallel, notes = cfg.parallel.with_env()
+    if not notes:
+        return cfg
+    return dataclasses.replace(cfg, parallel=parallel, notes=[*cfg.notes, *notes])

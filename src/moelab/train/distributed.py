@@ -29,7 +29,6 @@ from moelab.parallel import dcp
 from moelab.parallel.expert_parallel import ExpertParallelMoeFFN
 from moelab.parallel.fsdp import grad_norm, wrap_for_parallel
 from moelab.parallel.launch import Topology, fail_fast, setup_from_env, teardown
-from moelab.parallel.options import ParallelOptions
 from moelab.parallel.telemetry import reduce_moe_rows
 from moelab.train import checkpoint as ckpt_io
 from moelab.train.rng import set_rng_state
@@ -84,13 +83,11 @@ class DistributedTrainer(Trainer):
         topo: Topology,
         *,
         progress: bool = True,
-        options: ParallelOptions | None = None,
     ):
         super().__init__(
             cfg, run_dir, progress=progress, rank=topo.rank, world=topo.world, device=topo.device
         )
         self.topo = topo
-        self.options = options or ParallelOptions()
 
     # -- seams ----------------------------------------------------------------------------------
 
@@ -99,9 +96,13 @@ class DistributedTrainer(Trainer):
         # on it would skip its hook. The model only reads it (x + dropout(y)), so it is safe.
         warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
         model = build_model(self.cfg.model, seed=self.cfg.train.seed).to(self.device)
-        param_dtype = torch.bfloat16 if self.options.bf16_params else None
+        par = self.cfg.parallel
         return wrap_for_parallel(
-            model, self.topo, expert_grad=self.options.expert_grad, param_dtype=param_dtype
+            model,
+            self.topo,
+            expert_grad=par.expert_grad,
+            param_dtype=torch.bfloat16 if par.param_dtype == "bf16" else None,
+            reduce_dtype=torch.bfloat16 if par.reduce_dtype == "bf16" else torch.float32,
         )
 
     def reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
@@ -209,22 +210,17 @@ class DistributedTrainer(Trainer):
         return state
 
 
-def train_distributed(
-    run_cfg, run_dir: str | Path, *, progress: bool = True, options: ParallelOptions | None = None
-) -> dict[str, Any]:
+def train_distributed(run_cfg, run_dir: str | Path, *, progress: bool = True) -> dict[str, Any]:
     """Train ``run_cfg`` as this process's rank of the torchrun job in the environment
-    (``WORLD_SIZE`` > 1): FSDP2 for the dense parts, expert parallelism for the MoE layers.
-    Every rank returns the run summary; rank 0 writes the files."""
-    options = options or ParallelOptions.from_env()
+    (``WORLD_SIZE`` > 1): FSDP2 for the dense parts, expert parallelism for the MoE layers,
+    as ``run_cfg.parallel`` says. Every rank returns the run summary; rank 0 writes the files."""
+    par = run_cfg.parallel
     topo = setup_from_env(
-        run_cfg.model.n_experts,
-        ep=options.ep,
-        device=run_cfg.train.device,
-        timeout_s=options.timeout_s,
+        run_cfg.model.n_experts, ep=par.ep, device=run_cfg.train.device, timeout_s=par.timeout_s
     )
     try:
-        with fail_fast(topo.rank, topo.world, options.timeout_s):
-            trainer = DistributedTrainer(run_cfg, run_dir, topo, progress=progress, options=options)
+        with fail_fast(topo.rank, topo.world, par.timeout_s):
+            trainer = DistributedTrainer(run_cfg, run_dir, topo, progress=progress)
             return trainer.run()
     finally:
         teardown()
