@@ -262,7 +262,9 @@ def test_frontier_defaults_to_annealed_when_the_runs_fork_cooldowns(tmp_path):
     assert plain.fit.frontier == "envelope"
     wsd = {"model": "dense-cpu-0.5m", "train": {"schedule": "wsd", "cooldowns": 2}}
     assert StudyConfig(base=wsd).validate().fit.frontier == "annealed"
-    assert StudyConfig(base=wsd, workers=2).validate().threads == 1
+    from moelab.study.launch import job_threads
+
+    assert StudyConfig(base=wsd, workers=2).validate().threads == job_threads(2)
 
 
 def test_shipped_small_cpu_study_plans():

@@ -94,8 +94,9 @@ class StudyConfig:
     # Extra seeds for some models only (cheap replicates of the small sizes, for intervals):
     # {seeds: [2, 3], models: [dense-cpu-0.5m, moe-cpu-0.5m]}; each adds a run "NAME__seed=S".
     replicates: dict[str, list[Any]] = field(default_factory=dict)
-    # Runs trained at once, each in its own process with `threads` threads (default 1): on a
-    # 2-core machine two single-threaded runs of tiny models take about half the wall time.
+    # Runs trained at once, each in its own process with `threads` threads (default: the
+    # machine's cores divided among the workers): on a 2-core machine two single-threaded runs
+    # of tiny models take about half the wall time. `moelab study --jobs N` sets it.
     workers: int = 1
     eval: StudyEval = field(default_factory=StudyEval)
     fit: StudyFit = field(default_factory=StudyFit)
@@ -162,7 +163,11 @@ class StudyConfig:
         if not isinstance(self.workers, int) or self.workers < 1:
             raise MoelabError(f"workers: must be an integer >= 1, got {self.workers!r}")
         if self.workers > 1 and self.threads is None:
-            self.threads = 1  # one per worker process, in sequence as in parallel
+            from moelab.study.launch import job_threads
+
+            # Each worker its share of the cores: oversubscribed OpenMP threads are slower
+            # than fewer. Recorded in study.yaml, so the report states what ran.
+            self.threads = job_threads(self.workers)
         if self.threads is not None and self.threads < 1:
             raise MoelabError(f"threads: must be >= 1 or null, got {self.threads}")
         if not (self.flops_per_second > 0 and math.isfinite(self.flops_per_second)):

@@ -3,6 +3,8 @@
     DIR/study.yaml            the resolved study config (what ran)
     DIR/plan.json             the plan (params, tokens, FLOPs, estimates per run)
     DIR/data/                 prepared data, when the study prepared it
+    DIR/configs/<name>.yaml   a run's config, for runs launched as `moelab train` (torchrun,
+                              Slurm array tasks)
     DIR/runs/<name>/          one trainer run directory per run (config.yaml, metrics.jsonl,
                               checkpoints/, done.json) plus study_eval.json once evaluated
     DIR/results.csv, .json    the results table
@@ -41,6 +43,10 @@ def runs_dir(out_dir: Path) -> Path:
 
 def run_dir(out_dir: Path, name: str) -> Path:
     return runs_dir(out_dir) / name
+
+
+def configs_dir(out_dir: Path) -> Path:
+    return out_dir / "configs"
 
 
 def eval_key(ev: StudyEval) -> str:

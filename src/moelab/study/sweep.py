@@ -1,10 +1,11 @@
-"""The grid runner: prepare the data, plan, then train and evaluate every run in sequence,
-skipping finished runs and resuming interrupted ones, and finally write table, fits and report.
+"""The grid runner: prepare the data, plan, then train and evaluate every run, skipping
+finished runs and resuming interrupted ones, and finally write table, fits and report.
 
-Runs execute one after another here. The unit of work is one run directory, and each run only
-reads the shared prepared data, so several runs could go at once: :func:`run_study` takes the
-list of runs to do from :func:`pending_runs`, which is the seam where a ``--parallel N`` /
-device-list scheduler would hand runs to worker processes (one ``moelab train`` per device).
+The unit of work is one run directory, and each run only reads the shared prepared data, so
+runs go one after another in this process or several at once in worker processes (``workers``,
+``moelab study --jobs N``), each job owning one device set when given (study/launch.py).
+:func:`pending_runs` says which runs are left; a Slurm array (study/slurm.py) runs each of
+them as its own task instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from moelab.study.grid import expand_grid
 from moelab.study.layout import (
     STUDY_EVAL,
     RunState,
+    configs_dir,
     eval_key,
     run_dir,
     run_state,
@@ -176,8 +178,14 @@ def run_study(
     plan_only: bool = False,
     echo: Echo = _print,
     command: str | None = None,
+    devices: list[list[str]] | None = None,
+    emit: Callable[[list[PlannedRun]], None] | None = None,
 ) -> list[PlannedRun]:
     """Run (or, with ``plan_only``, only print the plan of) a study in ``out_dir``.
+
+    ``devices``: one CUDA device set per worker (``cfg.workers`` of them). ``emit``: prepare
+    the study folder and its data, then hand the plan to ``emit`` (which writes a scheduler's
+    scripts, study/slurm.py) instead of training.
 
     Everything that can be checked without writing is checked first (every run config, and
     that existing run folders hold the same runs); a study refused while its data is being
@@ -214,7 +222,11 @@ def run_study(
             atomic_write_text(out / "study.yaml", text)
             if command:  # the report quotes the command line that produced it
                 atomic_write_text(out / "command.txt", command + "\n")
-            return _run(cfg, out, data_dir, echo, started)
+            if emit is not None:
+                plan = final_plan(cfg, out, data_dir, measure=False)
+                emit(plan)
+                return plan
+            return _run(cfg, out, data_dir, echo, started, devices or [])
 
 
 @contextlib.contextmanager
@@ -263,13 +275,26 @@ def record_study_time(cfg: StudyConfig, out: Path, started: tuple[float, float])
     atomic_write_json(f, {"wall_s": total, "invocations": invocations})
 
 
-def _run(
-    cfg: StudyConfig, out: Path, data_dir: Path, echo: Echo, started: tuple[float, float]
+def final_plan(
+    cfg: StudyConfig, out: Path, data_dir: Path, measure: bool | None = None
 ) -> list[PlannedRun]:
-    plan = build_plan(cfg, out)
+    """The plan with the prepared data in every run config, written to ``plan.json``."""
+    plan = build_plan(cfg, out, measure=measure)
     for p in plan:
         p.run_config.data.dir = str(data_dir)
     atomic_write_json(out / "plan.json", _plan_json(plan))
+    return plan
+
+
+def _run(
+    cfg: StudyConfig,
+    out: Path,
+    data_dir: Path,
+    echo: Echo,
+    started: tuple[float, float],
+    devices: list[list[str]],
+) -> list[PlannedRun]:
+    plan = final_plan(cfg, out, data_dir)
     echo(format_plan(plan, eval_note(cfg), cfg.workers))
 
     key = eval_key(cfg.eval)
@@ -286,8 +311,9 @@ def _run(
             f"{len(earlier)} of {n} runs diverged before and are skipped: {', '.join(earlier)} "
             f"(delete RUN/{DIVERGED} to retry one)"
         )
-    if cfg.workers > 1 and len(todo) > 1:
-        _run_parallel(cfg, out, todo, n, key, echo)
+    if todo and (devices or (cfg.workers > 1 and len(todo) > 1)):
+        # device sets always go to workers: each sets its own CUDA_VISIBLE_DEVICES
+        _run_parallel(cfg, out, todo, n, key, echo, devices)
     else:
         _run_sequential(cfg, out, todo, n, key, echo)
     diverged = diverged_runs(runs_dir(out), names)
@@ -340,6 +366,34 @@ def _run_sequential(
         eval_flops_per_token += planned.flops_per_token
 
 
+_DEVICES: list[str] = []  # this worker's device set (CUDA_VISIBLE_DEVICES), if any
+
+
+def _init_worker(parent: int, slots) -> None:
+    """Worker initializer: stop handling (study/stopping.py), then take a device set of its
+    own from ``slots`` before anything touches CUDA."""
+    stopping.init_worker(parent)
+    if slots is not None:
+        _DEVICES[:] = slots.get()
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(_DEVICES)
+
+
+def train_in_processes(planned: PlannedRun, path: Path, nproc: int) -> None:
+    """Train one run: in this process, or with ``nproc > 1`` under torchrun (``moelab train``
+    on ``nproc`` processes, the run config written to the study's ``configs/`` for it)."""
+    if nproc <= 1:
+        from moelab.train import train as train_run
+
+        train_run(planned.run_config, path, progress=False)
+        return
+    from moelab.study.launch import run_torchrun, train_command
+
+    config = configs_dir(path.parent.parent) / f"{planned.name}.yaml"
+    config.parent.mkdir(exist_ok=True)
+    atomic_write_text(config, planned.run_config.to_yaml())
+    run_torchrun(train_command(config, path, nproc))
+
+
 def _train_and_evaluate(
     cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train: bool
 ) -> tuple[float, float, list[str], bool]:
@@ -348,18 +402,16 @@ def _train_and_evaluate(
     printed, whether it diverged), so the parent prints each run's lines together."""
     import torch
 
-    torch.set_num_threads(cfg.threads or 1)  # validate() sets 1 when workers > 1
+    torch.set_num_threads(cfg.threads or 1)  # validate() sets a share when workers > 1
     stopping.exit_if_orphaned()
     if stopping.stop_signal() is not None:  # the study is stopping: start nothing new
         raise stopping.not_started(planned.name)
     lines: list[str] = []
     train_s = 0.0
     if train:
-        from moelab.train import train as train_run
-
         start = time.perf_counter()
         try:
-            train_run(planned.run_config, path, progress=False)
+            train_in_processes(planned, path, len(_DEVICES))
         except KeyboardInterrupt as e:  # SIGTERM/SIGINT: the run saved its checkpoint, stopped
             stopping.stopped_by(e)
             stopping.exit_if_orphaned()
@@ -375,11 +427,17 @@ def _train_and_evaluate(
 
 
 def _run_parallel(
-    cfg: StudyConfig, out: Path, todo: list[tuple[int, PlannedRun]], n: int, key: str, echo: Echo
+    cfg: StudyConfig,
+    out: Path,
+    todo: list[tuple[int, PlannedRun]],
+    n: int,
+    key: str,
+    echo: Echo,
+    devices: list[list[str]],
 ) -> None:
     """Train and evaluate ``todo`` in ``cfg.workers`` processes, longest runs first (so the
     last to finish is a short one). Each run is computed exactly as in sequence: same config,
-    same seed, same thread count, its own process."""
+    same seed, same thread count, its own process. With ``devices``, worker j owns set j."""
     import concurrent.futures as cf
     import multiprocessing
 
@@ -387,17 +445,23 @@ def _run_parallel(
     from moelab.study.plan import makespan
 
     total_est = makespan([p.est_seconds for _, p in todo], cfg.workers)
+    where = "; devices " + " | ".join(",".join(d) for d in devices) if devices else ""
     echo(
-        f"{len(todo)} runs on {cfg.workers} worker processes ({cfg.threads or 1} thread each); "
-        f"estimated training time {fmt_seconds(total_est)} + evaluation"
+        f"{len(todo)} runs on {cfg.workers} worker processes ({cfg.threads or 1} thread each"
+        f"{where}); estimated training time {fmt_seconds(total_est)} + evaluation"
     )
     start = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+    slots = None
+    if devices:
+        slots = ctx.Queue()
+        for d in devices:
+            slots.put(d)
     pool = cf.ProcessPoolExecutor(
         max_workers=cfg.workers,
         mp_context=ctx,
-        initializer=stopping.init_worker,
-        initargs=(os.getpid(),),
+        initializer=_init_worker,
+        initargs=(os.getpid(), slots),
     )
     futures: dict = {}
     # Entered here and left by hand: the stop path restores SIGTERM before it waits for the

@@ -1,0 +1,75 @@
+"""One run of a study on its own: ``moelab study STUDY.yaml --out S --only NAME``, what each
+task of a Slurm array (study/slurm.py) runs.
+
+It does for one run what the study does for each: skip it when finished or recorded as
+diverged, train it (resuming from its newest checkpoint; under torchrun with
+``--procs-per-run K > 1``), record a divergence, evaluate it into ``study_eval.json``. It takes
+no study lock (the array's tasks run side by side; training takes the run folder's own lock),
+prepares no data (the study folder must have been set up by ``--emit``) and writes no report
+(a dependent job runs ``moelab report``).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from moelab.errors import MoelabError
+from moelab.study.config import StudyConfig
+from moelab.study.diverged import read_divergence, record_divergence
+from moelab.study.layout import RunState, eval_key, run_dir, run_state
+from moelab.study.sweep import (
+    Echo,
+    _check_same_config,
+    _evaluate_one,
+    _print,
+    _torch_threads,
+    build_plan,
+    prepared_dir,
+    train_in_processes,
+)
+from moelab.train.trainer import TrainingDiverged
+
+
+def run_only(
+    cfg: StudyConfig, out_dir: str | Path, name: str, *, procs: int = 1, echo: Echo = _print
+) -> None:
+    out = Path(out_dir)
+    data_dir = prepared_dir(cfg, out)
+    if not (data_dir / "manifest.json").is_file():
+        raise MoelabError(
+            f"--only: {data_dir} holds no prepared data; set the study folder up first "
+            "(moelab study ... --emit slurm DIR prepares it)"
+        )
+    plan = build_plan(cfg, out, measure=False)
+    found = [p for p in plan if p.name == name]
+    if not found:
+        names = ", ".join(p.name for p in plan[:6]) + (", ..." if len(plan) > 6 else "")
+        raise MoelabError(f"--only {name}: not a run of this study (its runs: {names})")
+    planned = found[0]
+    planned.run_config.data.dir = str(data_dir)
+    path = run_dir(out, name)
+    _check_same_config(path, planned)
+    if read_divergence(path) is not None:
+        echo(f"{name}: diverged before; skipped (delete {path}/diverged.json to retry)")
+        return
+    key = eval_key(cfg.eval)
+    state = run_state(path, key)
+    if state is RunState.FINISHED:
+        echo(f"{name}: already trained and evaluated")
+        return
+    with _torch_threads(cfg.threads):
+        train_s = 0.0
+        if state in (RunState.NEW, RunState.INTERRUPTED):
+            verb = "resuming" if state is RunState.INTERRUPTED else "training"
+            on = f" on {procs} processes (torchrun)" if procs > 1 else ""
+            echo(f"{verb} {name} ({planned.family}, {planned.tokens:,} tokens){on}")
+            start = time.perf_counter()
+            try:
+                train_in_processes(planned, path, procs)
+            except TrainingDiverged as e:
+                echo(record_divergence(path, name, e))
+                return
+            train_s = time.perf_counter() - start
+        echo(f"evaluating {name}")
+        _evaluate_one(cfg, planned, path, key, train_s, echo)
