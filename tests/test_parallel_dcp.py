@@ -116,9 +116,10 @@ def test_checkpoints_move_between_world_sizes(tmp_path):
     assert back_opt.state[w1]["exp_avg"].shape == (4, 16, 32)  # full optimizer state
     assert float(back_opt.state[w1]["step"]) == 2.0
 
-    flat = consolidate(saved_two, tmp_path / "model.safetensors")
+    record = consolidate(saved_two, tmp_path / "model.safetensors")
+    assert record["bytes"] == (tmp_path / "model.safetensors").stat().st_size
     plain = build_model(_cfg(), seed=3)
-    plain.load_state_dict(load_file(str(flat)), strict=True)
+    plain.load_state_dict(load_file(str(tmp_path / "model.safetensors")), strict=True)
     assert abs(_eval_loss(plain) - want_two) < 1e-6
 
 

@@ -3,12 +3,14 @@
 The run is dropless with no balancing-loss weight, so the 2-rank run (each rank routing its own
 rows) computes exactly the single-process step: the logged losses, gradient norms and
 validation losses agree to 1e-4. Checkpoints cross world sizes both ways: 2 ranks resume a
-one-process checkpoint, one process resumes (and evaluates) a 2-rank one.
+one-process checkpoint, one process resumes (and evaluates) a 2-rank one, which holds DCP
+shards only; 2 ranks resume their own exactly; consolidation writes one file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -18,10 +20,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from _parallel_spawn import free_port
 from _train_data import make_prepared, tiny_config
 from moelab.train import Trainer, load_model, load_run_config, read_metrics, train
+from moelab.train.checkpoint import check_checkpoint, consolidate_checkpoint
 from moelab.train.validation import build_eval_sets, evaluate
 
 pytestmark = [
@@ -114,9 +118,19 @@ def test_torchrun_two_ranks_match_one_process_and_resume_across_world_sizes(tmp_
     for dom, v in one["val_loss"].items():
         assert abs(v - rows_two[-1]["val_loss"][dom]) < 1e-4
 
-    # Their checkpoints: DCP shards plus the full files that one process reads.
-    assert (tmp_path / "two" / "checkpoints" / "step_00000004" / "sharded" / ".metadata").is_file()
-    model, _, meta = load_model(tmp_path / "two")
+    # Their checkpoints are DCP shards only: no full weights, no optimizer state in state.pt;
+    # meta.json records every shard's size (checked without reading the shards).
+    for ckpt in (tmp_path / "two" / "checkpoints").iterdir():
+        if ckpt.name == "step_00000001":
+            continue  # the one-process checkpoint the run resumed from
+        assert sorted(p.name for p in ckpt.iterdir()) == ["meta.json", "sharded", "state.pt"]
+        shards = sorted(p.name for p in (ckpt / "sharded").iterdir())
+        assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"], shards
+        meta = json.loads((ckpt / "meta.json").read_text())
+        assert sorted(meta["sharded"]) == shards and list(meta["files"]) == ["state.pt"]
+        assert torch.load(ckpt / "state.pt", weights_only=True)["optimizer"] is None
+    assert not list((tmp_path / "two" / "checkpoints").glob(".*"))  # no staging left
+    model, _, meta = load_model(tmp_path / "two")  # one process reads the shards
     assert meta["world"] == 2
     from moelab.data import PreparedData
 
@@ -125,7 +139,30 @@ def test_torchrun_two_ranks_match_one_process_and_resume_across_world_sizes(tmp_
     for dom, v in got.items():
         assert abs(v - one["val_loss"][dom]) < 1e-4
 
-    # ... and one process continues the 2-rank run after step 2 (a checkpoint they wrote).
+    # ... one process continues the 2-rank run after step 2 (a checkpoint they wrote) ...
     _cut_back(tmp_path / "two", tmp_path / "two_then_one", step=2)
     train(load_run_config(raw), tmp_path / "two_then_one", progress=False)
     _same_rows(rows_one, read_metrics(tmp_path / "two_then_one"), [3, 4])
+
+    # ... and 2 ranks continue it exactly: the rows of the uninterrupted 2-rank run.
+    _cut_back(tmp_path / "two", tmp_path / "two_again", step=2)
+    _torchrun(config, tmp_path / "two_again")
+    again = {r["step"]: r for r in read_metrics(tmp_path / "two_again")}
+    for r in rows_two[2:]:
+        assert (again[r["step"]]["loss"], again[r["step"]]["grad_norm"]) == (
+            r["loss"],
+            r["grad_norm"],
+        )
+
+    # `moelab consolidate`: one safetensors file, streamed, recorded in meta.json, the same
+    # weights as the shards.
+    path, record = consolidate_checkpoint(tmp_path / "two")
+    assert (
+        path.name == "step_00000004"
+        and record["bytes"] == (path / "model.safetensors").stat().st_size
+    )
+    assert check_checkpoint(path) is None
+    flat = load_file(str(path / "model.safetensors"))
+    for name, t in model.state_dict().items():
+        assert torch.equal(flat[name], t), name
+    assert consolidate_checkpoint(tmp_path / "two")[1] is None  # already one file

@@ -7,18 +7,25 @@ and shape: expert weights as full ``(E, ...)`` tensors, however they were split)
 shards. Loading reads whatever pieces the current layout needs, so a checkpoint written by 8
 ranks with 8-way expert parallelism loads into 2 ranks with 2-way, or into one process (no
 process group needed) - the thing fairseq's per-rank expert files could not do.
+
+No function here gathers full weights or optimizer state onto a rank: :func:`consolidate` (one
+safetensors file, for ``moelab consolidate``) reads one tensor at a time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import math
+import struct
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 from torch.distributed.checkpoint import FileSystemReader, TensorStorageMetadata
 from torch.distributed.checkpoint.state_dict import (
@@ -30,7 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from moelab.errors import MoelabError
-from moelab.io import atomic_write_bytes
+from moelab.io import atomic_path
 
 MODEL, OPTIM = "model", "optim"
 DCP_METADATA = ".metadata"
@@ -53,15 +60,29 @@ def is_sharded_checkpoint(folder: str | Path) -> bool:
 
 
 def save_sharded(
-    folder: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
-) -> None:
+    folder: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    *,
+    process_group=None,
+    asynchronous: bool = False,
+):
     """Write ``model`` (and ``optimizer``) to DCP folder ``folder``. Collective: every rank
-    calls it with the same folder (a shared filesystem across nodes)."""
+    calls it with the same folder (a shared filesystem across nodes) and writes its own shards.
+
+    ``asynchronous`` (under a process group): copy the state to CPU memory, write it in a
+    background thread and return that write's Future (``.result()`` waits); the caller must
+    then give a ``process_group`` used by nothing else (e.g. ``dist.new_group(backend="gloo")``),
+    so the background collectives never interleave with training's. Otherwise returns None
+    when the shards are written."""
     state = {MODEL: get_model_state_dict(model)}
     if optimizer is not None:
         state[OPTIM] = get_optimizer_state_dict(model, optimizer)
+    if asynchronous and not _no_dist():
+        return dcp.async_save(state, checkpoint_id=str(folder), process_group=process_group)
     with _quiet_single_process():
-        dcp.save(state, checkpoint_id=str(folder), no_dist=_no_dist())
+        dcp.save(state, checkpoint_id=str(folder), no_dist=_no_dist(), process_group=process_group)
+    return None
 
 
 def load_sharded(
@@ -88,49 +109,89 @@ def load_sharded(
         set_optimizer_state_dict(model, optimizer, state[OPTIM])
 
 
+def _model_entries(folder: Path) -> dict[str, TensorStorageMetadata]:
+    """Global name -> DCP metadata of every model weight in DCP folder ``folder``."""
+    if not is_sharded_checkpoint(folder):
+        raise MoelabError(f"{folder}: not a sharded checkpoint (no {DCP_METADATA} file)")
+    prefix = MODEL + "."
+    entries = {
+        fqn[len(prefix) :]: md
+        for fqn, md in FileSystemReader(str(folder)).read_metadata().state_dict_metadata.items()
+        if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata)
+    }
+    if not entries:
+        raise MoelabError(f"{folder}: the sharded checkpoint holds no model weights")
+    return entries
+
+
+def read_tensor(folder: str | Path, name: str, md: TensorStorageMetadata) -> torch.Tensor:
+    """One full model weight of DCP folder ``folder``, read alone (only its pieces)."""
+    t = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+    with _quiet_single_process():
+        dcp.load({f"{MODEL}.{name}": t}, storage_reader=FileSystemReader(str(folder)), no_dist=True)
+    return t
+
+
 def read_sharded_weights(folder: str | Path) -> dict[str, torch.Tensor]:
     """The full model weights of a DCP folder as plain CPU tensors, in one process."""
     folder = Path(folder)
-    if not is_sharded_checkpoint(folder):
-        raise MoelabError(f"{folder}: not a sharded checkpoint (no {DCP_METADATA} file)")
-    reader = FileSystemReader(str(folder))
-    prefix = MODEL + "."
-    tensors = {
-        fqn: torch.empty(tuple(md.size), dtype=md.properties.dtype)
-        for fqn, md in reader.read_metadata().state_dict_metadata.items()
-        if fqn.startswith(prefix) and isinstance(md, TensorStorageMetadata)
-    }
-    if not tensors:
-        raise MoelabError(f"{folder}: the sharded checkpoint holds no model weights")
-    with _quiet_single_process():
-        dcp.load(tensors, storage_reader=reader, no_dist=True)
-    return {fqn[len(prefix) :]: t for fqn, t in tensors.items()}
+    return {name: read_tensor(folder, name, md) for name, md in _model_entries(folder).items()}
 
 
-def consolidate(folder: str | Path, out_file: str | Path) -> Path:
-    """Write the weights of DCP folder ``folder`` to one safetensors file (atomically), the
-    format ``moelab.train.load_model``, evaluation and export read."""
-    tensors = {k: v.contiguous() for k, v in read_sharded_weights(folder).items()}
-    out = Path(out_file)
-    atomic_write_bytes(out, safetensors_bytes(tensors))
-    return out
+# safetensors' names of torch dtypes
+_SAFETENSORS_DTYPE = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
 
 
-def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Gather a (sharded) model's full weights onto rank 0's CPU (other ranks get an empty
-    dict). Collective."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options)
+def consolidate(folder: str | Path, out_file: str | Path) -> dict[str, Any]:
+    """Write the weights of DCP folder ``folder`` to one safetensors file, one tensor at a
+    time (never the whole model in memory), hashing while writing; atomically (a temporary
+    name, renamed at the end). Returns ``{"bytes", "sha256"}`` of the file, the format
+    ``meta.json`` records."""
+    folder, out = Path(folder), Path(out_file)
+    entries = _model_entries(folder)
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, md in sorted(entries.items()):
+        if md.properties.dtype not in _SAFETENSORS_DTYPE:
+            raise MoelabError(f"{folder}: {name} has dtype {md.properties.dtype}, not writable")
+        n = math.prod(md.size) * torch.empty((), dtype=md.properties.dtype).element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPE[md.properties.dtype],
+            "shape": list(md.size),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # the data starts 8-byte aligned (safetensors' own padding)
+    digest = hashlib.sha256()
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
 
+        def write(chunk: bytes) -> None:
+            f.write(chunk)
+            digest.update(chunk)
 
-def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Gather the optimizer state, keyed by parameter name, onto rank 0's CPU. Collective."""
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_optimizer_state_dict(model, optimizer, options=options)
+        write(struct.pack("<Q", len(blob)) + blob)
+        for name, md in sorted(entries.items()):
+            t = read_tensor(folder, name, md).contiguous()
+            write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            del t
+    return {"bytes": out.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load full (unsharded) weights, present on every rank, into a (sharded) model."""
+    """Load full (unsharded) weights, present on every rank, into a (sharded) model: a
+    checkpoint written by one process, resumed by several."""
     set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 

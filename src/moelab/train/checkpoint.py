@@ -7,6 +7,13 @@
   Python only: loaded with ``torch.load(weights_only=True)``),
 - ``meta.json``: step, tokens, FLOPs, config hash, and size + sha256 of the two files.
 
+A run of several processes writes no ``model.safetensors`` and no optimizer state in
+``state.pt``: every rank writes its own shards of the weights and AdamW state into ``sharded/``
+(a torch.distributed.checkpoint folder), and ``meta.json`` records the size of every shard file
+and the sha256 of DCP's small ``.metadata`` (:func:`finish_sharded`), so checking a checkpoint
+reads no shard. Readers load ``sharded/`` directly (:func:`load_weights`); ``moelab
+consolidate`` adds a ``model.safetensors`` to such a checkpoint when one file is wanted.
+
 The folder is built under a temporary name and renamed into place, so a crash leaves either the
 complete checkpoint or none. A checkpoint damaged later (truncated, edited) fails its checksum
 and is skipped in favour of the newest valid one.
@@ -14,6 +21,7 @@ and is skipped in favour of the newest valid one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -36,6 +44,8 @@ CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
 STATE = "state.pt"
 META = "meta.json"
+SHARDED = "sharded"  # DCP folder of a checkpoint written by several processes
+DCP_METADATA = ".metadata"
 _STEP_DIR = re.compile(r"^step_(\d{8,})$")
 _ALIASES_KEY = "moelab.aliases"
 
@@ -116,31 +126,106 @@ def save_checkpoint(
     if final.exists():  # same step saved before (e.g. a resumed run re-reaching it)
         shutil.rmtree(final)
     tensors, aliases = weights_state(model)
+    with _full_disk_is_one_line(run_dir, final, step), atomic_dir(final) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS), metadata={_ALIASES_KEY: json.dumps(aliases)})
+        _write_state_and_meta(tmp, step, train_state, meta, (WEIGHTS, STATE), {})
+    _rotate(run_dir, step, keep_last)
+    return final
+
+
+@contextlib.contextmanager
+def _full_disk_is_one_line(run_dir: str | Path, final: Path, step: int):
     try:
-        with atomic_dir(final) as tmp:
-            save_file(tensors, str(tmp / WEIGHTS), metadata={_ALIASES_KEY: json.dumps(aliases)})
-            # Through a Python file: torch's own path writer reports a full disk only as
-            # "unexpected pos ..."; this way the OSError (ENOSPC) is chained and recognised.
-            with open(tmp / STATE, "wb") as f:
-                torch.save(train_state, f)
-            files = {
-                name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-                for name in (WEIGHTS, STATE)
-            }
-            (tmp / META).write_text(
-                json.dumps({**meta, "step": step, "files": files}, indent=2) + "\n",
-                encoding="utf-8",
-            )
-    except Exception as e:  # the temporary folder is gone (atomic_dir): nothing half-written
+        yield
+    except Exception as e:  # the temporary folder is gone: nothing half-written
         if no_space_left(e):
             raise MoelabError(
                 f"no space left on the device holding {final.parent}: checkpoint step {step} "
                 f"was not written; {intact_note(run_dir)}"
             ) from None
         raise
+
+
+def _write_state_and_meta(
+    folder: Path,
+    step: int,
+    train_state: dict[str, Any],
+    meta: dict[str, Any],
+    hashed: tuple[str, ...],
+    sharded: dict[str, Any],
+) -> None:
+    # Through a Python file: torch's own path writer reports a full disk only as
+    # "unexpected pos ..."; this way the OSError (ENOSPC) is chained and recognised.
+    with open(folder / STATE, "wb") as f:
+        torch.save(train_state, f)
+    files = {
+        name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+        for name in hashed
+    }
+    record = {**meta, "step": step, "files": files}
+    if sharded:
+        record[SHARDED] = sharded
+    (folder / META).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def _rotate(run_dir: str | Path, step: int, keep_last: int) -> None:
     for old in list_checkpoints(run_dir)[:-keep_last]:
         if old.step != step:
             shutil.rmtree(old.path, ignore_errors=True)
+
+
+def staging_dir(run_dir: str | Path, step: int) -> Path:
+    """A new, empty hidden folder (removed at start-up if a save dies) in which the ranks of a
+    distributed save build checkpoint ``step``: DCP shards into ``SHARDED``, then
+    :func:`finish_sharded` on rank 0."""
+    final = step_dir(run_dir, step)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    if tmp.is_symlink() or tmp.is_file():
+        tmp.unlink()
+    elif tmp.is_dir():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def finish_sharded(
+    run_dir: str | Path,
+    staging: Path,
+    step: int,
+    train_state: dict[str, Any],
+    meta: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Rank 0, once every rank's shards are in ``staging/SHARDED``: write ``state.pt`` (no
+    optimizer state: it is in the shards) and ``meta.json`` (sha256 of state.pt and of DCP's
+    metadata file, the size of every shard file: integrity without reading the shards again),
+    move the folder into place and drop all but the newest ``keep_last`` checkpoints."""
+    final = step_dir(run_dir, step)
+    if final.is_symlink():
+        raise MoelabError(
+            f"{final} is a link to {os.readlink(final)}; moelab writes checkpoints only into "
+            "the run folder: remove the link and run the same command again"
+        )
+    try:
+        with _full_disk_is_one_line(run_dir, final, step):
+            shards = staging / SHARDED
+            sharded = {
+                f.name: {"bytes": f.stat().st_size}
+                | ({"sha256": _sha256(f)} if f.name == DCP_METADATA else {})
+                for f in sorted(shards.iterdir())
+                if f.is_file()
+            }
+            _write_state_and_meta(staging, step, train_state, meta, (STATE,), sharded)
+            for name in (STATE, META):
+                with open(staging / name, "rb") as f:
+                    os.fsync(f.fileno())
+            if final.exists():  # same step saved before (a resumed run re-reaching it)
+                shutil.rmtree(final)
+            os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    _rotate(run_dir, step, keep_last)
     return final
 
 
@@ -175,7 +260,13 @@ def check_checkpoint(path: Path) -> str | None:
         meta = read_meta(path)
     except MoelabError as e:
         return str(e).split(": ", 1)[-1]
-    for name in (WEIGHTS, STATE):
+    sharded = meta.get(SHARDED)
+    if sharded is not None and not isinstance(sharded, dict):
+        return f"{META}: {SHARDED} is not a mapping of shard files"
+    # Written by several processes: shards instead of model.safetensors (which `moelab
+    # consolidate` may add, recorded in files).
+    names = [STATE] if sharded and WEIGHTS not in meta["files"] else [WEIGHTS, STATE]
+    for name in names:
         want = meta["files"].get(name)
         f = path / name
         if not isinstance(want, dict):
@@ -187,7 +278,25 @@ def check_checkpoint(path: Path) -> str | None:
             return f"{name} has {size} bytes, expected {want.get('bytes')} (truncated?)"
         if _sha256(f) != want.get("sha256"):
             return f"{name} fails its sha256 checksum (altered or corrupt)"
+    if sharded:
+        if DCP_METADATA not in sharded:
+            return f"{META}: no record of {SHARDED}/{DCP_METADATA}"
+        for name, want in sharded.items():
+            f = path / SHARDED / name
+            if not isinstance(want, dict) or not f.is_file():
+                return f"{SHARDED}/{name} is missing"
+            size = f.stat().st_size
+            if size != want.get("bytes"):
+                return f"{SHARDED}/{name} has {size} bytes, expected {want.get('bytes')}"
+            if "sha256" in want and _sha256(f) != want["sha256"]:
+                return f"{SHARDED}/{name} fails its sha256 checksum (altered or corrupt)"
     return None
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether checkpoint folder ``path`` holds its weights as DCP shards only (no
+    model.safetensors): written by several processes and not consolidated."""
+    return not (path / WEIGHTS).is_file() and (path / SHARDED / DCP_METADATA).is_file()
 
 
 def newest_valid(
@@ -208,7 +317,14 @@ def newest_valid(
 
 
 def load_weights(path: Path, model: nn.Module) -> None:
-    """Load ``model.safetensors`` from checkpoint folder ``path`` into ``model`` (strict)."""
+    """Load the weights of checkpoint folder ``path`` into ``model`` (strict): its
+    ``model.safetensors``, or, in a checkpoint of several processes, its DCP shards (read in
+    this one process, straight into the model's tensors)."""
+    if is_sharded(path):
+        from moelab.parallel.dcp import load_sharded
+
+        load_sharded(path / SHARDED, model)
+        return
     file = path / WEIGHTS
     try:
         tensors = load_file(str(file))
@@ -277,3 +393,29 @@ def load_train_state(path: Path) -> dict[str, Any]:
             "checkpoint folder to resume from an older one"
         )
     return state
+
+
+def consolidate_checkpoint(
+    run_dir: str | Path, step: int | None = None
+) -> tuple[Path, dict[str, Any] | None]:
+    """Give the newest valid checkpoint of ``run_dir`` (or the one at ``step``), if it is DCP
+    shards only, a ``model.safetensors`` (streamed one tensor at a time, hashed while written)
+    and record it in its ``meta.json``. Returns the folder and the file's record (None: it had
+    one already)."""
+    found, skipped = newest_valid(run_dir, step)
+    if found is None:
+        which = f"at step {step}" if step is not None else "in it"
+        detail = "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
+        raise MoelabError(
+            f"{run_dir}: no valid checkpoint {which}" + (f" ({detail})" if detail else "")
+        )
+    if not is_sharded(found.path):
+        return found.path, None
+    from moelab.io import atomic_write_text
+    from moelab.parallel.dcp import consolidate
+
+    record = consolidate(found.path / SHARDED, found.path / WEIGHTS)
+    meta = read_meta(found.path)
+    meta["files"][WEIGHTS] = record
+    atomic_write_text(found.path / META, json.dumps(meta, indent=2) + "\n")
+    return found.path, record

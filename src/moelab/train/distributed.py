@@ -3,19 +3,20 @@ filled in (model wrapping, reductions, gradient norm, collective checkpoints) fr
 of :mod:`moelab.parallel`, and :func:`train_distributed`, one rank's share of a torchrun job
 (``torchrun ... -m moelab train CONFIG.yaml``).
 
-Checkpoints keep the single-process layout, so everything that reads runs keeps working:
-``checkpoints/step_XXXXXXXX/`` holds ``model.safetensors`` (full weights, gathered to rank 0),
-``state.pt`` (step, RNG, data position and the *full* optimizer state in the single-process
-format, so a one-process run can resume it), ``meta.json`` (plus ``world`` and ``ep``) and
-``sharded/``: a torch.distributed.checkpoint folder of the sharded weights and optimizer state
-that every rank writes its own part of and that any world size or expert-parallel degree can
-load. Resuming prefers ``sharded/`` and falls back to the full files (a checkpoint written by one
-process).
+Checkpoints are sharded only: every rank writes its own shards of the weights and optimizer
+state into ``checkpoints/step_XXXXXXXX/sharded/`` (torch.distributed.checkpoint, in a
+background thread over a process group of its own, while training goes on), and rank 0 adds
+``state.pt`` (step, RNG, data position; no optimizer state) and ``meta.json`` (shard sizes, the
+sha256 of DCP's metadata) once every shard is written (:func:`moelab.train.checkpoint.
+finish_sharded`). No rank gathers full weights or optimizer state. Everything that reads runs
+loads the shards in one process (``load_model``, eval, export, a one-process resume);
+``moelab consolidate`` writes one safetensors file when wanted. Resuming on several processes
+loads ``sharded/`` at any world size; a checkpoint of one process (full files) is loaded by
+every rank.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -31,41 +32,17 @@ from moelab.parallel.fsdp import grad_norm, wrap_for_parallel
 from moelab.parallel.launch import Topology, fail_fast, setup_from_env, teardown
 from moelab.parallel.telemetry import reduce_moe_rows
 from moelab.train import checkpoint as ckpt_io
-from moelab.train.rng import set_rng_state
+from moelab.train.rng import rng_state, set_rng_state
 from moelab.train.rundir import claim_run_dir
 from moelab.train.trainer import Trainer
-
-SHARDED = "sharded"
-
-
-class _FullWeights(nn.Module):
-    """Presents gathered full weights through ``state_dict()`` for the checkpoint writer."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]):
-        super().__init__()
-        self._tensors = tensors
-
-    def state_dict(self, *args, **kwargs):  # noqa: D102
-        return dict(self._tensors)
-
-
-def optimizer_state_to_indexed(named: dict[str, Any]) -> dict[str, Any]:
-    """Name-keyed optimizer state (torch.distributed.checkpoint.state_dict) -> the format of a
-    single-process ``optimizer.state_dict()`` (parameters numbered in group order)."""
-    index: dict[str, int] = {}
-    groups = []
-    for group in named["param_groups"]:
-        ids = [index.setdefault(fqn, len(index)) for fqn in group["params"]]
-        groups.append({**group, "params": ids})
-    state = {index[fqn]: value for fqn, value in named["state"].items()}
-    return {"state": state, "param_groups": groups}
 
 
 def optimizer_state_to_named(
     indexed: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer
 ) -> dict[str, Any]:
-    """The inverse, for ``optimizer`` over ``model``'s parameters (same grouping as the
-    single-process optimizer that wrote ``indexed``)."""
+    """A single-process ``optimizer.state_dict()`` (parameters numbered in group order) ->
+    the name-keyed format of torch.distributed.checkpoint.state_dict, for ``optimizer`` over
+    ``model``'s parameters (same grouping as the single-process optimizer that wrote it)."""
     name_of = {id(p): n for n, p in model.named_parameters()}
     names = [name_of[id(p)] for g in optimizer.param_groups for p in g["params"]]
     groups = [{**g, "params": [names[i] for i in g["params"]]} for g in indexed["param_groups"]]
@@ -88,6 +65,8 @@ class DistributedTrainer(Trainer):
             cfg, run_dir, progress=progress, rank=topo.rank, world=topo.world, device=topo.device
         )
         self.topo = topo
+        self._pending = None  # the checkpoint being written in the background
+        self._save_group = None
 
     # -- seams ----------------------------------------------------------------------------------
 
@@ -150,28 +129,39 @@ class DistributedTrainer(Trainer):
     # -- checkpoints ----------------------------------------------------------------------------
 
     def save_checkpoint(self, step: int, model, optimizer, meta: dict, nonfinite_total: int):
-        """Collective: every rank writes its DCP shards; rank 0 writes the full files and moves
-        the shards into the checkpoint folder."""
-        root = self.run_dir / ckpt_io.CHECKPOINTS
-        # A hidden temporary name: the trainer's start-up clean-up removes it if a save dies.
-        staging_name = [f".{SHARDED}-step_{step:08d}.tmp-{os.getpid()}"]
-        dist.broadcast_object_list(staging_name, src=0)
-        staging = root / staging_name[0]
-        dcp.save_sharded(staging, model, optimizer)
-        weights = dcp.full_model_state(model)
-        optim_state = dcp.full_optimizer_state(model, optimizer)
+        """Collective: every rank starts writing its DCP shards into a hidden staging folder
+        (in the background); rank 0 completes the checkpoint when they are written, at the
+        next checkpoint or at the end of the run (:meth:`finish_checkpoint`)."""
+        self.finish_checkpoint()
+        name = [ckpt_io.staging_dir(self.run_dir, step).name if self.is_main else None]
+        dist.broadcast_object_list(name, src=0)
+        staging = self.run_dir / ckpt_io.CHECKPOINTS / name[0]
+        if self._save_group is None:  # the background writes' own collectives
+            self._save_group = dist.new_group(backend="gloo")
+        future = dcp.save_sharded(
+            staging / ckpt_io.SHARDED,
+            model,
+            optimizer,
+            process_group=self._save_group,
+            asynchronous=True,
+        )
+        state = {**self._train_state(step, optimizer, nonfinite_total), "optimizer": None}
+        meta = {**meta, "world": self.world, "ep": self.topo.ep}
+        self._pending = (future, staging, step, state, meta)
+
+    def finish_checkpoint(self) -> None:
+        """Wait for the checkpoint being written, if any; rank 0 then records and moves it
+        into place. Collective."""
+        if self._pending is None:
+            return
+        future, staging, step, state, meta = self._pending
+        self._pending = None
+        if future is not None:
+            future.result()
         if self.is_main:
-            state = self._train_state(step, optimizer, nonfinite_total)
-            state["optimizer"] = optimizer_state_to_indexed(optim_state)
-            final = ckpt_io.save_checkpoint(
-                self.run_dir,
-                step,
-                _FullWeights(weights),
-                state,
-                {**meta, "world": self.world, "ep": self.topo.ep},
-                self.cfg.train.keep_last,
+            ckpt_io.finish_sharded(
+                self.run_dir, staging, step, state, meta, self.cfg.train.keep_last
             )
-            os.replace(staging, final / SHARDED)
         dist.barrier()
 
     def _train_state(self, step: int, optimizer, nonfinite_total: int) -> dict[str, Any]:
@@ -179,12 +169,10 @@ class DistributedTrainer(Trainer):
         for name, mod in self.model.named_modules():
             if isinstance(mod, MoeFFN) and mod.generator is not None:
                 gens[name] = mod.generator.get_state()
-        from moelab.train.rng import rng_state
-
         return {
             "step": step,
             "tokens": self.budget.tokens_at(step),
-            "optimizer": None,  # filled by save_checkpoint with the gathered full state
+            "optimizer": None,  # in the shards
             "rng": rng_state(),
             "moe_generators": gens,
             "data": {"seed": self.cfg.train.seed, "next_step": step + 1},
@@ -195,8 +183,8 @@ class DistributedTrainer(Trainer):
     def _restore(self, path: Path, optimizer) -> dict[str, Any]:
         model = self.model
         state = ckpt_io.load_train_state(path)
-        if dcp.is_sharded_checkpoint(path / SHARDED):
-            dcp.load_sharded(path / SHARDED, model, optimizer)
+        if dcp.is_sharded_checkpoint(path / ckpt_io.SHARDED):
+            dcp.load_sharded(path / ckpt_io.SHARDED, model, optimizer)
         else:  # written by one process: full weights and a single-process optimizer state
             from safetensors.torch import load_file
 

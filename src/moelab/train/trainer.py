@@ -135,6 +135,10 @@ class Trainer:
                 self.cfg.train.keep_last,
             )
 
+    def finish_checkpoint(self) -> None:
+        """Complete a checkpoint still being written (distributed saves write in the
+        background); one process writes at once, so nothing is pending."""
+
     # -- helpers --------------------------------------------------------------------------------
 
     def flops_spent(self, step: int) -> float:
@@ -221,15 +225,21 @@ class Trainer:
 
     def _restore(self, path: Path, optimizer) -> dict[str, Any]:
         model = self.unwrap(self.model)
-        ckpt_io.load_weights(path, model)
         state = ckpt_io.load_train_state(path)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise MoelabError(
-                f"{path / ckpt_io.STATE}: its optimizer state does not fit this run's model "
-                f"({type(e).__name__}); delete that checkpoint folder to resume from an older one"
-            ) from None
+        if ckpt_io.is_sharded(path):  # written by several processes: weights and optimizer
+            from moelab.parallel.dcp import load_sharded
+
+            load_sharded(path / ckpt_io.SHARDED, model, optimizer)
+        else:
+            ckpt_io.load_weights(path, model)
+            try:
+                optimizer.load_state_dict(state["optimizer"])
+            except (KeyError, ValueError, TypeError) as e:
+                raise MoelabError(
+                    f"{path / ckpt_io.STATE}: its optimizer state does not fit this run's model "
+                    f"({type(e).__name__}); delete that checkpoint folder to resume from an "
+                    "older one"
+                ) from None
         set_rng_state(state["rng"])
         for name, mod in model.named_modules():
             if name in state.get("moe_generators", {}):
@@ -466,6 +476,7 @@ class Trainer:
                 else:
                     bar.update(step)
                 if nonfinite_run >= t.max_nonfinite_in_row:
+                    self.finish_checkpoint()
                     good = ckpt_io.newest_valid(run_dir)[0]
                     where = f"the last good checkpoint is {good.path}" if good else "no checkpoint"
                     raise TrainingDiverged(
@@ -501,7 +512,9 @@ class Trainer:
                     }
                     self.save_checkpoint(step, model, optimizer, meta, nonfinite_total)
                 if stopping:
+                    self.finish_checkpoint()
                     raise self._stopped(stop.signum, step, saved=nonfinite_run == 0)
+            self.finish_checkpoint()
         finally:
             stop.__exit__()
             writer.close()
