@@ -1,16 +1,29 @@
-"""Grouped linear layer: row block e of the input times expert e's weight, in one autograd node.
+"""Expert FFNs over rows grouped by expert: two kernels.
 
-Rows of ``x_NI`` are grouped by expert (``counts[e]`` consecutive rows for expert e). Forward
-writes every block's product straight into one output buffer; backward writes the input
-gradient and each expert's weight (and bias) gradient straight into one stacked buffer. Compared
-with ``split`` + ``unbind`` + a loop of matmuls + ``cat``, this saves the output concatenation,
-the split's gradient concatenation and the stacking of E weight gradients (a full copy of the
-expert weights on every backward), which dominate at many small experts.
+Rows of ``x`` are grouped by expert (``counts[e]`` consecutive rows for expert e).
+
+- **loop** (:func:`grouped_ffn`, :func:`grouped_linear`): one autograd node that loops over the
+  experts with the counts on the host. Forward writes every block's product straight into one
+  output buffer; backward writes the input gradient and each expert's weight (and bias)
+  gradient straight into one stacked buffer. Compared with ``split`` + ``unbind`` + a loop of
+  matmuls + ``cat``, this saves the output concatenation, the split's gradient concatenation and
+  the stacking of E weight gradients (a full copy of the expert weights on every backward),
+  which dominate at many small experts. The CPU default: today's numbers come from it.
+- **grouped_mm** (:func:`grouped_mm_ffn`): ``torch._grouped_mm`` runs every expert in one call
+  from per-expert offsets that stay on the device, forward and backward: no host sync, one
+  kernel instead of E (CUTLASS on sm90/sm100 CUDA in bf16), and it compiles into one graph.
+  :func:`use_grouped_mm` decides which kernel a call gets.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+
+KERNELS = ("auto", "loop", "grouped_mm")
+# torch._grouped_mm reads rows through TMA/vector loads: every row stride must be a multiple of
+# 16 bytes (checked by the op on CPU too), and it takes no other dtypes.
+_GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -198,3 +211,120 @@ def grouped_ffn(
     return _GroupedFFN.apply(
         cast(x_ND), cast(w1_EDF), cast(b1_EF), cast(w2_EFD), cast(b2_ED), cast(w3_EDF), counts, kind
     )
+
+
+def compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The dtype the experts run in: the autocast dtype if autocast is on, else the promotion
+    of the input and weight dtypes."""
+    return _autocast_dtype(x.device.type) or torch.promote_types(x.dtype, w.dtype)
+
+
+def grouped_mm_supported(dtype: torch.dtype, device: torch.device, widths: tuple[int, ...]) -> bool:
+    """Whether ``torch._grouped_mm`` can run experts of these row widths (D, F) at all."""
+    if not hasattr(torch, "_grouped_mm") or dtype not in _GROUPED_MM_DTYPES:
+        return False
+    if any(w * dtype.itemsize % 16 for w in widths):
+        return False
+    # Under torch.compile the op is traced through its meta kernel, which (torch 2.13) accepts
+    # bf16 only, on any device.
+    return dtype == torch.bfloat16 or not torch.compiler.is_compiling()
+
+
+def use_grouped_mm(
+    kernel: str, dtype: torch.dtype, device: torch.device, widths: tuple[int, ...]
+) -> bool:
+    """Which kernel runs the experts: ``loop`` -> False; ``grouped_mm`` -> True (ValueError if
+    the op cannot run this dtype/width); ``auto`` -> grouped_mm where it is one sync-free
+    kernel (bf16 on sm90/sm100 CUDA, whose CUTLASS path keeps the offsets on the device; other
+    CUDA devices fall back inside the op to a loop that copies the offsets to the host) and
+    under torch.compile in bf16 (the loop's host counts would break the graph); the loop
+    everywhere else, in particular CPU eager, where the README's study numbers come from it
+    (``benchmarks/moe_layer.py`` compares the two)."""
+    if kernel not in KERNELS:
+        raise ValueError(f"expert kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    if kernel == "loop":
+        return False
+    supported = grouped_mm_supported(dtype, device, widths)
+    if kernel == "grouped_mm":
+        if not supported:
+            raise ValueError(
+                f"torch._grouped_mm cannot run {dtype} experts of widths {widths} here "
+                "(fp32/bf16/fp16, every width a multiple of 16 bytes, bf16 under torch.compile)"
+            )
+        return True
+    if not supported or dtype != torch.bfloat16:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] in (9, 10)
+    return torch.compiler.is_compiling()
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient: torch._grouped_mm's backward
+    (torch 2.13) rejects a broadcast one (stride 0), as ``y.sum().backward()`` produces."""
+
+    @staticmethod
+    def forward(ctx, y):  # noqa: D102
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        return g.contiguous()
+
+
+def _per_row(b_EO: torch.Tensor, expert_N: torch.Tensor) -> torch.Tensor:
+    """Row n's expert's bias; rows past the last group (expert index E) get a zero row, which
+    also takes their (meaningless) bias gradient away from the real experts."""
+    return F.pad(b_EO, (0, 0, 0, 1)).index_select(0, expert_N)
+
+
+def grouped_mm_ffn(
+    x_ND: torch.Tensor,
+    w1_EDF: torch.Tensor,
+    b1_EF: torch.Tensor | None,
+    w2_EFD: torch.Tensor,
+    b2_ED: torch.Tensor | None,
+    w3_EDF: torch.Tensor | None,
+    counts_E: torch.Tensor,
+    *,
+    padded: bool,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """:func:`grouped_ffn`'s maths with ``torch._grouped_mm``: rows grouped by ``counts_E`` (a
+    tensor on x's device, never read on the host). ``padded``: rows past ``sum(counts_E)``
+    may exist (dropped assignments); they get zeros. The op leaves such rows of its outputs
+    (forward, and the input gradient in backward) unwritten, so x is masked before (its
+    backward then zeroes their input gradient) and y after; intermediate rows past the groups
+    only ever reach the next grouped_mm, which does not read them. ``dropout`` is activation
+    dropout (pass 0 outside training)."""
+    N, D = x_ND.shape
+    E = w1_EDF.shape[0]
+    dtype = compute_dtype(x_ND, w1_EDF)
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dtype)
+
+    x, w1, b1, w2, b2, w3 = map(cast, (x_ND, w1_EDF, b1_EF, w2_EFD, b2_ED, w3_EDF))
+    offs_E = torch.cumsum(counts_E, 0, dtype=torch.int32)
+    expert_N = rest_N1 = None
+    if padded or b1 is not None:
+        rows = torch.arange(N, device=x.device, dtype=torch.int32)
+        expert_N = torch.searchsorted(offs_E, rows, right=True)  # E past the last group
+    if padded:
+        rest_N1 = (expert_N == E)[:, None]
+        x = x.masked_fill(rest_N1, 0)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        a1 = torch._grouped_mm(x, w1, offs=offs_E)
+        if b1 is not None:
+            a1 = a1 + _per_row(b1, expert_N)
+        if w3 is None:
+            h = F.gelu(a1)
+        else:
+            h = F.silu(a1) * torch._grouped_mm(x, w3, offs=offs_E)
+        if dropout > 0:
+            h = F.dropout(h, dropout, True)
+        y = torch._grouped_mm(h, w2, offs=offs_E)
+        if b2 is not None:
+            y = y + _per_row(b2, expert_N)
+    y = _ContiguousGrad.apply(y)
+    return y if rest_N1 is None else y.masked_fill(rest_N1, 0)

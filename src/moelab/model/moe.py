@@ -7,9 +7,10 @@ all-to-all between (2) and (3) without touching the maths:
    probabilities, later ranks on logits; ties to the lowest expert index), second-expert
    policy, capacity slots, dropping, combine weights, balancing and z losses and telemetry.
    Returns a :class:`Routing`.
-2. :func:`plan_dispatch` — the kept assignments sorted by expert (slot order inside an expert):
-   source token, combine weight and count per expert. :class:`Experts` then runs expert e on its
-   contiguous slice of the gathered tokens.
+2. :func:`plan_dispatch` — the assignments sorted by expert (slot order inside an expert,
+   dropped ones last): source token, combine weight and count per expert, all on the device
+   (no host sync). :class:`Experts` then runs expert e on its contiguous slice of the gathered
+   tokens.
 3. :func:`combine` — weight each expert output and add it back to its source token.
 
 Semantics follow fairseq's Top2Gate / Top1Gate as used by the paper (see docs/model.md).
@@ -26,7 +27,13 @@ from torch import nn
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
-from moelab.model.grouped import grouped_ffn, grouped_linear
+from moelab.model.grouped import (
+    compute_dtype,
+    grouped_ffn,
+    grouped_linear,
+    grouped_mm_ffn,
+    use_grouped_mm,
+)
 
 POLICIES = ("all", "sampling", "random")
 
@@ -59,7 +66,8 @@ class Routing:
     assignment was skipped by the ``random`` policy. ``kept_SK``: offered and within capacity.
     ``combine_SK``: float32 weight of each assignment in the output (0 where not kept), carrying
     the gradient to the router. ``aux_loss``: E * sum_e me_e * ce_e. ``z_loss``:
-    mean_s logsumexp(logits_s)^2.
+    mean_s logsumexp(logits_s)^2. ``all_kept``: every assignment is kept (dropless, no skipped
+    second choice), known without looking at the data.
     """
 
     expert_SK: torch.Tensor
@@ -71,16 +79,18 @@ class Routing:
     capacity: int | None
     aux_loss: torch.Tensor
     z_loss: torch.Tensor
+    all_kept: bool = False
 
     @property
     def n_experts(self) -> int:
         return self.probs_SE.shape[1]
 
     def stats(self, layer: int) -> MoeStats:
+        # Tensors only, fixed shapes: no host sync, nothing that breaks a compiled graph.
         E = self.n_experts
         offered = self.offered_SK
-        routed_E = torch.bincount(self.expert_SK[offered], minlength=E)
-        kept_E = torch.bincount(self.expert_SK[self.kept_SK], minlength=E)
+        routed_E = _bincount(torch.where(offered, self.expert_SK, E), E + 1)[:E]
+        kept_E = _bincount(torch.where(self.kept_SK, self.expert_SK, E), E + 1)[:E]
         dropped_K = (offered & ~self.kept_SK).sum(0).float()
         dropped_frac_K = dropped_K / offered.sum(0).clamp_min(1).float()
         p = self.probs_SE.detach()
@@ -115,11 +125,18 @@ def expert_capacity(
     return max(1, math.ceil(round(capacity_factor * k * per_expert, 9)))
 
 
+def _bincount(index: torch.Tensor, n: int) -> torch.Tensor:
+    """``torch.bincount(index, minlength=n)`` for ``index < n``, of fixed length n: bincount's
+    length depends on the data (a host sync on CUDA, a graph break under torch.compile)."""
+    flat = index.reshape(-1)
+    return flat.new_zeros(n).scatter_add_(0, flat, torch.ones_like(flat))
+
+
 def _queue_positions(expert_A: torch.Tensor, n_experts: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For assignments listed in priority order (expert id, or ``n_experts`` for 'none'),
     return each one's position in its expert's queue and the stable by-expert sort order."""
     sorted_A, order_A = torch.sort(expert_A, stable=True)
-    counts = torch.bincount(sorted_A, minlength=n_experts + 1)
+    counts = _bincount(sorted_A, n_experts + 1)
     starts = torch.cumsum(counts, 0) - counts
     pos_sorted = torch.arange(expert_A.numel(), device=expert_A.device) - starts[sorted_A]
     pos_A = torch.empty_like(pos_sorted)
@@ -201,7 +218,7 @@ def route(
         combine_SK = weights_SK / denom_S1
 
     me_E = probs_SE.mean(dim=0)
-    ce_E = torch.bincount(expert_SK[:, 0], minlength=E).float() / max(S, 1)
+    ce_E = _bincount(expert_SK[:, 0], E).float() / max(S, 1)
     aux_loss = E * (me_E * ce_E).sum()
     z_loss = torch.logsumexp(logits_SE, dim=-1).square().mean()
     return Routing(
@@ -214,37 +231,62 @@ def route(
         capacity=capacity,
         aux_loss=aux_loss,
         z_loss=z_loss,
+        all_kept=capacity is None and not (use_policy and policy == "random"),
     )
 
 
 @dataclass
 class DispatchPlan:
-    """Kept assignments sorted by expert, slot order within an expert.
+    """Assignments sorted by expert, slot order within an expert.
 
-    ``token_N``: source token of each of the N kept assignments; ``combine_N``: its weight;
-    ``counts_E``: kept assignments per expert (expert e owns a contiguous run of length
-    counts_E[e]); ``counts``: the same as a Python list (one host sync, reused for splitting).
+    ``token_N``: source token of each of the N rows; ``combine_N``: its weight; ``counts_E``:
+    kept assignments per expert (expert e owns a contiguous run of length counts_E[e]), on the
+    device. ``padded``: rows past ``sum(counts_E)`` exist (dropped assignments, weight 0);
+    :meth:`kept` removes them.
     """
 
     token_N: torch.Tensor
     combine_N: torch.Tensor
     counts_E: torch.Tensor
-    counts: list[int]
+    padded: bool
+    host_counts: list[int] | None = None
+
+    @property
+    def groups(self) -> list[int] | torch.Tensor:
+        """The counts for :class:`Experts`: the host list where it was read already, else the
+        device tensor."""
+        return self.counts_E if self.host_counts is None else self.host_counts
+
+    @property
+    def counts(self) -> list[int]:
+        """``counts_E`` as a Python list (a host sync the first time)."""
+        if self.host_counts is None:
+            self.host_counts = self.counts_E.tolist()
+        return self.host_counts
+
+    def kept(self) -> DispatchPlan:
+        """The plan without the rows of dropped assignments: N = sum(counts). Reads the counts
+        on the host (one sync): the loop kernel and the uneven all-to-all need them there."""
+        counts = self.counts
+        n = sum(counts)
+        return DispatchPlan(
+            self.token_N[:n], self.combine_N[:n], self.counts_E, padded=False, host_counts=counts
+        )
 
 
 def plan_dispatch(routing: Routing) -> DispatchPlan:
+    """All S*K assignments sorted by expert, the dropped ones last (the same order as before
+    and shapes fixed by S and K: no host sync)."""
     S, K = routing.expert_SK.shape
     E = routing.n_experts
     expert_A = torch.where(routing.kept_SK, routing.expert_SK, E).t().reshape(-1)
     sorted_A, order_A = torch.sort(expert_A, stable=True)
-    counts_all = torch.bincount(sorted_A, minlength=E + 1)
-    counts = counts_all[:E].tolist()
-    n_kept = sum(counts)
-    order_N = order_A[:n_kept]
-    token_N = order_N % S
-    combine_N = routing.combine_SK.t().reshape(-1)[order_N]
+    counts_E = _bincount(sorted_A, E + 1)[:E]
     return DispatchPlan(
-        token_N=token_N, combine_N=combine_N, counts_E=counts_all[:E], counts=counts
+        token_N=order_A % S,
+        combine_N=routing.combine_SK.t().reshape(-1)[order_A],
+        counts_E=counts_E,
+        padded=not routing.all_kept,
     )
 
 
@@ -271,6 +313,9 @@ class Experts(nn.Module):
         super().__init__()
         self.arch = arch
         self.activation_dropout = activation_dropout
+        # "auto" | "loop" | "grouped_mm": see moelab.model.grouped.use_grouped_mm. Not part of
+        # the state: the kernels compute the same function.
+        self.kernel = "auto"
         E, D, Fd = n_experts, d_model, d_ffn
         self.w1 = nn.Parameter(torch.empty(E, D, Fd))
         self.w2 = nn.Parameter(torch.empty(E, Fd, D))
@@ -280,8 +325,20 @@ class Experts(nn.Module):
         else:
             self.w3 = nn.Parameter(torch.empty(E, D, Fd))
 
-    def forward(self, x_ND: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    def uses_grouped_mm(self, x: torch.Tensor) -> bool:
+        """Whether a call on inputs like ``x`` runs ``torch._grouped_mm`` (else the loop)."""
+        E, D, Fd = self.w1.shape
+        return use_grouped_mm(self.kernel, compute_dtype(x, self.w1), x.device, (D, Fd))
+
+    def forward(
+        self, x_ND: torch.Tensor, counts: list[int] | torch.Tensor, padded: bool = False
+    ) -> torch.Tensor:
         """Run expert e on rows [sum(counts[:e]), sum(counts[:e+1])) of ``x_ND``.
+
+        ``counts``: a list (host) or a tensor on x's device; ``padded``: rows past sum(counts)
+        may follow (grouped_mm only: they give zeros). The grouped_mm kernel
+        (:meth:`uses_grouped_mm`) takes the counts as they are; the loop reads a tensor's on the
+        host.
 
         The stacked weights are never indexed per expert in autograd (``w[e]`` in a loop would
         make backward allocate a full-size gradient per expert, O(E^2 D F)):
@@ -290,6 +347,24 @@ class Experts(nn.Module):
         projections run as separate :func:`grouped_linear` nodes instead.
         """
         paper = self.arch == "paper"
+        if self.uses_grouped_mm(x_ND):
+            if not isinstance(counts, torch.Tensor):
+                counts = torch.tensor(counts, device=x_ND.device)
+            return grouped_mm_ffn(
+                x_ND,
+                self.w1,
+                self.b1 if paper else None,
+                self.w2,
+                self.b2 if paper else None,
+                None if paper else self.w3,
+                counts,
+                padded=padded,
+                dropout=self.activation_dropout if self.training else 0.0,
+            )
+        if isinstance(counts, torch.Tensor):
+            counts = counts.tolist()
+        if padded and sum(counts) != x_ND.shape[0]:
+            raise ValueError("the loop kernel needs the rows of dropped assignments removed")
         if not (self.training and self.activation_dropout > 0):
             return grouped_ffn(
                 x_ND,
@@ -361,7 +436,9 @@ class MoeFFN(nn.Module):
             training=self.training,
         )
         plan = plan_dispatch(routing)
-        y_ND = self.experts(x_SD.index_select(0, plan.token_N), plan.counts)
+        if not self.experts.uses_grouped_mm(x_SD):
+            plan = plan.kept()  # the loop reads the counts on the host anyway
+        y_ND = self.experts(x_SD.index_select(0, plan.token_N), plan.groups, plan.padded)
         y_SD = combine(y_ND, plan, B * T)
         return MoeOutput(
             y_BTD=y_SD.view(B, T, D),

@@ -200,7 +200,7 @@ class ExpertParallelMoeFFN(MoeFFN):
             generator=self.generator,
             training=self.training,
         )
-        plan = plan_dispatch(routing)
+        plan = plan_dispatch(routing).kept()  # the splits need the counts on the host
         x_ND = x_SD.index_select(0, plan.token_N)
         if self.ep == 1:
             y_ND = self._run_local(x_ND, plan.counts)
