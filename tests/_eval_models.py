@@ -1,12 +1,9 @@
-"""Shared helpers for the evaluation tests (no tests here): a real byte-level BPE tokenizer
-trained in a second, and a tiny moelab model, dense or MoE."""
+"""Helpers for the evaluation tests: a real byte-level BPE tokenizer trained in a second, a tiny
+moelab model (dense or MoE), log-probs by hand, and the trained run behind ``eval_run``."""
 
 from __future__ import annotations
 
-import atexit
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -60,21 +57,13 @@ def tiny_model(vocab_size: int, moe: bool = False, seed: int = 0, **overrides):
     return model
 
 
-_RUN: dict[str, Path] = {}
-
-
-def trained_run(moe: bool = True) -> Path:
-    """A run folder with a tiny model trained for a few steps on small text written here
-    (built once per test process; ~5-10 s). Domains: ``books`` (training) and ``news``
-    (held out)."""
-    key = "moe" if moe else "dense"
-    if key in _RUN:
-        return _RUN[key]
+def train_eval_run(root: Path) -> Path:
+    """A run folder ``root/run`` with a tiny MoE model trained for a few steps on small text
+    written here (~5-10 s; conftest.py builds it once per session as ``eval_run``). Domains:
+    ``books`` (training) and ``news`` (held out)."""
     from moelab.data import prepare
     from moelab.train import load_run_config, train
 
-    root = Path(tempfile.mkdtemp(prefix="moelab-eval-test-"))
-    atexit.register(shutil.rmtree, root, True)
     rng = random.Random(0)
     words = "the cat sat on a mat dog ran to park bird sang in tree she poured milk".split()
     (root / "books").mkdir()
@@ -100,7 +89,7 @@ def trained_run(moe: bool = True) -> Path:
         "max_seq_len": 64,
         "dropout": 0.0,
         "attn_dropout": 0.0,
-        "n_experts": 4 if moe else 0,
+        "n_experts": 4,
     }
     train_cfg = {
         "budget_steps": 8,
@@ -113,8 +102,7 @@ def trained_run(moe: bool = True) -> Path:
     }
     cfg = load_run_config({"model": model, "data": str(root / "data"), "train": train_cfg})
     train(cfg, root / "run", progress=False)
-    _RUN[key] = root / "run"
-    return _RUN[key]
+    return root / "run"
 
 
 def hand_logprobs(model, context_ids: list[int], continuation_ids: list[int]) -> list[float]:

@@ -12,18 +12,19 @@ The contract every user-facing command must keep for bad input (docs/robustness.
 ``.NAME.tmp-<pid>`` shows up) with its size, mtime and SHA-256.
 
 The tiny prepared data, the trained runs (MoE and dense), the Hugging Face export and the
-micro-study are built once per test session (by whichever robustness module asks first) under
-pytest's session temp folder and shared read-only; a test that damages one copies it first.
+micro-study are built once per test session by the builders below, which conftest.py turns into
+the session fixtures ``shared_data``, ``finished_run``, ``dense_run``, ``hf_export`` and
+``micro_study``; they are shared read-only: a test that damages one copies it first.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -34,25 +35,10 @@ from moelab.cli import main
 Snapshot = dict[str, tuple[str, int, int, str]] | None
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def one_torch_thread():
-    """Tiny models on a CPU shared with other work run several times faster on one thread
-    than on oversubscribed OpenMP threads. Import this fixture into a test module to use it
-    (the shared run builders below use one thread too)."""
-    with torch_threads(1):
-        yield
+    """Kept only for modules that still import it: conftest.py pins one thread for every test."""
+    yield
 
 
 def snapshot(root: str | Path) -> Snapshot:
@@ -169,6 +155,12 @@ def write_corpus(folder: Path, n_docs: int, seed: int = 0) -> Path:
     return folder
 
 
+def write_jsonl(path: Path, rows: list) -> Path:
+    """A task file: one JSON document a line."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 def _cached(base: Path, name: str, marker: str) -> Path | None:
     path = base / name
     return path if (path / marker).exists() else None
@@ -237,8 +229,7 @@ def shared_run(tmp_path_factory, name: str = "robust_run", *, moe: bool = True) 
         return found
     prepared = shared_prepared(tmp_path_factory)
     cfg = write_yaml(base / f"{name}.yaml", tiny_run_config(prepared, moe=moe))
-    with torch_threads(1):
-        rc = main(["train", str(cfg), "--out", str(base / name), "--no-progress"])
+    rc = main(["train", str(cfg), "--out", str(base / name), "--no-progress"])
     assert rc == 0, f"training the shared tiny run failed with exit code {rc}"
     return base / name
 
@@ -263,8 +254,6 @@ def keep_only_newest_checkpoint(run: Path) -> Path:
 def truncate_weights_keeping_checksums(run: Path) -> None:
     """Cut the newest (only) checkpoint's model.safetensors in half and rewrite meta.json's
     size and sha256 to match, so only the safetensors reader can notice."""
-    import json
-
     step = keep_only_newest_checkpoint(run)
     weights = step / "model.safetensors"
     data = weights.read_bytes()[: weights.stat().st_size // 2]
@@ -290,8 +279,7 @@ def shared_export(tmp_path_factory, name: str = "robust_hf") -> Path:
     if found:
         return found
     run = shared_run(tmp_path_factory, "robust_dense_run", moe=False)
-    with torch_threads(1):
-        rc = main(["export", str(run), "--out", str(base / name), "--no-verify"])
+    rc = main(["export", str(run), "--out", str(base / name), "--no-verify"])
     assert rc == 0, f"exporting the shared dense run failed with exit code {rc}"
     return base / name
 
@@ -310,12 +298,10 @@ TASK_ROWS = [
 def micro_study_config(tmp_path_factory) -> dict:
     """The micro-study's config (data: the shared prepared folder; one generic zero-shot
     task; perplexity on 64 tokens; no bootstrap; no throughput measurement)."""
-    import json
-
     base = tmp_path_factory.getbasetemp()
     task = base / "robust_task.jsonl"
     if not task.is_file():
-        task.write_text("".join(json.dumps(r) + "\n" for r in TASK_ROWS), encoding="utf-8")
+        write_jsonl(task, TASK_ROWS)
     run = tiny_run_config(shared_prepared(tmp_path_factory), moe=False, eval_points=2)
     run["model"]["moe_every"] = 2
     return {

@@ -9,16 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from _robust import expect_user_error, shared_prepared, tiny_run_config, write_yaml
+from _robust import expect_user_error, tiny_run_config, write_yaml
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
 from moelab.train.config import TrainConfig
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory) -> Path:
-    prepared = shared_prepared(tmp_path_factory)
-    cfg = tiny_run_config(prepared)
+def config(shared_data, tmp_path_factory) -> Path:
+    cfg = tiny_run_config(shared_data)
     cfg["model"]["arch"] = "modern"  # rope_theta and init_std count only here
     return write_yaml(tmp_path_factory.mktemp("finite") / "run.yaml", cfg)
 

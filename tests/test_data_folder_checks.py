@@ -16,25 +16,17 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_prepared,
-    shared_run,
 )
 from moelab.data import PreparedData
 from moelab.errors import MoelabError
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return shared_prepared(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(finished_run, tmp_path_factory) -> Path:
     """A copy of the shared run: successful evaluations write RUN/eval, and the shared run is
     read-only for every robustness test (one copies it and puts a file at RUN/eval)."""
-    return copy_run(shared_run(tmp_path_factory), tmp_path_factory.mktemp("run") / "run")
+    return copy_run(finished_run, tmp_path_factory.mktemp("run") / "run")
 
 
 def crafted(prepared: Path, dest: Path, edit) -> Path:
@@ -60,8 +52,8 @@ def point_outside(manifest: dict, folder: Path) -> None:
     rec["name"] = "../outside/secret.bin"
 
 
-def test_manifest_names_outside_the_folder_are_refused(prepared, run, tmp_path, capsys):
-    folder = crafted(prepared, tmp_path, point_outside)
+def test_manifest_names_outside_the_folder_are_refused(shared_data, run, tmp_path, capsys):
+    folder = crafted(shared_data, tmp_path, point_outside)
     for verify in (False, True):
         with pytest.raises(MoelabError, match=r"'\.\./outside/secret\.bin'.*not a plain file"):
             PreparedData.open(folder, verify=verify)
@@ -73,14 +65,14 @@ def test_manifest_names_outside_the_folder_are_refused(prepared, run, tmp_path, 
     )
 
 
-def test_a_shard_linked_outside_the_folder_is_refused(prepared, tmp_path):
+def test_a_shard_linked_outside_the_folder_is_refused(shared_data, tmp_path):
     def link_out(manifest, folder):
         name = val_tokens(manifest)["name"]
         outside = folder.parent / "elsewhere.bin"
         shutil.move(folder / name, outside)
         (folder / name).symlink_to(outside)
 
-    folder = crafted(prepared, tmp_path, link_out)
+    folder = crafted(shared_data, tmp_path, link_out)
     with pytest.raises(MoelabError, match=r"link to .*elsewhere\.bin, outside the folder"):
         PreparedData.open(folder, verify=False)
 
@@ -96,9 +88,9 @@ def put_id(manifest: dict, folder: Path, token_id: int = 60_000) -> None:
     rec["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_token_ids_beyond_the_vocabulary_are_refused(prepared, run, tmp_path, capsys):
+def test_token_ids_beyond_the_vocabulary_are_refused(shared_data, run, tmp_path, capsys):
     """Before: `eval --ppl FOLDER` died with an IndexError traceback in the embedding."""
-    folder = crafted(prepared, tmp_path, put_id)
+    folder = crafted(shared_data, tmp_path, put_id)
     with pytest.raises(MoelabError, match=r"token id 60000, outside the tokenizer's 300 ids"):
         PreparedData.open(folder)  # verified: found in the checksum pass
     data = PreparedData.open(folder, verify=False)  # unverified: found on the split's first read
@@ -109,7 +101,7 @@ def test_token_ids_beyond_the_vocabulary_are_refused(prepared, run, tmp_path, ca
         capsys, ["eval", run, "--ppl", folder], watch=[tmp_path, run], match=[r"token id 60000"]
     )
     # the largest legal id passes
-    ok = crafted(prepared, tmp_path / "ok", lambda m, f: put_id(m, f, 299))
+    ok = crafted(shared_data, tmp_path / "ok", lambda m, f: put_id(m, f, 299))
     PreparedData.open(ok).tokens("gamma", "val")
 
 
@@ -139,14 +131,14 @@ def test_token_ids_beyond_the_vocabulary_are_refused(prepared, run, tmp_path, ca
         "tokens-vs-bytes",
     ],
 )
-def test_malformed_manifests_are_one_line(prepared, tmp_path, capsys, edit, message):
-    folder = crafted(prepared, tmp_path, lambda m, f: edit(m))
+def test_malformed_manifests_are_one_line(shared_data, tmp_path, capsys, edit, message):
+    folder = crafted(shared_data, tmp_path, lambda m, f: edit(m))
     with pytest.raises(MoelabError, match=message):
         PreparedData.open(folder, verify=False)
 
 
-def test_the_untouched_folder_still_opens_and_evaluates(prepared, run, capsys):
-    data = PreparedData.open(prepared)
+def test_the_untouched_folder_still_opens_and_evaluates(shared_data, run, capsys):
+    data = PreparedData.open(shared_data)
     assert data.tokens("gamma", "val").max() < data.vocab_size
-    rc, out, err = run_cli(capsys, ["eval", run, "--ppl", prepared, "--max-tokens", "32"])
+    rc, out, err = run_cli(capsys, ["eval", run, "--ppl", shared_data, "--max-tokens", "32"])
     assert rc == 0, err

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from _robust import copy_run, expect_user_error, run_cli, shared_run
+from _robust import copy_run, expect_user_error, run_cli
 from moelab.data import prepare
 from moelab.data.globbing import expand
 from moelab.data.sources import parse_source_spec, read_source
@@ -132,8 +132,8 @@ def test_names_with_brackets_and_colons_are_literal(tmp_path, capsys):
         read_source(parse_source_spec(f"a={tmp_path}/file1.txt:latn-1"), 1000)
 
 
-def test_eval_reads_a_bracketed_name_literally(tmp_path_factory, tmp_path, capsys):
-    run = copy_run(shared_run(tmp_path_factory), tmp_path / "run")  # eval writes RUN/eval
+def test_eval_reads_a_bracketed_name_literally(finished_run, tmp_path, capsys):
+    run = copy_run(finished_run, tmp_path / "run")  # eval writes RUN/eval
     (tmp_path / "file[1].txt").write_text(TEXT)
     (tmp_path / "file1.txt").write_text("other text entirely\n")
     rc, out, err = run_cli(

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from _robust import (
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
     tiny_run_config,
     write_corpus,

@@ -19,7 +19,6 @@ from moelab.eval.priming import evaluate_task
 from moelab.eval.tasks import default_tasks_dir, get_task
 from moelab.eval.tasks.blimp import FIELDS, PARADIGMS, REFERENCE_FILE, pair_from_record
 from moelab.eval.tokens import eot_id
-from test_eval_support import trained_run
 
 FIXTURES = Path(__file__).parent / "fixtures"  # holds blimp/ as a tasks directory does
 FIXTURE_PAIRS = {"noun_agreement": 4, "toy_binding": 3, "word_order": 5}
@@ -177,10 +176,10 @@ def _direct_sum_logprob(model, tok, sentence: str) -> float:
 
 
 @pytest.mark.slow
-def test_scored_end_to_end_equals_a_direct_forward_pass():
+def test_scored_end_to_end_equals_a_direct_forward_pass(eval_run):
     from moelab.eval.runs import open_run
 
-    run = open_run(trained_run(), device="cpu")
+    run = open_run(eval_run, device="cpu")
     task = get_task("blimp", FIXTURES)
     result = evaluate_task(run.model, run.tokenizer, task, keep_scores=True, bootstrap=200)
     assert result["primary_mode"] == "sum" and "calibrated" not in result["metrics"]
@@ -220,8 +219,8 @@ def test_scored_end_to_end_equals_a_direct_forward_pass():
     assert two["accuracy"] == pytest.approx(hit[first_two].mean())
 
 
-def test_cli_selection_errors_exit_2_in_one_line(tmp_path, capsys):
-    run = trained_run()
+def test_cli_selection_errors_exit_2_in_one_line(eval_run, tmp_path, capsys):
+    run = eval_run
     code = main(["eval", str(run), "--task", "blimp:nonexistent", "--tasks-dir", str(FIXTURES)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "'nonexistent'" in err
@@ -233,8 +232,8 @@ def test_cli_selection_errors_exit_2_in_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_prints_groups_and_writes_them(capsys):
-    run = trained_run()
+def test_cli_prints_groups_and_writes_them(eval_run, capsys):
+    run = eval_run
     args = ["eval", str(run), "--task", "blimp", "--tasks-dir", str(FIXTURES), "--limit", "3"]
     assert main(args) == 0
     out = capsys.readouterr().out

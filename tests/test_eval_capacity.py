@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 from moelab.eval.perplexity import evaluate_perplexity, run_perplexity, sources_from_prepared
 from moelab.eval.priming import evaluate_task, run_priming
@@ -86,7 +85,6 @@ def _state(model) -> list:
 
 @pytest.fixture(scope="module")
 def setup():
-    torch.set_num_threads(1)
     root = capacity_run()
     return root / "run", get_task(str(root / "tasks" / "words.jsonl"))
 

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from moelab.cli import main
-from test_eval_support import trained_run
 
 
 def _task(tmp_path, name="even", n=6, train=0):
@@ -32,8 +31,8 @@ def _task(tmp_path, name="even", n=6, train=0):
 
 
 @pytest.mark.slow
-def test_eval_ppl_and_task_json(tmp_path, capsys):
-    run = trained_run()
+def test_eval_ppl_and_task_json(eval_run, tmp_path, capsys):
+    run = eval_run
     task = _task(tmp_path)
     code = main(
         [
@@ -71,8 +70,8 @@ def test_eval_ppl_and_task_json(tmp_path, capsys):
     assert (run / "eval" / "priming-even-1shot-limit4.json").is_file()
 
 
-def test_eval_human_table_and_prompt(tmp_path, capsys):
-    run = trained_run()
+def test_eval_human_table_and_prompt(eval_run, tmp_path, capsys):
+    run = eval_run
     task = _task(tmp_path, "tbl")
     assert main(["eval", str(run), "--task", str(task), "--show-prompt", "--separator", " | "]) == 0
     out = capsys.readouterr().out
@@ -80,8 +79,8 @@ def test_eval_human_table_and_prompt(tmp_path, capsys):
     assert "tbl" in out and "chance" in out and "wrote " in out
 
 
-def test_eval_errors_are_one_line_exit_2(tmp_path, capsys):
-    run = trained_run()
+def test_eval_errors_are_one_line_exit_2(eval_run, tmp_path, capsys):
+    run = eval_run
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"context": "a", "choices": ["x", "y"], "label": 5}\n', encoding="utf-8")
     assert main(["eval", str(run), "--task", str(bad)]) == 2
@@ -95,8 +94,8 @@ def test_eval_errors_are_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_finetune_cli_choice_head(tmp_path, capsys):
-    run = trained_run()
+def test_finetune_cli_choice_head(eval_run, tmp_path, capsys):
+    run = eval_run
     task = _task(tmp_path, "ft", n=4, train=10)
     code = main(
         [
@@ -122,8 +121,8 @@ def test_finetune_cli_choice_head(tmp_path, capsys):
     assert main(["finetune", str(run), "--task", str(task), "--lrs", "fast"]) == 2
 
 
-def test_eval_fewshot_sampling_flag(tmp_path, capsys):
-    run = trained_run()
+def test_eval_fewshot_sampling_flag(eval_run, tmp_path, capsys):
+    run = eval_run
     task = _task(tmp_path, "samp", n=6, train=8)
     args = ["eval", str(run), "--task", str(task), "--shots", "2", "--seeds", "2", "--json"]
     assert main([*args, "--fewshot-sampling", "per_run"]) == 0

@@ -9,11 +9,11 @@ import random
 import pytest
 import torch
 
+from _eval_models import tiny_model, tiny_tokenizer
 from moelab.errors import MoelabError
 from moelab.eval.finetune import FinetuneSettings, _train_one, finetune_task
 from moelab.eval.tasks.items import Item, Task
 from moelab.eval.tokens import eot_id, make_encode
-from test_eval_support import tiny_model, tiny_tokenizer
 
 POSITIVE = "good great fun happy love".split()
 NEGATIVE = "bad awful boring sad hate".split()

@@ -9,20 +9,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_run,
 )
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
 
 
 def _newest_broken(run: Path) -> int:

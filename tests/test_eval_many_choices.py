@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from _eval_models import tiny_model, tiny_tokenizer
 from moelab.eval.priming import evaluate_task
 from moelab.eval.shared import continuation_batches
 from moelab.eval.tasks.items import Item, Task
-from test_eval_support import tiny_model, tiny_tokenizer
 
 CONTEXT = "The cat sat on the mat. The dog sat on the log. Question: where did the bird sing?"
 WORDS = ["tree", "mat", "log", "bowl", "lid", "sun", "jar", "milk", "water", "sky"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from _eval_models import tiny_model
 from moelab.errors import MoelabError
 from moelab.eval.perplexity import (
     IN_DOMAIN,
@@ -19,7 +20,6 @@ from moelab.eval.perplexity import (
     run_perplexity,
     windows,
 )
-from test_eval_support import tiny_model, trained_run
 
 
 @pytest.mark.parametrize("n, context, stride", [(50, 16, 16), (50, 16, 5), (17, 16, 1), (3, 16, 8)])
@@ -55,8 +55,8 @@ def test_strided_loss_equals_hand_computation():
 
 
 @pytest.mark.slow
-def test_run_perplexity_marks_domains_and_reports_capacity(tmp_path):
-    run = trained_run()
+def test_run_perplexity_marks_domains_and_reports_capacity(eval_run, tmp_path):
+    run = eval_run
     result = run_perplexity(run, stride=32)
     roles = {d["name"]: d["role"] for d in result["domains"]}
     assert roles == {"books": IN_DOMAIN, "news": OUT_OF_DOMAIN}

@@ -18,9 +18,7 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_run,
 )
 from moelab.data.tokenizer import load_tokenizer
 from moelab.eval.perplexity import OUT_OF_DOMAIN, PplSource, evaluate_perplexity
@@ -43,10 +41,10 @@ def text_of(n_bytes: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
+def run(finished_run, tmp_path_factory) -> Path:
     """A copy of the shared run: successful evaluations write RUN/eval, and the shared run is
     read-only for every robustness test (one copies it and puts a file at RUN/eval)."""
-    return copy_run(shared_run(tmp_path_factory), tmp_path_factory.mktemp("run") / "run")
+    return copy_run(finished_run, tmp_path_factory.mktemp("run") / "run")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import json
 import numpy as np
 import pytest
 
+from _eval_models import tiny_model, tiny_tokenizer
 from moelab.errors import MoelabError
 from moelab.eval.fewshot import sample_shots
 from moelab.eval.priming import build_prompts, evaluate_task, example_prompts
 from moelab.eval.stats import bootstrap_ci
 from moelab.eval.tasks import get_task
 from moelab.eval.tasks.items import Item, Task
-from test_eval_support import tiny_model, tiny_tokenizer
 
 
 def _write_jsonl(path, rows):

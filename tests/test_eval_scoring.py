@@ -7,11 +7,11 @@ import math
 
 import pytest
 
+from _eval_models import hand_logprobs, tiny_model, tiny_tokenizer
 from moelab.eval.priming import evaluate_task
 from moelab.eval.scoring import Request, encode_pair, model_logits_at, score_requests
 from moelab.eval.tasks.items import Item, Task
 from moelab.eval.tokens import eot_id, make_encode
-from test_eval_support import hand_logprobs, tiny_model, tiny_tokenizer, trained_run
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +67,11 @@ def test_left_truncation_keeps_the_continuation(tok, model):
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(eval_run):
     """(model, tokenizer) of a tiny MoE trained a few steps in this test session."""
     from moelab.eval.runs import open_run
 
-    run = open_run(trained_run(), device="cpu")
+    run = open_run(eval_run, device="cpu")
     return run.model, run.tokenizer
 
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _eval_models import hand_logprobs
 from _robust import expect_user_error, run_cli
 from moelab.errors import MoelabError
 from moelab.eval.tasks import get_task
 from moelab.eval.tasks.mnli import load_mnli, load_mnli_mismatched
 from moelab.eval.tasks.openbookqa import load_openbookqa
 from moelab.eval.tasks.record import exact_match, load_record, normalize_answer
-from test_eval_support import hand_logprobs, trained_run
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 
@@ -353,8 +353,8 @@ def _bad_task_dirs(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_cli_refuses_wrong_task_files_with_one_line(tmp_path, capsys):
-    run = trained_run()
+def test_cli_refuses_wrong_task_files_with_one_line(eval_run, tmp_path, capsys):
+    run = eval_run
     bad = _bad_task_dirs(tmp_path)
     expect_user_error(
         capsys,
@@ -389,7 +389,7 @@ def test_cli_refuses_wrong_task_files_with_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_new_tasks_scored_end_to_end_on_a_trained_model(tmp_path, capsys):
+def test_new_tasks_scored_end_to_end_on_a_trained_model(eval_run, tmp_path, capsys):
     """ReCoRD zero-shot and OpenBookQA few-shot through the evaluator (scores checked against
     a direct forward pass, accuracy against the alias rule), MNLI fine-tuned through the CLI
     with both dev splits reported."""
@@ -398,7 +398,7 @@ def test_new_tasks_scored_end_to_end_on_a_trained_model(tmp_path, capsys):
     from moelab.eval.scoring import encode_pair
     from moelab.eval.tokens import eot_id, make_encode
 
-    run_dir = trained_run()
+    run_dir = eval_run
     run = open_run(run_dir)
     model, tok = run.model, run.tokenizer
     encode, eot = make_encode(tok), eot_id(tok)

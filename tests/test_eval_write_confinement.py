@@ -9,17 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from _robust import copy_run, expect_user_error, run_cli, shared_run, snapshot
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
+from _robust import copy_run, expect_user_error, run_cli, snapshot
 
 
 @pytest.fixture
-def run(finished, tmp_path) -> Path:
-    out = copy_run(finished, tmp_path / "run")
+def run(finished_run, tmp_path) -> Path:
+    out = copy_run(finished_run, tmp_path / "run")
     if (out / "eval").exists():
         shutil.rmtree(out / "eval")
     return out

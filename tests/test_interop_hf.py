@@ -11,7 +11,6 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from _interop_runs import fresh_run  # noqa: E402
-from _train_data import make_prepared  # noqa: E402
 from moelab.cli import main  # noqa: E402
 from moelab.errors import MoelabError  # noqa: E402
 from moelab.interop import export_hf, import_hf  # noqa: E402
@@ -34,20 +33,6 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is as fast, and does not thrash a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return make_prepared(tmp_path_factory.mktemp("interop_hf_data"))
-
-
 def _vocab(prepared: Path) -> int:
     from moelab.data import PreparedData
 
@@ -57,8 +42,8 @@ def _vocab(prepared: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 @pytest.mark.parametrize("case,fields,hf_class", CASES, ids=[c[0] for c in CASES])
-def test_export_equals_transformers_and_round_trips(tmp_path, prepared, case, fields, hf_class):
-    run = fresh_run(tmp_path, case, prepared, _vocab(prepared), **fields)
+def test_export_equals_transformers_and_round_trips(tmp_path, grammar_data, case, fields, hf_class):
+    run = fresh_run(tmp_path, case, grammar_data, _vocab(grammar_data), **fields)
     out = tmp_path / "hf"
     res = export_hf(run, out)
     assert res.hf_class == hf_class
@@ -100,13 +85,13 @@ def test_export_equals_transformers_and_round_trips(tmp_path, prepared, case, fi
     assert meta["hf_class"] == hf_class
 
 
-def test_imported_run_works_with_eval_and_generate(tmp_path, prepared):
+def test_imported_run_works_with_eval_and_generate(tmp_path, grammar_data):
     from moelab.eval.priming import evaluate_task
     from moelab.eval.runs import open_run
     from moelab.eval.tasks.generic import load_generic
     from moelab.generate import generate_text
 
-    run = fresh_run(tmp_path, "llama", prepared, _vocab(prepared), arch="modern")
+    run = fresh_run(tmp_path, "llama", grammar_data, _vocab(grammar_data), arch="modern")
     assert main(["export", str(run), "--to", "hf", "--out", str(tmp_path / "hf")]) == 0
     assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
     opened = open_run(tmp_path / "back")
@@ -130,19 +115,21 @@ def _expect_refusal(capsys, argv: list[str], out: Path, words: str) -> None:
     assert sorted(p.name for p in out.parent.iterdir()) == before  # nothing written, no temp
 
 
-def test_paper_moe_is_refused_and_nothing_written(tmp_path, prepared, capsys):
-    run = fresh_run(tmp_path, "paper-moe", prepared, _vocab(prepared), n_experts=4, moe_every=2)
+def test_paper_moe_is_refused_and_nothing_written(tmp_path, grammar_data, capsys):
+    run = fresh_run(
+        tmp_path, "paper-moe", grammar_data, _vocab(grammar_data), n_experts=4, moe_every=2
+    )
     out = tmp_path / "hf"
     _expect_refusal(capsys, ["export", str(run), "--out", str(out)], out, "paper's MoE")
     assert not out.exists()
 
 
-def test_capacity_limited_moe_is_refused(tmp_path, prepared, capsys):
+def test_capacity_limited_moe_is_refused(tmp_path, grammar_data, capsys):
     run = fresh_run(
         tmp_path,
         "capped",
-        prepared,
-        _vocab(prepared),
+        grammar_data,
+        _vocab(grammar_data),
         arch="modern",
         n_experts=4,
         moe_every=1,
@@ -152,8 +139,8 @@ def test_capacity_limited_moe_is_refused(tmp_path, prepared, capsys):
     _expect_refusal(capsys, ["export", str(run), "--out", str(out)], out, "dropless")
 
 
-def test_non_empty_output_folder_is_refused(tmp_path, prepared):
-    run = fresh_run(tmp_path, "dense", prepared, _vocab(prepared))
+def test_non_empty_output_folder_is_refused(tmp_path, grammar_data):
+    run = fresh_run(tmp_path, "dense", grammar_data, _vocab(grammar_data))
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -165,9 +152,9 @@ def test_non_empty_output_folder_is_refused(tmp_path, prepared):
     assert export_hf(run, empty).hf_class == "XGLMForCausalLM"  # an empty folder is fine
 
 
-def test_import_refuses_what_moelab_cannot_compute(tmp_path, prepared, capsys):
+def test_import_refuses_what_moelab_cannot_compute(tmp_path, grammar_data, capsys):
     cfg = transformers.LlamaConfig(
-        vocab_size=_vocab(prepared),
+        vocab_size=_vocab(grammar_data),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
@@ -177,7 +164,7 @@ def test_import_refuses_what_moelab_cannot_compute(tmp_path, prepared, capsys):
     )
     src = tmp_path / "gqa"
     transformers.LlamaForCausalLM(cfg).save_pretrained(src)
-    (src / "tokenizer.json").write_bytes((prepared / "tokenizer.json").read_bytes())
+    (src / "tokenizer.json").write_bytes((grammar_data / "tokenizer.json").read_bytes())
     out = tmp_path / "run"
     _expect_refusal(capsys, ["import", str(src), "--out", str(out)], out, "grouped-query")
     assert not out.exists()

@@ -14,10 +14,7 @@ import time
 import pytest
 
 from _robust import (
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_export,
-    shared_run,
     snapshot,
 )
 
@@ -34,9 +31,9 @@ def _umask() -> int:
 
 @pytest.mark.slow
 def test_killed_export_leaves_a_temporary_folder_the_next_export_removes(
-    tmp_path_factory, tmp_path, capsys
+    dense_run, tmp_path, capsys
 ):
-    run = shared_run(tmp_path_factory, "robust_dense_run", moe=False)
+    run = dense_run
     out = tmp_path / "hf"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
@@ -67,8 +64,8 @@ def test_killed_export_leaves_a_temporary_folder_the_next_export_removes(
     assert _mode(out / "model.safetensors") == 0o666 & ~_umask()
 
 
-def test_import_removes_a_killed_imports_temporary_folder(tmp_path_factory, tmp_path, capsys):
-    hf = shared_export(tmp_path_factory)
+def test_import_removes_a_killed_imports_temporary_folder(hf_export, tmp_path, capsys):
+    hf = hf_export
     out = tmp_path / "run"
     leftover = tmp_path / ".run.tmp-999999"  # a killed import's half-made run folder
     (leftover / "checkpoints").mkdir(parents=True)
@@ -78,8 +75,8 @@ def test_import_removes_a_killed_imports_temporary_folder(tmp_path_factory, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_checkpoint_weights_are_as_readable_as_the_other_files(tmp_path_factory):
-    run = shared_run(tmp_path_factory)
+def test_checkpoint_weights_are_as_readable_as_the_other_files(finished_run):
+    run = finished_run
     step = sorted((run / "checkpoints").glob("step_*"))[-1]
     want = 0o666 & ~_umask()
     assert {p.name: _mode(p) for p in step.iterdir()} == {
@@ -90,13 +87,9 @@ def test_checkpoint_weights_are_as_readable_as_the_other_files(tmp_path_factory)
 
 
 @pytest.mark.parametrize("command", ["export", "import"])
-def test_without_transformers_one_line_with_the_install_hint(tmp_path_factory, tmp_path, command):
+def test_without_transformers_one_line_with_the_install_hint(request, tmp_path, command):
     pytest.importorskip("transformers")  # the simulation below needs it installed to mean much
-    src = (
-        shared_run(tmp_path_factory, "robust_dense_run", moe=False)
-        if command == "export"
-        else shared_export(tmp_path_factory)
-    )
+    src = request.getfixturevalue("dense_run" if command == "export" else "hf_export")
     before = snapshot(tmp_path)
     # As if transformers were not installed: None in sys.modules makes its import fail.
     code = (

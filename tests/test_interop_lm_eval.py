@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 lm_eval = pytest.importorskip("lm_eval")
 
 from _interop_runs import fresh_run, trained_run  # noqa: E402
-from _train_data import ANIMALS, PLACES, make_prepared  # noqa: E402
+from _train_data import ANIMALS, PLACES  # noqa: E402
 
 TASK = "moelab_interop_mc"
 
@@ -74,19 +73,10 @@ def _no_env_report(monkeypatch):
     monkeypatch.setattr(lm_eval.evaluator, "add_env_info", lambda results: None)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: one intra-op thread is as fast, and does not thrash a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(grammar_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("interop_lm_eval")
-    prepared = make_prepared(root / "data")
+    prepared = grammar_data
     from moelab.data import PreparedData
 
     vocab = int(PreparedData.open(prepared).vocab_size)

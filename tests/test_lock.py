@@ -22,9 +22,7 @@ import pytest
 from _robust import (
     expect_user_error,
     micro_study_config,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_prepared,
     snapshot,
     tiny_run_config,
     write_corpus,
@@ -33,11 +31,6 @@ from _robust import (
 from moelab import lock as lock_mod
 from moelab.errors import MoelabError
 from moelab.lock import FolderLock, lock_path
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return shared_prepared(tmp_path_factory)
 
 
 def _foreign_lock(folder: Path, *, age_s: float, host: str = "node-17", pid: int = 4242) -> Path:
@@ -63,10 +56,10 @@ def _moelab(*args: str, **kw) -> subprocess.Popen:
     )
 
 
-def test_second_train_on_a_folder_in_use_is_refused(prepared, tmp_path):
+def test_second_train_on_a_folder_in_use_is_refused(shared_data, tmp_path):
     """A long `moelab train` holds R; a second one (another lr) is refused, R unchanged; the
     first is then SIGKILLed and its lock (same host, dead PID) is taken over at once."""
-    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared, budget_steps=100_000))
+    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data, budget_steps=100_000))
     out = tmp_path / "R"
     first = _moelab("train", str(cfg), "--out", str(out), "--no-progress")
     try:
@@ -95,9 +88,9 @@ def test_second_train_on_a_folder_in_use_is_refused(prepared, tmp_path):
     assert not lock_path(out).exists()
 
 
-def test_stale_lock_from_another_host_is_taken_over(prepared, tmp_path, capsys):
+def test_stale_lock_from_another_host_is_taken_over(shared_data, tmp_path, capsys):
     """A lock whose holder (another host) stopped beating an hour ago: train proceeds."""
-    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     out = tmp_path / "R"
     _foreign_lock(out, age_s=3600)
     rc, _, err = run_cli(capsys, ["train", str(cfg), "--out", str(out), "--no-progress"])
@@ -107,11 +100,11 @@ def test_stale_lock_from_another_host_is_taken_over(prepared, tmp_path, capsys):
 
 
 def test_live_lock_from_another_host_refuses_train_and_leaves_temporaries(
-    prepared, tmp_path, capsys
+    shared_data, tmp_path, capsys
 ):
     """Another host holds R (fresh heartbeat; its PID means nothing here): refused in one line,
     and its in-progress checkpoint temp folder is not deleted as stale."""
-    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     out = tmp_path / "R"
     (out / "checkpoints" / ".step_00000002.tmp-1").mkdir(parents=True)
     _foreign_lock(out, age_s=1, pid=1)
@@ -169,9 +162,9 @@ def test_heartbeat_advances_and_release_removes_only_our_lock(tmp_path, monkeypa
     assert lock_path(folder2).is_file()  # a refused process never removes the holder's lock
 
 
-def test_a_lock_file_that_cannot_be_created_is_one_line(prepared, tmp_path, capsys):
+def test_a_lock_file_that_cannot_be_created_is_one_line(shared_data, tmp_path, capsys):
     """A folder name at the file name limit leaves no room for its lock file's name."""
-    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     expect_user_error(
         capsys,
         ["train", str(cfg), "--out", str(tmp_path / ("r" * 250)), "--no-progress"],
@@ -197,7 +190,7 @@ def test_unlocked_cleanup_spares_a_live_processes_temporary(tmp_path):
     assert list(ckpts.iterdir()) == []
 
 
-def test_a_pid_is_only_checked_in_its_own_pid_space(prepared, tmp_path, capsys):
+def test_a_pid_is_only_checked_in_its_own_pid_space(shared_data, tmp_path, capsys):
     """Containers can share a host name but not PIDs (host networking), and a restarted one may
     get the old holder's PID (reviewer's findings). A fresh lock from this host name with a dead
     PID but another PID namespace is live (refused); one naming this very process in this PID
@@ -207,7 +200,7 @@ def test_a_pid_is_only_checked_in_its_own_pid_space(prepared, tmp_path, capsys):
 
     from moelab.lock import _pid_space
 
-    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    cfg = write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     out = tmp_path / "R"
     path = _foreign_lock(out, age_s=1, host=socket.gethostname(), pid=2**22 + 17)  # no such PID
     rec = json.loads(path.read_text())

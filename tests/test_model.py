@@ -12,16 +12,6 @@ from moelab.config import ModelConfig
 from moelab.model import KVCache, LanguageModel, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, and on a
-    shared 2-core box it makes each op wait for a descheduled thread (measured 6x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cfg(arch: str = "paper", n_experts: int = 0, **kw) -> ModelConfig:
     base = dict(
         arch=arch,

@@ -21,9 +21,7 @@ import torch
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_run,
     snapshot,
 )
 
@@ -57,11 +55,6 @@ def _poison_state(step_dir: Path, payload) -> None:
     data = (step_dir / "state.pt").read_bytes()
     meta["files"]["state.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     (step_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
 
 
 @pytest.mark.parametrize("kind", list(PAYLOADS))

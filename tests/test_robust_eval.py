@@ -11,15 +11,13 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_prepared,
-    shared_run,
     snapshot,
     swap_in_checkpoints,
     truncate_weights_keeping_checksums,
     unreadable_file,
     write_corpus,
+    write_jsonl,
 )
 
 CHOICE_ROWS = [
@@ -27,21 +25,6 @@ CHOICE_ROWS = [
     {"context": "a dog", "choices": ["sleeps quietly", "barks loudly"], "label": 1},
     {"context": "the horse", "choices": ["runs fast", "sings sweetly"], "label": 0},
 ]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory, "robust_dense_run", moe=False)
 
 
 @pytest.fixture(scope="module")
@@ -200,13 +183,11 @@ def test_prepared_data_of_another_tokenizer(finished_run, tmp_path, capsys):
     )
 
 
-def test_run_data_with_a_shard_of_another_tokenizer(
-    tmp_path_factory, finished_run, tmp_path, capsys
-):
+def test_run_data_with_a_shard_of_another_tokenizer(shared_data, finished_run, tmp_path, capsys):
     """The run's own data folder with one validation shard swapped for another tokenizer's."""
     from moelab.data import prepare
 
-    data = shutil.copytree(shared_prepared(tmp_path_factory), tmp_path / "data")
+    data = shutil.copytree(shared_data, tmp_path / "data")
     src = write_corpus(tmp_path / "src", 12, seed=3)
     prepare(tmp_path / "other", sources=[f"alpha={src}/*.txt"], vocab_size=280)
     for name in ("alpha.val.tokens.bin", "alpha.val.offsets.bin"):

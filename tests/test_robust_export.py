@@ -10,24 +10,11 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_export,
-    shared_run,
     snapshot,
     swap_in_checkpoints,
     truncate_weights_keeping_checksums,
 )
-
-
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory, "robust_dense_run", moe=False)
-
-
-@pytest.fixture(scope="module")
-def moe_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
 
 
 def _export(run: Path, out: Path, *extra) -> list:
@@ -51,12 +38,12 @@ def test_missing_or_foreign_run(tmp_path, capsys):
         )
 
 
-def test_out_that_is_taken(dense_run, tmp_path_factory, tmp_path, capsys):
+def test_out_that_is_taken(dense_run, hf_export, tmp_path, capsys):
     """A file, a folder of the user's, and a folder holding another export are all kept."""
     (tmp_path / "a_file").write_text("mine\n")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine\n")
-    shutil.copytree(shared_export(tmp_path_factory), tmp_path / "previous_export")
+    shutil.copytree(hf_export, tmp_path / "previous_export")
     cases = {"a_file": r"not a folder", "mine": r"not empty", "previous_export": r"not empty"}
     for out, match in cases.items():
         expect_user_error(
@@ -67,12 +54,12 @@ def test_out_that_is_taken(dense_run, tmp_path_factory, tmp_path, capsys):
         )
 
 
-def test_model_without_a_transformers_class(moe_run, tmp_path, capsys):
+def test_model_without_a_transformers_class(finished_run, tmp_path, capsys):
     """The paper's MoE has no stock transformers class: refused before anything is written."""
     expect_user_error(
         capsys,
-        _export(moe_run, tmp_path / "hf"),
-        watch=[tmp_path, moe_run],
+        _export(finished_run, tmp_path / "hf"),
+        watch=[tmp_path, finished_run],
         match=[r"cannot export", r"lm-eval adapter|moelab"],
     )
 
@@ -94,9 +81,9 @@ def test_truncated_safetensors(dense_run, tmp_path, capsys):
     )
 
 
-def test_checkpoint_from_another_config(dense_run, moe_run, tmp_path, capsys):
+def test_checkpoint_from_another_config(dense_run, finished_run, tmp_path, capsys):
     run = copy_run(dense_run, tmp_path / "run")
-    swap_in_checkpoints(run, moe_run)
+    swap_in_checkpoints(run, finished_run)
     expect_user_error(
         capsys,
         _export(run, tmp_path / "hf"),

@@ -10,34 +10,18 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_run,
     snapshot,
     swap_in_checkpoints,
     truncate_weights_keeping_checksums,
     unreadable_file,
+    write_jsonl,
 )
 
 ROWS = [
     {"context": f"the {a}", "choices": ["sleeps quietly", "barks loudly"], "label": i % 2}
     for i, a in enumerate(["cat", "dog", "owl", "bee", "fish", "frog", "wolf", "duck"])
 ]
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory, "robust_dense_run", moe=False)
 
 
 @pytest.fixture(scope="module")

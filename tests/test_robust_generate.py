@@ -11,22 +11,9 @@ import torch
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_prepared,
-    shared_run,
     write_corpus,
 )
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory, "robust_dense_run", moe=False)
 
 
 def _generate(run: Path, *extra) -> list:
@@ -123,7 +110,7 @@ def test_corrupt_tokenizer(finished_run, tmp_path, capsys):
     expect_user_error(capsys, _generate(run), watch=[tmp_path], match=[r"tokenizer\.json"])
 
 
-def test_tokenizer_of_another_vocabulary(finished_run, tmp_path_factory, tmp_path, capsys):
+def test_tokenizer_of_another_vocabulary(finished_run, tmp_path, capsys):
     from moelab.data import prepare
 
     src = write_corpus(tmp_path / "src", 40, seed=4)
@@ -151,12 +138,11 @@ def test_unknown_device(finished_run, capsys):
     )
 
 
-def test_run_and_data_are_untouched(tmp_path_factory, capsys):
+def test_run_and_data_are_untouched(shared_data, finished_run, capsys):
     """Neither the run nor the data folder it came from is ever written by generate."""
     from _robust import snapshot
 
-    data = shared_prepared(tmp_path_factory)
-    run = shared_run(tmp_path_factory)
+    data, run = shared_data, finished_run
     before = snapshot(data), snapshot(run)
     rc, _, err = run_cli(capsys, _generate(run, "--seed", "3"))
     assert rc == 0, err

@@ -11,28 +11,20 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_export,
-    shared_run,
     snapshot,
 )
-
-
-@pytest.fixture(scope="module")
-def hf(tmp_path_factory) -> Path:
-    return shared_export(tmp_path_factory)
 
 
 def _import(hf_dir: Path, out: Path) -> list:
     return ["import", hf_dir, "--out", out]
 
 
-def test_positive_control(hf, tmp_path, capsys):
-    before = snapshot(hf)
-    rc, out, err = run_cli(capsys, _import(hf, tmp_path / "run"))
+def test_positive_control(hf_export, tmp_path, capsys):
+    before = snapshot(hf_export)
+    rc, out, err = run_cli(capsys, _import(hf_export, tmp_path / "run"))
     assert rc == 0 and "logits match" in out, err
-    assert snapshot(hf) == before
+    assert snapshot(hf_export) == before
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
@@ -48,8 +40,8 @@ def test_missing_or_foreign_folder(tmp_path, capsys):
         )
 
 
-def _damaged(hf: Path, dest: Path, damage: str) -> Path:
-    shutil.copytree(hf, dest)
+def _damaged(hf_export: Path, dest: Path, damage: str) -> Path:
+    shutil.copytree(hf_export, dest)
     cfg = json.loads((dest / "config.json").read_text())
     if damage == "config-garbage":
         (dest / "config.json").write_text("{ not json")
@@ -99,24 +91,26 @@ def _params():
 
 
 @pytest.mark.parametrize("damage, match", _params())
-def test_damaged_model_folder(damage, match, hf, tmp_path, capsys):
-    src = _damaged(hf, tmp_path / "hf", damage)
+def test_damaged_model_folder(damage, match, hf_export, tmp_path, capsys):
+    src = _damaged(hf_export, tmp_path / "hf", damage)
     expect_user_error(capsys, _import(src, tmp_path / "run"), watch=[tmp_path], match=match)
 
 
-def test_out_that_is_taken(hf, tmp_path_factory, tmp_path, capsys):
+def test_out_that_is_taken(hf_export, finished_run, tmp_path, capsys):
     """A file, a folder of the user's and a folder holding a different run are all kept."""
     (tmp_path / "a_file").write_text("mine\n")
-    copy_run(shared_run(tmp_path_factory), tmp_path / "other_run")
+    copy_run(finished_run, tmp_path / "other_run")
     for out, match in [("a_file", r"not a folder"), ("other_run", r"not empty")]:
-        expect_user_error(capsys, _import(hf, tmp_path / out), watch=[tmp_path, hf], match=[match])
+        expect_user_error(
+            capsys, _import(hf_export, tmp_path / out), watch=[tmp_path, hf_export], match=[match]
+        )
 
 
 class SimulatedKill(BaseException):
     """Stands in for SIGKILL: not an Exception, so only ``finally`` blocks see it."""
 
 
-def test_killed_import_leaves_no_out(hf, tmp_path, capsys, monkeypatch):
+def test_killed_import_leaves_no_out(hf_export, tmp_path, capsys, monkeypatch):
     """Killed after the checkpoint was written, during the logits check: --out does not
     appear (the run folder is built under a temporary name, renamed when complete)."""
     import moelab.interop.hf_import as hf_import
@@ -126,15 +120,15 @@ def test_killed_import_leaves_no_out(hf, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(hf_import, "max_logit_diff", die)
     with pytest.raises(SimulatedKill):
-        run_cli(capsys, ["import", hf, "--out", tmp_path / "run"])
+        run_cli(capsys, ["import", hf_export, "--out", tmp_path / "run"])
     assert list(tmp_path.iterdir()) == []
 
 
-def test_out_that_cannot_be_created(hf, tmp_path, capsys):
+def test_out_that_cannot_be_created(hf_export, tmp_path, capsys):
     (tmp_path / "a_file").write_text("not a folder\n")
     expect_user_error(
         capsys,
-        _import(hf, tmp_path / "a_file" / "run"),
-        watch=[tmp_path, hf],
+        _import(hf_export, tmp_path / "a_file" / "run"),
+        watch=[tmp_path, hf_export],
         match=[r"a_file"],
     )

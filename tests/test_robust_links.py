@@ -6,25 +6,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from _robust import (
-    copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_run,
 )
 from moelab.io import atomic_dir, atomic_path, atomic_write_text
-
-
-@pytest.fixture
-def unfinished(tmp_path_factory, tmp_path) -> Path:
-    run = copy_run(shared_run(tmp_path_factory), tmp_path / "run")
-    (run / "done.json").unlink()
-    return run
 
 
 def test_dangling_metrics_link_is_refused(unfinished, tmp_path, capsys):

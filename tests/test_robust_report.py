@@ -4,6 +4,7 @@ table, fits or report from damaged inputs."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,22 +12,14 @@ import pytest
 
 from _robust import (
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_run,
-    shared_study,
     snapshot,
 )
 
 
-@pytest.fixture(scope="module")
-def study(tmp_path_factory) -> Path:
-    return shared_study(tmp_path_factory)
-
-
 @pytest.fixture
-def study_copy(study, tmp_path) -> Path:
-    return shutil.copytree(study, tmp_path / "study", symlinks=True)
+def study_copy(micro_study, tmp_path) -> Path:
+    return shutil.copytree(micro_study, tmp_path / "study", symlinks=True)
 
 
 def test_positive_control(study_copy, capsys):
@@ -41,10 +34,10 @@ def test_positive_control(study_copy, capsys):
     assert rows == table
 
 
-def test_missing_empty_or_foreign_folder(tmp_path_factory, tmp_path, capsys):
+def test_missing_empty_or_foreign_folder(finished_run, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "file").write_text("x\n")
-    run = shared_run(tmp_path_factory)  # a training run is not a study
+    run = finished_run  # a training run is not a study
     cases = [
         (tmp_path / "nope", r"not a folder"),
         (tmp_path / "file", r"not a folder"),
@@ -123,7 +116,10 @@ def test_readme_snippet_prints_the_markdown_block(study_copy, capsys):
     assert out.startswith(BEGIN) and out.rstrip().endswith(END)
     assert "report:" in err and "report:" not in out
     assert (study_copy / "readme_snippet.md").read_text() == out
-    assert "#### Headline speedups" in out and "| run | family | seed |" in out
+    assert re.search(r"^#+ Headline speedups", out, re.MULTILINE), out
+    rows = json.loads((study_copy / "results.json").read_text())["rows"]
+    finals = {r["run"] for r in rows if r["final"]}
+    assert finals and all(re.search(rf"^\| {re.escape(n)} \|", out, re.M) for n in finals), out
     fits = json.loads((study_copy / "fits.json").read_text())
     assert fits["frontier"] in ("envelope", "annealed", "final", "all")
     assert "headline" in fits["metrics"]["loss_in_domain"]

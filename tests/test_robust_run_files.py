@@ -7,26 +7,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_run,
-    shared_study,
 )
-
-
-@pytest.fixture
-def unfinished(tmp_path_factory, tmp_path) -> Path:
-    """A copy of the shared run as if killed after its last checkpoint (no done.json)."""
-    run = copy_run(shared_run(tmp_path_factory), tmp_path / "run")
-    (run / "done.json").unlink()
-    return run
 
 
 def test_meta_data_fingerprint_not_a_string(unfinished, capsys):
@@ -66,8 +54,8 @@ def test_metrics_row_edited_by_hand(unfinished, capsys, edit):
 
 
 @pytest.mark.parametrize("content", [[1, 2], {"steps": 4}], ids=["list", "missing-keys"])
-def test_done_json_edited_by_hand_is_rewritten(tmp_path_factory, tmp_path, capsys, content):
-    run = copy_run(shared_run(tmp_path_factory), tmp_path / "run")
+def test_done_json_edited_by_hand_is_rewritten(finished_run, tmp_path, capsys, content):
+    run = copy_run(finished_run, tmp_path / "run")
     (run / "done.json").write_text(json.dumps(content))
     rc, out, err = run_cli(capsys, ["train", "--out", run, "--no-progress"])
     assert rc == 0 and "Traceback" not in err, err
@@ -77,8 +65,8 @@ def test_done_json_edited_by_hand_is_rewritten(tmp_path_factory, tmp_path, capsy
     assert done["steps"] == 4 and done["tokens"] > 0
 
 
-def test_report_with_a_done_json_that_is_a_list(tmp_path_factory, tmp_path, capsys):
-    study = shutil.copytree(shared_study(tmp_path_factory), tmp_path / "study", symlinks=True)
+def test_report_with_a_done_json_that_is_a_list(micro_study, tmp_path, capsys):
+    study = shutil.copytree(micro_study, tmp_path / "study", symlinks=True)
     run = sorted(p for p in (study / "runs").iterdir() if p.is_dir())[0]
     (run / "done.json").write_text("[1, 2]\n")
     rc, _, err = run_cli(capsys, ["report", study])

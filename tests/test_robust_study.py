@@ -14,8 +14,6 @@ import pytest
 from _robust import (
     expect_user_error,
     micro_study_config,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
-    shared_study,
     write_yaml,
 )
 
@@ -146,8 +144,8 @@ def test_bad_command_line(tmp_path_factory, tmp_path, capsys):
         expect_user_error(capsys, argv, watch=[tmp_path], match=match)
 
 
-def test_out_holding_a_different_study_is_kept(tmp_path_factory, tmp_path, capsys):
-    study = shutil.copytree(shared_study(tmp_path_factory), tmp_path / "study", symlinks=True)
+def test_out_holding_a_different_study_is_kept(micro_study, tmp_path_factory, tmp_path, capsys):
+    study = shutil.copytree(micro_study, tmp_path / "study", symlinks=True)
     cfg = _set(copy.deepcopy(micro_study_config(tmp_path_factory)), "base.train.lr", 5e-3)
     write_yaml(tmp_path / "other.yaml", cfg)
     expect_user_error(
@@ -158,12 +156,14 @@ def test_out_holding_a_different_study_is_kept(tmp_path_factory, tmp_path, capsy
     )
 
 
-def test_out_holding_a_different_study_keeps_its_runs(tmp_path_factory, tmp_path, capsys):
+def test_out_holding_a_different_study_keeps_its_runs(
+    micro_study, tmp_path_factory, tmp_path, capsys
+):
     """No run folder, checkpoint or result of the old study is touched (study.yaml and
     plan.json are guarded by the test above)."""
     from _robust import snapshot
 
-    study = shutil.copytree(shared_study(tmp_path_factory), tmp_path / "study", symlinks=True)
+    study = shutil.copytree(micro_study, tmp_path / "study", symlinks=True)
     cfg = _set(copy.deepcopy(micro_study_config(tmp_path_factory)), "base.train.lr", 5e-3)
     write_yaml(tmp_path / "other.yaml", cfg)
     keep = ["runs", "results.csv", "results.json", "fits.json", "report.md", "report.html"]

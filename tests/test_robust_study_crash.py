@@ -20,10 +20,8 @@ import pytest
 
 from _robust import (
     micro_study_config,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     results_csv_without_wall_times,
     results_table,
-    shared_study,
     write_yaml,
 )
 from moelab.cli import main
@@ -56,12 +54,14 @@ def _study(cfg_path, out) -> int:
 
 
 @pytest.mark.slow
-def test_killed_study_resumes_to_the_same_results(tmp_path_factory, tmp_path, monkeypatch):
+def test_killed_study_resumes_to_the_same_results(
+    micro_study, tmp_path_factory, tmp_path, monkeypatch
+):
     import moelab.eval.priming as priming
     import moelab.study.report as report
     import moelab.train.checkpoint as checkpoint
 
-    baseline = shared_study(tmp_path_factory)
+    baseline = micro_study
     cfg = write_yaml(tmp_path / "study.yaml", micro_study_config(tmp_path_factory))
     out = tmp_path / "study"
     runs = out / "runs"
@@ -123,7 +123,9 @@ def test_killed_study_resumes_to_the_same_results(tmp_path_factory, tmp_path, mo
 
 
 @pytest.mark.slow
-def test_sigkilled_study_resumes_to_the_same_results(tmp_path_factory, tmp_path, capsys):
+def test_sigkilled_study_resumes_to_the_same_results(
+    micro_study, tmp_path_factory, tmp_path, capsys
+):
     """The real thing once: `moelab study` in its own process, SIGKILLed as soon as the second
     run has its first checkpoint (so somewhere in that run's training or evaluation), then
     re-run to the end: the same results table as the uninterrupted study."""
@@ -133,7 +135,7 @@ def test_sigkilled_study_resumes_to_the_same_results(tmp_path_factory, tmp_path,
     import sys
     import time
 
-    baseline = shared_study(tmp_path_factory)
+    baseline = micro_study
     cfg = write_yaml(tmp_path / "study.yaml", micro_study_config(tmp_path_factory))
     out = tmp_path / "study"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,10 +13,7 @@ import yaml
 from _robust import (
     copy_run,
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_prepared,
-    shared_run,
     snapshot,
     tiny_run_config,
     unreadable_file,
@@ -37,16 +34,6 @@ def _set(cfg: dict, dotted: str, value) -> dict:
     else:
         node[last] = value
     return cfg
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    return shared_prepared(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory)
 
 
 # (id, {dotted key: value}, regexes the line must contain). Every case fails before training.
@@ -126,16 +113,16 @@ def _cases(cases: list[tuple]) -> list:
 
 
 @pytest.mark.parametrize("changes, match", _cases(CONFIG_CASES))
-def test_bad_config_is_refused_cleanly(changes, match, prepared, tmp_path, capsys):
-    cfg = tiny_run_config(prepared)
+def test_bad_config_is_refused_cleanly(changes, match, shared_data, tmp_path, capsys):
+    cfg = tiny_run_config(shared_data)
     for key, value in changes.items():
-        value = _fill(value, tmp_path, prepared)
+        value = _fill(value, tmp_path, shared_data)
         if isinstance(value, str) and value in (".nan", ".inf"):
             value = float(value[1:])
         _set(cfg, key, value)
     write_yaml(tmp_path / "run.yaml", cfg)
     argv = ["train", tmp_path / "run.yaml", "--out", tmp_path / "run", "--no-progress"]
-    expect_user_error(capsys, argv, watch=[tmp_path, prepared], match=match)
+    expect_user_error(capsys, argv, watch=[tmp_path, shared_data], match=match)
 
 
 # (id, --set arguments, regexes)
@@ -154,15 +141,15 @@ OVERRIDE_CASES = [
 @pytest.mark.parametrize(
     "sets, match", [c[1:] for c in OVERRIDE_CASES], ids=[c[0] for c in OVERRIDE_CASES]
 )
-def test_bad_override_is_refused_cleanly(sets, match, prepared, tmp_path, capsys):
-    write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+def test_bad_override_is_refused_cleanly(sets, match, shared_data, tmp_path, capsys):
+    write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     argv = ["train", tmp_path / "run.yaml", "--out", tmp_path / "run", "--no-progress"]
     for s in sets:
         argv += ["--set", s]
-    expect_user_error(capsys, argv, watch=[tmp_path, prepared], match=match)
+    expect_user_error(capsys, argv, watch=[tmp_path, shared_data], match=match)
 
 
-def test_bad_config_file_is_refused_cleanly(prepared, tmp_path, capsys):
+def test_bad_config_file_is_refused_cleanly(shared_data, tmp_path, capsys):
     out = ["--out", tmp_path / "run", "--no-progress"]
     files = {
         "missing.yaml": None,
@@ -187,11 +174,12 @@ def test_bad_config_file_is_refused_cleanly(prepared, tmp_path, capsys):
     }
     for name, match in cases.items():
         expect_user_error(
-            capsys, ["train", tmp_path / name, *out], watch=[tmp_path, prepared], match=match
+            capsys, ["train", tmp_path / name, *out], watch=[tmp_path, shared_data], match=match
         )
 
 
-def test_bad_command_line_is_refused_cleanly(prepared, tmp_path, capsys):
+def test_bad_command_line_is_refused_cleanly(shared_data, tmp_path, capsys):
+    prepared = shared_data
     watch = [tmp_path, prepared]
     base = ["train", "--out", tmp_path / "run", "--no-progress"]
     expect_user_error(capsys, base, watch=watch, match=[r"CONFIG\.yaml|--preset"])
@@ -264,8 +252,8 @@ DATA_DAMAGE = [
 
 
 @pytest.mark.parametrize("damage, match", DATA_DAMAGE, ids=[d[0] for d in DATA_DAMAGE])
-def test_damaged_data_is_refused_cleanly(damage, match, prepared, tmp_path, capsys):
-    data = _damaged_copy(prepared, tmp_path / "data", damage, tmp_path)
+def test_damaged_data_is_refused_cleanly(damage, match, shared_data, tmp_path, capsys):
+    data = _damaged_copy(shared_data, tmp_path / "data", damage, tmp_path)
     write_yaml(tmp_path / "run.yaml", tiny_run_config(data))
     argv = ["train", tmp_path / "run.yaml", "--out", tmp_path / "run", "--no-progress"]
     expect_user_error(capsys, argv, watch=[tmp_path], match=match)
@@ -275,10 +263,10 @@ def test_damaged_data_is_refused_cleanly(damage, match, prepared, tmp_path, caps
 # The output folder
 
 
-def test_out_holding_a_different_run_is_kept(finished_run, prepared, tmp_path, capsys):
+def test_out_holding_a_different_run_is_kept(finished_run, shared_data, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     for key, value in [("train.lr", 5e-3), ("model.top_k", 1), ("train.seed", 7)]:
-        cfg = _set(tiny_run_config(prepared), key, value)
+        cfg = _set(tiny_run_config(shared_data), key, value)
         write_yaml(tmp_path / "other.yaml", cfg)
         expect_user_error(
             capsys,
@@ -288,8 +276,8 @@ def test_out_holding_a_different_run_is_kept(finished_run, prepared, tmp_path, c
         )
 
 
-def test_out_holding_other_things_is_kept(prepared, tmp_path, capsys):
-    write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+def test_out_holding_other_things_is_kept(shared_data, tmp_path, capsys):
+    write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("\\section{Results}\n")
     (tmp_path / "a_file").write_text("not a folder\n")
@@ -302,10 +290,10 @@ def test_out_holding_other_things_is_kept(prepared, tmp_path, capsys):
         )
 
 
-def test_out_with_a_corrupt_config_is_kept(finished_run, prepared, tmp_path, capsys):
+def test_out_with_a_corrupt_config_is_kept(finished_run, shared_data, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     (run / "config.yaml").write_text("model: {preset: [\n")
-    write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+    write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     expect_user_error(
         capsys,
         ["train", tmp_path / "run.yaml", "--out", run, "--no-progress"],
@@ -341,11 +329,6 @@ def _checkpoint_from(other_run: Path, run: Path) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory) -> Path:
-    return shared_run(tmp_path_factory, "robust_dense_run", moe=False)
-
-
 def test_resume_from_a_checkpoint_of_another_shape(finished_run, dense_run, tmp_path, capsys):
     run = _interrupted(finished_run, tmp_path / "run")
     shutil.rmtree(run / "checkpoints" / "step_00000002")
@@ -358,8 +341,8 @@ def test_resume_from_a_checkpoint_of_another_shape(finished_run, dense_run, tmp_
     )
 
 
-def test_resume_from_a_checkpoint_of_another_config(finished_run, prepared, tmp_path, capsys):
-    cfg = _set(tiny_run_config(prepared), "train.lr", 5e-3)
+def test_resume_from_a_checkpoint_of_another_config(finished_run, shared_data, tmp_path, capsys):
+    cfg = _set(tiny_run_config(shared_data), "train.lr", 5e-3)
     write_yaml(tmp_path / "other.yaml", cfg)
     rc, _, err = run_cli(
         capsys, ["train", tmp_path / "other.yaml", "--out", tmp_path / "other", "--no-progress"]
@@ -376,7 +359,7 @@ def test_resume_from_a_checkpoint_of_another_config(finished_run, prepared, tmp_
     )
 
 
-def test_resume_on_data_with_another_tokenizer(tmp_path_factory, tmp_path, capsys):
+def test_resume_on_data_with_another_tokenizer(tmp_path, capsys):
     from moelab.data import prepare
 
     def prep(seed: int) -> None:
@@ -425,12 +408,12 @@ def test_config_unchanged_by_a_refused_override(finished_run, tmp_path, capsys):
     assert yaml.safe_load((run / "config.yaml").read_text()) == copy.deepcopy(stored)
 
 
-def test_out_that_cannot_be_created(prepared, tmp_path, capsys):
-    write_yaml(tmp_path / "run.yaml", tiny_run_config(prepared))
+def test_out_that_cannot_be_created(shared_data, tmp_path, capsys):
+    write_yaml(tmp_path / "run.yaml", tiny_run_config(shared_data))
     (tmp_path / "a_file").write_text("not a folder\n")
     expect_user_error(
         capsys,
         ["train", tmp_path / "run.yaml", "--out", tmp_path / "a_file" / "run", "--no-progress"],
-        watch=[tmp_path, prepared],
+        watch=[tmp_path, shared_data],
         match=[r"a_file"],
     )
