@@ -9,11 +9,12 @@ The loader (which needs torch) is imported on first use, so tokenizer worker pro
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from moelab.data.prepare import PrepareResult, PrepareSettings, prepare
 from moelab.data.shards import PreparedData
 from moelab.data.sources import SourceSpec, parse_source_spec
+from moelab.lazy import lazy_names
 
 if TYPE_CHECKING:
     from moelab.data.loader import EvalBatch, TrainStream, eval_windows
@@ -30,12 +31,7 @@ __all__ = [
     "prepare",
 ]
 
-_LAZY = {"TrainStream", "EvalBatch", "eval_windows"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from moelab.data import loader
-
-        return getattr(loader, name)
-    raise AttributeError(f"module 'moelab.data' has no attribute {name!r}")
+# EvalBatch, TrainStream and eval_windows (the loader needs torch) are imported on first use.
+_, __getattr__, __dir__ = lazy_names(
+    __name__, {"loader": ("EvalBatch", "TrainStream", "eval_windows")}
+)
