@@ -19,6 +19,7 @@ from moelab.errors import EXIT_USER_ERROR, MoelabError
 # name -> one-line help. Order is the order of the flow.
 COMMANDS: dict[str, str] = {
     "presets": "list model presets with parameters and training FLOPs",
+    "plan": "memory per GPU and step time of a preset on a cluster shape, on paper",
     "prepare": "tokenize text sources into per-domain shards",
     "train": "train a model under a compute budget (resumes if RUN_DIR has a checkpoint)",
     "generate": "sample text from a trained run",
@@ -27,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "study": "run a compute-matched dense vs MoE grid and write a report",
     "report": "rebuild a study's report from finished runs",
     "export": "export a run to a Hugging Face model folder",
+    "consolidate": "write a run's sharded checkpoint (several processes) as one safetensors file",
     "import": "import a Hugging Face model folder into a run directory",
 }
 

@@ -89,6 +89,13 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     )
 
 
+def block_dense_params(cfg: ModelConfig, moe_layer: bool) -> int:
+    """Parameters of one block outside its experts (what FSDP gathers for it): attention, two
+    norms, and the FFN of a dense layer or the router of an MoE layer."""
+    shared = _attention_params(cfg) + 2 * _norm_params(cfg)
+    return shared + (cfg.d_model * cfg.n_experts if moe_layer else _ffn_params(cfg))
+
+
 def _forward_matmul_params_per_token(cfg: ModelConfig) -> int:
     """Weight-matrix entries one token multiplies through in the blocks (biases, norms and the
     router excluded, as in the paper): attention projections plus the active FFN matrices."""
