@@ -5,12 +5,14 @@ Each subcommand lives in ``moelab/commands/<name>.py`` with two functions:
 runs, so ``moelab presets`` does not pay for importing the trainer.
 
 A :class:`~moelab.errors.MoelabError` anywhere below becomes one line on stderr and exit code 2.
+A reader that closes the pipe early (``moelab presets --json | head``) ends the command quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from moelab import __version__
@@ -61,13 +63,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return int(_command_module(args.command).run(args) or 0)
+        rc = int(_command_module(args.command).run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+        return rc
     except MoelabError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (``| head``): what it wanted it has, so end quietly, as
+    ``cat`` does, with 128 + SIGPIPE. stdout is pointed at /dev/null first: Python flushes it
+    again at exit, which would raise (and print) the same error once more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return 141
 
 
 if __name__ == "__main__":
