@@ -47,6 +47,16 @@ def test_threads_are_divided_among_jobs():
     assert StudyConfig(base=base).validate().threads is None  # one job: torch's default
 
 
+def test_one_device_set_per_worker(tmp_path):
+    from moelab.study.config import StudyConfig
+    from moelab.study.sweep import run_study
+
+    cfg = StudyConfig(base={"model": "dense-cpu-0.5m"}, workers=2).validate()
+    with pytest.raises(MoelabError, match="1 device sets for 2 workers"):
+        run_study(cfg, tmp_path / "S", devices=[["0"]])
+    assert not (tmp_path / "S").exists()
+
+
 def test_train_command_is_torchrun_around_moelab_train(tmp_path):
     cmd = train_command(tmp_path / "c.yaml", tmp_path / "runs" / "r", 4)
     assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]  # = the torchrun program

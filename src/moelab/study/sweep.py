@@ -192,6 +192,8 @@ def run_study(
     prepared leaves no ``out_dir`` behind if this call created it."""
     out = Path(out_dir)
     started = (time.time(), time.perf_counter())
+    if devices and len(devices) != cfg.workers:  # each worker takes one set and waits for it
+        raise MoelabError(f"{len(devices)} device sets for {cfg.workers} workers; give one each")
     if out.exists() and not out.is_dir():
         raise MoelabError(f"--out {out}: exists and is not a folder")
     with _torch_threads(cfg.threads):
