@@ -18,7 +18,12 @@ from _parallel_spawn import run_ranks
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
 from moelab.model.moe import MoeFFN
-from moelab.parallel.expert_parallel import ExpertParallelMoeFFN, expert_grad_divisor
+from moelab.parallel.expert_parallel import (
+    ExpertExchange,
+    expert_grad_divisor,
+    expert_parallel,
+    is_expert_parallel,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -69,7 +74,7 @@ def _check_layer(rank: int, world: int, arch: str, cf, top_k: int, seed: int) ->
     ref_grads = _grads(ref)
 
     # Expert parallel: rank r has rows r::world and experts [2r, 2r + 1].
-    ep_layer = ExpertParallelMoeFFN(
+    ep_layer = expert_parallel(
         copy.deepcopy(ref), ep=world, ep_rank=rank, ep_group=dist.group.WORLD
     )
     ep_layer.zero_grad()
@@ -83,9 +88,9 @@ def _check_layer(rank: int, world: int, arch: str, cf, top_k: int, seed: int) ->
     gate_grad = ep_layer.gate.weight.grad.clone()
     dist.all_reduce(gate_grad)  # the router is replicated: its gradient is the sum over ranks
     torch.testing.assert_close(gate_grad, ref_grads["gate.weight"], **TOL)
-    lo = ep_layer.expert_offset
+    lo, n_local = ep_layer.exchange.expert_offset, ep_layer.exchange.n_local
     for name, p in ep_layer.experts.named_parameters():
-        want = ref_grads[f"experts.{name}"][lo : lo + ep_layer.n_local]
+        want = ref_grads[f"experts.{name}"][lo : lo + n_local]
         torch.testing.assert_close(p.grad, want, **TOL)
     assert out.stats.tokens_routed_E.sum() == x_loc.shape[0] * x_loc.shape[1] * top_k
 
@@ -97,7 +102,7 @@ def _check_replicated(rank: int, world: int) -> None:
     x_BTD = torch.randn(4, 6, 16, generator=g)
     out = ref(x_BTD)
     (out.y_BTD.square().sum() / world).backward()
-    layer = ExpertParallelMoeFFN(
+    layer = expert_parallel(
         copy.deepcopy(ref),
         ep=1,
         ep_rank=0,
@@ -117,7 +122,7 @@ def _check_paper_normalisation(rank: int, world: int) -> None:
     ref = _layer("paper", None, 2, seed=9)
     x_BTD = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(10))
     ref(x_BTD).y_BTD.sum().backward()
-    layer = ExpertParallelMoeFFN(
+    layer = expert_parallel(
         copy.deepcopy(ref),
         ep=world,
         ep_rank=rank,
@@ -126,9 +131,9 @@ def _check_paper_normalisation(rank: int, world: int) -> None:
     )
     layer.zero_grad()
     layer(x_BTD[rank::world]).y_BTD.sum().backward()
-    lo = layer.expert_offset
+    lo, n_local = layer.exchange.expert_offset, layer.exchange.n_local
     for name, p in layer.experts.named_parameters():
-        want = ref.experts.get_parameter(name).grad[lo : lo + layer.n_local] / world**0.5
+        want = ref.experts.get_parameter(name).grad[lo : lo + n_local] / world**0.5
         torch.testing.assert_close(p.grad, want, **TOL)
 
 
@@ -136,7 +141,7 @@ def _check_width_disagreement(rank: int, world: int) -> None:
     """Ranks built with different widths fail with a clear error before the token exchange,
     on every rank, instead of a backend error or a hang."""
     for cf in (None, 1.0):
-        layer = ExpertParallelMoeFFN(
+        layer = expert_parallel(
             _layer("paper", cf, 2, seed=11) if rank == 0 else _wide_layer(cf),
             ep=world,
             ep_rank=rank,
@@ -171,3 +176,37 @@ def test_grad_divisor_options():
     assert expert_grad_divisor("paper", 16) == 4.0
     with pytest.raises(MoelabError, match="exact, paper"):
         expert_grad_divisor("sqrt", 4)
+
+
+def test_expert_parallel_is_the_same_layer_with_an_exchange():
+    """Expert parallelism changes only how tokens reach the experts: the layer stays the
+    MoeFFN it was (same object and class, so the same route / plan_dispatch / combine and
+    forward), with this rank's slice of the experts and an ExpertExchange; parameter names do
+    not change. With ep=1 and no copies to sum over, it computes exactly what it did."""
+    from moelab.model.moe import MoeFFN as Layer
+    from moelab.parallel.expert_parallel import ExpertParallelMoeFFN
+
+    ref = _layer("paper", 1.0, 2, seed=12)
+    full = {n: p.detach().clone() for n, p in ref.named_parameters()}
+    layer = copy.deepcopy(ref)
+    assert expert_parallel(layer, ep=2, ep_rank=1) is layer and type(layer) is Layer
+    assert isinstance(layer.exchange, ExpertExchange) and is_expert_parallel(layer)
+    assert isinstance(layer, ExpertParallelMoeFFN)  # the transitional name
+    assert not is_expert_parallel(ref) and not isinstance(ref, ExpertParallelMoeFFN)
+    assert [n for n, _ in layer.named_parameters()] == list(full)
+    assert layer.state_dict().keys() == ref.state_dict().keys()
+    assert torch.equal(layer.gate.weight, full["gate.weight"])
+    for name, p in layer.experts.named_parameters():
+        assert torch.equal(p, full[f"experts.{name}"][2:4])
+    assert (layer.exchange.layer, layer.exchange.expert_offset, layer.exchange.n_local) == (1, 2, 2)
+
+    one = expert_parallel(copy.deepcopy(ref), ep=1, ep_rank=0)
+    x = torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(13))
+    for m in (ref, one):
+        m.zero_grad()
+        m(x).y_BTD.square().sum().backward()
+    torch.testing.assert_close(one(x).y_BTD, ref(x).y_BTD, rtol=0, atol=0)
+    for name, p in one.named_parameters():
+        torch.testing.assert_close(p.grad, ref.get_parameter(name).grad, rtol=0, atol=0)
+    with pytest.raises(MoelabError, match="does not divide"):
+        expert_parallel(copy.deepcopy(ref), ep=3, ep_rank=0)

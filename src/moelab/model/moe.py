@@ -252,12 +252,6 @@ class DispatchPlan:
     host_counts: list[int] | None = None
 
     @property
-    def groups(self) -> list[int] | torch.Tensor:
-        """The counts for :class:`Experts`: the host list where it was read already, else the
-        device tensor."""
-        return self.counts_E if self.host_counts is None else self.host_counts
-
-    @property
     def counts(self) -> list[int]:
         """``counts_E`` as a Python list (a host sync the first time)."""
         if self.host_counts is None:
@@ -395,7 +389,13 @@ class MoeOutput:
 class MoeFFN(nn.Module):
     """The MoE replacement of a block's FFN: ``gate`` (nn.Linear D -> E, no bias, weight (E, D))
     and ``experts`` (:class:`Experts`). Capacity factor: ``cfg.capacity_factor`` in train mode,
-    ``cfg.eval_capacity_factor`` in eval mode (None = dropless)."""
+    ``cfg.eval_capacity_factor`` in eval mode (None = dropless).
+
+    ``exchange``: how the gathered tokens reach the experts and come back. None (one process):
+    ``experts`` runs them here. Expert parallelism sets a module that sends them to the ranks
+    holding their experts and returns the outputs (``exchange(x_ND, plan, capacity, experts)``
+    -> ``y_ND`` in plan order); routing, dispatch plan and combine stay this class's.
+    """
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -415,6 +415,7 @@ class MoeFFN(nn.Module):
             cfg.n_experts, cfg.d_model, cfg.d_ffn, cfg.arch, cfg.activation_dropout
         )
         self.generator: torch.Generator | None = None  # set for reproducible policy sampling
+        self.exchange: nn.Module | None = None
 
     def router_logits(self, x_SD: torch.Tensor) -> torch.Tensor:
         # The router runs in float32 even under autocast (fairseq keeps wg in fp32): routing
@@ -436,9 +437,16 @@ class MoeFFN(nn.Module):
             training=self.training,
         )
         plan = plan_dispatch(routing)
-        if not self.experts.uses_grouped_mm(x_SD):
-            plan = plan.kept()  # the loop reads the counts on the host anyway
-        y_ND = self.experts(x_SD.index_select(0, plan.token_N), plan.groups, plan.padded)
+        if self.exchange is None and self.experts.uses_grouped_mm(x_SD):
+            y_ND = self.experts(x_SD.index_select(0, plan.token_N), plan.counts_E, plan.padded)
+        else:
+            # The loop and the uneven all-to-all need the counts on the host: one sync.
+            plan = plan.kept()
+            x_ND = x_SD.index_select(0, plan.token_N)
+            if self.exchange is None:
+                y_ND = self.experts(x_ND, plan.counts)
+            else:
+                y_ND = self.exchange(x_ND, plan, capacity, self.experts)
         y_SD = combine(y_ND, plan, B * T)
         return MoeOutput(
             y_BTD=y_SD.view(B, T, D),

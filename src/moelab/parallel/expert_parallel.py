@@ -14,6 +14,11 @@ Each rank of an expert group of ``ep`` ranks holds ``E / ep`` experts (rank j: e
    :class:`~moelab.model.moe.Experts` maths, called with the local weights);
 4. sends the outputs back the same way and combines them into its tokens.
 
+The layer stays a :class:`~moelab.model.moe.MoeFFN`: :func:`expert_parallel` keeps its
+router, slices its experts to this rank's (in place) and sets its ``exchange`` to an
+:class:`ExpertExchange`, which does steps 2-4; routing, the dispatch plan and the combine are
+the layer's own.
+
 Gradients follow the same path backwards. An expert weight's gradient then holds the sum over
 all ranks of the group of d(local loss)/dw; it is summed over the ``edp`` copies of the group
 and divided by ``grad_divisor``: ``world`` gives the gradient of the mean loss over all ranks
@@ -30,15 +35,7 @@ from torch.distributed.tensor import DTensor
 from torch.func import functional_call
 
 from moelab.errors import MoelabError
-from moelab.model.moe import (
-    Experts,
-    MoeFFN,
-    MoeOutput,
-    combine,
-    expert_capacity,
-    plan_dispatch,
-    route,
-)
+from moelab.model.moe import DispatchPlan, Experts, MoeFFN
 from moelab.parallel.collectives import ExchangeTimer, agree_max, all_to_all, expert_grad
 
 GRAD_NORMALISATIONS = ("exact", "paper")
@@ -61,51 +58,35 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     return p.to_local() if isinstance(p, DTensor) else p
 
 
-class ExpertParallelMoeFFN(MoeFFN):
-    """A :class:`MoeFFN` whose ``experts`` hold only this rank's ``E / ep`` experts.
+class ExpertExchange(nn.Module):
+    """A :class:`MoeFFN`'s ``exchange`` under expert parallelism: sends the gathered tokens
+    to the ranks holding their experts, runs this rank's experts on what arrives and sends
+    the outputs back (steps 2-4 of the module docstring). No parameters: the layer's
+    ``experts`` hold this rank's ``E / ep`` experts.
 
-    Built from a full layer (the router is shared, the expert weights sliced: rank
-    ``ep_rank`` keeps experts ``ep_rank * E/ep ..``); routing, its losses and telemetry are the
-    base class's, computed on the local tokens.
     ``ep_group`` is the expert group (None when ``ep == 1``), ``edp_group`` the ranks holding
-    the same experts (None or size 1: nothing to sum).
+    the same experts (None or size 1: nothing to sum). ``timer`` accumulates the all-to-all
+    time in training (read by the trainer's telemetry); ``layer`` is the layer's index.
     """
 
     def __init__(
         self,
-        moe: MoeFFN,
         *,
+        layer: int,
+        n_experts: int,
         ep: int,
         ep_rank: int,
         ep_group=None,
         edp_group=None,
         grad_divisor: float = 1.0,
     ):
-        nn.Module.__init__(self)  # the base __init__ would allocate all E experts again
-        if moe.n_experts % ep:
-            raise MoelabError(
-                f"expert-parallel degree {ep} does not divide model.n_experts={moe.n_experts}"
-            )
-        # Every plain attribute of the layer (layer, n_experts, top_k, policy, capacity
-        # factors, generator, training, and any added later); submodules are set below.
-        for attr, value in vars(moe).items():
-            if not attr.startswith("_"):
-                setattr(self, attr, value)
+        super().__init__()
+        self.layer, self.n_experts = layer, n_experts
         self.ep, self.ep_rank = ep, ep_rank
         self.ep_group, self.edp_group = ep_group, edp_group
         self.grad_divisor = grad_divisor
-        self.timer = ExchangeTimer()  # all-to-all time, read by the trainer's telemetry
-        self.n_local = moe.n_experts // ep
-        self.gate = moe.gate
-        full = moe.experts
-        _, D, Fd = full.w1.shape
-        self.experts = Experts(self.n_local, D, Fd, full.arch, full.activation_dropout).to(
-            device=full.w1.device, dtype=full.w1.dtype
-        )
-        lo = ep_rank * self.n_local
-        with torch.no_grad():
-            for name, p in self.experts.named_parameters():
-                p.copy_(getattr(full, name)[lo : lo + self.n_local])
+        self.n_local = n_experts // ep
+        self.timer = ExchangeTimer()
 
     @property
     def expert_offset(self) -> int:
@@ -115,21 +96,33 @@ class ExpertParallelMoeFFN(MoeFFN):
     def _timer(self) -> ExchangeTimer | None:
         return self.timer if self.training else None  # training exchanges only, not eval
 
+    def forward(
+        self, x_ND: torch.Tensor, plan: DispatchPlan, capacity: int | None, experts: Experts
+    ) -> torch.Tensor:
+        """Expert outputs for the rows of ``x_ND`` (plan order, dropped rows removed)."""
+        if self.ep == 1:
+            return self._run_local(experts, x_ND, plan.counts)
+        if capacity is None:
+            return self._dropless(experts, x_ND, plan.counts, plan.counts_E)
+        return self._capacity(experts, x_ND, plan.counts_E, capacity)
+
     # -- local experts ------------------------------------------------------------------------
 
-    def _run_local(self, x_ND: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """The model's Experts maths on the local weights; the weights' gradients pass through
+    def _run_local(self, experts: Experts, x_ND: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The layer's Experts on the local weights; the weights' gradients pass through
         :func:`expert_grad` (sum over the expert-data-parallel copies, divide)."""
         weights = {}
-        for name, p in self.experts.named_parameters():
+        for name, p in experts.named_parameters():
             w = expert_grad(_local(p), self.edp_group, self.grad_divisor)
             # Under FSDP's bf16 param dtype the tokens arrive in bf16: compute experts in it.
             weights[name] = w if w.dtype == x_ND.dtype else w.to(x_ND.dtype)
-        return functional_call(self.experts, weights, (x_ND, counts))
+        return functional_call(experts, weights, (x_ND, counts))
 
     # -- exchanges ------------------------------------------------------------------------------
 
-    def _dropless(self, x_ND: torch.Tensor, counts: list[int], counts_E: torch.Tensor):
+    def _dropless(
+        self, experts: Experts, x_ND: torch.Tensor, counts: list[int], counts_E: torch.Tensor
+    ) -> torch.Tensor:
         ep, El = self.ep, self.n_local
         D = x_ND.shape[1]
         # Header: my counts for rank j's experts, plus my width D (checked on arrival).
@@ -152,12 +145,14 @@ class ExpertParallelMoeFFN(MoeFFN):
         chunks = x_recv.split([c for r in recv_SE for c in r])
         x_grouped = torch.cat([chunks[s * El + e] for e in range(El) for s in range(ep)])
         local_counts = [sum(recv_SE[s][e] for s in range(ep)) for e in range(El)]
-        y_grouped = self._run_local(x_grouped, local_counts)
+        y_grouped = self._run_local(experts, x_grouped, local_counts)
         y_chunks = y_grouped.split([recv_SE[s][e] for e in range(El) for s in range(ep)])
         y_recv = torch.cat([y_chunks[e * ep + s] for s in range(ep) for e in range(El)])
         return all_to_all(y_recv, in_splits, out_splits, self.ep_group, self._timer())
 
-    def _capacity(self, x_ND: torch.Tensor, counts_E: torch.Tensor, capacity: int):
+    def _capacity(
+        self, experts: Experts, x_ND: torch.Tensor, counts_E: torch.Tensor, capacity: int
+    ) -> torch.Tensor:
         ep, El, E = self.ep, self.n_local, self.n_experts
         N, D = x_ND.shape
         # One all-reduce: the group's largest capacity (buffers must agree; each rank still
@@ -179,42 +174,66 @@ class ExpertParallelMoeFFN(MoeFFN):
         # Received: [source][expert][slot].
         recv = all_to_all(buf_ECD, split, split, self.ep_group, self._timer())
         grouped = recv.view(ep, El, C, D).transpose(0, 1).reshape(El * ep * C, D)
-        y = self._run_local(grouped, [ep * C] * El)  # padding rows are never read back
+        y = self._run_local(experts, grouped, [ep * C] * El)  # padding rows are never read back
         y_recv = y.view(El, ep, C, D).transpose(0, 1).reshape(ep * El * C, D)
         y_ECD = all_to_all(y_recv, split, split, self.ep_group, self._timer())
         return y_ECD.index_select(0, pos_N)
 
-    # -- forward --------------------------------------------------------------------------------
 
-    def forward(self, x_BTD: torch.Tensor) -> MoeOutput:
-        B, T, D = x_BTD.shape
-        S = B * T
-        x_SD = x_BTD.reshape(S, D)
-        cf = self.capacity_factor if self.training else self.eval_capacity_factor
-        capacity = expert_capacity(S, self.n_experts, self.top_k, cf)
-        routing = route(
-            self.router_logits(x_SD),
-            self.top_k,
-            capacity,
-            self.policy,
-            generator=self.generator,
-            training=self.training,
+def expert_parallel(
+    moe: MoeFFN,
+    *,
+    ep: int,
+    ep_rank: int,
+    ep_group=None,
+    edp_group=None,
+    grad_divisor: float = 1.0,
+) -> MoeFFN:
+    """Make ``moe`` expert-parallel in place and return it: its experts become this rank's
+    ``E / ep`` (rank ``ep_rank`` keeps experts ``ep_rank * E/ep ..``), its ``exchange`` an
+    :class:`ExpertExchange`. The router stays whole (replicated). New expert tensors are made
+    where the old ones are (on the meta device: nothing is allocated)."""
+    if moe.n_experts % ep:
+        raise MoelabError(
+            f"expert-parallel degree {ep} does not divide model.n_experts={moe.n_experts}"
         )
-        plan = plan_dispatch(routing).kept()  # the splits need the counts on the host
-        x_ND = x_SD.index_select(0, plan.token_N)
-        if self.ep == 1:
-            y_ND = self._run_local(x_ND, plan.counts)
-        elif capacity is None:
-            y_ND = self._dropless(x_ND, plan.counts, plan.counts_E)
-        else:
-            y_ND = self._capacity(x_ND, plan.counts_E, capacity)
-        y_SD = combine(y_ND, plan, S)
-        return MoeOutput(
-            y_BTD=y_SD.view(B, T, D),
-            aux_loss=routing.aux_loss,
-            z_loss=routing.z_loss,
-            stats=routing.stats(self.layer),
-        )
+    exchange = ExpertExchange(
+        layer=moe.layer,
+        n_experts=moe.n_experts,
+        ep=ep,
+        ep_rank=ep_rank,
+        ep_group=ep_group,
+        edp_group=edp_group,
+        grad_divisor=grad_divisor,
+    )
+    lo, hi = exchange.expert_offset, exchange.expert_offset + exchange.n_local
+    experts = moe.experts
+    with torch.no_grad():
+        for name, p in list(experts.named_parameters()):
+            local = p[lo:hi].clone()  # its own storage: the full tensor can go
+            setattr(experts, name, nn.Parameter(local, requires_grad=p.requires_grad))
+    moe.exchange = exchange
+    return moe
+
+
+def is_expert_parallel(module: nn.Module) -> bool:
+    """Whether ``module`` is an MoE layer made expert-parallel by :func:`expert_parallel`."""
+    return isinstance(module, MoeFFN) and isinstance(module.exchange, ExpertExchange)
+
+
+class _ExpertParallelLayers(type):
+    def __instancecheck__(cls, obj) -> bool:
+        return is_expert_parallel(obj)
+
+
+class ExpertParallelMoeFFN(metaclass=_ExpertParallelLayers):
+    """Transitional name for callers not yet moved to the functions (parallel/fsdp.py,
+    tests/_parallel_kill_worker.py): ``ExpertParallelMoeFFN(moe, ...)`` is
+    :func:`expert_parallel` and ``isinstance(m, ExpertParallelMoeFFN)`` is
+    :func:`is_expert_parallel`. There is no such class of layer any more."""
+
+    def __new__(cls, moe: MoeFFN, **kwargs) -> MoeFFN:  # type: ignore[misc]
+        return expert_parallel(moe, **kwargs)
 
 
 def apply_expert_parallel(
@@ -225,21 +244,17 @@ def apply_expert_parallel(
     ep_group=None,
     edp_group=None,
     grad_divisor: float = 1.0,
-) -> list[ExpertParallelMoeFFN]:
-    """Replace every :class:`MoeFFN` in ``model`` (in place) by its expert-parallel version
-    holding this rank's experts. Returns the new layers in model order."""
-    swapped = []
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, MoeFFN) and not isinstance(child, ExpertParallelMoeFFN):
-                layer = ExpertParallelMoeFFN(
-                    child,
-                    ep=ep,
-                    ep_rank=ep_rank,
-                    ep_group=ep_group,
-                    edp_group=edp_group,
-                    grad_divisor=grad_divisor,
-                )
-                setattr(parent, name, layer)
-                swapped.append(layer)
-    return swapped
+) -> list[MoeFFN]:
+    """Make every :class:`MoeFFN` of ``model`` expert-parallel (in place, :func:`expert_parallel`)
+    holding this rank's experts. Returns the layers in model order."""
+    layers = [m for m in model.modules() if isinstance(m, MoeFFN) and not is_expert_parallel(m)]
+    for layer in layers:
+        expert_parallel(
+            layer,
+            ep=ep,
+            ep_rank=ep_rank,
+            ep_group=ep_group,
+            edp_group=edp_group,
+            grad_divisor=grad_divisor,
+        )
+    return layers
