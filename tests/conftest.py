@@ -1,5 +1,6 @@
 """Test configuration shared by every test module: the one-thread pin and the shared fixtures.
 
+- ``MOELAB_TASKS_DIR`` is ``../shared/data`` (beside the checkout) unless set already.
 - Every test runs with one torch intra-op thread. The models here are tiny: a second thread only
   adds synchronisation, and on a CPU shared with other work it makes each op wait for a
   descheduled thread (measured several times slower). Subprocesses get ``OMP_NUM_THREADS=1``
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,12 @@ import torch
 import _eval_models
 import _robust
 import _train_data
+
+# The task folders (docs/evaluation.md) of this repository's layout: moelab reads registered tasks
+# only from an explicit setting, so the test configuration gives it (a value set outside wins).
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("MOELAB_TASKS_DIR", str(SHARED_DATA))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -70,12 +70,11 @@ def test_data_eval_and_generate_agree_on_the_end_of_text_token(name):
     from tokenizers.models import WordLevel
 
     from moelab.data.tokenizer import eot_token_id
-    from moelab.eval.tokens import eot_id
 
     vocab = {"a": 0, "b": 1, name: 2}
     other = Tokenizer(WordLevel(vocab, unk_token="a"))
     assert eot_token_id(other) == 2
-    assert eot_id(other) == 2
+    assert eot_token_id(other, default=0) == 2
     assert special_ids(other) == (2, 2)  # no padding token: pads with the end-of-text id
     plain = Tokenizer(WordLevel({"a": 0, "b": 1}, unk_token="a"))
-    assert eot_token_id(plain) is None and eot_id(plain, default=7) == 7
+    assert eot_token_id(plain) is None and eot_token_id(plain, default=7) == 7

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from moelab.cli import main
+from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError
 from moelab.eval.priming import evaluate_task
 from moelab.eval.tasks import default_tasks_dir, get_task
 from moelab.eval.tasks.blimp import FIELDS, PARADIGMS, REFERENCE_FILE, pair_from_record
-from moelab.eval.tokens import eot_id
 
 FIXTURES = Path(__file__).parent / "fixtures"  # holds blimp/ as a tasks directory does
 FIXTURE_PAIRS = {"noun_agreement": 4, "toy_binding": 3, "word_order": 5}
@@ -169,7 +169,7 @@ def test_hub_offline_fails_in_one_line(monkeypatch):
 
 def _direct_sum_logprob(model, tok, sentence: str) -> float:
     """log p(sentence | end-of-text) from one forward pass over the full logits."""
-    ids = [eot_id(tok)] + tok.encode(sentence).ids
+    ids = [eot_token_id(tok, default=0)] + tok.encode(sentence).ids
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids[:-1]])).logits_BTV.double(), -1)[0]
     return float(sum(logp[t, ids[t + 1]] for t in range(len(ids) - 1)))

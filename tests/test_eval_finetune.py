@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from _eval_models import tiny_model, tiny_tokenizer
+from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError
 from moelab.eval.finetune import FinetuneSettings, _train_one, finetune_task
 from moelab.eval.tasks.items import Item, Task
-from moelab.eval.tokens import eot_id, make_encode
+from moelab.eval.tokens import make_encode
 
 POSITIVE = "good great fun happy love".split()
 NEGATIVE = "bad awful boring sad hate".split()
@@ -75,7 +76,7 @@ def test_every_parameter_trains_routers_and_experts_included():
         1e-3,
         settings,
         make_encode(tok),
-        eot_id(tok),
+        eot_token_id(tok, default=0),
         64,
         "cpu",
         lambda n: None,

@@ -8,10 +8,11 @@ import math
 import pytest
 
 from _eval_models import hand_logprobs, tiny_model, tiny_tokenizer
+from moelab.data.tokenizer import eot_token_id
 from moelab.eval.priming import evaluate_task
 from moelab.eval.scoring import Request, encode_pair, model_logits_at, score_requests
 from moelab.eval.tasks.items import Item, Task
-from moelab.eval.tokens import eot_id, make_encode
+from moelab.eval.tokens import make_encode
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_encode_pair_moves_trailing_space_and_splits_the_whole_string(tok):
     assert list(ctx) == tok.encode("The cat sat on the").ids
     assert list(ctx + cont) == whole  # continuation = the whole string's tokens after the context
     # An empty context becomes the end-of-text token, as the harness's prefix token.
-    eot = eot_id(tok)
+    eot = eot_token_id(tok, default=0)
     assert encode_pair(encode, "", " mat", prefix_id=eot) == ((eot,), tuple(tok.encode(" mat").ids))
 
 
@@ -88,7 +89,7 @@ def test_every_mode_equals_a_hand_computation(which, tok, model, trained):
     for it, got in zip(task.items, result["scores"][0]):
         fulls, sums, lps = [], [], []
         for j, (ctx, cont) in enumerate(it.candidates()):
-            c_ids, k_ids = encode_pair(encode, ctx, cont, prefix_id=eot_id(tok))
+            c_ids, k_ids = encode_pair(encode, ctx, cont, prefix_id=eot_token_id(tok, default=0))
             lp = hand_logprobs(model, list(c_ids), list(k_ids))
             fulls.append(list(c_ids + k_ids))
             lps.append((len(c_ids), lp))

@@ -393,15 +393,16 @@ def test_new_tasks_scored_end_to_end_on_a_trained_model(eval_run, tmp_path, caps
     """ReCoRD zero-shot and OpenBookQA few-shot through the evaluator (scores checked against
     a direct forward pass, accuracy against the alias rule), MNLI fine-tuned through the CLI
     with both dev splits reported."""
+    from moelab.data.tokenizer import eot_token_id
     from moelab.eval.priming import evaluate_task
     from moelab.eval.runs import open_run
     from moelab.eval.scoring import encode_pair
-    from moelab.eval.tokens import eot_id, make_encode
+    from moelab.eval.tokens import make_encode
 
     run_dir = eval_run
     run = open_run(run_dir)
     model, tok = run.model, run.tokenizer
-    encode, eot = make_encode(tok), eot_id(tok)
+    encode, eot = make_encode(tok), eot_token_id(tok, default=0)
     max_len = model.cfg.max_seq_len
 
     record = get_task("record", FIXTURES)

@@ -1,12 +1,13 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never half of one.
-
-Write to a temporary name in the same folder, fsync, then ``os.replace`` (atomic on POSIX).
+"""File I/O. Atomic writes: a reader sees the old file or the complete new one, never half of
+one (write to a temporary name in the same folder, fsync, then ``os.replace``, atomic on POSIX).
+And the one SHA-256 of a file, read in chunks.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -19,6 +20,15 @@ from typing import Any
 # quote the OS message; torch.save wraps the OSError of a Python file in a RuntimeError.
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _FULL_TEXTS = ("No space left on device", "os error 28", "Disk quota exceeded", "os error 122")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read ``chunk`` bytes at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def no_space_left(exc: BaseException) -> bool:
@@ -44,13 +54,18 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _drop_stale(tmp: Path) -> None:
-    """Remove what a killed earlier process of the same PID (or a crafted folder) left at a
-    temporary name: a link itself (never its target), a file, or a folder."""
+def _temp_beside(path: str | Path) -> tuple[Path, Path]:
+    """``(path, .NAME.tmp-<pid>)`` with the parent folder made and nothing standing at the
+    temporary name: what a killed earlier process of the same PID (or a crafted folder) left
+    there is removed, a link itself (never its target), a file or a folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     if tmp.is_symlink() or tmp.is_file():
         tmp.unlink()
     elif tmp.is_dir():
         shutil.rmtree(tmp)
+    return path, tmp
 
 
 def _umask() -> int:
@@ -75,10 +90,7 @@ def _readable_like_the_rest(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _drop_stale(tmp)
+    path, tmp = _temp_beside(path)
     try:
         # O_EXCL: never write through a link planted at the temporary name (a crafted folder
         # may hold one for a range of PIDs); os.replace then swaps the final name itself, never
@@ -109,10 +121,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path for a writer that needs a filename (safetensors, numpy);
     renamed over ``path`` only if the block finishes without an exception."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _drop_stale(tmp)  # the writer opens it by name: no link may stand there
+    path, tmp = _temp_beside(path)  # the writer opens it by name: no link may stand there
     try:
         yield tmp
         _readable_like_the_rest(tmp)
@@ -128,10 +137,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder; on success it is renamed to ``path`` (which must not exist)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _drop_stale(tmp)
+    path, tmp = _temp_beside(path)
     tmp.mkdir()  # fails rather than follow anything that appeared at the name since
     try:
         yield tmp

@@ -8,18 +8,6 @@ import sys
 from moelab.errors import MoelabError
 
 
-def _capacity(text: str) -> float | None:
-    if text.lower() in ("none", "null", "dropless"):
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise MoelabError(f"--capacity-factor {text!r}: expected a number or 'dropless'") from None
-    if not value > 0:
-        raise MoelabError(f"--capacity-factor must be > 0, got {value}")
-    return value
-
-
 def unescape(text: str) -> str:
     """A backslash-n typed on a command line becomes a newline (backslash-t a tab)."""
     return text.replace("\\n", "\n").replace("\\t", "\t")
@@ -68,8 +56,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--tasks-dir",
         default=None,
-        help="folder holding the task folders "
-        "(default: $MOELAB_TASKS_DIR, else ../shared/data next to the checkout)",
+        help="folder holding the task folders (default: $MOELAB_TASKS_DIR)",
     )
     parser.add_argument("--separator", default="\\n", help="text between shots (default \\n)")
     parser.add_argument(
@@ -115,7 +102,7 @@ def run(args) -> int:
     from moelab.eval.perplexity import check_inputs, run_perplexity
     from moelab.eval.priming import run_priming
     from moelab.eval.results import check_eval_dir, perplexity_table, priming_rows, write_result
-    from moelab.eval.runs import open_run
+    from moelab.eval.runs import open_run, parse_capacity
     from moelab.eval.tasks import get_task
 
     if args.ppl is None and not args.task:
@@ -125,7 +112,7 @@ def run(args) -> int:
         if value is not None and value < 1:
             raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     separator = unescape(args.separator)
-    capacity = _capacity(args.capacity_factor) if args.capacity_factor is not None else None
+    capacity = parse_capacity(args.capacity_factor)
     check_eval_dir(args.run_dir)
     tasks = [get_task(t, args.tasks_dir) for t in args.task]  # bad task files fail before loading
     check_inputs(args.ppl or [])  # so do bad text files and crafted prepared folders

@@ -56,16 +56,21 @@ def add_arguments(parser) -> None:
         default=None,
         help="MoE capacity factor while fine-tuning and evaluating (default: dropless)",
     )
-    parser.add_argument("--tasks-dir", default=None, help="folder holding the task folders")
+    parser.add_argument(
+        "--tasks-dir",
+        default=None,
+        help="folder holding the task folders (default: $MOELAB_TASKS_DIR)",
+    )
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 
 def run(args) -> int:
-    from moelab.commands.eval import _capacity, loaded_line
-    from moelab.eval.finetune import FinetuneSettings, finetune
+    from moelab.commands.eval import loaded_line
+    from moelab.eval.finetune import FinetuneSettings, finetune_run
     from moelab.eval.results import check_eval_dir, finetune_table, write_result
+    from moelab.eval.runs import parse_capacity
     from moelab.eval.tasks import get_task
 
     for name in ("limit", "train_limit", "max_len"):
@@ -79,11 +84,11 @@ def run(args) -> int:
         seed=args.seed,
         heldout_fraction=args.heldout_fraction,
         max_len=args.max_len,
-        capacity_factor=_capacity(args.capacity_factor) if args.capacity_factor else None,
+        capacity_factor=parse_capacity(args.capacity_factor) if args.capacity_factor else None,
     ).validate()
     check_eval_dir(args.run_dir)
     task = get_task(args.task, args.tasks_dir)
-    result = finetune(
+    result = finetune_run(
         args.run_dir,
         task,
         settings,

@@ -31,7 +31,6 @@ from moelab.data.shards import (
     FORMAT,
     FORMAT_VERSION,
     read_manifest,
-    sha256_file,
     verify_folder,
     write_split,
 )
@@ -45,7 +44,7 @@ from moelab.data.tokenizer import (
     train_bpe,
 )
 from moelab.errors import MoelabError
-from moelab.io import atomic_dir, atomic_write_json, no_space_left
+from moelab.io import atomic_dir, atomic_write_json, no_space_left, sha256_file
 from moelab.lock import folder_lock, remove_stale_temps
 from moelab.paths import check_can_create
 

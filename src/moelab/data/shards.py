@@ -31,6 +31,7 @@ from tokenizers import Tokenizer
 from moelab.data.folder_checks import check_ids, check_manifest, member, scan_tokens
 from moelab.data.tokenizer import load_tokenizer, special_ids
 from moelab.errors import MoelabError
+from moelab.io import sha256_file
 
 FORMAT = "moelab-prepared-data"
 FORMAT_VERSION = 1
@@ -40,14 +41,6 @@ OFFSET_DTYPE = np.dtype(np.int64)
 
 def shard_names(domain: str, split: str) -> tuple[str, str]:
     return f"{domain}.{split}.tokens.bin", f"{domain}.{split}.offsets.bin"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_split(

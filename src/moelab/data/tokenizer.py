@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -87,10 +88,14 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return tok
 
 
-def eot_token_id(tok: Tokenizer) -> int | None:
-    """The end-of-document id (the first of EOT_CANDIDATES the tokenizer has), or None."""
-    ids = (tok.token_to_id(name) for name in EOT_CANDIDATES)
-    return next((i for i in ids if i is not None), None)
+def eot_token_id(tok: Any, default: int | None = None) -> int | None:
+    """The end-of-document id (the first of EOT_CANDIDATES the tokenizer has), else ``default``
+    (evaluation passes 0: an empty prompt's context still needs an id). An object without
+    ``token_to_id`` has none."""
+    find = getattr(tok, "token_to_id", None)
+    ids = (find(name) for name in EOT_CANDIDATES) if find is not None else iter(())
+    found = next((i for i in ids if i is not None), None)
+    return default if found is None else int(found)
 
 
 def special_ids(tok: Tokenizer, where: str = "tokenizer") -> tuple[int, int]:

@@ -30,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError
 from moelab.eval.progress import progress_bar
 from moelab.eval.tasks.items import Item, Task
-from moelab.eval.tokens import eot_id, make_encode
+from moelab.eval.tokens import make_encode
+from moelab.train.optim import param_groups
 
 DEFAULT_LRS = (1e-5, 3e-5, 1e-4)
 
@@ -170,13 +172,10 @@ def _train_one(
     set_capacity(model, eval_factor=s.capacity_factor, train_factor=s.capacity_factor)
     gen = torch.Generator().manual_seed(s.seed)
     head_mod = TaskHead(model.cfg.d_model, n_out, gen).to(device)
-    decay = [p for p in list(model.parameters()) + list(head_mod.parameters()) if p.dim() >= 2]
-    no_decay = [p for p in list(model.parameters()) + list(head_mod.parameters()) if p.dim() < 2]
+    # The trainer's groups: decay on matrices only (model and head, in that order).
+    groups = param_groups(nn.ModuleList([model, head_mod]), s.weight_decay)
     opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": s.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
+        groups,
         lr=lr,
         betas=(0.9, 0.98),
         eps=1e-8,
@@ -240,7 +239,7 @@ def finetune_task(
         )
     head = task.finetune
     n_out = len(task.class_names) if head == "classify" else 1
-    encode, eot = make_encode(tokenizer), eot_id(tokenizer)
+    encode, eot = make_encode(tokenizer), eot_token_id(tokenizer, default=0)
     device = device if device is not None else next(model.parameters()).device
     max_len = s.max_len or model.cfg.max_seq_len
     rng = np.random.default_rng(s.seed)
@@ -335,7 +334,7 @@ def finetune_task(
     }
 
 
-def finetune(
+def finetune_run(
     run_dir: str,
     task: str | Task,
     settings: FinetuneSettings | None = None,
@@ -346,11 +345,19 @@ def finetune(
     train_limit: int | None = None,
     device: str | None = None,
     progress: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Fine-tune a run's newest checkpoint on a task (see :func:`finetune_task`)."""
+    """Fine-tune a run's newest checkpoint (or ``step``) on a task (see :func:`finetune_task`).
+    The settings come as ``settings`` or as flat keywords (``epochs``, ``batch_size``, ``lrs``,
+    ``seed``, ``heldout_fraction``, ``weight_decay``, ``warmup_fraction``, ``max_len``,
+    ``capacity_factor``), e.g. from a study config's ``finetune_options`` mapping."""
     from moelab.eval.runs import capacity_report, open_run
     from moelab.eval.tasks import get_task
 
+    if options:
+        if settings is not None:
+            raise TypeError("finetune_run: give settings or keyword options, not both")
+        settings = _settings(options)
     loaded = task if isinstance(task, Task) else get_task(task, tasks_dir)
     run = open_run(run_dir, step=step, device=device)
     result = finetune_task(
@@ -371,21 +378,7 @@ def finetune(
     return result
 
 
-def finetune_run(
-    run_dir: str,
-    task: str | Task,
-    *,
-    tasks_dir: str | None = None,
-    step: int | None = None,
-    limit: int | None = None,
-    train_limit: int | None = None,
-    device: str | None = None,
-    progress: bool = False,
-    **options: Any,
-) -> dict[str, Any]:
-    """:func:`finetune` with the settings as flat keywords (``epochs``, ``batch_size``, ``lrs``,
-    ``seed``, ``heldout_fraction``, ``weight_decay``, ``warmup_fraction``, ``max_len``,
-    ``capacity_factor``), e.g. from a study config's ``finetune_options`` mapping."""
+def _settings(options: dict[str, Any]) -> FinetuneSettings:
     known = set(FinetuneSettings.__dataclass_fields__)
     unknown = sorted(set(options) - known)
     if unknown:
@@ -393,15 +386,5 @@ def finetune_run(
             f"fine-tuning option {unknown[0]!r} is unknown; valid: {', '.join(sorted(known))}"
         )
     if "lrs" in options:
-        options["lrs"] = tuple(float(x) for x in options["lrs"])
-    return finetune(
-        run_dir,
-        task,
-        FinetuneSettings(**options),
-        tasks_dir=tasks_dir,
-        step=step,
-        limit=limit,
-        train_limit=train_limit,
-        device=device,
-        progress=progress,
-    )
+        options = {**options, "lrs": tuple(float(x) for x in options["lrs"])}
+    return FinetuneSettings(**options)

@@ -343,7 +343,7 @@ def run_perplexity(
                 sources += sources_from_prepared(data, roles, max_tokens, str(path))
             else:
                 sources.append(source_from_text(path, run.tokenizer, max_tokens))
-    from moelab.eval.tokens import eot_id
+    from moelab.data.tokenizer import eot_token_id
 
     # The capacity asked for here holds for this call only: the model (which the caller may go
     # on evaluating, as a study does) gets its own factors back afterwards.
@@ -354,7 +354,7 @@ def run_perplexity(
             context=context,
             stride=stride,
             batch_size=batch_size,
-            pad_id=eot_id(run.tokenizer),
+            pad_id=eot_token_id(run.tokenizer, default=0),
             progress=progress,
         )
         result["capacity"] = capacity_report(run.model)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError
 from moelab.eval.fewshot import check_sampling, sample_shots, shot_prefix
 from moelab.eval.progress import progress_bar
@@ -34,7 +35,7 @@ from moelab.eval.scoring import (
 )
 from moelab.eval.stats import bootstrap_ci, correct_probability, mean_std
 from moelab.eval.tasks.items import Task
-from moelab.eval.tokens import eot_id, make_encode
+from moelab.eval.tokens import make_encode
 
 DEFAULT_SEEDS_FEWSHOT = 25  # the paper averages 25 draws of examples
 
@@ -168,7 +169,7 @@ def evaluate_task(
     seed_list = [seed_base + s for s in range(n_seeds)]
     encode = make_encode(tokenizer)
     if prefix_id is None:
-        prefix_id = eot_id(tokenizer)
+        prefix_id = eot_token_id(tokenizer, default=0)
     stats = ForwardStats()
     own_model = logits_at is None
     if logits_at is None:

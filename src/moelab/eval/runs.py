@@ -74,6 +74,20 @@ def set_capacity(
         layer.capacity_factor = train_factor
 
 
+def parse_capacity(value: Any, key: str = "--capacity-factor") -> float | None:
+    """A MoE capacity factor as a user gives it: a number > 0, or None / "dropless" / "none" /
+    "null" for dropless (the default). ``key`` names the setting in the error line."""
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "dropless")):
+        return None
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        raise MoelabError(f"{key} {value!r}: expected a number or 'dropless'") from None
+    if not factor > 0:
+        raise MoelabError(f"{key} must be > 0, got {factor}")
+    return factor
+
+
 _KEEP: Any = object()  # evaluation_state: leave the capacity factors as they are
 
 

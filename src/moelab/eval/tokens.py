@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from moelab.data.tokenizer import eot_token_id  # the one list of end-of-text names
-
 
 def make_encode(tokenizer: Any) -> Callable[[str], list[int]]:
     """Plain encoding without special tokens (a post-processor would add them mid-prompt)."""
@@ -23,10 +21,3 @@ def make_encode(tokenizer: Any) -> Callable[[str], list[int]]:
         return list(ids)
 
     return encode
-
-
-def eot_id(tokenizer: Any, default: int = 0) -> int:
-    """The end-of-text id: the token documents are separated by in training, used as the
-    context of an empty prompt."""
-    tid = eot_token_id(tokenizer) if hasattr(tokenizer, "token_to_id") else None
-    return default if tid is None else int(tid)

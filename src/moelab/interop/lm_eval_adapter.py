@@ -65,12 +65,6 @@ def _usable_device(device: str | None) -> str | None:
     return device
 
 
-def _capacity(value: Any) -> float | None:
-    if value is None or (isinstance(value, str) and value.lower() in ("dropless", "none", "null")):
-        return None
-    return float(value)
-
-
 class MoelabLM(TemplateLM):
     """The harness's ``LM`` interface over a moelab run folder (or a model + tokenizer).
 
@@ -102,8 +96,8 @@ class MoelabLM(TemplateLM):
     ) -> None:
         super().__init__()
         device = _usable_device(device)
-        from moelab.eval.runs import open_run, pick_device, set_capacity
-        from moelab.eval.tokens import eot_id
+        from moelab.data.tokenizer import eot_token_id
+        from moelab.eval.runs import open_run, parse_capacity, pick_device, set_capacity
 
         if model is None:
             if run_dir is None:
@@ -117,10 +111,10 @@ class MoelabLM(TemplateLM):
             self.run_dir = None
             model = model.to(pick_device(device))
         self.model = model.eval()
-        set_capacity(self.model, eval_factor=_capacity(capacity_factor))
+        set_capacity(self.model, eval_factor=parse_capacity(capacity_factor, "capacity_factor"))
         self.tokenizer = tokenizer
         self._device = next(self.model.parameters()).device
-        self._eot = eot_id(tokenizer)
+        self._eot = eot_token_id(tokenizer, default=0)
         self._max_length = int(max_length) if max_length else int(self.model.cfg.max_seq_len)
         self._max_gen_toks = int(max_gen_toks)
         self._batch = _batch_size(batch_size)

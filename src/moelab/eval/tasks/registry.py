@@ -2,9 +2,9 @@
 
 ``get_task("piqa")`` loads ``<tasks dir>/piqa``; ``get_task("hf:piqa")`` fetches its official
 splits from the Hugging Face hub (tasks/hf.py); ``get_task("my/file.jsonl")`` loads a generic
-JSONL file. The tasks directory is, in order: the ``tasks_dir`` argument (``--tasks-dir``), the
-``MOELAB_TASKS_DIR`` environment variable, ``../shared/data`` next to the moelab checkout, and
-``../shared/data`` relative to the working directory.
+JSONL file. The tasks directory is an explicit setting: the ``tasks_dir`` argument
+(``--tasks-dir``; a study passes its ``eval.tasks_dir`` or ``data.root``), else the
+``MOELAB_TASKS_DIR`` environment variable; without either a registered name is refused.
 """
 
 from __future__ import annotations
@@ -91,14 +91,9 @@ TASKS: dict[str, TaskSpec] = {
 
 
 def default_tasks_dir() -> Path | None:
+    """``$MOELAB_TASKS_DIR``, or None: never a guess relative to where moelab is installed."""
     env = os.environ.get(ENV_TASKS_DIR)
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[4]  # src/moelab/eval/tasks -> repo root
-    for candidate in (checkout / ".." / "shared" / "data", Path.cwd() / ".." / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate.resolve()
-    return None
+    return Path(env) if env else None
 
 
 def _looks_like_file(name: str) -> bool:
