@@ -336,8 +336,6 @@ def results_table(study_dir: Path, config: Path) -> dict:
     """results.json without wall times (the only numbers allowed to differ between runs), with
     the study folder's and its config file's paths (which the metadata may quote, e.g. the
     command line) replaced by placeholders."""
-    import json
-
     text = (study_dir / "results.json").read_text(encoding="utf-8")
     for path, placeholder in ((config, "<CONFIG>"), (study_dir, "<STUDY>")):
         text = text.replace(json.dumps(str(path))[1:-1], placeholder)
