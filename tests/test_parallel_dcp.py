@@ -21,8 +21,9 @@ from moelab.config import ModelConfig
 from moelab.errors import MoelabError
 from moelab.model import build_model
 from moelab.parallel.dcp import consolidate, load_sharded, save_sharded
-from moelab.parallel.fsdp import wrap_for_parallel
+from moelab.parallel.fsdp import parallelize
 from moelab.parallel.launch import Topology, build_mesh
+from moelab.parallel.options import ParallelConfig
 from moelab.train.config import TrainConfig
 from moelab.train.optim import build_optimizer
 
@@ -83,7 +84,7 @@ def _worker(rank: int, world: int, saved_one: str, want: float, out: str) -> Non
     for ep in (2, 1):
         topo = Topology(rank, world, rank, ep, torch.device("cpu"))
         topo.mesh = build_mesh(topo)
-        model = wrap_for_parallel(build_model(_cfg(), seed=1), topo)  # other init: must load
+        model = parallelize(build_model(_cfg(), seed=1), topo, ParallelConfig())  # must load
         opt = _opt(model)
         load_sharded(saved_one, model, opt)
         got = _eval_loss(model, rank, world)

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from _parallel_spawn import run_ranks
 from moelab.config import ModelConfig
 from moelab.model import build_model
-from moelab.parallel.fsdp import grad_norm, wrap_for_parallel
+from moelab.parallel.fsdp import grad_norm, parallelize
 from moelab.parallel.launch import Topology, build_mesh
+from moelab.parallel.options import ParallelConfig
 from moelab.train.config import TrainConfig
 from moelab.train.optim import build_optimizer
 
@@ -84,7 +85,7 @@ def _reference(cfg: ModelConfig, world: int) -> tuple[list[float], list[float]]:
 
 def _distributed(cfg: ModelConfig, topo: Topology):
     rank, world = topo.rank, topo.world
-    model = wrap_for_parallel(build_model(cfg, seed=0).train(), topo)
+    model = parallelize(build_model(cfg, seed=0).train(), topo, ParallelConfig())
     opt = _opt(model)
     losses, norms = [], []
     for step in range(STEPS):
@@ -103,7 +104,7 @@ def _distributed(cfg: ModelConfig, topo: Topology):
 
 def _bf16_losses(cfg: ModelConfig, topo: Topology) -> list[float]:
     """FSDP2 with bf16 compute (fp32 master weights and reductions) under bf16 autocast."""
-    model = wrap_for_parallel(build_model(cfg, seed=0).train(), topo, param_dtype=torch.bfloat16)
+    model = parallelize(build_model(cfg, seed=0).train(), topo, ParallelConfig(param_dtype="bf16"))
     opt = _opt(model)
     losses = []
     for step in range(2):

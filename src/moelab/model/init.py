@@ -69,50 +69,129 @@ def fairseq_rule(name: str, shapes: dict[str, tuple[int, ...]], d_model: int) ->
     return "uniform", 1 / math.sqrt(weight_shape[1])
 
 
+def scaled_normal_rule(name: str, cfg) -> tuple[str, float]:
+    """(distribution, scale) of parameter ``name`` under ``scaled_normal`` (module docstring)."""
+    std = cfg.init_std
+    leaf = name.rsplit(".", 2)
+    if name == "embed.weight":
+        return "normal", cfg.d_model**-0.5 if cfg.arch == "paper" else std
+    if "norm" in name:
+        return "const", 1.0 if name.endswith("weight") else 0.0
+    if name.endswith("bias") or name.endswith(".b1") or name.endswith(".b2"):
+        return "const", 0.0
+    if any(part in _RESIDUAL_OUT for part in leaf[-2:]):
+        return "normal", std / math.sqrt(2 * cfg.n_layers)
+    return "normal", std
+
+
+def init_rule(cfg, name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str, float]:
+    """(distribution, scale) of parameter ``name`` under ``cfg.init``."""
+    if cfg.init == "fairseq":
+        return fairseq_rule(name, shapes, cfg.d_model)
+    if cfg.init == "scaled_normal":
+        return scaled_normal_rule(name, cfg)
+    raise ValueError(f"unknown init scheme {cfg.init!r}")  # ModelConfig.validate names them
+
+
+def _draw(t: torch.Tensor, kind: str, scale: float, generator: torch.Generator | None) -> None:
+    if kind == "uniform":
+        _uniform(t, scale, generator)
+    elif kind == "normal":
+        _normal(t, scale, generator)
+    else:
+        t.fill_(scale)
+
+
+def _zeroes_padding_row(cfg) -> bool:
+    # fairseq's Embedding zeroes the padding row (moelab's tokenizers put <|pad|> at 1, fairseq's
+    # dictionary too). The row still trains: moelab does not freeze it.
+    return cfg.init == "fairseq" and 0 <= cfg.padding_idx < cfg.vocab_size
+
+
 def init_weights(model: LanguageModel, generator: torch.Generator | None = None) -> None:
-    """Initialise ``model`` in place by ``model.cfg.init`` (see the module docstring)."""
-    scheme = model.cfg.init
-    if scheme == "fairseq":
-        _init_fairseq(model, generator)
-    elif scheme == "scaled_normal":
-        _init_scaled_normal(model, generator)
-    else:  # ModelConfig.validate names the valid schemes
-        raise ValueError(f"unknown init scheme {scheme!r}")
-
-
-def _init_fairseq(model: LanguageModel, generator: torch.Generator | None) -> None:
+    """Initialise ``model`` in place by ``model.cfg.init`` (see the module docstring): every
+    parameter in order, each drawn whole from ``generator``."""
     cfg = model.cfg
     params = dict(model.named_parameters())
     shapes = {n: tuple(p.shape) for n, p in params.items()}
     with torch.no_grad():
         for name, p in params.items():
-            kind, scale = fairseq_rule(name, shapes, cfg.d_model)
-            if kind == "uniform":
-                _uniform(p, scale, generator)
-            elif kind == "normal":
-                _normal(p, scale, generator)
-            else:
-                p.fill_(scale)
-        if 0 <= cfg.padding_idx < cfg.vocab_size:
-            # fairseq's Embedding zeroes the padding row (moelab's tokenizers put <|pad|> at 1,
-            # fairseq's dictionary too). The row still trains: moelab does not freeze it.
+            _draw(p, *init_rule(cfg, name, shapes), generator)
+        if _zeroes_padding_row(cfg):
             params["embed.weight"][cfg.padding_idx].zero_()
 
 
-def _init_scaled_normal(model: LanguageModel, generator: torch.Generator | None) -> None:
-    cfg = model.cfg
-    std = cfg.init_std
-    out_std = std / math.sqrt(2 * cfg.n_layers)
+# Rows drawn at a time for the parts of a parameter another rank holds (bounded scratch).
+_SCRATCH_ELEMENTS = 1 << 20
+
+
+def init_shards(
+    cfg,
+    shapes: dict[str, tuple[int, ...]],
+    shards: dict[str, tuple[torch.Tensor, tuple[int, ...]]],
+    generator: torch.Generator | None,
+) -> None:
+    """Initialise one rank's shards of a model so that they equal the same slices of
+    :func:`init_weights` on the whole model, at any sharding (one process or many, any
+    expert-parallel degree).
+
+    ``shapes``: every parameter's full shape, in the model's parameter order (the order the
+    generator is drawn in); ``shards``: name -> (this rank's local tensor, its offset in the full
+    tensor). Every rank draws the whole random stream in that order, but only ever holds its
+    own shard plus a bounded scratch: rows of a parameter before and after its shard are drawn
+    in blocks and dropped. That is the same stream because uniform draws are one per element in
+    order, and torch's CPU normal fills blocks of 16 from uniform draws in order (so blocks of
+    whole rows of a multiple of 16 elements draw the same); other normal tensors (1-D, odd
+    rows) are drawn whole and sliced."""
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            leaf = name.rsplit(".", 2)
-            if name == "embed.weight":
-                _normal(p, cfg.d_model**-0.5 if cfg.arch == "paper" else std, generator)
-            elif "norm" in name:
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-            elif name.endswith("bias") or name.endswith(".b1") or name.endswith(".b2"):
-                p.zero_()
-            elif any(part in _RESIDUAL_OUT for part in leaf[-2:]):
-                _normal(p, out_std, generator)
-            else:
-                _normal(p, std, generator)
+        for name, shape in shapes.items():
+            local, offset = shards[name]
+            kind, scale = init_rule(cfg, name, shapes)
+            if kind == "const":
+                local.fill_(scale)
+                continue
+            row = math.prod(shape[1:])
+            by_rows = (
+                len(shape) >= 1
+                and all(o == 0 for o in offset[1:])
+                and tuple(local.shape[1:]) == tuple(shape[1:])
+                and local.is_contiguous()
+                and (kind == "uniform" or row % 16 == 0)
+            )
+            if not by_rows:  # drawn whole, this rank's slice kept
+                full = torch.empty(shape, dtype=local.dtype)
+                _draw(full, kind, scale, generator)
+                index = tuple(slice(o, o + n) for o, n in zip(offset, local.shape))
+                local.copy_(full[index])
+                continue
+            start, n = offset[0], local.shape[0]
+            _skip_rows(start, shape, local.dtype, kind, scale, generator)
+            if n:
+                _draw(local, kind, scale, generator)
+            _skip_rows(shape[0] - start - n, shape, local.dtype, kind, scale, generator)
+        if _zeroes_padding_row(cfg):
+            embed, offset = shards["embed.weight"]
+            row = cfg.padding_idx - offset[0]
+            if 0 <= row < embed.shape[0]:
+                embed[row].zero_()
+
+
+def _skip_rows(rows: int, shape, dtype, kind: str, scale: float, generator) -> None:
+    """Draw ``rows`` rows of a parameter of ``shape`` and drop them (another rank's)."""
+    row = math.prod(shape[1:])
+    block = max(1, _SCRATCH_ELEMENTS // max(1, row))
+    while rows > 0:
+        k = min(block, rows)
+        _draw(torch.empty((k, *shape[1:]), dtype=dtype), kind, scale, generator)
+        rows -= k
+
+
+def init_buffers(model: LanguageModel, device: torch.device) -> None:
+    """Recompute the model's buffers (none is saved: they are functions of the config), for a
+    model materialised with ``to_empty``: the paper arch's sinusoidal position table."""
+    from moelab.model.positions import sinusoidal_table
+
+    cfg = model.cfg
+    if cfg.arch == "paper":
+        rows = model.pos_table.shape[0]
+        model.pos_table = sinusoidal_table(rows, cfg.d_model, cfg.padding_idx).to(device)

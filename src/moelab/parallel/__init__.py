@@ -24,7 +24,8 @@ _WHERE = {
     "read_sharded_weights": "dcp",
     "save_sharded": "dcp",
     "grad_norm": "fsdp",
-    "wrap_for_parallel": "fsdp",
+    "parallelize": "fsdp",
+    "build_parallel_model": "build",
 }
 
 __all__ = sorted(_WHERE)

@@ -32,6 +32,7 @@ from moelab.parallel.expert_parallel import (
     expert_grad_divisor,
 )
 from moelab.parallel.launch import Topology
+from moelab.parallel.options import ParallelConfig
 
 
 def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -53,34 +54,37 @@ def _distribute_experts(layers: list[ExpertParallelMoeFFN], topo: Topology) -> N
             setattr(experts, name, nn.Parameter(dt, requires_grad=p.requires_grad))
 
 
-def wrap_for_parallel(
-    model: nn.Module,
-    topo: Topology,
-    *,
-    expert_grad: str = "exact",
-    param_dtype: torch.dtype | None = None,
-    reduce_dtype: torch.dtype = torch.float32,
-) -> nn.Module:
-    """Shard ``model`` (built identically on every rank, on ``topo.device``) in place and
-    return it. ``param_dtype`` (e.g. ``torch.bfloat16``) runs the dense parts in that dtype
-    under FSDP2 with fp32 master weights and fp32 gradient reduction; experts then compute in
-    the dtype of their inputs. ``reduce_dtype``: the dtype FSDP2 reduces gradients in."""
-    divisor = expert_grad_divisor(expert_grad, topo.world)
-    layers = apply_expert_parallel(
-        model,
-        ep=topo.ep,
-        ep_rank=topo.ep_rank,
-        ep_group=topo.ep_group if topo.ep > 1 else None,
-        edp_group=topo.edp_group if topo.edp > 1 else None,
-        grad_divisor=divisor,
-    )
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def parallelize(model: nn.Module, topo: Topology, cfg: ParallelConfig) -> nn.Module:
+    """Apply expert parallelism and FSDP2 to ``model`` in place, as ``cfg`` (the run config's
+    ``parallel:`` section) says, and return it: the one place a model is made parallel (as
+    torchtitan's ``parallelize_*``). Works on a model built on the meta device (nothing is read
+    from its weights; see :mod:`moelab.parallel.build`) and on a built one (identical on every
+    rank). ``cfg.param_dtype`` bf16 runs the dense parts in bf16 under FSDP2 with fp32 master
+    weights (experts then compute in the dtype of their inputs); ``cfg.reduce_dtype`` is the
+    dtype FSDP2 reduces gradients in."""
+    divisor = expert_grad_divisor(cfg.expert_grad, topo.world)
+    # New local expert weights are made where the model is (on meta: nothing allocated).
+    where = next(model.parameters()).device
+    with torch.device(where):
+        layers = apply_expert_parallel(
+            model,
+            ep=topo.ep,
+            ep_rank=topo.ep_rank,
+            ep_group=topo.ep_group if topo.ep > 1 else None,
+            edp_group=topo.edp_group if topo.edp > 1 else None,
+            grad_divisor=divisor,
+        )
     if layers:
         _distribute_experts(layers, topo)
         mesh = topo.mesh
     else:
         mesh = topo.flat_mesh
     ignored = set(expert_parameters(model))
-    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    param_dtype = None if cfg.param_dtype == "fp32" else _DTYPES[cfg.param_dtype]
+    mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=_DTYPES[cfg.reduce_dtype])
     blocks = getattr(model, "layers", [])
     for block in blocks:
         fully_shard(

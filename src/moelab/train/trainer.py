@@ -1,9 +1,12 @@
 """The training loop: budget, schedule, validation, telemetry, checkpoints, exact resume.
 
-One process here; the distributed layer reuses this class. Rank and world size are explicit:
-every rank takes rows ``rank::world`` of the step's global batch (a function of seed and step
-only), ``build_model`` is the one place a model is made and wrapped, and only rank 0 writes
-files (``self.is_main``).
+The same :class:`Trainer` trains on one process and as one rank of many: given a
+:class:`~moelab.parallel.launch.Topology` (``moelab.train.train`` under torchrun) it builds the
+model sharded on each rank (:func:`moelab.parallel.build.build_parallel_model`: meta device,
+expert parallelism and FSDP2, each rank initialising its shards), reduces losses and the
+finiteness decision over ranks, and writes sharded checkpoints (:mod:`moelab.train.sharded`).
+Every rank takes rows ``rank::world`` of the step's global batch (a function of seed and step
+only); only rank 0 writes files (``self.is_main``).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from moelab.errors import MoelabError
@@ -47,6 +52,9 @@ from moelab.train.stop import StopRequest, TrainingStopped
 from moelab.train.telemetry import MoeTelemetry
 from moelab.train.validation import build_eval_sets, evaluate
 
+if TYPE_CHECKING:
+    from moelab.parallel.launch import Topology
+
 
 class TrainingDiverged(MoelabError):
     """Too many non-finite losses or gradients in a row (the CLI exits with code 2)."""
@@ -67,55 +75,81 @@ def _flush_denormal_enabled() -> bool:
 
 
 class Trainer:
+    """One run to its budget: on this process (``topo`` None), or as rank ``topo.rank`` of a
+    job of ``topo.world`` processes (every rank builds and runs the same Trainer)."""
+
     def __init__(
         self,
         cfg: RunConfig,
         run_dir: str | Path,
         *,
         progress: bool = True,
-        rank: int = 0,
-        world: int = 1,
-        device: torch.device | None = None,
+        topo: Topology | None = None,
     ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.rank, self.world = rank, world
-        self.is_main = rank == 0
+        self.topo = topo
+        self.rank, self.world = (topo.rank, topo.world) if topo is not None else (0, 1)
+        self.is_main = self.rank == 0
         self.show_progress = progress and self.is_main
         t = cfg.train
-        if t.batch_size % (world * t.grad_accum):
+        if t.batch_size % (self.world * t.grad_accum):
             raise MoelabError(
                 f"train.batch_size: {t.batch_size} is not divisible by grad_accum x world "
-                f"({t.grad_accum} x {world})"
+                f"({t.grad_accum} x {self.world})"
             )
-        self.device = device or pick_device(t.device)
+        self.device = topo.device if topo is not None else pick_device(t.device)
         self.budget: Budget = resolve_budget(cfg)
         self.schedule = schedule_of(cfg, self.budget)
         self.cooldowns: list[Cooldown] = cooldowns_of(cfg, self.budget)
         self.fork_at = {c.fork_step: c for c in self.cooldowns}
         self.eval_at = set(eval_steps(self.budget.total_steps, t.eval_points))
-        self.micro_batch = t.batch_size // (world * t.grad_accum)
+        self.micro_batch = t.batch_size // (self.world * t.grad_accum)
         self.amp_dtype = torch.bfloat16 if t.dtype == "bf16" else None
+        self._saves = None
+        if topo is not None:
+            from moelab.train.sharded import ShardedSaves
 
-    # -- the single places the distributed layer overrides ------------------------------------
+            self._saves = ShardedSaves(self.run_dir, topo, t.keep_last)
+
+    # -- what differs between one process and many ----------------------------------------------
 
     def build_model(self) -> nn.Module:
-        """Build the model on the device (seeded init). Distributed training wraps it here."""
-        return build_model(self.cfg.model, seed=self.cfg.train.seed).to(self.device)
+        """The model on the device, initialised from ``train.seed``; on several processes
+        built sharded (each rank holds and initialises its shards only, to the same values)."""
+        if self.topo is None:
+            return build_model(self.cfg.model, seed=self.cfg.train.seed).to(self.device)
+        from moelab.parallel.build import build_parallel_model
 
-    def unwrap(self, model: nn.Module) -> nn.Module:
-        return model
+        # A block returns its MoeOutput, whose y_BTD is a view; FSDP2 warns that an in-place op
+        # on it would skip its hook. The model only reads it (x + dropout(y)), so it is safe.
+        warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module .* returned a view")
+        return build_parallel_model(
+            self.cfg.model, self.cfg.train.seed, self.topo, self.cfg.parallel
+        )
 
     def reduce_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Mean over ranks (one process: the value itself)."""
-        return x
+        if self.world == 1:
+            return x
+        y = x.detach().clone()
+        dist.all_reduce(y)
+        return y / self.world
 
     def all_finite(self, finite: torch.Tensor) -> bool:
-        """True when the loss and gradients are finite on every rank (one process: this one)."""
-        return bool(finite)
+        """One decision for all ranks: the loss and gradients are finite on every rank."""
+        if self.world == 1:
+            return bool(finite)
+        flag = finite.detach().to(torch.int32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag)
 
     def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
-        """Global L2 norm of the gradients (sharded gradients override this)."""
+        """Global L2 norm of the gradients (sharded ones included), the same on every rank."""
+        if self.world > 1:
+            from moelab.parallel.fsdp import grad_norm
+
+            return grad_norm(params).to(self.device)
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return torch.zeros((), device=self.device)
@@ -124,20 +158,21 @@ class Trainer:
     def save_checkpoint(
         self, step: int, model: nn.Module, optimizer, meta: dict[str, Any], nonfinite_total: int
     ) -> None:
-        """Called on every rank at a checkpoint step; here rank 0 writes the folder."""
-        if self.is_main:
+        """Called on every rank at a checkpoint step: one process writes the folder; several
+        start writing their shards (completed by :meth:`finish_checkpoint`)."""
+        state = self._train_state(step, optimizer, nonfinite_total)
+        if self._saves is not None:
+            self._saves.start(step, model, optimizer, state, meta)
+        elif self.is_main:
             ckpt_io.save_checkpoint(
-                self.run_dir,
-                step,
-                self.unwrap(model),
-                self._train_state(step, optimizer, nonfinite_total),
-                meta,
-                self.cfg.train.keep_last,
+                self.run_dir, step, model, state, meta, self.cfg.train.keep_last
             )
 
     def finish_checkpoint(self) -> None:
-        """Complete a checkpoint still being written (distributed saves write in the
-        background); one process writes at once, so nothing is pending."""
+        """Complete a checkpoint still being written (several processes write in the
+        background). Collective."""
+        if self._saves is not None:
+            self._saves.finish()
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -168,7 +203,7 @@ class Trainer:
         """Run the cooldown branch ``c`` from the current state, validate its end, restore the
         state, and return its metrics row (``annealed``: the rate ended at the floor)."""
         t, budget = self.cfg.train, self.budget
-        snap = take_snapshot(self.unwrap(model), optimizer)
+        snap = take_snapshot(model, optimizer)
         ce = torch.zeros((), dtype=torch.float64, device=self.device)
         n_ok, lr, last_ok = 0, t.lr, False
         t0 = time.perf_counter()
@@ -186,7 +221,7 @@ class Trainer:
             val = evaluate(model, eval_sets, self.device, self.autocast)
             loss = float(self.reduce_mean(ce) / n_ok) if n_ok else math.nan
         finally:
-            restore_snapshot(self.unwrap(model), optimizer, snap)
+            restore_snapshot(model, optimizer, snap)
         return {
             "step": c.end_step,
             "fork_step": c.fork_step,
@@ -210,23 +245,29 @@ class Trainer:
 
     def _train_state(self, step: int, optimizer, nonfinite_total: int) -> dict[str, Any]:
         gens = {}
-        for name, mod in self.unwrap(self.model).named_modules():
+        for name, mod in self.model.named_modules():
             if isinstance(mod, MoeFFN) and mod.generator is not None:
                 gens[name] = mod.generator.get_state()
-        return {
+        state = {
             "step": step,
             "tokens": self.budget.tokens_at(step),
-            "optimizer": optimizer.state_dict(),
+            # several processes: in the checkpoint's shards
+            "optimizer": optimizer.state_dict() if self.world == 1 else None,
             "rng": rng_state(),
             "moe_generators": gens,
             "data": {"seed": self.cfg.train.seed, "next_step": step + 1},
             "nonfinite_total": nonfinite_total,
         }
+        return state if self.world == 1 else {**state, "world": self.world}
 
     def _restore(self, path: Path, optimizer) -> dict[str, Any]:
-        model = self.unwrap(self.model)
+        model = self.model
         state = ckpt_io.load_train_state(path)
-        if ckpt_io.is_sharded(path):  # written by several processes: weights and optimizer
+        if self.topo is not None:
+            from moelab.train.sharded import restore
+
+            restore(path, model, optimizer, state)
+        elif ckpt_io.is_sharded(path):  # written by several processes: weights and optimizer
             from moelab.parallel.dcp import load_sharded
 
             load_sharded(path / ckpt_io.SHARDED, model, optimizer)
@@ -249,6 +290,15 @@ class Trainer:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        if self.world > 1:
+            # Every rank checks the folder before anyone writes (a refusal is then the same
+            # clear error on every rank); rank 0 writes config.yaml and the tokenizer before
+            # the others look again.
+            claim_run_dir(self.cfg, self.run_dir, write=False)
+            dist.barrier()
+            if self.is_main:
+                claim_run_dir(self.cfg, self.run_dir, write=True)
+            dist.barrier()
         # Denormals slow fp32 CPU training ~10x. The flag is process-wide, so the caller's
         # setting (a notebook, a test process) is restored on the way out.
         with self._folder_lock(), self._disk_full_is_one_line():
@@ -359,7 +409,7 @@ class Trainer:
         seed_everything(t.seed)
         self.model = model = self.build_model()
         model.train()
-        optimizer = build_optimizer(self.unwrap(model), t)
+        optimizer = build_optimizer(model, t)
 
         start_step, nonfinite_total, resumed_from = 0, 0, None
         last: dict[str, Any] = {}
@@ -567,6 +617,9 @@ class Trainer:
         )
 
     def _row(self, step, lr, acc, n_acc, skipped, interval_tokens, interval_time, telemetry):
+        if self.world > 1:
+            for key in ("ce", "aux", "z"):  # losses of the whole batch, not of this rank's rows
+                acc[key] = self.reduce_mean(acc[key])
         n = max(1, n_acc)
         ce, aux, z, gnorm = (float(acc[k] / n) for k in ("ce", "aux", "z", "gnorm"))
         row: dict[str, Any] = {
@@ -584,7 +637,19 @@ class Trainer:
         }
         if telemetry is not None:
             row["moe"] = telemetry.flush()
+            if self.world > 1:
+                row["moe"] = self._whole_batch_moe(row["moe"])
         return row
+
+    def _whole_batch_moe(self, layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-layer telemetry of all ranks combined, with the paper's all-to-all time: seconds
+        this interval (forward + backward), then averaged over ranks with the other figures."""
+        from moelab.parallel.telemetry import reduce_moe_rows
+
+        timers = {m.layer: m.timer.take() for m in self.model.modules() if hasattr(m, "timer")}
+        for layer in layers:
+            layer["all_to_all_s"] = timers.get(layer["layer"], 0.0)
+        return reduce_moe_rows(layers, self.device)
 
     def _say(self, message: str) -> None:
         if not self.is_main:
