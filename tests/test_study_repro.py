@@ -103,7 +103,7 @@ def test_killing_a_parallel_study_ends_its_workers(tmp_path, sig, runs):
     cmd = [sys.executable, "-m", "moelab", "study", str(cfg_path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # the study prepares its data first: slow when busy
         workers: list[int] = []
         while time.monotonic() < deadline and len(workers) < 2:
             workers = [
@@ -160,7 +160,7 @@ def test_a_signalled_parallel_study_saves_its_training_runs_and_resumes(tmp_path
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 360  # data preparation, then two runs' first steps
         training: list[Path] = []
         while time.monotonic() < deadline and len(training) < 2:
             training = [
