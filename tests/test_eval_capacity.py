@@ -7,11 +7,8 @@ a leaked capacity would show."""
 
 from __future__ import annotations
 
-import atexit
 import json
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,19 +19,14 @@ from moelab.eval.runs import evaluation_state, moe_layers, open_run, set_capacit
 from moelab.eval.tasks import get_task
 
 WORDS = "the cat sat on a mat dog ran to park bird sang in tree she poured milk".split()
-_CACHE: dict[str, Path] = {}
 
 
-def capacity_run() -> Path:
-    """A run folder: data (one training, one held-out domain), a tiny MoE trained 8 steps with
-    eval capacity factor 1.0, and a 4-choice task file. Built once per test process."""
-    if "root" in _CACHE:
-        return _CACHE["root"]
+def capacity_run(root: Path) -> Path:
+    """In ``root``: data (one training, one held-out domain), a tiny MoE trained 8 steps with
+    eval capacity factor 1.0, and a 4-choice task file (built once, by the module fixture)."""
     from moelab.data import prepare
     from moelab.train import load_run_config, train
 
-    root = Path(tempfile.mkdtemp(prefix="moelab-capacity-test-"))
-    atexit.register(shutil.rmtree, root, True)
     rng = random.Random(0)
     (root / "books").mkdir()
     paras = [" ".join(rng.choice(WORDS) for _ in range(30)) + "." for _ in range(80)]
@@ -73,7 +65,6 @@ def capacity_run() -> Path:
     (root / "tasks").mkdir()
     path = root / "tasks" / "words.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    _CACHE["root"] = root
     return root
 
 
@@ -84,8 +75,8 @@ def _state(model) -> list:
 
 
 @pytest.fixture(scope="module")
-def setup():
-    root = capacity_run()
+def setup(tmp_path_factory):
+    root = capacity_run(tmp_path_factory.mktemp("capacity"))
     return root / "run", get_task(str(root / "tasks" / "words.jsonl"))
 
 
