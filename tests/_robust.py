@@ -120,6 +120,34 @@ def expect_user_error(
     return line
 
 
+DELETE = object()  # set_dotted: remove the key
+
+
+def set_dotted(cfg: dict, dotted: str, value) -> dict:
+    """``cfg`` with ``a.b.c`` set to ``value`` (missing sections made; ``DELETE`` removes it)."""
+    node = cfg
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is DELETE:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return cfg
+
+
+def fill(value, **places):
+    """``value`` (a string, or a mapping of them) with each ``{name}`` replaced by ``places[name]``
+    (a case table names folders that exist only inside the test, e.g. ``{tmp}``)."""
+    if isinstance(value, str):
+        for name, place in places.items():
+            value = value.replace("{" + name + "}", str(place))
+        return value
+    if isinstance(value, dict):
+        return {k: fill(v, **places) for k, v in value.items()}
+    return value
+
+
 def unreadable_file(folder: Path, name: str, content: bytes = b"x\n") -> Path:
     """A file that exists but cannot be read. ``chmod 000`` does not stop root (tests here may
     run as root), so there the file is a symlink to ``/proc/self/mem``: a regular file whose read

@@ -7,30 +7,17 @@ from __future__ import annotations
 
 import copy
 import shutil
-from pathlib import Path
 
 import pytest
 
 from _robust import (
+    DELETE,
     expect_user_error,
+    fill,
     micro_study_config,
+    set_dotted,
     write_yaml,
 )
-
-DELETE = object()
-
-
-def _set(cfg: dict, dotted: str, value) -> dict:
-    node = cfg
-    *parents, last = dotted.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    if value is DELETE:
-        node.pop(last, None)
-    else:
-        node[last] = value
-    return cfg
-
 
 # (id, {dotted key: value}, regexes, known bug or None); every case fails before any training
 CASES = [
@@ -95,14 +82,6 @@ CASES = [
 ]
 
 
-def _fill(value, tmp: Path):
-    if isinstance(value, str):
-        return value.replace("{tmp}", str(tmp))
-    if isinstance(value, dict):
-        return {k: _fill(v, tmp) for k, v in value.items()}
-    return value
-
-
 def _params():
     out = []
     for id_, changes, match, bug in CASES:
@@ -115,7 +94,7 @@ def _params():
 def test_bad_study_config(changes, match, tmp_path_factory, tmp_path, capsys):
     cfg = micro_study_config(tmp_path_factory)
     for key, value in changes.items():
-        _set(cfg, key, _fill(value, tmp_path))
+        set_dotted(cfg, key, fill(value, tmp=tmp_path))
     write_yaml(tmp_path / "study.yaml", cfg)
     expect_user_error(
         capsys,
@@ -146,7 +125,7 @@ def test_bad_command_line(tmp_path_factory, tmp_path, capsys):
 
 def test_out_holding_a_different_study_is_kept(micro_study, tmp_path_factory, tmp_path, capsys):
     study = shutil.copytree(micro_study, tmp_path / "study", symlinks=True)
-    cfg = _set(copy.deepcopy(micro_study_config(tmp_path_factory)), "base.train.lr", 5e-3)
+    cfg = set_dotted(copy.deepcopy(micro_study_config(tmp_path_factory)), "base.train.lr", 5e-3)
     write_yaml(tmp_path / "other.yaml", cfg)
     expect_user_error(
         capsys,
@@ -164,7 +143,7 @@ def test_out_holding_a_different_study_keeps_its_runs(
     from _robust import snapshot
 
     study = shutil.copytree(micro_study, tmp_path / "study", symlinks=True)
-    cfg = _set(copy.deepcopy(micro_study_config(tmp_path_factory)), "base.train.lr", 5e-3)
+    cfg = set_dotted(copy.deepcopy(micro_study_config(tmp_path_factory)), "base.train.lr", 5e-3)
     write_yaml(tmp_path / "other.yaml", cfg)
     keep = ["runs", "results.csv", "results.json", "fits.json", "report.md", "report.html"]
     before = {k: snapshot(study / k) for k in keep}
@@ -199,7 +178,7 @@ def test_bad_run_settings_with_plan(changes, match, tmp_path_factory, tmp_path, 
     """`moelab study --plan` validates every run config and writes nothing."""
     cfg = micro_study_config(tmp_path_factory)
     for key, value in changes.items():
-        _set(cfg, key, value)
+        set_dotted(cfg, key, value)
     write_yaml(tmp_path / "study.yaml", cfg)
     expect_user_error(
         capsys,

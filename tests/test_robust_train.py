@@ -11,30 +11,18 @@ import pytest
 import yaml
 
 from _robust import (
+    DELETE,
     copy_run,
     expect_user_error,
+    fill,
     run_cli,
+    set_dotted,
     snapshot,
     tiny_run_config,
     unreadable_file,
     write_corpus,
     write_yaml,
 )
-
-DELETE = object()
-
-
-def _set(cfg: dict, dotted: str, value) -> dict:
-    node = cfg
-    *parents, last = dotted.split(".")
-    for p in parents:
-        node = node[p]
-    if value is DELETE:
-        node.pop(last, None)
-    else:
-        node[last] = value
-    return cfg
-
 
 # (id, {dotted key: value}, regexes the line must contain). Every case fails before training.
 CONFIG_CASES = [
@@ -95,14 +83,6 @@ CONFIG_CASES = [
 ]
 
 
-def _fill(value, tmp: Path, data: Path):
-    if isinstance(value, str):
-        return value.replace("{tmp}", str(tmp)).replace("{data}", str(data))
-    if isinstance(value, dict):
-        return {k: _fill(v, tmp, data) for k, v in value.items()}
-    return value
-
-
 def _cases(cases: list[tuple]) -> list:
     """pytest params; a case with a 4th element is a known bug (strict xfail, that reason)."""
     out = []
@@ -116,10 +96,10 @@ def _cases(cases: list[tuple]) -> list:
 def test_bad_config_is_refused_cleanly(changes, match, shared_data, tmp_path, capsys):
     cfg = tiny_run_config(shared_data)
     for key, value in changes.items():
-        value = _fill(value, tmp_path, shared_data)
+        value = fill(value, tmp=tmp_path, data=shared_data)
         if isinstance(value, str) and value in (".nan", ".inf"):
             value = float(value[1:])
-        _set(cfg, key, value)
+        set_dotted(cfg, key, value)
     write_yaml(tmp_path / "run.yaml", cfg)
     argv = ["train", tmp_path / "run.yaml", "--out", tmp_path / "run", "--no-progress"]
     expect_user_error(capsys, argv, watch=[tmp_path, shared_data], match=match)
@@ -266,7 +246,7 @@ def test_damaged_data_is_refused_cleanly(damage, match, shared_data, tmp_path, c
 def test_out_holding_a_different_run_is_kept(finished_run, shared_data, tmp_path, capsys):
     run = copy_run(finished_run, tmp_path / "run")
     for key, value in [("train.lr", 5e-3), ("model.top_k", 1), ("train.seed", 7)]:
-        cfg = _set(tiny_run_config(shared_data), key, value)
+        cfg = set_dotted(tiny_run_config(shared_data), key, value)
         write_yaml(tmp_path / "other.yaml", cfg)
         expect_user_error(
             capsys,
@@ -342,7 +322,7 @@ def test_resume_from_a_checkpoint_of_another_shape(finished_run, dense_run, tmp_
 
 
 def test_resume_from_a_checkpoint_of_another_config(finished_run, shared_data, tmp_path, capsys):
-    cfg = _set(tiny_run_config(shared_data), "train.lr", 5e-3)
+    cfg = set_dotted(tiny_run_config(shared_data), "train.lr", 5e-3)
     write_yaml(tmp_path / "other.yaml", cfg)
     rc, _, err = run_cli(
         capsys, ["train", tmp_path / "other.yaml", "--out", tmp_path / "other", "--no-progress"]
