@@ -47,6 +47,7 @@ OPERATIONAL_KEYS = frozenset(
         "train.checkpoint_every",
         "train.max_nonfinite_in_row",
         "train.device",
+        "train.threads",
         "parallel.ep",
         "parallel.timeout_s",
     }
@@ -103,6 +104,10 @@ class TrainConfig:
     log_every: int = 10
     tensorboard: bool = False
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    # CPU threads torch uses for the run (per process); null: torch's own choice, one per core
+    # (or OMP_NUM_THREADS). 1 by default: on a machine whose other cores are busy, one per core
+    # measured 4-25x slower than one (benchmarks/train_threads.py measures it).
+    threads: int | None = 1
 
     def validate(self) -> TrainConfig:
         def bad(key: str, why: str) -> MoelabError:
@@ -178,6 +183,8 @@ class TrainConfig:
             raise bad("seed", f"must be >= 0, got {self.seed}")
         if self.max_nonfinite_in_row < 1:
             raise bad("max_nonfinite_in_row", f"must be >= 1, got {self.max_nonfinite_in_row}")
+        if self.threads is not None and self.threads < 1:
+            raise bad("threads", f"must be >= 1 or null (torch's default), got {self.threads}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise bad("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         return self

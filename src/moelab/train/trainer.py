@@ -300,8 +300,8 @@ class Trainer:
                 claim_run_dir(self.cfg, self.run_dir, write=True)
             dist.barrier()
         # Denormals slow fp32 CPU training ~10x. The flag is process-wide, so the caller's
-        # setting (a notebook, a test process) is restored on the way out.
-        with self._folder_lock(), self._disk_full_is_one_line():
+        # setting (a notebook, a test process) is restored on the way out; so is the thread count.
+        with self._folder_lock(), self._disk_full_is_one_line(), self._threads():
             if self.device.type != "cpu":
                 return self._run()
             previous = _flush_denormal_enabled()
@@ -310,6 +310,19 @@ class Trainer:
                 return self._run()
             finally:
                 torch.set_flush_denormal(previous)
+
+    @contextlib.contextmanager
+    def _threads(self):
+        """torch's CPU threads as ``train.threads`` says while the run trains (null: as they
+        are). One thread is the default: on a machine whose other cores are busy, one thread
+        per core measured 4-25x slower (benchmarks/train_threads.py)."""
+        previous = torch.get_num_threads()
+        if self.cfg.train.threads is not None:
+            torch.set_num_threads(self.cfg.train.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     @contextlib.contextmanager
     def _disk_full_is_one_line(self):
