@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 
 from moelab.errors import MoelabError
@@ -12,10 +13,17 @@ def check_can_create(path: str | Path, flag: str = "--out") -> None:
     regular file. ``path`` itself may exist; the caller checks what it holds."""
     path = Path(path)
     for parent in path.absolute().parents:
-        if parent.is_dir():
-            return
-        if parent.exists() or parent.is_symlink():
+        # One stat per ancestor: with is_dir() then exists(), a folder another process (a
+        # study worker) created between the two calls read as "a file".
+        try:
+            is_folder = stat.S_ISDIR(parent.stat().st_mode)
+        except (FileNotFoundError, NotADirectoryError):
+            if not parent.is_symlink():
+                continue  # absent, or under a file that the loop reaches next
+            is_folder = False  # a dangling link
+        if not is_folder:
             raise MoelabError(
                 f"{flag} {path}: cannot create it ({parent} is a file, not a folder); "
                 "choose another path"
             )
+        return  # the nearest existing ancestor is a folder
