@@ -341,16 +341,20 @@ class Experts(nn.Module):
         projections run as separate :func:`grouped_linear` nodes instead.
         """
         paper = self.arch == "paper"
+        # (w1, b1, w2, b2, w3): the paper FFN has biases and no gate w3, the modern the reverse
+        weights = (
+            self.w1,
+            self.b1 if paper else None,
+            self.w2,
+            self.b2 if paper else None,
+            None if paper else self.w3,
+        )
         if self.uses_grouped_mm(x_ND):
             if not isinstance(counts, torch.Tensor):
                 counts = torch.tensor(counts, device=x_ND.device)
             return grouped_mm_ffn(
                 x_ND,
-                self.w1,
-                self.b1 if paper else None,
-                self.w2,
-                self.b2 if paper else None,
-                None if paper else self.w3,
+                *weights,
                 counts,
                 padded=padded,
                 dropout=self.activation_dropout if self.training else 0.0,
@@ -362,11 +366,7 @@ class Experts(nn.Module):
         if not (self.training and self.activation_dropout > 0):
             return grouped_ffn(
                 x_ND,
-                self.w1,
-                self.b1 if paper else None,
-                self.w2,
-                self.b2 if paper else None,
-                None if paper else self.w3,
+                *weights,
                 counts,
             )
         if paper:
