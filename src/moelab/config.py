@@ -22,6 +22,16 @@ from moelab.errors import MoelabError
 T = TypeVar("T")
 
 INIT_SCHEMES = ("fairseq", "scaled_normal")
+ROUTER_SCORES = ("softmax", "sigmoid")
+BALANCES = ("loss", "bias", "none")
+BALANCE_SCOPES = ("micro_batch", "sequence", "global_batch")
+# Field metadata: a key added after runs existed. to_dict leaves it out while it holds its
+# default, so the saved config.yaml and the config hash of every earlier run stay the same.
+OMIT_IF_DEFAULT = "omit_if_default"
+
+
+def _later(default: Any) -> Any:
+    return dataclasses.field(default=default, metadata={OMIT_IF_DEFAULT: True})
 
 
 def default_init(arch: str) -> str:
@@ -64,6 +74,16 @@ class ModelConfig:
     second_expert_policy: str = "all"  # "all" | "sampling" | "random" (top_k == 2 only)
     aux_loss_weight: float = 0.01
     z_loss_weight: float = 0.0
+    # Today's MoE designs (docs/model.md "Beyond the paper"); the defaults are the paper's.
+    d_expert: int | None = _later(None)  # routed and shared expert width; None: d_ffn
+    n_shared_experts: int = _later(0)  # always-on experts of width d_expert each
+    shared_expert_gate: bool = _later(False)  # Qwen2-MoE: sigmoid(Linear(D, 1)) * shared output
+    router_score: str = _later("softmax")  # "softmax" (paper) | "sigmoid" (DeepSeek-V3)
+    norm_topk: bool | None = _later(None)  # None: renormalise the top-k weights iff top_k >= 2
+    route_scale: float = _later(1.0)  # routed output multiplier (DeepSeek-V3's routed_scaling)
+    balance: str = _later("loss")  # "loss" (paper's, aux_loss_weight) | "bias" | "none"
+    balance_scope: str = _later("micro_batch")  # "micro_batch" | "sequence" | "global_batch"
+    bias_update_rate: float = _later(0.001)  # balance "bias": step of the selection bias
 
     def __post_init__(self) -> None:
         if self.init is None:
@@ -78,6 +98,16 @@ class ModelConfig:
         if not self.is_moe:
             return []
         return [i for i in range(self.n_layers) if (i + 1) % self.moe_every == 0]
+
+    @property
+    def expert_width(self) -> int:
+        """Hidden width of one routed (and one shared) expert: ``d_expert``, else ``d_ffn``."""
+        return self.d_ffn if self.d_expert is None else self.d_expert
+
+    @property
+    def normalizes_topk(self) -> bool:
+        """Whether the kept top-k weights of a token are renormalised to sum to 1."""
+        return self.top_k >= 2 if self.norm_topk is None else self.norm_topk
 
     def validate(self) -> ModelConfig:
         def bad(key: str, why: str) -> MoelabError:
@@ -121,6 +151,7 @@ class ModelConfig:
                     raise bad(key, f"must be > 0 or null (dropless), got {v}")
             if self.second_expert_policy not in ("all", "sampling", "random"):
                 raise bad("second_expert_policy", "must be 'all', 'sampling' or 'random'")
+        self._validate_designs(bad)
         for key in ("aux_loss_weight", "z_loss_weight"):
             if getattr(self, key) < 0:
                 raise bad(key, f"must be >= 0, got {getattr(self, key)}")
@@ -128,6 +159,69 @@ class ModelConfig:
             if not getattr(self, key) > 0:
                 raise bad(key, f"must be > 0, got {getattr(self, key)}")
         return self
+
+    def _validate_designs(self, bad: Any) -> None:
+        """The beyond-the-paper keys: each refused in one line where it makes no sense."""
+        default = ModelConfig()
+        if not self.is_moe:
+            for key in ("d_expert", "n_shared_experts", "shared_expert_gate", "router_score",
+                        "norm_topk", "route_scale", "balance", "balance_scope",
+                        "bias_update_rate"):  # fmt: skip
+                if getattr(self, key) != getattr(default, key):
+                    raise bad(key, "applies to MoE models only (n_experts > 0)")
+            return
+        if self.d_expert is not None and self.d_expert < 1:
+            raise bad("d_expert", f"must be >= 1 or null (d_ffn), got {self.d_expert}")
+        if self.n_shared_experts < 0:
+            raise bad("n_shared_experts", f"must be >= 0, got {self.n_shared_experts}")
+        if self.shared_expert_gate and self.n_shared_experts == 0:
+            raise bad("shared_expert_gate", "gates the shared experts: set n_shared_experts >= 1")
+        if self.router_score not in ROUTER_SCORES:
+            raise bad("router_score", f"must be 'softmax' or 'sigmoid', got {self.router_score!r}")
+        if not self.route_scale > 0:
+            raise bad("route_scale", f"must be > 0, got {self.route_scale}")
+        if self.balance not in BALANCES:
+            raise bad("balance", f"must be 'loss', 'bias' or 'none', got {self.balance!r}")
+        if self.balance_scope not in BALANCE_SCOPES:
+            raise bad(
+                "balance_scope",
+                f"must be 'micro_batch', 'sequence' or 'global_batch', got {self.balance_scope!r}",
+            )
+        if self.balance != "loss" and self.balance_scope != "micro_batch":
+            raise bad(
+                "balance_scope", f"is the balancing loss's scope; balance is {self.balance!r}"
+            )
+        if not self.bias_update_rate > 0:
+            raise bad("bias_update_rate", f"must be > 0, got {self.bias_update_rate}")
+        if self.balance != "bias" and self.bias_update_rate != default.bias_update_rate:
+            raise bad("bias_update_rate", f"is for balance 'bias' (balance is {self.balance!r})")
+        policy = self.second_expert_policy
+        if policy != "all" and self.router_score == "sigmoid":
+            raise bad(
+                "second_expert_policy",
+                f"{policy!r} draws from softmax probabilities; router_score 'sigmoid' needs 'all'",
+            )
+        if policy != "all" and self.balance == "bias":
+            raise bad(
+                "second_expert_policy",
+                f"{policy!r} ignores the balancing bias in its second choice; balance 'bias' "
+                "needs 'all'",
+            )
+        for key, value in (
+            ("d_expert", self.d_expert is not None),
+            ("n_shared_experts", self.n_shared_experts != 0),
+            ("router_score", self.router_score != "softmax"),
+            ("norm_topk", self.norm_topk is not None),
+            ("route_scale", self.route_scale != 1.0),
+            ("balance", self.balance != "loss"),
+            ("balance_scope", self.balance_scope != "micro_batch"),
+        ):
+            if value and key not in IMPLEMENTED_DESIGNS:
+                raise bad(key, f"{getattr(self, key)!r} is not implemented yet; leave the default")
+
+
+# Design keys whose non-default values the layer computes (the rest are refused for now).
+IMPLEMENTED_DESIGNS: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,7 +331,13 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    return dataclasses.asdict(obj)
+    """Plain data of dataclass ``obj``, leaving out fields marked OMIT_IF_DEFAULT while they
+    hold their default (keys added later: earlier runs' config.yaml and hash stay the same)."""
+    out = dataclasses.asdict(obj)
+    for f in dataclasses.fields(obj):
+        if f.metadata.get(OMIT_IF_DEFAULT) and out[f.name] == f.default:
+            del out[f.name]
+    return out
 
 
 # PyYAML raises more than YAMLError on hostile scalars: ValueError for 2001-13-01 as a date,
