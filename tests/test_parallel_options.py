@@ -74,6 +74,7 @@ def test_bad_environment_is_one_line(no_env, key, value, message):
         ({"ep": "two"}, "parallel.ep: expected"),
         ({"timeout_s": -1}, "parallel.timeout_s: must be a number of seconds > 0"),
         ({"timeout_s": float("nan")}, "parallel.timeout_s: expected a finite number"),
+        ({"activation_checkpointing": "full"}, "parallel.activation_checkpointing: expected"),
         ({"fsdp": True}, "unknown config key parallel.fsdp; valid keys"),
         ("fast", "parallel: expected a mapping"),
     ],
@@ -92,7 +93,7 @@ def test_numeric_keys_enter_the_hash_and_defaults_leave_it_as_before(prepared):
     flat = flatten({k: v for k, v in default.to_dict().items() if k != "parallel"})
     before = _hash({k: v for k, v in flat.items() if k not in OPERATIONAL_KEYS | {"data.dir"}})
     assert default.config_hash() == before
-    spread = load_run_config(_raw(prepared, ep=2, timeout_s=20))
+    spread = load_run_config(_raw(prepared, ep=2, timeout_s=20, activation_checkpointing=True))
     assert spread.config_hash() == before  # how the work is spread: not in the hash
     for changed in ({"expert_grad": "paper"}, {"param_dtype": "bf16"}, {"reduce_dtype": "bf16"}):
         assert load_run_config(_raw(prepared, **changed)).config_hash() != before, changed

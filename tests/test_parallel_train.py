@@ -5,7 +5,8 @@ rows) computes exactly the single-process step: the logged losses, gradient norm
 validation losses agree to 1e-4, from the first step (each rank builds and initialises only its
 shards, to the one-process weights). Checkpoints cross world sizes both ways: 2 ranks resume a
 one-process checkpoint, one process resumes (and evaluates) a 2-rank one, which holds DCP
-shards only; 2 ranks resume their own exactly; consolidation writes one file.
+shards only; 2 ranks resume their own exactly; consolidation writes one file. The 2-rank runs
+use activation checkpointing (``parallel.activation_checkpointing``), the one-process run not.
 """
 
 from __future__ import annotations
@@ -100,13 +101,17 @@ def test_torchrun_two_ranks_match_one_process_and_resume_across_world_sizes(tmp_
     prepared = make_prepared(tmp_path)
     raw = _raw(prepared)
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    # The 2-rank runs also recompute each block in backward (not in the hash: the same numbers,
+    # and a resume across the two settings is allowed).
+    config.write_text(yaml.safe_dump({**raw, "parallel": {"activation_checkpointing": True}}))
     one = train(load_run_config(raw), tmp_path / "one", progress=False)
     rows_one = read_metrics(tmp_path / "one")
 
     # 2 ranks, each building and initialising only its shards, train the one-process run ...
     _torchrun(config, tmp_path / "two")
     rows_two = read_metrics(tmp_path / "two")
+    stored = yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())
+    assert stored["parallel"]["activation_checkpointing"] is True
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2, 3, 4]
     _same_rows(rows_one, rows_two, [1, 2, 3, 4])
     for a, b in zip(rows_one[1:], rows_two[1:]):

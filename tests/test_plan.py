@@ -45,7 +45,7 @@ def test_moe_15b_on_64_gpus_by_hand():
 
     cfg = get_preset("moe-15b")
     cluster = Cluster(nodes=8, gpus_per_node=8, gpu_memory_gib=80, peak_tflops=312)
-    layout = Layout(ep=ep, micro_batch=4, seq_len=2048, checkpointing=True)
+    layout = Layout(ep=ep, micro_batch=4, seq_len=2048, activation_checkpointing=True)
     mem = estimate_memory(cfg, cluster, layout)
     assert mem.parameters == pytest.approx(params, rel=1e-12)
     assert mem.gradients == pytest.approx(grads, rel=1e-12)
@@ -53,7 +53,7 @@ def test_moe_15b_on_64_gpus_by_hand():
     assert mem.activations == pytest.approx(activations, rel=1e-12)
     assert mem.all_to_all == pytest.approx(a2a, rel=1e-12)
     assert mem.total == pytest.approx(hand_total, rel=1e-12)
-    off = estimate_memory(cfg, cluster, Layout(ep, 4, 2048, checkpointing=False))
+    off = estimate_memory(cfg, cluster, Layout(ep, 4, 2048, activation_checkpointing=False))
     assert off.activations == pytest.approx(6 * dense_layer + 6 * moe_layer, rel=1e-12)
 
     # Step time: PaLM FLOPs of the step's tokens at 30% of 312 TFLOP/s on each of 64 GPUs.

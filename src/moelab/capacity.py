@@ -59,7 +59,9 @@ class Layout:
     ep: int  # expert-parallel degree (1 for a dense model)
     micro_batch: int  # sequences per GPU per micro-step
     seq_len: int
-    checkpointing: bool = True
+    # As the run config's parallel.activation_checkpointing: each block keeps only its input
+    # and is recomputed in backward (moelab.parallel.checkpointing).
+    activation_checkpointing: bool = True
     grad_accum: int = 1
     bf16: bool = True  # compute dtype of activations, buffers and FSDP's working copy
 
@@ -147,7 +149,7 @@ def estimate_memory(cfg: ModelConfig, cluster: Cluster, layout: Layout) -> Memor
     for i in range(cfg.n_layers):
         ffn_tokens = slots if i in moe_ids else tokens
         per_layer.append(scale * (15 * h * tokens + _ffn_act_per_token(cfg) * ffn_tokens))
-    if layout.checkpointing:
+    if layout.activation_checkpointing:
         activations = scale * 2 * h * tokens * cfg.n_layers + max(per_layer)
     else:
         activations = sum(per_layer)
@@ -183,7 +185,7 @@ def layouts(cfg: ModelConfig, cluster: Cluster, layout: Layout) -> list[tuple[La
     out = []
     for ep in valid_eps(cfg, cluster.world):
         for ckpt in (False, True):
-            lay = replace(layout, ep=ep, checkpointing=ckpt)
+            lay = replace(layout, ep=ep, activation_checkpointing=ckpt)
             out.append((lay, estimate_memory(cfg, cluster, lay)))
     return out
 
@@ -221,7 +223,7 @@ def report(
         f"on {cluster.nodes} x {cluster.gpus_per_node} GPUs ({cluster.world}, "
         f"{cluster.gpu_memory_gib:g} GiB each){experts}",
         f"micro-batch {layout.micro_batch} x {layout.seq_len} tokens per GPU, activation "
-        f"checkpointing {'on' if layout.checkpointing else 'off'}, "
+        f"checkpointing {'on' if layout.activation_checkpointing else 'off'}, "
         f"{'bf16' if layout.bf16 else 'fp32'} compute, fp32 weights and AdamW",
         "",
         "memory per GPU           GiB",

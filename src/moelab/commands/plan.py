@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         ep=ep,
         micro_batch=args.micro_batch,
         seq_len=args.seq_len if args.seq_len is not None else cfg.max_seq_len,
-        checkpointing=not args.no_checkpointing,
+        activation_checkpointing=not args.no_checkpointing,
         grad_accum=args.grad_accum,
         bf16=not args.fp32,
     )

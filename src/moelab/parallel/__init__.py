@@ -14,6 +14,7 @@ _WHERE = {
     "apply_expert_parallel": "expert_parallel",
     "expert_grad_divisor": "expert_parallel",
     "ParallelConfig": "options",
+    "checkpoint_blocks": "checkpointing",
     "Topology": "launch",
     "env_world": "launch",
     "fail_fast": "launch",

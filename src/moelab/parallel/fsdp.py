@@ -26,6 +26,7 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from moelab.parallel.checkpointing import checkpoint_blocks
 from moelab.parallel.expert_parallel import (
     ExpertParallelMoeFFN,
     apply_expert_parallel,
@@ -64,7 +65,8 @@ def parallelize(model: nn.Module, topo: Topology, cfg: ParallelConfig) -> nn.Mod
     from its weights; see :mod:`moelab.parallel.build`) and on a built one (identical on every
     rank). ``cfg.param_dtype`` bf16 runs the dense parts in bf16 under FSDP2 with fp32 master
     weights (experts then compute in the dtype of their inputs); ``cfg.reduce_dtype`` is the
-    dtype FSDP2 reduces gradients in."""
+    dtype FSDP2 reduces gradients in; ``cfg.activation_checkpointing`` makes every block
+    recompute its forward in backward (:mod:`moelab.parallel.checkpointing`)."""
     divisor = expert_grad_divisor(cfg.expert_grad, topo.world)
     # New local expert weights are made where the model is (on meta: nothing allocated).
     where = next(model.parameters()).device
@@ -85,6 +87,8 @@ def parallelize(model: nn.Module, topo: Topology, cfg: ParallelConfig) -> nn.Mod
     ignored = set(expert_parameters(model))
     param_dtype = None if cfg.param_dtype == "fp32" else _DTYPES[cfg.param_dtype]
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=_DTYPES[cfg.reduce_dtype])
+    if cfg.activation_checkpointing:  # before fully_shard: FSDP's hooks stay outside the recompute
+        checkpoint_blocks(model)
     blocks = getattr(model, "layers", [])
     for block in blocks:
         fully_shard(

@@ -2,10 +2,11 @@
 
 Two of its keys change what is computed and are part of the config hash (a resume with another
 value is refused): ``expert_grad`` (expert gradients divided by world or sqrt(world)) and the
-FSDP dtypes ``param_dtype`` / ``reduce_dtype``. ``ep`` and ``timeout_s`` only change how the work
-is spread or how long a collective may wait. The environment variables of earlier versions stay
-as overrides; :meth:`ParallelConfig.with_env` applies them, and the trainer stores the result in
-``config.yaml``. Light on purpose (no torch import): every run config holds one.
+FSDP dtypes ``param_dtype`` / ``reduce_dtype``. ``ep``, ``timeout_s`` and
+``activation_checkpointing`` only change how the work is spread, how long a collective may wait
+or what is kept for backward (they may change on resume). The environment variables of earlier
+versions stay as overrides; :meth:`ParallelConfig.with_env` applies them, and the trainer stores
+the result in ``config.yaml``. Light on purpose (no torch import): every run config holds one.
 """
 
 from __future__ import annotations
@@ -36,14 +37,18 @@ class ParallelConfig:
     (expert gradients divided by world: the one-process update) or ``paper`` (by sqrt(world),
     fairseq); ``param_dtype``: the dtype FSDP2 gathers dense weights in and computes with
     (fp32 master weights stay); ``reduce_dtype``: the dtype FSDP2 reduces gradients in;
-    ``timeout_s``: bound on every collective. All of it applies to runs of more than one
-    process; one process ignores it."""
+    ``timeout_s``: bound on every collective; ``activation_checkpointing``: every transformer
+    block recomputes its forward in backward instead of keeping its activations
+    (:mod:`moelab.parallel.checkpointing`; same numbers, less memory, about one more forward).
+    ``activation_checkpointing`` applies to every run; the rest to runs of more than one
+    process (one process ignores them)."""
 
     ep: int | None = None
     expert_grad: str = "exact"
     param_dtype: str = "fp32"
     reduce_dtype: str = "fp32"
     timeout_s: float = DEFAULT_TIMEOUT_S
+    activation_checkpointing: bool = False
 
     def validate(self) -> ParallelConfig:
         def bad(key: str, why: str) -> MoelabError:
@@ -58,6 +63,11 @@ class ParallelConfig:
                 raise bad(key, f"must be fp32 or bf16, got {getattr(self, key)!r}")
         if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
             raise bad("timeout_s", f"must be a number of seconds > 0, got {self.timeout_s}")
+        if not isinstance(self.activation_checkpointing, bool):
+            raise bad(
+                "activation_checkpointing",
+                f"must be true or false, got {self.activation_checkpointing!r}",
+            )
         return self
 
     def with_env(self) -> tuple[ParallelConfig, list[str]]:

@@ -50,6 +50,7 @@ OPERATIONAL_KEYS = frozenset(
         "train.threads",
         "parallel.ep",
         "parallel.timeout_s",
+        "parallel.activation_checkpointing",
     }
 )
 

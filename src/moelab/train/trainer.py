@@ -118,7 +118,12 @@ class Trainer:
         """The model on the device, initialised from ``train.seed``; on several processes
         built sharded (each rank holds and initialises its shards only, to the same values)."""
         if self.topo is None:
-            return build_model(self.cfg.model, seed=self.cfg.train.seed).to(self.device)
+            model = build_model(self.cfg.model, seed=self.cfg.train.seed).to(self.device)
+            if self.cfg.parallel.activation_checkpointing:
+                from moelab.parallel.checkpointing import checkpoint_blocks
+
+                checkpoint_blocks(model)
+            return model
         from moelab.parallel.build import build_parallel_model
 
         # A block returns its MoeOutput, whose y_BTD is a view; FSDP2 warns that an in-place op
