@@ -14,20 +14,29 @@
 ``scaled_normal`` (the modern arch's default): N(0, init_std) everywhere, residual output
 projections (out_proj, fc2, w2, experts' w2) N(0, init_std / sqrt(2 n_layers)) (GPT-2 style),
 biases 0, norms 1; embedding N(0, D^-1/2) in the paper arch, N(0, init_std) in the modern one.
+
+Each parameter's rule comes from the type of the module holding it (:data:`RULES`: attention,
+dense FFN, stacked experts, nn.Linear, embedding, norms), never from its name, so renaming a
+parameter cannot change its initialisation, and a parameter of a module type without a rule is
+an error rather than a silent default. :func:`init_plan` lists them; :func:`init_weights` draws
+the whole model, :func:`init_shards` one rank's shards of it, to the same values.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from moelab.model.transformer import LanguageModel
+from moelab.model.attention import Attention
+from moelab.model.moe import Experts
+from moelab.model.rms_norm import RMSNorm
+from moelab.model.transformer import FeedForward, LanguageModel
 
-_RESIDUAL_OUT = ("out_proj", "fc2", "w2")
+Rule = tuple[str, float]  # ("uniform", bound) | ("normal", std) | ("const", value)
+Claims = Iterator[tuple[nn.Parameter, Rule]]
 
 
 def _uniform(t: torch.Tensor, bound: float, generator: torch.Generator | None) -> None:
@@ -38,59 +47,117 @@ def _normal(t: torch.Tensor, std: float, generator: torch.Generator | None) -> N
     nn.init.normal_(t, 0.0, std, generator=generator)
 
 
-def fairseq_rule(name: str, shapes: dict[str, tuple[int, ...]], d_model: int) -> tuple[str, float]:
-    """(distribution, scale) of parameter ``name`` under fairseq's init: ``("uniform", bound)``,
-    ``("normal", std)`` or ``("const", value)``. ``shapes`` maps every parameter name to its
-    shape (a bias's fan_in is its weight's input size). tests/test_init.py checks the drawn
-    tensors against its own table of fairseq's rule."""
-    leaf = name.rsplit(".", 1)[-1]
-    shape = shapes[name]
-    if name == "embed.weight":
-        return "normal", d_model**-0.5
-    if "norm" in name:
-        return "const", 1.0 if leaf == "weight" else 0.0
-    if ".experts." in name:
-        # Stacked per-expert tensors: w1/w3 (E, D, F), w2 (E, F, D), b1 (E, F), b2 (E, D).
-        # Expert e is nn.Linear(D, F) then nn.Linear(F, D): fan_in D for w1/w3/b1, F for w2/b2.
-        prefix = name[: -len(leaf)]
-        if leaf in ("w1", "w2", "w3"):
-            return "uniform", 1 / math.sqrt(shape[1])
-        fan_in = d_model if leaf == "b1" else shapes[prefix + "w2"][1]
-        return "uniform", 1 / math.sqrt(fan_in)
-    proj = name.split(".")[-2]
-    if ".attn." in name and leaf == "weight":
-        fan_out, fan_in = shape
-        gain = 1.0 if proj == "out_proj" else 1 / math.sqrt(2)
-        return "uniform", gain * math.sqrt(6.0 / (fan_in + fan_out))
-    if ".attn." in name and proj == "out_proj":
-        return "const", 0.0  # fairseq zeroes only out_proj's bias; q/k/v keep nn.Linear's
-    # nn.Linear's default (router gate, dense FFN, q/k/v biases): U(+-1/sqrt(fan_in)).
-    weight_shape = shape if leaf == "weight" else shapes[name[: -len(leaf)] + "weight"]
-    return "uniform", 1 / math.sqrt(weight_shape[1])
+def _residual_std(cfg) -> float:
+    # GPT-2: a residual branch's output projection scaled by 1/sqrt(2 n_layers).
+    return cfg.init_std / math.sqrt(2 * cfg.n_layers)
 
 
-def scaled_normal_rule(name: str, cfg) -> tuple[str, float]:
-    """(distribution, scale) of parameter ``name`` under ``scaled_normal`` (module docstring)."""
-    std = cfg.init_std
-    leaf = name.rsplit(".", 2)
-    if name == "embed.weight":
-        return "normal", cfg.d_model**-0.5 if cfg.arch == "paper" else std
-    if "norm" in name:
-        return "const", 1.0 if name.endswith("weight") else 0.0
-    if name.endswith("bias") or name.endswith(".b1") or name.endswith(".b2"):
-        return "const", 0.0
-    if any(part in _RESIDUAL_OUT for part in leaf[-2:]):
-        return "normal", std / math.sqrt(2 * cfg.n_layers)
-    return "normal", std
-
-
-def init_rule(cfg, name: str, shapes: dict[str, tuple[int, ...]]) -> tuple[str, float]:
-    """(distribution, scale) of parameter ``name`` under ``cfg.init``."""
+def _linear(m: nn.Linear, cfg, residual: bool = False) -> Claims:
+    """fairseq: nn.Linear's own default, U(+-1/sqrt(fan_in)) for weight and bias.
+    scaled_normal: N(0, init_std) (a residual output: the scaled std), bias 0."""
     if cfg.init == "fairseq":
-        return fairseq_rule(name, shapes, cfg.d_model)
-    if cfg.init == "scaled_normal":
-        return scaled_normal_rule(name, cfg)
-    raise ValueError(f"unknown init scheme {cfg.init!r}")  # ModelConfig.validate names them
+        bound = 1 / math.sqrt(m.weight.shape[1])
+        yield m.weight, ("uniform", bound)
+        if m.bias is not None:
+            yield m.bias, ("uniform", bound)
+        return
+    yield m.weight, ("normal", _residual_std(cfg) if residual else cfg.init_std)
+    if m.bias is not None:
+        yield m.bias, ("const", 0.0)
+
+
+def _xavier(m: nn.Linear, gain: float) -> Rule:
+    fan_out, fan_in = m.weight.shape
+    return "uniform", gain * math.sqrt(6.0 / (fan_in + fan_out))
+
+
+def _attention(m: Attention, cfg) -> Claims:
+    """fairseq's MultiheadAttention.reset_parameters: q/k/v xavier (gain 1/sqrt(2)) with
+    nn.Linear's bias, out_proj xavier (gain 1) with bias 0. scaled_normal: out_proj is the
+    residual output."""
+    if cfg.init != "fairseq":
+        for proj in (m.q_proj, m.k_proj, m.v_proj):
+            yield from _linear(proj, cfg)
+        yield from _linear(m.out_proj, cfg, residual=True)
+        return
+    for proj in (m.q_proj, m.k_proj, m.v_proj):
+        yield proj.weight, _xavier(proj, 1 / math.sqrt(2))
+        if proj.bias is not None:
+            yield proj.bias, ("uniform", 1 / math.sqrt(proj.weight.shape[1]))
+    yield m.out_proj.weight, _xavier(m.out_proj, 1.0)
+    if m.out_proj.bias is not None:
+        yield m.out_proj.bias, ("const", 0.0)
+
+
+def _feed_forward(m: FeedForward, cfg) -> Claims:
+    """Linear layers; the second (``fc2`` / ``w2``, back to the residual stream) is the
+    residual output under scaled_normal. The first ones take nn.Linear's rule below."""
+    yield from _linear(m.fc2 if m.arch == "paper" else m.w2, cfg, residual=True)
+
+
+def _experts(m: Experts, cfg) -> Claims:
+    """Stacked (E, in, out) expert tensors: per expert exactly an nn.Linear(D, F) then
+    nn.Linear(F, D) (fairseq: fan_in D for w1/w3/b1, F for w2/b2); scaled_normal: w2 is the
+    residual output, biases 0."""
+    fan_in = {"w1": m.w1.shape[1], "w3": m.w1.shape[1], "b1": m.w1.shape[1], "w2": m.w2.shape[1]}
+    fan_in["b2"] = fan_in["w2"]
+    for leaf, p in m.named_parameters(recurse=False):
+        if cfg.init == "fairseq":
+            yield p, ("uniform", 1 / math.sqrt(fan_in[leaf]))
+        elif leaf in ("b1", "b2"):
+            yield p, ("const", 0.0)
+        else:
+            yield p, ("normal", _residual_std(cfg) if p is m.w2 else cfg.init_std)
+
+
+def _embedding(m: nn.Embedding, cfg) -> Claims:
+    # fairseq's Embedding: N(0, D^-1/2); scaled_normal keeps that in the paper arch.
+    paper_std = cfg.init == "fairseq" or cfg.arch == "paper"
+    yield m.weight, ("normal", cfg.d_model**-0.5 if paper_std else cfg.init_std)
+
+
+def _norm(m: nn.Module, cfg) -> Claims:
+    yield m.weight, ("const", 1.0)
+    if getattr(m, "bias", None) is not None:
+        yield m.bias, ("const", 0.0)
+
+
+# The init of every parameter, by the type of the module holding it. A module's rule may claim
+# its children's parameters; an enclosing module's claim wins (modules are visited parent
+# first), so _feed_forward sets the residual output and nn.Linear's rule the other layers.
+# A parameter no rule claims is an error: a new module type adds its line here.
+RULES: dict[type[nn.Module], Callable[[nn.Module, object], Claims]] = {
+    Attention: _attention,
+    FeedForward: _feed_forward,
+    Experts: _experts,
+    nn.Linear: _linear,
+    nn.Embedding: _embedding,
+    nn.LayerNorm: _norm,
+    RMSNorm: _norm,
+}
+
+
+def init_plan(model: nn.Module, cfg) -> dict[str, tuple[tuple[int, ...], Rule]]:
+    """name -> (shape, rule) for every parameter of ``model`` under ``cfg.init``, in parameter
+    order (the order the generator is drawn in). Reads shapes only: works on the meta device."""
+    if cfg.init not in ("fairseq", "scaled_normal"):
+        raise ValueError(f"unknown init scheme {cfg.init!r}")  # ModelConfig.validate names them
+    claimed: dict[int, Rule] = {}  # by id(parameter)
+    for module in model.modules():
+        rule = next((RULES[t] for t in type(module).__mro__ if t in RULES), None)
+        if rule is not None:
+            for p, r in rule(module, cfg):
+                claimed.setdefault(id(p), r)
+    plan = {}
+    for name, p in model.named_parameters():
+        if id(p) not in claimed:
+            owner = model.get_submodule(name.rpartition(".")[0])
+            raise ValueError(
+                f"no init rule for {name} ({type(owner).__name__}): add one to "
+                "moelab.model.init.RULES"
+            )
+        plan[name] = (tuple(p.shape), claimed[id(p)])
+    return plan
 
 
 def _draw(t: torch.Tensor, kind: str, scale: float, generator: torch.Generator | None) -> None:
@@ -112,11 +179,11 @@ def init_weights(model: LanguageModel, generator: torch.Generator | None = None)
     """Initialise ``model`` in place by ``model.cfg.init`` (see the module docstring): every
     parameter in order, each drawn whole from ``generator``."""
     cfg = model.cfg
+    plan = init_plan(model, cfg)
     params = dict(model.named_parameters())
-    shapes = {n: tuple(p.shape) for n, p in params.items()}
     with torch.no_grad():
-        for name, p in params.items():
-            _draw(p, *init_rule(cfg, name, shapes), generator)
+        for name, (_, rule) in plan.items():
+            _draw(params[name], *rule, generator)
         if _zeroes_padding_row(cfg):
             params["embed.weight"][cfg.padding_idx].zero_()
 
@@ -127,7 +194,7 @@ _SCRATCH_ELEMENTS = 1 << 20
 
 def init_shards(
     cfg,
-    shapes: dict[str, tuple[int, ...]],
+    plan: dict[str, tuple[tuple[int, ...], Rule]],
     shards: dict[str, tuple[torch.Tensor, tuple[int, ...]]],
     generator: torch.Generator | None,
 ) -> None:
@@ -135,18 +202,17 @@ def init_shards(
     :func:`init_weights` on the whole model, at any sharding (one process or many, any
     expert-parallel degree).
 
-    ``shapes``: every parameter's full shape, in the model's parameter order (the order the
-    generator is drawn in); ``shards``: name -> (this rank's local tensor, its offset in the full
-    tensor). Every rank draws the whole random stream in that order, but only ever holds its
-    own shard plus a bounded scratch: rows of a parameter before and after its shard are drawn
-    in blocks and dropped. That is the same stream because uniform draws are one per element in
-    order, and torch's CPU normal fills blocks of 16 from uniform draws in order (so blocks of
-    whole rows of a multiple of 16 elements draw the same); other normal tensors (1-D, odd
-    rows) are drawn whole and sliced."""
+    ``plan``: :func:`init_plan` of the whole model (every parameter's full shape and rule, in
+    the order the generator is drawn in); ``shards``: name -> (this rank's local tensor, its
+    offset in the full tensor). Every rank draws the whole random stream in that order, but
+    only ever holds its own shard plus a bounded scratch: rows of a parameter before and after
+    its shard are drawn in blocks and dropped. That is the same stream because uniform draws
+    are one per element in order, and torch's CPU normal fills blocks of 16 from uniform draws
+    in order (so blocks of whole rows of a multiple of 16 elements draw the same); other normal
+    tensors (1-D, odd rows) are drawn whole and sliced."""
     with torch.no_grad():
-        for name, shape in shapes.items():
+        for name, (shape, (kind, scale)) in plan.items():
             local, offset = shards[name]
-            kind, scale = init_rule(cfg, name, shapes)
             if kind == "const":
                 local.fill_(scale)
                 continue

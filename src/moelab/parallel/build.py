@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from moelab.config import ModelConfig
-from moelab.model.init import init_buffers, init_shards
+from moelab.model.init import init_buffers, init_plan, init_shards
 from moelab.model.transformer import LanguageModel
 from moelab.parallel.fsdp import parallelize
 from moelab.parallel.launch import Topology
@@ -43,17 +43,17 @@ def build_parallel_model(
     cfg.validate()
     with torch.device("meta"):
         model = LanguageModel(cfg)
-    # The order init_weights draws in: the plain model's (before layers are swapped).
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    # Shapes, rules and the order init_weights draws in: the plain model's (before parallelize).
+    plan = init_plan(model, cfg)
     parallelize(model, topo, par or ParallelConfig())
     model.to_empty(device=topo.device)
     params = dict(model.named_parameters())
-    shards = {name: _local_and_offset(params[name]) for name in shapes}
+    shards = {name: _local_and_offset(params[name]) for name in plan}
     on_cpu = {
         name: (local if local.device.type == "cpu" else torch.empty(local.shape), offset)
         for name, (local, offset) in shards.items()
     }
-    init_shards(cfg, shapes, on_cpu, torch.Generator().manual_seed(seed))
+    init_shards(cfg, plan, on_cpu, torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for name, (local, _) in shards.items():
             if local is not on_cpu[name][0]:
