@@ -9,12 +9,18 @@ from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
-from moelab.interop import hf_llama, hf_moe, hf_xglm
+from moelab.interop import hf_glm4_moe, hf_llama, hf_moe, hf_xglm
 from moelab.interop.hf_base import HFClass
 
 
 def registry() -> list[HFClass]:
-    return [hf_xglm.XGLM, hf_llama.LLAMA, hf_moe.MIXTRAL, hf_moe.QWEN2_MOE]
+    return [
+        hf_xglm.XGLM,
+        hf_llama.LLAMA,
+        hf_moe.MIXTRAL,
+        hf_moe.QWEN2_MOE,
+        hf_glm4_moe.GLM4_MOE,
+    ]
 
 
 def class_for_model(cfg: ModelConfig) -> HFClass:
@@ -38,13 +44,15 @@ def class_for_model(cfg: ModelConfig) -> HFClass:
     elif not cfg.is_moe:
         candidates = [hf_llama.LLAMA]
     else:
-        candidates = [hf_moe.MIXTRAL, hf_moe.QWEN2_MOE]
+        candidates = [hf_moe.MIXTRAL, hf_moe.QWEN2_MOE, hf_glm4_moe.GLM4_MOE]
     reasons = []
     for cls in candidates:
         why = cls.misfit(cfg)
         if why is None:
             return cls
         reasons.append(f"{cls.name} {why}")
+    if cfg.is_moe and cfg.router_score == "sigmoid":
+        reasons.append(hf_glm4_moe.DEEPSEEK_V3_MISFIT)
     raise MoelabError("cannot export to Hugging Face: " + "; ".join(reasons))
 
 

@@ -7,10 +7,17 @@ in what moelab configs they can express:
 - **Mixtral** always renormalises the k chosen gates to sum to 1. moelab does the same for
   k >= 2, but for k = 1 it keeps the raw router probability (Switch), where Mixtral would use 1.
   Mixtral also has an MoE in every layer. So: ``moe_every == 1`` and ``top_k >= 2``.
-- **Qwen2-MoE** has a ``norm_topk_prob`` switch (off for k = 1, on for k >= 2), puts its MoE in
-  every ``decoder_sparse_step``-th layer (1-based, moelab's ``moe_every`` rule) and adds a
-  sigmoid-gated shared expert; with ``shared_expert_intermediate_size = 0`` that expert's output
-  is exactly zero. It covers every modern MoE Mixtral cannot.
+- **Qwen2-MoE** has a ``norm_topk_prob`` switch (moelab's ``normalizes_topk``), puts its MoE in
+  every ``decoder_sparse_step``-th layer (1-based, moelab's ``moe_every`` rule), has separate
+  dense and expert widths (``intermediate_size``, ``moe_intermediate_size``: fine-grained
+  experts) and a shared expert gated by ``sigmoid(shared_expert_gate(x))``: moelab's
+  ``n_shared_experts`` experts of width ``d_expert`` are one FFN of width n_shared x d_expert
+  (their outputs add), and its ``shared_expert_gate`` is that gate. Without shared experts the
+  export has ``shared_expert_intermediate_size = 0``: an empty sum, exactly 0. An *ungated*
+  shared expert it cannot express (the sigmoid of a linear map is never exactly 1).
+
+Both score experts with softmax and have no route scale and no selection bias: sigmoid
+routing goes to ``Glm4MoeForCausalLM`` (:mod:`moelab.interop.hf_glm4_moe`).
 
 Neither class drops tokens, so moelab refuses to export a run evaluated with a finite capacity
 factor. Training-time moelab features (capacity dropping, second-expert sampling, z-loss, the
@@ -30,11 +37,25 @@ from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
 from moelab.interop.hf_llama import block_pairs, dense_ffn_pairs, modern_common, read_modern
 
 
-def _moe_misfit(cfg: ModelConfig) -> str | None:
+def moe_misfit(cfg: ModelConfig) -> str | None:
     if cfg.arch != "modern" or not cfg.is_moe:
         return "expresses only modern-arch MoE models"
     if cfg.eval_capacity_factor is not None:
         return "is dropless; this model drops tokens over capacity in eval mode"
+    return None
+
+
+def _softmax_misfit(cfg: ModelConfig) -> str | None:
+    """What a softmax-gated class without route scale or selection bias cannot express."""
+    why = moe_misfit(cfg)
+    if why:
+        return why
+    if cfg.router_score != "softmax":
+        return f"scores experts with softmax; this model with {cfg.router_score}"
+    if cfg.route_scale != 1.0:
+        return f"has no route scale; this model scales routed outputs by {cfg.route_scale}"
+    if cfg.balance == "bias":
+        return "has no selection bias; this model balances with a per-expert bias"
     return None
 
 
@@ -59,7 +80,7 @@ def experts_to_hf(state: State, layer: int, prefix: str) -> State:
     }
 
 
-def experts_from_hf(state: State, layer: int, prefix: str, d_ffn: int) -> State:
+def experts_from_hf(state: State, layer: int, prefix: str, width: int) -> State:
     p = f"layers.{layer}.ffn."
     try:
         gate_up_E2FD = state[prefix + "experts.gate_up_proj"]
@@ -71,8 +92,8 @@ def experts_from_hf(state: State, layer: int, prefix: str, d_ffn: int) -> State:
         ) from None
     return {
         p + "gate.weight": gate,
-        p + "experts.w1": gate_up_E2FD[:, :d_ffn].transpose(1, 2).contiguous(),
-        p + "experts.w3": gate_up_E2FD[:, d_ffn:].transpose(1, 2).contiguous(),
+        p + "experts.w1": gate_up_E2FD[:, :width].transpose(1, 2).contiguous(),
+        p + "experts.w3": gate_up_E2FD[:, width:].transpose(1, 2).contiguous(),
         p + "experts.w2": down_EDF.transpose(1, 2).contiguous(),
     }
 
@@ -82,22 +103,47 @@ def _dense_layers(cfg: ModelConfig) -> list[int]:
     return [i for i in range(cfg.n_layers) if i not in moe]
 
 
+def shared_pairs(layer: int, theirs: str) -> list[tuple[str, str]]:
+    """moelab's shared experts (one FeedForward of width n_shared x d_expert) <-> an HF MLP
+    named ``theirs`` (Qwen2-MoE: ``shared_expert``, DeepSeek-V3/GLM-4.5: ``shared_experts``)."""
+    ours, hf = f"layers.{layer}.ffn.shared.", f"model.layers.{layer}.mlp.{theirs}."
+    return [
+        (f"{ours}w1.weight", f"{hf}gate_proj.weight"),
+        (f"{ours}w3.weight", f"{hf}up_proj.weight"),
+        (f"{ours}w2.weight", f"{hf}down_proj.weight"),
+    ]
+
+
+def empty_mlp(state: State, layer: int, theirs: str, d_model: int) -> State:
+    """A zero-width MLP for a class that always has one: its output is an empty sum, i.e. 0."""
+    ref, hf = state["embed.weight"], f"model.layers.{layer}.mlp.{theirs}."
+    return {
+        hf + "gate_proj.weight": ref.new_zeros(0, d_model),
+        hf + "up_proj.weight": ref.new_zeros(0, d_model),
+        hf + "down_proj.weight": ref.new_zeros(d_model, 0),
+    }
+
+
 def _to_hf(state: State, cfg: ModelConfig, shared_expert: bool) -> State:
     pairs = block_pairs(cfg)
     for i in _dense_layers(cfg):
         pairs += dense_ffn_pairs(i)
+    if cfg.n_shared_experts:
+        for i in cfg.moe_layer_ids():
+            pairs += shared_pairs(i, "shared_expert")
     out = rename(state, pairs)
     out["lm_head.weight"] = out["model.embed_tokens.weight"]
-    D = cfg.d_model
     for i in cfg.moe_layer_ids():
         prefix = f"model.layers.{i}.mlp."
         out.update(experts_to_hf(state, i, prefix))
-        if shared_expert:  # zero-width shared expert: its output is an empty sum, i.e. 0
-            ref = state["embed.weight"]
-            out[prefix + "shared_expert.gate_proj.weight"] = ref.new_zeros(0, D)
-            out[prefix + "shared_expert.up_proj.weight"] = ref.new_zeros(0, D)
-            out[prefix + "shared_expert.down_proj.weight"] = ref.new_zeros(D, 0)
-            out[prefix + "shared_expert_gate.weight"] = ref.new_zeros(1, D)
+        if not shared_expert:
+            continue
+        gate = prefix + "shared_expert_gate.weight"
+        if cfg.n_shared_experts:
+            out[gate] = state[f"layers.{i}.ffn.shared_gate.weight"]
+        else:
+            out.update(empty_mlp(state, i, "shared_expert", cfg.d_model))
+            out[gate] = state["embed.weight"].new_zeros(1, cfg.d_model)
     return out
 
 
@@ -105,9 +151,18 @@ def _from_hf(state: State, cfg: ModelConfig) -> State:
     pairs = block_pairs(cfg)
     for i in _dense_layers(cfg):
         pairs += dense_ffn_pairs(i)
+    if cfg.n_shared_experts:
+        for i in cfg.moe_layer_ids():
+            pairs += shared_pairs(i, "shared_expert")
+            pairs.append(
+                (
+                    f"layers.{i}.ffn.shared_gate.weight",
+                    f"model.layers.{i}.mlp.shared_expert_gate.weight",
+                )
+            )
     out = rename(state, pairs, reverse=True)
     for i in cfg.moe_layer_ids():
-        out.update(experts_from_hf(state, i, f"model.layers.{i}.mlp.", cfg.d_ffn))
+        out.update(experts_from_hf(state, i, f"model.layers.{i}.mlp.", cfg.expert_width))
     return out
 
 
@@ -115,7 +170,7 @@ def _moe_fields(cfg: ModelConfig) -> dict[str, Any]:
     return dict(router_aux_loss_coef=cfg.aux_loss_weight, output_router_logits=False)
 
 
-def _moe_model_config(fields: dict[str, Any], **moe: Any) -> ModelConfig:
+def moe_model_config(fields: dict[str, Any], **moe: Any) -> ModelConfig:
     """A dropless moelab MoE config (HF classes never drop tokens, in training either)."""
     return ModelConfig(
         **fields,
@@ -132,13 +187,19 @@ def _moe_model_config(fields: dict[str, Any], **moe: Any) -> ModelConfig:
 
 
 def _mixtral_misfit(cfg: ModelConfig) -> str | None:
-    why = _moe_misfit(cfg)
+    why = _softmax_misfit(cfg)
     if why:
         return why
     if cfg.moe_every != 1:
         return f"has an MoE in every layer; this model has one every {cfg.moe_every} layers"
-    if cfg.top_k < 2:
-        return "renormalises the chosen gate to 1 for top_k=1, where moelab keeps the probability"
+    if not cfg.normalizes_topk:
+        if cfg.top_k == 1:
+            return (
+                "renormalises the chosen gate to 1 for top_k=1, where moelab keeps the probability"
+            )
+        return "always renormalises the top-k weights; this model has norm_topk false"
+    if cfg.n_shared_experts:
+        return "has no shared experts"
     return None
 
 
@@ -146,7 +207,7 @@ def _mixtral_config(cfg: ModelConfig, ids: SpecialIds) -> Any:
     from transformers import MixtralConfig
 
     return MixtralConfig(
-        **modern_common(cfg, ids),
+        **{**modern_common(cfg, ids), "intermediate_size": cfg.expert_width},
         num_local_experts=cfg.n_experts,
         num_experts_per_tok=cfg.top_k,
         router_jitter_noise=0.0,
@@ -173,7 +234,7 @@ def _mixtral_read(c: Any) -> ModelConfig:
             f"cannot import this Mixtral model: sliding-window attention ({window} tokens); "
             "moelab attends to the whole context"
         )
-    return _moe_model_config(
+    return moe_model_config(
         fields,
         d_ffn=c.intermediate_size,
         n_experts=c.num_local_experts,
@@ -203,11 +264,11 @@ def _qwen_config(cfg: ModelConfig, ids: SpecialIds) -> Any:
 
     return Qwen2MoeConfig(
         **modern_common(cfg, ids),
-        moe_intermediate_size=cfg.d_ffn,
-        shared_expert_intermediate_size=0,
+        moe_intermediate_size=cfg.expert_width,
+        shared_expert_intermediate_size=cfg.n_shared_experts * cfg.expert_width,
         num_experts=cfg.n_experts,
         num_experts_per_tok=cfg.top_k,
-        norm_topk_prob=cfg.top_k >= 2,
+        norm_topk_prob=cfg.normalizes_topk,
         decoder_sparse_step=cfg.moe_every,
         mlp_only_layers=[],
         qkv_bias=False,
@@ -216,40 +277,65 @@ def _qwen_config(cfg: ModelConfig, ids: SpecialIds) -> Any:
     )
 
 
+def _qwen_misfit(cfg: ModelConfig) -> str | None:
+    why = _softmax_misfit(cfg)
+    if why:
+        return why
+    if cfg.n_shared_experts and not cfg.shared_expert_gate:
+        return (
+            "gates its shared expert with sigmoid(Linear(x)); this model adds its shared experts "
+            "ungated (set model.shared_expert_gate: true to train one it can express)"
+        )
+    return None
+
+
 def _qwen_read(c: Any) -> ModelConfig:
     def refuse(why: str) -> MoelabError:
         return MoelabError(f"cannot import this Qwen2-MoE model: {why}")
 
     fields = read_modern(c, "Qwen2-MoE")
-    if c.shared_expert_intermediate_size:
-        raise refuse("it has a shared expert; moelab's MoE layers have none")
     if getattr(c, "mlp_only_layers", None):
         raise refuse("mlp_only_layers is set; moelab places MoE layers every moe_every layers")
     if getattr(c, "use_sliding_window", False):
         raise refuse("sliding-window attention; moelab attends to the whole context")
-    k = c.num_experts_per_tok
-    if bool(c.norm_topk_prob) != (k >= 2):
+    k, width = c.num_experts_per_tok, c.moe_intermediate_size
+    shared, rest = divmod(c.shared_expert_intermediate_size or 0, width)
+    if rest:
         raise refuse(
-            f"norm_topk_prob={c.norm_topk_prob} with top-{k}; moelab renormalises the gates "
-            "exactly when k >= 2"
+            f"its shared expert's width {c.shared_expert_intermediate_size} is not a multiple of "
+            f"the expert width {width}; moelab's shared experts have the routed experts' width"
         )
-    step = c.decoder_sparse_step
-    if step > 1 and c.moe_intermediate_size != c.intermediate_size:
-        raise refuse("dense and expert FFN widths differ; moelab uses one d_ffn for both")
-    return _moe_model_config(
+    return moe_model_config(
         fields,
-        d_ffn=c.moe_intermediate_size,
+        **expert_widths(c.intermediate_size, width, c.decoder_sparse_step > 1),
         n_experts=c.num_experts,
-        moe_every=step,
+        moe_every=c.decoder_sparse_step,
         top_k=k,
+        norm_topk=read_norm_topk(c.norm_topk_prob, k),
+        n_shared_experts=shared,
+        shared_expert_gate=shared > 0,
         aux_loss_weight=float(getattr(c, "router_aux_loss_coef", 0.01)),
     )
+
+
+def expert_widths(dense: int, expert: int, has_dense_layers: bool) -> dict[str, Any]:
+    """moelab's d_ffn / d_expert for an HF dense width and expert width: without dense layers
+    the expert width is d_ffn; d_expert is set only where the two differ."""
+    if not has_dense_layers or dense == expert:
+        return {"d_ffn": expert}
+    return {"d_ffn": dense, "d_expert": expert}
+
+
+def read_norm_topk(norm_topk_prob: Any, k: int) -> bool | None:
+    """moelab's norm_topk for an HF norm_topk_prob: None (the default rule) where they agree."""
+    norm = bool(norm_topk_prob)
+    return None if norm == (k >= 2) else norm
 
 
 QWEN2_MOE = HFClass(
     name="Qwen2MoeForCausalLM",
     model_type="qwen2_moe",
-    misfit=_moe_misfit,
+    misfit=_qwen_misfit,
     make_config=_qwen_config,
     read_config=_qwen_read,
     to_hf=lambda state, cfg: _to_hf(state, cfg, shared_expert=True),
