@@ -11,7 +11,7 @@ import torch
 from moelab.config import ModelConfig
 from moelab.errors import EXIT_USER_ERROR, MoelabError
 from moelab.model.moe import MoeFFN
-from moelab.parallel.expert_parallel import ExpertParallelMoeFFN
+from moelab.parallel.expert_parallel import expert_parallel
 from moelab.parallel.launch import fail_fast, setup_from_env, teardown, timeout_from_env
 
 
@@ -23,7 +23,7 @@ def main() -> int:
         topo = setup_from_env(n_experts=4, device="cpu", timeout_s=timeout_s)
         cfg = ModelConfig(d_model=16, n_heads=2, d_ffn=32, n_experts=4, capacity_factor=None)
         torch.manual_seed(0)
-        layer = ExpertParallelMoeFFN(
+        layer = expert_parallel(
             MoeFFN(cfg, layer=0), ep=topo.ep, ep_rank=topo.ep_rank, ep_group=topo.ep_group
         )
         x_BTD = torch.randn(2, 8, 16)

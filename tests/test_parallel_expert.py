@@ -184,15 +184,13 @@ def test_expert_parallel_is_the_same_layer_with_an_exchange():
     forward), with this rank's slice of the experts and an ExpertExchange; parameter names do
     not change. With ep=1 and no copies to sum over, it computes exactly what it did."""
     from moelab.model.moe import MoeFFN as Layer
-    from moelab.parallel.expert_parallel import ExpertParallelMoeFFN
 
     ref = _layer("paper", 1.0, 2, seed=12)
     full = {n: p.detach().clone() for n, p in ref.named_parameters()}
     layer = copy.deepcopy(ref)
     assert expert_parallel(layer, ep=2, ep_rank=1) is layer and type(layer) is Layer
     assert isinstance(layer.exchange, ExpertExchange) and is_expert_parallel(layer)
-    assert isinstance(layer, ExpertParallelMoeFFN)  # the transitional name
-    assert not is_expert_parallel(ref) and not isinstance(ref, ExpertParallelMoeFFN)
+    assert not is_expert_parallel(ref)
     assert [n for n, _ in layer.named_parameters()] == list(full)
     assert layer.state_dict().keys() == ref.state_dict().keys()
     assert torch.equal(layer.gate.weight, full["gate.weight"])

@@ -10,8 +10,10 @@ from __future__ import annotations
 import importlib
 
 _WHERE = {
-    "ExpertParallelMoeFFN": "expert_parallel",
+    "ExpertExchange": "expert_parallel",
     "apply_expert_parallel": "expert_parallel",
+    "expert_parallel": "expert_parallel",
+    "is_expert_parallel": "expert_parallel",
     "expert_grad_divisor": "expert_parallel",
     "ParallelConfig": "options",
     "checkpoint_blocks": "checkpointing",

@@ -221,21 +221,6 @@ def is_expert_parallel(module: nn.Module) -> bool:
     return isinstance(module, MoeFFN) and isinstance(module.exchange, ExpertExchange)
 
 
-class _ExpertParallelLayers(type):
-    def __instancecheck__(cls, obj) -> bool:
-        return is_expert_parallel(obj)
-
-
-class ExpertParallelMoeFFN(metaclass=_ExpertParallelLayers):
-    """Transitional name for callers not yet moved to the functions (parallel/fsdp.py,
-    tests/_parallel_kill_worker.py): ``ExpertParallelMoeFFN(moe, ...)`` is
-    :func:`expert_parallel` and ``isinstance(m, ExpertParallelMoeFFN)`` is
-    :func:`is_expert_parallel`. There is no such class of layer any more."""
-
-    def __new__(cls, moe: MoeFFN, **kwargs) -> MoeFFN:  # type: ignore[misc]
-        return expert_parallel(moe, **kwargs)
-
-
 def apply_expert_parallel(
     model: nn.Module,
     *,

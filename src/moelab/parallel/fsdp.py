@@ -3,10 +3,11 @@ expert parallelism for the MoE layers.
 
 Layout on the ``("edp", "ep")`` mesh (see :mod:`moelab.parallel.launch`):
 
-- MoE layers become :class:`ExpertParallelMoeFFN`; their expert weights are DTensors of the
-  full ``(E, ...)`` shape, placed ``(Replicate(), Shard(0))``: split by expert over the expert
-  group, one copy per expert group (their gradients are summed over the copies in backward).
-  FSDP ignores them.
+- MoE layers are made expert-parallel in place (:func:`moelab.parallel.expert_parallel.
+  expert_parallel`: this rank's ``E/ep`` experts, an all-to-all ``exchange``); their expert
+  weights are DTensors of the full ``(E, ...)`` shape, placed ``(Replicate(), Shard(0))``:
+  split by expert over the expert group, one copy per expert group (their gradients are summed
+  over the copies in backward). FSDP ignores them.
 - Dense parameters (embeddings, attention, norms, router, dense FFNs) are sharded by
   ``fully_shard``, one FSDP unit per block plus the root. A dense model shards them over all
   ranks. An MoE model uses the same 2-D mesh for them (HSDP: sharded over the expert group,
@@ -26,26 +27,22 @@ from torch import nn
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, Replicate, Shard
 
+from moelab.model import MoeFFN
 from moelab.parallel.checkpointing import checkpoint_blocks
 from moelab.parallel.expert_parallel import (
-    ExpertParallelMoeFFN,
     apply_expert_parallel,
     expert_grad_divisor,
+    is_expert_parallel,
 )
 from moelab.parallel.launch import Topology
 from moelab.parallel.options import ParallelConfig
 
 
 def expert_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [
-        p
-        for m in model.modules()
-        if isinstance(m, ExpertParallelMoeFFN)
-        for p in m.experts.parameters()
-    ]
+    return [p for m in model.modules() if is_expert_parallel(m) for p in m.experts.parameters()]
 
 
-def _distribute_experts(layers: list[ExpertParallelMoeFFN], topo: Topology) -> None:
+def _distribute_experts(layers: list[MoeFFN], topo: Topology) -> None:
     """Turn each rank's local expert slices into DTensors of the global shape."""
     placements = [Replicate(), Shard(0)]
     for layer in layers:
