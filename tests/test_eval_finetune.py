@@ -103,7 +103,7 @@ def test_tasks_without_a_train_split_or_head_are_refused():
     last_word = Task("lw", "last_word", [Item(("a",), ("b",), 0)], "test")
     with pytest.raises(MoelabError, match="not a fine-tuning task"):
         finetune_task(model, tok, last_word)
-    with pytest.raises(MoelabError, match="--lrs"):
+    with pytest.raises(MoelabError, match="lrs must be positive numbers"):
         FinetuneSettings(lrs=()).validate()
 
 

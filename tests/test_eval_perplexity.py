@@ -31,7 +31,7 @@ def test_windows_score_every_token_once(n, context, stride):
             assert first - 1 - start >= min(context - stride, first - 1)
         scored += range(first, end + 1)
     assert scored == list(range(1, n))
-    with pytest.raises(MoelabError, match="--stride"):
+    with pytest.raises(MoelabError, match="stride must be between 1 and the context"):
         windows(n, context, context + 1)
 
 

@@ -4,7 +4,8 @@ Each subcommand lives in ``moelab/commands/<name>.py`` with two functions:
 ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their command
 runs, so ``moelab presets`` does not pay for importing the trainer.
 
-A :class:`~moelab.errors.MoelabError` anywhere below becomes one line on stderr and exit code 2.
+A :class:`~moelab.errors.MoelabError` anywhere below becomes one line on stderr and exit code 2,
+the argument it names shown as the command's flag (:func:`for_the_command_line`).
 A reader that closes the pipe early (``moelab presets --json | head``) ends the command quietly.
 """
 
@@ -17,6 +18,7 @@ import sys
 
 from moelab import __version__
 from moelab.errors import EXIT_USER_ERROR, MoelabError
+from moelab.progress import log_to_stderr
 
 # name -> one-line help. Order is the order of the flow.
 COMMANDS: dict[str, str] = {
@@ -32,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "export": "export a run to a Hugging Face model folder",
     "consolidate": "write a run's sharded checkpoint (several processes) as one safetensors file",
     "import": "import a Hugging Face model folder into a run directory",
+    "upcycle": "turn a trained dense run into an MoE run (experts copied from its FFN) to train on",
 }
 
 
@@ -46,8 +49,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        _command_module(name).add_arguments(p)
+        module = _command_module(name)
+        module.add_arguments(p)
+        p.set_defaults(flags=_flags_of(p, getattr(module, "RENAMED", {})))
     return parser
+
+
+def _flags_of(parser: argparse.ArgumentParser, renamed: dict[str, str]) -> dict[str, str]:
+    """Argument name (as the library calls it) -> the flag that sets it, in its long spelling.
+    A flag's name is the library's, unless the command's ``RENAMED`` maps a library name to it."""
+    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    return {**flags, **{name: flags[dest] for name, dest in renamed.items()}}
+
+
+def for_the_command_line(error: MoelabError, flags: dict[str, str]) -> str:
+    """The message with the argument it is about (``error.key``) named by the command's flag:
+    "stride must be ..." -> "--stride must be ..."."""
+    return error.worded(flags.get(error.key or "", error.key or ""))
 
 
 def _command_module(name: str):
@@ -57,6 +75,7 @@ def _command_module(name: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    log_to_stderr()  # the library logs its notes; a command shows them, one line each
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -67,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
         return rc
     except MoelabError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {for_the_command_line(e, args.flags)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

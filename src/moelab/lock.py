@@ -20,9 +20,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -33,6 +33,8 @@ from typing import Any
 from moelab.errors import MoelabError
 from moelab.io import no_space_left
 from moelab.paths import check_can_create
+
+log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
 STALE_S = 120.0  # twelve missed heartbeats: a busy filesystem is not mistaken for a dead holder
@@ -128,10 +130,10 @@ class FolderLock:
     """Hold with ``with FolderLock(folder, "train"):``; refused with a MoelabError naming the
     holder when another live process has it."""
 
-    def __init__(self, folder: str | Path, command: str, flag: str = "--out"):
+    def __init__(self, folder: str | Path, command: str, key: str = "out"):
         self.folder = Path(folder).resolve()
         self.path = lock_path(self.folder)
-        self.command, self.flag = command, flag
+        self.command, self.key = command, key
         self.token = uuid.uuid4().hex
         self.lost = False
         self._stop = threading.Event()
@@ -215,8 +217,10 @@ class FolderLock:
     def acquire(self) -> FolderLock:
         if self.folder in _held:  # e.g. two library calls on one folder from two threads
             what = _held[self.folder].command
-            raise MoelabError(f"{self.flag} {self.folder} is in use by this process ({what})")
-        check_can_create(self.folder, self.flag)  # a parent that is a file: the usual line
+            raise MoelabError(
+                f"{{key}} {self.folder} is in use by this process ({what})", key=self.key
+            )
+        check_can_create(self.folder, self.key)  # a parent that is a file: the usual line
         self._make_parent()
         try:
             for _ in range(20):
@@ -225,13 +229,15 @@ class FolderLock:
                 except OSError as e:  # e.g. a name at the length limit, a read-only parent
                     if no_space_left(e):
                         raise MoelabError(
-                            f"{self.flag} {self.folder}: no space left on the device holding "
+                            f"{{key}} {self.folder}: no space left on the device holding "
                             f"{self.path.parent} (for its lock file {self.path.name}); free "
-                            "space and run the same command again"
+                            "space and run the same command again",
+                            key=self.key,
                         ) from None
                     raise MoelabError(
-                        f"{self.flag} {self.folder}: cannot create its lock file {self.path.name} "
-                        f"({e.strerror or e}); choose a shorter name or a writable place"
+                        f"{{key}} {self.folder}: cannot create its lock file {self.path.name} "
+                        f"({e.strerror or e}); choose a shorter name or a writable place",
+                        key=self.key,
                     ) from None
                 if created:
                     break
@@ -239,21 +245,23 @@ class FolderLock:
                 if record is None:
                     continue  # released between our attempt and the read: try again
                 if is_stale(self.path, record):
-                    print(
-                        f"note: {self.flag} {self.folder}: taking over the stale lock of "
-                        f"{describe(self.path, record)}",
-                        file=sys.stderr,
+                    log.warning(
+                        f"note: {self.folder}: taking over the stale lock of "
+                        f"{describe(self.path, record)}"
                     )
                     self._break_stale(record)
                     time.sleep(0.01)
                     continue
                 raise MoelabError(
-                    f"{self.flag} {self.folder} is in use by {describe(self.path, record)}; wait "
+                    f"{{key}} {self.folder} is in use by {describe(self.path, record)}; wait "
                     f"for it to finish (a lock without a heartbeat for {STALE_S:.0f} s is taken "
-                    "over)"
+                    "over)",
+                    key=self.key,
                 )
             else:
-                raise MoelabError(f"{self.flag} {self.folder}: could not take its lock {self.path}")
+                raise MoelabError(
+                    f"{{key}} {self.folder}: could not take its lock {self.path}", key=self.key
+                )
         except BaseException:
             self._unmake_parent()
             raise
@@ -284,10 +292,9 @@ class FolderLock:
             rec = _read(self.path)
             if rec is None or rec.get("token") != self.token:
                 self.lost = True  # taken over after we missed heartbeats (a suspended process)
-                print(
-                    f"warning: {self.flag} {self.folder}: this process lost its lock "
-                    f"{self.path} (no heartbeat for {STALE_S:.0f} s); temporaries are left alone",
-                    file=sys.stderr,
+                log.warning(
+                    f"warning: {self.folder}: this process lost its lock "
+                    f"{self.path} (no heartbeat for {STALE_S:.0f} s); temporaries are left alone"
                 )
                 return
             with contextlib.suppress(OSError):
@@ -306,7 +313,8 @@ class FolderLock:
             self.folder.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise MoelabError(
-                f"{self.flag} {self.folder}: cannot create its parent folder ({e.strerror})"
+                f"{{key}} {self.folder}: cannot create its parent folder ({e.strerror})",
+                key=self.key,
             ) from None
         self._made = missing  # innermost first
 
@@ -321,8 +329,8 @@ class FolderLock:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path, command: str, flag: str = "--out") -> Iterator[FolderLock]:
-    lock = FolderLock(folder, command, flag)
+def folder_lock(folder: str | Path, command: str, key: str = "out") -> Iterator[FolderLock]:
+    lock = FolderLock(folder, command, key)
     with lock:
         yield lock
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from moelab.errors import MoelabError
 
 
-def check_can_create(path: str | Path, flag: str = "--out") -> None:
+def check_can_create(path: str | Path, key: str = "out") -> None:
     """Refuse (one line) an output folder that cannot be created because an ancestor is a
-    regular file. ``path`` itself may exist; the caller checks what it holds."""
+    regular file. ``path`` itself may exist; the caller checks what it holds. ``key``: the
+    argument that named ``path``."""
     path = Path(path)
     for parent in path.absolute().parents:
         # One stat per ancestor: with is_dir() then exists(), a folder another process (a
@@ -23,7 +24,8 @@ def check_can_create(path: str | Path, flag: str = "--out") -> None:
             is_folder = False  # a dangling link
         if not is_folder:
             raise MoelabError(
-                f"{flag} {path}: cannot create it ({parent} is a file, not a folder); "
-                "choose another path"
+                f"{{key}} {path}: cannot create it ({parent} is a file, not a folder); "
+                "choose another path",
+                key=key,
             )
         return  # the nearest existing ancestor is a folder

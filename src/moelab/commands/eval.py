@@ -6,6 +6,11 @@ import json
 import sys
 
 from moelab.errors import MoelabError
+from moelab.eval.logprobs import BATCH_TOKENS
+from moelab.eval.perplexity import BATCH_SIZE
+
+# The library's names of arguments whose flag is called otherwise (the CLI shows the flag).
+RENAMED = {"paths": "ppl"}
 
 
 def unescape(text: str) -> str:
@@ -82,9 +87,11 @@ def add_arguments(parser) -> None:
         default=None,
         help="perplexity: score at most N tokens per domain or file",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="perplexity windows per batch")
     parser.add_argument(
-        "--batch-tokens", type=int, default=8192, help="priming: padded tokens per batch"
+        "--batch-size", type=int, default=BATCH_SIZE, help="perplexity windows per batch"
+    )
+    parser.add_argument(
+        "--batch-tokens", type=int, default=BATCH_TOKENS, help="priming: padded tokens per batch"
     )
     parser.add_argument(
         "--capacity-factor",
@@ -99,28 +106,26 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from moelab.eval.perplexity import check_inputs, run_perplexity
-    from moelab.eval.priming import run_priming
+    from moelab.eval import perplexity, priming
     from moelab.eval.results import check_eval_dir, perplexity_table, priming_rows, write_result
     from moelab.eval.runs import open_run, parse_capacity
     from moelab.eval.tasks import get_task
 
     if args.ppl is None and not args.task:
         raise MoelabError("nothing to evaluate: give --ppl [PATH ...] and/or --task NAME")
-    for name in ("limit", "context", "stride", "max_tokens", "batch_size", "batch_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    # every option is checked before any work, so a refusal leaves no result half-written
+    perplexity.check_options(args.context, args.stride, args.batch_size, args.max_tokens)
+    priming.check_options(args.shots, args.seeds, args.limit, args.batch_tokens)
     separator = unescape(args.separator)
     capacity = parse_capacity(args.capacity_factor)
     check_eval_dir(args.run_dir)
     tasks = [get_task(t, args.tasks_dir) for t in args.task]  # bad task files fail before loading
-    check_inputs(args.ppl or [])  # so do bad text files and crafted prepared folders
+    perplexity.check_inputs(args.ppl or [])  # so do bad text files and crafted prepared folders
     run_ = open_run(args.run_dir, step=args.step, device=args.device)
     show_progress = not args.json
     results = []
     if args.ppl is not None:
-        result = run_perplexity(
+        result = perplexity.run_perplexity(
             args.run_dir,
             args.ppl,
             context=args.context,
@@ -136,7 +141,7 @@ def run(args) -> int:
         if not args.json:
             print(perplexity_table(result))
     if tasks:
-        primed = run_priming(
+        primed = priming.run_priming(
             args.run_dir,
             tasks,
             args.shots,

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import json
 import sys
+from argparse import ArgumentTypeError
 
-from moelab.errors import MoelabError
+from moelab.commands import add_settings, settings_of
+from moelab.eval.finetune import FinetuneSettings
 
 
 def _lrs(text: str) -> tuple[float, ...]:
+    """--lrs as argparse reads it (a bad value is its one-line usage error)."""
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise MoelabError(
-            f"--lrs {text!r}: expected comma-separated numbers, e.g. 1e-5,3e-5"
+        raise ArgumentTypeError(
+            f"expected comma-separated numbers, e.g. 1e-5,3e-5, got {text!r}"
         ) from None
     if not values:
-        raise MoelabError("--lrs: give at least one learning rate")
+        raise ArgumentTypeError("give at least one learning rate")
     return values
 
 
 def add_arguments(parser) -> None:
-    from moelab.eval.finetune import DEFAULT_LRS
-
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a trained run folder")
     parser.add_argument(
         "--task",
@@ -32,25 +33,22 @@ def add_arguments(parser) -> None:
         "dev_mismatched); copa, piqa, storycloze, hellaswag, winogrande, openbookqa or a generic "
         ".jsonl with a .train.jsonl (choice head)",
     )
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument(
-        "--lrs",
-        default=",".join(f"{x:g}" for x in DEFAULT_LRS),
-        help="learning-rate grid, the same for every model (default "
-        + ",".join(f"{x:g}" for x in DEFAULT_LRS)
-        + ")",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--heldout-fraction",
-        type=float,
-        default=0.1,
-        help="share of the train split held out to choose the learning rate (default 0.1)",
+    add_settings(
+        parser,
+        FinetuneSettings,
+        {
+            "epochs": "passes over the training items",
+            "batch_size": "sequences per step",
+            "lrs": "learning-rate grid, the same for every model",
+            "seed": "seed of the head, the order and the held-out split",
+            "heldout_fraction": "share of the train split held out to choose the learning rate",
+            "max_len": "tokens per sequence (default: the model's context)",
+        },
+        lrs=_lrs,
+        max_len=int,
     )
     parser.add_argument("--limit", type=int, default=None, help="validation items to score")
     parser.add_argument("--train-limit", type=int, default=None, help="training items to use")
-    parser.add_argument("--max-len", type=int, default=None, help="tokens per sequence")
     parser.add_argument(
         "--capacity-factor",
         default=None,
@@ -68,24 +66,13 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from moelab.commands.eval import loaded_line
-    from moelab.eval.finetune import FinetuneSettings, finetune_run
+    from moelab.eval.finetune import finetune_run
     from moelab.eval.results import check_eval_dir, finetune_table, write_result
     from moelab.eval.runs import parse_capacity
     from moelab.eval.tasks import get_task
 
-    for name in ("limit", "train_limit", "max_len"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise MoelabError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    settings = FinetuneSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lrs=_lrs(args.lrs),
-        seed=args.seed,
-        heldout_fraction=args.heldout_fraction,
-        max_len=args.max_len,
-        capacity_factor=parse_capacity(args.capacity_factor) if args.capacity_factor else None,
-    ).validate()
+    capacity = parse_capacity(args.capacity_factor) if args.capacity_factor else None
+    settings = settings_of(args, FinetuneSettings, capacity_factor=capacity).validate()
     check_eval_dir(args.run_dir)
     task = get_task(args.task, args.tasks_dir)
     result = finetune_run(

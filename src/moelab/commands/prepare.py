@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from moelab.data.builtin import DEFAULT_MAX_BYTES
+from moelab.commands import add_settings, settings_of
+from moelab.data.prepare import PrepareSettings
 from moelab.data.sources import SPEC_SYNTAX
 
 
@@ -33,8 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="include the built-in standard-library corpus (default: only when no --source)",
     )
-    parser.add_argument(
-        "--vocab-size", type=int, metavar="N", default=4096, help="BPE vocabulary size"
+    add_settings(
+        parser,
+        PrepareSettings,
+        {
+            "vocab_size": "BPE vocabulary size",
+            "seed": "seed of the train/val split",
+            "val_fraction": "share of a domain held for validation",
+            "val_max_bytes": "cap on a validation split's text",
+            "max_doc_bytes": "longer documents are cut",
+            "builtin_max_bytes": "text per built-in training domain (held-out: a quarter)",
+        },
     )
     parser.add_argument(
         "--tokenizer",
@@ -43,33 +53,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="use this tokenizer.json instead of training a BPE",
     )
     parser.add_argument("--workers", type=int, metavar="N", default=1, help="tokenizer processes")
-    parser.add_argument(
-        "--seed", type=int, metavar="N", default=0, help="seed of the train/val split"
-    )
-    parser.add_argument(
-        "--val-fraction",
-        type=float,
-        metavar="F",
-        default=0.05,
-        help="share of a domain held for validation",
-    )
-    parser.add_argument(
-        "--val-max-bytes",
-        type=int,
-        metavar="N",
-        default=1 << 19,
-        help="cap on a validation split's text",
-    )
-    parser.add_argument(
-        "--max-doc-bytes", type=int, metavar="N", default=1 << 15, help="longer documents are cut"
-    )
-    parser.add_argument(
-        "--builtin-max-bytes",
-        type=int,
-        default=DEFAULT_MAX_BYTES,
-        metavar="N",
-        help="text per built-in training domain (held-out: a quarter)",
-    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -80,15 +63,10 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         args.source,
         args.heldout,
+        settings_of(args, PrepareSettings),
         builtin=args.builtin,
-        vocab_size=args.vocab_size,
         tokenizer=args.tokenizer,
         workers=args.workers,
-        seed=args.seed,
-        val_fraction=args.val_fraction,
-        val_max_bytes=args.val_max_bytes,
-        max_doc_bytes=args.max_doc_bytes,
-        builtin_max_bytes=args.builtin_max_bytes,
         progress=not args.no_progress and sys.stderr.isatty(),
     )
     if not result.created:

@@ -43,29 +43,33 @@ from moelab.data.tokenizer import (
     token_dtype,
     train_bpe,
 )
-from moelab.errors import MoelabError
+from moelab.errors import MoelabError, check_at_least_one
 from moelab.io import atomic_dir, atomic_write_json, no_space_left, sha256_file
 from moelab.lock import folder_lock, remove_stale_temps
 from moelab.paths import check_can_create
+from moelab.progress import Bars
 
 
 @dataclass(frozen=True)
 class PrepareSettings:
-    """Everything that changes the output (and so goes into the fingerprint)."""
+    """Everything that changes the output (and so goes into the fingerprint). The one place of
+    these defaults: ``prepare()`` and ``moelab prepare``'s flags take them from here."""
 
-    vocab_size: int = 4096
-    seed: int = 0
-    val_fraction: float = 0.05  # of a training domain's text bytes ...
+    vocab_size: int = 4096  # BPE vocabulary size
+    seed: int = 0  # of the train/val split
+    val_fraction: float = 0.05  # share of a training domain's text bytes held for validation ...
     val_max_bytes: int = 1 << 19  # ... but at most this much (also caps held-out domains)
     max_doc_bytes: int = 1 << 15  # longer documents are cut at paragraph boundaries
-    builtin_max_bytes: int = DEFAULT_MAX_BYTES  # per built-in training domain
+    builtin_max_bytes: int = DEFAULT_MAX_BYTES  # per built-in training domain (held-out: 1/4)
 
     def validate(self) -> PrepareSettings:
         if not 0.0 < self.val_fraction < 1.0:
-            raise MoelabError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        for key in ("val_max_bytes", "max_doc_bytes", "builtin_max_bytes"):
-            if getattr(self, key) < 1:
-                raise MoelabError(f"{key} must be >= 1, got {getattr(self, key)}")
+            raise MoelabError(f"{{key}} must be in (0, 1), got {self.val_fraction}", "val_fraction")
+        check_at_least_one(
+            val_max_bytes=self.val_max_bytes,
+            max_doc_bytes=self.max_doc_bytes,
+            builtin_max_bytes=self.builtin_max_bytes,
+        )
         return self
 
 
@@ -92,55 +96,6 @@ class PrepareResult:
         return rows
 
 
-# ---------------------------------------------------------------------------------------------
-# Progress (rich), or nothing
-
-
-class _Progress:
-    def __init__(self, enabled: bool):
-        self._p = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                SpinnerColumn,
-                TextColumn,
-                TimeElapsedColumn,
-                TransferSpeedColumn,
-            )
-
-            self._p = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description:<28}"),
-                BarColumn(),
-                TextColumn("{task.percentage:>5.1f}%"),
-                TransferSpeedColumn(),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-
-    @contextlib.contextmanager
-    def running(self) -> Iterator[_Progress]:
-        if self._p is None:
-            yield self
-            return
-        with self._p:
-            yield self
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: float | None = None) -> Iterator[Any]:
-        if self._p is None:
-            yield lambda n: None
-            return
-        tid = self._p.add_task(description, total=total)
-        yield lambda n: self._p.advance(tid, n)
-        self._p.update(tid, completed=total if total is not None else 1, total=total or 1)
-
-
-# ---------------------------------------------------------------------------------------------
-
-
 def _as_specs(items: Sequence[SourceSpec | str]) -> list[SourceSpec]:
     return [s if isinstance(s, SourceSpec) else parse_source_spec(s) for s in items]
 
@@ -150,7 +105,7 @@ def _collect_inputs(
     heldout: list[SourceSpec],
     use_builtin: bool,
     settings: PrepareSettings,
-    progress: _Progress,
+    progress: Bars,
 ) -> tuple[dict[str, DomainInput], dict[str, Any] | None]:
     domains: dict[str, DomainInput] = {}
     seen: dict = {}  # one map for every source: a file's content is read once per preparation
@@ -253,13 +208,14 @@ def _out_is_free(out: Path) -> bool:
     if not out.exists():
         return True
     if not out.is_dir():
-        raise MoelabError(f"--out {out} exists and is not a folder; choose another path")
+        raise MoelabError(f"{{key}} {out} exists and is not a folder; choose another path", "out")
     if not any(out.iterdir()):
         return True
     if not (out / "manifest.json").is_file():
         raise MoelabError(
-            f"--out {out} exists and is not a moelab prepared folder; "
-            "choose another --out (nothing is overwritten)"
+            f"{{key}} {out} exists and is not a moelab prepared folder; "
+            "choose another {key} (nothing is overwritten)",
+            "out",
         )
     read_manifest(out)
     return False
@@ -273,8 +229,9 @@ def _check_existing(out: Path, fp: str) -> dict[str, Any] | None:
     manifest = read_manifest(out)
     if manifest.get("fingerprint") != fp:
         raise MoelabError(
-            f"--out {out} holds a different preparation (other sources or settings); "
-            "choose another --out or delete that folder first"
+            f"{{key}} {out} holds a different preparation (other sources or settings); "
+            "choose another {key} or delete that folder first",
+            "out",
         )
     verify_folder(out, manifest, full=True)
     return manifest
@@ -284,33 +241,25 @@ def prepare(
     out: str | Path,
     sources: Sequence[SourceSpec | str] = (),
     heldout: Sequence[SourceSpec | str] = (),
+    settings: PrepareSettings | None = None,
     *,
     builtin: bool | None = None,
-    vocab_size: int = 4096,
     tokenizer: str | Path | None = None,
     workers: int = 1,
-    seed: int = 0,
-    val_fraction: float = 0.05,
-    val_max_bytes: int = 1 << 19,
-    max_doc_bytes: int = 1 << 15,
-    builtin_max_bytes: int = DEFAULT_MAX_BYTES,
     progress: bool = False,
+    **options: Any,
 ) -> PrepareResult:
     """Prepare ``out`` from ``sources`` (training domains) and ``heldout`` (evaluation-only
     domains), each a ``DOMAIN=PATH_OR_GLOB[:options]`` string or a :class:`SourceSpec`.
     ``builtin`` adds the built-in standard-library corpus; by default it is used when no
     ``sources`` are given. ``tokenizer``: a tokenizer.json to use instead of training a BPE of
-    ``vocab_size``. Re-running with the same inputs returns the existing folder untouched."""
-    settings = PrepareSettings(
-        vocab_size=vocab_size,
-        seed=seed,
-        val_fraction=val_fraction,
-        val_max_bytes=val_max_bytes,
-        max_doc_bytes=max_doc_bytes,
-        builtin_max_bytes=builtin_max_bytes,
-    ).validate()
-    if workers < 1:
-        raise MoelabError(f"workers must be >= 1, got {workers}")
+    ``vocab_size``. The :class:`PrepareSettings` come as ``settings`` or as flat keywords
+    (``vocab_size=8192``). Re-running with the same inputs returns the existing folder
+    untouched."""
+    if settings is not None and options:
+        raise TypeError("prepare: give settings or keyword settings, not both")
+    settings = (settings or PrepareSettings(**options)).validate()
+    check_at_least_one(workers=workers)
     out = Path(out).resolve()
     src_specs, heldout_specs = _as_specs(sources), _as_specs(heldout)
     use_builtin = (not src_specs) if builtin is None else builtin
@@ -319,7 +268,7 @@ def prepare(
         user_tok = load_tokenizer(tokenizer)
         special_ids(user_tok, str(tokenizer))
     else:
-        check_vocab_size(vocab_size)  # before any reading
+        check_vocab_size(settings.vocab_size)  # before any reading
 
     # One preparation per folder at a time; the lock is held until the folder is complete.
     with folder_lock(out, "prepare"):
@@ -366,8 +315,8 @@ def _prepare_locked(
     vocab_size, seed = settings.vocab_size, settings.seed
     tok_sha = sha256_file(Path(tokenizer)) if tokenizer is not None else None
     _out_is_free(out)  # refuse a wrong --out before reading any input
-    prog = _Progress(progress)
-    with prog.running():
+    columns = ("spinner", "{task.description:<28}", "bar", "{task.percentage:>5.1f}%", "speed")
+    with Bars(progress, *columns, "elapsed") as prog:
         domains, builtin_info = _collect_inputs(
             src_specs, heldout_specs, use_builtin, settings, prog
         )

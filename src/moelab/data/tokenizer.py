@@ -49,8 +49,9 @@ BATCH_CHARS = 1 << 20  # ~1 MB of text per encode task: big enough to amortise t
 def check_vocab_size(vocab_size: int) -> None:
     if vocab_size < MIN_VOCAB:
         raise MoelabError(
-            f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB} "
-            f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)"
+            f"{{key}} {vocab_size} is too small: a byte-level BPE needs at least {MIN_VOCAB} "
+            f"(256 bytes + {len(SPECIAL_TOKENS)} special tokens)",
+            key="vocab_size",
         )
 
 

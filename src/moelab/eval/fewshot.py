@@ -28,7 +28,8 @@ SAMPLING = ("per_item", "per_run")
 def check_sampling(sampling: str) -> str:
     if sampling not in SAMPLING:
         raise MoelabError(
-            f"fewshot_sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}"
+            f"{{key}} must be one of {', '.join(SAMPLING)}, got {sampling!r}",
+            key="fewshot_sampling",
         )
     return sampling
 

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from moelab.data.tokenizer import eot_token_id
-from moelab.errors import MoelabError
-from moelab.eval.progress import progress_bar
+from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval.tasks.items import Item, Task
 from moelab.eval.tokens import make_encode
+from moelab.progress import progress_bar
 from moelab.train.optim import param_groups
 
 DEFAULT_LRS = (1e-5, 3e-5, 1e-4)
@@ -42,9 +42,11 @@ DEFAULT_LRS = (1e-5, 3e-5, 1e-4)
 
 @dataclass
 class FinetuneSettings:
+    """Fine-tuning's settings and their one set of defaults (``moelab finetune``'s flags too)."""
+
     epochs: int = 3
     batch_size: int = 16
-    lrs: tuple[float, ...] = DEFAULT_LRS
+    lrs: tuple[float, ...] = DEFAULT_LRS  # the grid, the same for every model
     seed: int = 0
     heldout_fraction: float = 0.1  # of the train split, for choosing the learning rate
     weight_decay: float = 0.01
@@ -53,14 +55,13 @@ class FinetuneSettings:
     capacity_factor: float | None = None  # None: dropless MoE
 
     def validate(self) -> FinetuneSettings:
-        if self.epochs < 1:
-            raise MoelabError(f"--epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise MoelabError(f"--batch-size must be >= 1, got {self.batch_size}")
+        check_at_least_one(epochs=self.epochs, batch_size=self.batch_size, max_len=self.max_len)
         if not self.lrs or any(not (lr > 0 and math.isfinite(lr)) for lr in self.lrs):
-            raise MoelabError(f"--lrs must be positive numbers, got {list(self.lrs)}")
+            raise MoelabError(f"{{key}} must be positive numbers, got {list(self.lrs)}", "lrs")
         if not 0.0 < self.heldout_fraction < 1.0:
-            raise MoelabError(f"--heldout-fraction must be in (0, 1), got {self.heldout_fraction}")
+            raise MoelabError(
+                f"{{key}} must be in (0, 1), got {self.heldout_fraction}", "heldout_fraction"
+            )
         return self
 
 
@@ -227,6 +228,7 @@ def finetune_task(
     and report validation accuracy at the rate chosen on held-out training items.
     ``limit`` caps the validation items, ``train_limit`` the training items (cheap runs)."""
     s = (settings or FinetuneSettings()).validate()
+    check_at_least_one(limit=limit, train_limit=train_limit)
     if task.finetune not in ("classify", "choice"):
         raise MoelabError(
             f"task {task.name} is not a fine-tuning task (LAMBADA-style tasks have no head; "
@@ -358,6 +360,9 @@ def finetune_run(
         if settings is not None:
             raise TypeError("finetune_run: give settings or keyword options, not both")
         settings = _settings(options)
+    check_at_least_one(limit=limit, train_limit=train_limit)
+    if settings is not None:
+        settings.validate()  # before the model loads
     loaded = task if isinstance(task, Task) else get_task(task, tasks_dir)
     run = open_run(run_dir, step=step, device=device)
     result = finetune_task(

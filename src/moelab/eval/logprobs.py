@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+BATCH_TOKENS = 8192  # padded tokens per scoring batch, unless the caller says otherwise
+
 
 @dataclass(frozen=True)
 class Request:

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 
 from moelab.data.globbing import expand
-from moelab.errors import MoelabError
-from moelab.eval.progress import progress_bar
+from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval.runs import evaluation_state, forward_flops
 from moelab.eval.scoring import ForwardStats, LogitsAt, model_logits_at
+from moelab.progress import progress_bar
+from moelab.train.validation import summed_nll
 
 IN_DOMAIN, OUT_OF_DOMAIN = "in-domain", "out-of-domain"
+BATCH_SIZE = 8  # windows per forward
 
 
 @dataclass
@@ -45,7 +47,9 @@ def iter_windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int
     tokens[start+1:end+1], and targets at index >= first_scored are scored. A generator: a long
     text's windows are never all held (a tuple each, ~150 bytes, grew with the file)."""
     if not 1 <= stride <= context:
-        raise MoelabError(f"--stride must be between 1 and the context {context}, got {stride}")
+        raise MoelabError(
+            f"{{key}} must be between 1 and the context {context}, got {stride}", key="stride"
+        )
     scored_until, start = 1, 0
     while scored_until < n_tokens:
         end = min(start + context, n_tokens - 1)
@@ -53,6 +57,16 @@ def iter_windows(n_tokens: int, context: int, stride: int) -> Iterator[tuple[int
             yield start, end, scored_until
             scored_until = end + 1
         start += stride
+
+
+def check_options(
+    context: int | None = None,
+    stride: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    max_tokens: int | None = None,
+) -> None:
+    """Refuse a bad perplexity option in one line, before any work."""
+    check_at_least_one(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens)
 
 
 def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
@@ -84,37 +98,38 @@ def source_loss(
     advance=None,
 ) -> tuple[float, int]:
     """(sum of negative log-likelihoods in nats, number of scored tokens)."""
-    total, count = 0.0, 0
-    with torch.inference_mode():
-        for batch in _batched(iter_windows(len(tokens), context, stride), batch_size):
-            T = max(end - start for start, end, _ in batch)
-            tokens_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
-            rows, positions, targets = [], [], []
-            for b, (start, end, first) in enumerate(batch):
-                tokens_BT[b, : end - start] = torch.from_numpy(
-                    np.asarray(tokens[start:end], dtype=np.int64)
-                )
-                # target index t (first..end) is predicted at input position t - 1 - start
-                rows += [b] * (end + 1 - first)
-                positions += range(first - 1 - start, end - start)
-                targets.append(np.asarray(tokens[first : end + 1], dtype=np.int64))
-            logits_NV = logits_at(
-                tokens_BT.to(device),
-                torch.tensor(rows, device=device),
-                torch.tensor(positions, device=device),
+
+    def batch_nll(batch: list[tuple[int, int, int]]) -> tuple[torch.Tensor, int]:
+        T = max(end - start for start, end, _ in batch)
+        tokens_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
+        rows, positions, targets = [], [], []
+        for b, (start, end, first) in enumerate(batch):
+            tokens_BT[b, : end - start] = torch.from_numpy(
+                np.asarray(tokens[start:end], dtype=np.int64)
             )
-            target_N = torch.from_numpy(np.concatenate(targets)).to(logits_NV.device)
-            nll = torch.nn.functional.cross_entropy(logits_NV.float(), target_N, reduction="sum")
-            total += float(nll)
-            count += int(target_N.numel())
-            if stats is not None:
-                stats.batches += 1
-                stats.sequences += len(batch)
-                stats.tokens += sum(end - start for start, end, _ in batch)
-                stats.padded_tokens += len(batch) * T
-            if advance is not None:
-                advance(len(batch))
-    return total, count
+            # target index t (first..end) is predicted at input position t - 1 - start
+            rows += [b] * (end + 1 - first)
+            positions += range(first - 1 - start, end - start)
+            targets.append(np.asarray(tokens[first : end + 1], dtype=np.int64))
+        logits_NV = logits_at(
+            tokens_BT.to(device),
+            torch.tensor(rows, device=device),
+            torch.tensor(positions, device=device),
+        )
+        target_N = torch.from_numpy(np.concatenate(targets)).to(logits_NV.device)
+        nll = torch.nn.functional.cross_entropy(logits_NV.float(), target_N, reduction="sum")
+        if stats is not None:
+            stats.batches += 1
+            stats.sequences += len(batch)
+            stats.tokens += sum(end - start for start, end, _ in batch)
+            stats.padded_tokens += len(batch) * T
+        if advance is not None:
+            advance(len(batch))
+        return nll, int(target_N.numel())
+
+    with torch.inference_mode():
+        windows_ = _batched(iter_windows(len(tokens), context, stride), batch_size)
+        return summed_nll(windows_, batch_nll)
 
 
 def evaluate_perplexity(
@@ -123,16 +138,19 @@ def evaluate_perplexity(
     *,
     context: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     device: torch.device | str | None = None,
     pad_id: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Loss, perplexity and bits per byte of ``model`` on every source, each reported apart.
     ``context`` defaults to the model's maximum, ``stride`` to ``context`` (no overlap)."""
+    check_options(context, stride, batch_size)
     context = context or model.cfg.max_seq_len
     if context > model.cfg.max_seq_len:
-        raise MoelabError(f"--context {context} exceeds the model's {model.cfg.max_seq_len}")
+        raise MoelabError(
+            f"{{key}} {context} exceeds the model's {model.cfg.max_seq_len}", key="context"
+        )
     stride = stride or context
     device = device if device is not None else next(model.parameters()).device
     rows = []
@@ -247,15 +265,16 @@ def expand_paths(paths: list[str]) -> list[Path]:
         # an existing path is literal (file[1].txt); ** never enters a symlinked folder
         matches = expand(p) if globlib.has_magic(p) else [p]
         if not matches:
-            raise MoelabError(f"--ppl {p}: no file matches this pattern")
+            raise MoelabError(f"{{key}} {p}: no file matches this pattern", key="paths")
         for m in matches:
             path = Path(m)
             if not path.exists():
-                raise MoelabError(f"--ppl {m}: no such file or folder")
+                raise MoelabError(f"{{key}} {m}: no such file or folder", key="paths")
             if path.is_dir() and not (path / "manifest.json").is_file():
                 raise MoelabError(
-                    f"--ppl {m}: a folder must be prepared data (with manifest.json); "
-                    "pass text files or a glob such as DIR/*.txt"
+                    f"{{key}} {m}: a folder must be prepared data (with manifest.json); "
+                    "pass text files or a glob such as DIR/*.txt",
+                    key="paths",
                 )
             out.append(path)
     return out
@@ -302,7 +321,7 @@ def run_perplexity(
     step: int | None = None,
     context: int | None = None,
     stride: int | None = None,
-    batch_size: int = 8,
+    batch_size: int = BATCH_SIZE,
     max_tokens: int | None = None,
     capacity_factor: float | None = None,
     device: str | None = None,
@@ -315,6 +334,7 @@ def run_perplexity(
     from moelab.data import PreparedData
     from moelab.eval.runs import capacity_report, open_run
 
+    check_options(context, stride, batch_size, max_tokens)
     run = opened or open_run(run_dir, step=step, device=device)
     run_data_dir = Path(run.run_cfg.data.dir)
     train_domains: set[str] = set()
@@ -335,8 +355,9 @@ def run_perplexity(
                 data = PreparedData.open(path, verify=False)
                 if not _same_file(path / "tokenizer.json", run_tok):
                     raise MoelabError(
-                        f"--ppl {path}: prepared with a different tokenizer than the run; "
-                        "pass the text files instead so they are tokenized with the run's"
+                        f"{{key}} {path}: prepared with a different tokenizer than the run; "
+                        "pass the text files instead so they are tokenized with the run's",
+                        key="paths",
                     )
                 same = path.resolve() == run_data_dir.resolve()
                 roles = set(data.train_domains) if same else set()

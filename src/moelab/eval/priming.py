@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from moelab.data.tokenizer import eot_token_id
-from moelab.errors import MoelabError
+from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval.fewshot import check_sampling, sample_shots, shot_prefix
-from moelab.eval.progress import progress_bar
+from moelab.eval.logprobs import BATCH_TOKENS
 from moelab.eval.runs import evaluation_state, forward_flops
 from moelab.eval.scoring import (
     MODES,
@@ -36,12 +36,26 @@ from moelab.eval.scoring import (
 from moelab.eval.stats import bootstrap_ci, correct_probability, mean_std
 from moelab.eval.tasks.items import Task
 from moelab.eval.tokens import make_encode
+from moelab.progress import progress_bar
 
 DEFAULT_SEEDS_FEWSHOT = 25  # the paper averages 25 draws of examples
 
 
-def default_seeds(shots: int) -> int:
-    return DEFAULT_SEEDS_FEWSHOT if shots > 0 else 1
+def check_options(
+    shots: int = 0,
+    seeds: int | None = None,
+    limit: int | None = None,
+    batch_tokens: int = BATCH_TOKENS,
+    fewshot_sampling: str = "per_item",
+) -> int:
+    """Refuse a bad priming option in one line, before any work; the number of seeds (25 draws
+    of shots by default, as the paper, and one draw without shots)."""
+    if shots < 0:
+        raise MoelabError(f"{{key}} must be >= 0, got {shots}", key="shots")
+    n_seeds = (DEFAULT_SEEDS_FEWSHOT if shots > 0 else 1) if seeds is None else seeds
+    check_at_least_one(seeds=n_seeds, limit=limit, batch_tokens=batch_tokens)
+    check_sampling(fewshot_sampling)
+    return n_seeds
 
 
 def build_prompts(
@@ -89,8 +103,7 @@ def primary_mode(task: Task) -> str:
 def selected_items(task: Task, limit: int | None) -> list[int]:
     """Indices of the evaluated items: the first ``limit`` (all when None), counted per group
     of prefix ``task.limit_per`` when the task sets one (BLiMP: pairs per paradigm)."""
-    if limit is not None and limit < 1:
-        raise MoelabError(f"--limit must be >= 1, got {limit}")
+    check_at_least_one(limit=limit)
     if limit is None:
         return list(range(len(task.items)))
     if not task.limit_per or not task.groups:
@@ -131,7 +144,7 @@ def evaluate_task(
     seed_base: int = 0,
     max_len: int | None = None,
     device: torch.device | str | None = None,
-    batch_tokens: int = 8192,
+    batch_tokens: int = BATCH_TOKENS,
     logits_at: LogitsAt | None = None,
     prefix_id: int | None = None,
     bootstrap: int = 1000,
@@ -156,12 +169,7 @@ def evaluate_task(
     ``fewshot_sampling``: "per_item" draws each item's shots apart, "per_run" one set per seed
     for every item (:mod:`moelab.eval.fewshot`). The model is left as it was given (train/eval
     flags, MoE capacity)."""
-    if shots < 0:
-        raise MoelabError(f"--shots must be >= 0, got {shots}")
-    n_seeds = default_seeds(shots) if seeds is None else seeds
-    if n_seeds < 1:
-        raise MoelabError(f"--seeds must be >= 1, got {n_seeds}")
-    check_sampling(fewshot_sampling)
+    n_seeds = check_options(shots, seeds, limit, batch_tokens, fewshot_sampling)
     primary = primary_mode(task)
     modes = task_modes(task)
     indices = selected_items(task, limit)
@@ -374,7 +382,7 @@ def run_priming(
     separator: str = "\n",
     step: int | None = None,
     capacity_factor: float | None = None,
-    batch_tokens: int = 8192,
+    batch_tokens: int = BATCH_TOKENS,
     device: str | None = None,
     progress: bool = False,
     show_prompt: bool = False,
@@ -388,7 +396,7 @@ def run_priming(
     from moelab.eval.runs import capacity_report, open_run
     from moelab.eval.tasks import get_task
 
-    check_sampling(fewshot_sampling)
+    check_options(shots, seeds, limit, batch_tokens, fewshot_sampling)
     # every task file is checked before any model work
     loaded = [t if isinstance(t, Task) else get_task(t, tasks_dir) for t in tasks]
     run = opened or open_run(run_dir, step=step, device=device)

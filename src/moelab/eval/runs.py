@@ -35,9 +35,11 @@ def pick_device(device: str | None) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise MoelabError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1)") from None
+        raise MoelabError(
+            f"{{key}} {device!r}: not a torch device (cpu, cuda, cuda:1)", key="device"
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MoelabError("--device cuda: no CUDA device here; use --device cpu")
+        raise MoelabError("{key} cuda: no CUDA device here; use {key} cpu", key="device")
     return dev
 
 
@@ -74,7 +76,7 @@ def set_capacity(
         layer.capacity_factor = train_factor
 
 
-def parse_capacity(value: Any, key: str = "--capacity-factor") -> float | None:
+def parse_capacity(value: Any, key: str = "capacity_factor") -> float | None:
     """A MoE capacity factor as a user gives it: a number > 0, or None / "dropless" / "none" /
     "null" for dropless (the default). ``key`` names the setting in the error line."""
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "dropless")):
@@ -82,9 +84,9 @@ def parse_capacity(value: Any, key: str = "--capacity-factor") -> float | None:
     try:
         factor = float(value)
     except (TypeError, ValueError):
-        raise MoelabError(f"{key} {value!r}: expected a number or 'dropless'") from None
+        raise MoelabError(f"{{key}} {value!r}: expected a number or 'dropless'", key) from None
     if not factor > 0:
-        raise MoelabError(f"{key} must be > 0, got {factor}")
+        raise MoelabError(f"{{key}} must be > 0, got {factor}", key)
     return factor
 
 

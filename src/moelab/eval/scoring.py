@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from moelab.errors import MoelabError
-from moelab.eval.logprobs import ForwardStats, Request, Scored, split_scores
+from moelab.eval.logprobs import BATCH_TOKENS, ForwardStats, Request, Scored, split_scores
 from moelab.eval.shared import score_shared, shared_groups
 
 Encode = Callable[[str], list[int]]
@@ -95,7 +95,7 @@ def score_requests(
     *,
     max_len: int,
     device: torch.device | str = "cpu",
-    batch_tokens: int = 8192,
+    batch_tokens: int = BATCH_TOKENS,
     max_batch: int = 64,
     pad_id: int = 0,
     stats: ForwardStats | None = None,

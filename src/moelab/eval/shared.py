@@ -76,7 +76,7 @@ def score_shared(
     device: torch.device | str,
     pad_id: int,
     stats: ForwardStats,
-    batch_tokens: int = 8192,
+    batch_tokens: int,
 ) -> list[Scored]:
     """Scores of every continuation after ``context_ids``: the context runs once, then the
     continuations in batches of at most ``batch_tokens`` (:func:`continuation_batches`)."""

@@ -30,14 +30,16 @@ def require_transformers(command: str) -> None:
         ) from None
 
 
-def check_new_folder(out: Path, flag: str = "--out") -> None:
+def check_new_folder(out: Path, key: str = "out") -> None:
     """An output folder must not exist or be empty: nothing of the user's is ever replaced."""
-    check_can_create(out, flag)
+    check_can_create(out, key)
     if out.exists():
         if not out.is_dir():
-            raise MoelabError(f"{flag} {out}: exists and is not a folder")
+            raise MoelabError(f"{{key}} {out}: exists and is not a folder", key=key)
         if any(out.iterdir()):
-            raise MoelabError(f"{flag} {out}: folder is not empty; choose a new or empty folder")
+            raise MoelabError(
+                f"{{key}} {out}: folder is not empty; choose a new or empty folder", key=key
+            )
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ transformers class expresses; MoE layers run dropless unless ``capacity_factor``
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,11 @@ from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from moelab.errors import MoelabError
+from moelab.eval.logprobs import BATCH_TOKENS
 from moelab.eval.scoring import Request, model_logits_at, score_requests
 from moelab.model import KVCache
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BATCH = 64  # sequences per forward when the harness says "auto"
 
@@ -57,10 +61,7 @@ def _usable_device(device: str | None) -> str | None:
     """The harness's CLI asks for cuda:0 by default; like its HF backend, fall back to the CPU
     when there is no GPU instead of failing."""
     if device and str(device).startswith("cuda") and not torch.cuda.is_available():
-        print(
-            f"MoelabLM: device {device!r} requested but CUDA is unavailable; using cpu",
-            file=sys.stderr,
-        )
+        log.warning(f"MoelabLM: device {device!r} requested but CUDA is unavailable; using cpu")
         return "cpu"
     return device
 
@@ -85,7 +86,7 @@ class MoelabLM(TemplateLM):
         device: str | None = None,
         batch_size: int | str | None = DEFAULT_BATCH,
         max_batch_size: int | None = None,
-        batch_tokens: int = 8192,
+        batch_tokens: int = BATCH_TOKENS,
         max_length: int | None = None,
         max_gen_toks: int = 256,
         capacity_factor: float | str | None = None,
@@ -111,7 +112,7 @@ class MoelabLM(TemplateLM):
             self.run_dir = None
             model = model.to(pick_device(device))
         self.model = model.eval()
-        set_capacity(self.model, eval_factor=parse_capacity(capacity_factor, "capacity_factor"))
+        set_capacity(self.model, eval_factor=parse_capacity(capacity_factor))
         self.tokenizer = tokenizer
         self._device = next(self.model.parameters()).device
         self._eot = eot_token_id(tokenizer, default=0)

@@ -9,11 +9,29 @@ dropout and the MoE's evaluation capacity (dropless by default), then back to tr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+B = TypeVar("B")
+
+
+def summed_nll(
+    batches: Iterable[B], batch_nll: Callable[[B], tuple[torch.Tensor, int]]
+) -> tuple[float, int]:
+    """(summed next-token negative log-likelihood in nats, scored tokens) over ``batches``, where
+    ``batch_nll(batch)`` gives a batch's summed loss and its scored tokens: the one loss loop of
+    training validation and perplexity evaluation. Each batch's sum is added in float64 on its
+    device, so nothing waits for the device until the end."""
+    total, count = None, 0
+    for batch in batches:
+        nll, n = batch_nll(batch)
+        total = nll.double() if total is None else total + nll.double()
+        count += n
+    return (0.0 if total is None else float(total)), count
 
 
 def build_eval_sets(data, seq_len: int, eval_tokens: int, batch_size: int) -> dict[str, list]:
@@ -45,23 +63,21 @@ def evaluate(
     """Mean next-token cross-entropy (nats) per domain."""
     was_training = model.training
     model.eval()
+
+    def batch_nll(batch) -> tuple[torch.Tensor, int]:
+        inputs_BT = batch.inputs_BT.to(device, non_blocking=True)
+        targets_BT = batch.targets_BT.to(device, non_blocking=True)
+        mask_BT = batch.mask_BT.to(device, non_blocking=True)
+        with autocast():
+            logits = model(inputs_BT).logits_BTV
+        loss_BT = F.cross_entropy(logits.float().transpose(1, 2), targets_BT, reduction="none")
+        return (loss_BT * mask_BT).sum(), batch.n_tokens
+
     out = {}
     try:
         for domain, batches in eval_sets.items():
-            total = torch.zeros((), dtype=torch.float64, device=device)
-            count = 0
-            for batch in batches:
-                inputs_BT = batch.inputs_BT.to(device, non_blocking=True)
-                targets_BT = batch.targets_BT.to(device, non_blocking=True)
-                mask_BT = batch.mask_BT.to(device, non_blocking=True)
-                with autocast():
-                    logits = model(inputs_BT).logits_BTV
-                loss_BT = F.cross_entropy(
-                    logits.float().transpose(1, 2), targets_BT, reduction="none"
-                )
-                total += (loss_BT * mask_BT).sum().double()
-                count += batch.n_tokens
-            out[domain] = float(total / max(1, count))
+            nll, count = summed_nll(batches, batch_nll)
+            out[domain] = nll / max(1, count)
     finally:
         model.train(was_training)
     return out

@@ -1,0 +1,62 @@
+"""moelab.progress: the bars draw on a real terminal (a pty) and nowhere else; log lines reach
+stderr once each, above a bar while one is drawn."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pty
+import sys
+
+from moelab.progress import Bars, log_to_stderr, progress_bar
+from moelab.train.progress import ProgressBar
+
+
+def _read_all(fd: int) -> str:
+    chunks = []
+    os.set_blocking(fd, False)
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_bars_draw_on_a_terminal_and_log_lines_go_above(monkeypatch):
+    master, slave = pty.openpty()
+    with open(slave, "w", closefd=True) as term:
+        monkeypatch.setattr(sys, "stderr", term)
+        monkeypatch.setenv("COLUMNS", "120")
+        log_to_stderr()
+        with progress_bar(3, "ppl books") as advance:
+            advance(3)
+        with Bars(True, "{task.description}", "speed") as bars, bars.task("tokenizing x", 10) as go:
+            go(10)
+        bar = ProgressBar(5, 1, enabled=True, title="tiny-moe")
+        bar.update(4, 3.25, 1234.0)
+        bar.log("cooldown 4 -> 5: books 3.100")
+        bar.close()
+        term.flush()
+    out = _read_all(master)
+    os.close(master)
+    assert "ppl books" in out and "tokenizing x" in out
+    assert "tiny-moe" in out and "loss 3.2500" in out and "1,234 tok/s" in out
+    assert out.count("cooldown 4 -> 5: books 3.100") == 1
+
+
+def test_no_terminal_no_bar_and_one_line_per_message(capsys):
+    with progress_bar(3, "ppl books") as advance:
+        advance(3)
+    bar = ProgressBar(5, 1, enabled=True, title="tiny-moe")
+    assert bar._bars.live is None  # stderr is not a terminal here: rich never starts
+    bar.update(2, 1.0, 10.0)
+    log_to_stderr()
+    log_to_stderr()  # twice: still one handler, one line
+    logging.getLogger("moelab.lock").warning("note: taken over")
+    bar.close()
+    err = capsys.readouterr().err
+    assert err == "note: taken over\n"
