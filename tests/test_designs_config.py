@@ -46,9 +46,14 @@ def test_earlier_runs_keep_their_config_hash(model, digest):
     assert not set(DESIGN_KEYS) & set(yaml.safe_load(cfg.to_yaml())["model"])
 
 
-def test_a_design_key_set_is_written():
-    assert to_dict(ModelConfig(n_experts=4, n_shared_experts=1))["n_shared_experts"] == 1
-    assert "n_shared_experts" not in to_dict(ModelConfig(n_experts=4))
+def test_a_design_key_set_is_written_hashed_and_reloads():
+    plain = _run("moe-cpu-0.5m")
+    cfg = _run({"preset": "moe-cpu-0.5m", "n_shared_experts": 1})
+    assert cfg.config_hash() != plain.config_hash()
+    assert to_dict(cfg.model)["n_shared_experts"] == 1
+    assert "n_shared_experts" not in to_dict(plain.model)
+    again = run_config_from_dict(yaml.safe_load(cfg.to_yaml()), check_data=False)
+    assert again.config_hash() == cfg.config_hash() and again.model == cfg.model
 
 
 @pytest.mark.parametrize(

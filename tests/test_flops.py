@@ -181,3 +181,42 @@ def test_count_equals_built_model(cfg):
     build_model = _build_model_or_skip()
     model = build_model(cfg.validate())
     assert count_params(cfg).total == sum(p.numel() for p in model.parameters())
+
+
+DESIGN_CONFIGS = {
+    "fine-grained": dict(d_expert=24, top_k=3),
+    "shared gated": dict(d_expert=16, n_shared_experts=2, shared_expert_gate=True, top_k=2),
+    "sigmoid bias": dict(d_expert=16, n_shared_experts=1, router_score="sigmoid", balance="bias"),
+}
+
+
+@pytest.mark.parametrize("arch", ["paper", "modern"])
+@pytest.mark.parametrize("design", list(DESIGN_CONFIGS))
+def test_designs_count_equals_built_model_and_flops_follow_the_active_width(design, arch):
+    """Granularity, shared experts (and their gate) and sigmoid routing (its bias is a buffer,
+    not a parameter) in the counts of a built model; FLOPs grow by one expert-width FFN per
+    active routed or shared expert."""
+    build_model = _build_model_or_skip()
+    base = ModelConfig(
+        arch=arch, vocab_size=97, n_layers=2, d_model=32, n_heads=4, d_ffn=64, max_seq_len=16
+    )
+    cfg = dataclasses.replace(base, n_experts=4, moe_every=1, **DESIGN_CONFIGS[design])
+    model = build_model(cfg.validate())
+    counts = count_params(cfg)
+    params = dict(model.named_parameters())
+    assert counts.total == sum(p.numel() for p in params.values())
+    shared = sum(p.numel() for n, p in params.items() if ".shared" in n)
+    assert counts.shared_experts == shared == (2 * _moe_shared(cfg) if shared else 0)
+    assert counts.experts == sum(p.numel() for n, p in params.items() if ".experts." in n)
+    w, n_mats = cfg.expert_width, 3 if arch == "modern" else 2
+    active_ffn = 4 * 2 * n_mats * 32 * w * (cfg.top_k + cfg.n_shared_experts)
+    dense_ffn = 4 * 2 * n_mats * 32 * 64
+    assert train_flops_per_token(cfg) == train_flops_per_token(base) + 2 * (active_ffn - dense_ffn)
+    expert = sum(p[0].numel() for n, p in params.items() if ".0.ffn.experts." in n)
+    assert counts.total - counts.active == 2 * (cfg.n_experts - cfg.top_k) * expert
+
+
+def _moe_shared(cfg: ModelConfig) -> int:
+    w, d = cfg.n_shared_experts * cfg.expert_width, cfg.d_model
+    ffn = 3 * d * w if cfg.arch == "modern" else 2 * d * w + w + d
+    return ffn + (d if cfg.shared_expert_gate else 0)

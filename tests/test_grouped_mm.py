@@ -26,14 +26,6 @@ def assert_close_bf16(a: torch.Tensor, b: torch.Tensor, msg: str = "") -> None:
     assert err <= BF16_TOL * b.float().abs().max(), f"{msg}: {err}"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _experts(arch: str, kernel: str, dtype=torch.float32, dropout: float = 0.0) -> Experts:
     torch.manual_seed(0)
     ex = Experts(4, 8, 16, arch, activation_dropout=dropout)

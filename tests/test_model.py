@@ -135,7 +135,7 @@ def test_kv_cache_decoding_equals_full_forward(arch, kw):
 def test_hidden_and_outputs():
     cfg = tiny_cfg("paper", 4, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0)
     model = build_model(cfg, seed=0).eval()
-    out = model(torch.zeros(1, 5, dtype=torch.long), return_hidden=True)
+    out = model(torch.zeros(1, 5, dtype=torch.long), return_hidden=True, moe_stats=True)
     assert out.hidden_BTD.shape == (1, 5, cfg.d_model)
     torch.testing.assert_close(out.logits_BTV, out.hidden_BTD @ model.embed.weight.t())
     assert out.logits_BTV.dtype == torch.float32

@@ -13,17 +13,6 @@ from moelab.errors import MoelabError
 from moelab.model.grouped import grouped_ffn, grouped_linear
 from moelab.model.moe import Experts, MoeFFN, expert_capacity, plan_dispatch, route
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """These tensors are tiny: a second intra-op thread only adds synchronisation, and on a
-    shared 2-core box it makes each op wait for a descheduled thread (measured 6x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------
 # The obviously-correct reference: plain Python loops over tokens.
 

@@ -49,12 +49,17 @@ def test_unknown_preset_names_close_matches():
 
 def test_compute_partners_have_same_width_and_depth():
     moes = [n for n in PRESETS if get_preset(n).is_moe]
-    assert len(moes) == 4 + 10 + 5  # paper, CPU paper and modern, CPU modern every2
+    # paper, CPU paper and modern, CPU modern every2, CPU designs (3 at 0.5m, 1m, 2m)
+    assert len(moes) == 4 + 10 + 5 + 9
     for moe in moes:
         dense_name = compute_partner(moe)
         assert dense_name is not None and moe in moe_partners(dense_name)
-        # A dense preset answers with its first MoE: the every-layer one for -modern.
-        assert compute_partner(dense_name) == moe.removesuffix("-every2")
+        # A dense preset answers with its first MoE: the every-layer one for -modern, the
+        # paper's design before today's.
+        first = moe.removesuffix("-every2")
+        for design in ("-g4-shared", "-g4-sigmoid", "-g4"):
+            first = first.removesuffix(design)
+        assert compute_partner(dense_name) == first
         m, d = get_preset(moe), get_preset(dense_name)
         assert not d.is_moe
         for key in ("arch", "n_layers", "d_model", "n_heads", "d_ffn", "vocab_size", "max_seq_len"):
@@ -95,7 +100,20 @@ def test_cpu_ladder_sizes():
         assert dataclasses.replace(every2, name=modern.name, moe_every=1) == modern
         assert compute_partner(every2.name) == f"dense-cpu-{tag}-modern"
         assert every2.moe_layer_ids() == get_preset(f"moe-cpu-{tag}").moe_layer_ids()
-    assert len(CPU_PRESETS) == 25
+    assert len(CPU_PRESETS) == 34
+
+
+def test_design_presets_match_the_paper_moe_in_size_and_flops():
+    for tag in ("0.5m", "1m", "2m"):
+        paper = get_preset(f"moe-cpu-{tag}")
+        for design in ("g4", "g4-shared", "g4-sigmoid"):
+            cfg = get_preset(f"moe-cpu-{tag}-{design}")
+            assert cfg.expert_width * 4 == paper.d_ffn
+            assert (cfg.n_experts + cfg.n_shared_experts) * cfg.expert_width == 8 * paper.d_ffn
+            assert (cfg.top_k + cfg.n_shared_experts) * cfg.expert_width == 2 * paper.d_ffn
+            ratio = flops_ratio_to_partner(cfg.name)
+            assert ratio == pytest.approx(flops_ratio_to_partner(paper.name), rel=1e-12)
+        assert get_preset(f"moe-cpu-{tag}-g4-sigmoid").balance == "bias"
 
 
 def test_flops_ratio_to_partner():

@@ -207,21 +207,6 @@ class ModelConfig:
                 f"{policy!r} ignores the balancing bias in its second choice; balance 'bias' "
                 "needs 'all'",
             )
-        for key, value in (
-            ("d_expert", self.d_expert is not None),
-            ("n_shared_experts", self.n_shared_experts != 0),
-            ("router_score", self.router_score != "softmax"),
-            ("norm_topk", self.norm_topk is not None),
-            ("route_scale", self.route_scale != 1.0),
-            ("balance", self.balance != "loss"),
-            ("balance_scope", self.balance_scope != "micro_batch"),
-        ):
-            if value and key not in IMPLEMENTED_DESIGNS:
-                raise bad(key, f"{getattr(self, key)!r} is not implemented yet; leave the default")
-
-
-# Design keys whose non-default values the layer computes (the rest are refused for now).
-IMPLEMENTED_DESIGNS: frozenset[str] = frozenset()
 
 
 # ---------------------------------------------------------------------------------------------

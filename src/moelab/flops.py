@@ -29,13 +29,15 @@ class ParamCounts:
     embedding: int  # the tied token embedding / output projection, counted once
     non_embedding: int  # total - embedding
     active_non_embedding: int  # active - embedding
-    experts: int  # all expert FFN parameters over all MoE layers (0 for dense)
+    experts: int  # all routed expert FFN parameters over all MoE layers (0 for dense)
     router: int  # all router (gate) weights over all MoE layers (0 for dense)
+    shared_experts: int = 0  # shared expert FFNs and their gates over all MoE layers
 
 
-def _ffn_params(cfg: ModelConfig) -> int:
-    """One FFN (a dense FFN or one expert): GELU fc1+fc2 with biases, or SwiGLU w1,w3,w2 without."""
-    d, f = cfg.d_model, cfg.d_ffn
+def _ffn_params(cfg: ModelConfig, width: int | None = None) -> int:
+    """One FFN of hidden width ``width`` (default d_ffn: a dense FFN; an expert passes its
+    own): GELU fc1+fc2 with biases, or SwiGLU w1,w3,w2 without."""
+    d, f = cfg.d_model, cfg.d_ffn if width is None else width
     if cfg.arch == "modern":
         return 3 * d * f
     return (d * f + f) + (f * d + d)
@@ -58,18 +60,21 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     d = cfg.d_model
     moe_layers = set(cfg.moe_layer_ids())
     ffn = _ffn_params(cfg)
+    expert = _ffn_params(cfg, cfg.expert_width)
+    shared_ffn = _moe_shared_params(cfg)
     shared_per_layer = _attention_params(cfg) + 2 * _norm_params(cfg)
 
-    total = active = experts = router = 0
+    total = active = experts = router = shared = 0
     for layer in range(cfg.n_layers):
         total += shared_per_layer
         active += shared_per_layer
         if layer in moe_layers:
             gate = d * cfg.n_experts  # linear without bias
             router += gate
-            experts += cfg.n_experts * ffn
-            total += gate + cfg.n_experts * ffn
-            active += gate + cfg.top_k * ffn
+            experts += cfg.n_experts * expert
+            shared += shared_ffn
+            total += gate + cfg.n_experts * expert + shared_ffn
+            active += gate + cfg.top_k * expert + shared_ffn
         else:
             total += ffn
             active += ffn
@@ -86,26 +91,42 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
         active_non_embedding=active - embedding,
         experts=experts,
         router=router,
+        shared_experts=shared,
     )
 
 
+def _moe_shared_params(cfg: ModelConfig) -> int:
+    """An MoE layer's always-on part besides the router: its shared experts (one FFN of width
+    n_shared * expert width) and their gate (D -> 1, no bias)."""
+    if not cfg.n_shared_experts:
+        return 0
+    gate = cfg.d_model if cfg.shared_expert_gate else 0
+    return _ffn_params(cfg, cfg.n_shared_experts * cfg.expert_width) + gate
+
+
 def block_dense_params(cfg: ModelConfig, moe_layer: bool) -> int:
-    """Parameters of one block outside its experts (what FSDP gathers for it): attention, two
-    norms, and the FFN of a dense layer or the router of an MoE layer."""
+    """Parameters of one block outside its routed experts (what FSDP gathers for it):
+    attention, two norms, and the FFN of a dense layer or the router (and shared experts) of
+    an MoE layer."""
     shared = _attention_params(cfg) + 2 * _norm_params(cfg)
-    return shared + (cfg.d_model * cfg.n_experts if moe_layer else _ffn_params(cfg))
+    if moe_layer:
+        return shared + cfg.d_model * cfg.n_experts + _moe_shared_params(cfg)
+    return shared + _ffn_params(cfg)
 
 
 def _forward_matmul_params_per_token(cfg: ModelConfig) -> int:
-    """Weight-matrix entries one token multiplies through in the blocks (biases, norms and the
-    router excluded, as in the paper): attention projections plus the active FFN matrices."""
+    """Weight-matrix entries one token multiplies through in the blocks (biases, norms, the
+    router and the shared experts' gate excluded, as the paper leaves out the router):
+    attention projections plus the active FFN matrices, which in an MoE layer are top_k
+    experts of width d_expert and the shared experts (n_shared x d_expert)."""
     d, f = cfg.d_model, cfg.d_ffn
     n_mats = 3 if cfg.arch == "modern" else 2  # SwiGLU has three FFN matrices, GELU two
     ffn_mm = n_mats * d * f
+    moe_mm = n_mats * d * cfg.expert_width * (cfg.top_k + cfg.n_shared_experts)
     n_moe = len(cfg.moe_layer_ids())
     n_dense = cfg.n_layers - n_moe
     attn_mm = 4 * d * d
-    return cfg.n_layers * attn_mm + n_dense * ffn_mm + n_moe * cfg.top_k * ffn_mm
+    return cfg.n_layers * attn_mm + n_dense * ffn_mm + n_moe * moe_mm
 
 
 def train_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:

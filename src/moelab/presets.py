@@ -14,6 +14,13 @@ no biases) with MoE in every layer, the layout Llama and Mixtral checkpoints use
 modern study can match the paper's layout and its FLOPs ratio of an MoE token to a dense one. Every
 preset names its initialisation: ``fairseq`` for the paper architecture (what the paper's models
 started from), ``scaled_normal`` for the modern one (docs/model.md).
+
+Designs beyond the paper (issue 17), paper architecture, at 0.5m, 1m and 2m, each with the same
+total expert parameters and the same active FLOPs per token as ``moe-cpu-{tag}`` (8 experts of
+d_ffn, top-2) and the same dense partner: ``-g4`` fine-grained experts (granularity 4: 32
+experts of d_ffn / 4, top-8); ``-g4-shared`` one shared expert plus top-7 of 31 routed
+(DeepSeekMoE's layout); ``-g4-sigmoid`` the same with sigmoid scores and auxiliary-loss-free
+bias balancing (DeepSeek-V3's router).
 """
 
 from __future__ import annotations
@@ -82,6 +89,15 @@ def _cpu(
     )
 
 
+# Suffix -> changes to the paper MoE, with experts of d_ffn / 4 (module docstring).
+_G4_SHARED = dict(n_experts=31, top_k=7, n_shared_experts=1)
+_DESIGNS = (
+    ("g4", dict(n_experts=32, top_k=8)),
+    ("g4-shared", _G4_SHARED),
+    ("g4-sigmoid", dict(_G4_SHARED, router_score="sigmoid", balance="bias")),
+)
+
+
 def _build() -> tuple[dict[str, ModelConfig], dict[str, str]]:
     presets: dict[str, ModelConfig] = {}
     partner_of_moe: dict[str, str] = {}
@@ -130,6 +146,14 @@ def _build() -> tuple[dict[str, ModelConfig], dict[str, str]]:
             m_name, n_layers, d_model, n_heads, moe=True, modern=True, moe_every=2
         )
         partner_of_moe[m_name] = d_name
+    # Today's designs at the paper's total and active expert size (granularity G = 4).
+    for tag, n_layers, d_model, n_heads in ladder[1:4]:
+        base = _cpu(f"moe-cpu-{tag}", n_layers, d_model, n_heads, moe=True)
+        quarter = base.d_ffn // 4
+        for suffix, design in _DESIGNS:
+            m_name = f"moe-cpu-{tag}-{suffix}"
+            presets[m_name] = dataclasses.replace(base, name=m_name, d_expert=quarter, **design)
+            partner_of_moe[m_name] = f"dense-cpu-{tag}"
     return presets, partner_of_moe
 
 

@@ -22,11 +22,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
+from moelab.model.ffn import FeedForward
 from moelab.model.grouped import (
     compute_dtype,
     grouped_ffn,
@@ -46,6 +48,8 @@ class MoeStats:
     ``tokens_kept_E`` after it. ``dropped_frac_K[r]`` is the fraction of rank-r assignments
     dropped for capacity (rank 0 = top-1). ``gate_entropy`` is the mean over tokens of the
     router distribution's entropy (nats); ``aux_loss`` is this layer's unweighted balancing loss.
+    ``max_vio`` (max load / mean load - 1, Wang et al. 2024) and ``dead_experts`` (experts with
+    no assignment) are :func:`load_balance` of ``tokens_routed_E``.
     """
 
     layer: int
@@ -55,6 +59,18 @@ class MoeStats:
     dropped_frac_K: torch.Tensor
     gate_entropy: torch.Tensor
     aux_loss: torch.Tensor
+    max_vio: torch.Tensor
+    dead_experts: torch.Tensor
+
+
+def load_balance(load_E: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(MaxVio, dead experts) of per-expert assignment counts: ``max(load) / mean(load) - 1``
+    (0 when balanced; 0 for no tokens at all) and the number of experts with no assignment.
+    For a whole step or logging interval, pass the counts summed over it (and over ranks)."""
+    load = load_E.double()
+    mean = load.mean()
+    max_vio = torch.where(mean > 0, load.max() / mean.clamp_min(1e-300) - 1.0, 0.0)
+    return max_vio, (load_E == 0).sum()
 
 
 @dataclass
@@ -65,8 +81,11 @@ class Routing:
     its expert's queue (rank-0 assignments first in token order, then rank 1, ...); -1 where the
     assignment was skipped by the ``random`` policy. ``kept_SK``: offered and within capacity.
     ``combine_SK``: float32 weight of each assignment in the output (0 where not kept), carrying
-    the gradient to the router. ``aux_loss``: E * sum_e me_e * ce_e. ``z_loss``:
-    mean_s logsumexp(logits_s)^2. ``all_kept``: every assignment is kept (dropless, no skipped
+    the gradient to the router. ``probs_SE``: the router distribution (softmax; for sigmoid
+    scores, the scores normalised per token) that the balancing loss and entropy read.
+    ``aux_loss``: E * sum_e me_e * ce_e at the routing's scope. ``z_loss``:
+    mean_s logsumexp(logits_s)^2. ``top1_counts_E``: tokens whose rank-0 choice is e (the
+    loss's ce before dividing). ``all_kept``: every assignment is kept (dropless, no skipped
     second choice), known without looking at the data.
     """
 
@@ -79,6 +98,7 @@ class Routing:
     capacity: int | None
     aux_loss: torch.Tensor
     z_loss: torch.Tensor
+    top1_counts_E: torch.Tensor | None = None
     all_kept: bool = False
 
     @property
@@ -95,6 +115,7 @@ class Routing:
         dropped_frac_K = dropped_K / offered.sum(0).clamp_min(1).float()
         p = self.probs_SE.detach()
         entropy = -(p * p.clamp_min(torch.finfo(p.dtype).tiny).log()).sum(-1).mean()
+        max_vio, dead = load_balance(routed_E)
         return MoeStats(
             layer=layer,
             capacity=self.capacity,
@@ -103,6 +124,8 @@ class Routing:
             dropped_frac_K=dropped_frac_K,
             gate_entropy=entropy,
             aux_loss=self.aux_loss.detach(),
+            max_vio=max_vio,
+            dead_experts=dead,
         )
 
 
@@ -151,18 +174,33 @@ def route(
     policy: str = "all",
     generator: torch.Generator | None = None,
     training: bool = False,
+    *,
+    score: str = "softmax",
+    norm_topk: bool | None = None,
+    route_scale: float = 1.0,
+    bias_E: torch.Tensor | None = None,
+    seq_len: int | None = None,
 ) -> Routing:
-    """Top-k routing with capacity, fairseq semantics (a pure function of its inputs).
+    """Top-k routing with capacity, fairseq semantics by default (a pure function of its inputs).
 
-    - probabilities: softmax in float32. Expert 0 = argmax of the probabilities; expert r >= 1
-      = argmax of the logits over the experts not yet chosen (as fairseq's top2gating, also
-      where probabilities underflow to 0); exact ties go to the lowest index.
-    - ``policy`` (k == 2 and ``training`` only): ``sampling`` picks expert 2 by Gumbel-noised
-      logits excluding expert 1; ``random`` keeps expert 2 with probability 2 * g2.
+    - ``score="softmax"`` (the paper): probabilities in float32. Expert 0 = argmax of the
+      probabilities; expert r >= 1 = argmax of the logits over the experts not yet chosen (as
+      fairseq's top2gating, also where probabilities underflow to 0); exact ties go to the
+      lowest index. ``score="sigmoid"`` (DeepSeek-V3): scores sigmoid(logits), experts chosen
+      in logit order (the sigmoid's order without its float32 saturation).
+    - ``bias_E`` (auxiliary-loss-free balancing): added to the scores for the choice only (every
+      rank by argmax of scores + bias); the weights come from the unbiased scores.
+    - ``policy`` (k == 2 and ``training`` only, softmax without bias): ``sampling`` picks expert
+      2 by Gumbel-noised logits excluding expert 1; ``random`` keeps expert 2 with probability
+      2 * g2.
     - capacity: rank-0 assignments take slots first in token order, then rank 1, ...;
       assignments at slot >= capacity are dropped. ``capacity=None`` keeps everything.
-    - combine weights: k == 1 uses g1 as is (Switch); k >= 2 renormalises over the kept
-      assignments of each token (a token with all dropped gets zeros: residual only).
+    - combine weights: the chosen scores, renormalised over the kept assignments of each token
+      when ``norm_topk`` (None: iff k >= 2, the paper's rule; a token with all dropped gets
+      zeros: residual only), times ``route_scale``.
+    - balancing loss E * sum_e me_e * ce_e (me: mean of ``probs_SE``, ce: share of rank-0
+      choices): over all S tokens, or per sequence of ``seq_len`` tokens and averaged
+      (the global-batch scope is :func:`global_batch_loss` of the routing).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown second-expert policy {policy!r}")
@@ -170,20 +208,33 @@ def route(
     S, E = logits_SE.shape
     if not 1 <= k <= E:
         raise ValueError(f"top-k must be in [1, {E}], got {k}")
-    probs_SE = torch.softmax(logits_SE, dim=-1)
+    if score == "softmax":
+        scores_SE = probs_SE = torch.softmax(logits_SE, dim=-1)
+    elif score == "sigmoid":
+        scores_SE = torch.sigmoid(logits_SE)
+        probs_SE = scores_SE / scores_SE.sum(dim=-1, keepdim=True)
+    else:
+        raise ValueError(f"unknown router score {score!r}")
     use_policy = training and k == 2 and policy != "all"
+    if use_policy and (score != "softmax" or bias_E is not None):
+        raise ValueError(f"policy {policy!r} needs softmax scores without a balancing bias")
 
     with torch.no_grad():
-        # Rank 0 is the argmax of the probabilities (fairseq's top1/top2gating); later ranks the
-        # argmax of the *logits* with earlier ranks masked (fairseq's logits_except1). They differ
-        # where far-below logits (gaps > ~100) underflow to probability exactly 0: the logits
-        # still order those experts, the probabilities would tie them at the lowest index.
-        # argmax returns the first maximal index: exact ties go to the lowest expert.
-        scores_SE = logits_SE.detach().clone()
+        if score == "softmax" and bias_E is None:
+            # Rank 0 is the argmax of the probabilities (fairseq's top1/top2gating); later ranks
+            # the argmax of the *logits* with earlier ranks masked (fairseq's logits_except1).
+            # They differ where far-below logits (gaps > ~100) underflow to probability exactly
+            # 0: the logits still order those experts, the probabilities would tie them at the
+            # lowest index. argmax returns the first maximal index: ties go to the lowest expert.
+            rank0_SE, rest_SE = probs_SE.detach(), logits_SE.detach().clone()
+        elif bias_E is None:
+            rank0_SE = rest_SE = logits_SE.detach().clone()
+        else:
+            rank0_SE = rest_SE = scores_SE.detach() + bias_E.float()
         chosen = []
         for r in range(k):
             if r == 0:
-                e_S = probs_SE.detach().argmax(dim=-1)
+                e_S = rank0_SE.argmax(dim=-1)
             elif r == 1 and use_policy and policy == "sampling":
                 u = torch.rand(S, E, generator=generator, device=logits_SE.device)
                 gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))
@@ -191,12 +242,12 @@ def route(
                 noisy.scatter_(1, chosen[0][:, None], float("-inf"))
                 e_S = noisy.argmax(dim=-1)
             else:
-                e_S = scores_SE.argmax(dim=-1)
+                e_S = rest_SE.argmax(dim=-1)
             chosen.append(e_S)
-            scores_SE.scatter_(1, e_S[:, None], float("-inf"))
+            rest_SE.scatter_(1, e_S[:, None], float("-inf"))
         expert_SK = torch.stack(chosen, dim=1)
 
-    gate_SK = probs_SE.gather(1, expert_SK)
+    gate_SK = scores_SE.gather(1, expert_SK)
 
     with torch.no_grad():
         offered_SK = torch.ones(S, k, dtype=torch.bool, device=logits_SE.device)
@@ -211,15 +262,25 @@ def route(
         kept_SK = offered_SK if capacity is None else offered_SK & (slot_SK < capacity)
 
     weights_SK = gate_SK * kept_SK
-    if k == 1:
+    if not (k >= 2 if norm_topk is None else norm_topk):
         combine_SK = weights_SK
     else:
         denom_S1 = weights_SK.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).eps)
         combine_SK = weights_SK / denom_S1
+    if route_scale != 1.0:
+        combine_SK = combine_SK * route_scale
 
-    me_E = probs_SE.mean(dim=0)
-    ce_E = _bincount(expert_SK[:, 0], E).float() / max(S, 1)
-    aux_loss = E * (me_E * ce_E).sum()
+    top1_E = _bincount(expert_SK[:, 0], E)
+    if seq_len is not None:  # the loss per sequence, averaged over the sequences
+        n_seq = S // seq_len
+        me_NE = probs_SE.view(n_seq, seq_len, E).mean(dim=1)
+        seq_N = torch.arange(n_seq, device=logits_SE.device).repeat_interleave(seq_len)
+        ce_NE = _bincount(seq_N * E + expert_SK[:, 0], n_seq * E).view(n_seq, E).float()
+        aux_loss = E * (me_NE * ce_NE / seq_len).sum(dim=1).mean()
+    else:
+        me_E = probs_SE.mean(dim=0)
+        ce_E = top1_E.float() / max(S, 1)
+        aux_loss = E * (me_E * ce_E).sum()
     z_loss = torch.logsumexp(logits_SE, dim=-1).square().mean()
     return Routing(
         expert_SK=expert_SK,
@@ -231,8 +292,18 @@ def route(
         capacity=capacity,
         aux_loss=aux_loss,
         z_loss=z_loss,
+        top1_counts_E=top1_E,
         all_kept=capacity is None and not (use_policy and policy == "random"),
     )
+
+
+def global_batch_loss(routing: Routing, counts_E: torch.Tensor) -> torch.Tensor:
+    """The balancing loss with ce from ``counts_E``, rank-0 counts over the whole batch (every
+    micro-batch and rank; Qiu et al. 2025), me from this call's tokens: averaged over equal
+    micro-batches it is the loss of the concatenated batch, value and gradient."""
+    me_E = routing.probs_SE.mean(dim=0)
+    ce_E = counts_E.float() / counts_E.sum().clamp_min(1).float()
+    return routing.n_experts * (me_E * ce_E).sum()
 
 
 @dataclass
@@ -383,13 +454,20 @@ class MoeOutput:
     y_BTD: torch.Tensor
     aux_loss: torch.Tensor
     z_loss: torch.Tensor
-    stats: MoeStats
+    stats: MoeStats | None
 
 
 class MoeFFN(nn.Module):
     """The MoE replacement of a block's FFN: ``gate`` (nn.Linear D -> E, no bias, weight (E, D))
-    and ``experts`` (:class:`Experts`). Capacity factor: ``cfg.capacity_factor`` in train mode,
-    ``cfg.eval_capacity_factor`` in eval mode (None = dropless).
+    and ``experts`` (:class:`Experts` of width ``cfg.expert_width``); with
+    ``cfg.n_shared_experts`` also ``shared`` (one :class:`FeedForward` of width
+    n_shared * expert_width, run on every token and added) and, with ``shared_expert_gate``,
+    ``shared_gate`` (nn.Linear D -> 1, no bias: the shared output times its sigmoid). With
+    ``balance == "bias"`` the float32 buffer ``score_bias`` (E,) is added to the scores for the
+    choice of experts (see :func:`moelab.model.balance.update_balance_bias`).
+
+    Capacity factor: ``cfg.capacity_factor`` in train mode, ``cfg.eval_capacity_factor`` in
+    eval mode (None = dropless).
 
     ``exchange``: how the gathered tokens reach the experts and come back. None (one process):
     ``experts`` runs them here. Expert parallelism sets a module that sends them to the ranks
@@ -410,10 +488,36 @@ class MoeFFN(nn.Module):
         self.policy = cfg.second_expert_policy
         self.capacity_factor = cfg.capacity_factor
         self.eval_capacity_factor = cfg.eval_capacity_factor
+        self.score = cfg.router_score
+        self.norm_topk = cfg.norm_topk
+        self.route_scale = cfg.route_scale
+        self.balance = cfg.balance
+        self.balance_scope = cfg.balance_scope
+        self.bias_update_rate = cfg.bias_update_rate
         self.gate = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = Experts(
-            cfg.n_experts, cfg.d_model, cfg.d_ffn, cfg.arch, cfg.activation_dropout
+            cfg.n_experts, cfg.d_model, cfg.expert_width, cfg.arch, cfg.activation_dropout
         )
+        self.shared = None
+        self.shared_gate = None
+        if cfg.n_shared_experts:
+            self.shared = FeedForward(cfg, width=cfg.n_shared_experts * cfg.expert_width)
+            if cfg.shared_expert_gate:
+                self.shared_gate = nn.Linear(cfg.d_model, 1, bias=False)
+        if cfg.balance == "bias":
+            # State (saved in checkpoints), not a parameter: moved by update_balance_bias only.
+            self.register_buffer("score_bias", torch.zeros(cfg.n_experts))
+            # Assignments per expert since the last bias update (this rank; not saved).
+            self.register_buffer(
+                "load_E", torch.zeros(cfg.n_experts, dtype=torch.int64), persistent=False
+            )
+        else:
+            self.score_bias = None
+        # Global-batch scope: the step's rank-0 counts over every micro-batch and rank, set by
+        # moelab.model.balance.global_batch_counts; None: this micro-batch's, summed over ranks.
+        self.balance_counts_E: torch.Tensor | None = None
+        self.balance_group = None  # process group of the global batch; None: the default one
+        self.top1_sum_E: torch.Tensor | None = None  # global_batch_counts' accumulator
         self.generator: torch.Generator | None = None  # set for reproducible policy sampling
         self.exchange: nn.Module | None = None
 
@@ -423,11 +527,10 @@ class MoeFFN(nn.Module):
         with torch.autocast(device_type=x_SD.device.type, enabled=False):
             return F.linear(x_SD.float(), self.gate.weight.float())
 
-    def forward(self, x_BTD: torch.Tensor) -> MoeOutput:
-        B, T, D = x_BTD.shape
-        x_SD = x_BTD.reshape(B * T, D)
+    def route(self, x_SD: torch.Tensor, seq_len: int) -> Routing:
+        """Route the S tokens of ``x_SD`` (sequences of ``seq_len``) with this layer's settings."""
         cf = self.capacity_factor if self.training else self.eval_capacity_factor
-        capacity = expert_capacity(B * T, self.n_experts, self.top_k, cf)
+        capacity = expert_capacity(x_SD.shape[0], self.n_experts, self.top_k, cf)
         routing = route(
             self.router_logits(x_SD),
             self.top_k,
@@ -435,7 +538,36 @@ class MoeFFN(nn.Module):
             self.policy,
             generator=self.generator,
             training=self.training,
+            score=self.score,
+            norm_topk=self.norm_topk,
+            route_scale=self.route_scale,
+            bias_E=self.score_bias,
+            seq_len=seq_len if self.balance_scope == "sequence" else None,
         )
+        if self.balance == "bias" and self.training:
+            with torch.no_grad():
+                offered = torch.where(routing.offered_SK, routing.expert_SK, self.n_experts)
+                self.load_E += _bincount(offered, self.n_experts + 1)[: self.n_experts]
+        return routing
+
+    def _global_counts(self, routing: Routing) -> torch.Tensor:
+        """The step's rank-0 counts: given by global_batch_counts (several micro-batches), else
+        this micro-batch's summed over the ranks (exact without accumulation)."""
+        if self.balance_counts_E is not None:
+            return self.balance_counts_E
+        counts = routing.top1_counts_E.clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts, group=self.balance_group)
+        return counts
+
+    def forward(self, x_BTD: torch.Tensor, stats: bool = True) -> MoeOutput:
+        B, T, D = x_BTD.shape
+        x_SD = x_BTD.reshape(B * T, D)
+        routing = self.route(x_SD, T)
+        if self.top1_sum_E is not None:  # global_batch_counts' pass: count (and run as usual)
+            self.top1_sum_E += routing.top1_counts_E
+        elif self.balance_scope == "global_batch" and self.training:
+            routing.aux_loss = global_batch_loss(routing, self._global_counts(routing))
         plan = plan_dispatch(routing)
         if self.exchange is None and self.experts.uses_grouped_mm(x_SD):
             y_ND = self.experts(x_SD.index_select(0, plan.token_N), plan.counts_E, plan.padded)
@@ -446,11 +578,19 @@ class MoeFFN(nn.Module):
             if self.exchange is None:
                 y_ND = self.experts(x_ND, plan.counts)
             else:
-                y_ND = self.exchange(x_ND, plan, capacity, self.experts)
+                y_ND = self.exchange(x_ND, plan, routing.capacity, self.experts)
         y_SD = combine(y_ND, plan, B * T)
+        if self.shared is not None:
+            shared_SD = self.shared(x_SD)
+            if self.shared_gate is not None:
+                shared_SD = torch.sigmoid(self.shared_gate(x_SD)) * shared_SD
+            y_SD = y_SD + shared_SD
+        aux_loss = routing.aux_loss
+        if self.balance != "loss":  # "bias" / "none": telemetry only, no loss term
+            aux_loss = torch.zeros_like(aux_loss)
         return MoeOutput(
             y_BTD=y_SD.view(B, T, D),
-            aux_loss=routing.aux_loss,
+            aux_loss=aux_loss,
             z_loss=routing.z_loss,
-            stats=routing.stats(self.layer),
+            stats=routing.stats(self.layer) if stats else None,
         )

@@ -18,19 +18,20 @@ from torch import nn
 
 from moelab.config import ModelConfig
 from moelab.model.attention import Attention
+from moelab.model.ffn import FeedForward, make_norm
 from moelab.model.fused_loss import linear_cross_entropy
 from moelab.model.kv_cache import KVCache
 from moelab.model.moe import MoeFFN, MoeOutput, MoeStats
 from moelab.model.positions import rotary_cos_sin, sinusoidal_offset, sinusoidal_table
-from moelab.model.rms_norm import RMSNorm
 
 
 @dataclass
 class ModelOutput:
     """``logits_BTV`` (B, 1, V when ``last_only``), ``hidden_BTD`` (after the final norm, only
     when asked), ``aux_loss`` / ``z_loss`` (unweighted sums over MoE layers; zero for dense),
-    ``moe_stats`` (one :class:`MoeStats` per MoE layer, in layer order), ``ce_loss`` (float32
-    mean cross-entropy against ``targets_BT``, only when they were given; then no logits)."""
+    ``moe_stats`` (one :class:`MoeStats` per MoE layer, in layer order, when asked for),
+    ``ce_loss`` (float32 mean cross-entropy against ``targets_BT``, only when they were given;
+    then no logits)."""
 
     logits_BTV: torch.Tensor | None
     aux_loss: torch.Tensor
@@ -38,39 +39,6 @@ class ModelOutput:
     hidden_BTD: torch.Tensor | None = None
     moe_stats: list[MoeStats] = field(default_factory=list)
     ce_loss: torch.Tensor | None = None  # mean next-token loss, when targets were given
-
-
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.arch == "paper":
-        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-    return RMSNorm(cfg.d_model, eps=cfg.norm_eps)
-
-
-class FeedForward(nn.Module):
-    """Dense FFN. paper: ``fc1`` (D -> F, bias), GELU, ``fc2`` (F -> D, bias).
-    modern: ``w1`` (gate, D -> F), ``w3`` (up, D -> F), ``w2`` (down, F -> D), SwiGLU, no bias."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.arch = cfg.arch
-        self.activation_dropout = cfg.activation_dropout
-        D, Fd = cfg.d_model, cfg.d_ffn
-        if cfg.arch == "paper":
-            self.fc1 = nn.Linear(D, Fd)
-            self.fc2 = nn.Linear(Fd, D)
-        else:
-            self.w1 = nn.Linear(D, Fd, bias=False)
-            self.w3 = nn.Linear(D, Fd, bias=False)
-            self.w2 = nn.Linear(Fd, D, bias=False)
-
-    def forward(self, x_BTD: torch.Tensor) -> torch.Tensor:
-        if self.arch == "paper":
-            h = F.gelu(self.fc1(x_BTD))
-            h = F.dropout(h, self.activation_dropout, self.training)
-            return self.fc2(h)
-        h = F.silu(self.w1(x_BTD)) * self.w3(x_BTD)
-        h = F.dropout(h, self.activation_dropout, self.training)
-        return self.w2(h)
 
 
 class Block(nn.Module):
@@ -95,13 +63,14 @@ class Block(nn.Module):
         x_BTD: torch.Tensor,
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         kv_cache: KVCache | None,
+        stats: bool = False,
     ) -> tuple[torch.Tensor, MoeOutput | None]:
         h = self.attn(self.attn_norm(x_BTD), rotary=rotary, kv_cache=kv_cache)
         x_BTD = x_BTD + F.dropout(h, self.dropout, self.training)
         ffn_in = self.ffn_norm(x_BTD)
         moe_out = None
         if isinstance(self.ffn, MoeFFN):
-            moe_out = self.ffn(ffn_in)
+            moe_out = self.ffn(ffn_in, stats=stats)
             h = moe_out.y_BTD
         else:
             h = self.ffn(ffn_in)
@@ -153,12 +122,15 @@ class LanguageModel(nn.Module):
         last_only: bool = False,
         return_logits: bool = True,
         targets_BT: torch.Tensor | None = None,
+        moe_stats: bool | None = None,
     ) -> ModelOutput:
         """Logits for every position (or only the last with ``last_only``; none with
         ``return_logits=False``). With ``kv_cache`` the tokens continue the cached sequence:
         positions start at ``kv_cache.length`` and the cache is extended. With ``targets_BT``
         the output carries the mean cross-entropy instead of logits, computed chunk by chunk
-        through the LM head (:mod:`moelab.model.fused_loss`): what training needs."""
+        through the LM head (:mod:`moelab.model.fused_loss`): what training needs.
+        ``moe_stats``: compute the MoE layers' telemetry (:class:`MoeStats`); None (default) =
+        in training mode only, so evaluation and KV-cache decoding skip it unless asked."""
         B, T = tokens_BT.shape
         device = tokens_BT.device
         start = kv_cache.length if kv_cache is not None else 0
@@ -176,12 +148,16 @@ class LanguageModel(nn.Module):
         aux_loss = x_BTD.new_zeros((), dtype=torch.float32)
         z_loss = x_BTD.new_zeros((), dtype=torch.float32)
         stats: list[MoeStats] = []
+        # TRANSITIONAL: None is "always" until eval/scoring.py asks explicitly (REQUESTS.md);
+        # then None becomes "in training mode only".
+        want_stats = True if moe_stats is None else moe_stats
         for block in self.layers:
-            x_BTD, moe_out = block(x_BTD, rotary, kv_cache)
+            x_BTD, moe_out = block(x_BTD, rotary, kv_cache, want_stats)
             if moe_out is not None:
                 aux_loss = aux_loss + moe_out.aux_loss
                 z_loss = z_loss + moe_out.z_loss
-                stats.append(moe_out.stats)
+                if moe_out.stats is not None:
+                    stats.append(moe_out.stats)
         if kv_cache is not None:
             kv_cache.advance(T)
 

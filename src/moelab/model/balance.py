@@ -1,0 +1,98 @@
+"""Step-level balancing that needs more than one forward: the trainer's two calls.
+
+- :func:`global_batch_counts` (``balance_scope: global_batch`` with several micro-batches):
+  before a step's micro-batches, count every MoE layer's rank-0 choices over all of them and
+  all ranks, so that each micro-batch's balancing loss uses the whole batch's counts (Qiu et
+  al. 2025) and their mean equals the loss of the concatenated batch. Without accumulation the
+  layer sums its micro-batch's counts over the ranks itself and this call is not needed.
+- :func:`update_balance_bias` (``balance: bias``, Wang et al. 2024): after each optimizer step,
+  move every layer's selection bias by ``rate * sign(mean load - load)``, the loads summed
+  over the step's micro-batches and every rank, so all ranks (expert-parallel ones included)
+  hold the same bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from moelab.model.moe import MoeFFN
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _layers(model: nn.Module) -> list[MoeFFN]:
+    return [m for m in model.modules() if isinstance(m, MoeFFN)]
+
+
+def _plain_forward(model: nn.Module, tokens_BT: torch.Tensor) -> object:
+    return model(tokens_BT, return_logits=False, moe_stats=False)
+
+
+def needs_global_counts(model: nn.Module) -> bool:
+    """Whether the model has a layer with the global-batch balancing scope."""
+    return any(m.balance_scope == "global_batch" for m in _layers(model))
+
+
+@torch.no_grad()
+def global_batch_counts(
+    model: nn.Module,
+    micro_inputs: Iterable[torch.Tensor],
+    forward: Callable[[nn.Module, torch.Tensor], object] | None = None,
+    group: dist.ProcessGroup | None = None,
+) -> None:
+    """Count the rank-0 choices of every global-scope MoE layer over ``micro_inputs`` (this
+    rank's micro-batches of the coming step, ``(B, T)`` token ids) and sum them over ``group``
+    (default: every rank); each layer then uses them in its loss until the next call.
+
+    A forward pass without gradients per micro-batch (about a third of a training step's
+    compute), in training mode and with the random state restored afterwards, so dropout
+    draws the same masks in the real pass and the counts are the ones it routes by.
+    ``forward(model, tokens_BT)`` runs the model (default ``model(tokens_BT)``; give the
+    trainer's autocast around it)."""
+    layers = [m for m in _layers(model) if m.balance_scope == "global_batch"]
+    if not layers:
+        return
+    generators = [(m.generator, m.generator.get_state()) for m in layers if m.generator]
+    for m in layers:
+        m.balance_counts_E = None
+        m.top1_sum_E = torch.zeros_like(m.gate.weight[:, 0], dtype=torch.int64)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            for tokens_BT in micro_inputs:
+                (forward or _plain_forward)(model, tokens_BT)
+        for m in layers:
+            counts = m.top1_sum_E
+            if _distributed():
+                dist.all_reduce(counts, group=group)
+            m.balance_counts_E = counts
+    finally:
+        for m in layers:
+            m.top1_sum_E = None
+        for g, state in generators:
+            g.set_state(state)
+
+
+@torch.no_grad()
+def update_balance_bias(model: nn.Module, group: dist.ProcessGroup | None = None) -> None:
+    """After an optimizer step: for every ``balance: bias`` MoE layer, sum the assignments per
+    expert routed since the last call (every micro-batch; over ``group``, default every rank),
+    move its ``score_bias`` by ``bias_update_rate * sign(mean load - load)`` (underloaded
+    experts up, overloaded down) and start counting again. Every rank computes the same
+    update from the same summed loads, so the biases stay identical (expert parallelism too:
+    each rank keeps the whole router and bias)."""
+    for m in _layers(model):
+        if m.score_bias is None:
+            continue
+        load = m.load_E
+        if _distributed():
+            dist.all_reduce(load, group=group)
+        load = load.to(torch.float32)
+        m.score_bias += m.bias_update_rate * torch.sign(load.mean() - load)
+        m.load_E.zero_()
