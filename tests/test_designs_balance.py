@@ -154,6 +154,11 @@ def test_bias_balancing_moves_toward_balance_and_never_changes_weights():
             layer(x, stats=False)
         update_balance_bias(model)
     assert max_vio() < 1.2  # measured 0.95
+    bias = layer.score_bias.clone()
+    with torch.no_grad():
+        layer(stream[0], stats=False)
+    update_balance_bias(model, step_taken=False)  # a skipped step: counts cleared, no move
+    assert torch.equal(layer.score_bias, bias) and int(layer.load_E.sum()) == 0
     assert layer.score_bias[0] < 0 < layer.score_bias[1:].max()
     assert "layers.0.ffn.score_bias" in model.state_dict()
     assert "layers.0.ffn.load_E" not in model.state_dict()

@@ -80,15 +80,22 @@ def global_batch_counts(
 
 
 @torch.no_grad()
-def update_balance_bias(model: nn.Module, group: dist.ProcessGroup | None = None) -> None:
+def update_balance_bias(
+    model: nn.Module, group: dist.ProcessGroup | None = None, *, step_taken: bool = True
+) -> None:
     """After an optimizer step: for every ``balance: bias`` MoE layer, sum the assignments per
     expert routed since the last call (every micro-batch; over ``group``, default every rank),
     move its ``score_bias`` by ``bias_update_rate * sign(mean load - load)`` (underloaded
     experts up, overloaded down) and start counting again. Every rank computes the same
     update from the same summed loads, so the biases stay identical (expert parallelism too:
-    each rank keeps the whole router and bias)."""
+    each rank keeps the whole router and bias). ``step_taken=False`` (the step was skipped as
+    non-finite) only clears the counts, as the weights did not move either. Collective when
+    distributed: every rank calls it."""
     for m in _layers(model):
         if m.score_bias is None:
+            continue
+        if not step_taken:
+            m.load_E.zero_()
             continue
         load = m.load_E
         if _distributed():
