@@ -53,7 +53,7 @@ def test_section_defaults_and_environment_overrides(no_env):
         ("MOELAB_EP", "two", "MOELAB_EP='two': expected an integer"),
         ("MOELAB_EP", "0", "MOELAB_EP: must be >= 1"),
         ("MOELAB_EXPERT_GRAD", "sqrt", "expected one of exact, paper"),
-        ("MOELAB_DIST_TIMEOUT_S", "soon", "not a number of seconds"),
+        ("MOELAB_DIST_TIMEOUT_S", "soon", "MOELAB_DIST_TIMEOUT_S='soon': expected a number of"),
         ("MOELAB_DIST_TIMEOUT_S", "0", "MOELAB_DIST_TIMEOUT_S: must be a number of seconds > 0"),
     ],
 )

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
+from moelab.devices import pick_device
 from moelab.errors import MoelabError
 from moelab.parallel.options import DEFAULT_TIMEOUT_S, ENV_TIMEOUT
 
@@ -161,11 +162,7 @@ def setup_from_env(
         )
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MoelabError(f"train.device: {device} requested but CUDA is not available")
+    if pick_device(device).type == "cuda":  # one GPU per process: this one's local rank
         dev = torch.device("cuda", local_rank)
         torch.cuda.set_device(dev)
         backend = "nccl"

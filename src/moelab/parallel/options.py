@@ -31,6 +31,25 @@ DEFAULT_TIMEOUT_S = 300.0
 NUMERIC_KEYS = ("expert_grad", "param_dtype", "reduce_dtype")
 
 
+def _choice(raw: str) -> str:
+    if raw not in EXPERT_GRADS:
+        raise ValueError(raw)
+    return raw
+
+
+def _flag_bf16(raw: str) -> str | None:
+    return "bf16" if raw.lower() in ("1", "true", "yes") else None  # None: no override
+
+
+# key -> (environment variable, parser of its value (ValueError: refused), what it expects)
+_OVERRIDES = {
+    "ep": (ENV_EP, int, "an integer"),
+    "expert_grad": (ENV_EXPERT_GRAD, _choice, "one of exact, paper"),
+    "param_dtype": (ENV_BF16_PARAMS, _flag_bf16, "1"),
+    "timeout_s": (ENV_TIMEOUT, float, "a number of seconds"),
+}
+
+
 @dataclass
 class ParallelConfig:
     """``ep``: expert-parallel degree (null: gcd(world, n_experts)); ``expert_grad``: ``exact``
@@ -75,42 +94,27 @@ class ParallelConfig:
         ``MOELAB_EXPERT_GRAD``, ``MOELAB_FSDP_BF16=1``: param_dtype bf16,
         ``MOELAB_DIST_TIMEOUT_S``), and a note per key an override changed."""
         changes: dict[str, object] = {}
-        raw = os.environ.get(ENV_EP)
-        if raw is not None:
+        for key, (var, parse, expected) in _OVERRIDES.items():
+            raw = os.environ.get(var)
+            if raw is None:
+                continue
             try:
-                changes["ep"] = int(raw)
+                value = parse(raw)
             except ValueError:
-                raise MoelabError(f"{ENV_EP}={raw!r}: expected an integer") from None
-        raw = os.environ.get(ENV_EXPERT_GRAD)
-        if raw is not None:
-            if raw not in EXPERT_GRADS:
-                raise MoelabError(f"{ENV_EXPERT_GRAD}={raw!r}: expected one of exact, paper")
-            changes["expert_grad"] = raw
-        raw = os.environ.get(ENV_BF16_PARAMS)
-        if raw is not None and raw.lower() in ("1", "true", "yes"):
-            changes["param_dtype"] = "bf16"
-        raw = os.environ.get(ENV_TIMEOUT)
-        if raw is not None:
-            try:
-                changes["timeout_s"] = float(raw)
-            except ValueError:
-                raise MoelabError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds") from None
-        env_name = {
-            "ep": ENV_EP,
-            "expert_grad": ENV_EXPERT_GRAD,
-            "param_dtype": ENV_BF16_PARAMS,
-            "timeout_s": ENV_TIMEOUT,
-        }
+                raise MoelabError(f"{var}={raw!r}: expected {expected}") from None
+            if value is not None:
+                changes[key] = value
         notes = [
-            f"parallel.{k}: {v}, from {env_name[k]}"
+            f"parallel.{k}: {v}, from {_OVERRIDES[k][0]}"
             for k, v in changes.items()
             if getattr(self, k) != v
         ]
         try:
             new = dataclasses.replace(self, **changes).validate()
         except MoelabError as e:  # name the variable, not only the key it set
-            key = str(e).split(":", 1)[0].removeprefix("parallel.")
-            raise MoelabError(f"{env_name.get(key, key)}: {str(e).split(': ', 1)[1]}") from None
+            key, why = str(e).removeprefix("parallel.").split(": ", 1)
+            var = _OVERRIDES[key][0] if key in _OVERRIDES else f"parallel.{key}"
+            raise MoelabError(f"{var}: {why}") from None
         return new, notes
 
     def hashed(self) -> dict[str, object]:

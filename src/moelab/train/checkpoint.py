@@ -22,7 +22,6 @@ and is skipped in favour of the newest valid one.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -38,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from moelab.errors import MoelabError
-from moelab.io import atomic_dir, no_space_left
+from moelab.io import atomic_dir, no_space_left, sha256_file
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
@@ -82,14 +81,6 @@ def _meta_step(path: Path, named: int) -> int:
     except (OSError, ValueError, AttributeError):
         return named
     return step if isinstance(step, int) and not isinstance(step, bool) else named
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def weights_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -159,7 +150,7 @@ def _write_state_and_meta(
     with open(folder / STATE, "wb") as f:
         torch.save(train_state, f)
     files = {
-        name: {"bytes": (folder / name).stat().st_size, "sha256": _sha256(folder / name)}
+        name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
         for name in hashed
     }
     record = {**meta, "step": step, "files": files}
@@ -211,7 +202,7 @@ def finish_sharded(
             shards = staging / SHARDED
             sharded = {
                 f.name: {"bytes": f.stat().st_size}
-                | ({"sha256": _sha256(f)} if f.name == DCP_METADATA else {})
+                | ({"sha256": sha256_file(f)} if f.name == DCP_METADATA else {})
                 for f in sorted(shards.iterdir())
                 if f.is_file()
             }
@@ -276,7 +267,7 @@ def check_checkpoint(path: Path) -> str | None:
         size = f.stat().st_size
         if size != want.get("bytes"):
             return f"{name} has {size} bytes, expected {want.get('bytes')} (truncated?)"
-        if _sha256(f) != want.get("sha256"):
+        if sha256_file(f) != want.get("sha256"):
             return f"{name} fails its sha256 checksum (altered or corrupt)"
     if sharded:
         if DCP_METADATA not in sharded:
@@ -288,7 +279,7 @@ def check_checkpoint(path: Path) -> str | None:
             size = f.stat().st_size
             if size != want.get("bytes"):
                 return f"{SHARDED}/{name} has {size} bytes, expected {want.get('bytes')}"
-            if "sha256" in want and _sha256(f) != want["sha256"]:
+            if "sha256" in want and sha256_file(f) != want["sha256"]:
                 return f"{SHARDED}/{name} fails its sha256 checksum (altered or corrupt)"
     return None
 

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from moelab.devices import pick_device
 from moelab.errors import MoelabError
 from moelab.flops import count_params, palm_flops_per_token
 from moelab.io import atomic_write_json, no_space_left
@@ -58,14 +59,6 @@ if TYPE_CHECKING:
 
 class TrainingDiverged(MoelabError):
     """Too many non-finite losses or gradients in a row (the CLI exits with code 2)."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MoelabError(f"train.device: {name} requested but CUDA is not available")
-    return torch.device(name)
 
 
 def _flush_denormal_enabled() -> bool:
