@@ -72,6 +72,7 @@ def test_a_design_key_set_is_written_hashed_and_reloads():
         ({"balance": "bias", "bias_update_rate": 0.0}, "model.bias_update_rate"),
         ({"bias_update_rate": 0.01}, "model.bias_update_rate"),
         ({"balance": "bias", "second_expert_policy": "random"}, "model.second_expert_policy"),
+        ({"balance": "bias", "top_k": 1, "norm_topk": True}, "model.norm_topk"),
         (
             {"router_score": "sigmoid", "second_expert_policy": "sampling"},
             "model.second_expert_policy",
