@@ -39,14 +39,6 @@ Rule = tuple[str, float]  # ("uniform", bound) | ("normal", std) | ("const", val
 Claims = Iterator[tuple[nn.Parameter, Rule]]
 
 
-def _uniform(t: torch.Tensor, bound: float, generator: torch.Generator | None) -> None:
-    t.uniform_(-bound, bound, generator=generator)
-
-
-def _normal(t: torch.Tensor, std: float, generator: torch.Generator | None) -> None:
-    nn.init.normal_(t, 0.0, std, generator=generator)
-
-
 def _residual_std(cfg) -> float:
     # GPT-2: a residual branch's output projection scaled by 1/sqrt(2 n_layers).
     return cfg.init_std / math.sqrt(2 * cfg.n_layers)
@@ -66,25 +58,17 @@ def _linear(m: nn.Linear, cfg, residual: bool = False) -> Claims:
         yield m.bias, ("const", 0.0)
 
 
-def _xavier(m: nn.Linear, gain: float) -> Rule:
-    fan_out, fan_in = m.weight.shape
-    return "uniform", gain * math.sqrt(6.0 / (fan_in + fan_out))
-
-
 def _attention(m: Attention, cfg) -> Claims:
-    """fairseq's MultiheadAttention.reset_parameters: q/k/v xavier (gain 1/sqrt(2)) with
-    nn.Linear's bias, out_proj xavier (gain 1) with bias 0. scaled_normal: out_proj is the
-    residual output."""
+    """fairseq's MultiheadAttention.reset_parameters: q/k/v weights xavier (gain 1/sqrt(2)),
+    out_proj xavier (gain 1) and its bias 0 (q/k/v biases: nn.Linear's rule). scaled_normal:
+    out_proj is the residual output."""
     if cfg.init != "fairseq":
-        for proj in (m.q_proj, m.k_proj, m.v_proj):
-            yield from _linear(proj, cfg)
         yield from _linear(m.out_proj, cfg, residual=True)
         return
-    for proj in (m.q_proj, m.k_proj, m.v_proj):
-        yield proj.weight, _xavier(proj, 1 / math.sqrt(2))
-        if proj.bias is not None:
-            yield proj.bias, ("uniform", 1 / math.sqrt(proj.weight.shape[1]))
-    yield m.out_proj.weight, _xavier(m.out_proj, 1.0)
+    for proj in (m.q_proj, m.k_proj, m.v_proj, m.out_proj):
+        fan_out, fan_in = proj.weight.shape
+        gain = 1.0 if proj is m.out_proj else 1 / math.sqrt(2)
+        yield proj.weight, ("uniform", gain * math.sqrt(6.0 / (fan_in + fan_out)))
     if m.out_proj.bias is not None:
         yield m.out_proj.bias, ("const", 0.0)
 
@@ -162,9 +146,9 @@ def init_plan(model: nn.Module, cfg) -> dict[str, tuple[tuple[int, ...], Rule]]:
 
 def _draw(t: torch.Tensor, kind: str, scale: float, generator: torch.Generator | None) -> None:
     if kind == "uniform":
-        _uniform(t, scale, generator)
+        t.uniform_(-scale, scale, generator=generator)
     elif kind == "normal":
-        _normal(t, scale, generator)
+        nn.init.normal_(t, 0.0, scale, generator=generator)
     else:
         t.fill_(scale)
 
