@@ -4,7 +4,8 @@
 - global-batch scope: the mean of the micro-batches' losses equals the loss of the concatenated
   batch (value and gradient), under accumulation and on 2 gloo ranks;
 - auxiliary-loss-free balancing: the bias moves toward balance on a skewed stream, never
-  changes the combine weights, is saved in the state dict, and is the same on every rank;
+  changes the combine weights, is saved in the state dict, and is the same on every rank
+  (experts expert-parallel);
 - MaxVio and dead experts; MoE telemetry only when the caller asks.
 """
 
@@ -19,6 +20,7 @@ from moelab.config import ModelConfig
 from moelab.model import KVCache, build_model
 from moelab.model.balance import global_batch_counts, update_balance_bias
 from moelab.model.moe import MoeFFN, load_balance, route
+from moelab.parallel.expert_parallel import expert_parallel
 
 
 def _cfg(**changes) -> ModelConfig:
@@ -109,11 +111,14 @@ def _ranks_body(rank: int, world: int) -> None:
             torch.distributed.all_reduce(g)
             torch.testing.assert_close(g / world, want_g[name], rtol=1e-5, atol=1e-7)
 
-    # Bias balancing: each rank routes its own tokens; the update is the concatenated one's.
+    # Bias balancing: each rank routes its own tokens, its experts expert-parallel (half the
+    # experts each, tokens sent by all-to-all); the update is the concatenated batch's.
     cfg = _cfg(balance="bias", bias_update_rate=0.01)
     ref = build_model(cfg, seed=3).train()
     ref(tokens, return_logits=False)
     model = build_model(cfg, seed=3).train()
+    for block in model.layers:
+        expert_parallel(block.ffn, ep=2, ep_rank=rank)
     model(mine, return_logits=False)
     torch.distributed.barrier()
     update_balance_bias(model)
