@@ -107,7 +107,7 @@ class TrainConfig:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     # CPU threads torch uses for the run (per process); null: torch's own choice, one per core
     # (or OMP_NUM_THREADS). 1 by default: on a machine whose other cores are busy, one per core
-    # measured 4-25x slower than one (benchmarks/train_threads.py measures it).
+    # is much slower than one (benchmarks/train_threads.py measures it).
     threads: int | None = 1
 
     def validate(self) -> TrainConfig:

@@ -313,7 +313,7 @@ class Trainer:
     def _threads(self):
         """torch's CPU threads as ``train.threads`` says while the run trains (null: as they
         are). One thread is the default: on a machine whose other cores are busy, one thread
-        per core measured 4-25x slower (benchmarks/train_threads.py)."""
+        per core is much slower (benchmarks/train_threads.py measures it)."""
         previous = torch.get_num_threads()
         if self.cfg.train.threads is not None:
             torch.set_num_threads(self.cfg.train.threads)
