@@ -17,22 +17,22 @@ from moelab.eval.perplexity import (
     OUT_OF_DOMAIN,
     PplSource,
     evaluate_perplexity,
+    iter_windows,
     run_perplexity,
-    windows,
 )
 
 
 @pytest.mark.parametrize("n, context, stride", [(50, 16, 16), (50, 16, 5), (17, 16, 1), (3, 16, 8)])
 def test_windows_score_every_token_once(n, context, stride):
     scored = []
-    for start, end, first in windows(n, context, stride):
+    for start, end, first in iter_windows(n, context, stride):
         assert end - start <= context and start < first <= end
         if start > 0:  # sliding: every scored token sees >= context - stride tokens of history
             assert first - 1 - start >= min(context - stride, first - 1)
         scored += range(first, end + 1)
     assert scored == list(range(1, n))
     with pytest.raises(MoelabError, match="stride must be between 1 and the context"):
-        windows(n, context, context + 1)
+        next(iter_windows(n, context, context + 1))
 
 
 def test_strided_loss_equals_hand_computation():
@@ -41,7 +41,7 @@ def test_strided_loss_equals_hand_computation():
     src = PplSource("rand", tokens, n_bytes=100, role=OUT_OF_DOMAIN, origin="test")
     result = evaluate_perplexity(model, [src], context=16, stride=6, batch_size=3)
     nll = 0.0
-    for start, end, first in windows(len(tokens), 16, 6):
+    for start, end, first in iter_windows(len(tokens), 16, 6):
         x = torch.tensor(tokens[start:end])[None]
         with torch.no_grad():
             logp = torch.log_softmax(model(x).logits_BTV.double(), -1)[0]

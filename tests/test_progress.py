@@ -8,7 +8,7 @@ import os
 import pty
 import sys
 
-from moelab.progress import Bars, log_to_stderr, progress_bar
+from moelab.progress import bars, log_to_stderr, progress_bar, task
 from moelab.train.progress import ProgressBar
 
 
@@ -34,7 +34,7 @@ def test_bars_draw_on_a_terminal_and_log_lines_go_above(monkeypatch):
         log_to_stderr()
         with progress_bar(3, "ppl books") as advance:
             advance(3)
-        with Bars(True, "{task.description}", "speed") as bars, bars.task("tokenizing x", 10) as go:
+        with bars(True, "{task.description}", "speed") as p, task(p, "tokenizing x", 10) as go:
             go(10)
         bar = ProgressBar(5, 1, enabled=True, title="tiny-moe")
         bar.update(4, 3.25, 1234.0)
@@ -52,7 +52,7 @@ def test_no_terminal_no_bar_and_one_line_per_message(capsys):
     with progress_bar(3, "ppl books") as advance:
         advance(3)
     bar = ProgressBar(5, 1, enabled=True, title="tiny-moe")
-    assert bar._bars.live is None  # stderr is not a terminal here: rich never starts
+    assert bar._bars.disable  # stderr is not a terminal here: nothing is drawn
     bar.update(2, 1.0, 10.0)
     log_to_stderr()
     log_to_stderr()  # twice: still one handler, one line

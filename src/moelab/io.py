@@ -90,23 +90,13 @@ def _readable_like_the_rest(path: Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path, tmp = _temp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         # O_EXCL: never write through a link planted at the temporary name (a crafted folder
         # may hold one for a range of PIDs); os.replace then swaps the final name itself, never
         # a link's target.
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666
-        )
-        with os.fdopen(fd, "wb") as f:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(tmp, flags, 0o666), "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(path.parent)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

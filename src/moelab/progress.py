@@ -1,8 +1,7 @@
 """What reaches the terminal from library code. Progress bars on stderr (rich) for prepare,
-train and eval: drawn only when the caller asks for them and stderr is a terminal; otherwise rich
-is not even imported and every call does nothing. Messages go through :mod:`logging` (logger
-``moelab.*``); :func:`log_to_stderr` (the CLI, a study worker) shows them one line each on
-stderr, above a bar while one is drawn (rich redirects stderr then)."""
+train and eval, drawn only when the caller asks for them and stderr is a terminal. Messages go
+through :mod:`logging` (loggers ``moelab.*``); :func:`log_to_stderr` (the CLI, a study worker)
+shows them one line each on stderr, above a bar while one is drawn (rich redirects stderr)."""
 
 from __future__ import annotations
 
@@ -13,8 +12,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
-def _column(name: str) -> Any:
+def bars(enabled: bool, *columns: str, transient: bool = False) -> Any:
+    """A ``rich.progress.Progress`` with ``columns``, each a name below or a text template such
+    as ``"{task.description}"``; when not drawn, its calls do nothing."""
     from rich import progress as rp
+    from rich.console import Console
 
     named = {
         "spinner": rp.SpinnerColumn,
@@ -24,67 +26,30 @@ def _column(name: str) -> Any:
         "eta": rp.TimeRemainingColumn,
         "speed": rp.TransferSpeedColumn,
     }
-    return named[name]() if name in named else rp.TextColumn(name)
-
-
-class Bars:
-    """A rich ``Progress`` with ``columns`` (a name of :func:`_column` or a text template such as
-    ``"{task.description}"``), started on ``with`` or at once with ``start=True``."""
-
-    def __init__(self, enabled: bool, *columns: str, transient: bool = False):
-        self.live: Any = None
-        if enabled and sys.stderr.isatty():
-            from rich.console import Console
-            from rich.progress import Progress
-
-            self.live = Progress(
-                *map(_column, columns), console=Console(file=sys.stderr), transient=transient
-            )
-
-    def __enter__(self) -> Bars:
-        if self.live is not None:
-            self.live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self.live is not None:
-            self.live.stop()
-            self.live = None
-
-    def add(self, description: str, total: float | None = None, **fields: Any) -> Any:
-        """A new task's id (``completed=`` and the templates' ``task.fields`` go in ``fields``)."""
-        return None if self.live is None else self.live.add_task(description, total=total, **fields)
-
-    def update(self, task: Any, **changes: Any) -> None:
-        if self.live is not None:
-            self.live.update(task, **changes)
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: float | None = None) -> Iterator[Callable[[int], None]]:
-        """A task of ``total`` units (None: unknown) and the function that advances it; shown
-        complete when the ``with`` ends."""
-        if self.live is None:
-            yield lambda n: None
-            return
-        tid = self.live.add_task(description, total=total)
-        yield lambda n: self.live.advance(tid, n)
-        self.live.update(tid, completed=total if total is not None else 1, total=total or 1)
+    return rp.Progress(
+        *(named[c]() if c in named else rp.TextColumn(c) for c in columns),
+        console=Console(file=sys.stderr),
+        transient=transient,
+        disable=not (enabled and sys.stderr.isatty()),
+    )
 
 
 @contextlib.contextmanager
-def progress_bar(
-    total: int, description: str, enabled: bool = True
-) -> Iterator[Callable[[int], None]]:
+def task(progress: Any, description: str, total: float | None = None) -> Iterator[Callable]:
+    """A task of ``total`` units (None: unknown) of :func:`bars`' ``progress`` and the function
+    that advances it; shown complete when the ``with`` ends."""
+    tid = progress.add_task(description, total=total)
+    yield lambda n: progress.advance(tid, n)
+    progress.update(tid, completed=total if total is not None else 1, total=total or 1)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True) -> Iterator[Callable]:
     """One counting bar, gone when done (evaluation): ``advance(n)`` after ``n`` units."""
     columns = ("[progress.description]{task.description}", "bar", "count", "eta")
-    with (
-        Bars(enabled and total > 0, *columns, transient=True) as bars,
-        bars.task(description, total) as advance,
-    ):
-        yield advance
+    with bars(enabled and total > 0, *columns, transient=True) as p:
+        with task(p, description, total) as advance:
+            yield advance
 
 
 class _Stderr(logging.Handler):

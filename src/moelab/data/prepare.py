@@ -47,7 +47,7 @@ from moelab.errors import MoelabError, check_at_least_one
 from moelab.io import atomic_dir, atomic_write_json, no_space_left, sha256_file
 from moelab.lock import folder_lock, remove_stale_temps
 from moelab.paths import check_can_create
-from moelab.progress import Bars
+from moelab.progress import bars, task
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def _collect_inputs(
     heldout: list[SourceSpec],
     use_builtin: bool,
     settings: PrepareSettings,
-    progress: Bars,
+    progress: Any,
 ) -> tuple[dict[str, DomainInput], dict[str, Any] | None]:
     domains: dict[str, DomainInput] = {}
     seen: dict = {}  # one map for every source: a file's content is read once per preparation
@@ -117,7 +117,7 @@ def _collect_inputs(
                     f"domain {spec.domain!r} is given both as --source and --heldout; "
                     "a domain is either trained on or held out"
                 )
-            with progress.task(f"reading {spec.domain}"):
+            with task(progress, f"reading {spec.domain}"):
                 docset = read_source(spec, settings.max_doc_bytes, seen)
             if not docset.docs:
                 raise MoelabError(f"{spec.domain}: {spec.location} holds no text")
@@ -125,7 +125,7 @@ def _collect_inputs(
             d.sources.append({**spec.to_json(), "inputs": docset.records})
     info = None
     if use_builtin:
-        with progress.task("reading built-in corpus"):
+        with task(progress, "reading built-in corpus"):
             built, info = builtin_corpus(settings.builtin_max_bytes, settings.max_doc_bytes)
         for b in built:
             if b.name in domains:
@@ -316,7 +316,7 @@ def _prepare_locked(
     tok_sha = sha256_file(Path(tokenizer)) if tokenizer is not None else None
     _out_is_free(out)  # refuse a wrong --out before reading any input
     columns = ("spinner", "{task.description:<28}", "bar", "{task.percentage:>5.1f}%", "speed")
-    with Bars(progress, *columns, "elapsed") as prog:
+    with bars(progress, *columns, "elapsed") as prog:
         domains, builtin_info = _collect_inputs(
             src_specs, heldout_specs, use_builtin, settings, prog
         )
@@ -338,7 +338,7 @@ def _prepare_locked(
                 for i in splits[n]["train"]
             ]
             total = sum(len(t) for t in train_texts)
-            with prog.task(f"training BPE ({vocab_size})", total=total):
+            with task(prog, f"training BPE ({vocab_size})", total):
                 tok = train_bpe(train_texts, vocab_size)
         eot_id, pad_id = special_ids(tok)
         vocab = tok.get_vocab_size(with_added_tokens=True)
@@ -358,7 +358,7 @@ def _prepare_locked(
             for name, d in domains.items():
                 order = [i for s in splits[name].values() for i in s]
                 chars = sum(len(d.docs[i]) for i in order)
-                with prog.task(f"tokenizing {name}", total=chars) as advance:
+                with task(prog, f"tokenizing {name}", chars) as advance:
                     ids = encoder.encode([d.docs[i] for i in order], advance)
                 by_doc = dict(zip(order, ids))
                 split_records = {}

@@ -69,11 +69,6 @@ def check_options(
     check_at_least_one(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens)
 
 
-def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """All of :func:`iter_windows` as a list."""
-    return list(iter_windows(n_tokens, context, stride))
-
-
 def _batched(items: Iterator, size: int) -> Iterator[list]:
     batch = []
     for item in items:

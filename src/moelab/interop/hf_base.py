@@ -53,3 +53,15 @@ def rename(state: State, pairs: list[tuple[str, str]], *, reverse: bool = False)
             raise MoelabError(f"weights lack {src!r}; the checkpoint does not fit its config")
         out[dst] = state[src]
     return out
+
+
+def by_name(pairs: Callable[[ModelConfig], list[tuple[str, str]]]) -> dict[str, Callable]:
+    """``to_hf`` and ``from_hf`` of a family whose weights map one to one by name (``pairs``:
+    moelab name, HF name), its output head tied to the embedding."""
+
+    def to_hf(state: State, cfg: ModelConfig) -> State:
+        out = rename(state, pairs(cfg))
+        out["lm_head.weight"] = out["model.embed_tokens.weight"]  # tied
+        return out
+
+    return {"to_hf": to_hf, "from_hf": lambda state, cfg: rename(state, pairs(cfg), reverse=True)}

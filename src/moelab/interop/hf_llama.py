@@ -15,7 +15,7 @@ from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
-from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
+from moelab.interop.hf_base import HFClass, SpecialIds, by_name
 
 
 def modern_common(cfg: ModelConfig, ids: SpecialIds) -> dict[str, Any]:
@@ -145,22 +145,11 @@ def _pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def _to_hf(state: State, cfg: ModelConfig) -> State:
-    out = rename(state, _pairs(cfg))
-    out["lm_head.weight"] = out["model.embed_tokens.weight"]
-    return out
-
-
-def _from_hf(state: State, cfg: ModelConfig) -> State:
-    return rename(state, _pairs(cfg), reverse=True)
-
-
 LLAMA = HFClass(
     name="LlamaForCausalLM",
     model_type="llama",
     misfit=_misfit,
     make_config=_make_config,
     read_config=_read_config,
-    to_hf=_to_hf,
-    from_hf=_from_hf,
+    **by_name(_pairs),
 )

@@ -12,7 +12,7 @@ from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
-from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
+from moelab.interop.hf_base import HFClass, SpecialIds, by_name
 
 XGLM_EPS = 1e-5  # XGLM's nn.LayerNorm uses the default eps, not a config value
 
@@ -116,22 +116,11 @@ def _pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def _to_hf(state: State, cfg: ModelConfig) -> State:
-    out = rename(state, _pairs(cfg))
-    out["lm_head.weight"] = out["model.embed_tokens.weight"]  # tied
-    return out
-
-
-def _from_hf(state: State, cfg: ModelConfig) -> State:
-    return rename(state, _pairs(cfg), reverse=True)
-
-
 XGLM = HFClass(
     name="XGLMForCausalLM",
     model_type="xglm",
     misfit=_misfit,
     make_config=_make_config,
     read_config=_read_config,
-    to_hf=_to_hf,
-    from_hf=_from_hf,
+    **by_name(_pairs),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from moelab.progress import Bars
+from moelab.progress import bars
 
 log = logging.getLogger(__name__)
 
@@ -13,8 +13,11 @@ class ProgressBar:
     def __init__(self, total_steps: int, start_step: int, *, enabled: bool, title: str):
         columns = ("[bold]{task.description}", "bar", "count", "loss {task.fields[loss]}")
         columns += ("{task.fields[tps]} tok/s", "elapsed", "ETA", "eta")
-        self._bars = Bars(enabled, *columns).__enter__()
-        self._task = self._bars.add(title, total_steps, completed=start_step, loss="-", tps="-")
+        self._bars = bars(enabled, *columns)
+        self._bars.start()
+        self._task = self._bars.add_task(
+            title, total=total_steps, completed=start_step, loss="-", tps="-"
+        )
 
     def update(self, step: int, loss: float | None = None, tokens_per_s: float | None = None):
         fields = {}
@@ -28,4 +31,4 @@ class ProgressBar:
         log.info(message)  # drawn above the bar while it runs (moelab.progress)
 
     def close(self) -> None:
-        self._bars.close()
+        self._bars.stop()

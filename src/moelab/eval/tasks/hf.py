@@ -196,10 +196,6 @@ HUB_TASKS: dict[str, HubTask] = {
 }
 
 
-def is_hub_task(name: str) -> bool:
-    return name.startswith(HUB_PREFIX)
-
-
 def convert_records(spec: HubTask, split: str, records) -> list[Item]:
     where = f"{HUB_PREFIX}{spec.dataset}"
     return [spec.convert(r, f"{where} {split} row {i}") for i, r in enumerate(records)]
