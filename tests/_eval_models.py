@@ -57,10 +57,10 @@ def tiny_model(vocab_size: int, moe: bool = False, seed: int = 0, **overrides):
     return model
 
 
-def train_eval_run(root: Path) -> Path:
+def train_eval_run(root: Path, **model_overrides) -> Path:
     """A run folder ``root/run`` with a tiny MoE model trained for a few steps on small text
     written here (~5-10 s; conftest.py builds it once per session as ``eval_run``). Domains:
-    ``books`` (training) and ``news`` (held out)."""
+    ``books`` (training) and ``news`` (held out). ``model_overrides``: model config keys."""
     from moelab.data import prepare
     from moelab.train import load_run_config, train
 
@@ -90,6 +90,7 @@ def train_eval_run(root: Path) -> Path:
         "dropout": 0.0,
         "attn_dropout": 0.0,
         "n_experts": 4,
+        **model_overrides,
     }
     train_cfg = {
         "budget_steps": 8,

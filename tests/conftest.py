@@ -91,6 +91,18 @@ def eval_run(tmp_path_factory) -> Path:
     return _eval_models.train_eval_run(tmp_path_factory.mktemp("eval_run"))
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """The tiny test tokenizer (``_eval_models.tiny_tokenizer``), once per module."""
+    return _eval_models.tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """A tiny MoE for ``tok`` in eval mode, once per module (evaluations leave it as it was)."""
+    return _eval_models.tiny_model(tok.get_vocab_size(), moe=True)
+
+
 @pytest.fixture(scope="session")
 def grammar_data(tmp_path_factory) -> Path:
     """Prepared data of the animal grammar (``_train_data``): domains alpha and beta, held-out

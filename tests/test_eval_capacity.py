@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from _eval_models import train_eval_run
 from moelab.eval.perplexity import evaluate_perplexity, run_perplexity, sources_from_prepared
 from moelab.eval.priming import evaluate_task, run_priming
 from moelab.eval.runs import evaluation_state, moe_layers, open_run, set_capacity
@@ -22,41 +23,12 @@ WORDS = "the cat sat on a mat dog ran to park bird sang in tree she poured milk"
 
 
 def capacity_run(root: Path) -> Path:
-    """In ``root``: data (one training, one held-out domain), a tiny MoE trained 8 steps with
-    eval capacity factor 1.0, and a 4-choice task file (built once, by the module fixture)."""
-    from moelab.data import prepare
-    from moelab.train import load_run_config, train
-
+    """In ``root``: the eval test run (:func:`train_eval_run`) with every FFN an MoE and eval
+    capacity factor 1.0, and a 4-choice task file (built once, by the module fixture)."""
+    train_eval_run(root, name="tiny-capacity", moe_every=1, eval_capacity_factor=1.0)
     rng = random.Random(0)
-    (root / "books").mkdir()
-    paras = [" ".join(rng.choice(WORDS) for _ in range(30)) + "." for _ in range(80)]
-    for i in range(2):
-        text = "\n\n".join(paras[i * 40 : (i + 1) * 40])
-        (root / "books" / f"b{i}.txt").write_text(text, encoding="utf-8")
-    (root / "news.txt").write_text("\n\n".join(paras[::-1][:20]), encoding="utf-8")
-    prepare(
-        root / "data",
-        sources=[f"books={root}/books/*.txt"],
-        heldout=[f"news={root}/news.txt"],
-        vocab_size=300,
-    )
-    model = {
-        "name": "tiny-capacity",
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 4,
-        "d_ffn": 64,
-        "max_seq_len": 64,
-        "dropout": 0.0,
-        "attn_dropout": 0.0,
-        "n_experts": 4,
-        "moe_every": 1,
-        "eval_capacity_factor": 1.0,
-    }
-    train_cfg = {"budget_steps": 8, "seq_len": 64, "batch_size": 8, "lr": 3e-3}
-    train_cfg.update(eval_tokens=0, device="cpu", checkpoint_every=8)
-    cfg = load_run_config({"model": model, "data": str(root / "data"), "train": train_cfg})
-    train(cfg, root / "run", progress=False)
+    for _ in range(2400):  # the draws of the run's training text: the task is drawn after them
+        rng.choice(WORDS)
     rows = []
     for i in range(24):
         words = [rng.choice(WORDS) for _ in range(6)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from _eval_models import tiny_model, tiny_tokenizer
 from moelab.eval.priming import evaluate_task
 from moelab.eval.shared import continuation_batches
 from moelab.eval.tasks.items import Item, Task
@@ -27,16 +26,6 @@ def choices(n: int) -> tuple[str, ...]:
                 break
         out.append("in the " + " ".join(words))
     return tuple(out)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_model(tok.get_vocab_size(), moe=True)
 
 
 def task_of(n: int) -> Task:

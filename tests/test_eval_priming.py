@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 
-from _eval_models import tiny_model, tiny_tokenizer
 from moelab.errors import MoelabError
 from moelab.eval.fewshot import sample_shots
 from moelab.eval.priming import build_prompts, evaluate_task, example_prompts
@@ -31,16 +30,6 @@ def _choice_rows(n, offset=0):
         }
         for i in range(n)
     ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_model(tok.get_vocab_size(), moe=True)
 
 
 def test_shots_are_k_distinct_examples_never_the_item(tmp_path):

@@ -7,22 +7,12 @@ import math
 
 import pytest
 
-from _eval_models import hand_logprobs, tiny_model, tiny_tokenizer
+from _eval_models import hand_logprobs
 from moelab.data.tokenizer import eot_token_id
 from moelab.eval.priming import evaluate_task
 from moelab.eval.scoring import Request, encode_pair, model_logits_at, score_requests
 from moelab.eval.tasks.items import Item, Task
 from moelab.eval.tokens import make_encode
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model(tok):
-    return tiny_model(tok.get_vocab_size(), moe=True)
 
 
 def test_encode_pair_moves_trailing_space_and_splits_the_whole_string(tok):
