@@ -15,6 +15,7 @@ from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval import perplexity, priming
 from moelab.eval.finetune import FinetuneSettings
 from moelab.eval.logprobs import BATCH_TOKENS
+from moelab.generate import Sampling
 
 
 def _args(*argv: str):
@@ -25,6 +26,7 @@ def test_flags_default_to_the_settings_fields():
     assert settings_of(_args("prepare", "--out", "D"), PrepareSettings) == PrepareSettings()
     got = settings_of(_args("finetune", "R", "--task", "t"), FinetuneSettings)
     assert got == FinetuneSettings()
+    assert settings_of(_args("generate", "R", "--prompt", "x"), Sampling) == Sampling()
     args = _args("eval", "R", "--ppl")
     assert (args.batch_tokens, args.batch_size) == (BATCH_TOKENS, perplexity.BATCH_SIZE)
     # and a flag set on the command line reaches its field
@@ -33,6 +35,13 @@ def test_flags_default_to_the_settings_fields():
     assert settings_of(args, PrepareSettings) == want
     lrs = settings_of(_args("finetune", "R", "--task", "t", "--lrs", "1e-3,2e-3"), FinetuneSettings)
     assert lrs.lrs == (1e-3, 2e-3)
+    # a field whose flag is named otherwise: generate's --max-tokens sets max_new_tokens
+    args = _args("generate", "R", "--prompt", "x", "--max-tokens", "-1")
+    assert settings_of(args, Sampling).max_new_tokens == -1
+    with pytest.raises(MoelabError) as caught:
+        settings_of(args, Sampling).validate()
+    assert str(caught.value) == "max_new_tokens must be >= 0, got -1"
+    assert for_the_command_line(caught.value, args.flags) == "--max-tokens must be >= 0, got -1"
 
 
 def test_errors_name_the_argument_in_python_and_the_flag_on_the_command_line():

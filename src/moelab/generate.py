@@ -7,13 +7,37 @@ and of earlier tokens come from the cache.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from moelab.errors import MoelabError
 from moelab.model import KVCache
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How :func:`sample` draws tokens: the one set of defaults (``moelab generate``'s too)."""
+
+    max_new_tokens: int = 100  # new tokens
+    temperature: float = 1.0  # 0 = greedy
+    top_k: int = 0  # keep the k likeliest (0 = all)
+    top_p: float = 1.0  # nucleus mass (1.0 = all)
+    seed: int = 0  # the same seed gives the same tokens
+
+    def validate(self) -> Sampling:
+        for key, ok, rule in (
+            ("max_new_tokens", self.max_new_tokens >= 0, ">= 0"),
+            ("temperature", self.temperature >= 0, ">= 0"),
+            ("top_k", self.top_k >= 0, ">= 0"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
+        ):
+            if not ok:
+                raise MoelabError(f"{{key}} must be {rule}, got {getattr(self, key)}", key)
+        return self
 
 
 def filter_logits(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -35,25 +59,20 @@ def filter_logits(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
 def sample(
     model: nn.Module,
     prompt_ids: list[int],
+    settings: Sampling | None = None,
     *,
-    max_new_tokens: int = 100,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
     stop_id: int | None = None,
+    **options: Any,
 ) -> list[int]:
-    """New token ids after ``prompt_ids`` (at least one id). ``temperature == 0`` is greedy.
-    The same seed gives the same tokens."""
+    """New token ids after ``prompt_ids`` (at least one id), drawn as ``settings`` (or the
+    :class:`Sampling` fields as keywords: ``temperature=0``) say."""
+    s = (settings or Sampling(**options)).validate()
     if not prompt_ids:
         raise MoelabError("generate: the prompt is empty after tokenisation")
-    if temperature < 0 or not 0.0 < top_p <= 1.0 or top_k < 0 or max_new_tokens < 0:
-        raise MoelabError(
-            "generate: need --temperature >= 0, 0 < --top-p <= 1, --top-k >= 0, --max-tokens >= 0"
-        )
+    max_new_tokens, temperature, top_k, top_p = s.max_new_tokens, s.temperature, s.top_k, s.top_p
     model.eval()
     device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(s.seed)
     cache = KVCache()
     tokens_BT = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     out: list[int] = []
@@ -74,23 +93,22 @@ def sample(
 def generate_text(
     run_dir: str | Path,
     prompt: str,
+    settings: Sampling | None = None,
     *,
-    max_new_tokens: int = 100,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    seed: int = 0,
     step: int | None = None,
     device: str = "cpu",
     on_loaded: Callable[[dict], object] | None = None,
+    **options: Any,
 ) -> str:
-    """Load a run's newest valid checkpoint and its tokenizer, continue ``prompt``; returns the
-    continuation only. Generation stops at the end-of-document token. ``on_loaded`` receives
-    the loaded checkpoint's meta (its ``step``), so a caller can say which step it used."""
+    """Load a run's newest valid checkpoint and its tokenizer, continue ``prompt`` as
+    ``settings`` (or the :class:`Sampling` fields as keywords) say; returns the continuation
+    only. Generation stops at the end-of-document token. ``on_loaded`` receives the loaded
+    checkpoint's meta (its ``step``), so a caller can say which step it used."""
     from moelab.data.tokenizer import eot_token_id, load_tokenizer
     from moelab.eval.runs import pick_device
     from moelab.train import load_model
 
+    settings = (settings or Sampling(**options)).validate()
     run_dir = Path(run_dir)
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file():
@@ -111,14 +129,5 @@ def generate_text(
     ids = tok.encode(prompt, add_special_tokens=False).ids
     # Training documents follow an end-of-document token: start the prompt the same way.
     prompt_ids = ([eot] if eot is not None else []) + ids
-    new_ids = sample(
-        model,
-        prompt_ids,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        stop_id=eot,
-    )
+    new_ids = sample(model, prompt_ids, settings, stop_id=eot)
     return tok.decode(new_ids, skip_special_tokens=True)

@@ -12,16 +12,22 @@ from typing import Any
 
 
 def add_settings(
-    parser: argparse.ArgumentParser, cls: type, helps: dict[str, str], **types: Any
+    parser: argparse.ArgumentParser,
+    cls: type,
+    helps: dict[str, str],
+    flags: dict[str, str] | None = None,
+    **types: Any,
 ) -> None:
     """A flag for each field of ``cls`` named in ``helps`` (field -> help text), whose default
-    is the field's; ``types``: a field's parser where its default's type is not it."""
+    is the field's; ``flags``: a field's flag where it is not ``--field-name``; ``types``: a
+    field's parser where its default's type is not it."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name, text in helps.items():
         default = fields[name].default
         shown = ",".join(f"{x:g}" for x in default) if isinstance(default, tuple) else default
         parser.add_argument(
-            "--" + name.replace("_", "-"),
+            (flags or {}).get(name, "--" + name.replace("_", "-")),
+            dest=name,
             type=types.get(name, type(default)),
             default=default,
             metavar="F" if isinstance(default, float) else "N",
