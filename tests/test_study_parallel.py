@@ -47,6 +47,19 @@ def test_threads_are_divided_among_jobs():
     assert StudyConfig(base=base).validate().threads is None  # one job: torch's default
 
 
+def test_the_study_threads_train_each_run_unless_it_sets_its_own(tmp_path):
+    """The trainer sets train.threads while a run trains, so the study's count goes there."""
+    from moelab.study.config import StudyConfig
+    from moelab.study.sweep import build_plan
+
+    base = {"model": "dense-cpu-0.5m", "train": {"budget_tokens": 4096}}
+    per_model = {"moe-cpu-0.5m": {"train.threads": 2}}
+    grid = {"model": ["dense-cpu-0.5m", "moe-cpu-0.5m"]}
+    cfg = StudyConfig(base=base, grid=grid, per_model=per_model, threads=3).validate()
+    plan = build_plan(cfg, tmp_path / "S", measure=False)
+    assert [p.run_config.train.threads for p in plan] == [3, 2]
+
+
 def test_one_device_set_per_worker(tmp_path):
     from moelab.study.config import StudyConfig
     from moelab.study.sweep import run_study

@@ -104,8 +104,9 @@ class StudyConfig:
     # FLOPs (paper accounting) per second. 2 CPU cores running small fp32 models reach ~1e11.
     flops_per_second: float = 1.0e11
     measure_throughput: bool = True  # time a few steps of each model for --plan
-    # torch CPU threads while the study runs (null: torch's default). On a CPU shared with other
-    # work, 1 thread can be many times faster than oversubscribed OpenMP threads.
+    # torch CPU threads while the study runs (null: torch's default): each run's train.threads
+    # (unless its config sets one) and the evaluation's. On a CPU shared with other work, 1
+    # thread can be many times faster than oversubscribed OpenMP threads.
     threads: int | None = None
 
     def validate(self) -> StudyConfig:

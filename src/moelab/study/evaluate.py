@@ -16,17 +16,6 @@ from typing import Any
 
 from moelab.study.config import StudyConfig, task_label
 
-_TASK_CACHE: dict[tuple[str, str], Any] = {}
-
-
-def _task(name: str, tasks_dir: str | None):
-    from moelab.eval.tasks import get_task
-
-    key = (name, str(tasks_dir))
-    if key not in _TASK_CACHE:
-        _TASK_CACHE[key] = get_task(name, tasks_dir)
-    return _TASK_CACHE[key]
-
 
 def tasks_dir_of(cfg: StudyConfig) -> str | None:
     if cfg.eval.tasks_dir:
@@ -34,11 +23,22 @@ def tasks_dir_of(cfg: StudyConfig) -> str | None:
     return str(Path(cfg.data.root).expanduser().resolve())
 
 
-def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> dict[str, Any]:
+def evaluate_run(
+    path: Path,
+    cfg: StudyConfig,
+    echo: Callable[[str], None],
+    tasks: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate the run in ``path``. ``tasks``: loaded tasks by name, filled as they are read;
+    a caller evaluating several runs passes the same dict so each task (BLiMP's 67k pairs) is
+    read once, not once per run."""
     from moelab.data import PreparedData
     from moelab.eval.perplexity import run_perplexity
     from moelab.eval.priming import evaluate_task
     from moelab.eval.runs import open_run
+    from moelab.eval.tasks import get_task
+
+    tasks = {} if tasks is None else tasks
 
     ev = cfg.eval
     run = open_run(path, device="auto")
@@ -72,11 +72,12 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
             result["skipped_tasks"][task_label(name)] = why
             echo(f"    {name}: {why}")
             continue
-        task = _task(name, tdir)
+        if name not in tasks:
+            tasks[name] = get_task(name, tdir)
         out = evaluate_task(
             run.model,
             run.tokenizer,
-            task,
+            tasks[name],
             shots=0,
             seeds=1,
             limit=_limit(name, ev),
@@ -108,11 +109,10 @@ def evaluate_run(path: Path, cfg: StudyConfig, echo: Callable[[str], None]) -> d
     for name in ev.few_shot:
         if task_label(name) in result["skipped_tasks"]:
             continue
-        task = _task(name, tdir)
         out = evaluate_task(
             run.model,
             run.tokenizer,
-            task,
+            tasks[name],  # loaded for its zero-shot baseline above
             shots=ev.shots,
             seeds=ev.seeds,
             limit=_limit(name, ev),

@@ -91,13 +91,17 @@ def eval_note(cfg: StudyConfig) -> str:
 
 def build_plan(cfg: StudyConfig, out_dir: Path, measure: bool | None = None) -> list[PlannedRun]:
     specs = expand_grid(cfg)
-    return make_plan(
+    plan = make_plan(
         specs,
         data_dir=str(prepared_dir(cfg, out_dir)),
         vocab_size=plan_vocab_size(cfg, out_dir),
         flops_per_second=cfg.flops_per_second,
         measure=cfg.measure_throughput if measure is None else measure,
     )
+    for p in plan:  # the study's thread count trains every run that does not set its own
+        if "threads" not in (p.spec.run_config.get("train") or {}):
+            p.run_config.train.threads = cfg.threads
+    return plan
 
 
 def _plan_json(plan: list[PlannedRun]) -> list[dict[str, Any]]:
@@ -233,6 +237,8 @@ def run_study(
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
+    """The study's thread count for what it computes itself (throughput measurement,
+    evaluation); training sets it from each run config's ``train.threads`` (study/grid.py)."""
     if n is None:
         yield
         return
@@ -337,6 +343,7 @@ def _run_sequential(
     # Evaluation does a fixed amount of work per run whatever its training budget, scaling
     # with the model's FLOPs per token: its rate is learned from the evaluations done so far.
     eval_s = eval_flops_per_token = 0.0
+    tasks: dict[str, Any] = {}  # each task read once for every run this process evaluates
     for j, (i, planned) in enumerate(todo):
         path = run_dir(out, planned.name)
         state = run_state(path, key)
@@ -364,7 +371,7 @@ def _run_sequential(
             spent_est += planned.est_seconds
         remaining_est -= planned.est_seconds
         echo(f"[{i}/{n}] evaluating {planned.name}")
-        eval_s += _evaluate_one(cfg, planned, path, key, train_s, echo)
+        eval_s += _evaluate_one(cfg, planned, path, key, train_s, echo, tasks)
         eval_flops_per_token += planned.flops_per_token
 
 
@@ -519,13 +526,20 @@ def _run_parallel(
 
 
 def _evaluate_one(
-    cfg: StudyConfig, planned: PlannedRun, path: Path, key: str, train_s: float, echo: Echo
+    cfg: StudyConfig,
+    planned: PlannedRun,
+    path: Path,
+    key: str,
+    train_s: float,
+    echo: Echo,
+    tasks: dict[str, Any] | None = None,
 ) -> float:
-    """Evaluate one trained run, write its ``study_eval.json``; return the seconds it took."""
+    """Evaluate one trained run, write its ``study_eval.json``; return the seconds it took.
+    ``tasks``: the loaded tasks to reuse (study/evaluate.py)."""
     from moelab.study.evaluate import evaluate_run
 
     start = time.perf_counter()
-    result = evaluate_run(path, cfg, echo)
+    result = evaluate_run(path, cfg, echo, tasks)
     prior = 0.0
     from moelab.study.layout import read_study_eval
 
