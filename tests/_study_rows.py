@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from moelab.study.results import CurvePoint, from_row
+
 E_DENSE, ALPHA_DENSE = 3.0, 0.3
 A_DENSE = 2.0 * 1e12**ALPHA_DENSE  # dense loss 5.0 at 1e12 FLOPs
 DOMAINS_IN = ["code", "prose"]
@@ -202,3 +204,8 @@ def add_zero_shot(rows: list[dict], speedup: float = 2.0) -> list[dict]:
             r["zero_shot_score/blimp"] + r["zero_shot_score/hellaswag"]
         ) / 2
     return rows
+
+
+def points(rows: list[dict]) -> list[CurvePoint]:
+    """The rows as the analysis and the report read them (results.json's rows read back)."""
+    return [from_row(r) for r in rows]

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from _study_rows import META, study_rows
+from _study_rows import META, points, study_rows
 from moelab.study.analysis import (
     Headline,
     analyse,
@@ -33,7 +33,7 @@ MOE, DENSE = "moe8-top2", "dense"
 
 def loss_analysis(rows, bootstrap=30, mode="annealed"):
     return analyse_loss(
-        rows,
+        points(rows),
         "loss_in_domain",
         "in-domain",
         {MOE: DENSE},
@@ -234,7 +234,7 @@ def test_headline_picks_the_best_in_range_quality():
 
 def test_resampler_keeps_every_run_and_shifts_each_preset_by_the_pooled_seed_spread():
     rows = study_rows(seed_noise=0.01, noise_seed=3)
-    strata = {r["run"]: stratum_key(r) for r in rows}
+    strata = {p.run: stratum_key(p) for p in points(rows)}
     dense_pts = [
         EvalPoint(r["run"], r["train_flops"], r["loss_in_domain"], r["annealed"])
         for r in rows
@@ -276,14 +276,14 @@ def test_resampler_keeps_every_run_and_shifts_each_preset_by_the_pooled_seed_spr
     for q in (0.1, 0.5, 0.9):
         assert np.quantile(draws, q) == pytest.approx(rs.noise.quantile_sd(q), rel=0.1)
     # seeds only: another learning rate is another design point
-    other = dict(rows[0], **{"grid.train.lr": 0.001})
-    assert stratum_key(other) != stratum_key(rows[0])
-    assert stratum_key(dict(rows[0], seed=9, **{"grid.seed": 9})) == stratum_key(rows[0])
+    first, other = points([rows[0], dict(rows[0], **{"grid.train.lr": 0.001})])
+    assert stratum_key(other) != stratum_key(first)
+    assert stratum_key(points([dict(rows[0], seed=9, **{"grid.seed": 9})])[0]) == stratum_key(first)
 
 
 def test_fits_json_carries_labels_intervals_bounds_and_spread():
     rows = study_rows(seed_noise=0.003)
-    an = analyse(rows, META, mode="annealed", bootstrap=20)
+    an = analyse(points(rows), META, mode="annealed", bootstrap=20)
     data = fits_json(an)
     assert data["frontier"] == "annealed" and data["moe_frontier"] == "annealed"
     m = data["metrics"]["loss_in_domain"]
@@ -318,12 +318,12 @@ def test_zero_shot_bounds_inside_the_chance_band_are_dropped():
             r["zero_shot_mean"] = 0.375 + wobble
             r["zero_shot_score_mean"] = 0.375 + wobble
     meta = {**META, **ZERO_SHOT_META}
-    an = analyse(rows, meta, mode="annealed", bootstrap=0)
+    an = analyse(points(rows), meta, mode="annealed", bootstrap=0)
     for name in ("zero_shot_mean", "zero_shot_score_mean"):
         assert all(not bs for bs in an.metrics[name].bounds.values()), name
     # well above chance, the bounds are kept
     rows = add_zero_shot(study_rows(seed_noise=0.0), speedup=2.0)
-    an = analyse(rows, meta, mode="annealed", bootstrap=0)
+    an = analyse(points(rows), meta, mode="annealed", bootstrap=0)
     kept = [b for bs in an.metrics["zero_shot_mean"].bounds.values() for b in bs]
     assert kept and all(b.quality > 0.4 for b in kept)
 

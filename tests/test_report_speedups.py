@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from _study_rows import META, ZERO_SHOT_META, add_zero_shot, study_rows
+from _study_rows import META, ZERO_SHOT_META, add_zero_shot, points, study_rows
 from moelab.study.analysis import analyse
 from moelab.study.document import to_markdown
 from moelab.study.report import compose, make_figures, zero_shot_json
@@ -23,7 +23,7 @@ STUDY = {"threads": 1, "fit": {"frontier": "annealed", "bootstrap": 30}}
 
 @pytest.fixture(scope="module")
 def built():
-    rows = add_zero_shot(study_rows(seed_noise=0.003))
+    rows = points(add_zero_shot(study_rows(seed_noise=0.003)))
     meta = {**META, **ZERO_SHOT_META, "command": "moelab study --out runs/s", "out_dir": "runs/s"}
     an = analyse(rows, meta, mode="annealed", bootstrap=30)
     return rows, meta, an
@@ -39,7 +39,7 @@ def _row(md: str, first_cell: str, after: str = "") -> list[str]:
 
 def test_headline_table_has_every_setting_with_interval_and_label(built):
     rows, meta, an = built
-    md = to_markdown(compose(STUDY, rows, [], meta, an, {}))
+    md = to_markdown(compose(STUDY, rows, meta, an, {}))
     for setting in (
         "in-domain loss",
         "out-of-domain loss (mean)",
@@ -93,7 +93,7 @@ def test_accuracy_within_chance_gives_no_speedup_but_the_score_does(built):
 
 def test_measured_bounds_and_seed_spread_sections(built):
     rows, meta, an = built
-    md = to_markdown(compose(STUDY, rows, [], meta, an, {}))
+    md = to_markdown(compose(STUDY, rows, meta, an, {}))
     assert "## Measured bounds (no fit)" in md
     lower = [ln for ln in md.splitlines() if ln.startswith("| in-domain loss | ≥ ")]
     upper = [ln for ln in md.splitlines() if ln.startswith("| in-domain loss | ≤ ")]
@@ -106,13 +106,13 @@ def test_measured_bounds_and_seed_spread_sections(built):
 
 def test_blimp_table_and_chance_sentence(built):
     rows, meta, an = built
-    md = to_markdown(compose(STUDY, rows, [], meta, an, {}))
+    md = to_markdown(compose(STUDY, rows, meta, an, {}))
     assert "## blimp: accuracy overall and per field" in md
     assert _row(md, "5-gram (reference)")[1:] == ["0.61", "0.6", "0.63"]
     assert _row(md, "GPT-2 (reference)")[1] == "0.83"
     big = _row(md, "moe-2__seed=1", after="## blimp")
     assert big[1] == "0.715 [0.695, 0.735]" and big[2] == "0.705 [0.680, 0.730]"
-    finals = [r for r in rows if r["final"]]
+    finals = [r for r in rows if r.final]
     verdicts = chance_verdicts(finals, meta)
     assert "dense-0__seed=1" not in verdicts["blimp"]["above"]  # 0.50 [0.48, 0.52]
     assert "moe-0__seed=1" in verdicts["blimp"]["above"]
@@ -121,7 +121,8 @@ def test_blimp_table_and_chance_sentence(built):
     assert "Within the chance interval for every run: hellaswag." in md
     data = zero_shot_json(finals, meta)
     run = data["grouped"]["blimp"]["runs"]["moe-2__seed=1"]
-    syntax = next(r for r in finals if r["run"] == "moe-2__seed=1")["zero_shot/blimp:field:syntax"]
+    moe2 = next(r for r in finals if r.run == "moe-2__seed=1")
+    syntax = moe2.evaluation.zero_shot["blimp:field:syntax"].value
     assert run["field:syntax"] == syntax
     assert run["field:syntax_ci95"] == pytest.approx([syntax - 0.025, syntax + 0.025])
     assert data["grouped"]["blimp"]["reference"]["GPT-2"]["overall"] == 0.83
@@ -155,6 +156,6 @@ def test_readme_snippet_is_self_contained_markdown(built):
 
 def test_figures_draw_bands_per_setting(built, tmp_path):
     rows, meta, an = built
-    figs = make_figures(tmp_path, rows, [], meta, an)
+    figs = make_figures(tmp_path, rows, meta, an)
     for key in ("speedup", "speedup_domains", "domain_speedup", "loss_in_domain"):
         assert (tmp_path / figs[key]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", key

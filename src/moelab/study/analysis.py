@@ -9,6 +9,7 @@ the headline rule.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,12 +34,13 @@ from moelab.study.fit import (
     set_intervals,
     speedup_at,
 )
+from moelab.study.results import CurvePoint
 
 ZERO_SHOT = "zero_shot_mean"
 ZERO_SHOT_SCORE = "zero_shot_score_mean"
 ACCURACY_LABEL = "mean zero-shot accuracy"
 SCORE_LABEL = "mean zero-shot continuous score (normalised probability of the correct candidate)"
-SEED_KEYS = ("grid.seed", "grid.train.seed")
+SEED_KEYS = ("seed", "train.seed")  # grid keys of the trainer's seed
 
 
 @dataclass(frozen=True)
@@ -126,28 +128,38 @@ def pair_families(families: list[str]) -> tuple[str | None, dict[str, str]]:
     return (dense[0] if dense else None), partner
 
 
-def stratum_key(row: dict[str, Any]) -> str:
+def stratum_key(p: CurvePoint) -> str:
     """The configuration a run replicates: its preset and every grid value except the seed.
     Runs with equal keys are seeds of one design point (the bootstrap's strata)."""
-    grid = [f"{k}={row[k]}" for k in sorted(row) if k.startswith("grid.") and k not in SEED_KEYS]
-    return "|".join([str(row.get("family")), str(row.get("preset") or row["run"]), *grid])
+    grid = [f"grid.{k}={v}" for k, v in sorted(p.grid.items()) if k not in SEED_KEYS]
+    return "|".join([str(p.family), str(p.preset or p.run), *grid])
 
 
-def strata_of(rows: list[dict[str, Any]]) -> dict[str, str]:
-    return {r["run"]: stratum_key(r) for r in rows}
+def strata_of(points: list[CurvePoint]) -> dict[str, str]:
+    return {p.run: stratum_key(p) for p in points}
 
 
-def _points(rows: list[dict[str, Any]], column: str, final_only: bool) -> dict[str, list]:
+def metric_value(metric: str) -> Callable[[CurvePoint], float | None]:
+    """What a metric (a key of fits.json's ``metrics``) reads from a point: the mean in-domain
+    or out-of-domain loss, one domain's loss (``loss/DOMAIN``), or a mean of the final
+    evaluation (``zero_shot_mean``, ``zero_shot_score_mean``: final points only)."""
+    if metric.startswith("loss/"):
+        domain = metric.split("/", 1)[1]
+        return lambda p: p.loss.get(domain)
+    if metric in (ZERO_SHOT, ZERO_SHOT_SCORE):
+        return lambda p: getattr(p.evaluation, metric) if p.evaluation else None
+    return lambda p: getattr(p, metric)
+
+
+def _points(points: list[CurvePoint], metric: str) -> dict[str, list]:
+    value = metric_value(metric)
     out: dict[str, list[EvalPoint]] = {}
-    for r in rows:
-        v = r.get(column)
-        if v is None or (final_only and not r.get("final")):
+    for p in points:
+        v = value(p)
+        c = p.train_flops
+        if v is None or not c or c <= 0 or not math.isfinite(float(v)):
             continue
-        c = r.get("train_flops")
-        if not c or c <= 0 or not math.isfinite(float(v)):
-            continue
-        annealed = bool(r.get("annealed"))
-        out.setdefault(r["family"], []).append(EvalPoint(r["run"], float(c), float(v), annealed))
+        out.setdefault(p.family, []).append(EvalPoint(p.run, float(c), float(v), p.annealed))
     return out
 
 
@@ -393,7 +405,7 @@ def compare(
 
 
 def analyse_loss(
-    rows: list[dict[str, Any]],
+    rows: list[CurvePoint],
     column: str,
     label: str,
     partner: dict[str, str],
@@ -402,7 +414,7 @@ def analyse_loss(
     bootstrap: int,
     min_run_fraction: float,
 ) -> MetricAnalysis:
-    ma = MetricAnalysis(column, label, False, _points(rows, column, final_only=False))
+    ma = MetricAnalysis(column, label, False, _points(rows, column))
     strata = strata_of(rows)
     dense_families = set(partner.values())
     for fam, pts in ma.points.items():
@@ -474,7 +486,7 @@ def _zero_shot_chance(meta: dict[str, Any], key: str = "chance") -> tuple[float,
 
 
 def analyse_zero_shot(
-    rows: list[dict[str, Any]],
+    rows: list[CurvePoint],
     meta: dict[str, Any],
     partner: dict[str, str],
     *,
@@ -485,7 +497,7 @@ def analyse_zero_shot(
     (``zero_shot_score_mean``) of each run's final checkpoint: a monotone fit in log compute per
     family (a power law does not suit a bounded score). Accuracy gives no speedup inside the
     chance interval; the score, smooth where accuracy is flat, gives one everywhere."""
-    pts = _points(rows, column, final_only=True)
+    pts = _points(rows, column)
     if not pts:
         return None
     score = column == ZERO_SHOT_SCORE
@@ -517,26 +529,27 @@ def analyse_zero_shot(
     return ma
 
 
-def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def seed_spread(rows: list[CurvePoint]) -> list[dict[str, Any]]:
     """Per design point with several seeds: the spread of the final in-domain (and mean
     out-of-domain) loss over its seeds, so a speedup can be told from seed noise."""
-    finals: dict[str, list[dict[str, Any]]] = {}
+    finals: dict[str, list[CurvePoint]] = {}
     for r in rows:
-        if r.get("final"):
+        if r.final:
             finals.setdefault(stratum_key(r), []).append(r)
     out = []
     for group in finals.values():
         if len(group) < 2:
             continue
         entry: dict[str, Any] = {
-            "family": group[0]["family"],
-            "preset": group[0].get("preset"),
-            "model": group[0].get("grid.model") or group[0].get("preset"),
-            "runs": [r["run"] for r in group],
-            "seeds": [r.get("seed") for r in group],
+            "family": group[0].family,
+            "preset": group[0].preset,
+            "model": group[0].grid.get("model") or group[0].preset,
+            "runs": [r.run for r in group],
+            "seeds": [r.seed for r in group],
         }
         for col in ("loss_in_domain", "loss_out_of_domain"):
-            vals = np.array([r[col] for r in group if r.get(col) is not None], dtype=float)
+            got = [getattr(r, col) for r in group]
+            vals = np.array([v for v in got if v is not None], dtype=float)
             if len(vals) < 2:
                 continue
             entry[col] = {
@@ -552,7 +565,7 @@ def seed_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def analyse(
-    rows: list[dict[str, Any]],
+    rows: list[CurvePoint],
     meta: dict[str, Any],
     *,
     mode: str = "envelope",
@@ -561,7 +574,7 @@ def analyse(
 ) -> Analysis:
     if mode not in MODES:
         raise MoelabError(f"fit.frontier: {mode!r} is unknown; use one of {', '.join(MODES)}")
-    families = list(dict.fromkeys(r["family"] for r in rows))
+    families = list(dict.fromkeys(r.family for r in rows))
     dense, partner = pair_families(families)
     in_domains = list(meta.get("in_domains", []))
     out_domains = list(meta.get("out_domains", []))

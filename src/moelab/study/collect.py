@@ -1,4 +1,4 @@
-"""Read finished runs back from disk into :class:`RunRecord` objects and table rows.
+"""Read finished runs back from disk into the table's points (study/results.py).
 
 Only files are read (the run's resolved ``config.yaml``, ``metrics.jsonl``, ``done.json`` and the
 study's ``study_eval.json``), so ``moelab report DIR`` works without the data or a model.
@@ -7,6 +7,7 @@ study's ``study_eval.json``), so ``moelab report DIR`` works without the data or
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,9 @@ from moelab.errors import MoelabError
 from moelab.flops import count_params
 from moelab.study.diverged import read_divergence
 from moelab.study.layout import STUDY_EVAL, runs_dir
-from moelab.study.results import RunRecord
+from moelab.study.results import Accuracy, CurvePoint, FinalEval
 from moelab.train.metrics import METRICS
+from moelab.train.rundir import read_done
 
 
 def _float(v: Any) -> float | None:
@@ -76,16 +78,17 @@ def expert_load(metrics: list[dict[str, Any]]) -> tuple[list[int], np.ndarray] |
     return steps, arr_SLE.transpose(1, 0, 2)
 
 
-def read_record(path: Path, *, rerun: str, key: str | None = None) -> RunRecord:
-    """A finished and evaluated run as a record. Anything missing or damaged is refused with
-    one line naming the file and the fix (``rerun`` is the study command to quote): a report is
-    never built from part of a run. ``key``: the study's evaluation key the run must match."""
+def read_run(path: Path, key: str | None = None) -> tuple[list[CurvePoint], dict[str, Any]]:
+    """A finished and evaluated run's points on the table, and its study_eval.json. Anything
+    missing or damaged is refused with one line naming the file and the fix: a report is never
+    built from part of a run. ``key``: the study's evaluation key the run must match."""
     from moelab.train.config import load_run_config
 
+    rerun = f"moelab study CONFIG --out {path.parent.parent}"
     if not (path / "done.json").is_file():
         what = "has no run folder" if not path.is_dir() else "is not finished (no done.json)"
         raise MoelabError(f"{path}: this planned run {what}; rerun `{rerun}` to finish it")
-    ev = read_finished_eval(path, rerun=rerun, key=key)
+    ev = read_finished_eval(path, rerun, key)
     retrain = f"delete {path} and rerun `{rerun}` to train it again"
     try:
         cfg = load_run_config(path / "config.yaml", check_data=False)
@@ -101,29 +104,89 @@ def read_record(path: Path, *, rerun: str, key: str | None = None) -> RunRecord:
         ) from None
     if not points:
         raise MoelabError(f"{metrics_file}: no validation points in a finished run; {retrain}")
+    try:
+        return curve(points, ev, cfg, path), ev
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        fix = f"delete it and rerun `{rerun}` to evaluate the run again"
+        raise MoelabError(
+            f"{path / STUDY_EVAL}: not a study evaluation ({type(e).__name__}: {e}); {fix}"
+        ) from None
+
+
+def curve(
+    points: list[dict[str, Any]], ev: dict[str, Any], cfg: Any, path: Path
+) -> list[CurvePoint]:
+    """The run's table points: its validation points, with its evaluation (``ev``, its
+    study_eval.json) on the final one, the main run's last validation (a branch may end later
+    in steps only if the schedule was cut short; it is never the run's final model)."""
     counts = count_params(cfg.model)
-    return RunRecord(
-        name=ev["run"],
-        family=ev["family"],
-        preset=ev["preset"],
-        seed=cfg.train.seed,
-        values=ev.get("values") or {},
-        params_total=counts.total,
-        params_active=counts.active,
-        params_active_non_embedding=counts.active_non_embedding,
-        in_domains=list(ev["in_domains"]),
-        out_domains=list(ev["out_domains"]),
-        points=points,
-        zero_shot=dict(ev.get("zero_shot") or {}),
-        zero_shot_detail={
-            k: v for k, v in (ev.get("zero_shot_detail") or {}).items() if isinstance(v, dict)
-        },
+    in_domains, out_domains = list(ev["in_domains"]), list(ev["out_domains"])
+    main = [i for i, p in enumerate(points) if not p["branch"]]
+    last = main[-1] if main else len(points) - 1
+    out = []
+    for i, p in enumerate(points):
+        val = p["val"]
+        out.append(
+            CurvePoint(
+                run=ev["run"],
+                family=ev["family"],
+                preset=ev["preset"],
+                seed=cfg.train.seed,
+                step=p["step"],
+                tokens=p["tokens"],
+                train_flops=p["train_flops"],
+                train_flops_spent=p["train_flops_spent"],
+                annealed=p["annealed"],
+                branch=p["branch"],
+                fork_step=p["fork_step"],
+                params_total=counts.total,
+                params_active=counts.active,
+                params_active_non_embedding=counts.active_non_embedding,
+                loss_in_domain=_mean([val.get(d) for d in in_domains]),
+                loss_out_of_domain=_mean([val.get(d) for d in out_domains]),
+                loss={d: val.get(d) for d in in_domains + out_domains},
+                grid={
+                    k: v.get("name") if isinstance(v, dict) else v
+                    for k, v in (ev.get("values") or {}).items()
+                },
+                evaluation=final_eval(path, ev) if i == last else None,
+            )
+        )
+    return out
+
+
+def final_eval(path: Path, ev: dict[str, Any]) -> FinalEval:
+    """The run's final evaluation from its study_eval.json (the means are the study's: set by
+    the report, which knows its task lists)."""
+    out = FinalEval(
         few_shot=dict(ev.get("few_shot") or {}),
         finetune=dict(ev.get("finetune") or {}),
         eval_loss=dict(ev.get("eval_loss") or {}),
-        train_wall_s=_train_wall(path, ev),
         eval_wall_s=_float(ev.get("eval_wall_s")),
     )
+    # The trainer's own figure spans resumes; a run without a (valid) done.json: the study's.
+    wall = _float((read_done(path) or {}).get("wall_s"))
+    out.train_wall_s = wall if wall is not None else _float(ev.get("train_wall_s"))
+    details = ev.get("zero_shot_detail") or {}
+    for task, acc in (ev.get("zero_shot") or {}).items():
+        detail = details.get(task) or {}
+        # per field (paradigms stay in the run's study_eval.json)
+        groups = [(f"{task}:{g}", d) for g, d in (detail.get("groups") or {}).items()]
+        fields = [(name, d) for name, d in groups if name.startswith(f"{task}:field:")]
+        for name, d in [(task, {**detail, "accuracy": acc}), *fields]:
+            out.zero_shot[name] = Accuracy(d.get("accuracy"), *_pair(d.get("accuracy_ci95")))
+            if d.get("score") is not None:
+                out.zero_shot_score[name] = Accuracy(d["score"], *_pair(d.get("score_ci95")))
+    return out
+
+
+def _pair(ci: Any) -> tuple[Any, Any]:
+    return tuple(ci) if isinstance(ci, list | tuple) and len(ci) == 2 else (None, None)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else None
 
 
 def read_finished_metrics(path: Path, fix: str) -> list[dict[str, Any]]:
@@ -154,20 +217,9 @@ def read_finished_metrics(path: Path, fix: str) -> list[dict[str, Any]]:
     return rows
 
 
-# study_eval.json fields the table needs, and the types they must have
-_EVAL_REQUIRED: dict[str, tuple[type, ...]] = {
-    "run": (str,),
-    "family": (str,),
-    "preset": (str, type(None)),
-    "in_domains": (list,),
-    "out_domains": (list,),
-}
-_EVAL_SCORES = ("zero_shot", "few_shot", "finetune", "eval_loss")
-
-
-def read_finished_eval(path: Path, *, rerun: str, key: str | None = None) -> dict[str, Any]:
-    """A finished run's study_eval.json, checked field by field; a missing, damaged or stale
-    file is refused (deleting it makes the next `moelab study` evaluate the run again)."""
+def read_finished_eval(path: Path, rerun: str, key: str | None = None) -> dict[str, Any]:
+    """A finished run's study_eval.json; a missing, unreadable, stale or foreign one is refused
+    (deleting it makes the next `moelab study` evaluate the run again)."""
     f = path / STUDY_EVAL
     fix = f"delete it and rerun `{rerun}` to evaluate the run again"
     if not f.is_file():
@@ -180,22 +232,10 @@ def read_finished_eval(path: Path, *, rerun: str, key: str | None = None) -> dic
         raise MoelabError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise MoelabError(f"{f}: cannot read it ({_reason(e)}); {fix}") from None
-    if not isinstance(ev, dict):
-        raise MoelabError(f"{f}: expected a JSON object; {fix}")
-    for name, types in _EVAL_REQUIRED.items():
-        if name not in ev:
-            raise MoelabError(f"{f}: no {name!r} field; {fix}")
-        if not isinstance(ev[name], types):
-            raise MoelabError(f"{f}: field {name!r} has the wrong type; {fix}")
+    if not isinstance(ev, dict) or "run" not in ev:
+        raise MoelabError(f"{f}: not a study evaluation (no 'run' field); {fix}")
     if ev["run"] != path.name:
         raise MoelabError(f"{f}: belongs to run {ev['run']!r}, not {path.name!r}; {fix}")
-    for name in _EVAL_SCORES + ("values", "tasks", "zero_shot_detail"):
-        if ev.get(name) is not None and not isinstance(ev[name], dict):
-            raise MoelabError(f"{f}: field {name!r} must be a mapping; {fix}")
-    for name in _EVAL_SCORES:
-        for task, value in (ev.get(name) or {}).items():
-            if value is not None and _float(value) is None and not isinstance(value, float):
-                raise MoelabError(f"{f}: {name}.{task} is not a number ({value!r}); {fix}")
     if key is not None and ev.get("eval_key") != key:
         raise MoelabError(f"{f}: evaluated with other settings than the study's study.yaml; {fix}")
     return ev
@@ -207,32 +247,14 @@ def _reason(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _train_wall(path: Path, ev: dict[str, Any]) -> float | None:
-    """Training wall time: the trainer's own figure in done.json when it has one (it spans
-    resumes), else what the study timed."""
-    try:
-        done = json.loads((path / "done.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        done = {}
-    if not isinstance(done, dict):  # a hand-edited file: fall back to the study's own timing
-        done = {}
-    for key in ("wall_s", "train_wall_s", "wall_seconds", "elapsed_s"):
-        if _float(done.get(key)) is not None:
-            return float(done[key])
-    return _float(ev.get("train_wall_s"))
-
-
 def read_records(
-    out_dir: Path,
-    order: list[str] | None = None,
-    *,
-    rerun: str = "moelab study CONFIG --out DIR",
-    key: str | None = None,
-) -> list[RunRecord]:
-    """The runs of a study, every one finished and evaluated. ``order``: the plan's run
-    names; each must be finished (else the study is not done and the report refuses) and
-    evaluated with ``key``. Run folders outside the plan (an earlier grid in the same --out)
-    join the table after them when they are finished and evaluated."""
+    out_dir: Path, order: list[str] | None = None, *, key: str | None = None
+) -> tuple[list[CurvePoint], list[dict[str, Any]]]:
+    """The table's points of a study's runs, every one finished and evaluated, and each run's
+    study_eval.json. ``order``: the plan's run names; each must be finished (else the study is
+    not done and the report refuses) and evaluated with ``key``. Run folders outside the plan
+    (an earlier grid in the same --out) join the table after them when they are finished and
+    evaluated."""
     root = runs_dir(out_dir)
     if not root.is_dir():
         raise MoelabError(f"{out_dir}: no runs/ folder; is this a study folder (moelab study)?")
@@ -243,6 +265,5 @@ def read_records(
         for p in root.iterdir()
         if p.name not in set(planned) and (p / "done.json").is_file() and (p / STUDY_EVAL).is_file()
     )
-    records = [read_record(root / n, rerun=rerun, key=key) for n in planned]
-    records += [read_record(root / n, rerun=rerun) for n in extra]
-    return records
+    runs = [read_run(root / n, key) for n in planned] + [read_run(root / n) for n in extra]
+    return [p for pts, _ in runs for p in pts], [ev for _, ev in runs]

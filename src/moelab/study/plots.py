@@ -230,27 +230,10 @@ def _draw_speedup(ax: Any, series: Sequence[SpeedupSeries]) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def plot_speedup(series: Sequence[SpeedupSeries], path: Path, title: str) -> None:
-    """Speedup factor (dense compute / MoE compute at equal quality) against dense compute,
-    one figure: bands, bounds and headline as :func:`_draw_speedup`."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    _draw_speedup(ax, series)
-    ax.set_xlabel("dense training FLOPs at the same quality")
-    ax.set_ylabel("speedup factor (dense / MoE compute)")
-    ax.set_title(title + "  (dashed: extrapolated; band: 95%)", fontsize=9)
-    if series:
-        ax.legend(fontsize=7)
-    _save(fig, path)
-
-
 def plot_speedup_panels(
-    panels: Sequence[
-        tuple[str, Sequence[SpeedupSeries]] | tuple[str, Sequence[SpeedupSeries], str]
-    ],
-    path: Path,
-    title: str,
+    panels: Sequence[tuple[str, Sequence[SpeedupSeries], str]], path: Path, title: str
 ) -> None:
-    """One panel per setting, three to a row: (title, series[, why a panel has no curve])."""
+    """One panel per setting, three to a row: (title, series, why a panel has no curve)."""
     n = max(1, len(panels))
     cols = min(3, n)
     rows = math.ceil(n / cols)
@@ -260,9 +243,8 @@ def plot_speedup_panels(
         if k >= len(panels):
             ax.axis("off")
             continue
-        name, series = panels[k][0], panels[k][1]
+        name, series, why = panels[k]
         if not series:
-            why = panels[k][2] if len(panels[k]) > 2 else "no speedup"
             ax.text(0.5, 0.5, textwrap.fill(why, 40), ha="center", va="center", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])

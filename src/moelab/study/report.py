@@ -42,6 +42,7 @@ from moelab.study.document import (
 from moelab.study.fit import EXTRAPOLATED, PowerLawFit, SpeedupPoint
 from moelab.study.layout import run_dir, runs_dir
 from moelab.study.report_sections import (
+    accuracy,
     blimp_blocks,
     bounds_blocks,
     chance_verdicts,
@@ -54,35 +55,12 @@ from moelab.study.report_sections import (
     times,
     zero_shot_blocks,
 )
-from moelab.study.results import RunRecord, rows_for_run, write_results
+from moelab.study.results import Accuracy, CurvePoint, FinalEval, write_results
 
 Echo = Callable[[str], None]
 
 
-_fmt = fmt
-_si = si
-
-
-def rerun_command(out_dir: Path) -> str:
-    """The command that (re)runs this study, to quote in error messages: the one recorded in
-    command.txt, else its general form."""
-    try:
-        recorded = (out_dir / "command.txt").read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        recorded = ""
-    # Only when it names this folder: a study folder copied or moved elsewhere would
-    # otherwise be told to rerun the study in its old place.
-    outs = {f"--out {out_dir}", f"--out {out_dir.resolve()}"}
-    if (
-        recorded
-        and "\n" not in recorded
-        and any(recorded.endswith(o) or o + " " in recorded for o in outs)
-    ):
-        return recorded
-    return f"moelab study CONFIG --out {out_dir}"
-
-
-def _load_study(out_dir: Path, rerun: str) -> tuple[dict[str, Any], str | None]:
+def _load_study(out_dir: Path) -> tuple[dict[str, Any], str | None]:
     """The study config as written by `moelab study` (a dict, as the report reads it) and its
     evaluation key; ({}, None) for a folder without study.yaml. A damaged file is refused."""
     from moelab.study.config import load_study, study_to_dict
@@ -95,17 +73,21 @@ def _load_study(out_dir: Path, rerun: str) -> tuple[dict[str, Any], str | None]:
         cfg = load_study(f)
     except MoelabError as e:
         msg = str(e) if str(f) in str(e) else f"{f}: {e}"
-        raise MoelabError(f"{msg}; rerun `{rerun}` to rewrite it") from None
+        raise MoelabError(f"{msg}; {_rerun(out_dir)} to rewrite it") from None
     return study_to_dict(cfg), eval_key(cfg.eval)
 
 
-def _plan_order(out_dir: Path, rerun: str) -> list[str]:
+def _rerun(out_dir: Path) -> str:
+    return f"rerun `moelab study CONFIG --out {out_dir}`"
+
+
+def _plan_order(out_dir: Path) -> list[str]:
     """The run names of plan.json, in plan order; [] without a plan. A damaged plan is
     refused."""
     f = out_dir / "plan.json"
     if not f.exists():
         return []
-    fix = f"rerun `{rerun}` to rewrite it"
+    fix = f"{_rerun(out_dir)} to rewrite it"
     try:
         plan = json.loads(f.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -124,23 +106,18 @@ def _plan_order(out_dir: Path, rerun: str) -> list[str]:
     return names
 
 
-def _study_evals(out_dir: Path, names: list[str]) -> list[dict[str, Any]]:
-    from moelab.study.layout import read_study_eval
-
-    return [e for e in (read_study_eval(run_dir(out_dir, n)) for n in names) if e]
-
-
-def build_meta(study: dict[str, Any], records: list[RunRecord], evals: list[dict]) -> dict:
+def build_meta(study: dict[str, Any], evals: list[dict[str, Any]]) -> dict:
+    """The table's metadata: domains (the first run's), task lists, each task's item count and
+    chance level (from the runs' study_eval.json), the evaluation and fit settings."""
     ev = study.get("eval", {})
     tasks: dict[str, Any] = {}
     for e in evals:
         for name, info in (e.get("tasks") or {}).items():
             tasks.setdefault(name, info)
-    first = records[0]
     return {
         "study": study.get("name", "study"),
-        "in_domains": first.in_domains,
-        "out_domains": first.out_domains,
+        "in_domains": list(evals[0]["in_domains"]),
+        "out_domains": list(evals[0]["out_domains"]),
         "zero_shot_tasks": [task_label(t) for t in ev.get("zero_shot", [])],
         "few_shot_tasks": [task_label(t) for t in ev.get("few_shot", [])],
         "finetune_tasks": [task_label(t) for t in ev.get("finetune", [])],
@@ -162,41 +139,39 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
         raise MoelabError(f"{out}: not a folder; give the --out folder of a `moelab study` run")
     # Everything is read and checked before anything is written: a damaged or unfinished
     # study is refused with the outputs of its last good report left as they were.
-    rerun = rerun_command(out)
-    study, key = _load_study(out, rerun)
-    planned = _plan_order(out, rerun)
-    records = read_records(out, planned, rerun=rerun, key=key)
-    if not records:
+    study, key = _load_study(out)
+    planned = _plan_order(out)
+    points, evals = read_records(out, planned, key=key)
+    if not points:
         raise MoelabError(f"{out}: no finished runs yet; run `moelab study --out {out}` first")
-    rows = [row for rec in records for row in rows_for_run(rec)]
-    meta = build_meta(study, records, _study_evals(out, [r.name for r in records]))
+    meta = build_meta(study, evals)
     # Left out of the table and the fits; said, so no run silently disappears from a study.
     meta["diverged"] = diverged_runs(runs_dir(out), planned)
     meta["out_dir"] = str(out)
     cmd_file = out / "command.txt"
     meta["command"] = cmd_file.read_text(encoding="utf-8").strip() if cmd_file.is_file() else None
-    _zero_shot_means(rows, records, meta)
+    finals = [p for p in points if p.final]
+    _final_means(finals, meta)
     fit_cfg = study.get("fit", {})
     an = analyse(  # before the first write: a failing fit leaves the old outputs whole
-        rows,
+        points,
         meta,
         mode=fit_cfg.get("frontier", "envelope"),
         bootstrap=int(fit_cfg.get("bootstrap", 200)),
         min_run_fraction=float(fit_cfg.get("min_run_fraction", 0.1)),
     )
-    finals = [r for r in rows if r["final"]]
     fits = fits_json(an)
     fits["zero_shot"] = zero_shot_json(finals, meta)
     fits["study_wall"] = study_wall(out, finals)
-    write_results(out, rows, meta)
+    write_results(out, points, meta)
     atomic_write_json(out / "fits.json", fits)
-    figures = make_figures(out, rows, records, meta, an)
-    doc = compose(study, rows, records, meta, an, figures)
+    figures = make_figures(out, points, meta, an)
+    doc = compose(study, points, meta, an, figures)
     atomic_write_text(out / "report.md", to_markdown(doc))
     atomic_write_text(out / "report.html", to_html(doc))
     from moelab.study.snippet import readme_snippet
 
-    atomic_write_text(out / SNIPPET, readme_snippet(study, rows, meta, an, fits["study_wall"]))
+    atomic_write_text(out / SNIPPET, readme_snippet(study, points, meta, an, fits["study_wall"]))
     echo(f"report: {out / 'report.md'} and {out / 'report.html'}; table: {out / 'results.csv'}")
     return out / "report.md"
 
@@ -204,7 +179,7 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
 SNIPPET = "readme_snippet.md"
 
 
-def study_wall(out: Path, finals: list[dict]) -> dict[str, Any]:
+def study_wall(out: Path, finals: list[CurvePoint]) -> dict[str, Any]:
     """The study's wall time: ``study_time.json`` (written by `moelab study`) when present, else
     the sum of the runs' training and evaluation times, saying which."""
     f = out / "study_time.json"
@@ -220,34 +195,37 @@ def study_wall(out: Path, finals: list[dict]) -> dict[str, Any]:
         }
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         pass
-    total = sum((r.get("train_wall_s") or 0) + (r.get("eval_wall_s") or 0) for r in finals)
+    total = sum(
+        (p.evaluation.train_wall_s or 0) + (p.evaluation.eval_wall_s or 0)
+        for p in finals
+        if p.evaluation
+    )
     return {"wall_s": total, "source": "sum of per-run training and evaluation times"}
 
 
-def zero_shot_json(finals: list[dict], meta: dict) -> dict[str, Any]:
+def zero_shot_json(finals: list[CurvePoint], meta: dict) -> dict[str, Any]:
     """Zero-shot facts for fits.json: which runs' accuracy intervals left chance per task, and
     the grouped tasks' (BLiMP's) accuracies per run and field next to the reference models."""
     grouped: dict[str, Any] = {}
     for task in grouped_tasks(finals, meta):
         per_run = {}
-        for r in finals:
-            cols = {
-                k.split("/", 1)[1][len(task) + 1 :]: v
-                for k, v in r.items()
-                if k.startswith(f"zero_shot/{task}:") and v is not None
-            }
+        for p in finals:
+            ev = p.evaluation or FinalEval()
+            overall = ev.zero_shot.get(task) or Accuracy(None)
+            score = ev.zero_shot_score.get(task) or Accuracy(None)
             entry = {
-                "overall": r.get(f"zero_shot/{task}"),
-                "overall_ci95": [r.get(f"zero_shot_lo/{task}"), r.get(f"zero_shot_hi/{task}")],
-                "score": r.get(f"zero_shot_score/{task}"),
+                "overall": overall.value,
+                "overall_ci95": [overall.lo, overall.hi],
+                "score": score.value,
             }
-            for g, v in cols.items():
-                entry[g] = v
-                lo = r.get(f"zero_shot_lo/{task}:{g}")
-                hi = r.get(f"zero_shot_hi/{task}:{g}")
-                if lo is not None and hi is not None:
-                    entry[f"{g}_ci95"] = [lo, hi]
-            per_run[r["run"]] = entry
+            for name, acc in ev.zero_shot.items():
+                if not name.startswith(f"{task}:") or acc.value is None:
+                    continue
+                g = name[len(task) + 1 :]
+                entry[g] = acc.value
+                if acc.lo is not None and acc.hi is not None:
+                    entry[f"{g}_ci95"] = [acc.lo, acc.hi]
+            per_run[p.run] = entry
         grouped[task] = {
             "runs": per_run,
             "reference": meta.get("tasks", {}).get(task, {}).get("reference") or {},
@@ -255,31 +233,27 @@ def zero_shot_json(finals: list[dict], meta: dict) -> dict[str, Any]:
     return {"chance_verdicts": chance_verdicts(finals, meta), "grouped": grouped}
 
 
-def _zero_shot_means(rows: list[dict], records: list[RunRecord], meta: dict) -> None:
+def _final_means(finals: list[CurvePoint], meta: dict) -> None:
     """The mean zero-shot accuracy and continuous score use the study's zero-shot tasks only
     (few-shot tasks are also scored at zero shots, for the gains figure, but do not enter the
     mean; BLiMP's per-field columns are breakdowns, not tasks)."""
     tasks = meta["zero_shot_tasks"]
-    for row in rows:
-        if not row["final"]:
-            continue
-        for prefix, mean in (("zero_shot", ZERO_SHOT), ("zero_shot_score", ZERO_SHOT_SCORE)):
-            vals = [row.get(f"{prefix}/{t}") for t in tasks]
-            vals = [v for v in vals if v is not None]
+    for p in finals:
+        ev = p.evaluation
+        for accs, mean in ((ev.zero_shot, ZERO_SHOT), (ev.zero_shot_score, ZERO_SHOT_SCORE)):
+            vals = [accs[t].value for t in tasks if t in accs and accs[t].value is not None]
             full = vals and len(vals) == len(tasks)
-            row[mean] = sum(vals) / len(vals) if full else None
-        few = [row.get(f"few_shot/{t}") for t in meta["few_shot_tasks"]]
+            setattr(ev, mean, sum(vals) / len(vals) if full else None)
+        few = [ev.few_shot.get(t) for t in meta["few_shot_tasks"]]
         few = [v for v in few if v is not None]
-        row["few_shot_mean"] = sum(few) / len(few) if few else None
+        ev.few_shot_mean = sum(few) / len(few) if few else None
 
 
 # ---------------------------------------------------------------------------------------------
 # Figures
 
 
-def make_figures(
-    out: Path, rows: list[dict], records: list[RunRecord], meta: dict, an: Analysis
-) -> dict[str, str]:
+def make_figures(out: Path, points: list[CurvePoint], meta: dict, an: Analysis) -> dict[str, str]:
     """Write the PNGs; return {figure key: path relative to the report}."""
     figs: dict[str, str] = {}
     pdir = out / "plots"
@@ -340,21 +314,22 @@ def make_figures(
         )
         figs["domain_speedup"] = "plots/domain_speedup.png"
 
-    moe_records = [r for r in records if r.family in an.partner]
-    if moe_records:
-        biggest = max(moe_records, key=lambda r: r.points[-1]["train_flops"])
+    last = {p.run: p for p in points}  # each run's last point
+    moe_runs = [p for p in last.values() if p.family in an.partner]
+    if moe_runs:
+        biggest = max(moe_runs, key=lambda p: p.train_flops).run
         from moelab.train.metrics import read_metrics
 
-        load = expert_load(read_metrics(run_dir(out, biggest.name)))
+        load = expert_load(read_metrics(run_dir(out, biggest)))
         if load is not None:
             steps, load_LSE = load
-            plots.plot_expert_load(steps, load_LSE, biggest.name, pdir / "expert_load.png")
+            plots.plot_expert_load(steps, load_LSE, biggest, pdir / "expert_load.png")
             figs["expert_load"] = "plots/expert_load.png"
-            figs["expert_load_run"] = biggest.name
+            figs["expert_load_run"] = biggest
 
     few_tasks = meta["few_shot_tasks"]
     if few_tasks:
-        fams, zero, few, chance = _shot_table(rows, an, few_tasks, meta)
+        fams, zero, few, chance = _shot_table(points, an, few_tasks, meta)
         plots.plot_shot_gains(
             few_tasks,
             fams,
@@ -419,19 +394,20 @@ def speedup_series(an: Analysis, column: str) -> list[plots.SpeedupSeries]:
     return out
 
 
-def _largest_final(rows: list[dict], family: str) -> dict | None:
-    finals = [r for r in rows if r["final"] and r["family"] == family]
-    return max(finals, key=lambda r: r["train_flops"]) if finals else None
+def _largest_final(points: list[CurvePoint], family: str) -> CurvePoint | None:
+    finals = [p for p in points if p.final and p.family == family]
+    return max(finals, key=lambda p: p.train_flops) if finals else None
 
 
-def _shot_table(rows, an: Analysis, tasks: list[str], meta: dict):
+def _shot_table(points: list[CurvePoint], an: Analysis, tasks: list[str], meta: dict):
     fams = an.families
     zero: dict[str, list] = {}
     few: dict[str, list] = {}
     for fam in fams:
-        r = _largest_final(rows, fam) or {}
-        zero[fam] = [r.get(f"zero_shot/{t}") for t in tasks]
-        few[fam] = [r.get(f"few_shot/{t}") for t in tasks]
+        p = _largest_final(points, fam)
+        ev = p.evaluation if p else FinalEval()
+        zero[fam] = [accuracy(ev, t) for t in tasks]
+        few[fam] = [ev.few_shot.get(t) for t in tasks]
     chance = [meta["tasks"].get(t, {}).get("chance") for t in tasks]
     return fams, zero, few, chance
 
@@ -441,16 +417,11 @@ def _shot_table(rows, an: Analysis, tasks: list[str], meta: dict):
 
 
 def compose(
-    study: dict,
-    rows: list[dict],
-    records: list[RunRecord],
-    meta: dict,
-    an: Analysis,
-    figs: dict[str, str],
+    study: dict, points: list[CurvePoint], meta: dict, an: Analysis, figs: dict[str, str]
 ) -> Document:
     doc = Document(f"moelab study report: {meta['study']}")
-    finals = [r for r in rows if r["final"]]
-    _setup(doc, study, finals, records, meta, an)
+    finals = [p for p in points if p.final]
+    _setup(doc, study, finals, meta, an)
     _table(doc, finals, meta)
     doc.add(*headline_blocks(an))
     doc.add(*bounds_blocks(an))
@@ -461,30 +432,23 @@ def compose(
     doc.add(*zero_shot_blocks(finals, meta))
     _zero_shot_chance(doc, an)
     doc.add(*blimp_blocks(finals, meta))
-    _experts(doc, records, figs)
+    _experts(doc, figs)
     _priming(doc, finals, an, meta, figs)
     _finetune(doc, finals, an, meta)
     _limits(doc, study, meta, finals)
     return doc
 
 
-def _setup(
-    doc: Document,
-    study: dict,
-    finals: list[dict],
-    records: list[RunRecord],
-    meta: dict,
-    an: Analysis,
-) -> None:
+def _setup(doc: Document, study: dict, finals: list[CurvePoint], meta: dict, an: Analysis) -> None:
     train = (study.get("base") or {}).get("train", {})
-    total_flops = sum(r["train_flops"] for r in finals)
-    train_wall = sum(r["train_wall_s"] or 0 for r in finals)
-    eval_wall = sum(r["eval_wall_s"] or 0 for r in finals)
+    total_flops = sum(p.train_flops for p in finals)
+    train_wall = sum(p.evaluation.train_wall_s or 0 for p in finals)
+    eval_wall = sum(p.evaluation.eval_wall_s or 0 for p in finals)
     doc.add(Heading("Setup"))
     doc.add(
         Para(
-            f"{len(finals)} runs in {len(set(r['family'] for r in finals))} families "
-            f"({', '.join(dict.fromkeys(r['family'] for r in finals))}), "
+            f"{len(finals)} runs in {len(set(p.family for p in finals))} families "
+            f"({', '.join(dict.fromkeys(p.family for p in finals))}), "
             f"{total_flops:.3g} training FLOPs in all (paper accounting, `moelab.flops`), "
             f"training wall time {train_wall / 60:.1f} min, evaluation {eval_wall / 60:.1f} min "
             f"(sum over runs, from the table)."
@@ -517,7 +481,7 @@ def _setup(
                 f"`{k}` in [{', '.join(_grid_label(v) for v in vals)}]" for k, vals in grid.items()
             )
         )
-    seeds = sorted({r["seed"] for r in finals if r["seed"] is not None})
+    seeds = sorted({p.seed for p in finals if p.seed is not None})
     items.append(f"Training seeds: {', '.join(str(s) for s in seeds)}")
     items.append(
         f"Fits: `fit.frontier: {an.mode}` ({FRONTIER_TEXT[an.mode]}); the MoE side of each "
@@ -541,10 +505,11 @@ def _grid_label(value: Any) -> str:
     return str(value)
 
 
-def _table(doc: Document, finals: list[dict], meta: dict) -> None:
+def _table(doc: Document, finals: list[CurvePoint], meta: dict) -> None:
     doc.add(Heading("Results (final checkpoint of each run)"))
     domains = meta["in_domains"] + meta["out_domains"]
-    spent = any(r.get("train_flops_spent") is not None for r in finals)
+    spent = any(p.train_flops_spent is not None for p in finals)
+    evs = [p.evaluation for p in finals]
     header = [
         "run",
         "family",
@@ -557,36 +522,35 @@ def _table(doc: Document, finals: list[dict], meta: dict) -> None:
         "in-domain loss",
         "out-of-domain loss",
     ] + [f"loss {d}" for d in domains]
-    if any(r.get("zero_shot_mean") is not None for r in finals):
-        header.append("zero-shot mean")
-    if any(r.get(ZERO_SHOT_SCORE) is not None for r in finals):
-        header.append("zero-shot score mean")
-    if any(r.get("few_shot_mean") is not None for r in finals):
-        header.append("few-shot mean")
+    means = [
+        (name, title)
+        for name, title in (
+            (ZERO_SHOT, "zero-shot mean"),
+            (ZERO_SHOT_SCORE, "zero-shot score mean"),
+            ("few_shot_mean", "few-shot mean"),
+        )
+        if any(getattr(ev, name) is not None for ev in evs)
+    ]
+    header += [title for _, title in means]
     ft = meta["finetune_tasks"]
     header += [f"fine-tune {t}" for t in ft] + ["train time"]
     body = []
-    for r in finals:
+    for p, ev in zip(finals, evs):
         cells = [
-            r["run"],
-            r["family"],
-            _fmt(r.get("seed")),
-            _si(r["params_total"]),
-            _si(r["params_active"]),
-            _si(r["tokens"]),
-            f"{r['train_flops']:.3g}",
-            *([_fmt(r.get("train_flops_spent"))] if spent else []),
-            _fmt(r["loss_in_domain"]),
-            _fmt(r["loss_out_of_domain"]),
-        ] + [_fmt(r.get(f"loss/{d}")) for d in domains]
-        if "zero-shot mean" in header:
-            cells.append(_fmt(r.get("zero_shot_mean")))
-        if "zero-shot score mean" in header:
-            cells.append(_fmt(r.get(ZERO_SHOT_SCORE)))
-        if "few-shot mean" in header:
-            cells.append(_fmt(r.get("few_shot_mean")))
-        cells += [_fmt(r.get(f"finetune/{t}")) for t in ft]
-        cells.append(f"{(r['train_wall_s'] or 0) / 60:.1f} min")
+            p.run,
+            p.family,
+            fmt(p.seed),
+            si(p.params_total),
+            si(p.params_active),
+            si(p.tokens),
+            f"{p.train_flops:.3g}",
+            *([fmt(p.train_flops_spent)] if spent else []),
+            fmt(p.loss_in_domain),
+            fmt(p.loss_out_of_domain),
+        ] + [fmt(p.loss.get(d)) for d in domains]
+        cells += [fmt(getattr(ev, name)) for name, _ in means]
+        cells += [fmt(ev.finetune.get(t)) for t in ft]
+        cells.append(f"{(ev.train_wall_s or 0) / 60:.1f} min")
         body.append(cells)
     doc.add(Table(header, body, align_right_from=2))
     doc.add(
@@ -696,9 +660,9 @@ def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
                     [
                         _metric_short(column),
                         fam,
-                        _fmt(p.quality),
-                        _fmt(p.c_moe) if p.c_moe else "-",
-                        _fmt(p.c_dense) if p.c_dense else "-",
+                        fmt(p.quality),
+                        fmt(p.c_moe) if p.c_moe else "-",
+                        fmt(p.c_dense) if p.c_dense else "-",
                         times(p.speedup),
                         interval_text(p.lo, p.hi),
                         _curve_label(p),
@@ -796,7 +760,7 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
                     name,
                     side,
                     fam,
-                    _fmt(h.quality),
+                    fmt(h.quality),
                     prefix + times(h.speedup),
                     interval_text(h.lo, h.hi),
                     h.label,
@@ -814,7 +778,7 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
         doc.add(Image(figs["domain_speedup"], "speedup per domain"))
 
 
-def _experts(doc: Document, records: list[RunRecord], figs: dict[str, str]) -> None:
+def _experts(doc: Document, figs: dict[str, str]) -> None:
     if "expert_load" not in figs:
         return
     doc.add(Heading("Expert load over training"))
@@ -842,7 +806,7 @@ def _zero_shot_chance(doc: Document, an: Analysis) -> None:
 
 
 def _priming(
-    doc: Document, finals: list[dict], an: Analysis, meta: dict, figs: dict[str, str]
+    doc: Document, finals: list[CurvePoint], an: Analysis, meta: dict, figs: dict[str, str]
 ) -> None:
     fs = meta["few_shot_tasks"]
     if not fs:
@@ -851,18 +815,18 @@ def _priming(
     header = ["run", "family"] + [f"{t} 0-shot" for t in fs]
     header += [f"{t} {meta['shots']}-shot" for t in fs]
     body = []
-    for r in finals:
+    for p in finals:
         body.append(
-            [r["run"], r["family"]]
-            + [_fmt(r.get(f"zero_shot/{t}")) for t in fs]
-            + [_fmt(r.get(f"few_shot/{t}")) for t in fs]
+            [p.run, p.family]
+            + [fmt(accuracy(p.evaluation, t)) for t in fs]
+            + [fmt(p.evaluation.few_shot.get(t)) for t in fs]
         )
     doc.add(Table(header, body, align_right_from=2))
     info = meta["tasks"]
     doc.add(
         Bullets(
             [
-                f"{t}: chance {_fmt(info[t].get('chance'))}, {info[t].get('n_items')} items"
+                f"{t}: chance {fmt(info[t].get('chance'))}, {info[t].get('n_items')} items"
                 + (f", split {info[t]['split']}" if info[t].get("split") else "")
                 for t in fs
                 if t in info
@@ -873,13 +837,13 @@ def _priming(
         doc.add(Image(figs["shot_gains"], "few-shot vs zero-shot"))
         gains = []
         for fam in an.families:
-            r = _largest_final(finals, fam)
-            if r is None:
+            p = _largest_final(finals, fam)
+            if p is None:
                 continue
             for t in fs:
-                z, f = r.get(f"zero_shot/{t}"), r.get(f"few_shot/{t}")
+                z, f = accuracy(p.evaluation, t), p.evaluation.few_shot.get(t)
                 if z is not None and f is not None:
-                    gains.append([fam, r["run"], t, _fmt(z), _fmt(f), f"{f - z:+.3f}"])
+                    gains.append([fam, p.run, t, fmt(z), fmt(f), f"{f - z:+.3f}"])
         if gains:
             doc.add(
                 Table(
@@ -890,7 +854,7 @@ def _priming(
             )
 
 
-def _finetune(doc: Document, finals: list[dict], an: Analysis, meta: dict) -> None:
+def _finetune(doc: Document, finals: list[CurvePoint], an: Analysis, meta: dict) -> None:
     ft = meta["finetune_tasks"]
     if not ft:
         return
@@ -903,13 +867,13 @@ def _finetune(doc: Document, finals: list[dict], an: Analysis, meta: dict) -> No
         )
     )
     body = [
-        [r["run"], r["family"], _si(r["params_total"])] + [_fmt(r.get(f"finetune/{t}")) for t in ft]
-        for r in finals
+        [p.run, p.family, si(p.params_total)] + [fmt(p.evaluation.finetune.get(t)) for t in ft]
+        for p in finals
     ]
     doc.add(Table(["run", "family", "params"] + ft, body, align_right_from=2))
 
 
-def _limits(doc: Document, study: dict, meta: dict, finals: list[dict]) -> None:
+def _limits(doc: Document, study: dict, meta: dict, finals: list[CurvePoint]) -> None:
     doc.add(Heading("Limits of this study"))
     items = [
         "Tiny models and budgets next to the paper's (125M-13B dense, 300B tokens): the "
@@ -922,7 +886,7 @@ def _limits(doc: Document, study: dict, meta: dict, finals: list[dict]) -> None:
             f" (the paper: every item) and {meta.get('seeds')} few-shot seeds of "
             f"{meta.get('shots')} shots (the paper: 25 seeds)."
         )
-    seeds = sorted({r["seed"] for r in finals if r["seed"] is not None})
+    seeds = sorted({p.seed for p in finals if p.seed is not None})
     items.append(
         f"Training seeds used: {', '.join(map(str, seeds))}"
         + (" (one per configuration: no run-to-run noise estimate)." if len(seeds) == 1 else ".")

@@ -22,6 +22,7 @@ from moelab.study.analysis import (
 from moelab.study.bounds import LOWER, UPPER, MeasuredBound, bounds_at
 from moelab.study.document import Bullets, Heading, Para, Table
 from moelab.study.fit import EXTRAPOLATED, INTERPOLATED, MEASURED_BOUND, chance_interval
+from moelab.study.results import Accuracy, CurvePoint, FinalEval
 
 REPRODUCIBILITY = (
     "Reproducibility: two trainings with the same seed and the same number of torch threads are "
@@ -340,7 +341,7 @@ def spread_blocks(an: Analysis, study: dict, level: int = 2) -> list:
 # Runs table (compact: the README's)
 
 
-def runs_table(finals: list[dict], meta: dict) -> Table:
+def runs_table(finals: list[CurvePoint], meta: dict) -> Table:
     header = [
         "run",
         "family",
@@ -351,31 +352,32 @@ def runs_table(finals: list[dict], meta: dict) -> Table:
         "in-domain loss",
         "out-of-domain loss",
     ]
-    has_acc = any(r.get(ZERO_SHOT) is not None for r in finals)
-    has_score = any(r.get(ZERO_SHOT_SCORE) is not None for r in finals)
+    evs = [p.evaluation or FinalEval() for p in finals]
+    has_acc = any(ev.zero_shot_mean is not None for ev in evs)
+    has_score = any(ev.zero_shot_score_mean is not None for ev in evs)
     if has_acc:
         header.append("zero-shot acc. (mean)")
     if has_score:
         header.append("zero-shot score (mean)")
     header.append("train time")
     body = []
-    for r in finals:
-        spent = r.get("train_flops_spent")
+    for p, ev in zip(finals, evs):
+        spent = p.train_flops_spent
         cells = [
-            r["run"],
-            r["family"],
-            fmt(r.get("seed")),
-            si(r["params_active"]) if r.get("params_active") else "-",
-            f"{r['train_flops']:.3g}",
+            p.run,
+            p.family,
+            fmt(p.seed),
+            si(p.params_active) if p.params_active else "-",
+            f"{p.train_flops:.3g}",
             f"{spent:.3g}" if spent else "-",
-            fmt(r.get("loss_in_domain")),
-            fmt(r.get("loss_out_of_domain")),
+            fmt(p.loss_in_domain),
+            fmt(p.loss_out_of_domain),
         ]
         if has_acc:
-            cells.append(fmt(r.get(ZERO_SHOT)))
+            cells.append(fmt(ev.zero_shot_mean))
         if has_score:
-            cells.append(fmt(r.get(ZERO_SHOT_SCORE)))
-        cells.append(f"{(r.get('train_wall_s') or 0) / 60:.1f} min")
+            cells.append(fmt(ev.zero_shot_score_mean))
+        cells.append(f"{(ev.train_wall_s or 0) / 60:.1f} min")
         body.append(cells)
     return Table(header, body, align_right_from=2)
 
@@ -384,21 +386,23 @@ def runs_table(finals: list[dict], meta: dict) -> Table:
 # Zero-shot tasks against chance, BLiMP against its reference models
 
 
-def _acc_interval(r: dict, key: str) -> tuple[float | None, float | None]:
-    task = key.split("/", 1)[1]
-    return r.get(f"zero_shot_lo/{task}"), r.get(f"zero_shot_hi/{task}")
+def accuracy(ev: FinalEval | None, task: str) -> float | None:
+    """A final evaluation's zero-shot accuracy on ``task`` (or ``task:field:NAME``)."""
+    acc = ev.zero_shot.get(task) if ev else None
+    return acc.value if acc else None
 
 
-def _with_interval(v: float | None, lo: float | None, hi: float | None) -> str:
-    if v is None:
+def _with_interval(a: Accuracy | None) -> str:
+    if a is None or a.value is None:
         return "-"
-    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+    has = a.lo is not None and a.hi is not None
+    return f"{a.value:.3f}" + (f" [{a.lo:.3f}, {a.hi:.3f}]" if has else "")
 
 
-def chance_verdicts(finals: list[dict], meta: dict) -> dict[str, dict[str, list[str]]]:
+def chance_verdicts(finals: list[CurvePoint], meta: dict) -> dict[str, dict[str, list[str]]]:
     """Per zero-shot task: the runs whose accuracy interval lies above chance ("above") or below
-    it ("below"). The interval is the row's ``zero_shot_lo/hi``; without it, the binomial chance
-    interval around chance from the task's item count decides."""
+    it ("below"). The interval is the accuracy's own; without it, the binomial chance interval
+    around chance from the task's item count decides."""
     out: dict[str, dict[str, list[str]]] = {}
     info = meta.get("tasks", {})
     for task in meta.get("zero_shot_tasks", []):
@@ -406,28 +410,27 @@ def chance_verdicts(finals: list[dict], meta: dict) -> dict[str, dict[str, list[
         if chance is None:
             continue
         verdict: dict[str, list[str]] = {"above": [], "below": []}
-        for r in finals:
-            acc = r.get(f"zero_shot/{task}")
-            if acc is None:
+        for p in finals:
+            a = p.evaluation.zero_shot.get(task) if p.evaluation else None
+            if a is None or a.value is None:
                 continue
-            lo, hi = r.get(f"zero_shot_lo/{task}"), r.get(f"zero_shot_hi/{task}")
-            if lo is None or hi is None:
+            if a.lo is None or a.hi is None:
                 n = info[task].get("n_items")
                 if not n:
                     continue
                 c_lo, c_hi = chance_interval(chance, int(n))
-                above, below = acc > c_hi, acc < c_lo
+                above, below = a.value > c_hi, a.value < c_lo
             else:
-                above, below = lo > chance, hi < chance
+                above, below = a.lo > chance, a.hi < chance
             if above:
-                verdict["above"].append(r["run"])
+                verdict["above"].append(p.run)
             elif below:
-                verdict["below"].append(r["run"])
+                verdict["below"].append(p.run)
         out[task] = verdict
     return out
 
 
-def chance_sentence(finals: list[dict], meta: dict) -> str:
+def chance_sentence(finals: list[CurvePoint], meta: dict) -> str:
     v = chance_verdicts(finals, meta)
     if not v:
         return ""
@@ -447,37 +450,25 @@ def chance_sentence(finals: list[dict], meta: dict) -> str:
     return text
 
 
-def zero_shot_blocks(finals: list[dict], meta: dict, level: int = 2) -> list:
+def zero_shot_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> list:
     tasks = meta.get("zero_shot_tasks", [])
     if not tasks:
         return []
     info = meta.get("tasks", {})
     blocks: list = [Heading("Zero-shot tasks", level)]
-    acc_rows, score_rows = [], []
-    for r in finals:
-        acc_rows.append(
-            [r["run"], r["family"]]
-            + [
-                _with_interval(
-                    r.get(f"zero_shot/{t}"), r.get(f"zero_shot_lo/{t}"), r.get(f"zero_shot_hi/{t}")
-                )
-                for t in tasks
-            ]
-        )
-        score_rows.append(
-            [r["run"], r["family"]]
-            + [
-                _with_interval(
-                    r.get(f"zero_shot_score/{t}"),
-                    r.get(f"zero_shot_score_lo/{t}"),
-                    r.get(f"zero_shot_score_hi/{t}"),
-                )
-                for t in tasks
-            ]
-        )
+    evs = [p.evaluation or FinalEval() for p in finals]
+    acc_rows = [
+        [p.run, p.family] + [_with_interval(ev.zero_shot.get(t)) for t in tasks]
+        for p, ev in zip(finals, evs)
+    ]
+    score_rows = [
+        [p.run, p.family] + [_with_interval(ev.zero_shot_score.get(t)) for t in tasks]
+        for p, ev in zip(finals, evs)
+    ]
     blocks.append(Para("**Accuracy** (each task's primary scoring mode), 95% interval:"))
     blocks.append(Table(["run", "family", *tasks], acc_rows, align_right_from=2))
-    if any(r.get(f"zero_shot_score/{t}") is not None for r in finals for t in tasks):
+    scored = [ev.zero_shot_score.get(t) for ev in evs for t in tasks]
+    if any(a is not None and a.value is not None for a in scored):
         blocks.append(
             Para(
                 "**Continuous score**: the normalised probability of the correct candidate "
@@ -508,18 +499,24 @@ def zero_shot_blocks(finals: list[dict], meta: dict, level: int = 2) -> list:
     return blocks
 
 
-def grouped_tasks(finals: list[dict], meta: dict) -> list[str]:
+def _field_names(finals: list[CurvePoint], task: str) -> list[str]:
+    """The per-field breakdowns of ``task`` the runs have, as ``field:NAME``."""
+    prefix = f"{task}:field:"
+    names = [k for p in finals if p.evaluation for k in p.evaluation.zero_shot]
+    return list(dict.fromkeys(k[len(task) + 1 :] for k in names if k.startswith(prefix)))
+
+
+def grouped_tasks(finals: list[CurvePoint], meta: dict) -> list[str]:
     """Zero-shot tasks with a per-field breakdown or reference accuracies (BLiMP)."""
     out = []
     for t in meta.get("zero_shot_tasks", []):
         ti = meta.get("tasks", {}).get(t, {})
-        has_groups = any(k.startswith(f"zero_shot/{t}:field:") for r in finals for k in r)
-        if ti.get("reference") or has_groups:
+        if ti.get("reference") or _field_names(finals, t):
             out.append(t)
     return out
 
 
-def _fields(task: str, finals: list[dict], meta: dict) -> list[str]:
+def _fields(task: str, finals: list[CurvePoint], meta: dict) -> list[str]:
     ti = meta.get("tasks", {}).get(task, {})
     seen: list[str] = []
     for g in list(ti.get("groups_n_items", {})) + [
@@ -527,15 +524,10 @@ def _fields(task: str, finals: list[dict], meta: dict) -> list[str]:
     ]:
         if g.startswith("field:") and g not in seen:
             seen.append(g)
-    for r in finals:
-        for k in r:
-            prefix = f"zero_shot/{task}:"
-            if k.startswith(prefix + "field:") and k[len(prefix) :] not in seen:
-                seen.append(k[len(prefix) :])
-    return seen
+    return list(dict.fromkeys(seen + _field_names(finals, task)))
 
 
-def blimp_blocks(finals: list[dict], meta: dict, level: int = 2) -> list:
+def blimp_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> list:
     """Per grouped task (BLiMP): accuracy overall and per field for every run, with intervals,
     next to the reference models' accuracies."""
     blocks: list = []
@@ -544,24 +536,10 @@ def blimp_blocks(finals: list[dict], meta: dict, level: int = 2) -> list:
         fields = _fields(task, finals, meta)
         header = ["model", "overall", *(f.split(":", 1)[1] for f in fields)]
         rows = []
-        for r in finals:
-            cells = [
-                r["run"],
-                _with_interval(
-                    r.get(f"zero_shot/{task}"),
-                    r.get(f"zero_shot_lo/{task}"),
-                    r.get(f"zero_shot_hi/{task}"),
-                ),
-            ]
-            for f in fields:
-                key = f"{task}:{f}"
-                cells.append(
-                    _with_interval(
-                        r.get(f"zero_shot/{key}"),
-                        r.get(f"zero_shot_lo/{key}"),
-                        r.get(f"zero_shot_hi/{key}"),
-                    )
-                )
+        for p in finals:
+            accs = (p.evaluation or FinalEval()).zero_shot
+            cells = [p.run, _with_interval(accs.get(task))]
+            cells += [_with_interval(accs.get(f"{task}:{f}")) for f in fields]
             rows.append(cells)
         for name, ref in (ti.get("reference") or {}).items():
             rows.append(

@@ -1,10 +1,12 @@
-"""The results table: one row per run and evaluation point, written as CSV and JSON.
+"""The results table: one :class:`CurvePoint` per run and evaluation point, the run's
+:class:`FinalEval` on its final point; written as CSV and JSON.
 
-Each run contributes one row per validation point the trainer logged (log-spaced steps, with the
-tokens and training FLOPs spent so far and the validation loss per domain); the last row of a run
-(``final`` true) also carries the zero/few-shot accuracies, fine-tuning accuracies, the final
-perplexity evaluation and the wall time. The fits read the table, the report prints from it: no
-number in the report comes from anywhere else.
+Each run contributes one point per validation the trainer logged (log-spaced steps, with the
+tokens and training FLOPs spent so far and the validation loss per domain); the final point (the
+main run's last validation) also carries the zero/few-shot accuracies, fine-tuning accuracies,
+the final perplexity evaluation and the wall times. The fits read the table, the report prints
+from it: no number in the report comes from anywhere else. The string column names
+(``loss/DOMAIN``, ``zero_shot/TASK`` ...) exist only here, where the table meets its files.
 """
 
 from __future__ import annotations
@@ -12,150 +14,170 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from moelab.io import atomic_write_json, atomic_write_text
 
-FIXED_COLUMNS = [
-    "run",
-    "family",
-    "preset",
-    "seed",
-    "step",
-    "final",
-    "tokens",
-    "train_flops",
-    "train_flops_spent",
-    "annealed",
-    "branch",
-    "fork_step",
-    "params_total",
-    "params_active",
-    "params_active_non_embedding",
-    "tokens_per_param",
-    "loss_in_domain",
-    "loss_out_of_domain",
+
+@dataclass
+class Accuracy:
+    """A zero-shot accuracy (or continuous score) with its 95% interval over items."""
+
+    value: float | None
+    lo: float | None = None
+    hi: float | None = None
+
+
+@dataclass
+class FinalEval:
+    """A run's evaluation of its final checkpoint. ``zero_shot``/``zero_shot_score``: by task
+    label, each task followed by its per-field breakdown (``blimp:field:syntax``); the means
+    are over the study's zero-shot (few-shot) tasks only."""
+
+    zero_shot: dict[str, Accuracy] = field(default_factory=dict)
+    zero_shot_score: dict[str, Accuracy] = field(default_factory=dict)
+    few_shot: dict[str, float | None] = field(default_factory=dict)
+    finetune: dict[str, float | None] = field(default_factory=dict)
+    eval_loss: dict[str, float | None] = field(default_factory=dict)  # nats/token, whole split
+    zero_shot_mean: float | None = None
+    zero_shot_score_mean: float | None = None
+    few_shot_mean: float | None = None
+    train_wall_s: float | None = None
+    eval_wall_s: float | None = None
+
+
+@dataclass
+class CurvePoint:
+    """A run's point on its training curve. ``evaluation``: set on the run's final point."""
+
+    run: str
+    family: str
+    preset: str | None
+    seed: int | None
+    step: int
+    tokens: int
+    train_flops: float
+    train_flops_spent: float | None
+    annealed: bool
+    branch: bool
+    fork_step: int | None
+    params_total: int
+    params_active: int
+    params_active_non_embedding: int | None
+    loss_in_domain: float | None
+    loss_out_of_domain: float | None
+    loss: dict[str, float | None] = field(default_factory=dict)  # validation loss per domain
+    grid: dict[str, Any] = field(default_factory=dict)  # the grid values that made the run
+    evaluation: FinalEval | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.evaluation is not None
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.tokens / max(1, self.params_active)
+
+
+def to_row(p: CurvePoint) -> dict[str, Any]:
+    """The point as a table row (the column names of docs/study.md)."""
+    ev = p.evaluation
+    row: dict[str, Any] = {
+        "run": p.run,
+        "family": p.family,
+        "preset": p.preset,
+        "seed": p.seed,
+        "step": p.step,
+        "final": p.final,
+        "tokens": p.tokens,
+        "train_flops": p.train_flops,
+        "train_flops_spent": p.train_flops_spent,
+        "annealed": p.annealed,
+        "branch": p.branch,
+        "fork_step": p.fork_step,
+        "params_total": p.params_total,
+        "params_active": p.params_active,
+        "params_active_non_embedding": p.params_active_non_embedding,
+        "tokens_per_param": p.tokens_per_param,
+        "loss_in_domain": p.loss_in_domain,
+        "loss_out_of_domain": p.loss_out_of_domain,
+    }
+    for name in FINAL_NUMBERS:
+        row[name] = getattr(ev, name) if ev else None
+    row.update({f"grid.{k}": v for k, v in p.grid.items()})
+    row.update({f"loss/{d}": v for d, v in p.loss.items()})
+    if ev is None:
+        return row
+    for task, acc in ev.zero_shot.items():
+        for prefix, a in (("zero_shot", acc), ("zero_shot_score", ev.zero_shot_score.get(task))):
+            if a is not None:
+                row[f"{prefix}/{task}"] = a.value
+                row[f"{prefix}_lo/{task}"], row[f"{prefix}_hi/{task}"] = a.lo, a.hi
+    for prefix, values in (("few_shot", ev.few_shot), ("finetune", ev.finetune)):
+        row.update({f"{prefix}/{t}": v for t, v in values.items()})
+    row.update({f"eval_loss/{d}": v for d, v in ev.eval_loss.items()})
+    return row
+
+
+FINAL_NUMBERS = (
     "zero_shot_mean",
     "zero_shot_score_mean",
     "few_shot_mean",
     "train_wall_s",
     "eval_wall_s",
-]
+)
 
 
-@dataclass
-class RunRecord:
-    """What the study knows about one finished run, gathered from its run directory."""
+def from_row(row: dict[str, Any]) -> CurvePoint:
+    """A table row (results.json) as a point; columns a row lacks are None."""
 
-    name: str
-    family: str
-    preset: str
-    seed: int | None
-    values: dict[str, Any]  # the grid values that made this run
-    params_total: int
-    params_active: int
-    params_active_non_embedding: int
-    in_domains: list[str]
-    out_domains: list[str]
-    # validation points: {"step", "tokens", "train_flops", "val": {domain: loss}}
-    points: list[dict[str, Any]]
-    zero_shot: dict[str, float] = field(default_factory=dict)
-    # per zero-shot task: {"accuracy_ci95", "score", "score_ci95", "groups": {group: {...}}}
-    zero_shot_detail: dict[str, dict[str, Any]] = field(default_factory=dict)
-    few_shot: dict[str, float] = field(default_factory=dict)
-    finetune: dict[str, float] = field(default_factory=dict)
-    eval_loss: dict[str, float] = field(default_factory=dict)  # final perplexity eval, nats/token
-    train_wall_s: float | None = None
-    eval_wall_s: float | None = None
+    def under(prefix: str) -> dict[str, Any]:
+        return {k[len(prefix) :]: v for k, v in row.items() if k.startswith(prefix)}
 
+    def accuracies(prefix: str) -> dict[str, Accuracy]:
+        lo, hi = under(f"{prefix}_lo/"), under(f"{prefix}_hi/")
+        return {t: Accuracy(v, lo.get(t), hi.get(t)) for t, v in under(f"{prefix}/").items()}
 
-def _mean(values: list[float]) -> float | None:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(vals) / len(vals) if vals else None
-
-
-def rows_for_run(rec: RunRecord) -> list[dict[str, Any]]:
-    rows = []
-    # The final point is the main run's last validation (a branch may end later in steps only
-    # if the schedule was cut short; it is never the run's final model).
-    main = [i for i, p in enumerate(rec.points) if not p.get("branch")]
-    last = main[-1] if main else len(rec.points) - 1
-    scores = {t: d["score"] for t, d in rec.zero_shot_detail.items() if d.get("score") is not None}
-    for i, p in enumerate(rec.points):
-        final = i == last
-        val = p.get("val", {})
-        row: dict[str, Any] = {
-            "run": rec.name,
-            "family": rec.family,
-            "preset": rec.preset,
-            "seed": rec.seed,
-            "step": p["step"],
-            "final": final,
-            "tokens": p["tokens"],
-            "train_flops": p["train_flops"],
-            "train_flops_spent": p.get("train_flops_spent", p["train_flops"]),
-            "annealed": bool(p.get("annealed", False)),
-            "branch": bool(p.get("branch", False)),
-            "fork_step": p.get("fork_step"),
-            "params_total": rec.params_total,
-            "params_active": rec.params_active,
-            "params_active_non_embedding": rec.params_active_non_embedding,
-            "tokens_per_param": p["tokens"] / max(1, rec.params_active),
-            "loss_in_domain": _mean([val.get(d) for d in rec.in_domains]),
-            "loss_out_of_domain": _mean([val.get(d) for d in rec.out_domains]),
-            "zero_shot_mean": _mean(list(rec.zero_shot.values())) if final else None,
-            "zero_shot_score_mean": _mean(list(scores.values())) if final and scores else None,
-            "few_shot_mean": _mean(list(rec.few_shot.values())) if final else None,
-            "train_wall_s": rec.train_wall_s if final else None,
-            "eval_wall_s": rec.eval_wall_s if final else None,
-        }
-        for key, value in rec.values.items():
-            row[f"grid.{key}"] = value if not isinstance(value, dict) else value.get("name")
-        for d in rec.in_domains + rec.out_domains:
-            row[f"loss/{d}"] = val.get(d)
-        if final:
-            for task, acc in rec.zero_shot.items():
-                row[f"zero_shot/{task}"] = acc
-                _zero_shot_detail(row, task, rec.zero_shot_detail.get(task) or {})
-            for task, acc in rec.few_shot.items():
-                row[f"few_shot/{task}"] = acc
-            for task, acc in rec.finetune.items():
-                row[f"finetune/{task}"] = acc
-            for d, loss in rec.eval_loss.items():
-                row[f"eval_loss/{d}"] = loss
-        rows.append(row)
-    return rows
-
-
-def _zero_shot_detail(row: dict[str, Any], task: str, detail: dict[str, Any]) -> None:
-    """Interval and continuous score of one zero-shot task, and its per-field breakdown."""
-
-    def put(prefix: str, name: str, value: Any, ci: Any) -> None:
-        row[f"{prefix}/{name}"] = value
-        lo, hi = ci if isinstance(ci, list | tuple) and len(ci) == 2 else (None, None)
-        row[f"{prefix}_lo/{name}"], row[f"{prefix}_hi/{name}"] = lo, hi
-
-    put("zero_shot", task, row[f"zero_shot/{task}"], detail.get("accuracy_ci95"))
-    if detail.get("score") is not None:
-        put("zero_shot_score", task, detail["score"], detail.get("score_ci95"))
-    for group, g in (detail.get("groups") or {}).items():
-        if not group.startswith("field:"):
-            continue  # paradigms stay in the run's study_eval.json
-        put("zero_shot", f"{task}:{group}", g.get("accuracy"), g.get("accuracy_ci95"))
-        if g.get("score") is not None:
-            put("zero_shot_score", f"{task}:{group}", g["score"], g.get("score_ci95"))
+    ev = None
+    if row.get("final"):
+        ev = FinalEval(
+            accuracies("zero_shot"),
+            accuracies("zero_shot_score"),
+            under("few_shot/"),
+            under("finetune/"),
+            under("eval_loss/"),
+            **{name: row.get(name) for name in FINAL_NUMBERS},
+        )
+    return CurvePoint(
+        run=row["run"],
+        family=row["family"],
+        preset=row.get("preset"),
+        seed=row.get("seed"),
+        step=row["step"],
+        tokens=row["tokens"],
+        train_flops=row["train_flops"],
+        train_flops_spent=row.get("train_flops_spent"),
+        annealed=bool(row.get("annealed")),
+        branch=bool(row.get("branch")),
+        fork_step=row.get("fork_step"),
+        params_total=row.get("params_total", 0),
+        params_active=row.get("params_active", 0),
+        params_active_non_embedding=row.get("params_active_non_embedding"),
+        loss_in_domain=row.get("loss_in_domain"),
+        loss_out_of_domain=row.get("loss_out_of_domain"),
+        loss=under("loss/"),
+        grid=under("grid."),
+        evaluation=ev,
+    )
 
 
 def columns_of(rows: list[dict[str, Any]]) -> list[str]:
-    """Fixed columns first, then grid values, per-domain losses, accuracies, in first-seen order."""
-    extra: list[str] = []
-    for row in rows:
-        for k in row:
-            if k not in FIXED_COLUMNS and k not in extra:
-                extra.append(k)
+    """The rows' columns in first-seen order, grouped: fixed columns, grid values, per-domain
+    losses, accuracies."""
+    seen = list(dict.fromkeys(k for row in rows for k in row))
+    fixed = seen[: seen.index("eval_wall_s") + 1]
     order = (
         "grid.",
         "loss/",
@@ -167,8 +189,11 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
         "few_shot/",
         "finetune/",
     )
-    extra.sort(key=lambda k: next((i for i, p in enumerate(order) if k.startswith(p)), len(order)))
-    return FIXED_COLUMNS + extra
+    extra = sorted(
+        seen[len(fixed) :],
+        key=lambda k: next((i for i, p in enumerate(order) if k.startswith(p)), len(order)),
+    )
+    return fixed + extra
 
 
 def _csv_cell(v: Any) -> str:
@@ -181,9 +206,10 @@ def _csv_cell(v: Any) -> str:
     return str(v)
 
 
-def write_results(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
+def write_results(out_dir: Path, points: list[CurvePoint], meta: dict[str, Any]) -> None:
     """Write ``results.csv`` and ``results.json`` (rows plus the metadata the report states:
     domains, tasks, item limit, seeds, chance levels)."""
+    rows = [to_row(p) for p in points]
     cols = columns_of(rows)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -195,5 +221,7 @@ def write_results(out_dir: Path, rows: list[dict[str, Any]], meta: dict[str, Any
 
 
 def read_results(out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The table's rows (plain column-keyed dicts, as in results.json; :func:`from_row` makes
+    points of them) and its metadata."""
     data = json.loads((out_dir / "results.json").read_text(encoding="utf-8"))
     return data["rows"], data["meta"]
