@@ -130,3 +130,21 @@ def test_names_do_not_choose_the_rule_and_a_module_without_one_is_refused():
     model.layers[0].extra = Scale()
     with pytest.raises(ValueError, match=r"no init rule for layers\.0\.extra\.norm_weight \(Scale"):
         init_plan(model, cfg)
+
+
+def test_buffers_of_a_model_materialised_with_to_empty_get_their_initial_values():
+    from moelab.model.init import init_buffers
+
+    cfg = dataclasses.replace(get_preset("moe-cpu-0.25m"), n_layers=2, balance="bias")
+    cfg.validate()
+    with torch.device("meta"):
+        model = LanguageModel(cfg)
+    model.to_empty(device="cpu")
+    for b in model.buffers():
+        b.fill_(7)  # what to_empty left there: anything
+    init_buffers(model, torch.device("cpu"))
+    ref = LanguageModel(cfg)
+    buffers = dict(model.named_buffers())
+    assert any(n.endswith("score_bias") for n in buffers) and any("load_E" in n for n in buffers)
+    for name, b in ref.named_buffers():
+        assert torch.equal(buffers[name], b), name

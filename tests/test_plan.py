@@ -66,6 +66,21 @@ def test_moe_15b_on_64_gpus_by_hand():
     )
 
 
+def test_fine_grained_and_shared_experts_by_hand():
+    """Activations without checkpointing: an MoE layer's experts at the expert width
+    (d_expert), its shared experts (n_shared x d_expert wide) on every token."""
+    import dataclasses
+
+    h, S, E, d = 768, 2048, 512, 768  # moe-15b, micro-batch 1; experts a quarter as wide
+    cfg = dataclasses.replace(get_preset("moe-15b"), d_expert=d, n_shared_experts=2)
+    cluster = Cluster(nodes=8, gpus_per_node=8, gpu_memory_gib=80, peak_tflops=312)
+    mem = estimate_memory(cfg, cluster, Layout(64, 1, S, activation_checkpointing=False))
+    slots = E * math.ceil(2 * math.ceil(S / E))
+    dense_layer = 15 * h * S + (3 * h + 4 * 3072) * S
+    moe_layer = 15 * h * S + (3 * h + 4 * d) * slots + (3 * h + 4 * 2 * d) * S
+    assert mem.activations == pytest.approx(6 * dense_layer + 6 * moe_layer, rel=1e-12)
+
+
 def _examples() -> list[tuple[str, str]]:
     """(command, printed text) of every worked example in docs/plan.md."""
     text = DOC.read_text(encoding="utf-8")

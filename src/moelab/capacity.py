@@ -14,8 +14,9 @@ dense model shards everything over all ranks. Every rank trains ``micro_batch`` 
 * gradients: fp32, same shard (4 bytes); optimizer: AdamW's two fp32 moments (8 bytes);
 * activations (Korthikanti et al. 2022, per token of a layer, 16-bit, attention scores not kept
   as SDPA recomputes them): attention and norms ``15 h`` bytes; a GELU FFN ``3 h + 4 f``
-  (SwiGLU ``2 h + 6 f``) per token through it; an MoE layer's experts see ``E * C`` token slots
-  (capacity ``C = ceil(cf * k * ceil(S / E))``; dropless: ``k * S``). With activation
+  (SwiGLU ``2 h + 6 f``) per token through it; an MoE layer's experts (``f``: the expert width)
+  see ``E * C`` token slots (capacity ``C = ceil(cf * k * ceil(S / E))``; dropless: ``k * S``),
+  its shared experts (``f = n_shared * expert width``) every token. With activation
   checkpointing each layer keeps only its ``2 h``-byte input and one layer at a time is
   recomputed in full. fp32 activations count twice. The chunked loss keeps no full logits;
 * all-to-all buffers: one MoE layer's dispatch and return, each a send and a receive buffer of
@@ -119,8 +120,8 @@ def check(cfg: ModelConfig, cluster: Cluster, layout: Layout, mfu: float) -> Non
         raise MoelabError(f"--ep {layout.ep}: does not divide the {cluster.world} GPUs")
 
 
-def _ffn_act_per_token(cfg: ModelConfig) -> int:
-    h, f = cfg.d_model, cfg.d_ffn
+def _ffn_act_per_token(cfg: ModelConfig, f: int) -> int:
+    h = cfg.d_model
     return 2 * h + 6 * f if cfg.arch == "modern" else 3 * h + 4 * f
 
 
@@ -146,9 +147,14 @@ def estimate_memory(cfg: ModelConfig, cluster: Cluster, layout: Layout) -> Memor
     slots = expert_slots(cfg, tokens) if cfg.is_moe else 0
     scale = 1 if layout.bf16 else 2
     per_layer = []
+    shared = cfg.n_shared_experts * cfg.expert_width  # every token also goes through it
     for i in range(cfg.n_layers):
-        ffn_tokens = slots if i in moe_ids else tokens
-        per_layer.append(scale * (15 * h * tokens + _ffn_act_per_token(cfg) * ffn_tokens))
+        if i in moe_ids:
+            ffn = _ffn_act_per_token(cfg, cfg.expert_width) * slots
+            ffn += _ffn_act_per_token(cfg, shared) * tokens if shared else 0
+        else:
+            ffn = _ffn_act_per_token(cfg, cfg.d_ffn) * tokens
+        per_layer.append(scale * (15 * h * tokens + ffn))
     if layout.activation_checkpointing:
         activations = scale * 2 * h * tokens * cfg.n_layers + max(per_layer)
     else:

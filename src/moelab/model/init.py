@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from moelab.model.attention import Attention
-from moelab.model.moe import Experts
+from moelab.model.moe import Experts, MoeFFN
 from moelab.model.rms_norm import RMSNorm
 from moelab.model.transformer import FeedForward, LanguageModel
 
@@ -237,11 +237,17 @@ def _skip_rows(rows: int, shape, dtype, kind: str, scale: float, generator) -> N
 
 
 def init_buffers(model: LanguageModel, device: torch.device) -> None:
-    """Recompute the model's buffers (none is saved: they are functions of the config), for a
-    model materialised with ``to_empty``: the paper arch's sinusoidal position table."""
+    """Set the model's buffers to their initial values, for a model materialised with
+    ``to_empty`` (which leaves them uninitialised): the paper arch's sinusoidal position table;
+    an MoE layer's selection bias and its load counts (``balance: bias``) start at zero (a
+    checkpoint then loads the bias it trained)."""
     from moelab.model.positions import sinusoidal_table
 
     cfg = model.cfg
     if cfg.arch == "paper":
         rows = model.pos_table.shape[0]
         model.pos_table = sinusoidal_table(rows, cfg.d_model, cfg.padding_idx).to(device)
+    for m in model.modules():
+        if isinstance(m, MoeFFN) and m.score_bias is not None:
+            m.score_bias.zero_()
+            m.load_E.zero_()

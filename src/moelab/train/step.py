@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moelab.model.balance import global_batch_counts, needs_global_counts, update_balance_bias
+
 
 @dataclass
 class StepResult:
@@ -47,9 +49,18 @@ def train_step(
     ``[:, 1:]``; it is split into micro-batches of ``micro_batch`` rows whose gradients add up.
     ``all_finite`` turns the local finiteness flag into one decision for all ranks (the one
     host sync of the step); ``grad_norm`` computes the global gradient norm (default: over the
-    local ``.grad`` tensors)."""
+    local ``.grad`` tensors). MoE balancing that spans the step (moelab.model.balance): a
+    global-batch scope with several micro-batches counts the step's routing first; a selection
+    bias moves after the update (collective when distributed: every rank runs the step)."""
     micros = batch_BT1.split(micro_batch)
     n = len(micros)
+    if n > 1 and needs_global_counts(model):  # balance_scope global_batch: counts before losses
+
+        def counted(mod: nn.Module, tokens_BT: torch.Tensor):
+            with autocast():
+                return mod(tokens_BT, return_logits=False, moe_stats=False)
+
+        global_batch_counts(model, [m[:, :-1] for m in micros], forward=counted)
     device = batch_BT1.device
     ce_sum = torch.zeros((), dtype=torch.float32, device=device)
     aux_sum, z_sum = torch.zeros_like(ce_sum), torch.zeros_like(ce_sum)
@@ -83,5 +94,6 @@ def train_step(
         if clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clip, gnorm)
         optimizer.step()
+    update_balance_bias(model, step_taken=updated)  # balance: bias (a no-op without it)
     optimizer.zero_grad(set_to_none=True)
     return StepResult(updated, ce_sum, aux_sum, z_sum, gnorm)
