@@ -241,7 +241,7 @@ def test_bad_settings(corpus, tmp_path, kwargs, words):
 
 
 def test_domain_errors(corpus, tmp_path):
-    with pytest.raises(MoelabError, match="both as --source and --heldout"):
+    with pytest.raises(MoelabError, match="both as a training source and in heldout"):
         prepare(tmp_path / "o", [f"x={corpus}/held.txt"], [f"x={corpus}/code.jsonl"])
     one = tmp_path / "one.txt"
     one.write_text("a single short document\n")

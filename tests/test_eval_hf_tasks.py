@@ -239,7 +239,7 @@ def test_offline_fails_fast_in_one_line(monkeypatch):
     assert time.monotonic() - start < 30
     message = str(err.value)
     assert "\n" not in message
-    assert "hf:piqa" in message and "unreachable" in message and "--tasks-dir" in message
+    assert "hf:piqa" in message and "unreachable" in message and "tasks_dir" in message
 
 
 def test_unreachable_hub_without_offline_env_fails_fast(monkeypatch):

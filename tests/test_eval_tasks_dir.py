@@ -22,7 +22,7 @@ def test_no_setting_no_tasks_directory(tmp_path, monkeypatch):
     (tmp_path / "work").mkdir()
     monkeypatch.chdir(tmp_path / "work")
     assert default_tasks_dir() is None
-    with pytest.raises(MoelabError, match=rf"no tasks directory.*--tasks-dir.*{ENV_TASKS_DIR}"):
+    with pytest.raises(MoelabError, match=rf"no tasks directory.*tasks_dir.*{ENV_TASKS_DIR}"):
         get_task("blimp")
 
 

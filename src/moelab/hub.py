@@ -59,23 +59,31 @@ def hub_offline(offline: bool) -> Iterator[None]:
 
 
 def load_hf_dataset(
-    name: str, config: str | None, split: str, *, what: str, missing_package: str, fix: str = ""
+    name: str,
+    config: str | None,
+    split: str,
+    *,
+    what: str,
+    missing_package: str,
+    fix: str = "",
+    key: str | None = None,
 ) -> Any:
     """``datasets.load_dataset(name, config, split=split)`` or one MoelabError line.
 
     ``what`` starts every message (e.g. ``"news: Hugging Face dataset 'x'"``); ``missing_package``
-    is the whole message when ``datasets`` is not installed; ``fix`` is appended to load failures.
+    is the whole message when ``datasets`` is not installed; ``fix`` is appended to load failures;
+    ``key``: the argument the messages name as ``{key}`` (:class:`MoelabError`).
     """
     offline = offline_requested() or not hub_reachable()
     with hub_offline(offline):
         try:
             import datasets
         except ImportError:
-            raise MoelabError(missing_package) from None
+            raise MoelabError(missing_package, key) from None
         try:
             return datasets.load_dataset(name, config, split=split)
         except Exception as e:  # the library raises many types; all mean "could not load"
             why = (
                 UNREACHABLE if offline else (str(e).splitlines()[0] if str(e) else type(e).__name__)
             )
-            raise MoelabError(f"{what}: cannot load split {split!r}: {why}{fix}") from None
+            raise MoelabError(f"{what}: cannot load split {split!r}: {why}{fix}", key) from None

@@ -9,6 +9,9 @@ from moelab.commands import add_settings, settings_of
 from moelab.data.prepare import PrepareSettings
 from moelab.data.sources import SPEC_SYNTAX
 
+# The library's names of arguments whose flag is called otherwise (the CLI shows the flag).
+RENAMED = {"sources": "source"}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

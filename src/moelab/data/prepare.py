@@ -114,8 +114,9 @@ def _collect_inputs(
             d = domains.setdefault(spec.domain, DomainInput(spec.domain, role))
             if d.role != role:
                 raise MoelabError(
-                    f"domain {spec.domain!r} is given both as --source and --heldout; "
-                    "a domain is either trained on or held out"
+                    f"domain {spec.domain!r} is given both as a training source and in {{key}}; "
+                    "a domain is either trained on or held out",
+                    key="heldout",
                 )
             with task(progress, f"reading {spec.domain}"):
                 docset = read_source(spec, settings.max_doc_bytes, seen)
@@ -130,12 +131,16 @@ def _collect_inputs(
         for b in built:
             if b.name in domains:
                 raise MoelabError(
-                    f"domain {b.name!r} is also a built-in domain; rename yours or drop --builtin"
+                    f"domain {b.name!r} is also a built-in domain; rename yours or leave out "
+                    "the built-in corpus"
                 )
             src = {"builtin": b.name, "python_version": info["python_version"], "inputs": b.files}
             domains[b.name] = DomainInput(b.name, b.role, b.docs, [src])
     if not any(d.role == "train" for d in domains.values()):
-        raise MoelabError("no training domain: give at least one --source (or use the built-in)")
+        raise MoelabError(
+            "no training domain: give a training source in {key} (or use the built-in corpus)",
+            key="sources",
+        )
     return domains, info
 
 

@@ -217,7 +217,7 @@ def expand_files(spec: SourceSpec) -> list[Path]:
             hint = (
                 f" (':{tail}' is no option or known encoding, so it was read as part of the path)"
             )
-        raise MoelabError(f"{spec.domain}: {what} {pattern!r}{hint}; check the path in --source")
+        raise MoelabError(f"{spec.domain}: {what} {pattern!r}{hint}; check its path")
     return files
 
 

@@ -61,7 +61,8 @@ def sample_shots(
     where = "its training split" if not same_split else "the evaluated split minus the item"
     raise MoelabError(
         f"task {task.name}: {k} shots requested but {where} has only {len(chosen)} distinct "
-        "examples; lower --shots"
+        "examples; lower {key}",
+        key="shots",
     )
 
 

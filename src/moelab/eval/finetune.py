@@ -94,7 +94,7 @@ def _last_hidden(model, seqs: list[list[int]], pad_id: int, device) -> torch.Ten
     tokens_BT = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     for b, s in enumerate(seqs):
         tokens_BT[b, : len(s)] = torch.tensor(s, dtype=torch.long)
-    out = model(tokens_BT.to(device), return_hidden=True, return_logits=False)
+    out = model(tokens_BT.to(device), return_hidden=True, return_logits=False, moe_stats=False)
     last = torch.tensor([len(s) - 1 for s in seqs], device=device)
     h_ND = out.hidden_BTD[torch.arange(len(seqs), device=device), last]
     return h_ND, out.aux_loss, out.z_loss

@@ -340,7 +340,8 @@ def run_perplexity(
         if run_tok.is_file() and not _same_file(run_data_dir / "tokenizer.json", run_tok):
             raise MoelabError(
                 f"the run's data folder {run_data_dir} now holds another tokenizer than the run "
-                "was trained with; pass the text files to --ppl (tokenized with the run's)"
+                "was trained with; pass the text files as {key} (tokenized with the run's)",
+                key="paths",
             )
         train_domains = set(data.train_domains)
         sources = sources_from_prepared(data, train_domains, max_tokens)

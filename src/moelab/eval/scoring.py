@@ -62,7 +62,7 @@ def model_logits_at(model: torch.nn.Module, stats: ForwardStats | None = None) -
     the gathered hidden states, so a batch never holds a (B, T, V) tensor."""
 
     def logits_at(tokens_BT, rows_N, positions_N):
-        out = model(tokens_BT, return_hidden=True, return_logits=False)
+        out = model(tokens_BT, return_hidden=True, return_logits=False, moe_stats=stats is not None)
         if stats is not None and out.moe_stats:
             stats.capacity = out.moe_stats[0].capacity
             dropped = max(float(s.dropped_frac_K.max()) for s in out.moe_stats)

@@ -236,9 +236,10 @@ def load_hub_blimp(selector: str = "") -> Task:
             what=f"task {name} ({HUB_DATASET}, {uid})",
             missing_package=(
                 f"task {name} needs the 'datasets' package: pip install 'moelab[hf]' "
-                "(or give the paradigm files with --tasks-dir)"
+                "(or give the paradigm files with {key})"
             ),
-            fix="; give the paradigm files with --tasks-dir instead",
+            fix="; give the paradigm files with {key} instead",
+            key="tasks_dir",
         )
         for i, record in enumerate(ds):
             pairs.append(pair_from_record(record, f"{HUB_PREFIX}{HUB_DATASET} {uid} row {i}"))

@@ -32,8 +32,9 @@ def _split(
             return [parse(row) for row in reader(path)], path
     if required:
         raise MoelabError(
-            f"none of {', '.join(names)} in {folder}; point --tasks-dir at the folder holding "
-            "the task folders or pass a JSONL file"
+            f"none of {', '.join(names)} in {folder}; point {{key}} at the folder holding "
+            "the task folders or pass a JSONL file",
+            key="tasks_dir",
         )
     return None, None
 

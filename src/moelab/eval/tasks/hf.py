@@ -210,9 +210,10 @@ def _load_split(spec: HubTask, split: str) -> list[dict[str, Any]]:
         what=f"task {HUB_PREFIX}{spec.name} ({source})",
         missing_package=(
             f"task {HUB_PREFIX}{spec.name} needs the 'datasets' package: pip install 'moelab[hf]' "
-            "(or give the task's local files with --tasks-dir)"
+            "(or give the task's local files with {key})"
         ),
-        fix="; give the task's local files with --tasks-dir instead",
+        fix="; give the task's local files with {key} instead",
+        key="tasks_dir",
     )
     return list(ds)
 

@@ -62,8 +62,9 @@ def _need(folder: Path, name: str) -> Path:
     path = folder / name
     if not path.is_file():
         raise MoelabError(
-            f"mnli: {name} not found in {folder}; point --tasks-dir at the folder holding "
-            "glue_mnli/ (GLUE's MNLI/ with train.tsv, dev_matched.tsv, dev_mismatched.tsv)"
+            f"mnli: {name} not found in {folder}; point {{key}} at the folder holding "
+            "glue_mnli/ (GLUE's MNLI/ with train.tsv, dev_matched.tsv, dev_mismatched.tsv)",
+            key="tasks_dir",
         )
     return path
 

@@ -135,7 +135,8 @@ def load_openbookqa(folder: Path) -> Task:
     if test is None:
         raise MoelabError(
             f"openbookqa: no test.jsonl or test.tsv in {folder} (or its Main/, Data/Main/); "
-            "point --tasks-dir at the folder holding openbookqa/"
+            "point {key} at the folder holding openbookqa/",
+            key="tasks_dir",
         )
     train = _find(folder, "train")
     return Task(

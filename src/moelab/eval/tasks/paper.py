@@ -34,8 +34,9 @@ def _need(folder: Path, names: list[str], what: str) -> Path:
     path = _first_existing(folder, names)
     if path is None:
         raise MoelabError(
-            f"{what}: none of {', '.join(names)} in {folder}; point --tasks-dir at the folder "
-            "holding the task folders or pass a JSONL file"
+            f"{what}: none of {', '.join(names)} in {folder}; point {{key}} at the folder "
+            "holding the task folders or pass a JSONL file",
+            key="tasks_dir",
         )
     return path
 

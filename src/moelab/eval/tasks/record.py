@@ -106,8 +106,9 @@ def load_record(folder: Path) -> Task:
     path = next((folder / n for n in ("val.jsonl", "dev.jsonl") if (folder / n).is_file()), None)
     if path is None:
         raise MoelabError(
-            f"record: none of val.jsonl, dev.jsonl in {folder}; point --tasks-dir at the folder "
-            "holding superglue_record/ (SuperGLUE's ReCoRD/val.jsonl)"
+            f"record: none of val.jsonl, dev.jsonl in {folder}; point {{key}} at the folder "
+            "holding superglue_record/ (SuperGLUE's ReCoRD/val.jsonl)",
+            key="tasks_dir",
         )
     items = [item for row in read_jsonl(path) for item in items_from_row(row)]
     if not items:

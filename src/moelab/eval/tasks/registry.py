@@ -124,16 +124,18 @@ def get_task(name_or_path: str, tasks_dir: str | Path | None = None) -> Task:
         root = Path(tasks_dir) if tasks_dir is not None else default_tasks_dir()
         if root is None:
             raise MoelabError(
-                f"task {name_or_path!r}: no tasks directory; pass --tasks-dir DIR or set "
-                f"{ENV_TASKS_DIR} to the folder holding {spec.folder}/"
+                f"task {name_or_path!r}: no tasks directory; pass {{key}} DIR or set "
+                f"{ENV_TASKS_DIR} to the folder holding {spec.folder}/",
+                key="tasks_dir",
             )
         folder = root / spec.folder
         if not folder.is_dir():
             folder = root / spec.name
         if not folder.is_dir():
             raise MoelabError(
-                f"task {name_or_path!r}: folder {root / spec.folder} not found; pass --tasks-dir"
-                f" or set {ENV_TASKS_DIR} to the folder that holds it"
+                f"task {name_or_path!r}: folder {root / spec.folder} not found; pass {{key}}"
+                f" or set {ENV_TASKS_DIR} to the folder that holds it",
+                key="tasks_dir",
             )
         if colon and spec.load_selected is not None:
             return _with_mode(spec.load_selected(folder, selector), spec.name)
