@@ -20,6 +20,7 @@ from moelab.eval.perplexity import (
     iter_windows,
     run_perplexity,
 )
+from moelab.eval.runs import weights_sha256
 
 
 @pytest.mark.parametrize("n, context, stride", [(50, 16, 16), (50, 16, 5), (17, 16, 1), (3, 16, 8)])
@@ -77,3 +78,12 @@ def test_run_perplexity_marks_domains_and_reports_capacity(eval_run, tmp_path):
     with pytest.raises(MoelabError, match="no file matches"):
         run_perplexity(run, [str(tmp_path / "*.none")])
     json.dumps(result)  # plain data only
+
+
+def test_checkpoint_identity_of_one_file_and_of_shards():
+    """A checkpoint of several processes has DCP shards only: its identity is the SHA-256 of
+    DCP's .metadata (which names every shard's pieces), as meta.json records it."""
+    one = {"step": 4, "files": {"model.safetensors": {"bytes": 10, "sha256": "a" * 64}}}
+    shards = {"step": 4, "sharded": {".metadata": {"bytes": 9, "sha256": "b" * 64}}}
+    assert weights_sha256(one) == "a" * 64 and weights_sha256(shards) == "b" * 64
+    assert weights_sha256({"step": 4}) is None

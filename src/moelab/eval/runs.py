@@ -23,10 +23,16 @@ class OpenedRun:
 
     @property
     def checkpoint(self) -> dict[str, Any]:
-        """Which weights were evaluated: step and the SHA-256 of model.safetensors."""
-        files = self.meta.get("files", {})
-        weights = files.get("model.safetensors", {})
-        return {"step": self.meta.get("step"), "sha256": weights.get("sha256")}
+        """Which weights were evaluated: step and :func:`weights_sha256`."""
+        return {"step": self.meta.get("step"), "sha256": weights_sha256(self.meta)}
+
+
+def weights_sha256(meta: dict[str, Any]) -> str | None:
+    """A checkpoint's identity from its meta.json: the SHA-256 of model.safetensors or, for a
+    checkpoint of several processes (DCP shards only), of DCP's ``.metadata``, which names every
+    shard's pieces."""
+    weights = meta.get("files", {}).get("model.safetensors", {})
+    return weights.get("sha256") or meta.get("sharded", {}).get(".metadata", {}).get("sha256")
 
 
 def pick_device(device: str | None) -> torch.device:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from moelab.errors import MoelabError
+from moelab.eval.runs import weights_sha256
 from moelab.interop.hf_base import SpecialIds
 from moelab.interop.hf_classes import class_for_model
 from moelab.interop.hf_common import (
@@ -99,12 +100,11 @@ def export_hf(
                         f"export check failed: {cls.name} logits differ from moelab's by {diff:.3g}"
                         f" (> {LOGIT_TOLERANCE}); nothing was written"
                     )
-            files = meta.get("files", {}).get("model.safetensors", {})
             info = {
                 "hf_class": cls.name,
                 "source_run": str(run_dir.resolve()),
                 "step": meta.get("step"),
-                "source_weights_sha256": files.get("sha256"),
+                "source_weights_sha256": weights_sha256(meta),
                 "max_abs_logit_diff": diff,
                 "moelab_model": run_cfg.model.name,
             }
