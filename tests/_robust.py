@@ -90,6 +90,19 @@ def run_cli(capsys, argv: Sequence[str]) -> tuple[int, str, str]:
     return rc, out, err
 
 
+def writes_only_under(capsys, argv: Sequence[str], run: Path, under: str = "eval") -> str:
+    """Run a command that should succeed on ``run`` and change files only under ``run/under``
+    (leaving no temporary file); its stdout."""
+    before = snapshot(run)
+    rc, out, err = run_cli(capsys, argv)
+    assert rc == 0, err
+    after = snapshot(run)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed and all(k == under or k.startswith(f"{under}/") for k in changed), changed
+    assert not any(".tmp-" in k for k in after)
+    return out
+
+
 def expect_user_error(
     capsys,
     argv: Sequence[str],

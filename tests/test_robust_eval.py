@@ -12,12 +12,12 @@ from _robust import (
     copy_run,
     expect_user_error,
     run_cli,
-    snapshot,
     swap_in_checkpoints,
     truncate_weights_keeping_checksums,
     unreadable_file,
     write_corpus,
     write_jsonl,
+    writes_only_under,
 )
 
 CHOICE_ROWS = [
@@ -133,14 +133,8 @@ def test_bad_input_is_refused_cleanly(args, match, finished_run, inputs, capsys)
 def test_positive_control(finished_run, inputs, tmp_path, capsys):
     """Good input works and writes result files under RUN_DIR/eval only."""
     run = copy_run(finished_run, tmp_path / "run")
-    before = snapshot(run)
     argv = ["eval", run, "--ppl", inputs / "text.txt", "--max-tokens", "32"]
-    rc, _, err = run_cli(capsys, [*argv, "--task", inputs / "good.jsonl"])
-    assert rc == 0, err
-    after = snapshot(run)
-    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    assert changed and all(k == "eval" or k.startswith("eval/") for k in changed), changed
-    assert not any(".tmp-" in k for k in after)
+    writes_only_under(capsys, [*argv, "--task", inputs / "good.jsonl"], run)
 
 
 def test_missing_or_foreign_run_folder(inputs, tmp_path, capsys):

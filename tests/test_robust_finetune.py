@@ -10,12 +10,11 @@ import pytest
 from _robust import (
     copy_run,
     expect_user_error,
-    run_cli,
-    snapshot,
     swap_in_checkpoints,
     truncate_weights_keeping_checksums,
     unreadable_file,
     write_jsonl,
+    writes_only_under,
 )
 
 ROWS = [
@@ -92,13 +91,8 @@ def test_bad_input_is_refused_cleanly(args, match, finished_run, tasks, capsys):
 def test_positive_control(finished_run, tasks, tmp_path, capsys):
     """Good input fine-tunes and writes only under RUN_DIR/eval."""
     run = copy_run(finished_run, tmp_path / "run")
-    before = snapshot(run)
     argv = ["finetune", run, "--task", tasks / "good.jsonl", "--epochs", "1", "--lrs", "1e-3"]
-    rc, _, err = run_cli(capsys, [*argv, "--batch-size", "4"])
-    assert rc == 0, err
-    after = snapshot(run)
-    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    assert changed and all(k == "eval" or k.startswith("eval/") for k in changed), changed
+    writes_only_under(capsys, [*argv, "--batch-size", "4"], run)
 
 
 def test_missing_run(tasks, tmp_path, capsys):
