@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from moelab.study.results import CurvePoint, from_row
+from moelab.study.results.table import CurvePoint, from_row
 
 E_DENSE, ALPHA_DENSE = 3.0, 0.3
 A_DENSE = 2.0 * 1e12**ALPHA_DENSE  # dense loss 5.0 at 1e12 FLOPs

@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 
 from _study_rows import META, points, study_rows
-from moelab.study.analysis import (
+from moelab.study.analysis.bootstrap import RunResampler
+from moelab.study.analysis.bounds import bounds_at, measured_bounds
+from moelab.study.analysis.fit import (
+    EXTRAPOLATED,
+    INTERPOLATED,
+    MEASURED_BOUND,
+    EvalPoint,
+    SpeedupPoint,
+)
+from moelab.study.analysis.speedup import (
     Headline,
     analyse,
     analyse_loss,
     fits_json,
     headline,
     stratum_key,
-)
-from moelab.study.bootstrap import RunResampler
-from moelab.study.bounds import bounds_at, measured_bounds
-from moelab.study.fit import (
-    EXTRAPOLATED,
-    INTERPOLATED,
-    MEASURED_BOUND,
-    EvalPoint,
-    SpeedupPoint,
 )
 
 MOE, DENSE = "moe8-top2", "dense"
@@ -309,7 +309,7 @@ def test_zero_shot_bounds_inside_the_chance_band_are_dropped():
     measured bound comes from qualities a chance-level model reaches (the default study's first
     run showed a '>= 3.15x' bound at accuracy 0.513, chance 0.5 +- 0.027)."""
     from _study_rows import ZERO_SHOT_META, add_zero_shot
-    from moelab.study.analysis import analyse
+    from moelab.study.analysis.speedup import analyse
 
     rows = add_zero_shot(study_rows(seed_noise=0.0), speedup=2.0)
     for r in rows:  # every model at chance, wobbling by +-0.01 (below the band's half-width)

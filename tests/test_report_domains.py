@@ -3,10 +3,10 @@ has no speedup."""
 
 from __future__ import annotations
 
-from moelab.study.analysis import Analysis, MetricAnalysis, headline
-from moelab.study.document import Document, to_markdown
-from moelab.study.fit import SpeedupPoint
-from moelab.study.report import _domains
+from moelab.study.analysis.document import Document, to_markdown
+from moelab.study.analysis.fit import SpeedupPoint
+from moelab.study.analysis.report import _domains
+from moelab.study.analysis.speedup import Analysis, MetricAnalysis, headline
 
 
 def _metric(domain: str, **kw) -> MetricAnalysis:

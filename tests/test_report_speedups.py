@@ -12,11 +12,11 @@ import re
 import pytest
 
 from _study_rows import META, ZERO_SHOT_META, add_zero_shot, points, study_rows
-from moelab.study.analysis import analyse
-from moelab.study.document import to_markdown
-from moelab.study.report import compose, make_figures, zero_shot_json
-from moelab.study.report_sections import chance_verdicts
-from moelab.study.snippet import BEGIN, END, readme_snippet
+from moelab.study.analysis.document import to_markdown
+from moelab.study.analysis.report import compose, make_figures, zero_shot_json
+from moelab.study.analysis.sections import chance_verdicts
+from moelab.study.analysis.snippet import BEGIN, END, readme_snippet
+from moelab.study.analysis.speedup import analyse
 
 STUDY = {"threads": 1, "fit": {"frontier": "annealed", "bootstrap": 30}}
 

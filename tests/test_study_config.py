@@ -9,10 +9,10 @@ import yaml
 
 from moelab.cli import main
 from moelab.errors import MoelabError
-from moelab.study.config import StudyConfig, load_study, task_label
-from moelab.study.grid import expand_grid
-from moelab.study.layout import RunState, eval_key, run_state
-from moelab.study.plan import make_plan
+from moelab.study.plan.config import StudyConfig, load_study, task_label
+from moelab.study.plan.estimate import make_plan
+from moelab.study.plan.grid import expand_grid
+from moelab.study.plan.layout import RunState, eval_key, run_state
 from study_helpers import mini_study
 
 
@@ -185,7 +185,7 @@ def test_load_study_rejects_wrong_types():
 def test_shipped_default_yaml_mirrors_the_builtin_default():
     from pathlib import Path
 
-    from moelab.study.config import study_to_dict
+    from moelab.study.plan.config import study_to_dict
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "study" / "default.yaml"
     assert study_to_dict(load_study(shipped)) == study_to_dict(load_study(None))
@@ -212,7 +212,7 @@ def test_shipped_cpu_study_plans():
 def test_shipped_modern_study_asks_the_default_question_of_the_modern_architecture():
     from pathlib import Path
 
-    from moelab.study.config import study_to_dict
+    from moelab.study.plan.config import study_to_dict
 
     path = Path(__file__).resolve().parents[1] / "configs" / "study" / "modern.yaml"
     modern, default = study_to_dict(load_study(path)), study_to_dict(load_study(None))
@@ -262,7 +262,7 @@ def test_frontier_defaults_to_annealed_when_the_runs_fork_cooldowns(tmp_path):
     assert plain.fit.frontier == "envelope"
     wsd = {"model": "dense-cpu-0.5m", "train": {"schedule": "wsd", "cooldowns": 2}}
     assert StudyConfig(base=wsd).validate().fit.frontier == "annealed"
-    from moelab.study.launch import job_threads
+    from moelab.study.plan.config import job_threads
 
     assert StudyConfig(base=wsd, workers=2).validate().threads == job_threads(2)
 

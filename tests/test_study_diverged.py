@@ -72,7 +72,7 @@ def test_a_diverged_run_is_recorded_and_the_study_goes_on(
 def test_a_run_name_at_the_limit_gets_its_lock(tmp_path):
     """243 bytes (the limit) fit: the lock file and its guard beside the run folder have room."""
     from moelab.lock import FolderLock, lock_path
-    from moelab.study.sweep import MAX_RUN_NAME_BYTES
+    from moelab.study.run.sweep import MAX_RUN_NAME_BYTES
 
     folder = tmp_path / ("r" * MAX_RUN_NAME_BYTES)
     with FolderLock(folder, "train"):

@@ -16,7 +16,8 @@ import yaml
 
 from _robust import expect_user_error, micro_study_config, run_cli, write_yaml
 from moelab.errors import MoelabError
-from moelab.study.launch import device_sets, job_threads, train_command
+from moelab.study.plan.config import job_threads
+from moelab.study.run.launch import device_sets, train_command
 
 
 def test_device_sets_one_per_job():
@@ -37,8 +38,7 @@ def test_device_sets_one_per_job():
 
 
 def test_threads_are_divided_among_jobs():
-    from moelab.study.config import StudyConfig
-    from moelab.study.launch import usable_cores
+    from moelab.study.plan.config import StudyConfig, usable_cores
 
     base = {"model": "dense-cpu-0.5m"}
     assert job_threads(1) == usable_cores() and job_threads(10**6) == 1
@@ -49,8 +49,8 @@ def test_threads_are_divided_among_jobs():
 
 def test_the_study_threads_train_each_run_unless_it_sets_its_own(tmp_path):
     """The trainer sets train.threads while a run trains, so the study's count goes there."""
-    from moelab.study.config import StudyConfig
-    from moelab.study.sweep import build_plan
+    from moelab.study.plan.config import StudyConfig
+    from moelab.study.run.sweep import build_plan
 
     base = {"model": "dense-cpu-0.5m", "train": {"budget_tokens": 4096}}
     per_model = {"moe-cpu-0.5m": {"train.threads": 2}}
@@ -61,8 +61,8 @@ def test_the_study_threads_train_each_run_unless_it_sets_its_own(tmp_path):
 
 
 def test_one_device_set_per_worker(tmp_path):
-    from moelab.study.config import StudyConfig
-    from moelab.study.sweep import run_study
+    from moelab.study.plan.config import StudyConfig
+    from moelab.study.run.sweep import run_study
 
     cfg = StudyConfig(base={"model": "dense-cpu-0.5m"}, workers=2).validate()
     with pytest.raises(MoelabError, match="1 device sets for 2 workers"):

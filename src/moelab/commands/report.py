@@ -18,7 +18,7 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from moelab.study.report import SNIPPET, build_report
+    from moelab.study.analysis.report import SNIPPET, build_report
 
     if not args.readme_snippet:
         build_report(args.dir)

@@ -101,9 +101,9 @@ def run(args) -> int:
     import sys
     from pathlib import Path
 
-    from moelab.study.config import load_study
-    from moelab.study.launch import check_devices_exist, device_sets
-    from moelab.study.sweep import run_study
+    from moelab.study.plan.config import load_study
+    from moelab.study.run.launch import check_devices_exist, device_sets
+    from moelab.study.run.sweep import run_study
     from moelab.train.stop import TrainingStopped
 
     _check_flags(args)
@@ -120,13 +120,13 @@ def run(args) -> int:
         words += ["--devices", d]
     try:
         if args.only:
-            from moelab.study.task import run_only
+            from moelab.study.run.task import run_only
 
             run_only(cfg, args.out, args.only, procs=args.procs_per_run)
             return 0
         emit = None
         if args.emit:
-            from moelab.study.slurm import emit_slurm
+            from moelab.study.run.slurm import emit_slurm
 
             dest = Path(args.emit[1])
             if dest.exists() and not dest.is_dir():

@@ -6,7 +6,7 @@ built-in default) with ``--set``-style overrides into a :class:`StudyConfig`; :f
 checks, trains, evaluates and reports it in a folder (``plan_only=True``: print the plan only);
 :func:`build_report` rebuilds table, fits, plots and report.md from the finished runs;
 :func:`read_results` gives the table's rows and metadata back. The names are imported on first
-use (moelab/lazy.py), so importing ``moelab.study.fit`` does not import the trainer.
+use (moelab/lazy.py), so importing ``moelab.study.analysis.fit`` does not import the trainer.
 """
 
 from moelab.lazy import lazy_names
@@ -14,9 +14,9 @@ from moelab.lazy import lazy_names
 __all__, __getattr__, __dir__ = lazy_names(
     __name__,
     {
-        "config": ("StudyConfig", "load_study"),
-        "sweep": ("run_study",),
-        "report": ("build_report",),
-        "results": ("read_results",),
+        "plan.config": ("StudyConfig", "load_study"),
+        "run.sweep": ("run_study",),
+        "analysis.report": ("build_report",),
+        "results.table": ("read_results",),
     },
 )

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moelab.study.points import EvalPoint
+from moelab.study.analysis.points import EvalPoint
 
 
 @dataclass(frozen=True)

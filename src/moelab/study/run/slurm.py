@@ -4,7 +4,7 @@ Three files in DIR:
 
 - ``array.sbatch``: one array task per run of the plan; task i runs ``moelab study STUDY.yaml
   --out S --only RUN_i``, which trains that run with ``moelab train`` (under torchrun when it
-  trains on several processes) and evaluates it (study/task.py);
+  trains on several processes) and evaluates it (study/run/task.py);
 - ``report.sbatch``: ``moelab report S``;
 - ``submit.sh``: submits the array, then the report job with ``--dependency=afterany`` on it
   (it runs when every task has ended, and refuses in one line if a run is unfinished).
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_text
-from moelab.study.plan import PlannedRun
+from moelab.study.plan.estimate import PlannedRun
 
 
 def _q(x: object) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from moelab.errors import MoelabError
-from moelab.study.config import StudyConfig
+from moelab.study.plan.config import StudyConfig
 
 
 def source_specs(cfg: StudyConfig) -> tuple[list[str], list[str]]:

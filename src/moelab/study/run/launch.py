@@ -10,7 +10,6 @@ train`` (docs/distributed.md), and the worker evaluates it afterwards on the set
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,18 +22,6 @@ from moelab.errors import MoelabError
 # The trainer's divergence message (train/trainer.py, TrainingDiverged): under torchrun the
 # error crosses a process boundary as text, and this is how the study recognises it.
 DIVERGED_MARK = "non-finite losses or gradients in a row"
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def job_threads(workers: int) -> int:
-    """Each of ``workers`` jobs gets an equal share of this machine's cores (at least one)."""
-    return max(1, usable_cores() // workers)
 
 
 def _indices(text: str, flag: str) -> list[str]:

@@ -16,19 +16,8 @@ from typing import Any
 
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
-from moelab.study import plots
-from moelab.study.analysis import (
-    ZERO_SHOT,
-    ZERO_SHOT_SCORE,
-    Analysis,
-    analyse,
-    fits_json,
-    moe_frontier_mode,
-)
-from moelab.study.collect import expert_load, read_records
-from moelab.study.config import task_label
-from moelab.study.diverged import diverged_runs
-from moelab.study.document import (
+from moelab.study.analysis import plots
+from moelab.study.analysis.document import (
     Bullets,
     Code,
     Document,
@@ -39,9 +28,8 @@ from moelab.study.document import (
     to_html,
     to_markdown,
 )
-from moelab.study.fit import EXTRAPOLATED, PowerLawFit, SpeedupPoint
-from moelab.study.layout import run_dir, runs_dir
-from moelab.study.report_sections import (
+from moelab.study.analysis.fit import EXTRAPOLATED, PowerLawFit, SpeedupPoint
+from moelab.study.analysis.sections import (
     accuracy,
     blimp_blocks,
     bounds_blocks,
@@ -55,7 +43,19 @@ from moelab.study.report_sections import (
     times,
     zero_shot_blocks,
 )
-from moelab.study.results import Accuracy, CurvePoint, FinalEval, write_results
+from moelab.study.analysis.speedup import (
+    ZERO_SHOT,
+    ZERO_SHOT_SCORE,
+    Analysis,
+    analyse,
+    fits_json,
+    moe_frontier_mode,
+)
+from moelab.study.plan.config import task_label
+from moelab.study.plan.layout import run_dir, runs_dir
+from moelab.study.results.collect import expert_load, read_records
+from moelab.study.results.diverged import diverged_runs
+from moelab.study.results.table import Accuracy, CurvePoint, FinalEval, write_results
 
 Echo = Callable[[str], None]
 
@@ -63,8 +63,8 @@ Echo = Callable[[str], None]
 def _load_study(out_dir: Path) -> tuple[dict[str, Any], str | None]:
     """The study config as written by `moelab study` (a dict, as the report reads it) and its
     evaluation key; ({}, None) for a folder without study.yaml. A damaged file is refused."""
-    from moelab.study.config import load_study, study_to_dict
-    from moelab.study.layout import eval_key
+    from moelab.study.plan.config import load_study, study_to_dict
+    from moelab.study.plan.layout import eval_key
 
     f = out_dir / "study.yaml"
     if not f.exists():
@@ -169,7 +169,7 @@ def build_report(out_dir: str | Path, *, echo: Echo = print) -> Path:
     doc = compose(study, points, meta, an, figures)
     atomic_write_text(out / "report.md", to_markdown(doc))
     atomic_write_text(out / "report.html", to_html(doc))
-    from moelab.study.snippet import readme_snippet
+    from moelab.study.analysis.snippet import readme_snippet
 
     atomic_write_text(out / SNIPPET, readme_snippet(study, points, meta, an, fits["study_wall"]))
     echo(f"report: {out / 'report.md'} and {out / 'report.html'}; table: {out / 'results.csv'}")
@@ -358,7 +358,7 @@ def _metric_short(column: str) -> str:
 
 def _no_curve(an: Analysis, column: str) -> str:
     """Why a setting's panel has no curve (shown in the empty panel)."""
-    from moelab.study.report_sections import no_headline_reason
+    from moelab.study.analysis.sections import no_headline_reason
 
     ma = an.metrics[column]
     return "; ".join(no_headline_reason(ma, moe, d) for moe, d in an.partner.items())

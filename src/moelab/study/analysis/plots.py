@@ -1,7 +1,7 @@
 """The study's figures as PNG files, drawn with matplotlib's Agg backend (no display needed).
 
 Every function takes plain data (result rows, curves as arrays) and a path, and writes one PNG
-atomically. Nothing here fits or computes a speedup: that is ``moelab.study.fit``'s job.
+atomically. Nothing here fits or computes a speedup: that is ``moelab.study.analysis.fit``'s job.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from moelab.errors import MoelabError
-from moelab.study.bootstrap import RunResampler, SeedNoise, percentile_interval
-from moelab.study.bounds import MeasuredBound, bounds_at, measured_bounds
-from moelab.study.fit import (
+from moelab.study.analysis.bootstrap import RunResampler, SeedNoise, percentile_interval
+from moelab.study.analysis.bounds import MeasuredBound, bounds_at, measured_bounds
+from moelab.study.analysis.fit import (
     EXTRAPOLATED,
     INTERPOLATED,
     MEASURED_BOUND,
@@ -34,7 +34,7 @@ from moelab.study.fit import (
     set_intervals,
     speedup_at,
 )
-from moelab.study.results import CurvePoint
+from moelab.study.results.table import CurvePoint
 
 ZERO_SHOT = "zero_shot_mean"
 ZERO_SHOT_SCORE = "zero_shot_score_mean"

@@ -9,7 +9,7 @@ from typing import Any
 
 from moelab.config import ModelConfig
 from moelab.flops import ParamCounts, count_params, train_flops_per_token
-from moelab.study.grid import RunSpec
+from moelab.study.plan.grid import RunSpec
 from moelab.train.budget import cooldowns_of, resolve_budget
 from moelab.train.config import RunConfig, run_config_from_dict
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from moelab.study.analysis import (
+from moelab.study.analysis.bounds import LOWER, UPPER, MeasuredBound, bounds_at
+from moelab.study.analysis.document import Bullets, Heading, Para, Table
+from moelab.study.analysis.fit import EXTRAPOLATED, INTERPOLATED, MEASURED_BOUND, chance_interval
+from moelab.study.analysis.speedup import (
     ZERO_SHOT,
     ZERO_SHOT_SCORE,
     Analysis,
@@ -19,10 +22,7 @@ from moelab.study.analysis import (
     MetricAnalysis,
     seed_sd_text,
 )
-from moelab.study.bounds import LOWER, UPPER, MeasuredBound, bounds_at
-from moelab.study.document import Bullets, Heading, Para, Table
-from moelab.study.fit import EXTRAPOLATED, INTERPOLATED, MEASURED_BOUND, chance_interval
-from moelab.study.results import Accuracy, CurvePoint, FinalEval
+from moelab.study.results.table import Accuracy, CurvePoint, FinalEval
 
 REPRODUCIBILITY = (
     "Reproducibility: two trainings with the same seed and the same number of torch threads are "

@@ -3,8 +3,8 @@ finished runs and resuming interrupted ones, and finally write table, fits and r
 
 The unit of work is one run directory, and each run only reads the shared prepared data, so
 runs go one after another in this process or several at once in worker processes (``workers``,
-``moelab study --jobs N``), each job owning one device set when given (study/launch.py).
-:func:`pending_runs` says which runs are left; a Slurm array (study/slurm.py) runs each of
+``moelab study --jobs N``), each job owning one device set when given (study/run/launch.py).
+:func:`pending_runs` says which runs are left; a Slurm array (study/run/slurm.py) runs each of
 them as its own task instead.
 """
 
@@ -24,11 +24,10 @@ import yaml
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.lock import folder_lock
-from moelab.study import stopping
-from moelab.study.config import StudyConfig, study_to_dict
-from moelab.study.diverged import DIVERGED, diverged_runs, read_divergence, record_divergence
-from moelab.study.grid import expand_grid
-from moelab.study.layout import (
+from moelab.study.plan.config import StudyConfig, study_to_dict
+from moelab.study.plan.estimate import PlannedRun, fmt_seconds, format_plan, make_plan
+from moelab.study.plan.grid import expand_grid
+from moelab.study.plan.layout import (
     STUDY_EVAL,
     RunState,
     configs_dir,
@@ -37,7 +36,13 @@ from moelab.study.layout import (
     run_state,
     runs_dir,
 )
-from moelab.study.plan import PlannedRun, fmt_seconds, format_plan, make_plan
+from moelab.study.results.diverged import (
+    DIVERGED,
+    diverged_runs,
+    read_divergence,
+    record_divergence,
+)
+from moelab.study.run import stopping
 from moelab.train.stop import TrainingStopped, grace_seconds
 from moelab.train.trainer import TrainingDiverged
 
@@ -56,7 +61,7 @@ def prepared_dir(cfg: StudyConfig, out_dir: Path) -> Path:
 
 def prepare_data(cfg: StudyConfig, out_dir: Path, echo: Echo) -> Path:
     """Prepare the study's data into DIR/data (idempotent), or check a given prepared folder."""
-    from moelab.study.data import prepare_study_data
+    from moelab.study.run.data import prepare_study_data
 
     return prepare_study_data(cfg, prepared_dir(cfg, out_dir), echo)
 
@@ -189,7 +194,7 @@ def run_study(
 
     ``devices``: one CUDA device set per worker (``cfg.workers`` of them). ``emit``: prepare
     the study folder and its data, then hand the plan to ``emit`` (which writes a scheduler's
-    scripts, study/slurm.py) instead of training.
+    scripts, study/run/slurm.py) instead of training.
 
     Everything that can be checked without writing is checked first (every run config, and
     that existing run folders hold the same runs); a study refused while its data is being
@@ -238,7 +243,7 @@ def run_study(
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """The study's thread count for what it computes itself (throughput measurement,
-    evaluation); training sets it from each run config's ``train.threads`` (study/grid.py)."""
+    evaluation); training sets it from each run config's ``train.threads`` (study/plan/grid.py)."""
     if n is None:
         yield
         return
@@ -327,7 +332,7 @@ def _run(
     diverged = diverged_runs(runs_dir(out), names)
     note = f" ({len(diverged)} diverged: {', '.join(diverged)})" if diverged else ""
     echo(f"all {n} runs done{note}; writing the results table, fits and report")
-    from moelab.study.report import build_report
+    from moelab.study.analysis.report import build_report
 
     record_study_time(cfg, out, started)
     build_report(out, echo=echo)
@@ -379,7 +384,7 @@ _DEVICES: list[str] = []  # this worker's device set (CUDA_VISIBLE_DEVICES), if 
 
 
 def _init_worker(parent: int, slots) -> None:
-    """Worker initializer: stop handling (study/stopping.py), then take a device set of its
+    """Worker initializer: stop handling (study/run/stopping.py), then take a device set of its
     own from ``slots`` before anything touches CUDA."""
     stopping.init_worker(parent)
     if slots is not None:
@@ -395,7 +400,7 @@ def train_in_processes(planned: PlannedRun, path: Path, nproc: int) -> None:
 
         train_run(planned.run_config, path, progress=False)
         return
-    from moelab.study.launch import run_torchrun, train_command
+    from moelab.study.run.launch import run_torchrun, train_command
 
     config = configs_dir(path.parent.parent) / f"{planned.name}.yaml"
     config.parent.mkdir(exist_ok=True)
@@ -451,7 +456,7 @@ def _run_parallel(
     import multiprocessing
 
     order = sorted(todo, key=lambda ip: -ip[1].est_seconds)
-    from moelab.study.plan import makespan
+    from moelab.study.plan.estimate import makespan
 
     total_est = makespan([p.est_seconds for _, p in todo], cfg.workers)
     where = "; devices " + " | ".join(",".join(d) for d in devices) if devices else ""
@@ -502,7 +507,7 @@ def _run_parallel(
                 echo(line)
     except KeyboardInterrupt as e:
         # Ctrl-C, SIGTERM, or a worker that was signalled: every worker saves its checkpoint
-        # and starts nothing new (study/stopping.py); every run resumes from there.
+        # and starts nothing new (study/run/stopping.py); every run resumes from there.
         signals.__exit__()
         procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
@@ -535,13 +540,13 @@ def _evaluate_one(
     tasks: dict[str, Any] | None = None,
 ) -> float:
     """Evaluate one trained run, write its ``study_eval.json``; return the seconds it took.
-    ``tasks``: the loaded tasks to reuse (study/evaluate.py)."""
-    from moelab.study.evaluate import evaluate_run
+    ``tasks``: the loaded tasks to reuse (study/run/evaluate.py)."""
+    from moelab.study.run.evaluate import evaluate_run
 
     start = time.perf_counter()
     result = evaluate_run(path, cfg, echo, tasks)
     prior = 0.0
-    from moelab.study.layout import read_study_eval
+    from moelab.study.plan.layout import read_study_eval
 
     old = read_study_eval(path)
     if old is not None:

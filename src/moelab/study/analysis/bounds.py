@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from moelab.study.fit import EvalPoint, select_points
+from moelab.study.analysis.fit import EvalPoint, select_points
 
 LOWER, UPPER = "lower", "upper"
 

@@ -1,5 +1,5 @@
 """One run of a study on its own: ``moelab study STUDY.yaml --out S --only NAME``, what each
-task of a Slurm array (study/slurm.py) runs.
+task of a Slurm array (study/run/slurm.py) runs.
 
 It does for one run what the study does for each: skip it when finished or recorded as
 diverged, train it (resuming from its newest checkpoint; under torchrun with
@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from moelab.errors import MoelabError
-from moelab.study.config import StudyConfig
-from moelab.study.diverged import read_divergence, record_divergence
-from moelab.study.layout import RunState, eval_key, run_dir, run_state
-from moelab.study.sweep import (
+from moelab.study.plan.config import StudyConfig
+from moelab.study.plan.layout import RunState, eval_key, run_dir, run_state
+from moelab.study.results.diverged import read_divergence, record_divergence
+from moelab.study.run.sweep import (
     Echo,
     _check_same_config,
     _evaluate_one,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from moelab.study.config import StudyConfig, task_label
+from moelab.study.plan.config import StudyConfig, task_label
 
 
 def tasks_dir_of(cfg: StudyConfig) -> str | None:

@@ -1,4 +1,4 @@
-"""Read finished runs back from disk into the table's points (study/results.py).
+"""Read finished runs back from disk into the table's points (study/results/table.py).
 
 Only files are read (the run's resolved ``config.yaml``, ``metrics.jsonl``, ``done.json`` and the
 study's ``study_eval.json``), so ``moelab report DIR`` works without the data or a model.
@@ -15,9 +15,9 @@ import numpy as np
 
 from moelab.errors import MoelabError
 from moelab.flops import count_params
-from moelab.study.diverged import read_divergence
-from moelab.study.layout import STUDY_EVAL, runs_dir
-from moelab.study.results import Accuracy, CurvePoint, FinalEval
+from moelab.study.plan.layout import STUDY_EVAL, runs_dir
+from moelab.study.results.diverged import read_divergence
+from moelab.study.results.table import Accuracy, CurvePoint, FinalEval
 from moelab.train.metrics import METRICS
 from moelab.train.rundir import read_done
 

@@ -28,12 +28,11 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from moelab.errors import MoelabError
-from moelab.study.points import EvalPoint  # noqa: F401 (re-exported: moelab.study.fit.EvalPoint)
+from moelab.study.analysis.points import EvalPoint  # noqa: F401 (re-exported from here)
+from moelab.study.plan.config import MODES  # the study file's fit.frontier
 
 if TYPE_CHECKING:
-    from moelab.study.bootstrap import RunResampler
-
-MODES = ("envelope", "final", "all", "annealed")
+    from moelab.study.analysis.bootstrap import RunResampler
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,8 +306,8 @@ def fit_power_law(
     ``log L``, minimised from several starting points in centred log-compute space.
     ``n_bootstrap`` resamples of whole runs (the frontier is rebuilt from each) give percentile
     intervals at level ``ci`` for E, A and alpha: drawn by ``resampler`` (stratified by preset,
-    :mod:`moelab.study.bootstrap`) when given, else with replacement over all runs once there
-    are at least three.
+    :mod:`moelab.study.analysis.bootstrap`) when given, else with replacement over all runs once
+    there are at least three.
     """
     all_points = list(points)
     pts = select_points(all_points, mode, min_run_fraction=min_run_fraction)
@@ -343,7 +342,7 @@ def fit_power_law(
         mode=mode,
     )
     if resampler is None and len(runs) >= 3:
-        from moelab.study.bootstrap import RunResampler  # bootstrap.py imports EvalPoint
+        from moelab.study.analysis.bootstrap import RunResampler  # bootstrap.py imports EvalPoint
 
         resampler = RunResampler.build(all_points)  # one stratum: every run
     if n_bootstrap > 0 and resampler is not None and resampler.usable():
@@ -522,7 +521,7 @@ class SpeedupPoint:
     quality the fit cannot reach. ``lo``/``hi``: bootstrap percentile interval (``None`` without
     one), from ``n_resamples`` resamples that gave a value. ``lower_bound``/``upper_bound``: the
     speedup bounds the measured points show at this quality, without any fit
-    (:mod:`moelab.study.bounds`)."""
+    (:mod:`moelab.study.analysis.bounds`)."""
 
     quality: float
     c_dense: float | None

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from moelab.errors import MoelabError
-from moelab.study.config import StudyConfig
+from moelab.study.plan.config import StudyConfig
 
 # Short names for the run-name suffix; any other key uses its last dotted part.
 _SHORT = {

@@ -15,6 +15,7 @@ A study YAML has these sections (all optional; the built-in default fills every 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,10 @@ class StudyEval:
     finetune_options: dict[str, Any] = field(default_factory=dict)
 
 
+# The fits' point selections (docs/fit.md; study/analysis/fit.py's select_points).
+MODES = ("envelope", "final", "all", "annealed")
+
+
 @dataclass
 class StudyFit:
     # annealed | envelope | final | all (docs/fit.md). Default: "annealed" when the base run's
@@ -121,8 +126,6 @@ class StudyConfig:
                 raise MoelabError(f"grid: bad key {key!r}; use dotted run-config keys")
         if "model" not in self.base and "model" not in self.grid:
             raise MoelabError("base.model: missing; name a preset in base.model or grid.model")
-        from moelab.study.fit import MODES
-
         if self.fit.frontier is None:
             train = self.base.get("train") or {}
             branches = train.get("schedule") == "wsd" and (train.get("cooldowns") or 0) > 0
@@ -164,8 +167,6 @@ class StudyConfig:
         if not isinstance(self.workers, int) or self.workers < 1:
             raise MoelabError(f"workers: must be an integer >= 1, got {self.workers!r}")
         if self.workers > 1 and self.threads is None:
-            from moelab.study.launch import job_threads
-
             # Each worker its share of the cores: oversubscribed OpenMP threads are slower
             # than fewer. Recorded in study.yaml, so the report states what ran.
             self.threads = job_threads(self.workers)
@@ -174,6 +175,18 @@ class StudyConfig:
         if not (self.flops_per_second > 0 and math.isfinite(self.flops_per_second)):
             raise MoelabError("flops_per_second: must be a positive number")
         return self
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def job_threads(workers: int) -> int:
+    """Each of ``workers`` jobs gets an equal share of this machine's cores (at least one)."""
+    return max(1, usable_cores() // workers)
 
 
 def task_label(name: str) -> str:
@@ -189,7 +202,7 @@ def load_study(path: str | Path | None, overrides: list[str] | None = None) -> S
     overrides. Relative paths (data root, prepared folder) are relative to the working folder,
     like every other path on the command line."""
     if path is None:
-        from moelab.study.defaults import default_study_dict
+        from moelab.study.plan.defaults import default_study_dict
 
         data = default_study_dict()
     else:

@@ -10,8 +10,8 @@ Every run uses a warmup-stable-decay schedule with cooldown branches, so each si
 annealed points at 1, 1/2 and 1/4 of its budget and the fits see a frontier of annealed
 models, not learning curves. The smallest pair is repeated with a second seed:
 the seed-to-seed spread of the two pairs (2 degrees of freedom) gives every speedup an interval
-(study/bootstrap.py; a third seed, `--set "replicates.seeds=[2,3]"`, narrows it at about 2 more
-minutes). (At 1/8 of the budget these models are still
+(study/analysis/bootstrap.py; a third seed, `--set "replicates.seeds=[2,3]"`, narrows it at
+about 2 more minutes). (At 1/8 of the budget these models are still
 leaving the unigram plateau, which no power law describes: hence two cooldowns and
 ``min_run_fraction: 0.2``.) BLiMP (20 pairs per paradigm, 1340 in
 all) is scored zero-shot where ``../shared/data/blimp`` exists (``eval.optional``: skipped with a

@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from moelab.study.config import StudyEval
+from moelab.study.plan.config import StudyEval
 
 STUDY_EVAL = "study_eval.json"
 
