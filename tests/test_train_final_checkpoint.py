@@ -9,13 +9,13 @@ name, so a folder renamed by hand passed for the newest.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import pytest
 
 from _robust import (
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
     shared_prepared,
     shared_run,
@@ -53,14 +53,15 @@ def test_run_ending_in_skipped_updates_saves_its_final_step(prepared, tmp_path, 
     assert stdout.startswith("exported step 6 as "), stdout
 
 
-def test_step_comes_from_meta_not_the_folder_name(tmp_path_factory, tmp_path, capsys):
+def test_step_comes_from_meta_not_the_folder_name(tmp_path_factory, tmp_path, caplog):
     run = shutil.copytree(shared_run(tmp_path_factory), tmp_path / "run")
     ckpts = run / "checkpoints"
     (ckpts / "step_00000002").rename(ckpts / "step_00000099")  # the older one, renamed
     assert [c.step for c in list_checkpoints(run)] == [2, 4]
-    _, _, meta = load_model(run, announce=True)
+    with caplog.at_level(logging.INFO, logger="moelab"):  # the library logs, a command shows it
+        _, _, meta = load_model(run, announce=True)
     assert meta["step"] == 4
-    assert f"{run}: loaded checkpoint step_00000004 (step 4)" in capsys.readouterr().err
+    assert f"{run}: loaded checkpoint step_00000004 (step 4)" in caplog.text
     _, _, meta = load_model(run, step=2)  # found by its real step, under whatever name
     assert meta["step"] == 2
     with pytest.raises(MoelabError, match="no valid checkpoint at step 99"):

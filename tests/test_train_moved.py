@@ -16,7 +16,6 @@ import yaml
 
 from _robust import (
     micro_study_config,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     results_csv_without_wall_times,
     run_cli,
     tiny_run_config,

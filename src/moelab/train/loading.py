@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,8 @@ from moelab.model import LanguageModel, build_model
 from moelab.train import checkpoint as ckpt_io
 from moelab.train.config import RunConfig
 from moelab.train.rundir import read_run_config
+
+log = logging.getLogger(__name__)
 
 
 def load_model(
@@ -50,9 +52,9 @@ def load_model(
     ckpt_io.load_weights(found.path, model)
     # Only now (a usable checkpoint exists) are the skipped newer ones worth a note.
     for bad, reason in skipped:
-        print(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it", file=sys.stderr)
+        log.warning(f"checkpoint {bad.path.name} is not valid ({reason}); skipping it")
     meta = ckpt_io.read_meta(found.path)
     if announce:
         what = f"{found.path.name} (step {found.step})"
-        print(f"{run_dir}: loaded checkpoint {what}", file=sys.stderr)
+        log.info(f"{run_dir}: loaded checkpoint {what}")
     return model.to(device).eval(), cfg, meta

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from moelab.paths import check_can_create
 from moelab.train.checkpoint import CHECKPOINTS
 from moelab.train.config import RunConfig, config_differences, load_run_config
 from moelab.train.metrics import METRICS
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 TOKENIZER = "tokenizer.json"
@@ -65,7 +67,7 @@ def stored_config(cfg: RunConfig, run_dir: Path) -> RunConfig:
     if not data.is_relative_to(study.resolve()):
         return cfg
     relative = os.path.relpath(data, run_dir.resolve())
-    return RunConfig(cfg.model, dataclasses.replace(cfg.data, dir=relative), cfg.train, cfg.notes)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=relative))
 
 
 def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
@@ -90,10 +92,9 @@ def claim_run_dir(cfg: RunConfig, run_dir: Path, *, write: bool) -> bool:
         if diffs and not has_checkpoints(run_dir) and not (run_dir / DONE).exists():
             # A start that never reached its first checkpoint has nothing to resume.
             if write:
-                print(
+                log.warning(
                     f"note: {run_dir} held a run with no checkpoint yet; starting over with the "
-                    "new config",
-                    file=sys.stderr,
+                    "new config"
                 )
             diffs, existing = [], None
         if diffs:

@@ -12,6 +12,7 @@ only); only rank 0 writes files (``self.is_main``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import signal
 import time
@@ -55,6 +56,8 @@ from moelab.train.validation import build_eval_sets, evaluate
 
 if TYPE_CHECKING:
     from moelab.parallel.launch import Topology
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(MoelabError):
@@ -456,7 +459,6 @@ class Trainer:
         bar = ProgressBar(
             budget.total_steps, start_step, enabled=self.show_progress, title=cfg.model.name
         )
-        self._bar = bar
         telemetry = (
             MoeTelemetry(cfg.model.n_experts, cfg.model.top_k, self.device)
             if cfg.model.is_moe
@@ -663,12 +665,5 @@ class Trainer:
         return reduce_moe_rows(layers, self.device)
 
     def _say(self, message: str) -> None:
-        if not self.is_main:
-            return
-        bar = getattr(self, "_bar", None)
-        if bar is not None:
-            bar.log(message)
-        else:
-            import sys
-
-            print(message, file=sys.stderr, flush=True)
+        if self.is_main:  # a command shows moelab's log on stderr, above a running bar
+            log.info(message)
