@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -132,3 +133,32 @@ def test_shipped_recipes_load(path):
         assert t.lr == lr and t.batch_size * t.seq_len == batch_tokens
         assert t.budget_tokens == 300_000_000_000 and t.warmup_tokens == 375_000_000
         assert cfg.model.dropout == 0.1 and not math.isnan(resolve_budget(cfg).flops_per_token)
+
+
+def test_upcycled_from_is_recorded_hashed_but_not_its_place(prepared, tmp_path):
+    from moelab.train.config import replace_train
+    from moelab.train.rundir import STUDY_MARKER, stored_config
+
+    plain = load_run_config(tiny_config(prepared, moe=True))
+    assert "upcycled_from" not in plain.to_dict()  # other runs keep their config and hash
+    up = {"run": "/old/dense", "config_hash": "abc", "step": 4, "tokens": 512, "train_flops": 1e9}
+    raw = {**tiny_config(prepared, moe=True), "upcycled_from": up}
+    cfg = load_run_config(raw)
+    assert cfg.upcycled_from.step == 4 and cfg.to_dict()["upcycled_from"] == up
+    assert load_run_config(yaml.safe_load(cfg.to_yaml())).upcycled_from == cfg.upcycled_from
+    assert cfg.config_hash() != plain.config_hash()
+    moved = load_run_config({**raw, "upcycled_from": {**up, "run": "/new/dense"}})
+    assert moved.config_hash() == cfg.config_hash() and config_differences(cfg, moved) == []
+    assert replace_train(cfg, lr=0.5).upcycled_from == cfg.upcycled_from
+    # A study run's stored config (data.dir made relative) keeps every section.
+    study = tmp_path / "study"
+    (study / "runs").mkdir(parents=True)
+    (study / STUDY_MARKER).write_text("")
+    inside = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=str(study / "d")))
+    inside.parallel.activation_checkpointing = True
+    kept = stored_config(inside, study / "runs" / "r")
+    assert kept.data.dir == "../../d" and kept.upcycled_from == cfg.upcycled_from
+    assert kept.parallel.activation_checkpointing
+    with pytest.raises(MoelabError, match="^upcycled_from.step: expected an integer") as e:
+        load_run_config({**raw, "upcycled_from": {**up, "step": "four"}})
+    assert "\n" not in str(e.value)

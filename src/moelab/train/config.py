@@ -5,7 +5,8 @@ of ``ModelConfig`` fields, optionally ``preset: NAME`` plus fields that override
 ``data`` is the prepared data folder (or a mapping with ``dir`` and optional mixture
 ``weights``). ``train`` is a :class:`TrainConfig`. ``parallel`` is a
 :class:`~moelab.parallel.options.ParallelConfig` (how a run of several processes is spread; all
-defaults when absent). Everything is checked up front; errors name the dotted key.
+defaults when absent). ``upcycled_from`` (:class:`UpcycledFrom`) is written by ``moelab
+upcycle`` only. Everything is checked up front; errors name the dotted key.
 
 The model's ``vocab_size`` always comes from the prepared data's tokenizer, so a run can never
 disagree with its data about token ids.
@@ -35,7 +36,7 @@ from moelab.config import (
 from moelab.errors import MoelabError
 from moelab.parallel.options import ParallelConfig
 
-SECTIONS = ("model", "data", "train", "parallel")
+SECTIONS = ("model", "data", "train", "parallel", "upcycled_from")
 
 # Keys that may change when a run resumes: they change how a run is watched or stored,
 # never the numbers it produces.
@@ -198,7 +199,19 @@ class TrainConfig:
 
 # Identified by the data's fingerprint, not by its path: a moved data, run or study folder must
 # resume. The trainer compares the checkpoint's data_fingerprint (and tokenizer) with the data.
-LOCATION_KEYS = frozenset({"data.dir"})
+LOCATION_KEYS = frozenset({"data.dir", "upcycled_from.run"})
+
+
+@dataclass
+class UpcycledFrom:
+    """The dense run an upcycled MoE run started from (``moelab upcycle``, docs/upcycle.md),
+    so that a study can count the dense run's compute."""
+
+    run: str = ""  # the dense run folder (where it was: not hashed, like data.dir)
+    config_hash: str = ""  # the dense run's config hash
+    step: int = 0  # the dense checkpoint copied
+    tokens: int = 0  # tokens the dense run had trained on at that step
+    train_flops: float = 0.0  # its training FLOPs to that step (the paper's accounting)
 
 
 @dataclass
@@ -210,14 +223,18 @@ class RunConfig:
     train: TrainConfig
     notes: list[str] = field(default_factory=list)  # how values were resolved; not compared
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    upcycled_from: UpcycledFrom | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "model": to_dict(self.model),
             "data": to_dict(self.data),
             "train": to_dict(self.train),
             "parallel": to_dict(self.parallel),
         }
+        if self.upcycled_from is not None:  # absent otherwise: every other run keeps its hash
+            out["upcycled_from"] = to_dict(self.upcycled_from)
+        return out
 
     def to_yaml(self) -> str:
         header = "# Resolved moelab run config (moelab train writes this; it reloads as is).\n"
@@ -342,6 +359,10 @@ def run_config_from_dict(raw: dict[str, Any], *, check_data: bool = True) -> Run
     parallel = from_dict(ParallelConfig, {} if parallel_raw is None else parallel_raw, "parallel")
     check_finite(parallel, "parallel")
     parallel.validate()
+    upcycled = raw.get("upcycled_from")
+    if upcycled is not None:
+        upcycled = from_dict(UpcycledFrom, upcycled, "upcycled_from")
+        check_finite(upcycled, "upcycled_from")
     notes: list[str] = []
     if preset_name:
         notes.append(f"model: preset {preset_name}" + (" with overrides" if explicit else ""))
@@ -372,7 +393,9 @@ def run_config_from_dict(raw: dict[str, Any], *, check_data: bool = True) -> Run
         raise MoelabError(
             f"train.seq_len: {train.seq_len} exceeds model.max_seq_len {model.max_seq_len}"
         )
-    return RunConfig(model=model, data=data, train=train, notes=notes, parallel=parallel)
+    return RunConfig(
+        model=model, data=data, train=train, notes=notes, parallel=parallel, upcycled_from=upcycled
+    )
 
 
 def load_run_config(
@@ -413,13 +436,7 @@ def open_prepared(path: str | Path):
 def replace_train(cfg: RunConfig, **changes: Any) -> RunConfig:
     """A copy of ``cfg`` with some train fields changed (validated)."""
     train = dataclasses.replace(cfg.train, **changes).validate()
-    return RunConfig(
-        copy.deepcopy(cfg.model),
-        copy.deepcopy(cfg.data),
-        train,
-        list(cfg.notes),
-        copy.deepcopy(cfg.parallel),
-    )
+    return dataclasses.replace(copy.deepcopy(cfg), train=train)
 
 
 def with_parallel_env(cfg: RunConfig) -> RunConfig:
