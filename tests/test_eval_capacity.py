@@ -110,9 +110,9 @@ def test_every_evaluation_restores_train_flags_and_capacity(setup):
 @pytest.mark.slow
 def test_study_evaluation_same_priming_with_and_without_ppl(setup):
     """The issue's check: a study evaluation with eval.ppl true and false gives the same
-    priming results (moelab.study.evaluate.evaluate_run, used read-only)."""
-    from moelab.study.config import StudyConfig, StudyEval
-    from moelab.study.evaluate import evaluate_run
+    priming results (moelab.study.run.evaluate.evaluate_run, used read-only)."""
+    from moelab.study.plan.config import StudyConfig, StudyEval
+    from moelab.study.run.evaluate import evaluate_run
 
     run_dir, _ = setup
     task_path = str(run_dir.parent / "tasks" / "words.jsonl")

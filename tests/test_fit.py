@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from moelab.errors import MoelabError
-from moelab.study.fit import (
+from moelab.study.analysis.fit import (
     EvalPoint,
     chance_interval,
     fit_monotone,

@@ -9,7 +9,7 @@ import re
 
 import matplotlib.pyplot as plt
 
-from moelab.study.plots import _compute_axis, _loss_axis, _ratio_axis
+from moelab.study.analysis.plots import _compute_axis, _loss_axis, _ratio_axis
 
 
 def _labels(ax, axis: str) -> list[tuple[float, str]]:

@@ -109,7 +109,7 @@ def test_damaged_study_is_refused_and_kept(damage, match, study_copy, capsys):
 def test_readme_snippet_prints_the_markdown_block(study_copy, capsys):
     """`--readme-snippet` rebuilds the report, prints the snippet (and only it) on stdout, the
     status line on stderr, and leaves the same text in readme_snippet.md."""
-    from moelab.study.snippet import BEGIN, END
+    from moelab.study.analysis.snippet import BEGIN, END
 
     rc, out, err = run_cli(capsys, ["report", study_copy, "--readme-snippet"])
     assert rc == 0, err

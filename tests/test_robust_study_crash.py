@@ -58,7 +58,7 @@ def test_killed_study_resumes_to_the_same_results(
     micro_study, tmp_path_factory, tmp_path, monkeypatch
 ):
     import moelab.eval.priming as priming
-    import moelab.study.report as report
+    import moelab.study.analysis.report as report
     import moelab.train.checkpoint as checkpoint
 
     baseline = micro_study

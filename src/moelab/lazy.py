@@ -2,8 +2,8 @@
 
 ``moelab.data``, ``moelab.eval`` and ``moelab.study`` export their public functions this way:
 ``from moelab.eval import run_perplexity`` works, while importing one submodule (a tokenizer
-worker importing ``moelab.data.sources``, the report importing ``moelab.study.fit``) does not
-import every sibling and torch with it. Nothing here imports the packages it serves, so no
+worker importing ``moelab.data.sources``, the report importing ``moelab.study.analysis.fit``)
+does not import every sibling and torch with it. Nothing here imports the packages it serves, so no
 import cycle can start here.
 """
 
