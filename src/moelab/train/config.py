@@ -433,12 +433,6 @@ def open_prepared(path: str | Path):
     return PreparedData.open(p)
 
 
-def replace_train(cfg: RunConfig, **changes: Any) -> RunConfig:
-    """A copy of ``cfg`` with some train fields changed (validated)."""
-    train = dataclasses.replace(cfg.train, **changes).validate()
-    return dataclasses.replace(copy.deepcopy(cfg), train=train)
-
-
 def with_parallel_env(cfg: RunConfig) -> RunConfig:
     """``cfg`` with the environment's parallel overrides (MOELAB_EP, MOELAB_EXPERT_GRAD,
     MOELAB_FSDP_BF16, MOELAB_DIST_TIMEOUT_S) applied, noted in its notes so that the stored
