@@ -66,11 +66,16 @@ def test_moe_learns_and_logs_telemetry(prepared, tmp_path):
         "bottom20_share",
         "unused_experts",
         "max_over_mean_load",
+        "max_vio",
     ):
         assert isinstance(layer[key], float), key
     # Every token makes two assignments per MoE layer: the interval's counts add up.
     tokens = 10 * cfg.train.batch_size * cfg.train.seq_len
     assert sum(layer["tokens_per_expert"]) == 2 * tokens
+    # MaxVio and dead experts of the interval's loads (by hand).
+    load = layer["tokens_per_expert"]
+    assert layer["max_vio"] == pytest.approx(max(load) / (sum(load) / len(load)) - 1, rel=1e-12)
+    assert layer["dead_experts"] == sum(n == 0 for n in load)
     assert 0 < layer["gate_entropy"] <= torch.log(torch.tensor(4.0)).item() + 1e-6
     assert rows[-1]["aux_loss"] > 0
 

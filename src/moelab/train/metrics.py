@@ -92,6 +92,10 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
+# The per-layer MoE figures drawn in TensorBoard.
+_TB_MOE_KEYS = ("overflow_pct_1", "overflow_pct_2", "gate_entropy", "unused_experts", "max_vio")
+
+
 class MetricsWriter:
     def __init__(self, run_dir: str | Path, *, enabled: bool = True, tensorboard: bool = False):
         self.enabled = enabled
@@ -131,7 +135,7 @@ class MetricsWriter:
         for dom, v in (row.get("val_loss") or {}).items():
             self._tb.add_scalar(f"val_loss/{dom}", v, step)
         for layer in row.get("moe") or []:
-            for key in ("overflow_pct_1", "overflow_pct_2", "gate_entropy", "unused_experts"):
+            for key in _TB_MOE_KEYS:
                 if key in layer:
                     self._tb.add_scalar(f"moe_layer{layer['layer']}/{key}", layer[key], step)
 

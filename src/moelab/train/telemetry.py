@@ -10,7 +10,9 @@ device, without a host sync, and average over the interval when a metrics row is
 - ``unused_experts``: experts that received no assignment (mean per forward pass),
 - ``max_over_mean_load``: busiest expert's assignments over the mean,
 - ``tokens_per_expert``: assignments per expert summed over the interval (before dropping),
-  and ``tokens_kept_per_expert`` (after dropping), for load heatmaps.
+  and ``tokens_kept_per_expert`` (after dropping), for load heatmaps;
+- ``max_vio`` (busiest expert's load over the mean, minus 1; Wang et al. 2024) and
+  ``dead_experts`` (experts with no assignment) of the interval's summed loads.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 from typing import Any
 
 import torch
+
+from moelab.model.moe import load_balance
 
 
 class _LayerAccumulator:
@@ -70,7 +74,13 @@ class _LayerAccumulator:
             tokens_per_expert=self.routed_E.tolist(),
             tokens_kept_per_expert=self.kept_E.tolist(),
         )
-        return out
+        return with_load_balance(out)
+
+
+def with_load_balance(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with ``max_vio`` and ``dead_experts`` of its ``tokens_per_expert``."""
+    max_vio, dead = load_balance(torch.tensor(row["tokens_per_expert"]))
+    return {**row, "max_vio": float(max_vio), "dead_experts": int(dead)}
 
 
 class MoeTelemetry:

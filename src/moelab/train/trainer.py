@@ -51,7 +51,7 @@ from moelab.train.rundir import (
 from moelab.train.schedule import Cooldown, cooldown_lr
 from moelab.train.step import train_step
 from moelab.train.stop import StopRequest, TrainingStopped
-from moelab.train.telemetry import MoeTelemetry
+from moelab.train.telemetry import MoeTelemetry, with_load_balance
 from moelab.train.validation import build_eval_sets, evaluate
 
 if TYPE_CHECKING:
@@ -662,7 +662,8 @@ class Trainer:
         timers = {m.layer: m.timer.take() for m in self.model.modules() if hasattr(m, "timer")}
         for layer in layers:
             layer["all_to_all_s"] = timers.get(layer["layer"], 0.0)
-        return reduce_moe_rows(layers, self.device)
+        # The load balance of the whole batch's loads, not the mean of the ranks' own.
+        return [with_load_balance(r) for r in reduce_moe_rows(layers, self.device)]
 
     def _say(self, message: str) -> None:
         if self.is_main:  # a command shows moelab's log on stderr, above a running bar
