@@ -14,6 +14,7 @@ the same: the README's numbers come from the loop).
 
     python benchmarks/moe_layer.py            # full grid (a few minutes on 2 cores)
     python benchmarks/moe_layer.py --quick    # E=8, d=256, fp32 only
+    python benchmarks/moe_layer.py --dtypes fp32   # the fp32 half of the grid
     python benchmarks/moe_layer.py --quick --tokens 256 --reps 1   # seconds: does it run
 
 Other processes may share the CPU: compare ratios measured in the same run, not absolute times
@@ -155,6 +156,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=["fp32", "bf16"],
+        help="which dtypes the full grid covers (bf16 is slow on CPUs without AMX)",
+    )
     args = ap.parse_args()
     torch.set_flush_denormal(True)
     if args.threads:
@@ -164,7 +172,7 @@ def main() -> None:
         if args.quick
         else [
             (E, d, dt)
-            for dt in (torch.float32, torch.bfloat16)
+            for dt in [{"fp32": torch.float32, "bf16": torch.bfloat16}[n] for n in args.dtypes]
             for d in (256, 512)
             for E in (8, 64)
         ]
