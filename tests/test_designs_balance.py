@@ -192,14 +192,15 @@ def test_max_vio_dead_experts_and_telemetry_only_when_asked():
     assert torch.equal(stats[0].max_vio, vio) and torch.equal(stats[0].dead_experts, dead)
     model.eval()
     with torch.no_grad():
-        assert model(tokens, moe_stats=False).moe_stats == []
+        assert model(tokens).moe_stats == []  # evaluation: only when asked
         assert len(model(tokens, moe_stats=True).moe_stats) == 1
         cache = KVCache()
-        model(tokens[:, :4], kv_cache=cache, moe_stats=False)
-        assert model(tokens[:, 4:5], kv_cache=cache, moe_stats=False).moe_stats == []
+        model(tokens[:, :4], kv_cache=cache)
+        assert model(tokens[:, 4:5], kv_cache=cache).moe_stats == []  # decoding: none
         # Asked or not, the outputs are the same.
         a = model(tokens, moe_stats=True).logits_BTV
-        assert torch.equal(a, model(tokens, moe_stats=False).logits_BTV)
+        assert torch.equal(a, model(tokens).logits_BTV)
+    assert model.train()(tokens, moe_stats=False).moe_stats == []
 
 
 def test_no_balancing_loss_still_reports_it():

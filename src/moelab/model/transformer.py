@@ -148,9 +148,7 @@ class LanguageModel(nn.Module):
         aux_loss = x_BTD.new_zeros((), dtype=torch.float32)
         z_loss = x_BTD.new_zeros((), dtype=torch.float32)
         stats: list[MoeStats] = []
-        # TRANSITIONAL: None is "always" until eval/scoring.py asks explicitly (REQUESTS.md);
-        # then None becomes "in training mode only".
-        want_stats = True if moe_stats is None else moe_stats
+        want_stats = self.training if moe_stats is None else moe_stats
         for block in self.layers:
             x_BTD, moe_out = block(x_BTD, rotary, kv_cache, want_stats)
             if moe_out is not None:
