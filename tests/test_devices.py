@@ -27,7 +27,7 @@ def test_auto_and_named_devices():
         pytest.param(
             "cuda:1",
             "--device",
-            r"^--device: cuda:1 requested but CUDA is not available$",
+            r"^--device: cuda:1 requested but CUDA is not available; use --device cpu$",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is here"),
         ),
     ],
@@ -35,3 +35,9 @@ def test_auto_and_named_devices():
 def test_a_device_that_is_not_here_is_one_line_naming_the_setting(name, key, message):
     with pytest.raises(MoelabError, match=message):
         pick_device(name, key=key)
+
+
+def test_a_command_names_its_flag():
+    with pytest.raises(MoelabError) as e:
+        pick_device("tpu", key="device")
+    assert e.value.worded("--device") == "--device: 'tpu' is not a torch device (cpu, cuda, cuda:1)"
