@@ -12,13 +12,14 @@ from moelab.config import ModelConfig
 from moelab.errors import EXIT_USER_ERROR, MoelabError
 from moelab.model.moe import MoeFFN
 from moelab.parallel.expert_parallel import expert_parallel
-from moelab.parallel.launch import fail_fast, setup_from_env, teardown, timeout_from_env
+from moelab.parallel.launch import fail_fast, setup_from_env, teardown
+from moelab.parallel.options import ParallelConfig
 
 
 def main() -> int:
     ready = Path(sys.argv[1])
     torch.set_num_threads(1)
-    timeout_s = timeout_from_env()
+    timeout_s = ParallelConfig().with_env()[0].timeout_s  # MOELAB_DIST_TIMEOUT_S
     try:
         topo = setup_from_env(n_experts=4, device="cpu", timeout_s=timeout_s)
         cfg = ModelConfig(d_model=16, n_heads=2, d_ffn=32, n_experts=4, capacity_factor=None)

@@ -25,7 +25,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from moelab.devices import pick_device
 from moelab.errors import MoelabError
-from moelab.parallel.options import DEFAULT_TIMEOUT_S, ENV_TIMEOUT
+from moelab.parallel.options import ParallelConfig
 
 
 @dataclass
@@ -97,19 +97,6 @@ def check_ep(ep: int, world: int, n_experts: int) -> None:
         )
 
 
-def timeout_from_env(default_s: float = DEFAULT_TIMEOUT_S) -> float:
-    raw = os.environ.get(ENV_TIMEOUT)
-    if raw is None:
-        return default_s
-    try:
-        value = float(raw)
-    except ValueError:
-        raise MoelabError(f"{ENV_TIMEOUT}={raw!r} is not a number of seconds") from None
-    if not value > 0:
-        raise MoelabError(f"{ENV_TIMEOUT} must be > 0, got {raw}")
-    return value
-
-
 def init_process_group(
     rank: int, world: int, *, backend: str, timeout_s: float, init_method: str | None = None
 ) -> None:
@@ -172,7 +159,9 @@ def setup_from_env(
     ep = default_ep(world, n_experts) if ep is None else ep
     check_ep(ep, world, n_experts)
     topo = Topology(rank=rank, world=world, local_rank=local_rank, ep=ep, device=dev)
-    init_process_group(rank, world, backend=backend, timeout_s=timeout_s or timeout_from_env())
+    if timeout_s is None:  # MOELAB_DIST_TIMEOUT_S, else the parallel section's default
+        timeout_s = ParallelConfig().with_env()[0].timeout_s
+    init_process_group(rank, world, backend=backend, timeout_s=timeout_s)
     topo.mesh = build_mesh(topo)
     return topo
 
