@@ -51,8 +51,8 @@ from moelab.study.analysis.speedup import (
     fits_json,
     moe_frontier_mode,
 )
-from moelab.study.plan.config import task_label
-from moelab.study.plan.layout import run_dir, runs_dir
+from moelab.study.plan.config import load_study, study_to_dict, task_label
+from moelab.study.plan.layout import eval_key, run_dir, runs_dir
 from moelab.study.results.collect import expert_load, read_records
 from moelab.study.results.diverged import diverged_runs
 from moelab.study.results.table import Accuracy, CurvePoint, FinalEval, write_results
@@ -63,9 +63,6 @@ Echo = Callable[[str], None]
 def _load_study(out_dir: Path) -> tuple[dict[str, Any], str | None]:
     """The study config as written by `moelab study` (a dict, as the report reads it) and its
     evaluation key; ({}, None) for a folder without study.yaml. A damaged file is refused."""
-    from moelab.study.plan.config import load_study, study_to_dict
-    from moelab.study.plan.layout import eval_key
-
     f = out_dir / "study.yaml"
     if not f.exists():
         return {}, None
@@ -87,22 +84,14 @@ def _plan_order(out_dir: Path) -> list[str]:
     f = out_dir / "plan.json"
     if not f.exists():
         return []
-    fix = f"{_rerun(out_dir)} to rewrite it"
     try:
-        plan = json.loads(f.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise MoelabError(f"{f}: not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-        raise MoelabError(f"{f}: cannot read it ({reason}); {fix}") from None
-    if not isinstance(plan, list) or not plan:
-        raise MoelabError(f"{f}: expected a non-empty list of planned runs; {fix}")
-    names = []
-    for i, entry in enumerate(plan):
-        name = entry.get("run") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise MoelabError(f"{f}: entry {i} has no valid 'run' name; {fix}")
-        names.append(name)
+        names = [entry["run"] for entry in json.loads(f.read_text(encoding="utf-8"))]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        why = e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise MoelabError(f"{f}: not a plan ({why}); {_rerun(out_dir)} to rewrite it") from None
+    ok = [isinstance(n, str) and n not in ("", ".", "..") and "/" not in n for n in names]
+    if not names or not all(ok):
+        raise MoelabError(f"{f}: expected a list of run names; {_rerun(out_dir)} to rewrite it")
     return names
 
 
@@ -459,18 +448,8 @@ def _setup(doc: Document, study: dict, finals: list[CurvePoint], meta: dict, an:
         "Out-of-domain sets (never trained on): " + (", ".join(meta["out_domains"]) or "none"),
     ]
     if train:
-        keys = (
-            "seq_len",
-            "batch_size",
-            "lr",
-            "schedule",
-            "warmup_steps",
-            "dtype",
-            "budget_tokens",
-            "budget_flops",
-            "budget_steps",
-            "eval_points",
-        )
+        keys = "seq_len batch_size lr schedule warmup_steps dtype budget_tokens budget_flops"
+        keys = keys.split() + ["budget_steps", "eval_points"]
         shown = ", ".join(f"{k}={train[k]}" for k in keys if train.get(k) is not None)
         items.append(f"Training settings shared by every run: {shown}")
     grid = study.get("grid") or {}

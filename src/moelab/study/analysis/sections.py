@@ -21,6 +21,7 @@ from moelab.study.analysis.speedup import (
     Headline,
     MetricAnalysis,
     seed_sd_text,
+    times,
 )
 from moelab.study.results.table import Accuracy, CurvePoint, FinalEval
 
@@ -53,10 +54,6 @@ def si(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.3g}{unit}"
     return f"{x:.3g}"
-
-
-def times(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
 
 
 def interval_text(lo: float | None, hi: float | None) -> str:

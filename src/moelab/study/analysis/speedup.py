@@ -201,8 +201,8 @@ def headline(
         note=p.note,
         n_resamples=p.n_resamples,
     )
-    fit_text = f"the fit gave {_x(p.speedup)}" + (
-        f" [{_x(p.lo)}, {_x(p.hi)}]" if p.lo is not None else ""
+    fit_text = f"the fit gave {times(p.speedup)}" + (
+        f" [{times(p.lo)}, {times(p.hi)}]" if p.lo is not None else ""
     )
     if p.contradicted in (">=", "<="):
         lower = p.contradicted == ">="
@@ -221,7 +221,8 @@ def headline(
     return h
 
 
-def _x(v: float | None) -> str:
+def times(v: float | None) -> str:
+    """A speedup as the report writes it (``2.00x``; ``-`` for none)."""
     return "-" if v is None else f"{v:.2f}x"
 
 

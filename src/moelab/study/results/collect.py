@@ -31,7 +31,8 @@ def _float(v: Any) -> float | None:
 
 
 def validation_points(metrics: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl that carry validation losses, as table points."""
+    """The rows of metrics.jsonl that carry validation losses: a :class:`CurvePoint`'s step,
+    tokens, FLOPs, annealing and branch fields, and ``val``, the loss per domain."""
     points = []
     for row in metrics:
         val = row.get("val_loss")
@@ -132,13 +133,7 @@ def curve(
                 family=ev["family"],
                 preset=ev["preset"],
                 seed=cfg.train.seed,
-                step=p["step"],
-                tokens=p["tokens"],
-                train_flops=p["train_flops"],
-                train_flops_spent=p["train_flops_spent"],
-                annealed=p["annealed"],
-                branch=p["branch"],
-                fork_step=p["fork_step"],
+                **{k: v for k, v in p.items() if k != "val"},  # step, tokens, FLOPs, branch
                 params_total=counts.total,
                 params_active=counts.active,
                 params_active_non_embedding=counts.active_non_embedding,

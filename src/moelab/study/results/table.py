@@ -178,17 +178,8 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     losses, accuracies."""
     seen = list(dict.fromkeys(k for row in rows for k in row))
     fixed = seen[: seen.index("eval_wall_s") + 1]
-    order = (
-        "grid.",
-        "loss/",
-        "eval_loss/",
-        "zero_shot/",
-        "zero_shot_lo/",
-        "zero_shot_hi/",
-        "zero_shot_score",
-        "few_shot/",
-        "finetune/",
-    )
+    order = "grid. loss/ eval_loss/ zero_shot/ zero_shot_lo/ zero_shot_hi/ zero_shot_score"
+    order = order.split() + ["few_shot/", "finetune/"]
     extra = sorted(
         seen[len(fixed) :],
         key=lambda k: next((i for i, p in enumerate(order) if k.startswith(p)), len(order)),
