@@ -16,8 +16,9 @@ import pytest
 from _eval_models import train_eval_run
 from moelab.eval.perplexity import evaluate_perplexity, run_perplexity, sources_from_prepared
 from moelab.eval.priming import evaluate_task, run_priming
-from moelab.eval.runs import evaluation_state, moe_layers, open_run, set_capacity
+from moelab.eval.runs import open_run
 from moelab.eval.tasks import get_task
+from moelab.train.validation import evaluation_state, moe_layers, set_capacity
 
 WORDS = "the cat sat on a mat dog ran to park bird sang in tree she poured milk".split()
 

@@ -38,7 +38,7 @@ def test_bars_draw_on_a_terminal_and_log_lines_go_above(monkeypatch):
             go(10)
         bar = ProgressBar(5, 1, enabled=True, title="tiny-moe")
         bar.update(4, 3.25, 1234.0)
-        bar.log("cooldown 4 -> 5: books 3.100")
+        logging.getLogger("moelab.train.trainer").info("cooldown 4 -> 5: books 3.100")
         bar.close()
         term.flush()
     out = _read_all(master)

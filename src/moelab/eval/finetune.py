@@ -166,7 +166,7 @@ def _train_one(
     advance,
 ) -> tuple[nn.Module, nn.Module, float, int]:
     """Fine-tune a fresh copy of ``base`` at ``lr``; returns (model, head, last loss, tokens)."""
-    from moelab.eval.runs import set_capacity
+    from moelab.train.validation import set_capacity
 
     torch.manual_seed(s.seed)  # dropout masks: the same stream for every learning rate
     model = copy.deepcopy(base).to(device)

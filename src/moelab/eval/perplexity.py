@@ -22,10 +22,10 @@ import torch
 
 from moelab.data.globbing import expand
 from moelab.errors import MoelabError, check_at_least_one
-from moelab.eval.runs import evaluation_state, forward_flops
+from moelab.eval.runs import forward_flops
 from moelab.eval.scoring import ForwardStats, LogitsAt, model_logits_at
 from moelab.progress import progress_bar
-from moelab.train.validation import summed_nll
+from moelab.train.validation import evaluation_state, summed_nll
 
 IN_DOMAIN, OUT_OF_DOMAIN = "in-domain", "out-of-domain"
 BATCH_SIZE = 8  # windows per forward

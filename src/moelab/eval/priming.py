@@ -21,7 +21,7 @@ from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval.fewshot import check_sampling, sample_shots, shot_prefix
 from moelab.eval.logprobs import BATCH_TOKENS
-from moelab.eval.runs import evaluation_state, forward_flops
+from moelab.eval.runs import forward_flops
 from moelab.eval.scoring import (
     MODES,
     Candidate,
@@ -37,6 +37,7 @@ from moelab.eval.stats import bootstrap_ci, correct_probability, mean_std
 from moelab.eval.tasks.items import Task
 from moelab.eval.tokens import make_encode
 from moelab.progress import progress_bar
+from moelab.train.validation import evaluation_state
 
 DEFAULT_SEEDS_FEWSHOT = 25  # the paper averages 25 draws of examples
 

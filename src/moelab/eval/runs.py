@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,7 @@ from typing import Any
 import torch
 
 from moelab.errors import MoelabError
+from moelab.train.validation import moe_layers
 
 
 @dataclass
@@ -67,21 +66,6 @@ def open_run(run_dir: str | Path, step: int | None = None, device: str | None = 
     return OpenedRun(run_dir, model, run_cfg, meta, load_tokenizer(tok_path))
 
 
-def moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    from moelab.model import MoeFFN
-
-    return [m for m in model.modules() if isinstance(m, MoeFFN)]
-
-
-def set_capacity(
-    model: torch.nn.Module, eval_factor: float | None = None, train_factor: float | None = None
-) -> None:
-    """Set the MoE capacity factors of every MoE layer (None = dropless)."""
-    for layer in moe_layers(model):
-        layer.eval_capacity_factor = eval_factor
-        layer.capacity_factor = train_factor
-
-
 def parse_capacity(value: Any, key: str = "capacity_factor") -> float | None:
     """A MoE capacity factor as a user gives it: a number > 0, or None / "dropless" / "none" /
     "null" for dropless (the default). ``key`` names the setting in the error line."""
@@ -94,37 +78,6 @@ def parse_capacity(value: Any, key: str = "capacity_factor") -> float | None:
     if not factor > 0:
         raise MoelabError(f"{{key}} must be > 0, got {factor}", key)
     return factor
-
-
-_KEEP: Any = object()  # evaluation_state: leave the capacity factors as they are
-
-
-@contextmanager
-def evaluation_state(
-    model: torch.nn.Module | None, capacity_factor: float | None = _KEEP
-) -> Iterator[None]:
-    """Eval mode (and, when ``capacity_factor`` is given, that MoE capacity factor in train and
-    eval mode; None = dropless) for the body of the ``with``. On exit every module's train/eval
-    flag and every MoE layer's capacity factors are what they were on entry, so an evaluation
-    never changes what a later one on the same model computes (perplexity used to leave the
-    layers dropless, and priming after it then ignored ``model.eval_capacity_factor``)."""
-    if model is None:
-        yield
-        return
-    flags = [(m, m.training) for m in model.modules()]
-    factors = [(m, m.capacity_factor, m.eval_capacity_factor) for m in moe_layers(model)]
-    try:
-        model.eval()
-        if capacity_factor is not _KEEP:
-            set_capacity(model, eval_factor=capacity_factor, train_factor=capacity_factor)
-        yield
-    finally:
-        # Per module, not model.train(flag): a model may hold a mix (e.g. frozen parts in eval).
-        for module, training in flags:
-            module.training = training
-        for layer, train_cf, eval_cf in factors:
-            layer.capacity_factor = train_cf
-            layer.eval_capacity_factor = eval_cf
 
 
 def capacity_report(model: torch.nn.Module) -> dict[str, Any]:

@@ -98,7 +98,8 @@ class MoelabLM(TemplateLM):
         super().__init__()
         device = _usable_device(device)
         from moelab.data.tokenizer import eot_token_id
-        from moelab.eval.runs import open_run, parse_capacity, pick_device, set_capacity
+        from moelab.eval.runs import open_run, parse_capacity, pick_device
+        from moelab.train.validation import set_capacity
 
         if model is None:
             if run_dir is None:

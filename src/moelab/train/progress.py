@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-
 from moelab.progress import bars
-
-log = logging.getLogger(__name__)
 
 
 class ProgressBar:
@@ -26,9 +22,6 @@ class ProgressBar:
         if tokens_per_s is not None:
             fields["tps"] = f"{tokens_per_s:,.0f}"
         self._bars.update(self._task, completed=step, **fields)
-
-    def log(self, message: str) -> None:
-        log.info(message)  # drawn above the bar while it runs (moelab.progress)
 
     def close(self) -> None:
         self._bars.stop()

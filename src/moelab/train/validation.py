@@ -9,12 +9,14 @@ dropout and the MoE's evaluation capacity (dropless by default), then back to tr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from moelab.model import MoeFFN
 
 B = TypeVar("B")
 
@@ -53,6 +55,50 @@ def build_eval_sets(data, seq_len: int, eval_tokens: int, batch_size: int) -> di
     return sets
 
 
+def moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, MoeFFN)]
+
+
+def set_capacity(
+    model: torch.nn.Module, eval_factor: float | None = None, train_factor: float | None = None
+) -> None:
+    """Set the MoE capacity factors of every MoE layer (None = dropless)."""
+    for layer in moe_layers(model):
+        layer.eval_capacity_factor = eval_factor
+        layer.capacity_factor = train_factor
+
+
+_KEEP: Any = object()  # evaluation_state: leave the capacity factors as they are
+
+
+@contextlib.contextmanager
+def evaluation_state(
+    model: torch.nn.Module | None, capacity_factor: float | None = _KEEP
+) -> Iterator[None]:
+    """Eval mode (and, when ``capacity_factor`` is given, that MoE capacity factor in train and
+    eval mode; None = dropless) for the body of the ``with``. On exit every module's train/eval
+    flag and every MoE layer's capacity factors are what they were on entry, so an evaluation
+    never changes what a later one on the same model computes (perplexity used to leave the
+    layers dropless, and priming after it then ignored ``model.eval_capacity_factor``)."""
+    if model is None:
+        yield
+        return
+    flags = [(m, m.training) for m in model.modules()]
+    factors = [(m, m.capacity_factor, m.eval_capacity_factor) for m in moe_layers(model)]
+    try:
+        model.eval()
+        if capacity_factor is not _KEEP:
+            set_capacity(model, eval_factor=capacity_factor, train_factor=capacity_factor)
+        yield
+    finally:
+        # Per module, not model.train(flag): a model may hold a mix (e.g. frozen parts in eval).
+        for module, training in flags:
+            module.training = training
+        for layer, train_cf, eval_cf in factors:
+            layer.capacity_factor = train_cf
+            layer.eval_capacity_factor = eval_cf
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -61,8 +107,6 @@ def evaluate(
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> dict[str, float]:
     """Mean next-token cross-entropy (nats) per domain."""
-    was_training = model.training
-    model.eval()
 
     def batch_nll(batch) -> tuple[torch.Tensor, int]:
         inputs_BT = batch.inputs_BT.to(device, non_blocking=True)
@@ -74,10 +118,8 @@ def evaluate(
         return (loss_BT * mask_BT).sum(), batch.n_tokens
 
     out = {}
-    try:
+    with evaluation_state(model):
         for domain, batches in eval_sets.items():
             nll, count = summed_nll(batches, batch_nll)
             out[domain] = nll / max(1, count)
-    finally:
-        model.train(was_training)
     return out
