@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from _study_rows import study_rows  # noqa: E402
-from moelab.study.analysis import analyse_loss  # noqa: E402
+from _study_rows import points, study_rows  # noqa: E402
+from moelab.study.analysis.speedup import analyse_loss  # noqa: E402
 
 TRUE_SPEEDUP = 2.0
 
@@ -40,7 +40,7 @@ def coverage(seeds: int, trials: int, noise: float, bootstrap: int) -> dict:
             noise_seed=1000 + trial,
         )
         ma = analyse_loss(
-            rows,
+            points(rows),
             "loss_in_domain",
             "in-domain",
             {"moe8-top2": "dense"},

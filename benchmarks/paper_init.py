@@ -87,8 +87,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def default_study_data(out: Path) -> Path:
-    from moelab.study.config import load_study
-    from moelab.study.data import prepare_study_data
+    from moelab.study.plan.config import load_study
+    from moelab.study.run.data import prepare_study_data
 
     return prepare_study_data(load_study(None), out / "data", print)
 
