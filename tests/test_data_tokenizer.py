@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 from moelab.data.tokenizer import (
     MIN_VOCAB,
+    DocumentEncoder,
     can_cut_documents,
     cut_document,
-    encode_documents,
     special_ids,
     train_bpe,
 )
@@ -51,7 +51,8 @@ def test_cut_pieces_encode_like_the_whole(tok, text, piece_chars):
 
 def test_encode_documents_matches_plain_encode(tok):
     docs = [TEXT, "short", TEXT[:500]]
-    got = encode_documents(tok, docs)
+    with DocumentEncoder(tok, 1) as encoder:
+        got = encoder.encode(docs)
     assert [g.tolist() for g in got] == [tok.encode(d, add_special_tokens=False).ids for d in docs]
 
 

@@ -55,6 +55,17 @@ def filter_logits(logits_V: torch.Tensor, top_k: int, top_p: float) -> torch.Ten
     return logits_V
 
 
+def draw(
+    logits_BV: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator
+) -> torch.Tensor:
+    """Each row's next token: the argmax at temperature 0, else a draw from the filtered
+    distribution (one ``gen`` stream; a row draws as it would alone)."""
+    if temperature <= 0:
+        return logits_BV.argmax(-1)
+    rows = [filter_logits(row / temperature, top_k, top_p) for row in logits_BV]
+    return torch.multinomial(torch.softmax(torch.stack(rows), -1), 1, generator=gen)[:, 0]
+
+
 @torch.no_grad()
 def sample(
     model: nn.Module,
@@ -69,20 +80,15 @@ def sample(
     s = (settings or Sampling(**options)).validate()
     if not prompt_ids:
         raise MoelabError("generate: the prompt is empty after tokenisation")
-    max_new_tokens, temperature, top_k, top_p = s.max_new_tokens, s.temperature, s.top_k, s.top_p
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(s.seed)
     cache = KVCache()
     tokens_BT = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     out: list[int] = []
-    for _ in range(max_new_tokens):
-        logits_V = model(tokens_BT, kv_cache=cache, last_only=True).logits_BTV[0, -1].float().cpu()
-        if temperature == 0:
-            next_id = int(torch.argmax(logits_V))
-        else:
-            logits_V = filter_logits(logits_V / temperature, top_k, top_p)
-            next_id = int(torch.multinomial(torch.softmax(logits_V, -1), 1, generator=gen))
+    for _ in range(s.max_new_tokens):
+        logits_1V = model(tokens_BT, kv_cache=cache, last_only=True).logits_BTV[:, -1]
+        next_id = int(draw(logits_1V.float().cpu(), s.temperature, s.top_k, s.top_p, gen)[0])
         if stop_id is not None and next_id == stop_id:
             break
         out.append(next_id)

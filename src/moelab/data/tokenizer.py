@@ -262,14 +262,3 @@ class DocumentEncoder:
             if on_batch:
                 on_batch(sum(len(d) for d in batch))
         return out
-
-
-def encode_documents(
-    tok: Tokenizer,
-    docs: Sequence[str],
-    workers: int = 1,
-    on_batch: Callable[[int], None] | None = None,
-) -> list[np.ndarray]:
-    """One-shot :class:`DocumentEncoder`."""
-    with DocumentEncoder(tok, workers) as enc:
-        return enc.encode(docs, on_batch)

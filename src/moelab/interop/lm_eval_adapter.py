@@ -276,7 +276,7 @@ class MoelabLM(TemplateLM):
         top_k: int,
         top_p: float,
     ) -> list[str]:
-        from moelab.generate import filter_logits
+        from moelab.generate import draw
 
         gen = torch.Generator(device="cpu").manual_seed(self._seed)
         cache = KVCache()
@@ -285,13 +285,7 @@ class MoelabLM(TemplateLM):
         done = [False] * len(prompts)
         for _ in range(n_new):
             logits_BV = self.model(tokens_BT, kv_cache=cache, last_only=True).logits_BTV[:, -1]
-            logits_BV = logits_BV.float().cpu()
-            if temperature <= 0:
-                next_B = logits_BV.argmax(-1)
-            else:
-                rows = [filter_logits(row / temperature, top_k, top_p) for row in logits_BV]
-                probs_BV = torch.softmax(torch.stack(rows), -1)
-                next_B = torch.multinomial(probs_BV, 1, generator=gen)[:, 0]
+            next_B = draw(logits_BV.float().cpu(), temperature, top_k, top_p, gen)
             for b, t in enumerate(next_B.tolist()):
                 if done[b]:
                     continue
