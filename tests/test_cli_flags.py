@@ -33,8 +33,6 @@ def test_flags_default_to_the_settings_fields():
     args = _args("prepare", "--out", "D", "--val-fraction", "0.2", "--vocab-size", "512")
     want = dataclasses.replace(PrepareSettings(), val_fraction=0.2, vocab_size=512)
     assert settings_of(args, PrepareSettings) == want
-    lrs = settings_of(_args("finetune", "R", "--task", "t", "--lrs", "1e-3,2e-3"), FinetuneSettings)
-    assert lrs.lrs == (1e-3, 2e-3)
     # a field whose flag is named otherwise: generate's --max-tokens sets max_new_tokens
     args = _args("generate", "R", "--prompt", "x", "--max-tokens", "-1")
     assert settings_of(args, Sampling).max_new_tokens == -1

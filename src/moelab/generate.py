@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from moelab.devices import pick_device
 from moelab.errors import MoelabError
 from moelab.model import KVCache
 
@@ -111,7 +112,6 @@ def generate_text(
     only. Generation stops at the end-of-document token. ``on_loaded`` receives the loaded
     checkpoint's meta (its ``step``), so a caller can say which step it used."""
     from moelab.data.tokenizer import eot_token_id, load_tokenizer
-    from moelab.eval.runs import pick_device
     from moelab.train import load_model
 
     settings = (settings or Sampling(**options)).validate()
@@ -119,7 +119,7 @@ def generate_text(
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file():
         raise MoelabError(f"{run_dir}: no tokenizer.json; is it a moelab run folder?")
-    dev = pick_device(device)
+    dev = pick_device(device, "device")
     tok = load_tokenizer(tok_path)
     model, cfg, meta = load_model(run_dir, step=step, device=dev)
     tok_vocab = tok.get_vocab_size(with_added_tokens=True)

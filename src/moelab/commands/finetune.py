@@ -4,22 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
-from argparse import ArgumentTypeError
 
 from moelab.commands import add_settings, settings_of
+from moelab.errors import MoelabError
 from moelab.eval.finetune import FinetuneSettings
 
 
-def _lrs(text: str) -> tuple[float, ...]:
-    """--lrs as argparse reads it (a bad value is its one-line usage error)."""
+def _lrs(value: str | tuple[float, ...]) -> tuple[float, ...]:
+    """--lrs as typed (comma-separated), or the default grid as it is."""
+    if not isinstance(value, str):
+        return value
     try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
+        values = tuple(float(x) for x in value.split(",") if x.strip())
     except ValueError:
-        raise ArgumentTypeError(
-            f"expected comma-separated numbers, e.g. 1e-5,3e-5, got {text!r}"
+        raise MoelabError(
+            f"{{key}} {value!r}: expected comma-separated numbers, e.g. 1e-5,3e-5", "lrs"
         ) from None
     if not values:
-        raise ArgumentTypeError("give at least one learning rate")
+        raise MoelabError("{key}: give at least one learning rate", "lrs")
     return values
 
 
@@ -44,7 +46,7 @@ def add_arguments(parser) -> None:
             "heldout_fraction": "share of the train split held out to choose the learning rate",
             "max_len": "tokens per sequence (default: the model's context)",
         },
-        lrs=_lrs,
+        lrs=str,
         max_len=int,
     )
     parser.add_argument("--limit", type=int, default=None, help="validation items to score")
@@ -72,7 +74,8 @@ def run(args) -> int:
     from moelab.eval.tasks import get_task
 
     capacity = parse_capacity(args.capacity_factor) if args.capacity_factor else None
-    settings = settings_of(args, FinetuneSettings, capacity_factor=capacity).validate()
+    settings = settings_of(args, FinetuneSettings, capacity_factor=capacity, lrs=_lrs(args.lrs))
+    settings.validate()
     check_eval_dir(args.run_dir)
     task = get_task(args.task, args.tasks_dir)
     result = finetune_run(

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from moelab.devices import pick_device
 from moelab.errors import MoelabError
 from moelab.train.validation import moe_layers
 
@@ -34,20 +35,6 @@ def weights_sha256(meta: dict[str, Any]) -> str | None:
     return weights.get("sha256") or meta.get("sharded", {}).get(".metadata", {}).get("sha256")
 
 
-def pick_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise MoelabError(
-            f"{{key}} {device!r}: not a torch device (cpu, cuda, cuda:1)", key="device"
-        ) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MoelabError("{key} cuda: no CUDA device here; use {key} cpu", key="device")
-    return dev
-
-
 def open_run(run_dir: str | Path, step: int | None = None, device: str | None = None) -> OpenedRun:
     """Load the newest valid checkpoint of ``run_dir`` (or ``step``) and the run's tokenizer."""
     from moelab.data.tokenizer import load_tokenizer
@@ -56,7 +43,7 @@ def open_run(run_dir: str | Path, step: int | None = None, device: str | None = 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MoelabError(f"run folder {run_dir} does not exist")
-    model, run_cfg, meta = load_model(run_dir, step=step, device=pick_device(device))
+    model, run_cfg, meta = load_model(run_dir, step=step, device=pick_device(device, "device"))
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file():
         data_tok = Path(run_cfg.data.dir) / "tokenizer.json"

@@ -98,7 +98,8 @@ class MoelabLM(TemplateLM):
         super().__init__()
         device = _usable_device(device)
         from moelab.data.tokenizer import eot_token_id
-        from moelab.eval.runs import open_run, parse_capacity, pick_device
+        from moelab.devices import pick_device
+        from moelab.eval.runs import open_run, parse_capacity
         from moelab.train.validation import set_capacity
 
         if model is None:
@@ -111,7 +112,7 @@ class MoelabLM(TemplateLM):
             if tokenizer is None:
                 raise MoelabError("MoelabLM(model=...) also needs tokenizer=")
             self.run_dir = None
-            model = model.to(pick_device(device))
+            model = model.to(pick_device(device, "device"))
         self.model = model.eval()
         set_capacity(self.model, eval_factor=parse_capacity(capacity_factor))
         self.tokenizer = tokenizer
