@@ -96,13 +96,14 @@ def eval_note(cfg: StudyConfig) -> str:
 
 def build_plan(cfg: StudyConfig, out_dir: Path, measure: bool | None = None) -> list[PlannedRun]:
     specs = expand_grid(cfg)
-    plan = make_plan(
-        specs,
-        data_dir=str(prepared_dir(cfg, out_dir)),
-        vocab_size=plan_vocab_size(cfg, out_dir),
-        flops_per_second=cfg.flops_per_second,
-        measure=cfg.measure_throughput if measure is None else measure,
-    )
+    with _torch_threads(cfg.threads):  # a measurement times training steps
+        plan = make_plan(
+            specs,
+            data_dir=str(prepared_dir(cfg, out_dir)),
+            vocab_size=plan_vocab_size(cfg, out_dir),
+            flops_per_second=cfg.flops_per_second,
+            measure=cfg.measure_throughput if measure is None else measure,
+        )
     for p in plan:  # the study's thread count trains every run that does not set its own
         if "threads" not in (p.spec.run_config.get("train") or {}):
             p.run_config.train.threads = cfg.threads
@@ -205,45 +206,44 @@ def run_study(
         raise MoelabError(f"{len(devices)} device sets for {cfg.workers} workers; give one each")
     if out.exists() and not out.is_dir():
         raise MoelabError(f"--out {out}: exists and is not a folder")
-    with _torch_threads(cfg.threads):
-        checked = build_plan(cfg, out, measure=False)  # validates every run config
-        check_run_names(checked)
-        for p in checked:
-            p.run_config.data.dir = str(prepared_dir(cfg, out))
-            _check_same_config(run_dir(out, p.name), p)
-        if plan_only:
-            plan = build_plan(cfg, out) if cfg.measure_throughput else checked
-            echo(format_plan(plan, eval_note(cfg), cfg.workers))
+    checked = build_plan(cfg, out, measure=False)  # validates every run config
+    check_run_names(checked)
+    for p in checked:
+        p.run_config.data.dir = str(prepared_dir(cfg, out))
+        _check_same_config(run_dir(out, p.name), p)
+    if plan_only:
+        plan = build_plan(cfg, out) if cfg.measure_throughput else checked
+        echo(format_plan(plan, eval_note(cfg), cfg.workers))
+        return plan
+    # One study process per folder; its runs, trained by it or its workers, take their
+    # own run-folder locks below it.
+    with folder_lock(out, "study"):
+        created = not out.exists()
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MoelabError(f"--out {out}: cannot create the folder ({e.strerror})") from None
+        try:
+            data_dir = prepare_data(cfg, out, echo)
+        except BaseException:
+            if created:  # nothing of this study existed before: leave nothing behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+        text = yaml.safe_dump(study_to_dict(cfg), sort_keys=False)
+        atomic_write_text(out / "study.yaml", text)
+        if command:  # the report quotes the command line that produced it
+            atomic_write_text(out / "command.txt", command + "\n")
+        if emit is not None:
+            plan = final_plan(cfg, out, data_dir, measure=False)
+            emit(plan)
             return plan
-        # One study process per folder; its runs, trained by it or its workers, take their
-        # own run-folder locks below it.
-        with folder_lock(out, "study"):
-            created = not out.exists()
-            try:
-                out.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise MoelabError(f"--out {out}: cannot create the folder ({e.strerror})") from None
-            try:
-                data_dir = prepare_data(cfg, out, echo)
-            except BaseException:
-                if created:  # nothing of this study existed before: leave nothing behind
-                    shutil.rmtree(out, ignore_errors=True)
-                raise
-            text = yaml.safe_dump(study_to_dict(cfg), sort_keys=False)
-            atomic_write_text(out / "study.yaml", text)
-            if command:  # the report quotes the command line that produced it
-                atomic_write_text(out / "command.txt", command + "\n")
-            if emit is not None:
-                plan = final_plan(cfg, out, data_dir, measure=False)
-                emit(plan)
-                return plan
-            return _run(cfg, out, data_dir, echo, started, devices or [])
+        return _run(cfg, out, data_dir, echo, started, devices or [])
 
 
 @contextlib.contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """The study's thread count for what it computes itself (throughput measurement,
-    evaluation); training sets it from each run config's ``train.threads`` (study/plan/grid.py)."""
+    evaluation); training sets each run config's ``train.threads`` (build_plan)."""
     if n is None:
         yield
         return
@@ -544,7 +544,8 @@ def _evaluate_one(
     from moelab.study.run.evaluate import evaluate_run
 
     start = time.perf_counter()
-    result = evaluate_run(path, cfg, echo, tasks)
+    with _torch_threads(cfg.threads):
+        result = evaluate_run(path, cfg, echo, tasks)
     prior = 0.0
     from moelab.study.plan.layout import read_study_eval
 

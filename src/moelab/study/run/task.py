@@ -23,7 +23,6 @@ from moelab.study.run.sweep import (
     _check_same_config,
     _evaluate_one,
     _print,
-    _torch_threads,
     build_plan,
     prepared_dir,
     train_in_processes,
@@ -58,18 +57,17 @@ def run_only(
     if state is RunState.FINISHED:
         echo(f"{name}: already trained and evaluated")
         return
-    with _torch_threads(cfg.threads):
-        train_s = 0.0
-        if state in (RunState.NEW, RunState.INTERRUPTED):
-            verb = "resuming" if state is RunState.INTERRUPTED else "training"
-            on = f" on {procs} processes (torchrun)" if procs > 1 else ""
-            echo(f"{verb} {name} ({planned.family}, {planned.tokens:,} tokens){on}")
-            start = time.perf_counter()
-            try:
-                train_in_processes(planned, path, procs)
-            except TrainingDiverged as e:
-                echo(record_divergence(path, name, e))
-                return
-            train_s = time.perf_counter() - start
-        echo(f"evaluating {name}")
-        _evaluate_one(cfg, planned, path, key, train_s, echo)
+    train_s = 0.0
+    if state in (RunState.NEW, RunState.INTERRUPTED):
+        verb = "resuming" if state is RunState.INTERRUPTED else "training"
+        on = f" on {procs} processes (torchrun)" if procs > 1 else ""
+        echo(f"{verb} {name} ({planned.family}, {planned.tokens:,} tokens){on}")
+        start = time.perf_counter()
+        try:
+            train_in_processes(planned, path, procs)
+        except TrainingDiverged as e:
+            echo(record_divergence(path, name, e))
+            return
+        train_s = time.perf_counter() - start
+    echo(f"evaluating {name}")
+    _evaluate_one(cfg, planned, path, key, train_s, echo)
