@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from moelab.model import MoeFFN
 from moelab.train.rng import rng_state, set_rng_state
 
 
@@ -24,7 +23,6 @@ class Snapshot:
     weights: dict[str, torch.Tensor]
     optimizer: list[dict[str, Any]]  # per parameter (in param-group order): its state, cloned
     rng: dict[str, Any]
-    moe_generators: dict[str, torch.Tensor]
 
 
 def _clone(value: Any) -> Any:
@@ -37,11 +35,6 @@ def _optimizer_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
 
 @torch.no_grad()
 def take_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> Snapshot:
-    gens = {
-        name: mod.generator.get_state()
-        for name, mod in model.named_modules()
-        if isinstance(mod, MoeFFN) and mod.generator is not None
-    }
     return Snapshot(
         weights={k: v.detach().clone() for k, v in model.state_dict().items()},
         optimizer=[
@@ -49,7 +42,6 @@ def take_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer) -> Snapsho
             for p in _optimizer_params(optimizer)
         ],
         rng=rng_state(),
-        moe_generators=gens,
     )
 
 
@@ -71,6 +63,3 @@ def restore_snapshot(model: nn.Module, optimizer: torch.optim.Optimizer, snap: S
             else:
                 state[k] = _clone(v)
     set_rng_state(snap.rng)
-    for name, mod in model.named_modules():
-        if name in snap.moe_generators:
-            mod.generator.set_state(snap.moe_generators[name])

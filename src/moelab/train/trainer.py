@@ -29,7 +29,7 @@ from moelab.errors import MoelabError
 from moelab.flops import count_params, palm_flops_per_token
 from moelab.io import atomic_write_json, no_space_left
 from moelab.lock import folder_lock, holds_lock
-from moelab.model import MoeFFN, build_model
+from moelab.model import build_model
 from moelab.train import checkpoint as ckpt_io
 from moelab.train.budget import Budget, cooldowns_of, eval_steps, resolve_budget, schedule_of
 from moelab.train.config import RunConfig, open_prepared
@@ -245,17 +245,12 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _train_state(self, step: int, optimizer, nonfinite_total: int) -> dict[str, Any]:
-        gens = {}
-        for name, mod in self.model.named_modules():
-            if isinstance(mod, MoeFFN) and mod.generator is not None:
-                gens[name] = mod.generator.get_state()
         state = {
             "step": step,
             "tokens": self.budget.tokens_at(step),
             # several processes: in the checkpoint's shards
             "optimizer": optimizer.state_dict() if self.world == 1 else None,
             "rng": rng_state(),
-            "moe_generators": gens,
             "data": {"seed": self.cfg.train.seed, "next_step": step + 1},
             "nonfinite_total": nonfinite_total,
         }
@@ -282,10 +277,7 @@ class Trainer:
                     f"({type(e).__name__}); delete that checkpoint folder to resume from an "
                     "older one"
                 ) from None
-        set_rng_state(state["rng"])
-        for name, mod in model.named_modules():
-            if name in state.get("moe_generators", {}):
-                mod.generator.set_state(state["moe_generators"][name])
+        set_rng_state(state["rng"])  # older checkpoints' unused "moe_generators" is ignored
         return state
 
     # -- the loop -------------------------------------------------------------------------------
