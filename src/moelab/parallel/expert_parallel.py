@@ -221,25 +221,11 @@ def is_expert_parallel(module: nn.Module) -> bool:
     return isinstance(module, MoeFFN) and isinstance(module.exchange, ExpertExchange)
 
 
-def apply_expert_parallel(
-    model: nn.Module,
-    *,
-    ep: int,
-    ep_rank: int,
-    ep_group=None,
-    edp_group=None,
-    grad_divisor: float = 1.0,
-) -> list[MoeFFN]:
-    """Make every :class:`MoeFFN` of ``model`` expert-parallel (in place, :func:`expert_parallel`)
-    holding this rank's experts. Returns the layers in model order."""
+def apply_expert_parallel(model: nn.Module, **options) -> list[MoeFFN]:
+    """Make every :class:`MoeFFN` of ``model`` expert-parallel (in place) holding this rank's
+    experts: :func:`expert_parallel` with ``options`` (``ep``, ``ep_rank``, ``ep_group``,
+    ``edp_group``, ``grad_divisor``). Returns the layers in model order."""
     layers = [m for m in model.modules() if isinstance(m, MoeFFN) and not is_expert_parallel(m)]
     for layer in layers:
-        expert_parallel(
-            layer,
-            ep=ep,
-            ep_rank=ep_rank,
-            ep_group=ep_group,
-            edp_group=edp_group,
-            grad_divisor=grad_divisor,
-        )
+        expert_parallel(layer, **options)
     return layers
