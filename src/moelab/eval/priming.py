@@ -142,7 +142,6 @@ def evaluate_task(
     limit: int | None = None,
     *,
     separator: str = "\n",
-    seed_base: int = 0,
     max_len: int | None = None,
     device: torch.device | str | None = None,
     batch_tokens: int = BATCH_TOKENS,
@@ -175,7 +174,7 @@ def evaluate_task(
     modes = task_modes(task)
     indices = selected_items(task, limit)
     n_items = len(indices)
-    seed_list = [seed_base + s for s in range(n_seeds)]
+    seed_list = list(range(n_seeds))
     encode = make_encode(tokenizer)
     if prefix_id is None:
         prefix_id = eot_token_id(tokenizer, default=0)
