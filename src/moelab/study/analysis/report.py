@@ -48,6 +48,7 @@ from moelab.study.analysis.speedup import (
     ZERO_SHOT_SCORE,
     Analysis,
     analyse,
+    domain_metric,
     fits_json,
     moe_frontier_mode,
 )
@@ -274,7 +275,8 @@ def make_figures(out: Path, points: list[CurvePoint], meta: dict, an: Analysis) 
     panels = [(_metric_short(c), speedup_series(an, c), _no_curve(an, c)) for c in main]
     plots.plot_speedup_panels(panels, pdir / "speedup.png", "MoE speedup vs dense")
     figs["speedup"] = "plots/speedup.png"
-    domains = [f"loss/{d}" for d in an.in_domains + an.out_domains if f"loss/{d}" in an.metrics]
+    domains = [domain_metric(d) for d in an.in_domains + an.out_domains]
+    domains = [c for c in domains if c in an.metrics]
     if domains:
         panels = [(_metric_short(c), speedup_series(an, c), _no_curve(an, c)) for c in domains]
         plots.plot_speedup_panels(panels, pdir / "speedup_domains.png", "MoE speedup per domain")
@@ -722,8 +724,8 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
     rows = [("loss_in_domain", "in-domain (mean)", "in")]
     if an.out_domains:
         rows.append(("loss_out_of_domain", "out-of-domain (mean)", "out"))
-    rows += [(f"loss/{d}", d, "in") for d in an.in_domains]
-    rows += [(f"loss/{d}", d, "out") for d in an.out_domains]
+    rows += [(domain_metric(d), d, "in") for d in an.in_domains]
+    rows += [(domain_metric(d), d, "out") for d in an.out_domains]
     for column, name, side in rows:
         ma = an.metrics.get(column)
         for fam, dense_fam in an.partner.items():

@@ -20,6 +20,7 @@ from moelab.study.analysis.speedup import (
     Analysis,
     Headline,
     MetricAnalysis,
+    domain_metric,
     seed_sd_text,
     times,
 )
@@ -71,8 +72,8 @@ def settings(an: Analysis) -> list[tuple[str, str]]:
     out = [("loss_in_domain", "in-domain loss")]
     if an.out_domains:
         out.append(("loss_out_of_domain", "out-of-domain loss (mean)"))
-    out += [(f"loss/{d}", f"loss: {d} (in-domain)") for d in an.in_domains]
-    out += [(f"loss/{d}", f"loss: {d} (out-of-domain)") for d in an.out_domains]
+    out += [(domain_metric(d), f"loss: {d} (in-domain)") for d in an.in_domains]
+    out += [(domain_metric(d), f"loss: {d} (out-of-domain)") for d in an.out_domains]
     out.append((ZERO_SHOT, "zero-shot accuracy (mean)"))
     out.append(
         (

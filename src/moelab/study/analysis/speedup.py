@@ -139,11 +139,16 @@ def strata_of(points: list[CurvePoint]) -> dict[str, str]:
     return {p.run: stratum_key(p) for p in points}
 
 
+def domain_metric(domain: str) -> str:
+    """The metric (fits.json key) of one domain's validation loss."""
+    return f"loss/{domain}"
+
+
 def metric_value(metric: str) -> Callable[[CurvePoint], float | None]:
     """What a metric (a key of fits.json's ``metrics``) reads from a point: the mean in-domain
     or out-of-domain loss, one domain's loss (``loss/DOMAIN``), or a mean of the final
     evaluation (``zero_shot_mean``, ``zero_shot_score_mean``: final points only)."""
-    if metric.startswith("loss/"):
+    if metric.startswith(domain_metric("")):
         domain = metric.split("/", 1)[1]
         return lambda p: p.loss.get(domain)
     if metric in (ZERO_SHOT, ZERO_SHOT_SCORE):
@@ -583,7 +588,7 @@ def analyse(
     loss_columns = [("loss_in_domain", "in-domain validation loss")]
     if out_domains:
         loss_columns.append(("loss_out_of_domain", "out-of-domain validation loss (mean)"))
-    loss_columns += [(f"loss/{d}", f"validation loss: {d}") for d in in_domains + out_domains]
+    loss_columns += [(domain_metric(d), f"validation loss: {d}") for d in in_domains + out_domains]
     for column, label in loss_columns:
         metrics[column] = analyse_loss(
             rows,
