@@ -63,6 +63,7 @@ def test_errors_name_the_argument_in_python_and_the_flag_on_the_command_line():
         priming.check_options(shots=1, fewshot_sampling="sometimes")
     assert for_the_command_line(caught.value, {}) == str(caught.value)
     assert str(caught.value).startswith("fewshot_sampling must be one of")
+    assert _args("prepare", "--out", "D").flags["builtin"] == "--builtin"  # not --no-builtin
     plain = MoelabError("nothing to evaluate")
     assert for_the_command_line(plain, eval_flags) == "nothing to evaluate"
     with pytest.raises(MoelabError, match="^builtin_max_bytes must be >= 1, got 0$"):

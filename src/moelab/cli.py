@@ -56,9 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flags_of(parser: argparse.ArgumentParser, renamed: dict[str, str]) -> dict[str, str]:
-    """Argument name (as the library calls it) -> the flag that sets it, in its long spelling.
-    A flag's name is the library's, unless the command's ``RENAMED`` maps a library name to it."""
-    flags = {a.dest: max(a.option_strings, key=len) for a in parser._actions if a.option_strings}
+    """Argument name (as the library calls it) -> the flag that sets it, its first long spelling
+    (``--builtin``, not ``--no-builtin``). A flag's name is the library's, unless the command's
+    ``RENAMED`` maps a library name to it."""
+    flags = {
+        a.dest: next((o for o in a.option_strings if o.startswith("--")), a.option_strings[0])
+        for a in parser._actions
+        if a.option_strings
+    }
     return {**flags, **{name: flags[dest] for name, dest in renamed.items()}}
 
 
