@@ -58,7 +58,6 @@ def global_batch_counts(
     layers = [m for m in _layers(model) if m.balance_scope == "global_batch"]
     if not layers:
         return
-    generators = [(m.generator, m.generator.get_state()) for m in layers if m.generator]
     for m in layers:
         m.balance_counts_E = None
         m.top1_sum_E = torch.zeros_like(m.gate.weight[:, 0], dtype=torch.int64)
@@ -75,8 +74,6 @@ def global_batch_counts(
     finally:
         for m in layers:
             m.top1_sum_E = None
-        for g, state in generators:
-            g.set_state(state)
 
 
 @torch.no_grad()

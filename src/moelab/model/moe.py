@@ -518,7 +518,6 @@ class MoeFFN(nn.Module):
         self.balance_counts_E: torch.Tensor | None = None
         self.balance_group = None  # process group of the global batch; None: the default one
         self.top1_sum_E: torch.Tensor | None = None  # global_batch_counts' accumulator
-        self.generator: torch.Generator | None = None  # set for reproducible policy sampling
         self.exchange: nn.Module | None = None
 
     def router_logits(self, x_SD: torch.Tensor) -> torch.Tensor:
@@ -536,7 +535,6 @@ class MoeFFN(nn.Module):
             self.top_k,
             capacity,
             self.policy,
-            generator=self.generator,
             training=self.training,
             score=self.score,
             norm_topk=self.norm_topk,
