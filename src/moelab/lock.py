@@ -68,7 +68,11 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else {}
 
 
-def _pid_dead(pid: Any) -> bool:
+def pid_gone(pid: Any) -> bool:
+    """Whether process ``pid`` (an int or a string of digits: a temporary name's suffix) no
+    longer exists in this PID space; False for anything else and for another user's process."""
+    if isinstance(pid, str) and pid.isdigit():
+        pid = int(pid)
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -109,7 +113,7 @@ def is_stale(path: Path, record: dict[str, Any], stale_s: float = STALE_S) -> bo
     here = _pid_space()
     if all(record.get(k) == v for k, v in here.items()):
         pid = record.get("pid")
-        if pid == os.getpid() or _pid_dead(pid):
+        if pid == os.getpid() or pid_gone(pid):
             return True
     return _age(path, record) > stale_s
 
