@@ -167,7 +167,7 @@ class PreparedData:
     @classmethod
     def open(cls, path: str | Path, verify: bool = True) -> PreparedData:
         """Open a folder written by :func:`moelab.data.prepare`. Every file's size is checked;
-        with ``verify`` (default) every shard's SHA-256 as well (~1 s per GB)."""
+        with ``verify`` (default) every shard's SHA-256 as well (reads every byte)."""
         path = Path(path)
         if not path.is_dir():
             raise MoelabError(f"prepared data folder {path} does not exist; run moelab prepare")

@@ -123,7 +123,7 @@ _worker_tok: Tokenizer | None = None
 _worker_dtype: np.dtype = np.dtype(np.uint32)
 _worker_cut = False
 
-# Tokenizers is ~2x slower per byte on 32 KB documents than on short texts, so documents are cut
+# Tokenizers is slower per byte on long documents than on short texts, so documents are cut
 # into ~1 KB pieces, encoded, and the ids concatenated. The cut is placed only where the
 # GPT-2-style byte-level pre-tokenizer splits anyway: after a single "\n" that sits between two
 # non-space characters. Such a "\n" is a pre-token of its own whether or not the text continues,
@@ -168,7 +168,7 @@ def _init_worker(tokenizer_json: str, dtype: str) -> None:
 def _encode_batch(docs: Sequence[str]) -> list[np.ndarray]:
     assert _worker_tok is not None
     tok = _worker_tok
-    # encode_batch_fast skips character offsets, which we never use (~2x faster)
+    # encode_batch_fast skips character offsets, which we never use (faster)
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     if not _worker_cut:
         return [np.asarray(e.ids, dtype=_worker_dtype) for e in encode(list(docs), False)]
