@@ -12,15 +12,13 @@ import pytest
 
 from _robust import (
     expect_user_error,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
-    shared_study,
 )
 
 
 @pytest.fixture
-def study_copy(tmp_path_factory, tmp_path) -> Path:
-    return shutil.copytree(shared_study(tmp_path_factory), tmp_path / "study", symlinks=True)
+def study_copy(micro_study, tmp_path) -> Path:
+    return shutil.copytree(micro_study, tmp_path / "study", symlinks=True)
 
 
 def _last_run(study: Path) -> Path:

@@ -15,7 +15,6 @@ import pytest
 from _robust import (
     expect_user_error,
     micro_study_config,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
     write_yaml,
 )

@@ -10,7 +10,6 @@ import pytest
 
 from _robust import (
     micro_study_config,
-    one_torch_thread,  # noqa: F401 (autouse fixture)
     run_cli,
     write_yaml,
 )
@@ -45,9 +44,7 @@ def test_diverged_runs_are_listed_in_results_and_report(tmp_path_factory, tmp_pa
             assert f"`{name}` ({message})" in report
 
 
-def test_no_diverged_runs_no_line(tmp_path_factory, capsys):
-    from _robust import shared_study
-
-    out = shared_study(tmp_path_factory)
+def test_no_diverged_runs_no_line(micro_study):
+    out = micro_study
     assert json.loads((out / "results.json").read_text())["meta"]["diverged"] == {}
     assert "Diverged" not in (out / "report.md").read_text()
