@@ -16,6 +16,7 @@ from typing import Any
 
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_bytes, atomic_write_text
+from moelab.lock import pid_gone
 from moelab.paths import check_can_create
 from moelab.train.checkpoint import CHECKPOINTS
 from moelab.train.config import RunConfig, config_differences, load_run_config
@@ -173,17 +174,5 @@ def clear_stale(run_dir: Path, *, locked: bool) -> None:
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith(".") and ".tmp-" in p.name:
-                if locked or _pid_gone(p.name.rsplit("-", 1)[-1]):
+                if locked or pid_gone(p.name.rsplit("-", 1)[-1]):
                     shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_gone(pid: str) -> bool:
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:  # alive, another user's
-        return False
-    return False
