@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from moelab.errors import MoelabError
+from moelab.errors import check_at_least_one
 from moelab.flops import count_params, palm_flops_per_token, train_flops_per_token
 from moelab.presets import (
     PRESETS,
@@ -80,8 +80,7 @@ def _gflops(x: float) -> str:
 
 
 def run(args) -> int:
-    if args.seq_len is not None and args.seq_len < 1:
-        raise MoelabError(f"--seq-len must be >= 1, got {args.seq_len}")
+    check_at_least_one(seq_len=args.seq_len)
     rows = preset_rows(args.names, args.seq_len)
     if args.json:
         print(json.dumps(rows, indent=2))
