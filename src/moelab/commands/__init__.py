@@ -30,7 +30,7 @@ def add_settings(
             dest=name,
             type=types.get(name, type(default)),
             default=default,
-            metavar="F" if isinstance(default, float) else "N",
+            metavar={float: "F", tuple: "X,Y"}.get(type(default), "N"),
             help=text if default is None else f"{text} (default {shown})",
         )
 
