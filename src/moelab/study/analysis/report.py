@@ -185,11 +185,7 @@ def study_wall(out: Path, finals: list[CurvePoint]) -> dict[str, Any]:
         }
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         pass
-    total = sum(
-        (p.evaluation.train_wall_s or 0) + (p.evaluation.eval_wall_s or 0)
-        for p in finals
-        if p.evaluation
-    )
+    total = sum((p.evaluation.train_wall_s or 0) + (p.evaluation.eval_wall_s or 0) for p in finals)
     return {"wall_s": total, "source": "sum of per-run training and evaluation times"}
 
 
@@ -200,7 +196,7 @@ def zero_shot_json(finals: list[CurvePoint], meta: dict) -> dict[str, Any]:
     for task in grouped_tasks(finals, meta):
         per_run = {}
         for p in finals:
-            ev = p.evaluation or FinalEval()
+            ev = p.evaluation
             overall = ev.zero_shot.get(task) or Accuracy(None)
             score = ev.zero_shot_score.get(task) or Accuracy(None)
             entry = {

@@ -350,7 +350,7 @@ def runs_table(finals: list[CurvePoint], meta: dict) -> Table:
         "in-domain loss",
         "out-of-domain loss",
     ]
-    evs = [p.evaluation or FinalEval() for p in finals]
+    evs = [p.evaluation for p in finals]
     has_acc = any(ev.zero_shot_mean is not None for ev in evs)
     has_score = any(ev.zero_shot_score_mean is not None for ev in evs)
     if has_acc:
@@ -409,7 +409,7 @@ def chance_verdicts(finals: list[CurvePoint], meta: dict) -> dict[str, dict[str,
             continue
         verdict: dict[str, list[str]] = {"above": [], "below": []}
         for p in finals:
-            a = p.evaluation.zero_shot.get(task) if p.evaluation else None
+            a = p.evaluation.zero_shot.get(task)
             if a is None or a.value is None:
                 continue
             if a.lo is None or a.hi is None:
@@ -454,7 +454,7 @@ def zero_shot_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> li
         return []
     info = meta.get("tasks", {})
     blocks: list = [Heading("Zero-shot tasks", level)]
-    evs = [p.evaluation or FinalEval() for p in finals]
+    evs = [p.evaluation for p in finals]
     acc_rows = [
         [p.run, p.family] + [_with_interval(ev.zero_shot.get(t)) for t in tasks]
         for p, ev in zip(finals, evs)
@@ -500,7 +500,7 @@ def zero_shot_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> li
 def _field_names(finals: list[CurvePoint], task: str) -> list[str]:
     """The per-field breakdowns of ``task`` the runs have, as ``field:NAME``."""
     prefix = f"{task}:field:"
-    names = [k for p in finals if p.evaluation for k in p.evaluation.zero_shot]
+    names = [k for p in finals for k in p.evaluation.zero_shot]
     return list(dict.fromkeys(k[len(task) + 1 :] for k in names if k.startswith(prefix)))
 
 
@@ -535,7 +535,7 @@ def blimp_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> list:
         header = ["model", "overall", *(f.split(":", 1)[1] for f in fields)]
         rows = []
         for p in finals:
-            accs = (p.evaluation or FinalEval()).zero_shot
+            accs = p.evaluation.zero_shot
             cells = [p.run, _with_interval(accs.get(task))]
             cells += [_with_interval(accs.get(f"{task}:{f}")) for f in fields]
             rows.append(cells)
