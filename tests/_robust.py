@@ -27,18 +27,11 @@ import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import pytest
 import yaml
 
 from moelab.cli import main
 
 Snapshot = dict[str, tuple[str, int, int, str]] | None
-
-
-@pytest.fixture
-def one_torch_thread():
-    """Kept only for modules that still import it: conftest.py pins one thread for every test."""
-    yield
 
 
 def snapshot(root: str | Path) -> Snapshot:
