@@ -15,7 +15,7 @@ from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval import perplexity, priming
 from moelab.eval.finetune import FinetuneSettings
 from moelab.eval.logprobs import BATCH_TOKENS
-from moelab.generate import Sampling
+from moelab.generate import Sampling, generate_text
 
 
 def _args(*argv: str):
@@ -70,3 +70,18 @@ def test_errors_name_the_argument_in_python_and_the_flag_on_the_command_line():
         PrepareSettings(builtin_max_bytes=0).validate()
     with pytest.raises(MoelabError, match="^epochs must be >= 1, got 0$"):
         check_at_least_one(limit=None, epochs=0)
+
+
+def test_settings_as_keywords_are_typed_and_checked_by_name(tmp_path):
+    """prepare, finetune_run and generate take their settings' fields as keywords too: an
+    unknown one is refused in one line naming it (it was a TypeError traceback), before any
+    work, and a value is checked like a config value."""
+    from moelab.data import prepare
+
+    with pytest.raises(MoelabError, match="unknown config key temprature; valid keys: "):
+        generate_text(tmp_path / "no-run", "x", temprature=0.5)
+    with pytest.raises(MoelabError, match="unknown config key vocab; valid keys: "):
+        prepare(tmp_path / "out", ["a=x.txt"], vocab=300)
+    with pytest.raises(MoelabError, match="top_k: expected an integer"):
+        generate_text(tmp_path / "no-run", "x", top_k="many")
+    assert not (tmp_path / "out").exists()

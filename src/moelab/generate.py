@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from moelab.config import from_dict
 from moelab.devices import pick_device
 from moelab.errors import MoelabError
 from moelab.model import KVCache
@@ -78,7 +79,7 @@ def sample(
 ) -> list[int]:
     """New token ids after ``prompt_ids`` (at least one id), drawn as ``settings`` (or the
     :class:`Sampling` fields as keywords: ``temperature=0``) say."""
-    s = (settings or Sampling(**options)).validate()
+    s = (settings or from_dict(Sampling, options)).validate()
     if not prompt_ids:
         raise MoelabError("generate: the prompt is empty after tokenisation")
     model.eval()
@@ -114,7 +115,7 @@ def generate_text(
     from moelab.data.tokenizer import eot_token_id, load_tokenizer
     from moelab.train import load_model
 
-    settings = (settings or Sampling(**options)).validate()
+    settings = (settings or from_dict(Sampling, options)).validate()
     run_dir = Path(run_dir)
     tok_path = run_dir / "tokenizer.json"
     if not tok_path.is_file():

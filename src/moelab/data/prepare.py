@@ -26,6 +26,7 @@ import numpy as np
 import tokenizers
 
 from moelab import __version__
+from moelab.config import from_dict
 from moelab.data.builtin import DEFAULT_MAX_BYTES, builtin_corpus
 from moelab.data.shards import (
     FORMAT,
@@ -263,7 +264,7 @@ def prepare(
     untouched."""
     if settings is not None and options:
         raise TypeError("prepare: give settings or keyword settings, not both")
-    settings = (settings or PrepareSettings(**options)).validate()
+    settings = (settings or from_dict(PrepareSettings, options)).validate()
     check_at_least_one(workers=workers)
     out = Path(out).resolve()
     src_specs, heldout_specs = _as_specs(sources), _as_specs(heldout)

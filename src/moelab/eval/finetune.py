@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from moelab.config import from_dict
 from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval.tasks.items import Item, Task
@@ -359,7 +360,7 @@ def finetune_run(
     if options:
         if settings is not None:
             raise TypeError("finetune_run: give settings or keyword options, not both")
-        settings = _settings(options)
+        settings = from_dict(FinetuneSettings, options)
     check_at_least_one(limit=limit, train_limit=train_limit)
     if settings is not None:
         settings.validate()  # before the model loads
@@ -381,15 +382,3 @@ def finetune_run(
     cap["dropless"] = cap.get("moe", False) and result["settings"]["capacity_factor"] is None
     result["capacity"] = cap
     return result
-
-
-def _settings(options: dict[str, Any]) -> FinetuneSettings:
-    known = set(FinetuneSettings.__dataclass_fields__)
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise MoelabError(
-            f"fine-tuning option {unknown[0]!r} is unknown; valid: {', '.join(sorted(known))}"
-        )
-    if "lrs" in options:
-        options = {**options, "lrs": tuple(float(x) for x in options["lrs"])}
-    return FinetuneSettings(**options)
