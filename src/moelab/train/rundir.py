@@ -52,7 +52,7 @@ def with_data_dir_from(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     return {**raw, "data": new_data}
 
 
-# A run folder RUNS/NAME of a study folder (the one holding this file, see moelab.study.layout)
+# A run folder RUNS/NAME of a study folder (the one holding this file, see moelab.study.plan.layout)
 STUDY_MARKER = "study.yaml"
 
 
