@@ -188,10 +188,6 @@ PAPER_TRAINING: MappingProxyType[str, tuple[float, int]] = MappingProxyType(
 )
 
 
-def preset_names() -> list[str]:
-    return list(_PRESETS)
-
-
 def _unknown(name: str) -> MoelabError:
     close = difflib.get_close_matches(name, list(_PRESETS), n=3, cutoff=0.3)
     hint = f"did you mean {', '.join(close)}?" if close else "run 'moelab presets' for the list"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from moelab.model.grouped import _autocast_dtype
+from moelab.model.grouped import compute_dtype
 
 # Rows per chunk = budget // V: about 2 MB of float32 logits on CPU (cache-sized); on
 # accelerators large chunks keep the matmuls big, the budget only bounds memory.
@@ -87,5 +87,5 @@ def linear_cross_entropy(
     autocast dtype and the softmax in float32, as ``F.linear`` + ``.float()`` would."""
     if h_ND.shape[0] != targets_N.shape[0]:
         raise ValueError(f"{h_ND.shape[0]} rows but {targets_N.shape[0]} targets")
-    dtype = _autocast_dtype(h_ND.device.type) or torch.promote_types(h_ND.dtype, w_VD.dtype)
+    dtype = compute_dtype(h_ND, w_VD)
     return _LinearCrossEntropy.apply(h_ND, w_VD, targets_N, dtype)

@@ -26,10 +26,12 @@ KERNELS = ("auto", "loop", "grouped_mm")
 _GROUPED_MM_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
+def compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The dtype the experts run in: the autocast dtype if autocast is on, else the promotion
+    of the input and weight dtypes."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return torch.promote_types(x.dtype, w.dtype)
 
 
 class _GroupedLinear(torch.autograd.Function):
@@ -37,7 +39,6 @@ class _GroupedLinear(torch.autograd.Function):
     def forward(ctx, x_NI, w_EIO, b_EO, counts):  # noqa: D102
         ctx.counts = counts
         ctx.save_for_backward(x_NI, w_EIO)
-        ctx.has_bias = b_EO is not None
         y_NO = x_NI.new_empty(x_NI.shape[0], w_EIO.shape[2])
         start = 0
         with torch.autocast(device_type=x_NI.device.type, enabled=False):
@@ -92,15 +93,11 @@ def grouped_linear(
     """
     if sum(counts) != x_NI.shape[0]:
         raise ValueError(f"counts sum to {sum(counts)} but x has {x_NI.shape[0]} rows")
-    dtype = _autocast_dtype(x_NI.device.type)
-    if dtype is not None:
-        x_NI, w_EIO = x_NI.to(dtype), w_EIO.to(dtype)
-        b_EO = b_EO.to(dtype) if b_EO is not None else None
-    else:
-        dtype = torch.promote_types(x_NI.dtype, w_EIO.dtype)
-        x_NI, w_EIO = x_NI.to(dtype), w_EIO.to(dtype)
-        b_EO = b_EO.to(dtype) if b_EO is not None else None
-    return _GroupedLinear.apply(x_NI.contiguous(), w_EIO.contiguous(), b_EO, counts)
+    dtype = compute_dtype(x_NI, w_EIO)
+    b_EO = b_EO.to(dtype) if b_EO is not None else None
+    return _GroupedLinear.apply(
+        x_NI.to(dtype).contiguous(), w_EIO.to(dtype).contiguous(), b_EO, counts
+    )
 
 
 class _GroupedFFN(torch.autograd.Function):
@@ -202,7 +199,7 @@ def grouped_ffn(
     use :func:`grouped_linear` for that."""
     if sum(counts) != x_ND.shape[0]:
         raise ValueError(f"counts sum to {sum(counts)} but x has {x_ND.shape[0]} rows")
-    dtype = _autocast_dtype(x_ND.device.type) or torch.promote_types(x_ND.dtype, w1_EDF.dtype)
+    dtype = compute_dtype(x_ND, w1_EDF)
 
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(dtype).contiguous()
@@ -211,12 +208,6 @@ def grouped_ffn(
     return _GroupedFFN.apply(
         cast(x_ND), cast(w1_EDF), cast(b1_EF), cast(w2_EFD), cast(b2_ED), cast(w3_EDF), counts, kind
     )
-
-
-def compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
-    """The dtype the experts run in: the autocast dtype if autocast is on, else the promotion
-    of the input and weight dtypes."""
-    return _autocast_dtype(x.device.type) or torch.promote_types(x.dtype, w.dtype)
 
 
 def grouped_mm_supported(dtype: torch.dtype, device: torch.device, widths: tuple[int, ...]) -> bool:

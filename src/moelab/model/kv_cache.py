@@ -52,8 +52,3 @@ class KVCache:
     def advance(self, t_new: int) -> None:
         """Mark ``t_new`` more positions as cached (called by the model after all layers)."""
         self.length += t_new
-
-    def reset(self) -> None:
-        self._k.clear()
-        self._v.clear()
-        self.length = 0

@@ -24,7 +24,6 @@ _WHERE = {
     "teardown": "launch",
     "consolidate": "dcp",
     "load_sharded": "dcp",
-    "read_sharded_weights": "dcp",
     "save_sharded": "dcp",
     "grad_norm": "fsdp",
     "parallelize": "fsdp",

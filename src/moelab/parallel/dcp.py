@@ -132,12 +132,6 @@ def read_tensor(folder: str | Path, name: str, md: TensorStorageMetadata) -> tor
     return t
 
 
-def read_sharded_weights(folder: str | Path) -> dict[str, torch.Tensor]:
-    """The full model weights of a DCP folder as plain CPU tensors, in one process."""
-    folder = Path(folder)
-    return {name: read_tensor(folder, name, md) for name, md in _model_entries(folder).items()}
-
-
 # safetensors' names of torch dtypes
 _SAFETENSORS_DTYPE = {
     torch.float64: "F64",

@@ -35,6 +35,7 @@ from moelab.config import (
 )
 from moelab.errors import MoelabError
 from moelab.parallel.options import ParallelConfig
+from moelab.train.schedule import KINDS
 
 SECTIONS = ("model", "data", "train", "parallel", "upcycled_from")
 
@@ -143,7 +144,7 @@ class TrainConfig:
             v = getattr(self, key)
             if v is not None and v < 0:
                 raise bad(key, f"must be >= 0, got {v}")
-        if self.schedule not in ("linear", "cosine", "constant", "wsd"):
+        if self.schedule not in KINDS:
             raise bad("schedule", f"must be linear, cosine, constant or wsd, got {self.schedule!r}")
         if not 0.0 < self.decay_fraction < 1.0:
             raise bad("decay_fraction", f"must be in (0, 1), got {self.decay_fraction}")
