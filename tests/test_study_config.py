@@ -278,3 +278,39 @@ def test_shipped_small_cpu_study_plans():
     assert {p.family for p in plan} == {"dense", "moe8-top2"}
     assert len({p.preset for p in plan}) == 6 and cfg.workers == 2
     assert "blimp" in cfg.eval.zero_shot and cfg.eval.few_shot and not cfg.eval.finetune
+
+
+def test_shipped_design_study_compares_four_families_at_matched_compute():
+    from pathlib import Path
+
+    from moelab.study.analysis.speedup import pair_families
+    from moelab.study.plan.config import study_to_dict
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "study" / "designs.yaml"
+    cfg = load_study(path)
+    plan = make_plan(
+        expand_grid(cfg), data_dir=None, vocab_size=2048, flops_per_second=1e11, measure=False
+    )
+    paper, shared = "moe8-top2", "moe31-top7-g4-shared1"
+    sigmoid = shared + "-sigmoid-bias"
+    families = list(dict.fromkeys(p.family for p in plan))
+    assert families == ["dense", paper, shared, sigmoid]
+    # every MoE family against dense: one speedup each
+    assert pair_families(families) == ("dense", {f: "dense" for f in families[1:]})
+    # matched compute: at each size every MoE design costs what the paper's MoE costs
+    flops: dict[tuple[str, int], set[float]] = {}
+    for p in plan:
+        if p.family != "dense":
+            size = p.name.split("__")[0].split("-")[2]
+            flops.setdefault((size, p.run_config.train.seed), set()).add(p.train_flops)
+    assert len(flops) == 3 + 2 * 2 and all(len(v) == 1 for v in flops.values())
+    # the written-out 0.25M designs are the presets' layout at that size
+    by_name = {p.name: p.run_config.model for p in plan}
+    small = by_name["moe-cpu-0.25m-g4-sigmoid"]
+    assert small.expert_width * 4 == small.d_ffn and small.balance == "bias"
+    assert (small.n_experts, small.top_k, small.n_shared_experts) == (31, 7, 1)
+    # the default study's question otherwise
+    designs, default = study_to_dict(cfg), study_to_dict(load_study(None))
+    for key in ("eval", "fit", "workers", "threads", "data"):
+        assert designs[key] == default[key], key
+    assert designs["base"] == default["base"]

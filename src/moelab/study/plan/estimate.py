@@ -48,9 +48,30 @@ def family_of(model: ModelConfig, suffix: str = "") -> str:
     usual_every = 2 if model.arch == "paper" else 1
     if model.is_moe and model.moe_every != usual_every:
         base += f"-every{model.moe_every}"
+    if model.is_moe:
+        base += _design_label(model)
     if model.arch != "paper":
         base = f"{model.arch}-{base}"
     return base + suffix
+
+
+def _design_label(model: ModelConfig) -> str:
+    """The MoE design beyond the paper's (granularity, shared experts, scores, balancing), so
+    that designs with the same expert count and top-k are separate families; empty for the
+    paper's design."""
+    out = ""
+    if model.expert_width != model.d_ffn:
+        g = model.d_ffn / model.expert_width
+        out += f"-g{g:g}"
+    if model.n_shared_experts:
+        out += f"-shared{model.n_shared_experts}"
+    if model.router_score != "softmax":
+        out += f"-{model.router_score}"
+    if model.balance != "loss":
+        out += f"-{model.balance}"
+    if model.balance_scope != "micro_batch":
+        out += f"-{model.balance_scope.replace('_', '')}"
+    return out
 
 
 def preset_of(raw_model: Any, model: ModelConfig) -> str:
@@ -181,14 +202,15 @@ def format_plan(plan: list[PlannedRun], eval_note: str = "", workers: int = 1) -
     """A human table of the plan, one line per run, with totals (the time on ``workers``
     processes assumes each runs at the measured single-process speed: true while there are
     at least as many free cores as workers)."""
+    fw = max([18] + [len(p.family) for p in plan])  # design families have long names
     head = (
-        f"{'#':>3}  {'run':<34} {'family':<18} {'params':>8} {'active':>8} {'steps':>6} "
+        f"{'#':>3}  {'run':<34} {'family':<{fw}} {'params':>8} {'active':>8} {'steps':>6} "
         f"{'tokens':>8} {'tok/param':>9} {'FLOPs':>8} {'est. time':>9}"
     )
     lines = [head, "-" * len(head)]
     for i, p in enumerate(plan, 1):
         lines.append(
-            f"{i:>3}  {p.name[:34]:<34} {p.family[:18]:<18} {_si(p.params.total):>8} "
+            f"{i:>3}  {p.name[:34]:<34} {p.family:<{fw}} {_si(p.params.total):>8} "
             f"{_si(p.params.active):>8} {p.steps:>6} {_si(p.tokens):>8} "
             f"{p.tokens / p.params.active:>9.2f} {p.train_flops:>8.2e} "
             f"{fmt_seconds(p.est_seconds):>9}"
