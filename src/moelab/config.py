@@ -160,9 +160,6 @@ class ModelConfig:
                 raise bad(key, f"must be > 0, got {getattr(self, key)}")
         return self
 
-    def _router_has_loss(self) -> bool:
-        return self.balance == "loss" and self.aux_loss_weight > 0
-
     def _validate_designs(self, bad: Any) -> None:
         """The beyond-the-paper keys: each refused in one line where it makes no sense."""
         default = ModelConfig()
@@ -198,7 +195,8 @@ class ModelConfig:
             raise bad("bias_update_rate", f"must be > 0, got {self.bias_update_rate}")
         if self.balance != "bias" and self.bias_update_rate != default.bias_update_rate:
             raise bad("bias_update_rate", f"is for balance 'bias' (balance is {self.balance!r})")
-        if self.normalizes_topk and self.top_k == 1 and not self._router_has_loss():
+        router_has_loss = self.balance == "loss" and self.aux_loss_weight > 0
+        if self.normalizes_topk and self.top_k == 1 and not router_has_loss:
             raise bad(
                 "norm_topk",
                 "with top_k 1 every normalised weight is 1, and without a balancing loss the "

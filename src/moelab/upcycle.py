@@ -234,7 +234,6 @@ def upcycle(
         "tokens": 0,
         "optimizer": build_optimizer(model, run_cfg.train).state_dict(),
         "rng": rng_state(),
-        "moe_generators": {},
         "data": {"seed": run_cfg.train.seed, "next_step": 1},
         "nonfinite_total": 0,
     }

@@ -435,11 +435,7 @@ class Experts(nn.Module):
         if padded and sum(counts) != x_ND.shape[0]:
             raise ValueError("the loop kernel needs the rows of dropped assignments removed")
         if not (self.training and self.activation_dropout > 0):
-            return grouped_ffn(
-                x_ND,
-                *weights,
-                counts,
-            )
+            return grouped_ffn(x_ND, *weights, counts)
         if paper:
             h_NF = F.gelu(grouped_linear(x_ND, self.w1, self.b1, counts))
         else:

@@ -9,7 +9,7 @@ state, so losses and gradients equal the run without it (tests/test_parallel_che
 
 The block's own ``forward`` is replaced on the instance (torch's ``checkpoint_wrapper`` would
 insert a ``_checkpoint_wrapped_module`` level instead): parameter and module names, types and
-the state dict stay exactly those of the plain model, so initialisation by name, checkpoints,
+the state dict stay exactly those of the plain model, so initialisation, checkpoints,
 optimizer groups and telemetry see the same model with or without it. Applied before
 ``fully_shard`` (:func:`moelab.parallel.fsdp.parallelize`), FSDP's hooks stay outside the
 recomputed region, as with torchtitan's wrapper; one process applies it to the built model.

@@ -97,9 +97,7 @@ def check_ep(ep: int, world: int, n_experts: int) -> None:
         )
 
 
-def init_process_group(
-    rank: int, world: int, *, backend: str, timeout_s: float, init_method: str | None = None
-) -> None:
+def init_process_group(rank: int, world: int, *, backend: str, timeout_s: float) -> None:
     """Initialise the default process group (idempotent for the same world)."""
     if dist.is_initialized():
         if dist.get_world_size() != world:
@@ -113,7 +111,6 @@ def init_process_group(
         kwargs["device_id"] = torch.device("cuda", torch.cuda.current_device())
     dist.init_process_group(
         backend=backend,
-        init_method=init_method,
         rank=rank,
         world_size=world,
         timeout=datetime.timedelta(seconds=timeout_s),
