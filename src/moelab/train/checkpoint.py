@@ -99,6 +99,18 @@ def weights_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, 
     return tensors, aliases
 
 
+def _final_dir(run_dir: str | Path, step: int) -> Path:
+    """Checkpoint ``step``'s folder, refused if it is a link (a crafted folder: never delete or
+    write through it)."""
+    final = step_dir(run_dir, step)
+    if final.is_symlink():
+        raise MoelabError(
+            f"{final} is a link to {os.readlink(final)}; moelab writes checkpoints only into "
+            "the run folder: remove the link and run the same command again"
+        )
+    return final
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -108,12 +120,7 @@ def save_checkpoint(
     keep_last: int,
 ) -> Path:
     """Write checkpoint ``step`` atomically, then delete all but the newest ``keep_last``."""
-    final = step_dir(run_dir, step)
-    if final.is_symlink():  # a crafted folder: never delete or write through a link
-        raise MoelabError(
-            f"{final} is a link to {os.readlink(final)}; moelab writes checkpoints only into "
-            "the run folder: remove the link and run the same command again"
-        )
+    final = _final_dir(run_dir, step)
     if final.exists():  # same step saved before (e.g. a resumed run re-reaching it)
         shutil.rmtree(final)
     tensors, aliases = weights_state(model)
@@ -191,12 +198,7 @@ def finish_sharded(
     optimizer state: it is in the shards) and ``meta.json`` (sha256 of state.pt and of DCP's
     metadata file, the size of every shard file: integrity without reading the shards again),
     move the folder into place and drop all but the newest ``keep_last`` checkpoints."""
-    final = step_dir(run_dir, step)
-    if final.is_symlink():
-        raise MoelabError(
-            f"{final} is a link to {os.readlink(final)}; moelab writes checkpoints only into "
-            "the run folder: remove the link and run the same command again"
-        )
+    final = _final_dir(run_dir, step)
     try:
         with _full_disk_is_one_line(run_dir, final, step):
             shards = staging / SHARDED
@@ -307,6 +309,15 @@ def newest_valid(
     return None, skipped
 
 
+def no_valid_checkpoint(
+    run_dir: str | Path, step: int | None, skipped: list[tuple[Checkpoint, str]]
+) -> str:
+    """The words for :func:`newest_valid` finding nothing, with why each one was skipped."""
+    which = f"at step {step}" if step is not None else "in it"
+    detail = "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
+    return f"{run_dir}: no valid checkpoint {which}" + (f" ({detail})" if detail else "")
+
+
 def load_weights(path: Path, model: nn.Module) -> None:
     """Load the weights of checkpoint folder ``path`` into ``model`` (strict): its
     ``model.safetensors``, or, in a checkpoint of several processes, its DCP shards (read in
@@ -395,11 +406,7 @@ def consolidate_checkpoint(
     one already)."""
     found, skipped = newest_valid(run_dir, step)
     if found is None:
-        which = f"at step {step}" if step is not None else "in it"
-        detail = "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
-        raise MoelabError(
-            f"{run_dir}: no valid checkpoint {which}" + (f" ({detail})" if detail else "")
-        )
+        raise MoelabError(no_valid_checkpoint(run_dir, step, skipped))
     if not is_sharded(found.path):
         return found.path, None
     from moelab.io import atomic_write_text

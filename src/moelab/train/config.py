@@ -192,11 +192,6 @@ class TrainConfig:
             raise bad("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         return self
 
-    @property
-    def micro_batch_size(self) -> int:
-        """Sequences per forward pass on one rank (single process)."""
-        return self.batch_size // self.grad_accum
-
 
 # Identified by the data's fingerprint, not by its path: a moved data, run or study folder must
 # resume. The trainer compares the checkpoint's data_fingerprint (and tokenizer) with the data.
@@ -300,8 +295,6 @@ def _resolve_model(spec: Any) -> tuple[ModelConfig, dict[str, Any], str | None]:
             return get_preset(name)
         except MoelabError as e:
             raise MoelabError(f"{key}: {e}") from None
-        except KeyError:
-            raise MoelabError(f"{key}: unknown preset {name!r}; see `moelab presets`") from None
 
     if spec is None:
         raise MoelabError("model: missing; give a preset name or a mapping of model fields")

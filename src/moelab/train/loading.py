@@ -36,18 +36,12 @@ def load_model(
     cfg = read_run_config(run_dir)
     found, skipped = ckpt_io.newest_valid(run_dir, step)
     if found is None:
-        which = f"at step {step}" if step is not None else "in it"
-        detail = "; ".join(f"{c.path.name}: {r}" for c, r in skipped)
         fix = (
             "pick another --step or re-train it"
             if step is not None
             else f"train it (again) with moelab train --out {run_dir}"
         )
-        raise MoelabError(
-            f"{run_dir}: no valid checkpoint {which}"
-            + (f" ({detail})" if detail else "")
-            + f"; {fix}"
-        )
+        raise MoelabError(f"{ckpt_io.no_valid_checkpoint(run_dir, step, skipped)}; {fix}")
     model = build_model(cfg.model, seed=0)
     ckpt_io.load_weights(found.path, model)
     # Only now (a usable checkpoint exists) are the skipped newer ones worth a note.
