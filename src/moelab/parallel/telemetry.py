@@ -13,12 +13,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-SUMMED = ("tokens_per_expert", "tokens_kept_per_expert")
-
 
 def reduce_moe_rows(layers: list[dict[str, Any]], device: torch.device) -> list[dict[str, Any]]:
     """Combine the per-layer telemetry dicts of all ranks (same layers, same keys on every
-    rank): lists in ``SUMMED`` are summed, other numbers averaged, ``layer`` kept."""
+    rank): lists (the expert loads) are summed, other numbers averaged, ``layer`` kept."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return layers
     world = dist.get_world_size()

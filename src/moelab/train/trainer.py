@@ -451,11 +451,10 @@ class Trainer:
         bar = ProgressBar(
             budget.total_steps, start_step, enabled=self.show_progress, title=cfg.model.name
         )
-        telemetry = (
-            MoeTelemetry(cfg.model.n_experts, cfg.model.top_k, self.device)
-            if cfg.model.is_moe
-            else None
-        )
+        self.telemetry = None  # the interval's MoE telemetry, flushed into each metrics row
+        if cfg.model.is_moe:
+            self.telemetry = MoeTelemetry(cfg.model.n_experts, cfg.model.top_k, self.device)
+        on_moe_stats = self.telemetry.add if self.telemetry is not None else None
         params = [p for p in model.parameters() if p.requires_grad]
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
         acc = {"ce": zero.clone(), "aux": zero.clone(), "z": zero.clone(), "gnorm": zero.clone()}
@@ -471,13 +470,7 @@ class Trainer:
                 lr = self.schedule(step)
                 set_lr(optimizer, lr)
                 batch = stream.batch(step, self.rank, self.world).to(self.device, non_blocking=True)
-                res = self._train_step(
-                    model,
-                    batch,
-                    optimizer,
-                    params,
-                    telemetry.add if telemetry is not None else None,
-                )
+                res = self._train_step(model, batch, optimizer, params, on_moe_stats)
                 if res.updated:
                     nonfinite_run = 0
                     acc["ce"] += res.ce_loss.double()
@@ -507,14 +500,7 @@ class Trainer:
                     val_loss = evaluate(model, eval_sets, self.device, self.autocast)
                 if step % t.log_every == 0 or is_last or is_eval or is_ckpt or nonfinite_run:
                     row = self._row(
-                        step,
-                        lr,
-                        acc,
-                        n_acc,
-                        skipped_in_interval,
-                        interval_tokens,
-                        interval_time,
-                        telemetry,
+                        step, lr, acc, n_acc, skipped_in_interval, interval_tokens, interval_time
                     )
                     if is_eval:
                         row["val_loss"] = val_loss
@@ -621,7 +607,7 @@ class Trainer:
             signum,
         )
 
-    def _row(self, step, lr, acc, n_acc, skipped, interval_tokens, interval_time, telemetry):
+    def _row(self, step, lr, acc, n_acc, skipped, interval_tokens, interval_time):
         if self.world > 1:
             for key in ("ce", "aux", "z"):  # losses of the whole batch, not of this rank's rows
                 acc[key] = self.reduce_mean(acc[key])
@@ -640,8 +626,8 @@ class Trainer:
             "tokens_per_s": interval_tokens / interval_time if interval_time > 0 else 0.0,
             "flops_spent": self.flops_spent(step),
         }
-        if telemetry is not None:
-            row["moe"] = telemetry.flush()
+        if self.telemetry is not None:
+            row["moe"] = self.telemetry.flush()
             if self.world > 1:
                 row["moe"] = self._whole_batch_moe(row["moe"])
         return row
