@@ -17,6 +17,7 @@ from typing import Any
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.study.analysis import plots
+from moelab.study.analysis.designs import load_blocks, ranking_blocks
 from moelab.study.analysis.document import (
     Bullets,
     Code,
@@ -411,6 +412,7 @@ def compose(
     _setup(doc, study, finals, meta, an)
     _table(doc, finals, meta)
     doc.add(*headline_blocks(an))
+    doc.add(*ranking_blocks(an))
     doc.add(*bounds_blocks(an))
     doc.add(*spread_blocks(an, study))
     _fits(doc, an, figs)
@@ -419,6 +421,7 @@ def compose(
     doc.add(*zero_shot_blocks(finals, meta))
     _zero_shot_chance(doc, an)
     doc.add(*blimp_blocks(finals, meta))
+    doc.add(*load_blocks(finals))
     _experts(doc, figs)
     _priming(doc, finals, an, meta, figs)
     _finetune(doc, finals, an, meta)

@@ -84,7 +84,7 @@ def settings(an: Analysis) -> list[tuple[str, str]]:
     return [(col, name) for col, name in out if col in an.metrics]
 
 
-def _quality(ma: MetricAnalysis, q: float) -> str:
+def quality(ma: MetricAnalysis, q: float) -> str:
     return f"{q:.3f}" if ma.kind != "loss" else f"{q:.4g}"
 
 
@@ -104,7 +104,7 @@ def no_headline_reason(ma: MetricAnalysis, moe: str, dense: str) -> str:
     return "no quality measured by both families"
 
 
-def _label_cell(h: Headline) -> str:
+def label_cell(h: Headline) -> str:
     if h.label == MEASURED_BOUND:
         fit = times(h.fit_speedup)
         if h.fit_lo is not None:
@@ -113,12 +113,12 @@ def _label_cell(h: Headline) -> str:
     return h.label + (", dense range edge" if h.at_dense_edge else "")
 
 
-def _speedup_cell(h: Headline) -> str:
+def speedup_cell(h: Headline) -> str:
     prefix = {">=": "≥ ", "<=": "≤ "}.get(h.bound, "")
     return prefix + times(h.speedup)
 
 
-def _interval_cell(h: Headline, n_boot: int) -> str:
+def interval_cell(h: Headline, n_boot: int) -> str:
     """The interval, or why there is none where the bootstrap ran."""
     if h.lo is not None and h.hi is not None:
         return interval_text(h.lo, h.hi)
@@ -160,10 +160,10 @@ def headline_rows(an: Analysis) -> list[list[str]]:
                 [
                     name,
                     fam,
-                    _speedup_cell(h),
-                    _interval_cell(h, ma.n_bootstrap.get(moe, 0)),
-                    _label_cell(h),
-                    _quality(ma, h.quality),
+                    speedup_cell(h),
+                    interval_cell(h, ma.n_bootstrap.get(moe, 0)),
+                    label_cell(h),
+                    quality(ma, h.quality),
                     _bounds_cell(ma, moe, dense, h.quality, mode),
                     _seed_sd_cell(ma, moe),
                 ]
@@ -219,15 +219,15 @@ def headline_blocks(an: Analysis, level: int = 2) -> list:
 
 
 def _evidence(b: MeasuredBound, ma: MetricAnalysis) -> str:
-    q = _quality(ma, b.quality)
+    q = quality(ma, b.quality)
     if b.kind == LOWER:
         return (
             f"{b.moe_run} reached {q} at {b.moe_compute:.3g} FLOPs; no dense point reached it by "
-            f"{b.dense_compute:.3g} ({b.dense_run}: {_quality(ma, b.dense_value)})"
+            f"{b.dense_compute:.3g} ({b.dense_run}: {quality(ma, b.dense_value)})"
         )
     return (
         f"{b.dense_run} reached {q} at {b.dense_compute:.3g} FLOPs; no MoE point reached it by "
-        f"{b.moe_compute:.3g} ({b.moe_run}: {_quality(ma, b.moe_value)})"
+        f"{b.moe_compute:.3g} ({b.moe_run}: {quality(ma, b.moe_value)})"
     )
 
 
@@ -256,7 +256,7 @@ def bounds_blocks(an: Analysis, level: int = 2) -> list:
                             name,
                             *fam,
                             f"{sign} {b.ratio:.2f}x",
-                            _quality(ma, b.quality),
+                            quality(ma, b.quality),
                             _evidence(b, ma),
                         ]
                     )

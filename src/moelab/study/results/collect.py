@@ -17,7 +17,7 @@ from moelab.errors import MoelabError
 from moelab.flops import count_params
 from moelab.study.plan.layout import STUDY_EVAL, runs_dir
 from moelab.study.results.diverged import read_divergence
-from moelab.study.results.table import Accuracy, CurvePoint, FinalEval
+from moelab.study.results.table import Accuracy, CurvePoint, FinalEval, LoadBalance
 from moelab.train.metrics import METRICS
 from moelab.train.rundir import read_done
 
@@ -97,8 +97,9 @@ def read_run(path: Path, key: str | None = None) -> tuple[list[CurvePoint], dict
         msg = str(e) if "config.yaml" in str(e) else f"{path / 'config.yaml'}: {e}"
         raise MoelabError(f"{msg}; {retrain}") from None
     metrics_file = path / METRICS
+    metrics = read_finished_metrics(path, retrain)
     try:
-        points = validation_points(read_finished_metrics(path, retrain))
+        points = validation_points(metrics)
     except (KeyError, TypeError, ValueError) as e:
         raise MoelabError(
             f"{metrics_file}: a validation row is malformed ({type(e).__name__}: {e}); {retrain}"
@@ -106,12 +107,41 @@ def read_run(path: Path, key: str | None = None) -> tuple[list[CurvePoint], dict
     if not points:
         raise MoelabError(f"{metrics_file}: no validation points in a finished run; {retrain}")
     try:
-        return curve(points, ev, cfg, path), ev
+        out = curve(points, ev, cfg, path)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         fix = f"delete it and rerun `{rerun}` to evaluate the run again"
         raise MoelabError(
             f"{path / STUDY_EVAL}: not a study evaluation ({type(e).__name__}: {e}); {fix}"
         ) from None
+    for p in out:
+        if p.evaluation is not None:
+            p.evaluation.load = final_load(metrics)
+    return out, ev
+
+
+def final_load(metrics: list[dict[str, Any]]) -> LoadBalance | None:
+    """The load balance of the main run's last logged MoE telemetry (None for a dense run or
+    one trained without telemetry). Runs trained before the trainer wrote ``max_vio`` and
+    ``dead_experts`` get them from the interval's ``tokens_per_expert``, as the trainer
+    computes them."""
+    from moelab.train.telemetry import with_load_balance
+
+    for row in reversed(metrics):
+        moe = row.get("moe")
+        if not isinstance(moe, list) or not moe or row.get("branch"):
+            continue
+        layers = []
+        for layer in (x for x in moe if isinstance(x, dict)):
+            if "max_vio" not in layer and layer.get("tokens_per_expert"):
+                layer = with_load_balance(layer)
+            if _float(layer.get("max_vio")) is not None:
+                layers.append(layer)
+        if not layers:
+            continue
+        vio = [float(layer["max_vio"]) for layer in layers]
+        dead = sum(int(layer.get("dead_experts") or 0) for layer in layers)
+        return LoadBalance(sum(vio) / len(vio), max(vio), dead)
+    return None
 
 
 def curve(

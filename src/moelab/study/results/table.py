@@ -31,6 +31,18 @@ class Accuracy:
 
 
 @dataclass
+class LoadBalance:
+    """An MoE run's routing balance over its last logged training interval (the trainer's
+    metrics.jsonl telemetry): MaxVio (busiest expert's load over the mean, minus 1; Wang et al.
+    2024) averaged over the MoE layers and of the worst layer, and the experts that received no
+    token, summed over the MoE layers."""
+
+    max_vio: float
+    max_vio_max: float
+    dead_experts: int
+
+
+@dataclass
 class FinalEval:
     """A run's evaluation of its final checkpoint. ``zero_shot``/``zero_shot_score``: by task
     label, each task followed by its per-field breakdown (``blimp:field:syntax``); the means
@@ -46,6 +58,7 @@ class FinalEval:
     few_shot_mean: float | None = None
     train_wall_s: float | None = None
     eval_wall_s: float | None = None
+    load: LoadBalance | None = None  # MoE runs with telemetry only
 
 
 @dataclass
@@ -106,6 +119,9 @@ def to_row(p: CurvePoint) -> dict[str, Any]:
     }
     for name in FINAL_NUMBERS:
         row[name] = getattr(ev, name) if ev else None
+    load = ev.load if ev else None
+    for name in LOAD_NUMBERS:
+        row[name] = getattr(load, name) if load else None
     row.update({f"grid.{k}": v for k, v in p.grid.items()})
     row.update({f"loss/{d}": v for d, v in p.loss.items()})
     if ev is None:
@@ -128,6 +144,7 @@ FINAL_NUMBERS = (
     "train_wall_s",
     "eval_wall_s",
 )
+LOAD_NUMBERS = ("max_vio", "max_vio_max", "dead_experts")
 
 
 def from_row(row: dict[str, Any]) -> CurvePoint:
@@ -150,6 +167,8 @@ def from_row(row: dict[str, Any]) -> CurvePoint:
             under("eval_loss/"),
             **{name: row.get(name) for name in FINAL_NUMBERS},
         )
+        if row.get("max_vio") is not None:
+            ev.load = LoadBalance(**{name: row[name] for name in LOAD_NUMBERS})
     return CurvePoint(
         run=row["run"],
         family=row["family"],
@@ -177,7 +196,7 @@ def columns_of(rows: list[dict[str, Any]]) -> list[str]:
     """The rows' columns in first-seen order, grouped: fixed columns, grid values, per-domain
     losses, accuracies."""
     seen = list(dict.fromkeys(k for row in rows for k in row))
-    fixed = seen[: seen.index("eval_wall_s") + 1]
+    fixed = seen[: seen.index(LOAD_NUMBERS[-1]) + 1]
     order = "grid. loss/ eval_loss/ zero_shot/ zero_shot_lo/ zero_shot_hi/ zero_shot_score"
     order = order.split() + ["few_shot/", "finetune/"]
     extra = sorted(
