@@ -20,7 +20,10 @@ from moelab.config import ModelConfig
 from moelab.model import KVCache, build_model
 from moelab.model.balance import global_batch_counts, update_balance_bias
 from moelab.model.moe import MoeFFN, load_balance, route
+from moelab.parallel.build import build_parallel_model
 from moelab.parallel.expert_parallel import expert_parallel
+from moelab.parallel.launch import Topology, build_mesh
+from moelab.train.step import train_step
 
 
 def _cfg(**changes) -> ModelConfig:
@@ -110,6 +113,16 @@ def _ranks_body(rank: int, world: int) -> None:
         for name, g in got_g.items():
             torch.distributed.all_reduce(g)
             torch.testing.assert_close(g / world, want_g[name], rtol=1e-5, atol=1e-7)
+    # Under FSDP (the router weight a DTensor) the counts work the same way.
+    topo = Topology(rank, world, rank, 2, torch.device("cpu"))
+    topo.mesh = build_mesh(topo)
+    sharded = build_parallel_model(_cfg(balance_scope="global_batch"), 3, topo).train()
+    micros = list(mine.split(1))
+    global_batch_counts(sharded, micros)
+    got, _ = _aux_and_grads(sharded, micros, 1 / len(micros))
+    both = torch.tensor([got])
+    torch.distributed.all_reduce(both)
+    assert abs(float(both) / world - want) < 1e-6, ("fsdp", float(both) / world, want)
 
     # Bias balancing: each rank routes its own tokens, its experts expert-parallel (half the
     # experts each, tokens sent by all-to-all); the update is the concatenated batch's.
@@ -131,6 +144,21 @@ def _ranks_body(rank: int, world: int) -> None:
 
 def test_global_batch_and_bias_on_two_gloo_ranks():
     run_ranks(_ranks_body, 2, timeout_s=60.0)
+
+
+def test_a_step_forgets_its_global_counts():
+    # A later step of one micro-batch must use its own counts, not the previous step's.
+    def step(model, batch, micro_batch):
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        params = list(model.parameters())
+        return train_step(model, batch, opt, params, micro_batch=micro_batch, aux_loss_weight=1.0)
+
+    batch = torch.randint(0, 61, (4, 9), generator=torch.Generator().manual_seed(1))
+    model = build_model(_cfg(balance_scope="global_batch"), seed=3).train()
+    step(model, batch, 2)
+    assert all(block.ffn.balance_counts_E is None for block in model.layers)
+    fresh = build_model(_cfg(balance_scope="global_batch"), seed=3).train()
+    assert torch.equal(step(model, batch[:2], 2).aux_loss, step(fresh, batch[:2], 2).aux_loss)
 
 
 def test_bias_balancing_moves_toward_balance_and_never_changes_weights():

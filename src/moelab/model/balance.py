@@ -34,6 +34,13 @@ def _plain_forward(model: nn.Module, tokens_BT: torch.Tensor) -> object:
     return model(tokens_BT, return_logits=False, moe_stats=False)
 
 
+def clear_global_counts(model: nn.Module) -> None:
+    """Forget the counts :func:`global_batch_counts` set: they belong to one step only (a
+    later step of one micro-batch sums its own over the ranks)."""
+    for m in _layers(model):
+        m.balance_counts_E = None
+
+
 def needs_global_counts(model: nn.Module) -> bool:
     """Whether the model has a layer with the global-batch balancing scope."""
     return any(m.balance_scope == "global_batch" for m in _layers(model))
@@ -56,11 +63,14 @@ def global_batch_counts(
     ``forward(model, tokens_BT)`` runs the model (default ``model(tokens_BT)``; give the
     trainer's autocast around it)."""
     layers = [m for m in _layers(model) if m.balance_scope == "global_batch"]
-    if not layers:
+    micro_inputs = list(micro_inputs)
+    if not layers or not micro_inputs:
         return
     for m in layers:
         m.balance_counts_E = None
-        m.top1_sum_E = torch.zeros_like(m.gate.weight[:, 0], dtype=torch.int64)
+        # A plain tensor where the routing counts live: under FSDP the router weight is a
+        # DTensor, and a counter made like it could not take the plain counts.
+        m.top1_sum_E = torch.zeros(m.n_experts, dtype=torch.int64, device=micro_inputs[0].device)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     try:
         with torch.random.fork_rng(devices=devices):

@@ -18,7 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moelab.model.balance import global_batch_counts, needs_global_counts, update_balance_bias
+from moelab.model.balance import (
+    clear_global_counts,
+    global_batch_counts,
+    needs_global_counts,
+    update_balance_bias,
+)
 
 
 @dataclass
@@ -65,24 +70,27 @@ def train_step(
     ce_sum = torch.zeros((), dtype=torch.float32, device=device)
     aux_sum, z_sum = torch.zeros_like(ce_sum), torch.zeros_like(ce_sum)
     finite = torch.ones((), dtype=torch.bool, device=device)
-    for micro in micros:
-        inputs_BT, targets_BT = micro[:, :-1], micro[:, 1:]
-        with autocast():
-            out = model(inputs_BT, targets_BT=targets_BT)
-            ce = out.ce_loss
-            if ce is None:  # a model that only returns logits
-                logits = out.logits_BTV
-                ce = F.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]).float(), targets_BT.reshape(-1)
-                )
-        loss = ce + aux_loss_weight * out.aux_loss + z_loss_weight * out.z_loss
-        finite &= torch.isfinite(loss)
-        (loss / n).backward()
-        ce_sum += ce.detach() / n
-        aux_sum += out.aux_loss.detach() / n
-        z_sum += out.z_loss.detach() / n
-        if on_moe_stats is not None and out.moe_stats:
-            on_moe_stats(out.moe_stats)
+    try:
+        for micro in micros:
+            inputs_BT, targets_BT = micro[:, :-1], micro[:, 1:]
+            with autocast():
+                out = model(inputs_BT, targets_BT=targets_BT)
+                ce = out.ce_loss
+                if ce is None:  # a model that only returns logits
+                    logits = out.logits_BTV
+                    ce = F.cross_entropy(
+                        logits.reshape(-1, logits.shape[-1]).float(), targets_BT.reshape(-1)
+                    )
+            loss = ce + aux_loss_weight * out.aux_loss + z_loss_weight * out.z_loss
+            finite &= torch.isfinite(loss)
+            (loss / n).backward()
+            ce_sum += ce.detach() / n
+            aux_sum += out.aux_loss.detach() / n
+            z_sum += out.z_loss.detach() / n
+            if on_moe_stats is not None and out.moe_stats:
+                on_moe_stats(out.moe_stats)
+    finally:
+        clear_global_counts(model)  # they were this step's
     if grad_norm is not None:  # e.g. over sharded gradients
         gnorm = grad_norm(params)
     else:
