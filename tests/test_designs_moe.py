@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from moelab.config import ModelConfig
 from moelab.model import build_model
-from moelab.model.moe import MoeFFN
+from moelab.model.moe import MoeFFN, route
 
 
 def _cfg(**changes) -> ModelConfig:
@@ -174,3 +174,8 @@ def test_one_expert_top1_equals_the_dense_model():
             a, b = dense(tokens), moe(tokens)
             assert torch.equal(a.logits_BTV, b.logits_BTV), (arch, mode)
             assert float(b.aux_loss) == 0.0
+
+
+def test_sigmoid_scores_that_all_underflow_give_finite_losses():
+    routing = route(torch.full((4, 8), -120.0), 2, None, score="sigmoid")
+    assert torch.isfinite(routing.aux_loss) and torch.isfinite(routing.probs_SE).all()

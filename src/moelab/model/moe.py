@@ -38,6 +38,7 @@ from moelab.model.grouped import (
 )
 
 POLICIES = ("all", "sampling", "random")
+_TINY = torch.finfo(torch.float32).tiny
 
 
 @dataclass
@@ -212,7 +213,8 @@ def route(
         scores_SE = probs_SE = torch.softmax(logits_SE, dim=-1)
     elif score == "sigmoid":
         scores_SE = torch.sigmoid(logits_SE)
-        probs_SE = scores_SE / scores_SE.sum(dim=-1, keepdim=True)
+        # clamped: far-negative logits underflow every score to 0 (0 / 0 would be NaN)
+        probs_SE = scores_SE / scores_SE.sum(dim=-1, keepdim=True).clamp_min(_TINY)
     else:
         raise ValueError(f"unknown router score {score!r}")
     use_policy = training and k == 2 and policy != "all"
