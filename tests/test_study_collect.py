@@ -57,3 +57,30 @@ def test_finished_run_outside_the_plan_joins_the_table(study_copy, capsys):
     assert rc == 0, err
     rows = json.loads((study_copy / "results.json").read_text())["rows"]
     assert rows[-1]["run"] == left_out
+
+
+def test_an_upcycled_run_counts_the_dense_runs_compute(study_copy, dense_run, tmp_path, capsys):
+    """The FLOPs columns of a run made by `moelab upcycle` add the dense run's training FLOPs
+    (its config's upcycled_from section, as upcycle writes it) to every point of its curve."""
+    import yaml
+
+    from moelab.study.results.collect import read_records
+
+    up = tmp_path / "up"
+    rc, _, err = run_cli(capsys, ["upcycle", dense_run, "--experts", "4", "--out", up])
+    assert rc == 0, err
+    section = yaml.safe_load((up / "config.yaml").read_text())["upcycled_from"]
+    before = {(p.run, p.step, p.branch): p for p in read_records(study_copy)[0]}
+    moe = next(p.run for p in before.values() if p.family != "dense")
+    cfg_file = study_copy / "runs" / moe / "config.yaml"
+    cfg_file.write_text(
+        yaml.safe_dump({**yaml.safe_load(cfg_file.read_text()), "upcycled_from": section})
+    )
+    after = read_records(study_copy)[0]
+    assert section["train_flops"] > 0 and len(after) == len(before)
+    for p in after:
+        b = before[(p.run, p.step, p.branch)]
+        extra = section["train_flops"] if p.run == moe else 0.0
+        assert p.train_flops == b.train_flops + extra
+        assert p.train_flops_spent == b.train_flops_spent + extra
+        assert p.loss == b.loss

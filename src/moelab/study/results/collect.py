@@ -154,16 +154,21 @@ def curve(
     in_domains, out_domains = list(ev["in_domains"]), list(ev["out_domains"])
     main = [i for i, p in enumerate(points) if not p["branch"]]
     last = main[-1] if main else len(points) - 1
+    # An upcycled run (moelab upcycle) started from a dense checkpoint: its compute includes
+    # the dense run's to that checkpoint (docs/upcycle.md), its own metrics count only its own.
+    prior = float(cfg.upcycled_from.train_flops) if cfg.upcycled_from is not None else 0.0
     out = []
     for i, p in enumerate(points):
         val = p["val"]
+        fields = {k: v for k, v in p.items() if k != "val"}  # step, tokens, FLOPs, branch
+        fields.update({k: p[k] + prior for k in ("train_flops", "train_flops_spent")})
         out.append(
             CurvePoint(
                 run=ev["run"],
                 family=ev["family"],
                 preset=ev["preset"],
                 seed=cfg.train.seed,
-                **{k: v for k, v in p.items() if k != "val"},  # step, tokens, FLOPs, branch
+                **fields,
                 params_total=counts.total,
                 params_active=counts.active,
                 params_active_non_embedding=counts.active_non_embedding,
