@@ -71,6 +71,8 @@ def test_a_design_key_set_is_written_hashed_and_reloads():
         ({"balance": "none", "balance_scope": "sequence"}, "model.balance_scope"),
         ({"balance": "bias", "bias_update_rate": 0.0}, "model.bias_update_rate"),
         ({"bias_update_rate": 0.01}, "model.bias_update_rate"),
+        ({"balance": "bias", "aux_loss_weight": 0.1}, "model.aux_loss_weight"),
+        ({"balance_scope": "global_batch", "aux_loss_weight": 0.0}, "model.balance_scope"),
         ({"balance": "bias", "second_expert_policy": "random"}, "model.second_expert_policy"),
         ({"balance": "bias", "top_k": 1, "norm_topk": True}, "model.norm_topk"),
         (

@@ -191,6 +191,18 @@ class ModelConfig:
             raise bad(
                 "balance_scope", f"is the balancing loss's scope; balance is {self.balance!r}"
             )
+        if self.balance != "loss" and self.aux_loss_weight not in (0.0, default.aux_loss_weight):
+            raise bad(
+                "aux_loss_weight",
+                f"weighs the balancing loss, which balance {self.balance!r} does not train "
+                "with; set it to 0",
+            )
+        if self.balance_scope == "global_batch" and self.aux_loss_weight == 0:
+            raise bad(
+                "balance_scope",
+                "global_batch counts each step's routing for the balancing loss, and "
+                "aux_loss_weight is 0; use micro_batch",
+            )
         if not self.bias_update_rate > 0:
             raise bad("bias_update_rate", f"must be > 0, got {self.bias_update_rate}")
         if self.balance != "bias" and self.bias_update_rate != default.bias_update_rate:
