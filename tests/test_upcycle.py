@@ -113,6 +113,8 @@ def test_modern_arch_every_layer_step0_parity(grammar_data, routing):
         ("one-expert", ["--experts", "1"], ["--experts", ">= 2"]),
         ("top-k-too-big", ["--experts", "4", "--top-k", "5"], ["--top-k", "between 1 and"]),
         ("top-1", ["--experts", "4", "--top-k", "1"], ["--top-k 1", "router probability"]),
+        ("top-k-in-set", ["--experts", "4", "--set", "model.top_k=3"], ["--top-k instead"]),
+        ("experts-in-set", ["--experts", "4", "--set", "model.n_experts=8"], ["--experts inst"]),
         (
             "shape-key",
             ["--experts", "4", "--set", "model.d_ffn=128"],

@@ -191,7 +191,11 @@ def upcycle(
     )
     raw["train"]["seed"] = dense_cfg.train.seed + 1
     for item in overrides or []:
-        if item.split("=", 1)[0].strip().split(".")[0] not in ("model", "train", "parallel"):
+        key = item.split("=", 1)[0].strip()
+        if key in ("model.n_experts", "model.top_k"):  # they name the run and its note
+            flag = "experts" if key == "model.n_experts" else "top_k"
+            raise MoelabError(f"{item}: give it with {{key}} instead", key=flag)
+        if key.split(".")[0] not in ("model", "train", "parallel"):
             raise MoelabError(
                 f"{{key}} {item}: only model.*, train.* and parallel.* keys may be set (the new "
                 "run trains on the dense run's data)",
