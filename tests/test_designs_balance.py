@@ -21,6 +21,7 @@ from moelab.model import KVCache, build_model
 from moelab.model.balance import global_batch_counts, update_balance_bias
 from moelab.model.moe import MoeFFN, load_balance, route
 from moelab.parallel.build import build_parallel_model
+from moelab.parallel.checkpointing import checkpoint_blocks
 from moelab.parallel.expert_parallel import expert_parallel
 from moelab.parallel.launch import Topology, build_mesh
 from moelab.train.step import train_step
@@ -159,6 +160,14 @@ def test_a_step_forgets_its_global_counts():
     assert all(block.ffn.balance_counts_E is None for block in model.layers)
     fresh = build_model(_cfg(balance_scope="global_batch"), seed=3).train()
     assert torch.equal(step(model, batch[:2], 2).aux_loss, step(fresh, batch[:2], 2).aux_loss)
+
+
+def test_checkpointing_counts_the_bias_loads_once():
+    model = checkpoint_blocks(build_model(_cfg(balance="bias"), seed=3).train())
+    tokens = _tokens(2)
+    model(tokens).logits_BTV.sum().backward()  # recomputes every block
+    for block in model.layers:
+        assert int(block.ffn.load_E.sum()) == tokens.numel() * 2  # tokens x top_k
 
 
 def test_bias_balancing_moves_toward_balance_and_never_changes_weights():

@@ -540,7 +540,9 @@ class MoeFFN(nn.Module):
             bias_E=self.score_bias,
             seq_len=seq_len if self.balance_scope == "sequence" else None,
         )
-        if self.balance == "bias" and self.training:
+        # Inside backward this forward is activation checkpointing's recomputation: counted.
+        recomputing = torch._C._current_graph_task_id() != -1
+        if self.balance == "bias" and self.training and not recomputing:
             with torch.no_grad():
                 offered = torch.where(routing.offered_SK, routing.expert_SK, self.n_experts)
                 self.load_E += _bincount(offered, self.n_experts + 1)[: self.n_experts]
