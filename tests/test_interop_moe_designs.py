@@ -152,6 +152,16 @@ def test_design_exports_exactly_and_round_trips(
     assert got.moe_layer_ids() == cfg.moe_layer_ids()
 
 
+def test_top1_mixtral_imports_as_norm_topk(tmp_path, grammar_data):
+    fields = {"n_experts": 4, "top_k": 1, "moe_every": 1, "norm_topk": True}
+    run = fresh_run(tmp_path, "top1", grammar_data, _vocab(grammar_data), **{**MODERN, **fields})
+    res = export_hf(run, tmp_path / "hf")
+    assert res.hf_class == "MixtralForCausalLM" and res.max_abs_logit_diff < 1e-4
+    assert import_hf(tmp_path / "hf", tmp_path / "back").max_abs_logit_diff < 1e-4
+    got = load_model(tmp_path / "back")[1].model
+    assert got.top_k == 1 and got.norm_topk is True
+
+
 def test_designs_no_class_expresses_are_refused_in_one_line(tmp_path, grammar_data, capsys):
     def why(**fields) -> str:
         with pytest.raises(MoelabError) as e:

@@ -219,11 +219,6 @@ def _mixtral_config(cfg: ModelConfig, ids: SpecialIds) -> Any:
 def _mixtral_read(c: Any) -> ModelConfig:
     fields = read_modern(c, "Mixtral")
     k = c.num_experts_per_tok
-    if k < 2:
-        raise MoelabError(
-            "cannot import this Mixtral model: top-1 Mixtral gives the chosen expert weight 1; "
-            "moelab's top-1 uses the router probability"
-        )
     if getattr(c, "router_jitter_noise", 0.0):
         raise MoelabError(
             "cannot import this Mixtral model: router_jitter_noise > 0 (moelab has no jitter)"
@@ -241,6 +236,8 @@ def _mixtral_read(c: Any) -> ModelConfig:
         moe_every=1,
         top_k=k,
         aux_loss_weight=float(getattr(c, "router_aux_loss_coef", 0.01)),
+        # Mixtral renormalises the chosen weights, a top-1 one too (weight 1)
+        **({"norm_topk": True} if k == 1 else {}),
     )
 
 
