@@ -60,3 +60,22 @@ def test_no_terminal_no_bar_and_one_line_per_message(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert err == "note: taken over\n"
+
+
+def test_a_study_worker_shows_the_log_lines_its_parent_shows(capfd):
+    """Study workers are spawned (no handlers inherited): the level the parent's log_to_stderr set
+    travels in the initializer's arguments, and with none the worker stays quiet."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    from moelab.progress import stderr_log_level
+    from moelab.study.run.sweep import _init_worker
+
+    note = logging.getLogger("moelab.train.trainer").info
+    log_to_stderr()
+    for level in (stderr_log_level(), None):
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(1, ctx, _init_worker, (os.getpid(), None, level)) as pool:
+            pool.submit(note, f"resuming at level {level}").result()
+    err = capfd.readouterr().err
+    assert f"resuming at level {logging.INFO}\n" in err and "level None" not in err

@@ -67,3 +67,10 @@ def log_to_stderr(level: int = logging.INFO) -> None:
     logger.setLevel(level)
     if not any(isinstance(h, _Stderr) for h in logger.handlers):
         logger.addHandler(_Stderr())
+
+
+def stderr_log_level() -> int | None:
+    """The level :func:`log_to_stderr` set in this process, or None if it was not called: what a
+    worker process (spawned, so without its parent's handlers) passes on to show the same."""
+    logger = logging.getLogger("moelab")
+    return logger.level if any(isinstance(h, _Stderr) for h in logger.handlers) else None

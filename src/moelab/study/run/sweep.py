@@ -24,6 +24,7 @@ import yaml
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_json, atomic_write_text
 from moelab.lock import folder_lock
+from moelab.progress import log_to_stderr, stderr_log_level
 from moelab.study.plan.config import StudyConfig, study_to_dict
 from moelab.study.plan.estimate import PlannedRun, fmt_seconds, format_plan, make_plan
 from moelab.study.plan.grid import expand_grid
@@ -383,10 +384,13 @@ def _run_sequential(
 _DEVICES: list[str] = []  # this worker's device set (CUDA_VISIBLE_DEVICES), if any
 
 
-def _init_worker(parent: int, slots) -> None:
-    """Worker initializer: stop handling (study/run/stopping.py), then take a device set of its
-    own from ``slots`` before anything touches CUDA."""
+def _init_worker(parent: int, slots, log_level: int | None = None) -> None:
+    """Worker initializer: stop handling (study/run/stopping.py), the parent's log lines on
+    stderr (a spawned worker starts without its handlers), then a device set of its own from
+    ``slots`` before anything touches CUDA."""
     stopping.init_worker(parent)
+    if log_level is not None:
+        log_to_stderr(log_level)
     if slots is not None:
         _DEVICES[:] = slots.get()
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(_DEVICES)
@@ -475,7 +479,7 @@ def _run_parallel(
         max_workers=cfg.workers,
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(os.getpid(), slots),
+        initargs=(os.getpid(), slots, stderr_log_level()),
     )
     futures: dict = {}
     # Entered here and left by hand: the stop path restores SIGTERM before it waits for the
