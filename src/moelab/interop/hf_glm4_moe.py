@@ -27,7 +27,7 @@ import torch
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
 from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
-from moelab.interop.hf_llama import block_pairs, modern_common, read_modern
+from moelab.interop.hf_llama import modern_common, read_modern
 from moelab.interop.hf_moe import (
     empty_mlp,
     expert_widths,
@@ -35,8 +35,8 @@ from moelab.interop.hf_moe import (
     experts_to_hf,
     moe_misfit,
     moe_model_config,
+    moe_pairs,
     read_norm_topk,
-    shared_pairs,
 )
 
 # Why DeepseekV3ForCausalLM is not used (said in the refusal of a sigmoid model no class fits).
@@ -121,16 +121,8 @@ def _read_config(c: Any) -> ModelConfig:
     )
 
 
-def _pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
-    pairs = block_pairs(cfg)
-    if cfg.n_shared_experts:
-        for i in cfg.moe_layer_ids():
-            pairs += shared_pairs(i, "shared_experts")
-    return pairs
-
-
 def _to_hf(state: State, cfg: ModelConfig) -> State:
-    out = rename(state, _pairs(cfg))
+    out = rename(state, moe_pairs(cfg, "shared_experts"))
     out["lm_head.weight"] = out["model.embed_tokens.weight"]
     for i in cfg.moe_layer_ids():
         prefix = f"model.layers.{i}.mlp."
@@ -145,7 +137,7 @@ def _to_hf(state: State, cfg: ModelConfig) -> State:
 
 
 def _from_hf(state: State, cfg: ModelConfig) -> State:
-    out = rename(state, _pairs(cfg), reverse=True)
+    out = rename(state, moe_pairs(cfg, "shared_experts"), reverse=True)
     for i in cfg.moe_layer_ids():
         prefix = f"model.layers.{i}.mlp."
         out.update(experts_from_hf(state, i, prefix, cfg.expert_width))

@@ -5,8 +5,8 @@ experts, SwiGLU experts, outputs summed with the gate weights, no token dropped.
 in what moelab configs they can express:
 
 - **Mixtral** always renormalises the k chosen gates to sum to 1. moelab does the same for
-  k >= 2, but for k = 1 it keeps the raw router probability (Switch), where Mixtral would use 1.
-  Mixtral also has an MoE in every layer. So: ``moe_every == 1`` and ``top_k >= 2``.
+  k >= 2; for k = 1 it keeps the raw router probability (Switch) unless ``norm_topk: true``.
+  Mixtral also has an MoE in every layer. So: ``moe_every == 1`` and ``normalizes_topk``.
 - **Qwen2-MoE** has a ``norm_topk_prob`` switch (moelab's ``normalizes_topk``), puts its MoE in
   every ``decoder_sparse_step``-th layer (1-based, moelab's ``moe_every`` rule), has separate
   dense and expert widths (``intermediate_size``, ``moe_intermediate_size``: fine-grained
@@ -98,11 +98,6 @@ def experts_from_hf(state: State, layer: int, prefix: str, width: int) -> State:
     }
 
 
-def _dense_layers(cfg: ModelConfig) -> list[int]:
-    moe = set(cfg.moe_layer_ids())
-    return [i for i in range(cfg.n_layers) if i not in moe]
-
-
 def shared_pairs(layer: int, theirs: str) -> list[tuple[str, str]]:
     """moelab's shared experts (one FeedForward of width n_shared x d_expert) <-> an HF MLP
     named ``theirs`` (Qwen2-MoE: ``shared_expert``, DeepSeek-V3/GLM-4.5: ``shared_experts``)."""
@@ -124,14 +119,20 @@ def empty_mlp(state: State, layer: int, theirs: str, d_model: int) -> State:
     }
 
 
+def moe_pairs(cfg: ModelConfig, shared: str) -> list[tuple[str, str]]:
+    """Name pairs of all but the experts and router: blocks, the dense layers' FFNs and the
+    shared experts (an HF MLP named ``shared``)."""
+    pairs, moe = block_pairs(cfg), cfg.moe_layer_ids()
+    for i in range(cfg.n_layers):
+        if i not in moe:
+            pairs += dense_ffn_pairs(i)
+        elif cfg.n_shared_experts:
+            pairs += shared_pairs(i, shared)
+    return pairs
+
+
 def _to_hf(state: State, cfg: ModelConfig, shared_expert: bool) -> State:
-    pairs = block_pairs(cfg)
-    for i in _dense_layers(cfg):
-        pairs += dense_ffn_pairs(i)
-    if cfg.n_shared_experts:
-        for i in cfg.moe_layer_ids():
-            pairs += shared_pairs(i, "shared_expert")
-    out = rename(state, pairs)
+    out = rename(state, moe_pairs(cfg, "shared_expert"))
     out["lm_head.weight"] = out["model.embed_tokens.weight"]
     for i in cfg.moe_layer_ids():
         prefix = f"model.layers.{i}.mlp."
@@ -148,18 +149,10 @@ def _to_hf(state: State, cfg: ModelConfig, shared_expert: bool) -> State:
 
 
 def _from_hf(state: State, cfg: ModelConfig) -> State:
-    pairs = block_pairs(cfg)
-    for i in _dense_layers(cfg):
-        pairs += dense_ffn_pairs(i)
-    if cfg.n_shared_experts:
-        for i in cfg.moe_layer_ids():
-            pairs += shared_pairs(i, "shared_expert")
-            pairs.append(
-                (
-                    f"layers.{i}.ffn.shared_gate.weight",
-                    f"model.layers.{i}.mlp.shared_expert_gate.weight",
-                )
-            )
+    pairs = moe_pairs(cfg, "shared_expert")
+    for i in cfg.moe_layer_ids() if cfg.n_shared_experts else []:
+        gate = "shared_gate.weight", "shared_expert_gate.weight"
+        pairs.append((f"layers.{i}.ffn.{gate[0]}", f"model.layers.{i}.mlp.{gate[1]}"))
     out = rename(state, pairs, reverse=True)
     for i in cfg.moe_layer_ids():
         out.update(experts_from_hf(state, i, f"model.layers.{i}.mlp.", cfg.expert_width))
@@ -236,8 +229,7 @@ def _mixtral_read(c: Any) -> ModelConfig:
         moe_every=1,
         top_k=k,
         aux_loss_weight=float(getattr(c, "router_aux_loss_coef", 0.01)),
-        # Mixtral renormalises the chosen weights, a top-1 one too (weight 1)
-        **({"norm_topk": True} if k == 1 else {}),
+        norm_topk=read_norm_topk(True, k),  # Mixtral renormalises, a top-1 weight to 1 too
     )
 
 
