@@ -183,16 +183,12 @@ def consolidate(folder: str | Path, out_file: str | Path) -> dict[str, Any]:
     return {"bytes": out.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load full (unsharded) weights, present on every rank, into a (sharded) model: a
-    checkpoint written by one process, resumed by several."""
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
-
-
-def load_full_optimizer_state(
-    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict, optim_state: dict
 ) -> None:
-    """Load a name-keyed full optimizer state (present on every rank) into a sharded one."""
-    set_optimizer_state_dict(
-        model, optimizer, state, options=StateDictOptions(full_state_dict=True)
-    )
+    """Load full (unsharded) weights and a name-keyed optimizer state, present on every rank,
+    into a sharded model and its optimizer: a checkpoint written by one process, resumed by
+    several."""
+    full = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=full)
+    set_optimizer_state_dict(model, optimizer, optim_state, options=full)

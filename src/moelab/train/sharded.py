@@ -82,9 +82,8 @@ def restore(path: Path, model: nn.Module, optimizer, state: dict[str, Any]) -> N
         return
     from safetensors.torch import load_file
 
-    dcp.load_full_model_state(model, load_file(str(path / ckpt_io.WEIGHTS)))
     named = optimizer_state_to_named(state["optimizer"], model, optimizer)
-    dcp.load_full_optimizer_state(model, optimizer, named)
+    dcp.load_full_state(model, optimizer, load_file(str(path / ckpt_io.WEIGHTS)), named)
 
 
 def optimizer_state_to_named(
