@@ -107,7 +107,7 @@ def measure_flops_per_second(run_cfg: RunConfig, steps: int = 2) -> float | None
     model = build_model(run_cfg.model)
     model.train()
     opt = build_optimizer(model, t)  # the trainer's (fused AdamW where it can)
-    mb = t.micro_batch_size
+    mb = t.batch_size // t.grad_accum  # sequences per forward pass on one process
     tokens_BT = torch.randint(0, run_cfg.model.vocab_size, (mb, t.seq_len + 1))
     dtype = torch.bfloat16 if t.dtype == "bf16" else None
 
@@ -149,7 +149,12 @@ def make_plan(
         speed, source = flops_per_second, "constant"
         if measure:
             key = repr(
-                (model, run_cfg.train.micro_batch_size, run_cfg.train.seq_len, run_cfg.train.dtype)
+                (
+                    model,
+                    run_cfg.train.batch_size // run_cfg.train.grad_accum,
+                    run_cfg.train.seq_len,
+                    run_cfg.train.dtype,
+                )
             )
             if key not in measured:
                 measured[key] = measure_flops_per_second(run_cfg)
