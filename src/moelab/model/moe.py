@@ -455,6 +455,16 @@ class MoeOutput:
     stats: MoeStats | None
 
 
+def _recomputing() -> bool:
+    """Whether this forward runs inside backward: activation checkpointing's recomputation, whose
+    routing was already counted. Asked only when bias balancing counts (the query is a graph
+    break for torch.compile, so a compiled graph never asks: under compile the recomputation is
+    the compiler's own and does not rerun this Python)."""
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._current_graph_task_id() != -1
+
+
 class MoeFFN(nn.Module):
     """The MoE replacement of a block's FFN: ``gate`` (nn.Linear D -> E, no bias, weight (E, D))
     and ``experts`` (:class:`Experts` of width ``cfg.expert_width``); with
@@ -540,9 +550,7 @@ class MoeFFN(nn.Module):
             bias_E=self.score_bias,
             seq_len=seq_len if self.balance_scope == "sequence" else None,
         )
-        # Inside backward this forward is activation checkpointing's recomputation: counted.
-        recomputing = torch._C._current_graph_task_id() != -1
-        if self.balance == "bias" and self.training and not recomputing:
+        if self.balance == "bias" and self.training and not _recomputing():
             with torch.no_grad():
                 offered = torch.where(routing.offered_SK, routing.expert_SK, self.n_experts)
                 self.load_E += _bincount(offered, self.n_experts + 1)[: self.n_experts]
