@@ -59,13 +59,14 @@ def train_step(
     bias moves after the update (collective when distributed: every rank runs the step)."""
     micros = batch_BT1.split(micro_batch)
     n = len(micros)
-    if n > 1 and needs_global_counts(model):  # balance_scope global_batch: counts before losses
+    counted = n > 1 and needs_global_counts(model)  # balance_scope global_batch
+    if counted:  # the step's counts before any micro-batch's loss
 
-        def counted(mod: nn.Module, tokens_BT: torch.Tensor):
+        def count(mod: nn.Module, tokens_BT: torch.Tensor):
             with autocast():
                 return mod(tokens_BT, return_logits=False, moe_stats=False)
 
-        global_batch_counts(model, [m[:, :-1] for m in micros], forward=counted)
+        global_batch_counts(model, [m[:, :-1] for m in micros], forward=count)
     device = batch_BT1.device
     ce_sum = torch.zeros((), dtype=torch.float32, device=device)
     aux_sum, z_sum = torch.zeros_like(ce_sum), torch.zeros_like(ce_sum)
@@ -90,7 +91,8 @@ def train_step(
             if on_moe_stats is not None and out.moe_stats:
                 on_moe_stats(out.moe_stats)
     finally:
-        clear_global_counts(model)  # they were this step's
+        if counted:  # they were this step's: a later step of one micro-batch sums its own
+            clear_global_counts(model)
     if grad_norm is not None:  # e.g. over sharded gradients
         gnorm = grad_norm(params)
     else:
