@@ -54,7 +54,7 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _temp_beside(path: str | Path) -> tuple[Path, Path]:
+def temp_beside(path: str | Path) -> tuple[Path, Path]:
     """``(path, .NAME.tmp-<pid>)`` with the parent folder made and nothing standing at the
     temporary name: what a killed earlier process of the same PID (or a crafted folder) left
     there is removed, a link itself (never its target), a file or a folder."""
@@ -107,37 +107,33 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path) -> contextlib.AbstractContextManager[Path]:
     """Yield a temporary path for a writer that needs a filename (safetensors, numpy);
     renamed over ``path`` only if the block finishes without an exception."""
-    path, tmp = _temp_beside(path)  # the writer opens it by name: no link may stand there
-    try:
-        yield tmp
-        _readable_like_the_rest(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    return _atomic(path, folder=False)  # the writer opens it by name: no link may stand there
+
+
+def atomic_dir(path: str | Path) -> contextlib.AbstractContextManager[Path]:
+    """Yield a temporary folder; on success it is renamed to ``path`` (which must not exist)."""
+    return _atomic(path, folder=True)
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder; on success it is renamed to ``path`` (which must not exist)."""
-    path, tmp = _temp_beside(path)
-    tmp.mkdir()  # fails rather than follow anything that appeared at the name since
+def _atomic(path: str | Path, folder: bool) -> Iterator[Path]:
+    path, tmp = temp_beside(path)
+    if folder:
+        tmp.mkdir()  # fails rather than follow anything that appeared at the name since
     try:
         yield tmp
-        for child in tmp.rglob("*"):
-            if child.is_file():
-                _readable_like_the_rest(child)
-                with open(child, "rb") as f:
+        for file in tmp.rglob("*") if folder else [tmp]:
+            if file.is_file():
+                _readable_like_the_rest(file)
+                with open(file, "rb") as f:
                     os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
-        if tmp.exists():
+        if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)

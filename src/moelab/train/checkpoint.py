@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from moelab.errors import MoelabError
-from moelab.io import atomic_dir, no_space_left, sha256_file
+from moelab.io import atomic_dir, no_space_left, sha256_file, temp_beside
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
@@ -176,13 +176,8 @@ def staging_dir(run_dir: str | Path, step: int) -> Path:
     """A new, empty hidden folder (removed at start-up if a save dies) in which the ranks of a
     distributed save build checkpoint ``step``: DCP shards into ``SHARDED``, then
     :func:`finish_sharded` on rank 0."""
-    final = step_dir(run_dir, step)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.is_symlink() or tmp.is_file():
-        tmp.unlink()
-    elif tmp.is_dir():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    tmp = temp_beside(step_dir(run_dir, step))[1]
+    tmp.mkdir()
     return tmp
 
 
