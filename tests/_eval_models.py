@@ -61,6 +61,7 @@ def train_eval_run(root: Path, **model_overrides) -> Path:
     """A run folder ``root/run`` with a tiny MoE model trained for a few steps on small text
     written here (~5-10 s; conftest.py builds it once per session as ``eval_run``). Domains:
     ``books`` (training) and ``news`` (held out). ``model_overrides``: model config keys."""
+    from _train_data import tiny_config
     from moelab.data import prepare
     from moelab.train import load_run_config, train
 
@@ -80,28 +81,13 @@ def train_eval_run(root: Path, **model_overrides) -> Path:
         heldout=[f"news={root}/news.txt"],
         vocab_size=300,
     )
-    model = {
-        "name": "tiny",
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 4,
-        "d_ffn": 64,
-        "max_seq_len": 64,
-        "dropout": 0.0,
-        "attn_dropout": 0.0,
-        "n_experts": 4,
-        **model_overrides,
-    }
-    train_cfg = {
-        "budget_steps": 8,
-        "seq_len": 64,
-        "batch_size": 8,
-        "lr": 3e-3,
-        "eval_tokens": 0,
-        "device": "cpu",
-        "checkpoint_every": 8,
-    }
-    cfg = load_run_config({"model": model, "data": str(root / "data"), "train": train_cfg})
+    model = {"name": "tiny", "n_heads": 4, "dropout": 0.0, "attn_dropout": 0.0, **model_overrides}
+    train_keys = dict(budget_steps=8, seq_len=64, batch_size=8, lr=3e-3, eval_tokens=0)
+    train_keys.update(device="cpu", checkpoint_every=8)
+    # TrainConfig's own defaults where the builder's TRAIN sets others
+    train_keys.update(warmup_steps=None, eval_points=8, log_every=10)
+    raw = tiny_config(root / "data", moe=True, width=32, preset=False, model=model, **train_keys)
+    cfg = load_run_config(raw)
     train(cfg, root / "run", progress=False)
     return root / "run"
 

@@ -13,26 +13,23 @@ from pathlib import Path
 
 import torch
 
-from moelab.config import ModelConfig
+from _train_data import tiny_config
 from moelab.model import build_model
 from moelab.train import checkpoint as ckpt_io
-from moelab.train.config import DataSection, RunConfig, TrainConfig
-
-TINY = dict(n_layers=2, d_model=32, n_heads=2, d_ffn=64, max_seq_len=64)
+from moelab.train.config import run_config_from_dict
 
 
 def fresh_run(root: Path, name: str, prepared: Path, vocab_size: int, **model) -> Path:
-    kw = {**TINY, "dropout": 0.0, "attn_dropout": 0.0, **model}
-    cfg = ModelConfig(name=name, vocab_size=vocab_size, **kw).validate()
-    net = build_model(cfg, seed=1)
+    model = {"name": name, "vocab_size": vocab_size, "dropout": 0.0, "attn_dropout": 0.0, **model}
+    raw = tiny_config(prepared, width=32, preset=False, model=model, budget_steps=1)
+    run_cfg = run_config_from_dict(raw, check_data=False)
+    net = build_model(run_cfg.model, seed=1)
     gen = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for p in net.parameters():
             p.add_(torch.randn(p.shape, generator=gen) * 0.05)
     run = root / name
     run.mkdir(parents=True)
-    train = TrainConfig(budget_steps=1, seq_len=32)
-    run_cfg = RunConfig(cfg, DataSection(dir=str(prepared)), train)
     (run / "config.yaml").write_text(run_cfg.to_yaml())
     shutil.copy(prepared / "tokenizer.json", run / "tokenizer.json")
     ckpt_io.save_checkpoint(run, 1, net, {"step": 1}, {"step": 1, "tokens": 0}, keep_last=1)
@@ -40,7 +37,6 @@ def fresh_run(root: Path, name: str, prepared: Path, vocab_size: int, **model) -
 
 
 def trained_run(root: Path, prepared: Path, *, moe: bool, steps: int = 3) -> Path:
-    from _train_data import tiny_config
     from moelab.train import load_run_config, train
 
     raw = tiny_config(prepared, moe=moe, budget_steps=steps, checkpoint_every=0, eval_tokens=0)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from _train_data import tiny_config
 from moelab.cli import main
 
 Snapshot = dict[str, tuple[str, int, int, str]] | None
@@ -224,30 +225,9 @@ def shared_prepared(tmp_path_factory, name: str = "robust_prepared", vocab: int 
 
 def tiny_run_config(prepared: Path, *, moe: bool = True, **train) -> dict:
     """A run config small enough to train a few steps in about a second."""
-    model = {
-        "preset": "moe-cpu-0.5m" if moe else "dense-cpu-0.5m",
-        "n_layers": 2,
-        "d_model": 32,
-        "n_heads": 2,
-        "d_ffn": 64,
-        "max_seq_len": 16,
-    }
-    if moe:
-        model.update(n_experts=4, moe_every=2, top_k=2)
-    base = {
-        "budget_steps": 4,
-        "seq_len": 16,
-        "batch_size": 4,
-        "lr": 1e-3,
-        "warmup_steps": 1,
-        "eval_tokens": 64,
-        "eval_points": 1,
-        "log_every": 1,
-        "checkpoint_every": 2,
-        "device": "cpu",
-    }
-    base.update(train)
-    return {"model": model, "data": str(prepared), "train": base}
+    small = dict(budget_steps=4, seq_len=16, batch_size=4, lr=1e-3, warmup_steps=1)
+    small.update(eval_tokens=64, eval_points=1, checkpoint_every=2, device="cpu")
+    return tiny_config(prepared, moe=moe, width=32, context=16, **{**small, **train})
 
 
 def write_yaml(path: Path, data: dict) -> Path:

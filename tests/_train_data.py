@@ -74,30 +74,41 @@ def unigram_entropy(prepared: Path) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def tiny_config(prepared: Path, *, moe: bool = False, **train) -> dict:
-    model = {
-        "preset": "moe-cpu-0.5m" if moe else "dense-cpu-0.5m",
-        "n_layers": 2,
-        "d_model": 64,
-        "n_heads": 2,
-        "d_ffn": 128,
-        "max_seq_len": 64,
-    }
+# The trainer tests' train keys; the other builders (tests/_robust.py, tests/_eval_models.py)
+# pass their own over them.
+TRAIN = {
+    "budget_steps": 60,
+    "seq_len": 32,
+    "batch_size": 16,
+    "lr": 1e-2,
+    "warmup_steps": 5,
+    "eval_tokens": 1024,
+    "eval_points": 3,
+    "log_every": 1,
+    "checkpoint_every": 20,
+}
+
+
+def tiny_config(
+    prepared: Path,
+    *,
+    moe: bool = False,
+    width: int = 64,
+    context: int = 64,
+    preset: bool = True,
+    model: dict | None = None,
+    **train,
+) -> dict:
+    """The one builder of the tests' tiny run configs: a 2-layer model ``width`` wide (FFN
+    twice that) over ``context`` tokens, the rest from the cpu-0.5m presets (``preset=False``:
+    ModelConfig's defaults), with 4 experts in every second layer when ``moe``; ``model``: more
+    model keys; ``train``: train keys over :data:`TRAIN`."""
+    spec = dict(n_layers=2, d_model=width, n_heads=2, d_ffn=2 * width, max_seq_len=context)
+    if preset:
+        spec["preset"] = "moe-cpu-0.5m" if moe else "dense-cpu-0.5m"
     if moe:
-        model.update(n_experts=4, moe_every=2)
-    base = {
-        "budget_steps": 60,
-        "seq_len": 32,
-        "batch_size": 16,
-        "lr": 1e-2,
-        "warmup_steps": 5,
-        "eval_tokens": 1024,
-        "eval_points": 3,
-        "log_every": 1,
-        "checkpoint_every": 20,
-    }
-    base.update(train)
-    return {"model": model, "data": str(prepared), "train": base}
+        spec.update(n_experts=4, moe_every=2)
+    return {"model": {**spec, **(model or {})}, "data": str(prepared), "train": {**TRAIN, **train}}
 
 
 __all__ = ["make_prepared", "math", "tiny_config", "unigram_entropy", "write_corpus"]
