@@ -15,8 +15,8 @@ import dataclasses
 
 import torch
 
+from _designs import design_cfg
 from _parallel_spawn import run_ranks
-from moelab.config import ModelConfig
 from moelab.model import KVCache, build_model
 from moelab.model.balance import global_batch_counts, update_balance_bias
 from moelab.model.moe import MoeFFN, load_balance, route
@@ -25,25 +25,6 @@ from moelab.parallel.checkpointing import checkpoint_blocks
 from moelab.parallel.expert_parallel import expert_parallel
 from moelab.parallel.launch import Topology, build_mesh
 from moelab.train.step import train_step
-
-
-def _cfg(**changes) -> ModelConfig:
-    base = dict(
-        arch="paper",
-        vocab_size=61,
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_ffn=32,
-        max_seq_len=16,
-        dropout=0.0,
-        attn_dropout=0.0,
-        n_experts=4,
-        moe_every=1,
-        top_k=2,
-        capacity_factor=None,  # dropless: routing of a token does not depend on its batch
-    )
-    return ModelConfig(**{**base, **changes}).validate()
 
 
 def _tokens(n: int, seed: int = 0) -> torch.Tensor:
@@ -80,9 +61,9 @@ def _aux_and_grads(model, micro_batches, scale: float):
 
 def test_global_batch_under_accumulation_equals_the_concatenated_batch():
     tokens = _tokens(4)
-    whole = build_model(_cfg(), seed=3).train()
+    whole = build_model(design_cfg(), seed=3).train()
     want, want_g = _aux_and_grads(whole, [tokens], 1.0)
-    model = build_model(_cfg(balance_scope="global_batch"), seed=3).train()
+    model = build_model(design_cfg(balance_scope="global_batch"), seed=3).train()
     micros = list(tokens.split(1))
     global_batch_counts(model, micros)
     got, got_g = _aux_and_grads(model, micros, 1 / len(micros))
@@ -91,18 +72,18 @@ def test_global_batch_under_accumulation_equals_the_concatenated_batch():
     for name in want_g:
         torch.testing.assert_close(got_g[name], want_g[name], rtol=1e-5, atol=1e-7)
     # The micro-batch scope gives another loss on the same micro-batches.
-    local = build_model(_cfg(), seed=3).train()
+    local = build_model(design_cfg(), seed=3).train()
     other, _ = _aux_and_grads(local, micros, 1 / len(micros))
     assert abs(other - want) > 1e-4
 
 
 def _ranks_body(rank: int, world: int) -> None:
     tokens = _tokens(4)
-    whole = build_model(_cfg(), seed=3).train()
+    whole = build_model(design_cfg(), seed=3).train()
     want, want_g = _aux_and_grads(whole, [tokens], 1.0)
     mine = tokens.split(2)[rank]
     for accumulate in (False, True):
-        model = build_model(_cfg(balance_scope="global_batch"), seed=3).train()
+        model = build_model(design_cfg(balance_scope="global_batch"), seed=3).train()
         micros = list(mine.split(1)) if accumulate else [mine]
         if accumulate:
             global_batch_counts(model, micros)
@@ -117,7 +98,7 @@ def _ranks_body(rank: int, world: int) -> None:
     # Under FSDP (the router weight a DTensor) the counts work the same way.
     topo = Topology(rank, world, rank, 2, torch.device("cpu"))
     topo.mesh = build_mesh(topo)
-    sharded = build_parallel_model(_cfg(balance_scope="global_batch"), 3, topo).train()
+    sharded = build_parallel_model(design_cfg(balance_scope="global_batch"), 3, topo).train()
     micros = list(mine.split(1))
     global_batch_counts(sharded, micros)
     got, _ = _aux_and_grads(sharded, micros, 1 / len(micros))
@@ -127,7 +108,7 @@ def _ranks_body(rank: int, world: int) -> None:
 
     # Bias balancing: each rank routes its own tokens, its experts expert-parallel (half the
     # experts each, tokens sent by all-to-all); the update is the concatenated batch's.
-    cfg = _cfg(balance="bias", bias_update_rate=0.01)
+    cfg = design_cfg(balance="bias", bias_update_rate=0.01)
     ref = build_model(cfg, seed=3).train()
     ref(tokens, return_logits=False)
     model = build_model(cfg, seed=3).train()
@@ -155,15 +136,15 @@ def test_a_step_forgets_its_global_counts():
         return train_step(model, batch, opt, params, micro_batch=micro_batch, aux_loss_weight=1.0)
 
     batch = torch.randint(0, 61, (4, 9), generator=torch.Generator().manual_seed(1))
-    model = build_model(_cfg(balance_scope="global_batch"), seed=3).train()
+    model = build_model(design_cfg(balance_scope="global_batch"), seed=3).train()
     step(model, batch, 2)
     assert all(block.ffn.balance_counts_E is None for block in model.layers)
-    fresh = build_model(_cfg(balance_scope="global_batch"), seed=3).train()
+    fresh = build_model(design_cfg(balance_scope="global_batch"), seed=3).train()
     assert torch.equal(step(model, batch[:2], 2).aux_loss, step(fresh, batch[:2], 2).aux_loss)
 
 
 def test_checkpointing_counts_the_bias_loads_once():
-    model = checkpoint_blocks(build_model(_cfg(balance="bias"), seed=3).train())
+    model = checkpoint_blocks(build_model(design_cfg(balance="bias"), seed=3).train())
     tokens = _tokens(2)
     model(tokens).logits_BTV.sum().backward()  # recomputes every block
     for block in model.layers:
@@ -171,7 +152,7 @@ def test_checkpointing_counts_the_bias_loads_once():
 
 
 def test_bias_balancing_moves_toward_balance_and_never_changes_weights():
-    cfg = _cfg(balance="bias", bias_update_rate=0.02, top_k=1, n_experts=4)
+    cfg = design_cfg(balance="bias", bias_update_rate=0.02, top_k=1, n_experts=4)
     model = build_model(cfg, seed=0).train()
     layer: MoeFFN = model.layers[0].ffn
     gen = torch.Generator().manual_seed(0)
@@ -221,7 +202,7 @@ def test_max_vio_dead_experts_and_telemetry_only_when_asked():
     vio, dead = load_balance(torch.tensor([6, 2, 0, 0]))
     assert float(vio) == 6 / 2 - 1 and int(dead) == 2
     assert float(load_balance(torch.zeros(3, dtype=torch.int64))[0]) == 0.0
-    model = build_model(_cfg(n_layers=1), seed=0)
+    model = build_model(design_cfg(n_layers=1), seed=0)
     tokens = _tokens(2)
     stats = model.train()(tokens).moe_stats  # training: the trainer's telemetry
     assert len(stats) == 1
@@ -241,9 +222,9 @@ def test_max_vio_dead_experts_and_telemetry_only_when_asked():
 
 
 def test_no_balancing_loss_still_reports_it():
-    model = build_model(_cfg(balance="none"), seed=0).train()
+    model = build_model(design_cfg(balance="none"), seed=0).train()
     out = model(_tokens(2))
     assert float(out.aux_loss) == 0.0
     assert all(float(s.aux_loss) > 0 for s in out.moe_stats)
-    same = dataclasses.replace(_cfg(), balance="loss")
+    same = dataclasses.replace(design_cfg(), balance="loss")
     assert float(build_model(same, seed=0).train()(_tokens(2)).aux_loss.detach()) > 0

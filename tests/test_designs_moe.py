@@ -10,34 +10,19 @@ no balancing loss, the dense FFN's width = the dense model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _designs import design_cfg
 from moelab.config import ModelConfig
 from moelab.model import build_model
 from moelab.model.moe import MoeFFN, route
 
-
-def _cfg(**changes) -> ModelConfig:
-    base = dict(
-        arch="paper",
-        vocab_size=61,
-        n_layers=2,
-        d_model=16,
-        n_heads=2,
-        d_ffn=32,
-        max_seq_len=16,
-        dropout=0.0,
-        attn_dropout=0.0,
-        n_experts=6,
-        moe_every=1,
-        top_k=2,
-        capacity_factor=None,
-    )
-    return ModelConfig(**{**base, **changes}).validate()
+_cfg = functools.partial(design_cfg, n_experts=6)
 
 
 def _layer(cfg: ModelConfig, seed: int = 0) -> MoeFFN:
