@@ -15,17 +15,38 @@ def _metric(domain: str, **kw) -> MetricAnalysis:
     return ma
 
 
-def _table(an: Analysis) -> str:
+def _table(an: Analysis) -> dict[tuple[str, str, str], dict[str, str]]:
+    """The domain table's rows by (domain, in/out, MoE family), each as {column: cell}."""
     doc = Document("t")
     _domains(doc, an, figs={})
-    return to_markdown(doc)
+    lines = [ln for ln in to_markdown(doc).splitlines() if ln.startswith("|")]
+    header, *rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    rows = rows[1:]  # the alignment row
+    return {(r[0], r[1], r[2]): dict(zip(header, r)) for r in rows}
+
+
+def _number(cell: str) -> float | None:
+    """A table cell's number ("2.00x" -> 2.0; "-": none)."""
+    return None if cell == "-" else float(cell.removesuffix("x"))
+
+
+def _measured(row: dict[str, str], quality: float, speedup: float, label: str) -> None:
+    assert _number(row["loss t"]) == quality
+    assert _number(row["speedup"]) == speedup
+    assert row["95% interval"] == "-"  # MEASURED has no interval
+    assert row["label"] == label
+
+
+def _without_value(row: dict[str, str], why: str) -> None:
+    assert [row[c] for c in ("loss t", "speedup", "95% interval")] == ["-", "-", "-"]
+    assert row["label"] == why
 
 
 MEASURED = SpeedupPoint(4.9, 2e13, 1e13, 2.0, False)
 
 
 def test_domain_without_a_dense_fit_keeps_its_row_with_the_reason():
-    md = _table(
+    table = _table(
         Analysis(
             families=["dense", "moe8-top2"],
             dense_family="dense",
@@ -38,15 +59,15 @@ def test_domain_without_a_dense_fit_keeps_its_row_with_the_reason():
             out_domains=["chat", "docs"],
         )
     )
-    assert "| books | in | moe8-top2 | 4.9 | 2.00x | - | interpolated (fit) |" in md
-    assert "| chat | out | moe8-top2 | - | - | - | no dense fit: needs at least 3 points |" in md
-    assert "| docs | out | moe8-top2 | - | - | - | no speedup computed |" in md
+    _measured(table["books", "in", "moe8-top2"], 4.9, 2.0, "interpolated (fit)")
+    _without_value(table["chat", "out", "moe8-top2"], "no dense fit: needs at least 3 points")
+    _without_value(table["docs", "out", "moe8-top2"], "no speedup computed")
 
 
 def test_each_moe_family_is_reported_against_its_own_dense_partner():
     # Two architectures: the paper pair fits, the modern dense fit fails on both domains.
     failed = {"modern-dense": "needs at least 3 points"}
-    md = _table(
+    table = _table(
         Analysis(
             families=["dense", "moe8-top2", "modern-dense", "modern-moe8-top2"],
             dense_family="dense",
@@ -61,10 +82,10 @@ def test_each_moe_family_is_reported_against_its_own_dense_partner():
             out_domains=["chat"],
         )
     )
-    assert "| books | in | moe8-top2 | 4.9 | 2.00x | - | interpolated (fit) |" in md
-    reason = "no modern-dense fit: needs at least 3 points |"
-    assert f"| books | in | modern-moe8-top2 | - | - | - | {reason}" in md
-    assert f"| chat | out | modern-moe8-top2 | - | - | - | {reason}" in md
-    assert "| chat | out | moe8-top2 | - | - | - | no speedup computed |" in md
+    _measured(table["books", "in", "moe8-top2"], 4.9, 2.0, "interpolated (fit)")
+    reason = "no modern-dense fit: needs at least 3 points"
+    _without_value(table["books", "in", "modern-moe8-top2"], reason)
+    _without_value(table["chat", "out", "modern-moe8-top2"], reason)
+    _without_value(table["chat", "out", "moe8-top2"], "no speedup computed")
     # the out-of-domain mean sits next to the per-domain rows, even without a value
-    assert "| out-of-domain (mean) | out | moe8-top2 | - | - | - | no speedup computed |" in md
+    _without_value(table["out-of-domain (mean)", "out", "moe8-top2"], "no speedup computed")

@@ -12,6 +12,7 @@ import re
 import pytest
 
 from _study_rows import META, ZERO_SHOT_META, add_zero_shot, points, study_rows
+from moelab.study.analysis.bounds import bounds_at, strongest
 from moelab.study.analysis.document import to_markdown
 from moelab.study.analysis.report import compose, make_figures, zero_shot_json
 from moelab.study.analysis.sections import chance_verdicts
@@ -37,6 +38,23 @@ def _row(md: str, first_cell: str, after: str = "") -> list[str]:
     return [c.strip() for c in lines[0].strip("|").split("|")]
 
 
+def _table(md: str, heading: str) -> list[dict[str, str]]:
+    """The rows of the first table after ``heading``, each as {column: cell}."""
+    section = md[md.index(heading) :].split("\n#")[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    header, _, *rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return [dict(zip(header, r)) for r in rows]
+
+
+def _numbers(cell: str) -> list[float | None]:
+    """The numbers a cell states, in order ("≥ 1.50x" -> [1.5]; "[1.2x, -]" -> [1.2, None];
+    "0.30% [0.20%, 0.90%]" -> [0.3, 0.2, 0.9])."""
+    return [
+        None if x == "-" else float(x)
+        for x in re.findall(r"-?\d+(?:\.\d+)?|(?<![\w.])-(?![\w.])", cell)
+    ]
+
+
 def test_headline_table_has_every_setting_with_interval_and_label(built):
     rows, meta, an = built
     md = to_markdown(compose(STUDY, rows, meta, an, {}))
@@ -47,20 +65,25 @@ def test_headline_table_has_every_setting_with_interval_and_label(built):
         "loss: prose_heldout (out-of-domain)",
     ):
         cells = _row(md, setting)
-        h = an.metrics[
-            {
-                "in-domain loss": "loss_in_domain",
-                "out-of-domain loss (mean)": "loss_out_of_domain",
-                "loss: code (in-domain)": "loss/code",
-                "loss: prose_heldout (out-of-domain)": "loss/prose_heldout",
-            }[setting]
-        ].headlines["moe8-top2"]
+        column = {
+            "in-domain loss": "loss_in_domain",
+            "out-of-domain loss (mean)": "loss_out_of_domain",
+            "loss: code (in-domain)": "loss/code",
+            "loss: prose_heldout (out-of-domain)": "loss/prose_heldout",
+        }[setting]
+        h = an.metrics[column].headlines["moe8-top2"]
         assert cells[1] == f"{h.speedup:.2f}x"
         assert cells[2] == f"[{h.lo:.2f}x, {h.hi:.2f}x]"
         assert cells[3] == "interpolated (fit), dense range edge"
-        assert re.fullmatch(r"\[\d\.\d\dx, (-|\d+\.\d\dx)\]", cells[5]), cells
-        # the seed spread the interval rests on, with its own 95% range
-        assert re.fullmatch(r"\d\.\d\d% \[\d\.\d\d%, \d+\.\d\d%\]", cells[6]), cells
+        ma = an.metrics[column]
+        lo, hi = bounds_at(
+            ma.points["dense"], ma.points["moe8-top2"], h.quality, mode=an.mode
+        )  # the measured bounds at the headline's quality
+        assert _numbers(cells[5]) == [round(lo.ratio, 2), round(hi.ratio, 2) if hi else None]
+        # the seed spread the interval rests on, with its own 95% range (in % of the loss)
+        noise = ma.seed_noise["moe8-top2"]
+        spread = [100 * noise.sd, *(100 * x for x in noise.sd_interval())]
+        assert _numbers(cells[6]) == pytest.approx(spread, abs=0.005), cells
     # zero-shot: accuracy and the continuous score on separate, labelled rows
     acc = _row(md, "zero-shot accuracy (mean)")
     score = _row(
@@ -70,7 +93,15 @@ def test_headline_table_has_every_setting_with_interval_and_label(built):
     assert acc[1] == "2.00x" and score[1] == "2.00x"
     assert "seed offset of sd / sqrt(its seeds)" in md and "degrees of freedom" in md
     # the out-of-domain mean sits next to the per-domain rows in the domain table too
-    assert re.search(r"\| out-of-domain \(mean\) \| out \| moe8-top2 \| [\d.]+ \| \d\.\d\dx \|", md)
+    ood = an.metrics["loss_out_of_domain"].headlines["moe8-top2"]
+    row = _table(md, "## Speedup per domain")[1]
+    assert [row[c] for c in ("domain", "in/out", "MoE family")] == [
+        "out-of-domain (mean)",
+        "out",
+        "moe8-top2",
+    ]
+    assert float(row["loss t"]) == pytest.approx(ood.quality, rel=1e-3)
+    assert _numbers(row["speedup"]) == [round(ood.speedup, 2)]
 
 
 def test_accuracy_within_chance_gives_no_speedup_but_the_score_does(built):
@@ -95,12 +126,19 @@ def test_measured_bounds_and_seed_spread_sections(built):
     rows, meta, an = built
     md = to_markdown(compose(STUDY, rows, meta, an, {}))
     assert "## Measured bounds (no fit)" in md
-    lower = [ln for ln in md.splitlines() if ln.startswith("| in-domain loss | ≥ ")]
-    upper = [ln for ln in md.splitlines() if ln.startswith("| in-domain loss | ≤ ")]
-    assert len(lower) == len(upper) == 1
-    assert "no dense point reached it by" in lower[0] and "no MoE point" in upper[0]
+    # the strongest lower and upper bound on the in-domain speedup, with what shows each
+    low, up = strongest(an.metrics["loss_in_domain"].bounds["moe8-top2"])
+    rows = [r for r in _table(md, "## Measured bounds") if r["setting"] == "in-domain loss"]
+    assert [r["speedup"][0] for r in rows] == ["≥", "≤"]
+    assert [_numbers(r["speedup"]) for r in rows] == [[round(low.ratio, 2)], [round(up.ratio, 2)]]
+    assert (
+        "no dense point reached it by" in rows[0]["shown by"] and low.moe_run in rows[0]["shown by"]
+    )
+    assert "no MoE point" in rows[1]["shown by"] and up.dense_run in rows[1]["shown by"]
     cells = _row(md, "dense-0")
-    assert cells[1:3] == ["dense", "1, 2, 3"] and "±" in cells[3]
+    assert cells[1:3] == ["dense", "1, 2, 3"]
+    spread = next(s for s in an.seed_spread if s["preset"] == "dense-0")["loss_in_domain"]
+    assert _numbers(cells[3]) == [round(spread["mean"], 4), round(spread["std"], 4)]
     assert "bitwise identical" in md and "1 thread(s)" in md
 
 
@@ -108,20 +146,34 @@ def test_blimp_table_and_chance_sentence(built):
     rows, meta, an = built
     md = to_markdown(compose(STUDY, rows, meta, an, {}))
     assert "## blimp: accuracy overall and per field" in md
-    assert _row(md, "5-gram (reference)")[1:] == ["0.61", "0.6", "0.63"]
-    assert _row(md, "GPT-2 (reference)")[1] == "0.83"
-    big = _row(md, "moe-2__seed=1", after="## blimp")
-    assert big[1] == "0.715 [0.695, 0.735]" and big[2] == "0.705 [0.680, 0.730]"
+    blimp = {r["model"]: r for r in _table(md, "## blimp")}
+    for name, ref in ZERO_SHOT_META["tasks"]["blimp"]["reference"].items():
+        row = blimp[f"{name} (reference)"]
+        assert [float(row[f]) for f in ("overall", "syntax", "morphology")] == [
+            ref["overall"],
+            ref["field:syntax"],
+            ref["field:morphology"],
+        ]
     finals = [r for r in rows if r.final]
+    moe2 = next(r for r in finals if r.run == "moe-2__seed=1")
+    for column, task in (("overall", "blimp"), ("syntax", "blimp:field:syntax")):
+        acc = moe2.evaluation.zero_shot[task]  # value with its interval over items
+        assert _numbers(blimp["moe-2__seed=1"][column]) == [
+            round(acc.value, 3),
+            round(acc.lo, 3),
+            round(acc.hi, 3),
+        ]
     verdicts = chance_verdicts(finals, meta)
     assert "dense-0__seed=1" not in verdicts["blimp"]["above"]  # 0.50 [0.48, 0.52]
     assert "moe-0__seed=1" in verdicts["blimp"]["above"]
     assert verdicts["hellaswag"] == {"above": [], "below": []}
-    assert "Accuracy left the chance interval (above chance) for: blimp (" in md
+    above = re.search(
+        r"Accuracy left the chance interval \(above chance\) for: blimp \(([^)]*)\)", md
+    )
+    assert above and above.group(1).split(", ") == verdicts["blimp"]["above"]
     assert "Within the chance interval for every run: hellaswag." in md
     data = zero_shot_json(finals, meta)
     run = data["grouped"]["blimp"]["runs"]["moe-2__seed=1"]
-    moe2 = next(r for r in finals if r.run == "moe-2__seed=1")
     syntax = moe2.evaluation.zero_shot["blimp:field:syntax"].value
     assert run["field:syntax"] == syntax
     assert run["field:syntax_ci95"] == pytest.approx([syntax - 0.025, syntax + 0.025])
@@ -144,11 +196,19 @@ def test_readme_snippet_is_self_contained_markdown(built):
         "#### blimp: accuracy overall and per field",
     ):
         assert heading in text
-    h = an.metrics["loss_in_domain"].headlines["moe8-top2"]
-    assert f"| in-domain loss | {h.speedup:.2f}x | [{h.lo:.2f}x, {h.hi:.2f}x] |" in text
-    assert "| loss: code_heldout (out-of-domain) |" in text
-    assert "| zero-shot accuracy (mean) |" in text
-    assert "| moe-2__seed=1 | moe8-top2 | 1 |" in text  # runs table
+    for setting, column in (
+        ("in-domain loss", "loss_in_domain"),
+        ("loss: code_heldout (out-of-domain)", "loss/code_heldout"),
+        ("zero-shot accuracy (mean)", "zero_shot_mean"),
+    ):
+        h = an.metrics[column].headlines["moe8-top2"]
+        cells = _row(text, setting)  # headline: speedup and its 95% interval
+        assert _numbers(cells[1]) == [round(h.speedup, 2)]
+        assert _numbers(cells[2]) == [round(h.lo, 2), round(h.hi, 2)]
+    moe2 = next(r for r in rows if r.final and r.run == "moe-2__seed=1")
+    run = next(r for r in _table(text, "**Runs**") if r["run"] == "moe-2__seed=1")
+    assert [run["family"], run["seed"]] == ["moe8-top2", "1"]
+    assert float(run["in-domain loss"]) == pytest.approx(moe2.loss_in_domain, rel=1e-3)
     assert "![" not in text  # no image paths that only resolve inside the study folder
     fallback = readme_snippet(STUDY, rows, meta, an, {"wall_s": 600.0, "source": "sum of x"})
     assert "Wall time 10.0 min (sum of x)" in fallback
