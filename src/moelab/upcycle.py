@@ -29,12 +29,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from moelab.config import ModelConfig, apply_overrides
 from moelab.errors import MoelabError
 from moelab.paths import check_can_create
+
+if TYPE_CHECKING:
+    from moelab.train.config import RunConfig
 
 PARITY_TOLERANCE = 1e-4  # max |dense - upcycled| fp32 logits at step 0
 
@@ -153,37 +157,26 @@ def _max_logit_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return float((a.eval()(tokens).logits_BTV - b.eval()(tokens).logits_BTV).abs().max())
 
 
-def upcycle(
-    dense_run: str | Path,
-    out: str | Path,
+def upcycled_config(
+    dense_cfg: RunConfig,
+    dense_name: str,
     *,
     experts: int,
     top_k: int = 2,
-    step: int | None = None,
     overrides: list[str] | None = None,
-) -> UpcycleResult:
-    """Write the new run ``out`` from the dense run's newest valid checkpoint (or ``step``)."""
-    from moelab.lock import locked_new_dir
-    from moelab.model import build_model
-    from moelab.train import checkpoint as ckpt_io
+) -> RunConfig:
+    """The new run's RunConfig from the dense run's (``upcycled_from`` not set yet): the
+    dense run's sections with ``experts`` x top-``top_k`` MoE layers, seed + 1, ``overrides``
+    (``KEY=VALUE``: routing keys of the model, any ``train.*``/``parallel.*`` key) applied.
+    ``moelab upcycle`` and a study's upcycled runs (study/plan/estimate.py) both make theirs
+    here. ``dense_name`` names the dense run in a refusal."""
     from moelab.train.config import run_config_from_dict
-    from moelab.train.loading import load_model
-    from moelab.train.optim import build_optimizer
-    from moelab.train.rng import rng_state, seed_everything
-    from moelab.train.rundir import CONFIG, TOKENIZER, read_run_config, stored_config
 
-    dense_run, out = Path(dense_run), Path(out)
-    _check_out(out)
-    dense_cfg = read_run_config(dense_run)
     if dense_cfg.model.is_moe:
         raise MoelabError(
-            f"{dense_run}: already an MoE ({dense_cfg.model.n_experts} experts); upcycling "
+            f"{dense_name}: already an MoE ({dense_cfg.model.n_experts} experts); upcycling "
             "starts from a dense run"
         )
-    tokenizer = dense_run / TOKENIZER
-    if not tokenizer.is_file():
-        raise MoelabError(f"{dense_run}: no {TOKENIZER}; not a complete run folder")
-
     raw = dense_cfg.to_dict()
     d = dense_cfg.model
     raw["model"].update(
@@ -202,20 +195,50 @@ def upcycle(
                 key="overrides",
             )
     raw = apply_overrides(raw, list(overrides or []))
-    moe_cfg = _moe_config(d, raw["model"])
+    raw["model"] = dataclasses.asdict(_moe_config(d, raw["model"]))
+    return run_config_from_dict(raw, check_data=False)
+
+
+def upcycle(
+    dense_run: str | Path,
+    out: str | Path,
+    *,
+    experts: int,
+    top_k: int = 2,
+    step: int | None = None,
+    overrides: list[str] | None = None,
+) -> UpcycleResult:
+    """Write the new run ``out`` from the dense run's newest valid checkpoint (or ``step``)."""
+    from moelab.lock import locked_new_dir
+    from moelab.model import build_model
+    from moelab.train import checkpoint as ckpt_io
+    from moelab.train.config import UpcycledFrom
+    from moelab.train.loading import load_model
+    from moelab.train.optim import build_optimizer
+    from moelab.train.rng import rng_state, seed_everything
+    from moelab.train.rundir import CONFIG, TOKENIZER, read_run_config, stored_config
+
+    dense_run, out = Path(dense_run), Path(out)
+    _check_out(out)
+    dense_cfg = read_run_config(dense_run)
+    run_cfg = upcycled_config(
+        dense_cfg, str(dense_run), experts=experts, top_k=top_k, overrides=overrides
+    )
+    moe_cfg = run_cfg.model
+    tokenizer = dense_run / TOKENIZER
+    if not tokenizer.is_file():
+        raise MoelabError(f"{dense_run}: no {TOKENIZER}; not a complete run folder")
 
     dense_model, _, meta = load_model(dense_run, step=step)
     dense_step = int(meta.get("step", 0))
     flops = float(meta.get("flops") or 0.0)
-    raw["model"] = dataclasses.asdict(moe_cfg)
-    raw["upcycled_from"] = {
-        "run": str(dense_run.resolve()),
-        "config_hash": meta.get("config_hash") or dense_cfg.config_hash(),
-        "step": dense_step,
-        "tokens": int(meta.get("tokens") or 0),
-        "train_flops": flops,
-    }
-    run_cfg = run_config_from_dict(raw, check_data=False)
+    run_cfg.upcycled_from = UpcycledFrom(
+        run=str(dense_run.resolve()),
+        config_hash=meta.get("config_hash") or dense_cfg.config_hash(),
+        step=dense_step,
+        tokens=int(meta.get("tokens") or 0),
+        train_flops=flops,
+    )
     run_cfg.notes = [
         f"upcycled by moelab upcycle from {dense_run.resolve()} (step {dense_step}): "
         f"{experts} copies of its FFN, top-{top_k}, in layers {moe_cfg.moe_layer_ids()}"

@@ -7,7 +7,10 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from moelab.config import ModelConfig
+from moelab.errors import MoelabError
 from moelab.flops import ParamCounts, count_params, train_flops_per_token
 from moelab.study.plan.grid import RunSpec
 from moelab.train.budget import cooldowns_of, resolve_budget
@@ -28,6 +31,8 @@ class PlannedRun:
     est_seconds: float  # for every FLOP spent, cooldown branches included
     throughput_source: str  # "measured" or "constant"
     spent_flops: float = 0.0  # train_flops plus the cooldown branches' (schedule: wsd)
+    # An upcycled run: moelab.upcycle's arguments (dense: the dense run's name in the study)
+    upcycle: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -92,6 +97,52 @@ def resolve_run(spec: RunSpec, data_dir: str | None, vocab_size: int) -> RunConf
     return cfg
 
 
+def upcycled_run(spec: RunSpec, dense: PlannedRun) -> tuple[RunConfig, dict[str, Any]]:
+    """An upcycled run's config, as moelab.upcycle will write it from ``dense``'s checkpoint
+    at ``step``, and upcycle's arguments. Its budget is the rest of the dense run's, in the
+    same unit (docs/study.md); its per_model keys are upcycle's overrides."""
+    from moelab.train.config import UpcycledFrom
+    from moelab.upcycle import upcycled_config
+
+    u, t = spec.upcycle or {}, dense.run_config.train
+    step, where = u["step"], f"grid.model upcycle {spec.name}"
+    if step >= dense.steps or (step % t.checkpoint_every if t.checkpoint_every else 1):
+        raise MoelabError(
+            f"{where}: step {step} is not a checkpoint of {dense.name} before its last step "
+            f"(it takes {dense.steps} steps and saves every {t.checkpoint_every} "
+            "(train.checkpoint_every): give a multiple below its steps)"
+        )
+    budget = resolve_budget(dense.run_config)
+    settings = {("train.seed" if k == "seed" else k): v for k, v in u["settings"].items()}
+    rest = {
+        "train.budget_steps": t.budget_steps and t.budget_steps - step,
+        "train.budget_tokens": t.budget_tokens and t.budget_tokens - budget.tokens_at(step),
+        "train.budget_flops": t.budget_flops and t.budget_flops - budget.flops_at(step),
+    }
+    if set(rest) & set(settings):  # its own budget: the others unset
+        rest = {k: None for k in rest}
+    # as --set strings (YAML flow values: 1.0e+16 stays a float)
+    overrides = [
+        f"{k}={yaml.safe_dump([v], default_flow_style=True).strip()[1:-1]}"
+        for k, v in {**rest, **settings}.items()
+    ]
+    args = {"dense": dense.name, "step": step, "experts": u["experts"], "top_k": u["top_k"]}
+    try:
+        cfg = upcycled_config(
+            dense.run_config,
+            dense.name,
+            experts=args["experts"],
+            top_k=args["top_k"],
+            overrides=overrides,
+        )
+    except MoelabError as e:
+        raise MoelabError(f"{where}: {e}") from None
+    cfg.upcycled_from = UpcycledFrom(
+        "", dense.run_config.config_hash(), step, budget.tokens_at(step), budget.flops_at(step)
+    )
+    return cfg, {**args, "overrides": overrides}
+
+
 def measure_flops_per_second(run_cfg: RunConfig, steps: int = 2) -> float | None:
     """Time a few real training steps (forward, backward, AdamW) of this model on random tokens
     at the run's micro-batch; None when the model cannot be built here."""
@@ -139,10 +190,18 @@ def make_plan(
 ) -> list[PlannedRun]:
     plan: list[PlannedRun] = []
     measured: dict[str, float | None] = {}
+    sources = {s.upcycle["source"] for s in specs if s.upcycle}
     for spec in specs:
-        run_cfg = resolve_run(spec, data_dir, vocab_size)
+        up = None
+        if spec.upcycle:  # after its dense run (grid.expand_grid)
+            dense = next(p for p in plan if p.name == spec.upcycle["source"])
+            run_cfg, up = upcycled_run(spec, dense)
+        else:
+            run_cfg = resolve_run(spec, data_dir, vocab_size)
         model = run_cfg.model
         budget = resolve_budget(run_cfg)  # the trainer's own rounding to whole steps
+        if spec.name in sources:  # keeps every checkpoint, its upcycled runs' step among them
+            run_cfg.train.keep_last = max(run_cfg.train.keep_last, budget.total_steps)
         steps, tokens = budget.total_steps, budget.total_tokens
         per_token, flops = budget.flops_per_token, budget.total_flops
         spent = flops + budget.flops_at(sum(c.length for c in cooldowns_of(run_cfg, budget)))
@@ -160,11 +219,15 @@ def make_plan(
                 measured[key] = measure_flops_per_second(run_cfg)
             if measured[key]:
                 speed, source = measured[key], "measured"
+        family, preset = family_of(model, spec.family_suffix), None
+        if up:  # the label the report shows: the dense run's compute included
+            preset, at = spec.upcycle["label"], run_cfg.upcycled_from.train_flops
+            family += f" upcycled from {spec.upcycle['from']} at {at:.3g} FLOPs"
         plan.append(
             PlannedRun(
                 spec=spec,
-                family=family_of(model, spec.family_suffix),
-                preset=preset_of(spec.run_config.get("model"), model),
+                family=family,
+                preset=preset or preset_of(spec.run_config.get("model"), model),
                 run_config=run_cfg,
                 params=count_params(model),
                 flops_per_token=per_token,
@@ -174,6 +237,7 @@ def make_plan(
                 est_seconds=spent / speed,
                 throughput_source=source,
                 spent_flops=spent,
+                upcycle=up,
             )
         )
     return plan

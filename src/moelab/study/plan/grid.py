@@ -1,12 +1,16 @@
 """Grid expansion: a base run config and ``grid: {dotted.key: [values]}`` -> one RunSpec per
-combination, each with a stable, readable, filesystem-safe name."""
+combination, each with a stable, readable, filesystem-safe name.
+
+A ``grid.model`` entry ``{upcycle: {from: DENSE, step: N, experts: E, top_k: K}}`` is a run
+upcycled (moelab.upcycle) from the dense run of grid model DENSE with the same other grid
+values, at its checkpoint N; such runs come after every other run (docs/study.md)."""
 
 from __future__ import annotations
 
 import copy
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from moelab.errors import MoelabError
@@ -43,7 +47,40 @@ class RunSpec:
     values: dict[str, Any]  # grid key -> value for this run
     run_config: dict[str, Any]  # the trainer's run config (model, data, train sections)
     family_suffix: str = ""  # routing/family keys that split the family
-    extra: dict[str, Any] = field(default_factory=dict)
+    # An upcycled run: {from, step, experts, top_k} of its grid entry, its "label" (model
+    # name), "source" (the dense run's name) and "settings" (its per_model keys, given to
+    # moelab.upcycle as overrides)
+    upcycle: dict[str, Any] | None = None
+
+
+UPCYCLE_FORM = "{upcycle: {from: DENSE_MODEL, step: N, experts: E, top_k: K, name: NAME}}"
+
+
+def _upcycle_entry(value: Any) -> dict[str, Any] | None:
+    """A ``grid.model`` upcycle entry as ``{name, upcycle: {from, step, experts, top_k}}``
+    (None for any other value); a malformed one is refused."""
+    if not (isinstance(value, dict) and "upcycle" in value):
+        return None
+    u = value["upcycle"]
+    keys = set(u) if isinstance(u, dict) else set()
+    bad = (
+        set(value) != {"upcycle"}
+        or not isinstance(u, dict)
+        or {"from", "step", "experts"} - keys
+        or keys - {"from", "step", "experts", "top_k", "name"}
+    )
+    if bad:
+        raise MoelabError(
+            f"grid.model: {value!r}: an upcycled run is {UPCYCLE_FORM} (top_k and name optional)"
+        )
+    u = {"top_k": 2, **u}
+    for key in ("step", "experts", "top_k"):
+        if not isinstance(u[key], int) or isinstance(u[key], bool) or u[key] < 1:
+            raise MoelabError(f"grid.model upcycle {key}: must be an integer >= 1, got {u[key]!r}")
+    src = str(u["from"])
+    name = u.get("name") or f"upcycled-{src}-{u['experts']}x-top{u['top_k']}-step{u['step']}"
+    keep = {k: u[k] for k in ("step", "experts", "top_k")}
+    return {"name": str(name), "upcycle": {"from": src, **keep}}
 
 
 def _value_label(value: Any) -> str:
@@ -87,6 +124,8 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
     """
     keys = list(cfg.grid)
     value_lists = [cfg.grid[k] for k in keys]
+    if "model" in cfg.grid:
+        value_lists[keys.index("model")] = [_upcycle_entry(v) or v for v in cfg.grid["model"]]
     family_keys = (
         cfg.family_keys if cfg.family_keys is not None else [k for k in keys if k in ROUTING_KEYS]
     )
@@ -97,11 +136,13 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
     seen: dict[str, int] = {}
     for index, combo in enumerate(itertools.product(*value_lists)):
         values = dict(zip(keys, combo))
+        model = values.get("model")
+        up = model.get("upcycle") if isinstance(model, dict) else None  # made, not configured
         run_config = copy.deepcopy(cfg.base)
         labels = []
         for key, value in values.items():
-            target = seed_key if key == "seed" else key
-            set_dotted(run_config, target, value)
+            if not (key == "model" and up):
+                set_dotted(run_config, seed_key if key == "seed" else key, value)
             if key == "model":
                 labels.insert(0, _value_label(value))
             else:
@@ -112,7 +153,8 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
             base_label = model if isinstance(model, str) else (model or {}).get("preset", "model")
             labels.insert(0, _value_label(base_label))
         model_label = labels[0]
-        for key, value in cfg.per_model.get(model_label, {}).items():
+        settings = cfg.per_model.get(model_label, {})
+        for key, value in {} if up else settings.items():
             set_dotted(run_config, seed_key if key == "seed" else key, value)
         name = _safe("__".join(labels))
         if name in seen:
@@ -123,13 +165,37 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
         suffix = "".join(
             f"-{_SHORT.get(k, k.split('.')[-1])}={_value_label(values[k])}" for k in family_keys
         )
-        specs.append(RunSpec(name, index, values, run_config, family_suffix=suffix))
+        up = {**up, "settings": dict(settings), "label": model_label} if up else None
+        specs.append(RunSpec(name, index, values, run_config, suffix, up))
     if not specs:
         raise MoelabError("grid: no runs; give at least one model")
     unused = set(cfg.per_model) - {_value_label(s.values.get("model", "")) for s in specs}
     if unused and "model" in cfg.grid:
         raise MoelabError(f"per_model: {', '.join(sorted(unused))} not in grid.model")
-    return specs + _replicates(cfg, specs, seed_key, seen)
+    return _link_upcycled(specs + _replicates(cfg, specs, seed_key, seen))
+
+
+def _link_upcycled(specs: list[RunSpec]) -> list[RunSpec]:
+    """Each upcycled run's dense run (grid model ``from`` with the same other grid values, a
+    replicate seed included), and every upcycled run after every other run."""
+    plain = [s for s in specs if s.upcycle is None]
+    ups = [s for s in specs if s.upcycle is not None]
+    for s in ups:
+        want = {**s.values, "model": s.upcycle["from"]}
+        found = [
+            p.name
+            for p in plain
+            if {**p.values, "model": _value_label(p.values.get("model"))} == want
+        ]
+        if not found:
+            models = sorted({_value_label(p.values.get("model")) for p in plain})
+            raise MoelabError(
+                f"grid.model upcycle {s.name}: from {s.upcycle['from']!r} is not a grid model "
+                f"run with its other grid values (models: {', '.join(models)}; a replicate seed "
+                "needs the dense model in replicates.models too)"
+            )
+        s.upcycle["source"] = found[0]
+    return plain + ups
 
 
 def _replicates(
@@ -168,7 +234,8 @@ def _replicates(
                     len(specs) + len(out),
                     {**spec.values, "seed": seed},
                     run_config,
-                    family_suffix=spec.family_suffix,
+                    spec.family_suffix,
+                    dict(spec.upcycle) if spec.upcycle else None,
                 )
             )
     return out

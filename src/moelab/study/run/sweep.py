@@ -108,6 +108,8 @@ def build_plan(cfg: StudyConfig, out_dir: Path, measure: bool | None = None) -> 
     for p in plan:  # the study's thread count trains every run that does not set its own
         if "threads" not in (p.spec.run_config.get("train") or {}):
             p.run_config.train.threads = cfg.threads
+        if p.upcycle:  # where its dense run is, as moelab upcycle records it
+            p.run_config.upcycled_from.run = str(run_dir(out_dir, p.upcycle["dense"]).resolve())
     return plan
 
 
@@ -174,10 +176,31 @@ def check_run_names(plan: list[PlannedRun]) -> None:
             )
 
 
+def start_upcycled(planned: PlannedRun, path: Path) -> None:
+    """An upcycled run's folder, before its first training: ``moelab upcycle`` of its dense
+    run's checkpoint (study/plan/estimate.py, upcycled_run). A diverged dense run makes the
+    upcycled one diverged too."""
+    up = planned.upcycle
+    if up is None or path.exists():
+        return
+    from moelab.upcycle import upcycle
+
+    dense = path.parent / up["dense"]
+    if read_divergence(dense) is not None:
+        path.mkdir(parents=True)
+        raise TrainingDiverged(f"its dense run {up['dense']} diverged")
+    args = {k: v for k, v in up.items() if k != "dense"}
+    try:
+        upcycle(dense, path, **args)
+    except MoelabError as e:
+        raise MoelabError(f"{planned.name}: upcycling {dense} at step {up['step']}: {e}") from None
+
+
 def _train_one(planned: PlannedRun, path: Path) -> float:
     from moelab.train import train
 
     start = time.perf_counter()
+    start_upcycled(planned, path)
     train(planned.run_config, path)
     return time.perf_counter() - start
 
@@ -399,6 +422,7 @@ def _init_worker(parent: int, slots, log_level: int | None = None) -> None:
 def train_in_processes(planned: PlannedRun, path: Path, nproc: int) -> None:
     """Train one run: in this process, or with ``nproc > 1`` under torchrun (``moelab train``
     on ``nproc`` processes, the run config written to the study's ``configs/`` for it)."""
+    start_upcycled(planned, path)
     if nproc <= 1:
         from moelab.train import train as train_run
 
@@ -459,7 +483,13 @@ def _run_parallel(
     import concurrent.futures as cf
     import multiprocessing
 
-    order = sorted(todo, key=lambda ip: -ip[1].est_seconds)
+    # Longest first, a dense run counting its upcycled runs' time (they wait for it)
+    waits = {p.name: p.upcycle["dense"] for _, p in todo if p.upcycle}
+    chain = {p.name: p.est_seconds for _, p in todo}
+    for name, dense in waits.items():
+        if dense in chain:
+            chain[dense] += chain[name]
+    order = sorted(todo, key=lambda ip: -chain[ip[1].name])
     from moelab.study.plan.estimate import makespan
 
     total_est = makespan([p.est_seconds for _, p in todo], cfg.workers)
@@ -486,7 +516,8 @@ def _run_parallel(
     # workers, so a second SIGTERM then ends the study rather than the wait.
     signals = stopping.StudySignals().__enter__()
     try:
-        for i, planned in order:
+
+        def submit(i: int, planned: PlannedRun):
             path = run_dir(out, planned.name)
             state = run_state(path, key)
             train = state in (RunState.NEW, RunState.INTERRUPTED)
@@ -496,19 +527,31 @@ def _run_parallel(
             echo(f"[{i}/{n}] queued: {verb} {planned.name} ({planned.family})")
             job = pool.submit(_train_and_evaluate, cfg, planned, path, key, train)
             futures[job] = (i, planned)
-        for done, fut in enumerate(cf.as_completed(futures), 1):
-            i, planned = futures[fut]
-            train_s, eval_s, lines, diverged = fut.result()  # other errors stop the study
-            if diverged:
-                echo(f"[{i}/{n}] " + lines[0])
-                continue
-            echo(
-                f"[{i}/{n}] finished {planned.name}: training {fmt_seconds(train_s)}, "
-                f"evaluation {fmt_seconds(eval_s)} ({done}/{len(todo)} done, "
-                f"{fmt_seconds(time.perf_counter() - start)} elapsed)"
-            )
-            for line in lines:
-                echo(line)
+            return job
+
+        left = set(chain)  # runs not done yet: an upcycled run waits for its dense run
+        held = [ip for ip in order if waits.get(ip[1].name) in left]
+        running = {submit(*ip) for ip in order if waits.get(ip[1].name) not in left}
+        done = 0
+        while running:
+            finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                i, planned = futures[fut]
+                train_s, eval_s, lines, diverged = fut.result()  # other errors stop the study
+                left.discard(planned.name)
+                done += 1
+                if diverged:
+                    echo(f"[{i}/{n}] " + lines[0])
+                    continue
+                echo(
+                    f"[{i}/{n}] finished {planned.name}: training {fmt_seconds(train_s)}, "
+                    f"evaluation {fmt_seconds(eval_s)} ({done}/{len(todo)} done, "
+                    f"{fmt_seconds(time.perf_counter() - start)} elapsed)"
+                )
+                for line in lines:
+                    echo(line)
+            running |= {submit(*ip) for ip in held if waits[ip[1].name] not in left}
+            held = [ip for ip in held if waits[ip[1].name] in left]
     except KeyboardInterrupt as e:
         # Ctrl-C, SIGTERM, or a worker that was signalled: every worker saves its checkpoint
         # and starts nothing new (study/run/stopping.py); every run resumes from there.
