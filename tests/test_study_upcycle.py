@@ -180,3 +180,14 @@ def test_a_parallel_study_killed_after_the_dense_run_resumes_to_the_same_table(f
     assert done.returncode == 0, done.stderr
     assert "1 of 2 runs already finished" in done.stdout
     assert _table(tmp_path / "out" / "results.csv") == _table(finished / "results.csv")
+
+
+def test_an_array_task_of_the_upcycled_run_before_its_dense_run_is_refused(tmp_path, capsys):
+    """`--only` (a Slurm array task) of the upcycled run while its dense run has no checkpoint
+    at the step: one line, exit 2, no run folder."""
+    path, out = _study(tmp_path), tmp_path / "out"
+    rc, _, err = run_cli(capsys, ["study", path, "--out", out, "--emit", "slurm", tmp_path / "s"])
+    assert rc == 0, err
+    rc, _, err = run_cli(capsys, ["study", path, "--out", out, "--only", UP])
+    assert rc == 2 and err.count("\n") == 1 and "train the dense run first" in err, err
+    assert not (out / "runs").exists()

@@ -183,12 +183,18 @@ def start_upcycled(planned: PlannedRun, path: Path) -> None:
     up = planned.upcycle
     if up is None or path.exists():
         return
+    from moelab.train.checkpoint import step_dir
     from moelab.upcycle import upcycle
 
     dense = path.parent / up["dense"]
     if read_divergence(dense) is not None:
         path.mkdir(parents=True)
         raise TrainingDiverged(f"its dense run {up['dense']} diverged")
+    if not step_dir(dense, up["step"]).is_dir():  # a Slurm array task can come first
+        raise MoelabError(
+            f"{planned.name}: its dense run {dense} has no checkpoint at step {up['step']} "
+            "(yet): train the dense run first, then this one"
+        )
     args = {k: v for k, v in up.items() if k != "dense"}
     try:
         upcycle(dense, path, **args)
