@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from moelab.errors import MoelabError
-from moelab.io import atomic_dir, no_space_left, sha256_file, temp_beside
+from moelab.io import atomic_dir, atomic_write_text, no_space_left, sha256_file, temp_beside
 
 CHECKPOINTS = "checkpoints"
 WEIGHTS = "model.safetensors"
@@ -324,10 +324,8 @@ def load_weights(path: Path, model: nn.Module) -> None:
         return
     file = path / WEIGHTS
     try:
-        tensors = load_file(str(file))
-        from safetensors import safe_open
-
         with safe_open(str(file), framework="pt") as f:
+            tensors = f.get_tensors()  # as safetensors.torch.load_file
             aliases = json.loads((f.metadata() or {}).get(_ALIASES_KEY, "{}"))
     except (SafetensorError, OSError, json.JSONDecodeError) as e:
         raise MoelabError(f"{file}: cannot read weights ({e})") from None
@@ -404,7 +402,6 @@ def consolidate_checkpoint(
         raise MoelabError(no_valid_checkpoint(run_dir, step, skipped))
     if not is_sharded(found.path):
         return found.path, None
-    from moelab.io import atomic_write_text
     from moelab.parallel.dcp import consolidate
 
     record = consolidate(found.path / SHARDED, found.path / WEIGHTS)

@@ -18,7 +18,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,11 +123,12 @@ class TrainConfig:
                 "train: set exactly one budget (budget_flops, budget_tokens or budget_steps); "
                 f"got {got}"
             )
-        key = budgets[0]
-        value = getattr(self, key)
-        if not (value > 0 and math.isfinite(value)):
-            raise bad(key, f"must be > 0, got {value}")
-        for key in ("seq_len", "batch_size", "grad_accum", "eval_points", "log_every", "keep_last"):
+        # (check_finite above: every float is finite)
+        for key in (budgets[0], "lr"):
+            if not getattr(self, key) > 0:
+                raise bad(key, f"must be > 0, got {getattr(self, key)}")
+        at_least_one = ("seq_len", "batch_size", "grad_accum", "eval_points", "log_every")
+        for key in (*at_least_one, "keep_last", "max_nonfinite_in_row"):
             if getattr(self, key) < 1:
                 raise bad(key, f"must be >= 1, got {getattr(self, key)}")
         if self.batch_size % self.grad_accum:
@@ -136,11 +136,9 @@ class TrainConfig:
                 "grad_accum",
                 f"batch_size {self.batch_size} is not divisible by grad_accum {self.grad_accum}",
             )
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise bad("lr", f"must be > 0, got {self.lr}")
         if self.warmup_steps is not None and self.warmup_tokens is not None:
             raise bad("warmup_steps", "set warmup_steps or warmup_tokens, not both")
-        for key in ("warmup_steps", "warmup_tokens"):
+        for key in ("warmup_steps", "warmup_tokens", "cooldowns", "weight_decay", "seed"):
             v = getattr(self, key)
             if v is not None and v < 0:
                 raise bad(key, f"must be >= 0, got {v}")
@@ -148,8 +146,6 @@ class TrainConfig:
             raise bad("schedule", f"must be linear, cosine, constant or wsd, got {self.schedule!r}")
         if not 0.0 < self.decay_fraction < 1.0:
             raise bad("decay_fraction", f"must be in (0, 1), got {self.decay_fraction}")
-        if self.cooldowns < 0:
-            raise bad("cooldowns", f"must be >= 0, got {self.cooldowns}")
         if self.cooldowns and self.eval_tokens == 0:
             raise bad(
                 "cooldowns",
@@ -168,8 +164,6 @@ class TrainConfig:
             raise bad("betas", f"must be two numbers in [0, 1), got {self.betas}")
         if not self.eps > 0:
             raise bad("eps", f"must be > 0, got {self.eps}")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", f"must be >= 0, got {self.weight_decay}")
         if self.clip is not None and not self.clip > 0:
             raise bad("clip", f"must be > 0 or null (no clipping), got {self.clip}")
         if self.dtype not in ("fp32", "bf16"):
@@ -182,10 +176,6 @@ class TrainConfig:
             raise bad("eval_batch_size", f"must be >= 1 or null, got {self.eval_batch_size}")
         if self.checkpoint_every < 0:
             raise bad("checkpoint_every", "must be >= 0 (0: only the final step)")
-        if self.seed < 0:
-            raise bad("seed", f"must be >= 0, got {self.seed}")
-        if self.max_nonfinite_in_row < 1:
-            raise bad("max_nonfinite_in_row", f"must be >= 1, got {self.max_nonfinite_in_row}")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", f"must be >= 1 or null (torch's default), got {self.threads}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -322,7 +312,7 @@ def _resolve_data(spec: Any) -> DataSection:
         raise MoelabError("data.dir: missing; give the prepared data folder")
     if section.weights is not None:
         for dom, w in section.weights.items():
-            if not (w >= 0 and math.isfinite(w)):
+            if not w >= 0:  # finite: from_dict refuses nan and inf
                 raise MoelabError(f"data.weights.{dom}: must be >= 0, got {w}")
         if section.weights and not any(w > 0 for w in section.weights.values()):
             raise MoelabError("data.weights: all zero; give at least one domain a weight > 0")

@@ -294,7 +294,10 @@ class Trainer:
             dist.barrier()
         # Denormals slow fp32 CPU training ~10x. The flag is process-wide, so the caller's
         # setting (a notebook, a test process) is restored on the way out; so is the thread count.
-        with self._folder_lock(), self._disk_full_is_one_line(), self._threads():
+        # One process trains in a run folder at a time (docs/training.md). Distributed jobs are
+        # one launch, whose ranks share the folder: they take no lock here.
+        lock = folder_lock(self.run_dir, "train") if self.world == 1 else contextlib.nullcontext()
+        with lock, self._disk_full_is_one_line(), self._threads():
             if self.device.type != "cpu":
                 return self._run()
             previous = _flush_denormal_enabled()
@@ -330,13 +333,6 @@ class Trainer:
             raise MoelabError(
                 f"no space left on the device holding {where}; {ckpt_io.intact_note(self.run_dir)}"
             ) from None
-
-    def _folder_lock(self) -> contextlib.AbstractContextManager:
-        """One process trains in a run folder at a time (docs/training.md). Distributed jobs
-        are one launch, whose ranks share the folder: they take no lock here."""
-        if self.world > 1:
-            return contextlib.nullcontext()
-        return folder_lock(self.run_dir, "train")
 
     def _resume_checks(self, path: Path, data, data_fp: str | None) -> dict[str, Any]:
         """Refuse (before anything is written) a checkpoint this run cannot continue from;
@@ -451,9 +447,8 @@ class Trainer:
         bar = ProgressBar(
             budget.total_steps, start_step, enabled=self.show_progress, title=cfg.model.name
         )
-        self.telemetry = None  # the interval's MoE telemetry, flushed into each metrics row
-        if cfg.model.is_moe:
-            self.telemetry = MoeTelemetry(cfg.model.n_experts, cfg.model.top_k, self.device)
+        m = cfg.model  # the interval's MoE telemetry, flushed into each metrics row
+        self.telemetry = MoeTelemetry(m.n_experts, m.top_k, self.device) if m.is_moe else None
         on_moe_stats = self.telemetry.add if self.telemetry is not None else None
         params = [p for p in model.parameters() if p.requires_grad]
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -611,17 +606,18 @@ class Trainer:
         if self.world > 1:
             for key in ("ce", "aux", "z"):  # losses of the whole batch, not of this rank's rows
                 acc[key] = self.reduce_mean(acc[key])
-        n = max(1, n_acc)
-        ce, aux, z, gnorm = (float(acc[k] / n) for k in ("ce", "aux", "z", "gnorm"))
+        ce, aux, z, gnorm = (
+            float(acc[k] / n_acc) if n_acc else math.nan for k in ("ce", "aux", "z", "gnorm")
+        )
         row: dict[str, Any] = {
             "step": step,
             "tokens": self.budget.tokens_at(step),
             "flops": self.budget.flops_at(step),
             "lr": lr,
-            "loss": ce if n_acc else math.nan,
-            "aux_loss": aux if n_acc else math.nan,
-            "z_loss": z if n_acc else math.nan,
-            "grad_norm": gnorm if n_acc else math.nan,
+            "loss": ce,
+            "aux_loss": aux,
+            "z_loss": z,
+            "grad_norm": gnorm,
             "skipped_updates": skipped,
             "tokens_per_s": interval_tokens / interval_time if interval_time > 0 else 0.0,
             "flops_spent": self.flops_spent(step),
