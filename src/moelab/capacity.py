@@ -170,11 +170,9 @@ def estimate_memory(cfg: ModelConfig, cluster: Cluster, layout: Layout) -> Memor
 
 
 def local_params(cfg: ModelConfig, cluster: Cluster, layout: Layout) -> float:
-    counts = count_params(cfg)
-    if not cfg.is_moe:
-        return counts.total / cluster.world
-    # dense parameters: FSDP over the expert group (replicated over its copies); experts: E/ep
-    return (counts.total - counts.experts) / layout.ep + counts.experts / layout.ep
+    # dense model: FSDP over all ranks; MoE: the dense parameters FSDP over the expert group
+    # (replicated over its copies), the experts E/ep per rank
+    return count_params(cfg).total / (layout.ep if cfg.is_moe else cluster.world)
 
 
 def step_tokens(cluster: Cluster, layout: Layout) -> int:

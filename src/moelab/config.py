@@ -116,8 +116,6 @@ class ModelConfig:
         check_finite(self, "model")
         if self.arch not in ("paper", "modern"):
             raise bad("arch", f"must be 'paper' or 'modern', got {self.arch!r}")
-        if self.init is None:
-            self.init = default_init(self.arch)
         if self.init not in INIT_SCHEMES:
             raise bad("init", f"must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         std_ok = self.init_std > 0 and math.isfinite(self.init_std)

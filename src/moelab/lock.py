@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -332,18 +333,12 @@ class FolderLock:
         self._made = []
 
 
-@contextlib.contextmanager
-def folder_lock(folder: str | Path, command: str, key: str = "out") -> Iterator[FolderLock]:
-    lock = FolderLock(folder, command, key)
-    with lock:
-        yield lock
+folder_lock = FolderLock  # with folder_lock(folder, "train"): ...
 
 
 def remove_stale_temps(folder: str | Path) -> None:
     """Delete ``.NAME.tmp-*`` folders beside ``folder`` (left by killed writers of it). Only the
     lock holder calls this: every writer of ``folder`` holds its lock, so none is live."""
-    import shutil
-
     folder = Path(folder).resolve()
     if not holds_lock(folder):
         return
