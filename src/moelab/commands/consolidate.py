@@ -10,7 +10,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a folder written by `moelab train`")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default newest)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ def add_arguments(parser) -> None:
         "--ppl",
         nargs="*",
         metavar="PATH",
-        default=None,
         help="perplexity; no PATH: every validation domain of the run's data; PATHs: text "
         "files, globs (quote them) or prepared data folders",
     )
@@ -42,13 +41,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--seeds",
         type=int,
-        default=None,
         help="draws of examples (default 25 when --shots > 0, else 1)",
     )
     parser.add_argument(
         "--limit",
         type=int,
-        default=None,
         help="evaluate only the first N items (BLiMP: the first N pairs of every paradigm)",
     )
     parser.add_argument(
@@ -60,7 +57,6 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--tasks-dir",
-        default=None,
         help="folder holding the task folders (default: $MOELAB_TASKS_DIR)",
     )
     parser.add_argument("--separator", default="\\n", help="text between shots (default \\n)")
@@ -72,19 +68,16 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--context",
         type=int,
-        default=None,
         help="perplexity window in tokens (default: the model's context)",
     )
     parser.add_argument(
         "--stride",
         type=int,
-        default=None,
         help="perplexity window step (default: the context, i.e. no overlap; smaller = sliding)",
     )
     parser.add_argument(
         "--max-tokens",
         type=int,
-        default=None,
         help="perplexity: score at most N tokens per domain or file",
     )
     parser.add_argument(
@@ -95,13 +88,10 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--capacity-factor",
-        default=None,
         help="MoE capacity factor at evaluation (default: dropless)",
     )
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument(
-        "--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)"
-    )
+    parser.add_argument("--step", type=int, help="checkpoint step (default newest)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda if available)")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 

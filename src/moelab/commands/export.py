@@ -11,7 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--to", choices=["hf"], default="hf", help="target format (hf: a transformers folder)"
     )
     parser.add_argument("--out", required=True, help="new (or empty) output folder")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default newest)")
     parser.add_argument(
         "--no-verify",
         action="store_true",

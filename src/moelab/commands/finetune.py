@@ -49,20 +49,18 @@ def add_arguments(parser) -> None:
         lrs=str,
         max_len=int,
     )
-    parser.add_argument("--limit", type=int, default=None, help="validation items to score")
-    parser.add_argument("--train-limit", type=int, default=None, help="training items to use")
+    parser.add_argument("--limit", type=int, help="validation items to score")
+    parser.add_argument("--train-limit", type=int, help="training items to use")
     parser.add_argument(
         "--capacity-factor",
-        default=None,
         help="MoE capacity factor while fine-tuning and evaluating (default: dropless)",
     )
     parser.add_argument(
         "--tasks-dir",
-        default=None,
         help="folder holding the task folders (default: $MOELAB_TASKS_DIR)",
     )
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N")
+    parser.add_argument("--step", type=int, help="checkpoint step (default newest)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:N")
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
 

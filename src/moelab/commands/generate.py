@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "seed": "sampling seed",
     }
     add_settings(parser, Sampling, helps, flags={"max_new_tokens": "--max-tokens"})
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+    parser.add_argument("--step", type=int, help="checkpoint step (default newest)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 

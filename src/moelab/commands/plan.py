@@ -23,15 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ep",
         type=int,
-        default=None,
         help="expert-parallel degree (default gcd(GPUs, experts), as `moelab train`; 1 if dense)",
     )
     parser.add_argument(
         "--micro-batch", type=int, default=1, metavar="B", help="sequences per GPU (default 1)"
     )
-    parser.add_argument(
-        "--seq-len", type=int, default=None, help="tokens per sequence (default: the preset's)"
-    )
+    parser.add_argument("--seq-len", type=int, help="tokens per sequence (default: the preset's)")
     parser.add_argument(
         "--grad-accum", type=int, default=1, metavar="N", help="micro-steps per step (default 1)"
     )
@@ -44,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--mfu", type=float, default=0.3, help="assumed model FLOPs utilisation (default 0.3)"
     )
-    parser.add_argument(
-        "--tokens", type=float, default=None, help="also give the time to train this many tokens"
-    )
+    parser.add_argument("--tokens", type=float, help="also give the time to train this many tokens")
 
 
 def run(args: argparse.Namespace) -> int:

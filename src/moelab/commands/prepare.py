@@ -34,7 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--builtin",
         action=argparse.BooleanOptionalAction,
-        default=None,
         help="include the built-in standard-library corpus (default: only when no --source)",
     )
     add_settings(
@@ -51,7 +50,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--tokenizer",
-        default=None,
         metavar="FILE",
         help="use this tokenizer.json instead of training a BPE",
     )

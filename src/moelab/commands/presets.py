@@ -25,7 +25,6 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--seq-len",
         type=int,
-        default=None,
         help="sequence length for the FLOP counts (default: each preset's own context)",
     )
 
@@ -79,6 +78,35 @@ def _gflops(x: float) -> str:
     return f"{x / 1e9:.4g}"
 
 
+def _partner(r: dict[str, Any]) -> str:
+    return ", ".join(r["moe_partners"]) if len(r["moe_partners"]) > 1 else r["partner"] or ""
+
+
+def _ratio(r: dict[str, Any]) -> str:
+    ratio = r["flops_ratio_to_partner"]
+    return f"{ratio:.2f}x" if ratio is not None else ""
+
+
+# The table's columns: (title, justify, the cell of a row of preset_rows).
+_COLUMNS = [
+    ("name", "left", lambda r: r["name"]),
+    ("arch", "left", lambda r: r["arch"]),
+    ("layers", "right", lambda r: str(r["n_layers"])),
+    ("d_model", "right", lambda r: str(r["d_model"])),
+    ("heads", "right", lambda r: str(r["n_heads"])),
+    ("experts", "right", lambda r: f"{r['n_experts']} top-{r['top_k']}" if r["n_experts"] else "-"),
+    ("MoE every", "right", lambda r: str(r["moe_every"]) if r["n_experts"] else "-"),
+    ("init", "left", lambda r: r["init"]),
+    ("total", "right", lambda r: _params(r["total_params"])),
+    ("active", "right", lambda r: _params(r["active_params"])),
+    ("GFLOPs/tok", "right", lambda r: _gflops(r["train_flops_per_token"])),
+    ("PaLM GFLOPs/tok", "right", lambda r: _gflops(r["palm_flops_per_token"])),
+    ("partner", "left", _partner),
+    ("vs partner", "right", _ratio),
+    ("ZFLOPs@300B", "right", lambda r: f"{r['zflops_300b']:.4g}"),
+]
+
+
 def run(args) -> int:
     check_at_least_one(seq_len=args.seq_len)
     rows = preset_rows(args.names, args.seq_len)
@@ -103,47 +131,10 @@ def run(args) -> int:
             "n, 2n, ... (1-based) are MoE."
         ),
     )
-    for col, justify in [
-        ("name", "left"),
-        ("arch", "left"),
-        ("layers", "right"),
-        ("d_model", "right"),
-        ("heads", "right"),
-        ("experts", "right"),
-        ("MoE every", "right"),
-        ("init", "left"),
-        ("total", "right"),
-        ("active", "right"),
-        ("GFLOPs/tok", "right"),
-        ("PaLM GFLOPs/tok", "right"),
-        ("partner", "left"),
-        ("vs partner", "right"),
-        ("ZFLOPs@300B", "right"),
-    ]:
+    for col, justify, _ in _COLUMNS:
         table.add_column(col, justify=justify, no_wrap=True)
     for r in rows:
-        experts = f"{r['n_experts']} top-{r['top_k']}" if r["n_experts"] else "-"
-        ratio = r["flops_ratio_to_partner"]
-        partner = r["partner"] or ""
-        if len(r["moe_partners"]) > 1:
-            partner = ", ".join(r["moe_partners"])
-        table.add_row(
-            r["name"],
-            r["arch"],
-            str(r["n_layers"]),
-            str(r["d_model"]),
-            str(r["n_heads"]),
-            experts,
-            str(r["moe_every"]) if r["n_experts"] else "-",
-            r["init"],
-            _params(r["total_params"]),
-            _params(r["active_params"]),
-            _gflops(r["train_flops_per_token"]),
-            _gflops(r["palm_flops_per_token"]),
-            partner,
-            f"{ratio:.2f}x" if ratio is not None else "",
-            f"{r['zflops_300b']:.4g}",
-        )
+        table.add_row(*(cell(r) for _, _, cell in _COLUMNS))
     # Never squeeze columns into ellipses: a narrow terminal wraps lines instead of hiding digits.
     console = Console()
     console.width = max(console.width, _TABLE_WIDTH)

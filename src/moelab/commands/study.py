@@ -11,7 +11,6 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "config",
         nargs="?",
-        default=None,
         help="study YAML (default: the built-in study on the built-in corpus)",
     )
     parser.add_argument(
@@ -112,12 +111,9 @@ def run(args) -> int:
     overrides = list(args.set) + ([f"workers={jobs}"] if jobs is not None else [])
     cfg = load_study(args.config, overrides)
     words = ["moelab", "study"] + ([args.config] if args.config else []) + ["--out", args.out]
-    for item in args.set:
-        words += ["--set", item]
-    if args.jobs is not None:
-        words += ["--jobs", str(args.jobs)]
-    for d in args.devices:
-        words += ["--devices", d]
+    words += [w for item in args.set for w in ("--set", item)]
+    words += ["--jobs", str(args.jobs)] if args.jobs is not None else []
+    words += [w for d in args.devices for w in ("--devices", d)]
     try:
         if args.only:
             from moelab.study.run.task import run_only
