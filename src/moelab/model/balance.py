@@ -43,7 +43,7 @@ def clear_global_counts(model: nn.Module) -> None:
 
 def needs_global_counts(model: nn.Module) -> bool:
     """Whether the model has a layer with the global-batch balancing scope."""
-    return any(m.balance_scope == "global_batch" for m in _layers(model))
+    return any(m.cfg.balance_scope == "global_batch" for m in _layers(model))
 
 
 @torch.no_grad()
@@ -62,7 +62,7 @@ def global_batch_counts(
     draws the same masks in the real pass and the counts are the ones it routes by.
     ``forward(model, tokens_BT)`` runs the model (default ``model(tokens_BT)``; give the
     trainer's autocast around it)."""
-    layers = [m for m in _layers(model) if m.balance_scope == "global_batch"]
+    layers = [m for m in _layers(model) if m.cfg.balance_scope == "global_batch"]
     micro_inputs = list(micro_inputs)
     if not layers or not micro_inputs:
         return
@@ -108,5 +108,5 @@ def update_balance_bias(
         if _distributed():
             dist.all_reduce(load, group=group)
         load = load.to(torch.float32)
-        m.score_bias += m.bias_update_rate * torch.sign(load.mean() - load)
+        m.score_bias += m.cfg.bias_update_rate * torch.sign(load.mean() - load)
         m.load_E.zero_()

@@ -162,14 +162,8 @@ def _zeroes_padding_row(cfg) -> bool:
 def init_weights(model: LanguageModel, generator: torch.Generator | None = None) -> None:
     """Initialise ``model`` in place by ``model.cfg.init`` (see the module docstring): every
     parameter in order, each drawn whole from ``generator``."""
-    cfg = model.cfg
-    plan = init_plan(model, cfg)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, (_, rule) in plan.items():
-            _draw(params[name], *rule, generator)
-        if _zeroes_padding_row(cfg):
-            params["embed.weight"][cfg.padding_idx].zero_()
+    whole = {name: (p, (0,) * p.dim()) for name, p in model.named_parameters()}
+    init_shards(model.cfg, init_plan(model, model.cfg), whole, generator)  # one shard: all
 
 
 # Rows drawn at a time for the parts of a parameter another rank holds (bounded scratch).

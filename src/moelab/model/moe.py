@@ -493,15 +493,10 @@ class MoeFFN(nn.Module):
         self.layer = layer
         self.n_experts = cfg.n_experts
         self.top_k = cfg.top_k
-        self.policy = cfg.second_expert_policy
+        self.cfg = cfg  # routing and balancing settings
+        # per layer: validation and evaluation change them (moelab.train.validation)
         self.capacity_factor = cfg.capacity_factor
         self.eval_capacity_factor = cfg.eval_capacity_factor
-        self.score = cfg.router_score
-        self.norm_topk = cfg.norm_topk
-        self.route_scale = cfg.route_scale
-        self.balance = cfg.balance
-        self.balance_scope = cfg.balance_scope
-        self.bias_update_rate = cfg.bias_update_rate
         self.gate = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = Experts(
             cfg.n_experts, cfg.d_model, cfg.expert_width, cfg.arch, cfg.activation_dropout
@@ -542,15 +537,15 @@ class MoeFFN(nn.Module):
             self.router_logits(x_SD),
             self.top_k,
             capacity,
-            self.policy,
+            self.cfg.second_expert_policy,
             training=self.training,
-            score=self.score,
-            norm_topk=self.norm_topk,
-            route_scale=self.route_scale,
+            score=self.cfg.router_score,
+            norm_topk=self.cfg.norm_topk,
+            route_scale=self.cfg.route_scale,
             bias_E=self.score_bias,
-            seq_len=seq_len if self.balance_scope == "sequence" else None,
+            seq_len=seq_len if self.cfg.balance_scope == "sequence" else None,
         )
-        if self.balance == "bias" and self.training and not _recomputing():
+        if self.cfg.balance == "bias" and self.training and not _recomputing():
             with torch.no_grad():
                 offered = torch.where(routing.offered_SK, routing.expert_SK, self.n_experts)
                 self.load_E += _bincount(offered, self.n_experts + 1)[: self.n_experts]
@@ -572,7 +567,7 @@ class MoeFFN(nn.Module):
         routing = self.route(x_SD, T)
         if self.top1_sum_E is not None:  # global_batch_counts' pass: count (and run as usual)
             self.top1_sum_E += routing.top1_counts_E
-        elif self.balance_scope == "global_batch" and self.training:
+        elif self.cfg.balance_scope == "global_batch" and self.training:
             routing.aux_loss = global_batch_loss(routing, self._global_counts(routing))
         plan = plan_dispatch(routing)
         if self.exchange is None and self.experts.uses_grouped_mm(x_SD):
@@ -592,7 +587,7 @@ class MoeFFN(nn.Module):
                 shared_SD = torch.sigmoid(self.shared_gate(x_SD)) * shared_SD
             y_SD = y_SD + shared_SD
         aux_loss = routing.aux_loss
-        if self.balance != "loss":  # "bias" / "none": telemetry only, no loss term
+        if self.cfg.balance != "loss":  # "bias" / "none": telemetry only, no loss term
             aux_loss = torch.zeros_like(aux_loss)
         return MoeOutput(
             y_BTD=y_SD.view(B, T, D),

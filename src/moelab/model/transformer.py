@@ -98,9 +98,6 @@ class LanguageModel(nn.Module):
 
     # -- positions --------------------------------------------------------------------------
 
-    def _positions(self, start: int, T: int, device: torch.device) -> torch.Tensor:
-        return torch.arange(start, start + T, device=device)
-
     def _sinusoidal(self, positions_T: torch.Tensor) -> torch.Tensor:
         rows_T = positions_T + self._pos_offset
         need = int(rows_T.max()) + 1 if rows_T.numel() else 0
@@ -131,10 +128,9 @@ class LanguageModel(nn.Module):
         through the LM head (:mod:`moelab.model.fused_loss`): what training needs.
         ``moe_stats``: compute the MoE layers' telemetry (:class:`MoeStats`); None (default) =
         in training mode only, so evaluation and KV-cache decoding skip it unless asked."""
-        B, T = tokens_BT.shape
-        device = tokens_BT.device
+        T = tokens_BT.shape[1]
         start = kv_cache.length if kv_cache is not None else 0
-        positions_T = self._positions(start, T, device)
+        positions_T = torch.arange(start, start + T, device=tokens_BT.device)
         x_BTD = self.embed(tokens_BT) * self.embed_scale
         rotary = None
         if self.cfg.arch == "paper":
