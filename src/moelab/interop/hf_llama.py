@@ -112,13 +112,10 @@ def block_pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
     return pairs
 
 
-def dense_ffn_pairs(layer: int) -> list[tuple[str, str]]:
-    ours, theirs = f"layers.{layer}.ffn.", f"model.layers.{layer}.mlp."
-    return [
-        (f"{ours}w1.weight", f"{theirs}gate_proj.weight"),
-        (f"{ours}w3.weight", f"{theirs}up_proj.weight"),
-        (f"{ours}w2.weight", f"{theirs}down_proj.weight"),
-    ]
+def mlp_pairs(ours: str, theirs: str) -> list[tuple[str, str]]:
+    """moelab's SwiGLU FFN under ``ours`` <-> an HF MLP (gate, up, down) under ``theirs``."""
+    names = [("w1", "gate_proj"), ("w3", "up_proj"), ("w2", "down_proj")]
+    return [(f"{ours}{a}.weight", f"{theirs}{b}.weight") for a, b in names]
 
 
 def _misfit(cfg: ModelConfig) -> str | None:
@@ -141,7 +138,7 @@ def _read_config(c: Any) -> ModelConfig:
 def _pairs(cfg: ModelConfig) -> list[tuple[str, str]]:
     pairs = block_pairs(cfg)
     for i in range(cfg.n_layers):
-        pairs += dense_ffn_pairs(i)
+        pairs += mlp_pairs(f"layers.{i}.ffn.", f"model.layers.{i}.mlp.")
     return pairs
 
 

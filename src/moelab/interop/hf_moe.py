@@ -34,7 +34,7 @@ import torch
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
 from moelab.interop.hf_base import HFClass, SpecialIds, State, rename
-from moelab.interop.hf_llama import block_pairs, dense_ffn_pairs, modern_common, read_modern
+from moelab.interop.hf_llama import block_pairs, mlp_pairs, modern_common, read_modern
 
 
 def moe_misfit(cfg: ModelConfig) -> str | None:
@@ -98,17 +98,6 @@ def experts_from_hf(state: State, layer: int, prefix: str, width: int) -> State:
     }
 
 
-def shared_pairs(layer: int, theirs: str) -> list[tuple[str, str]]:
-    """moelab's shared experts (one FeedForward of width n_shared x d_expert) <-> an HF MLP
-    named ``theirs`` (Qwen2-MoE: ``shared_expert``, DeepSeek-V3/GLM-4.5: ``shared_experts``)."""
-    ours, hf = f"layers.{layer}.ffn.shared.", f"model.layers.{layer}.mlp.{theirs}."
-    return [
-        (f"{ours}w1.weight", f"{hf}gate_proj.weight"),
-        (f"{ours}w3.weight", f"{hf}up_proj.weight"),
-        (f"{ours}w2.weight", f"{hf}down_proj.weight"),
-    ]
-
-
 def empty_mlp(state: State, layer: int, theirs: str, d_model: int) -> State:
     """A zero-width MLP for a class that always has one: its output is an empty sum, i.e. 0."""
     ref, hf = state["embed.weight"], f"model.layers.{layer}.mlp.{theirs}."
@@ -121,13 +110,15 @@ def empty_mlp(state: State, layer: int, theirs: str, d_model: int) -> State:
 
 def moe_pairs(cfg: ModelConfig, shared: str) -> list[tuple[str, str]]:
     """Name pairs of all but the experts and router: blocks, the dense layers' FFNs and the
-    shared experts (an HF MLP named ``shared``)."""
+    shared experts (one FeedForward of width n_shared x d_expert) as an HF MLP named
+    ``shared`` (Qwen2-MoE: ``shared_expert``, DeepSeek-V3/GLM-4.5: ``shared_experts``)."""
     pairs, moe = block_pairs(cfg), cfg.moe_layer_ids()
     for i in range(cfg.n_layers):
+        ours, theirs = f"layers.{i}.ffn.", f"model.layers.{i}.mlp."
         if i not in moe:
-            pairs += dense_ffn_pairs(i)
+            pairs += mlp_pairs(ours, theirs)
         elif cfg.n_shared_experts:
-            pairs += shared_pairs(i, shared)
+            pairs += mlp_pairs(f"{ours}shared.", f"{theirs}{shared}.")
     return pairs
 
 
