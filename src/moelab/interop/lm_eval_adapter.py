@@ -118,11 +118,12 @@ class MoelabLM(TemplateLM):
         self.tokenizer = tokenizer
         self._device = next(self.model.parameters()).device
         self._eot = eot_token_id(tokenizer, default=0)
-        self._max_length = int(max_length) if max_length else int(self.model.cfg.max_seq_len)
-        self._max_gen_toks = int(max_gen_toks)
-        self._batch = _batch_size(batch_size)
+        # What the harness reads besides the properties below.
+        self.max_length = int(max_length) if max_length else int(self.model.cfg.max_seq_len)
+        self.max_gen_toks = int(max_gen_toks)
+        self.batch_size = _batch_size(batch_size)
         if max_batch_size is not None:
-            self._batch = min(self._batch, _batch_size(max_batch_size))
+            self.batch_size = min(self.batch_size, _batch_size(max_batch_size))
         self._batch_tokens = int(batch_tokens)
         self._seed = int(seed)
         self._logits_at = model_logits_at(self.model)
@@ -136,18 +137,6 @@ class MoelabLM(TemplateLM):
     @property
     def prefix_token_id(self) -> int:
         return self._eot  # moelab's documents follow an end-of-text token
-
-    @property
-    def max_length(self) -> int:
-        return self._max_length
-
-    @property
-    def max_gen_toks(self) -> int:
-        return self._max_gen_toks
-
-    @property
-    def batch_size(self) -> int:
-        return self._batch
 
     @property
     def device(self) -> torch.device:
@@ -179,10 +168,10 @@ class MoelabLM(TemplateLM):
         scored = score_requests(
             reqs,
             self._logits_at,
-            max_len=self._max_length,
+            max_len=self.max_length,
             device=self._device,
-            batch_tokens=max(self._batch_tokens, self._max_length),
-            max_batch=self._batch,
+            batch_tokens=max(self._batch_tokens, self.max_length),
+            max_batch=self.batch_size,
             pad_id=self._eot,
         )
         for i, s in zip(todo, scored):
@@ -252,8 +241,8 @@ class MoelabLM(TemplateLM):
         results: list[str] = [""] * len(requests)
         for key, members in groups.items():
             _, n_new, until, do_sample, temperature, top_k, top_p = key
-            for start in range(0, len(members), self._batch):
-                chunk = members[start : start + self._batch]
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
                 texts = self._decode_batch(
                     [ids for _, ids in chunk],
                     n_new,

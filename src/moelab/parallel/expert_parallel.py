@@ -28,6 +28,7 @@ and divided by ``grad_divisor``: ``world`` gives the gradient of the mean loss o
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -180,31 +181,18 @@ class ExpertExchange(nn.Module):
         return y_ECD.index_select(0, pos_N)
 
 
-def expert_parallel(
-    moe: MoeFFN,
-    *,
-    ep: int,
-    ep_rank: int,
-    ep_group=None,
-    edp_group=None,
-    grad_divisor: float = 1.0,
-) -> MoeFFN:
+def expert_parallel(moe: MoeFFN, *, ep: int, ep_rank: int, **groups: Any) -> MoeFFN:
     """Make ``moe`` expert-parallel in place and return it: its experts become this rank's
     ``E / ep`` (rank ``ep_rank`` keeps experts ``ep_rank * E/ep ..``), its ``exchange`` an
-    :class:`ExpertExchange`. The router stays whole (replicated). New expert tensors are made
-    where the old ones are (on the meta device: nothing is allocated)."""
+    :class:`ExpertExchange` (``groups``: its ``ep_group``, ``edp_group``, ``grad_divisor``).
+    The router stays whole (replicated). New expert tensors are made where the old ones are
+    (on the meta device: nothing is allocated)."""
     if moe.n_experts % ep:
         raise MoelabError(
             f"expert-parallel degree {ep} does not divide model.n_experts={moe.n_experts}"
         )
     exchange = ExpertExchange(
-        layer=moe.layer,
-        n_experts=moe.n_experts,
-        ep=ep,
-        ep_rank=ep_rank,
-        ep_group=ep_group,
-        edp_group=edp_group,
-        grad_divisor=grad_divisor,
+        layer=moe.layer, n_experts=moe.n_experts, ep=ep, ep_rank=ep_rank, **groups
     )
     lo, hi = exchange.expert_offset, exchange.expert_offset + exchange.n_local
     experts = moe.experts
