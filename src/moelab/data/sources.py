@@ -21,7 +21,6 @@ import codecs
 import glob
 import hashlib
 import io
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.data.globbing import expand
-from moelab.data.textfile import read_bytes
+from moelab.data.textfile import json_lines, read_bytes
 from moelab.errors import MoelabError
 from moelab.hub import load_hf_dataset
 
@@ -312,13 +311,8 @@ _MISSING = object()
 
 
 def _jsonl_docs(text: str, path: Path, field_name: str, max_doc_bytes: int) -> Iterator[str]:
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MoelabError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    lines = enumerate(text.split("\n"), start=1)
+    for lineno, row in json_lines(lines, lambda n: f"{path}:{n}"):
         value = _get_field(row, field_name) if isinstance(row, dict) else _MISSING
         if value is _MISSING:
             keys = ", ".join(sorted(row)) if isinstance(row, dict) else type(row).__name__

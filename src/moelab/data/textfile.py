@@ -1,7 +1,8 @@
 """Reading a text file's bytes the one way moelab does (``prepare`` and ``eval --ppl``):
 .gz/.bz2/.xz decompressed on the fly, a binary file refused before it is decoded, a damaged
 archive or an unreadable file named in one line; whole (:func:`read_bytes`) or as a stream of
-decoded text in constant memory (:func:`iter_text`)."""
+decoded text in constant memory (:func:`iter_text`); and the one JSON-lines parser
+(:func:`json_lines`: ``prepare``'s JSONL sources and the eval task files)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import bz2
 import codecs
 import gzip
 import io
+import json
 import lzma
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from moelab.errors import MoelabError
 
@@ -108,3 +110,18 @@ def iter_text(path: Path, encoding: str, block: int = 1 << 16) -> Iterator[str]:
     tail = decoder.decode(b"", final=True)
     if tail:
         yield tail
+
+
+def json_lines(
+    lines: Iterable[tuple[int, str]], where: Callable[[int], str]
+) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line; a line that is not JSON is refused in one
+    line starting with ``where(line number)``."""
+    for n, line in lines:
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MoelabError(f"{where(n)}: not valid JSON ({e.msg})") from None
+        yield n, value

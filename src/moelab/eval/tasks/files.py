@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from moelab.data.textfile import json_lines
 from moelab.errors import MoelabError
 
 
@@ -114,7 +115,7 @@ class HubRow(Row):
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else json.dumps(value)
+    text = json.dumps(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -152,13 +153,7 @@ def _raw_lines(f, path: Path) -> Iterator[tuple[int, bytes]]:
 
 def read_jsonl(path: Path) -> Iterator[Row]:
     """Records of a JSON-lines file; blank lines are skipped, anything else must be an object."""
-    for n, line in _utf8_lines(path):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MoelabError(f"{path} line {n}: not valid JSON ({e.msg})") from None
+    for n, data in json_lines(_utf8_lines(path), lambda n: f"{path} line {n}"):
         if not isinstance(data, dict):
             raise MoelabError(f"{path} line {n}: expected a JSON object, got {_show(data)}")
         yield Row(path, n, data)
