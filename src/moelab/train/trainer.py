@@ -146,15 +146,11 @@ class Trainer:
         return bool(flag)
 
     def grad_norm(self, params: list[nn.Parameter]) -> torch.Tensor:
-        """Global L2 norm of the gradients (sharded ones included), the same on every rank."""
-        if self.world > 1:
-            from moelab.parallel.fsdp import grad_norm
+        """Global L2 norm of the gradients of several processes (sharded ones included), the
+        same on every rank (one process: train_step's own norm of the local gradients)."""
+        from moelab.parallel.fsdp import grad_norm
 
-            return grad_norm(params).to(self.device)
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return torch.zeros((), device=self.device)
-        return torch.nn.utils.get_total_norm(grads)
+        return grad_norm(params).to(self.device)
 
     def save_checkpoint(
         self, step: int, model: nn.Module, optimizer, meta: dict[str, Any], nonfinite_total: int
@@ -197,7 +193,7 @@ class Trainer:
             autocast=self.autocast,
             on_moe_stats=on_moe_stats,
             all_finite=self.all_finite,
-            grad_norm=self.grad_norm,
+            grad_norm=self.grad_norm if self.world > 1 else None,
         )
 
     def _cooldown(self, c: Cooldown, model, optimizer, params, stream, eval_sets) -> dict:
