@@ -30,12 +30,9 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
         return False
 
 
-def _env_true(name: str) -> bool:
-    return os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-
-
 def offline_requested() -> bool:
-    return _env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE")
+    flags = (os.environ.get(v, "").upper() for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
 @contextlib.contextmanager
