@@ -113,13 +113,12 @@ class ModelConfig:
         def bad(key: str, why: str) -> MoelabError:
             return MoelabError(f"model.{key}: {why}")
 
-        check_finite(self, "model")
+        check_finite(self, "model")  # the > 0 checks below then need no isfinite
         if self.arch not in ("paper", "modern"):
             raise bad("arch", f"must be 'paper' or 'modern', got {self.arch!r}")
         if self.init not in INIT_SCHEMES:
             raise bad("init", f"must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
-        std_ok = self.init_std > 0 and math.isfinite(self.init_std)
-        if self.init == "scaled_normal" and not std_ok:
+        if self.init == "scaled_normal" and not self.init_std > 0:
             raise bad("init_std", f"must be > 0, got {self.init_std}")
         for key in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ffn", "max_seq_len"):
             if getattr(self, key) < 1:
@@ -145,7 +144,7 @@ class ModelConfig:
                 )
             for key in ("capacity_factor", "eval_capacity_factor"):
                 v = getattr(self, key)
-                if v is not None and not (v > 0 and math.isfinite(v)):
+                if v is not None and not v > 0:
                     raise bad(key, f"must be > 0 or null (dropless), got {v}")
             if self.second_expert_policy not in ("all", "sampling", "random"):
                 raise bad("second_expert_policy", "must be 'all', 'sampling' or 'random'")

@@ -115,7 +115,7 @@ class TrainConfig:
         def bad(key: str, why: str) -> MoelabError:
             return MoelabError(f"train.{key}: {why}")
 
-        check_finite(self, "train")
+        check_finite(self, "train")  # the > 0 checks below then need no isfinite
         budgets = [k for k in ("budget_flops", "budget_tokens", "budget_steps") if getattr(self, k)]
         if len(budgets) != 1:
             got = ", ".join(budgets) if budgets else "none"
@@ -123,7 +123,6 @@ class TrainConfig:
                 "train: set exactly one budget (budget_flops, budget_tokens or budget_steps); "
                 f"got {got}"
             )
-        # (check_finite above: every float is finite)
         for key in (budgets[0], "lr"):
             if not getattr(self, key) > 0:
                 raise bad(key, f"must be > 0, got {getattr(self, key)}")
@@ -341,12 +340,10 @@ def run_config_from_dict(raw: dict[str, Any], *, check_data: bool = True) -> Run
     train = from_dict(TrainConfig, train_raw, "train").validate()
     parallel_raw = raw.get("parallel")  # optional (`parallel:` with nothing under it too)
     parallel = from_dict(ParallelConfig, {} if parallel_raw is None else parallel_raw, "parallel")
-    check_finite(parallel, "parallel")
     parallel.validate()
     upcycled = raw.get("upcycled_from")
     if upcycled is not None:
         upcycled = from_dict(UpcycledFrom, upcycled, "upcycled_from")
-        check_finite(upcycled, "upcycled_from")
     notes: list[str] = []
     if preset_name:
         notes.append(f"model: preset {preset_name}" + (" with overrides" if explicit else ""))
