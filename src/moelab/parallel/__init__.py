@@ -7,37 +7,23 @@ Names are imported on first use, so ``moelab.parallel.launch.env_world()`` (aske
 
 from __future__ import annotations
 
-import importlib
+from moelab.lazy import lazy_names
 
-_WHERE = {
-    "ExpertExchange": "expert_parallel",
-    "apply_expert_parallel": "expert_parallel",
-    "expert_parallel": "expert_parallel",
-    "is_expert_parallel": "expert_parallel",
-    "expert_grad_divisor": "expert_parallel",
-    "ParallelConfig": "options",
-    "checkpoint_blocks": "checkpointing",
-    "Topology": "launch",
-    "env_world": "launch",
-    "fail_fast": "launch",
-    "setup_from_env": "launch",
-    "teardown": "launch",
-    "consolidate": "dcp",
-    "load_sharded": "dcp",
-    "save_sharded": "dcp",
-    "grad_norm": "fsdp",
-    "parallelize": "fsdp",
-    "build_parallel_model": "build",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'moelab.parallel' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"moelab.parallel.{_WHERE[name]}"), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_WHERE))
+__all__, __getattr__, __dir__ = lazy_names(
+    __name__,
+    {
+        "expert_parallel": (
+            "ExpertExchange",
+            "apply_expert_parallel",
+            "expert_parallel",
+            "is_expert_parallel",
+            "expert_grad_divisor",
+        ),
+        "options": ("ParallelConfig",),
+        "checkpointing": ("checkpoint_blocks",),
+        "launch": ("Topology", "env_world", "fail_fast", "setup_from_env", "teardown"),
+        "dcp": ("consolidate", "load_sharded", "save_sharded"),
+        "fsdp": ("grad_norm", "parallelize"),
+        "build": ("build_parallel_model",),
+    },
+)
