@@ -82,16 +82,11 @@ def experts_to_hf(state: State, layer: int, prefix: str) -> State:
 
 def experts_from_hf(state: State, layer: int, prefix: str, width: int) -> State:
     p = f"layers.{layer}.ffn."
-    try:
-        gate_up_E2FD = state[prefix + "experts.gate_up_proj"]
-        down_EDF = state[prefix + "experts.down_proj"]
-        gate = state[prefix + "gate.weight"]
-    except KeyError as e:
-        raise MoelabError(
-            f"weights lack {e.args[0]!r}; the checkpoint does not fit its config"
-        ) from None
+    names = ("experts.gate_up_proj", "experts.down_proj", "gate.weight")
+    hf = rename(state, [(name, prefix + name) for name in names], reverse=True)
+    gate_up_E2FD, down_EDF = hf["experts.gate_up_proj"], hf["experts.down_proj"]
     return {
-        p + "gate.weight": gate,
+        p + "gate.weight": hf["gate.weight"],
         p + "experts.w1": gate_up_E2FD[:, :width].transpose(1, 2).contiguous(),
         p + "experts.w3": gate_up_E2FD[:, width:].transpose(1, 2).contiguous(),
         p + "experts.w2": down_EDF.transpose(1, 2).contiguous(),
