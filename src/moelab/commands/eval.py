@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from moelab.errors import MoelabError
 from moelab.eval.logprobs import BATCH_TOKENS
@@ -154,8 +153,7 @@ def run(args) -> int:
             print(priming_rows(primed))
     if args.json:
         doc = {"run_dir": args.run_dir, "checkpoint": run_.checkpoint, "results": results}
-        json.dump(doc, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print(json.dumps(doc, indent=2))
     else:
         # Said only now, with the result: a refusal after loading stays one stderr line, and
         # the step evaluated is never a guess (an older checkpoint may have been used).

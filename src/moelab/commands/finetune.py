@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from moelab.commands import add_settings, settings_of
 from moelab.errors import MoelabError
@@ -88,8 +87,7 @@ def run(args) -> int:
     )
     write_result(args.run_dir, result)
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        print(json.dumps(result, indent=2))
     else:
         print(finetune_table(result))
         for name, split in result["splits"].items():  # further labelled splits (MNLI mismatched)
