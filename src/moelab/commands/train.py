@@ -68,10 +68,9 @@ def build_raw_config(args: argparse.Namespace) -> dict:
         train = dict(raw.get("train") or {})
         for key in flags:
             train.pop(key, None)
-        for key, value in chosen.items():
-            # As given: the config loader turns an integral float (1e6) into an int and refuses
-            # nan, inf or 1e400 in one line (an int() here would be a traceback).
-            train[key] = value
+        # As given: the config loader turns an integral float (1e6) into an int and refuses
+        # nan, inf or 1e400 in one line (an int() here would be a traceback).
+        train.update(chosen)
         raw["train"] = train
     if not raw:
         raise MoelabError(

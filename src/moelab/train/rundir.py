@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from moelab.config import load_yaml
 from moelab.errors import MoelabError
 from moelab.io import atomic_write_bytes, atomic_write_text
 from moelab.lock import pid_gone
@@ -35,8 +36,6 @@ def read_run_config(run_dir: str | Path) -> RunConfig:
     path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise MoelabError(f"{run_dir}: not a moelab run folder (no {CONFIG})")
-    from moelab.config import load_yaml
-
     return load_run_config(with_data_dir_from(load_yaml(path), Path(run_dir)), check_data=False)
 
 
