@@ -59,30 +59,15 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
     """Count parameters from the config alone (positions are sinusoidal or rotary: no params)."""
     d = cfg.d_model
     moe_layers = set(cfg.moe_layer_ids())
-    ffn = _ffn_params(cfg)
+    n_moe = len(moe_layers)
     expert = _ffn_params(cfg, cfg.expert_width)
-    shared_ffn = _moe_shared_params(cfg)
-    shared_per_layer = _attention_params(cfg) + 2 * _norm_params(cfg)
-
-    total = active = experts = router = shared = 0
-    for layer in range(cfg.n_layers):
-        total += shared_per_layer
-        active += shared_per_layer
-        if layer in moe_layers:
-            gate = d * cfg.n_experts  # linear without bias
-            router += gate
-            experts += cfg.n_experts * expert
-            shared += shared_ffn
-            total += gate + cfg.n_experts * expert + shared_ffn
-            active += gate + cfg.top_k * expert + shared_ffn
-        else:
-            total += ffn
-            active += ffn
-
+    # every block's attention, norms and dense FFN or router and shared experts
+    blocks = sum(block_dense_params(cfg, i in moe_layers) for i in range(cfg.n_layers))
+    experts = n_moe * cfg.n_experts * expert
     embedding = cfg.vocab_size * d  # tied: the output projection reuses it
-    final_norm = _norm_params(cfg)
-    total += final_norm + embedding
-    active += final_norm + embedding
+    outside = _norm_params(cfg) + embedding  # the final norm and the embedding
+    total = blocks + experts + outside
+    active = blocks + n_moe * cfg.top_k * expert + outside
     return ParamCounts(
         total=total,
         active=active,
@@ -90,8 +75,8 @@ def count_params(cfg: ModelConfig) -> ParamCounts:
         non_embedding=total - embedding,
         active_non_embedding=active - embedding,
         experts=experts,
-        router=router,
-        shared_experts=shared,
+        router=n_moe * d * cfg.n_experts,  # linear without bias
+        shared_experts=n_moe * _moe_shared_params(cfg),
     )
 
 
