@@ -97,26 +97,7 @@ class CurvePoint:
 def to_row(p: CurvePoint) -> dict[str, Any]:
     """The point as a table row (the column names of docs/study.md)."""
     ev = p.evaluation
-    row: dict[str, Any] = {
-        "run": p.run,
-        "family": p.family,
-        "preset": p.preset,
-        "seed": p.seed,
-        "step": p.step,
-        "final": p.final,
-        "tokens": p.tokens,
-        "train_flops": p.train_flops,
-        "train_flops_spent": p.train_flops_spent,
-        "annealed": p.annealed,
-        "branch": p.branch,
-        "fork_step": p.fork_step,
-        "params_total": p.params_total,
-        "params_active": p.params_active,
-        "params_active_non_embedding": p.params_active_non_embedding,
-        "tokens_per_param": p.tokens_per_param,
-        "loss_in_domain": p.loss_in_domain,
-        "loss_out_of_domain": p.loss_out_of_domain,
-    }
+    row: dict[str, Any] = {name: getattr(p, name) for name in POINT_COLUMNS}
     for name in FINAL_NUMBERS:
         row[name] = getattr(ev, name) if ev else None
     load = ev.load if ev else None
@@ -137,6 +118,11 @@ def to_row(p: CurvePoint) -> dict[str, Any]:
     return row
 
 
+POINT_COLUMNS = (
+    "run family preset seed step final tokens train_flops train_flops_spent annealed branch "
+    "fork_step params_total params_active params_active_non_embedding tokens_per_param "
+    "loss_in_domain loss_out_of_domain"
+).split()
 FINAL_NUMBERS = (
     "zero_shot_mean",
     "zero_shot_score_mean",
@@ -169,27 +155,11 @@ def from_row(row: dict[str, Any]) -> CurvePoint:
         )
         if row.get("max_vio") is not None:
             ev.load = LoadBalance(**{name: row[name] for name in LOAD_NUMBERS})
-    return CurvePoint(
-        run=row["run"],
-        family=row["family"],
-        preset=row.get("preset"),
-        seed=row.get("seed"),
-        step=row["step"],
-        tokens=row["tokens"],
-        train_flops=row["train_flops"],
-        train_flops_spent=row.get("train_flops_spent"),
-        annealed=bool(row.get("annealed")),
-        branch=bool(row.get("branch")),
-        fork_step=row.get("fork_step"),
-        params_total=row.get("params_total", 0),
-        params_active=row.get("params_active", 0),
-        params_active_non_embedding=row.get("params_active_non_embedding"),
-        loss_in_domain=row.get("loss_in_domain"),
-        loss_out_of_domain=row.get("loss_out_of_domain"),
-        loss=under("loss/"),
-        grid=under("grid."),
-        evaluation=ev,
-    )
+    point = {k: row.get(k) for k in POINT_COLUMNS if k not in ("final", "tokens_per_param")}
+    point.update({k: row[k] for k in ("run", "family", "step", "tokens", "train_flops")})
+    point.update(annealed=bool(row.get("annealed")), branch=bool(row.get("branch")))
+    point.update(params_total=row.get("params_total", 0), params_active=row.get("params_active", 0))
+    return CurvePoint(**point, loss=under("loss/"), grid=under("grid."), evaluation=ev)
 
 
 def columns_of(rows: list[dict[str, Any]]) -> list[str]:
