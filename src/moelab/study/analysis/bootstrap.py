@@ -168,15 +168,12 @@ class RunResampler:
         return out
 
     def _shifted(self, run: str, name: str, off: float) -> list[EvalPoint]:
-        return [
-            EvalPoint(
-                name,
-                p.compute,
-                p.value * math.exp(off) if self.log_values else p.value + off,
-                p.annealed,
-            )
-            for p in self.points[run]
-        ]
+        if self.log_values:
+            return [
+                EvalPoint(name, p.compute, p.value * math.exp(off), p.annealed)
+                for p in self.points[run]
+            ]
+        return [EvalPoint(name, p.compute, p.value + off, p.annealed) for p in self.points[run]]
 
 
 def _key(compute: float) -> float:

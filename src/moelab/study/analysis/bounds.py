@@ -132,14 +132,12 @@ def measured_bounds(
     hib = higher_is_better
     sel = "envelope" if mode in ("all", "envelope") else mode
     out: list[MeasuredBound] = []
-    for p in select_points(moe, sel, higher_is_better=hib, min_run_fraction=min_run_fraction):
-        lo, _ = bounds_at(dense, moe, p.value, mode=mode, higher_is_better=hib)
-        if lo is not None:
-            out.append(lo)
-    for p in select_points(dense, sel, higher_is_better=hib, min_run_fraction=min_run_fraction):
-        _, hi = bounds_at(dense, moe, p.value, mode=mode, higher_is_better=hib)
-        if hi is not None:
-            out.append(hi)
+    frac = min_run_fraction
+    for side, family in enumerate((moe, dense)):  # lower bounds at MoE qualities, then upper
+        for p in select_points(family, sel, higher_is_better=hib, min_run_fraction=frac):
+            bound = bounds_at(dense, moe, p.value, mode=mode, higher_is_better=hib)[side]
+            if bound is not None:
+                out.append(bound)
     out.sort(key=lambda b: (b.quality if hib else -b.quality, b.kind))
     return out
 

@@ -111,9 +111,6 @@ class PowerLawFit:
     mode: str
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # bootstrap, by name
     n_bootstrap: int = 0  # resamples that gave a fit
-    bootstrap_params: list[tuple[float, float, float]] = field(
-        default_factory=list
-    )  # (E, A, alpha)
     higher_is_better: bool = False
 
     def predict(self, compute: float | np.ndarray) -> float | np.ndarray:
@@ -377,10 +374,9 @@ def set_intervals(
     if not samples:
         return
     arr = np.array(samples)  # (n, 3): E, log_A, alpha
-    lo_q, hi_q = 50 * (1 - ci), 50 * (1 + ci)
-    e_lo, e_hi = np.percentile(arr[:, 0], [lo_q, hi_q])
-    la_lo, la_hi = np.percentile(arr[:, 1], [lo_q, hi_q])
-    al_lo, al_hi = np.percentile(arr[:, 2], [lo_q, hi_q])
+    (e_lo, la_lo, al_lo), (e_hi, la_hi, al_hi) = np.percentile(
+        arr, [50 * (1 - ci), 50 * (1 + ci)], axis=0
+    )
     fit.intervals = {
         "E": (float(e_lo), float(e_hi)),
         "A": (_safe_exp(la_lo), _safe_exp(la_hi)),
@@ -388,7 +384,6 @@ def set_intervals(
         "alpha": (float(al_lo), float(al_hi)),
     }
     fit.n_bootstrap = len(samples)
-    fit.bootstrap_params = [(float(e), _safe_exp(la), float(al)) for e, la, al in arr]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -238,8 +238,7 @@ def times(v: float | None) -> str:
 def _levels(moe: MonotoneFit, edge: float | None, hib: bool) -> list[float]:
     """The MoE frontier's measured qualities plus the dense range's top edge, worst first."""
     levels = list(moe.knots_value) + ([edge] if edge is not None else [])
-    levels = sorted(set(levels), key=lambda q: q if hib else -q)
-    return levels
+    return sorted(set(levels), key=lambda q: q if hib else -q)
 
 
 def _dense_compute_at(params: tuple[float, float, float], t: float) -> float | None:
@@ -303,7 +302,7 @@ def compare(
     hib = ma.higher_is_better
     dense_fit = ma.fits[dense]
     dense_pts, moe_pts = ma.points[dense], ma.points[moe]
-    lo_c, hi_c = dense_fit.compute_range
+    hi_c = dense_fit.compute_range[1]
     edge = dense_fit.predict(hi_c)
     edge = float(edge) if edge is not None else None
     if edge is not None:
