@@ -4,7 +4,7 @@ dense, and each MoE run's final load balance (MaxVio, dead experts) from its tel
 from __future__ import annotations
 
 from moelab.study.analysis.document import Heading, Para, Table
-from moelab.study.analysis.sections import interval_cell, label_cell, quality, speedup_cell
+from moelab.study.analysis.sections import RUN, headline_cells
 from moelab.study.analysis.speedup import Analysis
 from moelab.study.results.table import CurvePoint
 
@@ -31,12 +31,7 @@ def ranking_blocks(an: Analysis, level: int = 2) -> list:
         for col, _ in settings:
             ma = an.metrics[col]
             h = ma.headlines.get(moe)
-            if h is None:
-                row += ["-", "-", "no headline (see above)", "-"]
-                continue
-            n_boot = ma.n_bootstrap.get(moe, 0)
-            row += [speedup_cell(h), interval_cell(h, n_boot), label_cell(h)]
-            row.append(quality(ma, h.quality))
+            row += headline_cells(ma, moe, h) if h else ["-", "-", "no headline (see above)", "-"]
         rows.append(row)
     return [
         Heading("MoE families ranked by speedup over dense", level),
@@ -54,15 +49,15 @@ def load_blocks(finals: list[CurvePoint], level: int = 2) -> list:
     runs = [p for p in finals if p.evaluation is not None and p.evaluation.load is not None]
     if not runs:
         return []
-    rows = []
-    for p in runs:
-        lb = p.evaluation.load
-        vio = [f"{lb.max_vio:.3f}", f"{lb.max_vio_max:.3f}"]
-        rows.append([p.run, p.family, *vio, str(lb.dead_experts)])
-    header = ["run", "family", "MaxVio (mean over MoE layers)", "MaxVio (worst layer)"]
+    columns = [
+        *RUN,
+        ("MaxVio (mean over MoE layers)", lambda p: f"{p.evaluation.load.max_vio:.3f}"),
+        ("MaxVio (worst layer)", lambda p: f"{p.evaluation.load.max_vio_max:.3f}"),
+        ("dead experts (all MoE layers)", lambda p: str(p.evaluation.load.dead_experts)),
+    ]
     return [
         Heading("Load balance (final training interval)", level),
-        Table(header + ["dead experts (all MoE layers)"], rows, align_right_from=2),
+        Table.of(runs, columns, align_right_from=2),
         Para(
             "From each MoE run's metrics.jsonl: the tokens routed to each expert (before "
             "capacity dropping) over the main run's last logging interval. MaxVio = the busiest "

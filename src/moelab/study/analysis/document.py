@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -32,6 +34,17 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     align_right_from: int = 1  # numeric columns from this index on
+
+    @classmethod
+    def of(
+        cls,
+        items: Iterable[Any],
+        columns: Sequence[tuple[str, Callable[[Any], str]]],
+        align_right_from: int = 1,
+    ) -> Table:
+        """One row per item; ``columns``: (header, the item's cell) pairs."""
+        rows = [[cell(x) for _, cell in columns] for x in items]
+        return cls([header for header, _ in columns], rows, align_right_from)
 
 
 @dataclass

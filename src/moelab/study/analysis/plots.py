@@ -68,6 +68,17 @@ def _color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
 
+def _panels(n: int, width: float, height: float) -> tuple[Any, np.ndarray]:
+    """A figure for ``n`` panels of ``width`` x ``height`` inches, three to a row, the unused
+    places left blank: (figure, its axes as a grid)."""
+    cols = min(3, max(1, n))
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    return fig, axes
+
+
 def _limits(axis: Any) -> tuple[float, float]:
     ax = axis.axes
     lo, hi = ax.get_xlim() if axis is ax.xaxis else ax.get_ylim()  # autoscaled first
@@ -160,6 +171,11 @@ def _nan(values: Sequence[float | None], n: int) -> np.ndarray:
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
 
 
+def _where(mask: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+    """The arrays with NaN where ``mask`` is False (a line drawn with gaps)."""
+    return [np.where(mask, a, np.nan) for a in arrays]
+
+
 def _draw_speedup(ax: Any, series: Sequence[SpeedupSeries]) -> None:
     """Solid where interpolated, dashed where extrapolated, a shaded 95% band where the bootstrap
     gave one, measured bounds as triangles (up: lower bound, down: upper bound), the headline as
@@ -172,42 +188,29 @@ def _draw_speedup(ax: Any, series: Sequence[SpeedupSeries]) -> None:
         ext = np.asarray(s.extrapolated, dtype=bool)
         ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
         meas = ok & ~ext
-        ax.plot(
-            np.where(meas, x, np.nan),
-            np.where(meas, y, np.nan),
-            "-o",
-            ms=3,
-            color=col,
-            label=s.label,
-        )
+        ax.plot(*_where(meas, x, y), "-o", ms=3, color=col, label=s.label)
         if (ok & ext).any():
+            label = None if meas.any() else f"{s.label} (extrapolated)"
             ax.plot(
-                np.where(ok & ext, x, np.nan),
-                np.where(ok & ext, y, np.nan),
-                "--",
-                ms=2,
-                marker="x",
-                color=col,
-                alpha=0.6,
-                label=None if meas.any() else f"{s.label} (extrapolated)",
+                *_where(ok & ext, x, y), "--", ms=2, marker="x", color=col, alpha=0.6, label=label
             )
         lo, hi = _nan(s.lo, n), _nan(s.hi, n)
         band = ok & np.isfinite(lo) & np.isfinite(hi) & (lo > 0)
         if band.any():
             order = np.argsort(np.where(band, x, np.inf))
-            xb, lob, hib = x[order], lo[order], hi[order]
-            keep = band[order]
-            ax.fill_between(xb[keep], lob[keep], hib[keep], color=col, alpha=0.18, lw=0)
+            order = order[band[order]]  # the band's points by compute
+            ax.fill_between(x[order], lo[order], hi[order], color=col, alpha=0.18, lw=0)
         for values, marker in ((_nan(s.lower, n), "^"), (_nan(s.upper, n), "v")):
             m = ok & np.isfinite(values) & (values > 0)
             if m.any():
                 ax.scatter(
                     x[m], values[m], marker=marker, s=18, color=col, alpha=0.55, linewidths=0
                 )
-        if s.headline is not None and s.headline[0] > 0 and s.headline[1] > 0:
+        hx, hy = s.headline or (0, 0)
+        if hx > 0 and hy > 0:
             ax.scatter(
-                [s.headline[0]],
-                [s.headline[1]],
+                [hx],
+                [hy],
                 marker="*",
                 s=90,
                 color=col,
@@ -215,13 +218,8 @@ def _draw_speedup(ax: Any, series: Sequence[SpeedupSeries]) -> None:
                 linewidths=0.5,
                 zorder=5,
             )
-            ax.annotate(
-                f"{s.headline_label}{s.headline[1]:.2f}x",
-                s.headline,
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
+            text = f"{s.headline_label}{hy:.2f}x"
+            ax.annotate(text, s.headline, fontsize=7, xytext=(4, 4), textcoords="offset points")
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -234,16 +232,8 @@ def plot_speedup_panels(
     panels: Sequence[tuple[str, Sequence[SpeedupSeries], str]], path: Path, title: str
 ) -> None:
     """One panel per setting, three to a row: (title, series, why a panel has no curve)."""
-    n = max(1, len(panels))
-    cols = min(3, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
-    for k in range(rows * cols):
-        ax = axes[k // cols][k % cols]
-        if k >= len(panels):
-            ax.axis("off")
-            continue
-        name, series, why = panels[k]
+    fig, axes = _panels(len(panels), 4.6, 3.6)
+    for k, (ax, (name, series, why)) in enumerate(zip(axes.flat, panels)):
         if not series:
             ax.text(0.5, 0.5, textwrap.fill(why, 40), ha="center", va="center", fontsize=8)
             ax.set_xticks([])
@@ -253,7 +243,7 @@ def plot_speedup_panels(
         _draw_speedup(ax, series)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("dense FLOPs at equal quality", fontsize=8)
-        if k % cols == 0:
+        if k % axes.shape[1] == 0:
             ax.set_ylabel("speedup (dense / MoE)", fontsize=8)
         if len(series) > 1:
             ax.legend(fontsize=6)
@@ -266,34 +256,22 @@ def plot_speedup_panels(
     _save(fig, path)
 
 
-def plot_domain_bars(
-    labels: Sequence[str],
-    values: Sequence[float],
-    extrapolated: Sequence[bool],
-    path: Path,
-    title: str,
-    lo: Sequence[float | None] | None = None,
-    hi: Sequence[float | None] | None = None,
-) -> None:
-    """One bar per setting; hatched bars are extrapolated, whiskers the 95% interval where
-    there is one, missing values are left empty."""
+def plot_domain_bars(bars: Sequence[tuple], path: Path, title: str) -> None:
+    """One bar per setting, ``(label, speedup, extrapolated, lo, hi)``; hatched bars are
+    extrapolated, whiskers the 95% interval where there is one, a NaN speedup left empty."""
+    labels = [b[0] for b in bars]
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(labels) + 2), 4.0))
     xs = np.arange(len(labels))
-    for i, (v, ext) in enumerate(zip(values, extrapolated)):
-        if v is None or not math.isfinite(v):
+    for i, (_, v, ext, lo, hi) in enumerate(bars):
+        if not math.isfinite(v):
             ax.text(i, 1.0, "n/a", ha="center", va="bottom", fontsize=7)
             continue
-        ax.bar(
-            i,
-            v,
-            color=_color(0 if not ext else 1),
-            hatch="//" if ext else None,
-            alpha=0.6 if ext else 0.9,
-        )
+        hatch, alpha = ("//", 0.6) if ext else (None, 0.9)
+        ax.bar(i, v, color=_color(1 if ext else 0), hatch=hatch, alpha=alpha)
         top = v
-        if lo is not None and hi is not None and lo[i] is not None and hi[i] is not None:
-            ax.errorbar(i, v, yerr=[[v - lo[i]], [hi[i] - v]], color="black", capsize=3, lw=1)
-            top = hi[i]
+        if lo is not None and hi is not None:
+            ax.errorbar(i, v, yerr=[[v - lo], [hi - v]], color="black", capsize=3, lw=1)
+            top = hi
         ax.text(i, top, f"{v:.2f}x", ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="grey", lw=0.8)
     ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=8)
@@ -305,25 +283,14 @@ def plot_domain_bars(
 def plot_expert_load(steps: Sequence[int], load_LSE: np.ndarray, run: str, path: Path) -> None:
     """Heatmaps of the share of routed tokens per expert over training, one panel per MoE layer.
     ``load_LSE``: (layers, logged steps, experts) token counts."""
-    n_layers = load_LSE.shape[0]
-    cols = min(n_layers, 3)
-    rows = math.ceil(n_layers / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    n_layers, _, n_experts = load_LSE.shape
+    fig, axes = _panels(n_layers, 3.6, 2.8)
     share_LSE = load_LSE / np.maximum(load_LSE.sum(axis=2, keepdims=True), 1)
-    n_experts = load_LSE.shape[2]
+    vmax = max(2.0 / n_experts, float(share_LSE.max()))
     im = None
-    for layer in range(rows * cols):
-        ax = axes[layer // cols][layer % cols]
-        if layer >= n_layers:
-            ax.axis("off")
-            continue
+    for layer, ax in enumerate(axes.flat[:n_layers]):
         im = ax.imshow(
-            share_LSE[layer].T,
-            aspect="auto",
-            origin="lower",
-            cmap="viridis",
-            vmin=0.0,
-            vmax=max(2.0 / n_experts, float(share_LSE.max())),
+            share_LSE[layer].T, aspect="auto", origin="lower", cmap="viridis", vmin=0.0, vmax=vmax
         )
         ticks = np.linspace(0, len(steps) - 1, min(len(steps), 5)).round().astype(int)
         ax.set_xticks(ticks, [str(steps[t]) for t in ticks], fontsize=7)
@@ -358,14 +325,8 @@ def plot_shot_gains(
                 if v is None or not math.isfinite(v):
                     continue
                 x = t - 0.4 + width * (2 * f + j + 0.5)
-                ax.bar(
-                    x,
-                    v,
-                    width=width,
-                    color=_color(f),
-                    alpha=alpha,
-                    label=f"{fam} {'few' if j else 'zero'}-shot" if t == 0 else None,
-                )
+                label = f"{fam} {'few' if j else 'zero'}-shot" if t == 0 else None
+                ax.bar(x, v, width=width, color=_color(f), alpha=alpha, label=label)
         c = chance[t]
         if c is not None:
             ax.hlines(c, t - 0.45, t + 0.45, colors="black", linestyles=":", lw=1)

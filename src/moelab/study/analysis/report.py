@@ -9,6 +9,7 @@ is read from the table or from the fits computed from it.
 from __future__ import annotations
 
 import json
+import math
 import platform
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,11 @@ from moelab.study.analysis.document import (
 )
 from moelab.study.analysis.fit import EXTRAPOLATED, PowerLawFit, SpeedupPoint
 from moelab.study.analysis.sections import (
+    FLOPS,
+    LOSSES,
+    RUN,
+    SEED,
+    TRAIN_TIME,
     accuracy,
     blimp_blocks,
     bounds_blocks,
@@ -39,7 +45,10 @@ from moelab.study.analysis.sections import (
     grouped_tasks,
     headline_blocks,
     interval_text,
+    mean_columns,
+    no_headline_reason,
     si,
+    speedup_cell,
     spread_blocks,
     times,
     zero_shot_blocks,
@@ -244,11 +253,8 @@ def make_figures(out: Path, points: list[CurvePoint], meta: dict, an: Analysis) 
     """Write the PNGs; return {figure key: path relative to the report}."""
     figs: dict[str, str] = {}
     pdir = out / "plots"
-    for column, key in (
-        ("loss_in_domain", "loss_in_domain"),
-        ("loss_out_of_domain", "loss_out_of_domain"),
-    ):
-        ma = an.metrics.get(column)
+    for key in ("loss_in_domain", "loss_out_of_domain"):
+        ma = an.metrics.get(key)
         if ma is None or not ma.points:
             continue
         curves = []
@@ -264,42 +270,31 @@ def make_figures(out: Path, points: list[CurvePoint], meta: dict, an: Analysis) 
         plots.plot_loss_vs_compute(curves, ma.label, pdir / f"{key}.png")
         figs[key] = f"plots/{key}.png"
 
-    main = [
-        c
-        for c in ("loss_in_domain", "loss_out_of_domain", ZERO_SHOT, ZERO_SHOT_SCORE)
-        if c in an.metrics
-    ]
-    panels = [(_metric_short(c), speedup_series(an, c), _no_curve(an, c)) for c in main]
-    plots.plot_speedup_panels(panels, pdir / "speedup.png", "MoE speedup vs dense")
+    def panels(columns: list[str]) -> list:
+        return [(_metric_short(c), speedup_series(an, c), _no_curve(an, c)) for c in columns]
+
+    main = ("loss_in_domain", "loss_out_of_domain", ZERO_SHOT, ZERO_SHOT_SCORE)
+    main = [c for c in main if c in an.metrics]
+    plots.plot_speedup_panels(panels(main), pdir / "speedup.png", "MoE speedup vs dense")
     figs["speedup"] = "plots/speedup.png"
     domains = [domain_metric(d) for d in an.in_domains + an.out_domains]
     domains = [c for c in domains if c in an.metrics]
     if domains:
-        panels = [(_metric_short(c), speedup_series(an, c), _no_curve(an, c)) for c in domains]
-        plots.plot_speedup_panels(panels, pdir / "speedup_domains.png", "MoE speedup per domain")
+        title = "MoE speedup per domain"
+        plots.plot_speedup_panels(panels(domains), pdir / "speedup_domains.png", title)
         figs["speedup_domains"] = "plots/speedup_domains.png"
-
-    labels, values, ext, lo, hi = [], [], [], [], []
-    bars = ["loss_in_domain", "loss_out_of_domain"] + domains
-    for column in bars:
-        ma = an.metrics.get(column)
-        for fam in an.partner if ma else []:
-            h = ma.headlines.get(fam)
-            labels.append(_metric_short(column) + (f" {fam}" if len(an.partner) > 1 else ""))
-            values.append(h.speedup if h else float("nan"))
-            ext.append(h.label == EXTRAPOLATED if h else False)
-            lo.append(h.lo if h else None)
-            hi.append(h.hi if h else None)
-    if domains:
-        plots.plot_domain_bars(
-            labels,
-            values,
-            ext,
-            pdir / "domain_speedup.png",
-            "Headline speedup per domain",
-            lo=lo,
-            hi=hi,
-        )
+        bars = []
+        for column in ["loss_in_domain", "loss_out_of_domain"] + domains:
+            ma = an.metrics.get(column)
+            for fam in an.partner if ma else []:
+                label = _metric_short(column) + (f" {fam}" if len(an.partner) > 1 else "")
+                h = ma.headlines.get(fam)
+                if h is None:
+                    bars.append((label, math.nan, False, None, None))
+                else:
+                    bars.append((label, h.speedup, h.label == EXTRAPOLATED, h.lo, h.hi))
+        title = "Headline speedup per domain"
+        plots.plot_domain_bars(bars, pdir / "domain_speedup.png", title)
         figs["domain_speedup"] = "plots/domain_speedup.png"
 
     last = {p.run: p for p in points}  # each run's last point
@@ -318,36 +313,28 @@ def make_figures(out: Path, points: list[CurvePoint], meta: dict, an: Analysis) 
     few_tasks = meta["few_shot_tasks"]
     if few_tasks:
         fams, zero, few, chance = _shot_table(points, an, few_tasks, meta)
-        plots.plot_shot_gains(
-            few_tasks,
-            fams,
-            zero,
-            few,
-            chance,
-            pdir / "shot_gains.png",
-            f"Zero-shot vs {meta['shots']}-shot (largest run per family)",
-        )
+        title = f"Zero-shot vs {meta['shots']}-shot (largest run per family)"
+        path = pdir / "shot_gains.png"
+        plots.plot_shot_gains(few_tasks, fams, zero, few, chance, path, title)
         figs["shot_gains"] = "plots/shot_gains.png"
     return figs
 
 
+_SHORT = {
+    "loss_in_domain": "in-domain",
+    "loss_out_of_domain": "out-of-domain (mean)",
+    ZERO_SHOT: "zero-shot accuracy",
+    ZERO_SHOT_SCORE: "zero-shot continuous score",
+}
+
+
 def _metric_short(column: str) -> str:
-    if column == "loss_in_domain":
-        return "in-domain"
-    if column == "loss_out_of_domain":
-        return "out-of-domain (mean)"
-    if column == ZERO_SHOT:
-        return "zero-shot accuracy"
-    if column == ZERO_SHOT_SCORE:
-        return "zero-shot continuous score"
-    domain = column.split("/", 1)[1]
-    return domain
+    """A metric's name in the figures and the speedup table (a domain's loss: the domain)."""
+    return _SHORT.get(column) or column.split("/", 1)[1]
 
 
 def _no_curve(an: Analysis, column: str) -> str:
     """Why a setting's panel has no curve (shown in the empty panel)."""
-    from moelab.study.analysis.sections import no_headline_reason
-
     ma = an.metrics[column]
     return "; ".join(no_headline_reason(ma, moe, d) for moe, d in an.partner.items())
 
@@ -362,9 +349,7 @@ def speedup_series(an: Analysis, column: str) -> list[plots.SpeedupSeries]:
         if not got:
             continue
         h = ma.headlines.get(fam)
-        head = None
-        if h is not None and h.c_dense:
-            head = (h.c_dense, h.speedup)
+        head = (h.c_dense, h.speedup) if h is not None and h.c_dense else None
         out.append(
             plots.SpeedupSeries(
                 fam,
@@ -487,52 +472,26 @@ def _grid_label(value: Any) -> str:
 
 def _table(doc: Document, finals: list[CurvePoint], meta: dict) -> None:
     doc.add(Heading("Results (final checkpoint of each run)"))
-    domains = meta["in_domains"] + meta["out_domains"]
-    spent = any(p.train_flops_spent is not None for p in finals)
-    evs = [p.evaluation for p in finals]
-    header = [
-        "run",
-        "family",
-        "seed",
-        "params",
-        "active",
-        "tokens",
-        "FLOPs",
-        *(["FLOPs spent"] if spent else []),
-        "in-domain loss",
-        "out-of-domain loss",
-    ] + [f"loss {d}" for d in domains]
-    means = [
-        (name, title)
-        for name, title in (
-            (ZERO_SHOT, "zero-shot mean"),
-            (ZERO_SHOT_SCORE, "zero-shot score mean"),
-            ("few_shot_mean", "few-shot mean"),
-        )
-        if any(getattr(ev, name) is not None for ev in evs)
+    columns = [
+        *RUN,
+        SEED,
+        ("params", lambda p: si(p.params_total)),
+        ("active", lambda p: si(p.params_active)),
+        ("tokens", lambda p: si(p.tokens)),
+        FLOPS,
     ]
-    header += [title for _, title in means]
-    ft = meta["finetune_tasks"]
-    header += [f"fine-tune {t}" for t in ft] + ["train time"]
-    body = []
-    for p, ev in zip(finals, evs):
-        cells = [
-            p.run,
-            p.family,
-            fmt(p.seed),
-            si(p.params_total),
-            si(p.params_active),
-            si(p.tokens),
-            f"{p.train_flops:.3g}",
-            *([fmt(p.train_flops_spent)] if spent else []),
-            fmt(p.loss_in_domain),
-            fmt(p.loss_out_of_domain),
-        ] + [fmt(p.loss.get(d)) for d in domains]
-        cells += [fmt(getattr(ev, name)) for name, _ in means]
-        cells += [fmt(ev.finetune.get(t)) for t in ft]
-        cells.append(f"{(ev.train_wall_s or 0) / 60:.1f} min")
-        body.append(cells)
-    doc.add(Table(header, body, align_right_from=2))
+    if any(p.train_flops_spent is not None for p in finals):
+        columns.append(("FLOPs spent", lambda p: fmt(p.train_flops_spent)))
+    columns += LOSSES
+    domains = meta["in_domains"] + meta["out_domains"]
+    columns += [(f"loss {d}", lambda p, d=d: fmt(p.loss.get(d))) for d in domains]
+    means = [(ZERO_SHOT, "zero-shot mean"), (ZERO_SHOT_SCORE, "zero-shot score mean")]
+    columns += mean_columns(finals, means + [("few_shot_mean", "few-shot mean")])
+    columns += [
+        (f"fine-tune {t}", lambda p, t=t: fmt(p.evaluation.finetune.get(t)))
+        for t in meta["finetune_tasks"]
+    ]
+    doc.add(Table.of(finals, [*columns, TRAIN_TIME], align_right_from=2))
     doc.add(
         Para(
             "Losses are validation cross-entropy in nats per token on a fixed subset of "
@@ -583,17 +542,8 @@ def _fits(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
     }
     if why:
         doc.add(Para("No brackets where " + "; ".join(sorted(why)) + "."))
-    header = [
-        "metric",
-        "family",
-        "E",
-        "A",
-        "alpha",
-        "points",
-        "runs",
-        "rms residual",
-        "max |residual|",
-    ]
+    header = ["metric", "family", "E", "A", "alpha", "points", "runs"]
+    header += ["rms residual", "max |residual|"]
     body = []
     for column in ("loss_in_domain", "loss_out_of_domain"):
         ma = an.metrics.get(column)
@@ -624,32 +574,17 @@ def _fits(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
 
 
 def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
+    """Every point of the settings' speedup curves that has a value or a note why none."""
     body = []
-    for column in columns:
-        ma = an.metrics.get(column)
-        if ma is None:
-            continue
-        for fam, pts in ma.speedups.items():
-            for p in pts:
-                if p.speedup is None and not p.note:
-                    continue
+    for column in (c for c in columns if c in an.metrics):
+        for fam, pts in an.metrics[column].speedups.items():
+            for p in (p for p in pts if p.speedup is not None or p.note):
                 bounds = "-"
                 if p.lower_bound is not None or p.upper_bound is not None:
                     bounds = f"[{times(p.lower_bound)}, {times(p.upper_bound)}]"
-                body.append(
-                    [
-                        _metric_short(column),
-                        fam,
-                        fmt(p.quality),
-                        fmt(p.c_moe) if p.c_moe else "-",
-                        fmt(p.c_dense) if p.c_dense else "-",
-                        times(p.speedup),
-                        interval_text(p.lo, p.hi),
-                        _curve_label(p),
-                        bounds,
-                        p.note,
-                    ]
-                )
+                flops = [fmt(c) if c else "-" for c in (p.c_moe, p.c_dense)]
+                cells = [fmt(p.quality), *flops, times(p.speedup), interval_text(p.lo, p.hi)]
+                body.append([_metric_short(column), fam, *cells, _curve_label(p), bounds, p.note])
     return body
 
 
@@ -686,24 +621,9 @@ def _speedups(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
         doc.add(Image(figs["speedup_domains"], "speedup factor per domain"))
     body = _speedup_rows(an, ["loss_in_domain", "loss_out_of_domain", ZERO_SHOT, ZERO_SHOT_SCORE])
     if body:
-        doc.add(
-            Table(
-                [
-                    "setting",
-                    "MoE family",
-                    "quality t",
-                    "MoE FLOPs",
-                    "dense FLOPs",
-                    "speedup",
-                    "95% interval",
-                    "label",
-                    "measured bounds",
-                    "note",
-                ],
-                body,
-                align_right_from=2,
-            )
-        )
+        header = ["setting", "MoE family", "quality t", "MoE FLOPs", "dense FLOPs", "speedup"]
+        header += ["95% interval", "label", "measured bounds", "note"]
+        doc.add(Table(header, body, align_right_from=2))
         doc.add(Para("Every domain's curve, with the same columns, is in `fits.json`."))
     else:
         doc.add(Para("No speedup could be computed (no dense fit, or no MoE family)."))
@@ -734,26 +654,11 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
                 why = f"no {dense_fam} fit: {err}" if err else "no speedup computed"
                 body.append([name, side, fam, "-", "-", "-", why])
                 continue
-            prefix = {">=": "≥ ", "<=": "≤ "}.get(h.bound, "")
-            body.append(
-                [
-                    name,
-                    side,
-                    fam,
-                    fmt(h.quality),
-                    prefix + times(h.speedup),
-                    interval_text(h.lo, h.hi),
-                    h.label,
-                ]
-            )
+            cells = [fmt(h.quality), speedup_cell(h), interval_text(h.lo, h.hi), h.label]
+            body.append([name, side, fam, *cells])
     if body:
-        doc.add(
-            Table(
-                ["domain", "in/out", "MoE family", "loss t", "speedup", "95% interval", "label"],
-                body,
-                align_right_from=3,
-            )
-        )
+        header = ["domain", "in/out", "MoE family", "loss t", "speedup", "95% interval", "label"]
+        doc.add(Table(header, body, align_right_from=3))
     if "domain_speedup" in figs:
         doc.add(Image(figs["domain_speedup"], "speedup per domain"))
 
@@ -792,27 +697,19 @@ def _priming(
     if not fs:
         return
     doc.add(Heading("Few-shot priming"))
-    header = ["run", "family"] + [f"{t} 0-shot" for t in fs]
-    header += [f"{t} {meta['shots']}-shot" for t in fs]
-    body = []
-    for p in finals:
-        body.append(
-            [p.run, p.family]
-            + [fmt(accuracy(p.evaluation, t)) for t in fs]
-            + [fmt(p.evaluation.few_shot.get(t)) for t in fs]
-        )
-    doc.add(Table(header, body, align_right_from=2))
+    columns = RUN + [(f"{t} 0-shot", lambda p, t=t: fmt(accuracy(p.evaluation, t))) for t in fs]
+    columns += [
+        (f"{t} {meta['shots']}-shot", lambda p, t=t: fmt(p.evaluation.few_shot.get(t))) for t in fs
+    ]
+    doc.add(Table.of(finals, columns, align_right_from=2))
     info = meta["tasks"]
-    doc.add(
-        Bullets(
-            [
-                f"{t}: chance {fmt(info[t].get('chance'))}, {info[t].get('n_items')} items"
-                + (f", split {info[t]['split']}" if info[t].get("split") else "")
-                for t in fs
-                if t in info
-            ]
-        )
-    )
+    items = [
+        f"{t}: chance {fmt(info[t].get('chance'))}, {info[t].get('n_items')} items"
+        + (f", split {info[t]['split']}" if info[t].get("split") else "")
+        for t in fs
+        if t in info
+    ]
+    doc.add(Bullets(items))
     if "shot_gains" in figs:
         doc.add(Image(figs["shot_gains"], "few-shot vs zero-shot"))
         gains = []
@@ -825,13 +722,8 @@ def _priming(
                 if z is not None and f is not None:
                     gains.append([fam, p.run, t, fmt(z), fmt(f), f"{f - z:+.3f}"])
         if gains:
-            doc.add(
-                Table(
-                    ["family", "run (largest)", "task", "0-shot", f"{meta['shots']}-shot", "gain"],
-                    gains,
-                    align_right_from=3,
-                )
-            )
+            header = ["family", "run (largest)", "task", "0-shot", f"{meta['shots']}-shot", "gain"]
+            doc.add(Table(header, gains, align_right_from=3))
 
 
 def _finetune(doc: Document, finals: list[CurvePoint], an: Analysis, meta: dict) -> None:
@@ -846,11 +738,9 @@ def _finetune(doc: Document, finals: list[CurvePoint], an: Analysis, meta: dict)
             "same grid for every model)."
         )
     )
-    body = [
-        [p.run, p.family, si(p.params_total)] + [fmt(p.evaluation.finetune.get(t)) for t in ft]
-        for p in finals
-    ]
-    doc.add(Table(["run", "family", "params"] + ft, body, align_right_from=2))
+    columns = [*RUN, ("params", lambda p: si(p.params_total))]
+    columns += [(t, lambda p, t=t: fmt(p.evaluation.finetune.get(t))) for t in ft]
+    doc.add(Table.of(finals, columns, align_right_from=2))
 
 
 def _limits(doc: Document, study: dict, meta: dict, finals: list[CurvePoint]) -> None:

@@ -9,9 +9,10 @@ and the analysis computed from them, so the report and the snippet state the sam
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
-from moelab.study.analysis.bounds import LOWER, UPPER, MeasuredBound, bounds_at
+from moelab.study.analysis.bounds import LOWER, MeasuredBound, bounds_at, strongest
 from moelab.study.analysis.document import Bullets, Heading, Para, Table
 from moelab.study.analysis.fit import EXTRAPOLATED, INTERPOLATED, MEASURED_BOUND, chance_interval
 from moelab.study.analysis.speedup import (
@@ -74,13 +75,8 @@ def settings(an: Analysis) -> list[tuple[str, str]]:
         out.append(("loss_out_of_domain", "out-of-domain loss (mean)"))
     out += [(domain_metric(d), f"loss: {d} (in-domain)") for d in an.in_domains]
     out += [(domain_metric(d), f"loss: {d} (out-of-domain)") for d in an.out_domains]
-    out.append((ZERO_SHOT, "zero-shot accuracy (mean)"))
-    out.append(
-        (
-            ZERO_SHOT_SCORE,
-            "zero-shot continuous score (mean): normalised probability of the correct candidate",
-        )
-    )
+    score = "zero-shot continuous score (mean): normalised probability of the correct candidate"
+    out += [(ZERO_SHOT, "zero-shot accuracy (mean)"), (ZERO_SHOT_SCORE, score)]
     return [(col, name) for col, name in out if col in an.metrics]
 
 
@@ -144,6 +140,12 @@ def _seed_sd_cell(ma: MetricAnalysis, moe: str) -> str:
     return seed_sd_text(noise, ma.kind == "loss") if noise is not None else "-"
 
 
+def headline_cells(ma: MetricAnalysis, moe: str, h: Headline) -> list[str]:
+    """The headline's speedup, 95% interval, label and the quality it is quoted at."""
+    interval = interval_cell(h, ma.n_bootstrap.get(moe, 0))
+    return [speedup_cell(h), interval, label_cell(h), quality(ma, h.quality)]
+
+
 def headline_rows(an: Analysis) -> list[list[str]]:
     rows = []
     for col, name in settings(an):
@@ -151,25 +153,14 @@ def headline_rows(an: Analysis) -> list[list[str]]:
         mode = an.mode if ma.kind == "loss" else "all"
         for moe, dense in an.partner.items():
             h = ma.headlines.get(moe)
-            fam = moe if len(an.partner) > 1 else ""
+            fam = [moe] if len(an.partner) > 1 else []
             if h is None:
                 reason = no_headline_reason(ma, moe, dense)
-                rows.append([name, fam, "-", "-", reason, "-", "-", _seed_sd_cell(ma, moe)])
-                continue
-            rows.append(
-                [
-                    name,
-                    fam,
-                    speedup_cell(h),
-                    interval_cell(h, ma.n_bootstrap.get(moe, 0)),
-                    label_cell(h),
-                    quality(ma, h.quality),
-                    _bounds_cell(ma, moe, dense, h.quality, mode),
-                    _seed_sd_cell(ma, moe),
-                ]
-            )
-    if len(an.partner) <= 1:
-        rows = [[r[0]] + r[2:] for r in rows]
+                rows.append([name, *fam, "-", "-", reason, "-", "-", _seed_sd_cell(ma, moe)])
+            else:
+                bounds = _bounds_cell(ma, moe, dense, h.quality, mode)
+                cells = [*headline_cells(ma, moe, h), bounds, _seed_sd_cell(ma, moe)]
+                rows.append([name, *fam, *cells])
     return rows
 
 
@@ -177,18 +168,9 @@ def headline_blocks(an: Analysis, level: int = 2) -> list:
     """The headline speedup per setting: value, 95% interval, label, the quality it is quoted
     at, and the measured bounds at that quality; then how the intervals were made."""
     blocks: list = [Heading("Headline speedups", level)]
-    header = [
-        "setting",
-        "MoE family",
-        "speedup",
-        "95% interval",
-        "label",
-        "at quality t",
-        "measured bounds at t",
-        "seed sd [95% range]",
-    ]
-    if len(an.partner) <= 1:
-        header = [header[0]] + header[2:]
+    fam = ["MoE family"] if len(an.partner) > 1 else []
+    header = ["setting", *fam, "speedup", "95% interval", "label", "at quality t"]
+    header += ["measured bounds at t", "seed sd [95% range]"]
     rows = headline_rows(an)
     if not rows:
         return blocks + [Para("No speedup: the study has no dense and MoE family pair.")]
@@ -231,47 +213,25 @@ def _evidence(b: MeasuredBound, ma: MetricAnalysis) -> str:
     )
 
 
-def strongest_bounds(ma: MetricAnalysis, moe: str) -> tuple[MeasuredBound | None, ...]:
-    bs = ma.bounds.get(moe, [])
-    lows = [b for b in bs if b.kind == LOWER]
-    ups = [b for b in bs if b.kind == UPPER]
-    return (
-        max(lows, key=lambda b: b.ratio) if lows else None,
-        min(ups, key=lambda b: b.ratio) if ups else None,
-    )
-
-
 def bounds_blocks(an: Analysis, level: int = 2) -> list:
     """The strongest lower and upper bound per setting, with the two runs that show each."""
     rows = []
     for col, name in settings(an):
         ma = an.metrics[col]
         for moe in an.partner:
-            lo, hi = strongest_bounds(ma, moe)
+            lo, hi = strongest(ma.bounds.get(moe, []))
             fam = [moe] if len(an.partner) > 1 else []
             for b, sign in ((lo, "≥"), (hi, "≤")):
                 if b is not None:
-                    rows.append(
-                        [
-                            name,
-                            *fam,
-                            f"{sign} {b.ratio:.2f}x",
-                            quality(ma, b.quality),
-                            _evidence(b, ma),
-                        ]
-                    )
+                    cells = [f"{sign} {b.ratio:.2f}x", quality(ma, b.quality), _evidence(b, ma)]
+                    rows.append([name, *fam, *cells])
     blocks: list = [Heading("Measured bounds (no fit)", level)]
     if not rows:
         return blocks + [
             Para("The points show no bound: the families' measured qualities do not overlap.")
         ]
-    header = [
-        "setting",
-        *(["MoE family"] if len(an.partner) > 1 else []),
-        "speedup",
-        "at quality t",
-        "shown by",
-    ]
+    by_family = ["MoE family"] if len(an.partner) > 1 else []
+    header = ["setting", *by_family, "speedup", "at quality t", "shown by"]
     blocks.append(Table(header, rows, align_right_from=len(header) - 3))
     blocks.append(
         Para(
@@ -288,6 +248,10 @@ def bounds_blocks(an: Analysis, level: int = 2) -> list:
 # Seed-to-seed spread
 
 
+def _mean_sd(stats: dict[str, float] | None) -> str:
+    return f"{stats['mean']:.4f} ± {stats['std']:.4f}" if stats else "-"
+
+
 def spread_blocks(an: Analysis, study: dict, level: int = 2) -> list:
     blocks: list = [Heading("Seed-to-seed spread", level)]
     if not an.seed_spread:
@@ -298,36 +262,21 @@ def spread_blocks(an: Analysis, study: dict, level: int = 2) -> list:
             )
         )
     else:
-        rows = []
-        for s in an.seed_spread:
-            ind = s.get("loss_in_domain", {})
-            ood = s.get("loss_out_of_domain")
-            rows.append(
-                [
-                    str(s.get("model") or s["preset"]),
-                    s["family"],
-                    ", ".join(str(x) for x in s["seeds"]),
-                    f"{ind.get('mean', float('nan')):.4f} ± {ind.get('std', float('nan')):.4f}",
-                    f"{ind.get('min', float('nan')):.4f} – {ind.get('max', float('nan')):.4f}",
-                    f"{100 * ind.get('range_rel', float('nan')):.2f}%",
-                    f"{ood['mean']:.4f} ± {ood['std']:.4f}" if ood else "-",
-                ]
-            )
-        blocks.append(
-            Table(
-                [
-                    "model",
-                    "family",
-                    "seeds",
-                    "final in-domain loss (mean ± sd)",
-                    "min – max",
-                    "max-min / mean",
-                    "out-of-domain loss (mean ± sd)",
-                ],
-                rows,
-                align_right_from=3,
-            )
-        )
+        none = dict.fromkeys(("mean", "std", "min", "max", "range_rel"), float("nan"))
+
+        def ind(s: dict[str, Any]) -> dict[str, float]:
+            return s.get("loss_in_domain", none)
+
+        columns = [
+            ("model", lambda s: str(s.get("model") or s["preset"])),
+            ("family", lambda s: s["family"]),
+            ("seeds", lambda s: ", ".join(str(x) for x in s["seeds"])),
+            ("final in-domain loss (mean ± sd)", lambda s: _mean_sd(ind(s))),
+            ("min – max", lambda s: f"{ind(s)['min']:.4f} – {ind(s)['max']:.4f}"),
+            ("max-min / mean", lambda s: f"{100 * ind(s)['range_rel']:.2f}%"),
+            ("out-of-domain loss (mean ± sd)", lambda s: _mean_sd(s.get("loss_out_of_domain"))),
+        ]
+        blocks.append(Table.of(an.seed_spread, columns, align_right_from=3))
     threads = study.get("threads")
     blocks.append(
         Para(REPRODUCIBILITY + (f" This study ran with {threads} thread(s)." if threads else ""))
@@ -339,45 +288,32 @@ def spread_blocks(an: Analysis, study: dict, level: int = 2) -> list:
 # Runs table (compact: the README's)
 
 
-def runs_table(finals: list[CurvePoint], meta: dict) -> Table:
-    header = [
-        "run",
-        "family",
-        "seed",
-        "active params",
-        "FLOPs",
-        "FLOPs spent",
-        "in-domain loss",
-        "out-of-domain loss",
+# Columns of the tables with a row per run (final points): (header, the point's cell).
+RUN = [("run", lambda p: p.run), ("family", lambda p: p.family)]
+SEED = ("seed", lambda p: fmt(p.seed))
+FLOPS = ("FLOPs", lambda p: f"{p.train_flops:.3g}")
+LOSSES = [
+    ("in-domain loss", lambda p: fmt(p.loss_in_domain)),
+    ("out-of-domain loss", lambda p: fmt(p.loss_out_of_domain)),
+]
+TRAIN_TIME = ("train time", lambda p: f"{(p.evaluation.train_wall_s or 0) / 60:.1f} min")
+
+
+def mean_columns(finals: list[CurvePoint], means: Iterable[tuple[str, str]]) -> list:
+    """A column per (FinalEval attribute, header) that some run has a value of."""
+    return [
+        (title, lambda p, name=name: fmt(getattr(p.evaluation, name)))
+        for name, title in means
+        if any(getattr(p.evaluation, name) is not None for p in finals)
     ]
-    evs = [p.evaluation for p in finals]
-    has_acc = any(ev.zero_shot_mean is not None for ev in evs)
-    has_score = any(ev.zero_shot_score_mean is not None for ev in evs)
-    if has_acc:
-        header.append("zero-shot acc. (mean)")
-    if has_score:
-        header.append("zero-shot score (mean)")
-    header.append("train time")
-    body = []
-    for p, ev in zip(finals, evs):
-        spent = p.train_flops_spent
-        cells = [
-            p.run,
-            p.family,
-            fmt(p.seed),
-            si(p.params_active) if p.params_active else "-",
-            f"{p.train_flops:.3g}",
-            f"{spent:.3g}" if spent else "-",
-            fmt(p.loss_in_domain),
-            fmt(p.loss_out_of_domain),
-        ]
-        if has_acc:
-            cells.append(fmt(ev.zero_shot_mean))
-        if has_score:
-            cells.append(fmt(ev.zero_shot_score_mean))
-        cells.append(f"{(ev.train_wall_s or 0) / 60:.1f} min")
-        body.append(cells)
-    return Table(header, body, align_right_from=2)
+
+
+def runs_table(finals: list[CurvePoint], meta: dict) -> Table:
+    spent = ("FLOPs spent", lambda p: f"{p.train_flops_spent:.3g}" if p.train_flops_spent else "-")
+    active = ("active params", lambda p: si(p.params_active) if p.params_active else "-")
+    means = ((ZERO_SHOT, "zero-shot acc. (mean)"), (ZERO_SHOT_SCORE, "zero-shot score (mean)"))
+    columns = [*RUN, SEED, active, FLOPS, spent, *LOSSES, *mean_columns(finals, means)]
+    return Table.of(finals, [*columns, TRAIN_TIME], align_right_from=2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -454,18 +390,17 @@ def zero_shot_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> li
         return []
     info = meta.get("tasks", {})
     blocks: list = [Heading("Zero-shot tasks", level)]
-    evs = [p.evaluation for p in finals]
-    acc_rows = [
-        [p.run, p.family] + [_with_interval(ev.zero_shot.get(t)) for t in tasks]
-        for p, ev in zip(finals, evs)
-    ]
-    score_rows = [
-        [p.run, p.family] + [_with_interval(ev.zero_shot_score.get(t)) for t in tasks]
-        for p, ev in zip(finals, evs)
-    ]
+
+    def accuracies(kind: str) -> Table:
+        """Per run and task: the accuracy (``zero_shot``) or score (``zero_shot_score``)."""
+        columns = [
+            (t, lambda p, t=t: _with_interval(getattr(p.evaluation, kind).get(t))) for t in tasks
+        ]
+        return Table.of(finals, RUN + columns, align_right_from=2)
+
     blocks.append(Para("**Accuracy** (each task's primary scoring mode), 95% interval:"))
-    blocks.append(Table(["run", "family", *tasks], acc_rows, align_right_from=2))
-    scored = [ev.zero_shot_score.get(t) for ev in evs for t in tasks]
+    blocks.append(accuracies("zero_shot"))
+    scored = [p.evaluation.zero_shot_score.get(t) for p in finals for t in tasks]
     if any(a is not None and a.value is not None for a in scored):
         blocks.append(
             Para(
@@ -474,7 +409,7 @@ def zero_shot_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> li
                 "mean over items, 95% interval:"
             )
         )
-        blocks.append(Table(["run", "family", *tasks], score_rows, align_right_from=2))
+        blocks.append(accuracies("zero_shot_score"))
     items = []
     for t in tasks:
         ti = info.get(t, {})
@@ -516,13 +451,9 @@ def grouped_tasks(finals: list[CurvePoint], meta: dict) -> list[str]:
 
 def _fields(task: str, finals: list[CurvePoint], meta: dict) -> list[str]:
     ti = meta.get("tasks", {}).get(task, {})
-    seen: list[str] = []
-    for g in list(ti.get("groups_n_items", {})) + [
-        k for ref in (ti.get("reference") or {}).values() for k in ref
-    ]:
-        if g.startswith("field:") and g not in seen:
-            seen.append(g)
-    return list(dict.fromkeys(seen + _field_names(finals, task)))
+    refs = [k for ref in (ti.get("reference") or {}).values() for k in ref]
+    fields = [g for g in [*ti.get("groups_n_items", {}), *refs] if g.startswith("field:")]
+    return list(dict.fromkeys(fields + _field_names(finals, task)))
 
 
 def blimp_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> list:
@@ -532,33 +463,21 @@ def blimp_blocks(finals: list[CurvePoint], meta: dict, level: int = 2) -> list:
     for task in grouped_tasks(finals, meta):
         ti = meta.get("tasks", {}).get(task, {})
         fields = _fields(task, finals, meta)
-        header = ["model", "overall", *(f.split(":", 1)[1] for f in fields)]
-        rows = []
-        for p in finals:
-            accs = p.evaluation.zero_shot
-            cells = [p.run, _with_interval(accs.get(task))]
-            cells += [_with_interval(accs.get(f"{task}:{f}")) for f in fields]
-            rows.append(cells)
-        for name, ref in (ti.get("reference") or {}).items():
-            rows.append(
-                [f"{name} (reference)", fmt(ref.get("overall"), 3)]
-                + [fmt(ref.get(f), 3) for f in fields]
-            )
-        blocks.append(Heading(f"{task}: accuracy overall and per field", level))
-        blocks.append(Table(header, rows, align_right_from=1))
-        n = ti.get("n_items")
-        groups_n = ti.get("groups_n_items") or {}
-        notes = [
-            f"Chance {fmt(ti.get('chance'))}; {n} pairs scored"
-            + (
-                " ("
-                + ", ".join(f"{f.split(':', 1)[1]} {groups_n[f]}" for f in fields if f in groups_n)
-                + ")"
-                if groups_n
-                else ""
-            )
-            + "; brackets: 95% bootstrap interval over items."
+        names = [f.split(":", 1)[1] for f in fields]
+        keys = [task] + [f"{task}:{f}" for f in fields]
+        rows = [
+            [p.run, *(_with_interval(p.evaluation.zero_shot.get(k)) for k in keys)] for p in finals
         ]
+        for name, ref in (ti.get("reference") or {}).items():
+            cells = [fmt(ref.get(k), 3) for k in ["overall", *fields]]
+            rows.append([f"{name} (reference)", *cells])
+        blocks.append(Heading(f"{task}: accuracy overall and per field", level))
+        blocks.append(Table(["model", "overall", *names], rows, align_right_from=1))
+        groups_n = ti.get("groups_n_items") or {}
+        counts = ", ".join(f"{g} {groups_n[f]}" for f, g in zip(fields, names) if f in groups_n)
+        text = f"Chance {fmt(ti.get('chance'))}; {ti.get('n_items')} pairs scored"
+        text += f" ({counts})" if groups_n else ""
+        notes = [text + "; brackets: 95% bootstrap interval over items."]
         if ti.get("reference"):
             notes.append(
                 "Reference rows: the accuracies published with the data set (mean over "
