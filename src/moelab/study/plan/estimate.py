@@ -46,14 +46,14 @@ class PlannedRun:
 def family_of(model: ModelConfig, suffix: str = "") -> str:
     """dense / moe<E>-top<k>[-every<n>], prefixed with the architecture when it is not the
     paper's."""
-    base = "dense" if not model.is_moe else f"moe{model.n_experts}-top{model.top_k}"
-    # The usual MoE layout of each architecture (paper: every second layer, as in the paper;
-    # modern: every layer, as Mixtral) is implied; any other says so, so that both layouts in
-    # one grid are two families.
-    usual_every = 2 if model.arch == "paper" else 1
-    if model.is_moe and model.moe_every != usual_every:
-        base += f"-every{model.moe_every}"
+    base = "dense"
     if model.is_moe:
+        base = f"moe{model.n_experts}-top{model.top_k}"
+        # The usual MoE layout of each architecture (paper: every second layer, as in the
+        # paper; modern: every layer, as Mixtral) is implied; any other says so, so that both
+        # layouts in one grid are two families.
+        if model.moe_every != (2 if model.arch == "paper" else 1):
+            base += f"-every{model.moe_every}"
         base += _design_label(model)
     if model.arch != "paper":
         base = f"{model.arch}-{base}"
@@ -202,19 +202,12 @@ def make_plan(
         budget = resolve_budget(run_cfg)  # the trainer's own rounding to whole steps
         if spec.name in sources:  # keeps every checkpoint, its upcycled runs' step among them
             run_cfg.train.keep_last = max(run_cfg.train.keep_last, budget.total_steps)
-        steps, tokens = budget.total_steps, budget.total_tokens
-        per_token, flops = budget.flops_per_token, budget.total_flops
-        spent = flops + budget.flops_at(sum(c.length for c in cooldowns_of(run_cfg, budget)))
+        cooldowns = sum(c.length for c in cooldowns_of(run_cfg, budget))
+        spent = budget.total_flops + budget.flops_at(cooldowns)
         speed, source = flops_per_second, "constant"
         if measure:
-            key = repr(
-                (
-                    model,
-                    run_cfg.train.batch_size // run_cfg.train.grad_accum,
-                    run_cfg.train.seq_len,
-                    run_cfg.train.dtype,
-                )
-            )
+            t = run_cfg.train
+            key = repr((model, t.batch_size // t.grad_accum, t.seq_len, t.dtype))
             if key not in measured:
                 measured[key] = measure_flops_per_second(run_cfg)
             if measured[key]:
@@ -230,10 +223,10 @@ def make_plan(
                 preset=preset or preset_of(spec.run_config.get("model"), model),
                 run_config=run_cfg,
                 params=count_params(model),
-                flops_per_token=per_token,
-                steps=steps,
-                tokens=tokens,
-                train_flops=flops,
+                flops_per_token=budget.flops_per_token,
+                steps=budget.total_steps,
+                tokens=budget.total_tokens,
+                train_flops=budget.total_flops,
                 est_seconds=spent / speed,
                 throughput_source=source,
                 spent_flops=spent,
@@ -284,24 +277,16 @@ def format_plan(plan: list[PlannedRun], eval_note: str = "", workers: int = 1) -
             f"{p.tokens / p.params.active:>9.2f} {p.train_flops:>8.2e} "
             f"{fmt_seconds(p.est_seconds):>9}"
         )
-    total_flops = sum(p.train_flops for p in plan)
+    flops = sum(p.train_flops for p in plan)
     spent = sum(p.spent_flops for p in plan)
-    cooldown_note = (
-        f" + {spent - total_flops:.3g} in cooldown branches" if spent > total_flops * 1.0001 else ""
-    )
-    total_s = sum(p.est_seconds for p in plan)
-    sources = sorted({p.throughput_source for p in plan})
-    lines.append("-" * len(head))
-    lines.append(
-        f"{len(plan)} runs, {total_flops:.3g} training FLOPs (paper accounting){cooldown_note}, "
-        "estimated "
-        f"training time {fmt_seconds(total_s)} ({'/'.join(sources)} throughput)"
-        + (
-            f", about {fmt_seconds(makespan([p.est_seconds for p in plan], workers))} "
-            f"on {workers} worker processes"
-            if workers > 1
-            else ""
-        )
-        + (f"; {eval_note}" if eval_note else "")
-    )
-    return "\n".join(lines)
+    total = f"{len(plan)} runs, {flops:.3g} training FLOPs (paper accounting)"
+    if spent > flops * 1.0001:
+        total += f" + {spent - flops:.3g} in cooldown branches"
+    seconds = [p.est_seconds for p in plan]
+    sources = "/".join(sorted({p.throughput_source for p in plan}))
+    total += f", estimated training time {fmt_seconds(sum(seconds))} ({sources} throughput)"
+    if workers > 1:
+        total += f", about {fmt_seconds(makespan(seconds, workers))} on {workers} worker processes"
+    if eval_note:
+        total += f"; {eval_note}"
+    return "\n".join([*lines, "-" * len(head), total])

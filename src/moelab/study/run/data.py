@@ -7,22 +7,16 @@ study finds the folder ready and a changed data section is refused instead of si
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 from moelab.errors import MoelabError
 from moelab.study.plan.config import StudyConfig
 
 
-def source_specs(cfg: StudyConfig) -> tuple[list[str], list[str]]:
-    """``DOMAIN=LOCATION`` strings for prepare(), locations resolved under the data root."""
-    d = cfg.data
-    sources = [f"{name}={d.resolve(loc)}" for name, loc in d.sources.items()]
-    heldout = [f"{name}={d.resolve(loc)}" for name, loc in d.heldout.items()]
-    return sources, heldout
-
-
 def prepare_study_data(cfg: StudyConfig, out: Path, echo: Callable[[str], None]) -> Path:
     from moelab.data import PreparedData, prepare
+    from moelab.data.prepare import PrepareSettings
 
     d = cfg.data
     if d.prepared:
@@ -34,16 +28,11 @@ def prepare_study_data(cfg: StudyConfig, out: Path, echo: Callable[[str], None])
             )
         PreparedData.open(path)
         return path
-    sources, heldout = source_specs(cfg)
-    known = {
-        "workers",
-        "seed",
-        "val_fraction",
-        "val_max_bytes",
-        "max_doc_bytes",
-        "builtin_max_bytes",
-        "tokenizer",
-    }
+    # DOMAIN=LOCATION strings for prepare(), locations resolved under the data root
+    sources = [f"{name}={d.resolve(loc)}" for name, loc in d.sources.items()]
+    heldout = [f"{name}={d.resolve(loc)}" for name, loc in d.heldout.items()]
+    # prepare()'s settings but the vocabulary (data.vocab_size), and two of its arguments
+    known = {f.name for f in fields(PrepareSettings)} - {"vocab_size"} | {"workers", "tokenizer"}
     unknown = sorted(set(d.options) - known)
     if unknown:
         raise MoelabError(

@@ -17,12 +17,6 @@ from typing import Any
 from moelab.study.plan.config import StudyConfig, task_label
 
 
-def tasks_dir_of(cfg: StudyConfig) -> str | None:
-    if cfg.eval.tasks_dir:
-        return str(Path(cfg.eval.tasks_dir).expanduser().resolve())
-    return str(Path(cfg.data.root).expanduser().resolve())
-
-
 def evaluate_run(
     path: Path,
     cfg: StudyConfig,
@@ -33,6 +27,7 @@ def evaluate_run(
     a caller evaluating several runs passes the same dict so each task (BLiMP's 67k pairs) is
     read once, not once per run."""
     from moelab.data import PreparedData
+    from moelab.eval.finetune import finetune_run
     from moelab.eval.perplexity import run_perplexity
     from moelab.eval.priming import evaluate_task
     from moelab.eval.runs import open_run
@@ -63,7 +58,7 @@ def evaluate_run(
             "seconds": time.perf_counter() - t0,
             "context": ppl["context"],
         }
-    tdir = tasks_dir_of(cfg)
+    tdir = str(Path(ev.tasks_dir or cfg.data.root).expanduser().resolve())
     result["skipped_tasks"] = {}
     for name in dict.fromkeys(ev.zero_shot + ev.few_shot):
         optional = name in ev.optional or name.split(":", 1)[0] in ev.optional
@@ -125,7 +120,11 @@ def evaluate_run(
             f"over {ev.seeds} seeds"
         )
     for name in ev.finetune:
-        acc, detail = _finetune(path, name, tdir, cfg)
+        detail = finetune_run(
+            str(path), name, tasks_dir=tdir, limit=ev.limit, **ev.finetune_options
+        )
+        detail.pop("grid", None)  # per-rate curves: kept out of the study's summary file
+        acc = float(detail["accuracy"])
         result["finetune"][task_label(name)] = acc
         result["details"][f"{task_label(name)}/finetune"] = detail
         result["tasks"].setdefault(
@@ -149,15 +148,15 @@ def _limit(name: str, ev) -> int | None:
     return ev.limits.get(label, ev.limits.get(label.split(":", 1)[0], ev.limit))
 
 
-def task_available(name: str, tasks_dir: str | None) -> bool:
+def task_available(name: str, tasks_dir: str) -> bool:
     """Whether a registered task's folder exists (other names: let the loader decide)."""
-    from moelab.eval.tasks.registry import TASKS, default_tasks_dir
+    from moelab.eval.tasks.registry import TASKS
 
     spec = TASKS.get(name.split(":", 1)[0])
     if spec is None or name.startswith("hf:"):
         return True
-    root = Path(tasks_dir) if tasks_dir else default_tasks_dir()
-    return root is not None and ((root / spec.folder).is_dir() or (root / spec.name).is_dir())
+    root = Path(tasks_dir)
+    return (root / spec.folder).is_dir() or (root / spec.name).is_dir()
 
 
 def _brief(out: dict[str, Any]) -> dict[str, Any]:
@@ -182,13 +181,3 @@ def _brief(out: dict[str, Any]) -> dict[str, Any]:
     brief["ci95"] = out["metrics"][out["primary_mode"]]["ci95"]
     brief["seconds"] = out["compute"]["seconds"]
     return brief
-
-
-def _finetune(path: Path, name: str, tasks_dir: str | None, cfg: StudyConfig):
-    from moelab.eval.finetune import finetune_run
-
-    out = finetune_run(
-        str(path), name, tasks_dir=tasks_dir, limit=cfg.eval.limit, **cfg.eval.finetune_options
-    )
-    out.pop("grid", None)  # per-rate curves: kept out of the study's summary file
-    return float(out["accuracy"]), out

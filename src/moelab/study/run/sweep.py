@@ -33,6 +33,7 @@ from moelab.study.plan.layout import (
     RunState,
     configs_dir,
     eval_key,
+    read_study_eval,
     run_dir,
     run_state,
     runs_dir,
@@ -44,6 +45,7 @@ from moelab.study.results.diverged import (
     record_divergence,
 )
 from moelab.study.run import stopping
+from moelab.study.run.data import prepare_study_data
 from moelab.train.stop import TrainingStopped, grace_seconds
 from moelab.train.trainer import TrainingDiverged
 
@@ -58,23 +60,6 @@ def prepared_dir(cfg: StudyConfig, out_dir: Path) -> Path:
     if cfg.data.prepared:
         return Path(cfg.data.prepared).expanduser().resolve()
     return (out_dir / "data").resolve()
-
-
-def prepare_data(cfg: StudyConfig, out_dir: Path, echo: Echo) -> Path:
-    """Prepare the study's data into DIR/data (idempotent), or check a given prepared folder."""
-    from moelab.study.run.data import prepare_study_data
-
-    return prepare_study_data(cfg, prepared_dir(cfg, out_dir), echo)
-
-
-def plan_vocab_size(cfg: StudyConfig, out_dir: Path) -> int:
-    """The vocabulary the runs will have: the prepared tokenizer's if it exists already."""
-    d = prepared_dir(cfg, out_dir)
-    if (d / "manifest.json").is_file():
-        from moelab.train.config import open_prepared
-
-        return int(open_prepared(d).vocab_size)
-    return cfg.data.vocab_size
 
 
 def eval_note(cfg: StudyConfig) -> str:
@@ -97,11 +82,17 @@ def eval_note(cfg: StudyConfig) -> str:
 
 def build_plan(cfg: StudyConfig, out_dir: Path, measure: bool | None = None) -> list[PlannedRun]:
     specs = expand_grid(cfg)
+    data = prepared_dir(cfg, out_dir)
+    vocab_size = cfg.data.vocab_size  # the prepared tokenizer's once it exists
+    if (data / "manifest.json").is_file():
+        from moelab.train.config import open_prepared
+
+        vocab_size = int(open_prepared(data).vocab_size)
     with _torch_threads(cfg.threads):  # a measurement times training steps
         plan = make_plan(
             specs,
-            data_dir=str(prepared_dir(cfg, out_dir)),
-            vocab_size=plan_vocab_size(cfg, out_dir),
+            data_dir=str(data),
+            vocab_size=vocab_size,
             flops_per_second=cfg.flops_per_second,
             measure=cfg.measure_throughput if measure is None else measure,
         )
@@ -202,15 +193,6 @@ def start_upcycled(planned: PlannedRun, path: Path) -> None:
         raise MoelabError(f"{planned.name}: upcycling {dense} at step {up['step']}: {e}") from None
 
 
-def _train_one(planned: PlannedRun, path: Path) -> float:
-    from moelab.train import train
-
-    start = time.perf_counter()
-    start_upcycled(planned, path)
-    train(planned.run_config, path)
-    return time.perf_counter() - start
-
-
 def run_study(
     cfg: StudyConfig,
     out_dir: str | Path,
@@ -254,7 +236,7 @@ def run_study(
         except OSError as e:
             raise MoelabError(f"--out {out}: cannot create the folder ({e.strerror})") from None
         try:
-            data_dir = prepare_data(cfg, out, echo)
+            data_dir = prepare_study_data(cfg, prepared_dir(cfg, out), echo)
         except BaseException:
             if created:  # nothing of this study existed before: leave nothing behind
                 shutil.rmtree(out, ignore_errors=True)
@@ -389,6 +371,7 @@ def _run_sequential(
             eta += f" + {fmt_seconds(left)} evaluation"
         elif cfg.eval.zero_shot or cfg.eval.few_shot or cfg.eval.finetune or cfg.eval.ppl:
             eta += " + evaluation (estimated once the first run is evaluated)"
+        remaining_est -= planned.est_seconds
         train_s = 0.0
         if state in (RunState.NEW, RunState.INTERRUPTED):
             verb = "resuming" if state is RunState.INTERRUPTED else "training"
@@ -396,15 +379,12 @@ def _run_sequential(
                 f"[{i}/{n}] {verb} {planned.name} ({planned.family}, {planned.tokens:,} tokens, "
                 f"{planned.train_flops:.2e} FLOPs); study ETA {eta}"
             )
-            try:
-                train_s = _train_one(planned, path)
-            except TrainingDiverged as e:  # recorded; the other runs still get their results
-                echo(f"[{i}/{n}] " + record_divergence(path, planned.name, e))
-                remaining_est -= planned.est_seconds
+            train_s, diverged = train_run(planned, path, progress=True)
+            if diverged:  # recorded; the other runs still get their results
+                echo(f"[{i}/{n}] {diverged}")
                 continue
             spent_actual += train_s
             spent_est += planned.est_seconds
-        remaining_est -= planned.est_seconds
         echo(f"[{i}/{n}] evaluating {planned.name}")
         eval_s += _evaluate_one(cfg, planned, path, key, train_s, echo, tasks)
         eval_flops_per_token += planned.flops_per_token
@@ -425,21 +405,29 @@ def _init_worker(parent: int, slots, log_level: int | None = None) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(_DEVICES)
 
 
-def train_in_processes(planned: PlannedRun, path: Path, nproc: int) -> None:
+def train_run(
+    planned: PlannedRun, path: Path, nproc: int = 1, progress: bool = False
+) -> tuple[float, str | None]:
     """Train one run: in this process, or with ``nproc > 1`` under torchrun (``moelab train``
-    on ``nproc`` processes, the run config written to the study's ``configs/`` for it)."""
-    start_upcycled(planned, path)
-    if nproc <= 1:
-        from moelab.train import train as train_run
+    on ``nproc`` processes, the run config written to the study's ``configs/`` for it).
+    Returns the seconds it took and, when it diverged, the line recording that."""
+    start = time.perf_counter()
+    try:
+        start_upcycled(planned, path)
+        if nproc <= 1:
+            from moelab.train import train
 
-        train_run(planned.run_config, path, progress=False)
-        return
-    from moelab.study.run.launch import run_torchrun, train_command
+            train(planned.run_config, path, progress=progress)
+        else:
+            from moelab.study.run.launch import run_torchrun, train_command
 
-    config = configs_dir(path.parent.parent) / f"{planned.name}.yaml"
-    config.parent.mkdir(exist_ok=True)
-    atomic_write_text(config, planned.run_config.to_yaml())
-    run_torchrun(train_command(config, path, nproc))
+            config = configs_dir(path.parent.parent) / f"{planned.name}.yaml"
+            config.parent.mkdir(exist_ok=True)
+            atomic_write_text(config, planned.run_config.to_yaml())
+            run_torchrun(train_command(config, path, nproc))
+    except TrainingDiverged as e:
+        return time.perf_counter() - start, record_divergence(path, planned.name, e)
+    return time.perf_counter() - start, None
 
 
 def _train_and_evaluate(
@@ -457,17 +445,14 @@ def _train_and_evaluate(
     lines: list[str] = []
     train_s = 0.0
     if train:
-        start = time.perf_counter()
         try:
-            train_in_processes(planned, path, len(_DEVICES))
+            train_s, diverged = train_run(planned, path, len(_DEVICES))
         except KeyboardInterrupt as e:  # SIGTERM/SIGINT: the run saved its checkpoint, stopped
             stopping.stopped_by(e)
             stopping.exit_if_orphaned()
             raise
-        except TrainingDiverged as e:
-            line = record_divergence(path, planned.name, e)
-            return time.perf_counter() - start, 0.0, [line], True
-        train_s = time.perf_counter() - start
+        if diverged:
+            return train_s, 0.0, [diverged], True
     stopping.exit_if_orphaned()
     with stopping.Evaluating(planned.name):  # a stop signal (even one after the last step) ends it
         eval_s = _evaluate_one(cfg, planned, path, key, train_s, lines.append)
@@ -599,12 +584,7 @@ def _evaluate_one(
     start = time.perf_counter()
     with _torch_threads(cfg.threads):
         result = evaluate_run(path, cfg, echo, tasks)
-    prior = 0.0
-    from moelab.study.plan.layout import read_study_eval
-
-    old = read_study_eval(path)
-    if old is not None:
-        prior = float(old.get("train_wall_s") or 0.0)
+    prior = float((read_study_eval(path) or {}).get("train_wall_s") or 0.0)
     result.update(
         eval_key=key,
         run=planned.name,

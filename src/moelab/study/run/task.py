@@ -11,13 +11,12 @@ prepares no data (the study folder must have been set up by ``--emit``) and writ
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from moelab.errors import MoelabError
 from moelab.study.plan.config import StudyConfig
 from moelab.study.plan.layout import RunState, eval_key, run_dir, run_state
-from moelab.study.results.diverged import read_divergence, record_divergence
+from moelab.study.results.diverged import read_divergence
 from moelab.study.run.sweep import (
     Echo,
     _check_same_config,
@@ -25,9 +24,8 @@ from moelab.study.run.sweep import (
     _print,
     build_plan,
     prepared_dir,
-    train_in_processes,
+    train_run,
 )
-from moelab.train.trainer import TrainingDiverged
 
 
 def run_only(
@@ -62,12 +60,9 @@ def run_only(
         verb = "resuming" if state is RunState.INTERRUPTED else "training"
         on = f" on {procs} processes (torchrun)" if procs > 1 else ""
         echo(f"{verb} {name} ({planned.family}, {planned.tokens:,} tokens){on}")
-        start = time.perf_counter()
-        try:
-            train_in_processes(planned, path, procs)
-        except TrainingDiverged as e:
-            echo(record_divergence(path, name, e))
+        train_s, diverged = train_run(planned, path, procs)
+        if diverged:
+            echo(diverged)
             return
-        train_s = time.perf_counter() - start
     echo(f"evaluating {name}")
     _evaluate_one(cfg, planned, path, key, train_s, echo)
