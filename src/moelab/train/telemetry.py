@@ -24,14 +24,17 @@ import torch
 
 from moelab.model.moe import load_balance
 
+# The per-forward scalars after the K overflow percentages, in the order add() sums them.
+_SCALARS = ("gate_entropy", "top20_share", "bottom20_share", "unused_experts", "max_over_mean_load")
+
 
 class _LayerAccumulator:
     def __init__(self, layer: int, n_experts: int, top_k: int, device: torch.device):
         self.layer = layer
         self.n_experts = n_experts
         self.top_k = top_k
-        # Scalars per forward, summed: overflow (K), entropy, top20, bottom20, unused, max/mean.
-        self.scalars = torch.zeros(top_k + 5, dtype=torch.float64, device=device)
+        # Scalars per forward, summed: overflow (K), then _SCALARS.
+        self.scalars = torch.zeros(top_k + len(_SCALARS), dtype=torch.float64, device=device)
         self.routed_E = torch.zeros(n_experts, dtype=torch.int64, device=device)
         self.kept_E = torch.zeros(n_experts, dtype=torch.int64, device=device)
         self.count = 0
@@ -59,18 +62,10 @@ class _LayerAccumulator:
         self.count += 1
 
     def summary(self) -> dict[str, Any]:
-        n = max(1, self.count)
-        vals = (self.scalars / n).tolist()
-        K = self.top_k
-        out: dict[str, Any] = {"layer": self.layer}
-        for r in range(K):
-            out[f"overflow_pct_{r + 1}"] = vals[r]
+        vals = (self.scalars / max(1, self.count)).tolist()
+        names = [f"overflow_pct_{r + 1}" for r in range(self.top_k)] + list(_SCALARS)
+        out: dict[str, Any] = {"layer": self.layer, **dict(zip(names, vals))}
         out.update(
-            gate_entropy=vals[K],
-            top20_share=vals[K + 1],
-            bottom20_share=vals[K + 2],
-            unused_experts=vals[K + 3],
-            max_over_mean_load=vals[K + 4],
             tokens_per_expert=self.routed_E.tolist(),
             tokens_kept_per_expert=self.kept_E.tolist(),
         )
