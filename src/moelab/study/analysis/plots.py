@@ -144,10 +144,8 @@ def plot_loss_vs_compute(curves: Sequence[FamilyCurve], ylabel: str, path: Path)
     for i, cur in enumerate(curves):
         col = _color(i)
         ax.scatter(cur.compute, cur.loss, s=10, color=col, alpha=0.25, linewidths=0)
-        if cur.frontier_compute:
-            ax.scatter(cur.frontier_compute, cur.frontier_loss, s=22, color=col, label=cur.family)
-        else:
-            ax.scatter([], [], s=22, color=col, label=cur.family)
+        # without a fit: no points, but the family's entry in the legend
+        ax.scatter(cur.frontier_compute, cur.frontier_loss, s=22, color=col, label=cur.family)
         if cur.fitted is not None and all_c:
             # Over the fitted points' range, a little beyond: not over early points it ignored.
             lo = min(cur.frontier_compute or all_c) / 1.5

@@ -305,8 +305,7 @@ def make_figures(out: Path, points: list[CurvePoint], meta: dict, an: Analysis) 
 
         load = expert_load(read_metrics(run_dir(out, biggest)))
         if load is not None:
-            steps, load_LSE = load
-            plots.plot_expert_load(steps, load_LSE, biggest, pdir / "expert_load.png")
+            plots.plot_expert_load(*load, biggest, pdir / "expert_load.png")
             figs["expert_load"] = "plots/expert_load.png"
             figs["expert_load_run"] = biggest
 
@@ -440,12 +439,8 @@ def _setup(doc: Document, study: dict, finals: list[CurvePoint], meta: dict, an:
         items.append(f"Training settings shared by every run: {shown}")
     grid = study.get("grid") or {}
     if grid:
-        items.append(
-            "Grid: "
-            + "; ".join(
-                f"`{k}` in [{', '.join(_grid_label(v) for v in vals)}]" for k, vals in grid.items()
-            )
-        )
+        values = [f"`{k}` in [{', '.join(map(_grid_label, vals))}]" for k, vals in grid.items()]
+        items.append("Grid: " + "; ".join(values))
     seeds = sorted({p.seed for p in finals if p.seed is not None})
     items.append(f"Training seeds: {', '.join(str(s) for s in seeds)}")
     items.append(
@@ -652,9 +647,9 @@ def _domains(doc: Document, an: Analysis, figs: dict[str, str]) -> None:
             if h is None:  # say why rather than drop the row
                 err = ma.fit_errors.get(dense_fam) if ma is not None else None
                 why = f"no {dense_fam} fit: {err}" if err else "no speedup computed"
-                body.append([name, side, fam, "-", "-", "-", why])
-                continue
-            cells = [fmt(h.quality), speedup_cell(h), interval_text(h.lo, h.hi), h.label]
+                cells = ["-", "-", "-", why]
+            else:
+                cells = [fmt(h.quality), speedup_cell(h), interval_text(h.lo, h.hi), h.label]
             body.append([name, side, fam, *cells])
     if body:
         header = ["domain", "in/out", "MoE family", "loss t", "speedup", "95% interval", "label"]

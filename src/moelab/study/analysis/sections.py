@@ -24,6 +24,7 @@ from moelab.study.analysis.speedup import (
     domain_metric,
     seed_sd_text,
     times,
+    times_interval,
 )
 from moelab.study.results.table import Accuracy, CurvePoint, FinalEval
 
@@ -102,10 +103,7 @@ def no_headline_reason(ma: MetricAnalysis, moe: str, dense: str) -> str:
 
 def label_cell(h: Headline) -> str:
     if h.label == MEASURED_BOUND:
-        fit = times(h.fit_speedup)
-        if h.fit_lo is not None:
-            fit += f" {interval_text(h.fit_lo, h.fit_hi)}"
-        return f"measured bound (the fit gave {fit})"
+        return f"measured bound (the fit gave {times_interval(h.fit_speedup, h.fit_lo, h.fit_hi)})"
     return h.label + (", dense range edge" if h.at_dense_edge else "")
 
 

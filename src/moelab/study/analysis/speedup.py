@@ -206,9 +206,7 @@ def headline(
         note=p.note,
         n_resamples=p.n_resamples,
     )
-    fit_text = f"the fit gave {times(p.speedup)}" + (
-        f" [{times(p.lo)}, {times(p.hi)}]" if p.lo is not None else ""
-    )
+    fit_text = f"the fit gave {times_interval(p.speedup, p.lo, p.hi)}"
     if p.contradicted in (">=", "<="):
         lower = p.contradicted == ">="
         return replace(
@@ -229,6 +227,11 @@ def headline(
 def times(v: float | None) -> str:
     """A speedup as the report writes it (``2.00x``; ``-`` for none)."""
     return "-" if v is None else f"{v:.2f}x"
+
+
+def times_interval(v: float | None, lo: float | None, hi: float | None) -> str:
+    """A speedup and its 95% interval where it has one (``2.00x [1.50x, 2.60x]``)."""
+    return times(v) + (f" [{times(lo)}, {times(hi)}]" if lo is not None else "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -113,9 +113,7 @@ def read_run(path: Path, key: str | None = None) -> tuple[list[CurvePoint], dict
         raise MoelabError(
             f"{path / STUDY_EVAL}: not a study evaluation ({type(e).__name__}: {e}); {fix}"
         ) from None
-    for p in out:
-        if p.evaluation is not None:
-            p.evaluation.load = final_load(metrics)
+    next(p for p in out if p.final).evaluation.load = final_load(metrics)
     return out, ev
 
 
