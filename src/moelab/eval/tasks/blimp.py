@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.errors import MoelabError
-from moelab.eval.tasks.files import HUB_PREFIX, HubRow, Row, read_jsonl
+from moelab.eval.tasks.files import HUB_PREFIX, HubRow, Row, hub_split, read_jsonl
 from moelab.eval.tasks.items import Item, Task
 
 NAME = "blimp"
@@ -222,25 +222,13 @@ def load_hub_blimp(selector: str = "") -> Task:
     """``hf:blimp[:selector]``: the chosen paradigms from the ``nyu-mll/blimp`` hub dataset
     (split "train", the only one; it holds the same 1000 pairs per paradigm as the files). No
     reference accuracies (they are not part of the dataset)."""
-    from moelab.hub import load_hf_dataset
-
     name = HUB_PREFIX + NAME + (f":{selector}" if selector else "")
     fields, uids = parse_selector(name, selector, list(PARADIGMS))
     chosen = [u for u, f in PARADIGMS.items() if _chosen(fields, uids, f, u)]
     pairs: list[tuple[Item, str, str]] = []
     for uid in chosen:
-        ds = load_hf_dataset(
-            HUB_DATASET,
-            uid,
-            "train",
-            what=f"task {name} ({HUB_DATASET}, {uid})",
-            missing_package=(
-                f"task {name} needs the 'datasets' package: pip install 'moelab[hf]' "
-                "(or give the paradigm files with {key})"
-            ),
-            fix="; give the paradigm files with {key} instead",
-            key="tasks_dir",
-        )
+        source = f"{HUB_DATASET}, {uid}"
+        ds = hub_split(name, HUB_DATASET, uid, "train", source, "the paradigm files")
         for i, record in enumerate(ds):
             pairs.append(pair_from_record(record, f"{HUB_PREFIX}{HUB_DATASET} {uid} row {i}"))
     return _task(name, pairs, [f"{HUB_PREFIX}{HUB_DATASET}:{uid} train" for uid in chosen], {})

@@ -15,44 +15,11 @@ and a classification head reads the last token. Templates:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
-from moelab.errors import MoelabError
-from moelab.eval.tasks.files import Row, read_jsonl, read_tsv
+from moelab.eval.tasks.files import Row, read_tsv, split_task
 from moelab.eval.tasks.items import Item, Task
-
-
-def _split(
-    folder: Path, names: list[str], reader: Callable[[Path], Iterable[Row]], parse, required: bool
-) -> tuple[list[Item] | None, Path | None]:
-    for name in names:
-        path = folder / name
-        if path.is_file():
-            return [parse(row) for row in reader(path)], path
-    if required:
-        raise MoelabError(
-            f"none of {', '.join(names)} in {folder}; point {{key}} at the folder holding "
-            "the task folders or pass a JSONL file",
-            key="tasks_dir",
-        )
-    return None, None
-
-
-def _make(name, folder, eval_names, train_names, reader, parse, split, classes) -> Task:
-    items, eval_path = _split(folder, eval_names, reader, parse, required=True)
-    train_items, train_path = _split(folder, train_names, reader, parse, required=False)
-    return Task(
-        name,
-        "choice",
-        items,
-        split,
-        train_items,
-        "train" if train_items else None,
-        finetune="classify",
-        class_names=classes,
-        sources=[str(p) for p in (eval_path, train_path) if p is not None],
-    )
 
 
 def _boolq_row(row: Row) -> Item:
@@ -63,15 +30,15 @@ def _boolq_row(row: Row) -> Item:
 
 
 def load_boolq(folder: Path) -> Task:
-    return _make(
+    return split_task(
         "boolq",
         folder,
         ["val.jsonl"],
         ["train.jsonl"],
-        read_jsonl,
         _boolq_row,
         "val",
-        ["no", "yes"],
+        finetune="classify",
+        class_names=["no", "yes"],
     )
 
 
@@ -82,18 +49,16 @@ def _sst2_row(row: Row) -> Item:
 
 
 def load_sst2(folder: Path) -> Task:
-    def tsv(path: Path):
-        return read_tsv(path, ["sentence", "label"])
-
-    return _make(
+    return split_task(
         "sst2",
         folder,
         ["dev.tsv"],
         ["train_full.tsv", "train.tsv"],
-        tsv,
         _sst2_row,
         "dev",
-        ["negative", "positive"],
+        finetune="classify",
+        class_names=["negative", "positive"],
+        reader=partial(read_tsv, fields=["sentence", "label"]),
     )
 
 
@@ -118,28 +83,28 @@ def _cb_row(row: Row) -> Item:
 
 
 def load_rte(folder: Path) -> Task:
-    return _make(
+    return split_task(
         "rte",
         folder,
         ["val.jsonl"],
         ["train.jsonl"],
-        read_jsonl,
         _rte_row,
         "val",
-        ["entailment", "not_entailment"],
+        finetune="classify",
+        class_names=["entailment", "not_entailment"],
     )
 
 
 def load_cb(folder: Path) -> Task:
-    return _make(
+    return split_task(
         "cb",
         folder,
         ["val.jsonl"],
         ["train.jsonl"],
-        read_jsonl,
         _cb_row,
         "val",
-        ["entailment", "contradiction", "neutral"],
+        finetune="classify",
+        class_names=["entailment", "contradiction", "neutral"],
     )
 
 
@@ -158,17 +123,14 @@ def _mrpc_row(row: Row) -> Item:
 def load_mrpc(folder: Path) -> Task:
     """GLUE's MRPC dev set is a slice of msr_paraphrase_train; the staged data has the full
     train file and the labelled test file, so the test file is the evaluated split here."""
-
-    def tsv(path: Path):
-        return read_tsv(path, _MRPC_FIELDS)
-
-    return _make(
+    return split_task(
         "mrpc",
         folder,
         ["msr_paraphrase_test.txt"],
         ["msr_paraphrase_train.txt"],
-        tsv,
         _mrpc_row,
         "test",
-        ["not_paraphrase", "paraphrase"],
+        finetune="classify",
+        class_names=["not_paraphrase", "paraphrase"],
+        reader=partial(read_tsv, fields=_MRPC_FIELDS),
     )

@@ -12,12 +12,13 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from moelab.data.textfile import json_lines
 from moelab.errors import MoelabError
+from moelab.eval.tasks.items import Item, Task
 
 
 class Row:
@@ -101,6 +102,25 @@ class Row:
 
 
 HUB_PREFIX = "hf:"  # task names that load the official hub splits: "hf:piqa" (tasks/hf.py)
+
+
+def hub_split(task: str, dataset: str, config: str | None, split: str, source: str, local: str):
+    """One split of a hub dataset for ``task``; a failure names ``local``, the files that can be
+    given with ``--tasks-dir`` instead."""
+    from moelab.hub import load_hf_dataset
+
+    return load_hf_dataset(
+        dataset,
+        config,
+        split,
+        what=f"task {task} ({source})",
+        missing_package=(
+            f"task {task} needs the 'datasets' package: pip install 'moelab[hf]' "
+            f"(or give {local} with {{key}})"
+        ),
+        fix=f"; give {local} with {{key}} instead",
+        key="tasks_dir",
+    )
 
 
 class HubRow(Row):
@@ -199,3 +219,50 @@ def read_lines(path: Path) -> list[str]:
 def _decoded(path: Path) -> io.StringIO:
     """The whole file as text (for the csv module), checked to be UTF-8 line by line."""
     return io.StringIO("".join(line for _, line in _utf8_lines(path)), newline=None)
+
+
+def first_file(folder: Path, names: list[str]) -> Path | None:
+    return next((folder / n for n in names if (folder / n).is_file()), None)
+
+
+def need_file(folder: Path, names: list[str], what: str | None = None) -> Path:
+    """The first of ``names`` in ``folder``; a one-line refusal (``what``: the task) if none."""
+    path = first_file(folder, names)
+    if path is None:
+        raise MoelabError(
+            f"{what + ': ' if what else ''}none of {', '.join(names)} in {folder}; point {{key}} "
+            "at the folder holding the task folders or pass a JSONL file",
+            key="tasks_dir",
+        )
+    return path
+
+
+def split_task(
+    name: str,
+    folder: Path,
+    names: list[str],
+    train_names: list[str],
+    parse: Callable[[Row], Item],
+    split: str,
+    *,
+    what: str | None = None,
+    reader: Callable[[Path], Iterable[Row]] = read_jsonl,
+    kind: str = "choice",
+    **fields: Any,
+) -> Task:
+    """A task of one record per item: the evaluated split from the first of ``names`` that
+    exists (required), shots and fine-tuning items from the first of ``train_names`` (if any)."""
+    path = need_file(folder, names, what)
+    items = [parse(row) for row in reader(path)]
+    train = first_file(folder, train_names)
+    train_items = [parse(row) for row in reader(train)] if train else None
+    return Task(
+        name,
+        kind,
+        items,
+        split,
+        train_items,
+        "train" if train_items else None,
+        sources=[str(p) for p in (path, train) if p is not None],
+        **fields,
+    )

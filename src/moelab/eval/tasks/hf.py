@@ -31,15 +31,14 @@ files from a manual request form; give the local CSVs instead.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from moelab.errors import MoelabError
 from moelab.eval.tasks import classification, mnli, openbookqa, paper, record
 from moelab.eval.tasks.blimp import load_hub_blimp
-from moelab.eval.tasks.files import HUB_PREFIX, HubRow, Row
+from moelab.eval.tasks.files import HUB_PREFIX, HubRow, Row, hub_split
 from moelab.eval.tasks.items import Item, Task
-from moelab.hub import load_hf_dataset
 
 Converter = Callable[[Mapping[str, Any], str], Item]
 
@@ -48,8 +47,20 @@ def _row(record: Mapping[str, Any], where: str) -> Row:
     return HubRow(where, dict(record))
 
 
-def hellaswag_item(record: Mapping[str, Any], where: str = "hellaswag") -> Item:
-    return paper._hellaswag_row(_row(record, where))
+def _via(parse: Callable[[Row], Item], name: str) -> Converter:
+    """A converter that reads the record with the local loader's own row parser."""
+
+    def convert(record: Mapping[str, Any], where: str = name) -> Item:
+        return parse(_row(record, where))
+
+    return convert
+
+
+hellaswag_item = _via(paper._hellaswag_row, "hellaswag")
+winogrande_item = _via(paper._winogrande_row, "winogrande")
+copa_item = _via(paper._copa_row, "copa")
+boolq_item = _via(classification._boolq_row, "boolq")
+lambada_item = _via(paper._lambada_row, "lambada")
 
 
 def piqa_item(record: Mapping[str, Any], where: str = "piqa") -> Item:
@@ -57,22 +68,6 @@ def piqa_item(record: Mapping[str, Any], where: str = "piqa") -> Item:
     row = _row(record, where)
     label = row.label_in_range("label", row.int("label"), 2)
     return Item((row.str("goal"),), (row.str("sol1"), row.str("sol2")), label)
-
-
-def winogrande_item(record: Mapping[str, Any], where: str = "winogrande") -> Item:
-    return paper._winogrande_row(_row(record, where))
-
-
-def copa_item(record: Mapping[str, Any], where: str = "copa") -> Item:
-    return paper._copa_row(_row(record, where))
-
-
-def boolq_item(record: Mapping[str, Any], where: str = "boolq") -> Item:
-    return classification._boolq_row(_row(record, where))
-
-
-def lambada_item(record: Mapping[str, Any], where: str = "lambada") -> Item:
-    return paper._lambada_row(_row(record, where))
 
 
 def record_item(row_data: Mapping[str, Any], where: str = "record") -> Item:
@@ -181,19 +176,12 @@ HUB_TASKS: dict[str, HubTask] = {
             extra_splits=("validation_mismatched",),
             primary_mode=mnli.PRIMARY_MODE,
         ),  # fmt: skip
-        HubTask(
-            "mnli_mismatched",
-            "nyu-mll/glue",
-            "mnli",
-            "validation_mismatched",
-            "train",
-            mnli_item,
-            finetune="classify",
-            class_names=tuple(mnli.CLASSES),
-            primary_mode=mnli.PRIMARY_MODE,
-        ),  # fmt: skip
     ]
 }
+# the same dataset, evaluated on the mismatched split alone
+HUB_TASKS["mnli_mismatched"] = replace(
+    HUB_TASKS["mnli"], name="mnli_mismatched", split="validation_mismatched", extra_splits=()
+)
 
 
 def convert_records(spec: HubTask, split: str, records) -> list[Item]:
@@ -203,19 +191,8 @@ def convert_records(spec: HubTask, split: str, records) -> list[Item]:
 
 def _load_split(spec: HubTask, split: str) -> list[dict[str, Any]]:
     source = f"{spec.dataset}, {spec.config}" if spec.config else spec.dataset
-    ds = load_hf_dataset(
-        spec.dataset,
-        spec.config,
-        split,
-        what=f"task {HUB_PREFIX}{spec.name} ({source})",
-        missing_package=(
-            f"task {HUB_PREFIX}{spec.name} needs the 'datasets' package: pip install 'moelab[hf]' "
-            "(or give the task's local files with {key})"
-        ),
-        fix="; give the task's local files with {key} instead",
-        key="tasks_dir",
-    )
-    return list(ds)
+    task = HUB_PREFIX + spec.name
+    return list(hub_split(task, spec.dataset, spec.config, split, source, "the task's local files"))
 
 
 def load_hub_task(name: str) -> Task:

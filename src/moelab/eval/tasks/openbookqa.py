@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from moelab.errors import MoelabError
-from moelab.eval.tasks.files import Row, read_jsonl, read_tsv
+from moelab.eval.tasks.files import Row, first_file, read_jsonl, read_tsv
 from moelab.eval.tasks.items import Item, Task
 
 # GPT-3 (Brown et al. 2020) sec. 2.4 scores OpenBookQA (with ARC and RACE) by
@@ -112,12 +112,7 @@ def read_tsv_split(path: Path) -> list[Item]:
 
 
 def _find(folder: Path, split: str) -> Path | None:
-    for layout in LAYOUTS:
-        for ext in ("jsonl", "tsv"):
-            path = folder / layout / f"{split}.{ext}"
-            if path.is_file():
-                return path
-    return None
+    return first_file(folder, [f"{d}/{split}.{ext}" for d in LAYOUTS for ext in ("jsonl", "tsv")])
 
 
 def read_split(path: Path) -> list[Item]:

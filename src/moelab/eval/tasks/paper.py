@@ -19,27 +19,16 @@ import re
 from pathlib import Path
 
 from moelab.errors import MoelabError
-from moelab.eval.tasks.files import Row, read_csv, read_jsonl, read_lines
+from moelab.eval.tasks.files import (
+    Row,
+    first_file,
+    need_file,
+    read_csv,
+    read_jsonl,
+    read_lines,
+    split_task,
+)
 from moelab.eval.tasks.items import Item, Task
-
-
-def _first_existing(folder: Path, names: list[str]) -> Path | None:
-    for name in names:
-        if (folder / name).is_file():
-            return folder / name
-    return None
-
-
-def _need(folder: Path, names: list[str], what: str) -> Path:
-    path = _first_existing(folder, names)
-    if path is None:
-        raise MoelabError(
-            f"{what}: none of {', '.join(names)} in {folder}; point {{key}} at the folder "
-            "holding the task folders or pass a JSONL file",
-            key="tasks_dir",
-        )
-    return path
-
 
 # --- HellaSwag ---------------------------------------------------------------------------------
 
@@ -79,14 +68,16 @@ def _hellaswag_row(row: Row) -> Item:
 
 
 def load_hellaswag(folder: Path) -> Task:
-    official = _first_existing(folder, ["hellaswag_val.jsonl"])
+    official = first_file(folder, ["hellaswag_val.jsonl"])
     if official is not None:
         items = [_hellaswag_row(r) for r in read_jsonl(official)]
         sources = [official]
     else:
-        path = _need(folder, ["hellaswag_val_full.txt.bz2", "hellaswag_val_full.txt"], "hellaswag")
+        path = need_file(
+            folder, ["hellaswag_val_full.txt.bz2", "hellaswag_val_full.txt"], "hellaswag"
+        )
         items, sources = _hellaswag_text(path), [path]
-    train = _first_existing(folder, ["hellaswag_train.jsonl"])
+    train = first_file(folder, ["hellaswag_train.jsonl"])
     train_items = [_hellaswag_row(r) for r in read_jsonl(train)] if train else None
     return Task(
         "hellaswag",
@@ -117,8 +108,8 @@ def _piqa_split(jsonl: Path, labels: Path) -> list[Item]:
 
 
 def load_piqa(folder: Path) -> Task:
-    valid = _need(folder, ["valid.jsonl"], "piqa")
-    items = _piqa_split(valid, _need(folder, ["valid-labels.lst"], "piqa labels"))
+    valid = need_file(folder, ["valid.jsonl"], "piqa")
+    items = _piqa_split(valid, need_file(folder, ["valid-labels.lst"], "piqa labels"))
     train, train_labels = folder / "train.jsonl", folder / "train-labels.lst"
     has_train = train.is_file() and train_labels.is_file()
     return Task(
@@ -153,18 +144,15 @@ def _winogrande_row(row: Row) -> Item:
 
 
 def load_winogrande(folder: Path) -> Task:
-    path = _need(folder, ["winogrande.jsonl", "dev.jsonl"], "winogrande")
-    items = [_winogrande_row(r) for r in read_jsonl(path)]
-    train = _first_existing(folder, ["train_xl.jsonl", "train.jsonl"])
-    return Task(
+    return split_task(
         "winogrande",
-        "choice",
-        items,
+        folder,
+        ["winogrande.jsonl", "dev.jsonl"],
+        ["train_xl.jsonl", "train.jsonl"],
+        _winogrande_row,
         "dev",
-        [_winogrande_row(r) for r in read_jsonl(train)] if train else None,
-        "train" if train else None,
+        what="winogrande",
         finetune="choice",
-        sources=[str(path)] + ([str(train)] if train else []),
     )
 
 
@@ -190,8 +178,8 @@ def _storycloze_split(path: Path) -> list[Item]:
 def load_storycloze(folder: Path) -> Task:
     """Evaluated on the 2016 test set; shots (and fine-tuning data) come from the 2016 validation
     set, the only labelled stories with two endings (the ROCStories training set has none)."""
-    test = _need(folder, [n for n in _story_names(folder) if "test" in n], "storycloze test")
-    val = _need(folder, [n for n in _story_names(folder) if "val" in n], "storycloze val")
+    test = need_file(folder, [n for n in _story_names(folder) if "test" in n], "storycloze test")
+    val = need_file(folder, [n for n in _story_names(folder) if "val" in n], "storycloze val")
     return Task(
         "storycloze",
         "choice",
@@ -227,17 +215,15 @@ def _copa_row(row: Row) -> Item:
 
 
 def load_copa(folder: Path) -> Task:
-    val = _need(folder, ["val.jsonl"], "copa")
-    train = _first_existing(folder, ["train.jsonl"])
-    return Task(
+    return split_task(
         "copa",
-        "choice",
-        [_copa_row(r) for r in read_jsonl(val)],
+        folder,
+        ["val.jsonl"],
+        ["train.jsonl"],
+        _copa_row,
         "val",
-        [_copa_row(r) for r in read_jsonl(train)] if train else None,
-        "train" if train else None,
+        what="copa",
         finetune="choice",
-        sources=[str(val)] + ([str(train)] if train else []),
     )
 
 
@@ -258,11 +244,7 @@ def _lambada_row(row: Row) -> Item:
 
 
 def load_lambada(folder: Path) -> Task:
-    path = _need(folder, ["lambada_openai.jsonl", "lambada_test.jsonl"], "lambada")
-    return Task(
-        "lambada",
-        "last_word",
-        [_lambada_row(r) for r in read_jsonl(path)],
-        "test",
-        sources=[str(path)],
+    names = ["lambada_openai.jsonl", "lambada_test.jsonl"]
+    return split_task(
+        "lambada", folder, names, [], _lambada_row, "test", what="lambada", kind="last_word"
     )

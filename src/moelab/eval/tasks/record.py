@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from moelab.errors import MoelabError
-from moelab.eval.tasks.files import Row, read_jsonl
+from moelab.eval.tasks.files import Row, first_file, read_jsonl
 from moelab.eval.tasks.items import Item, Task
 
 PLACEHOLDER = "@placeholder"
@@ -103,7 +103,7 @@ def items_from_row(row: Row) -> list[Item]:
 
 
 def load_record(folder: Path) -> Task:
-    path = next((folder / n for n in ("val.jsonl", "dev.jsonl") if (folder / n).is_file()), None)
+    path = first_file(folder, ["val.jsonl", "dev.jsonl"])
     if path is None:
         raise MoelabError(
             f"record: none of val.jsonl, dev.jsonl in {folder}; point {{key}} at the folder "
