@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -66,18 +66,13 @@ class FinetuneSettings:
         return self
 
 
-class TaskHead(nn.Module):
+def task_head(d_model: int, n_out: int, generator: torch.Generator) -> nn.Linear:
     """Linear head on a hidden state: ``n_out`` classes, or 1 score per candidate."""
-
-    def __init__(self, d_model: int, n_out: int, generator: torch.Generator):
-        super().__init__()
-        self.proj = nn.Linear(d_model, n_out)
-        with torch.no_grad():
-            self.proj.weight.normal_(0.0, 0.02, generator=generator)
-            self.proj.bias.zero_()
-
-    def forward(self, h_ND: torch.Tensor) -> torch.Tensor:
-        return self.proj(h_ND)
+    head = nn.Linear(d_model, n_out)
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=generator)
+        head.bias.zero_()
+    return head
 
 
 def _sequences(item: Item, head: str, encode, eot: int, max_len: int) -> list[list[int]]:
@@ -149,10 +144,6 @@ def evaluate_items(
     return correct / len(items), loss_sum / len(items)
 
 
-def accuracy(model, head_mod, items, head, encode, eot, max_len, device, batch_size) -> float:
-    return evaluate_items(model, head_mod, items, head, encode, eot, max_len, device, batch_size)[0]
-
-
 def _train_one(
     base: nn.Module,
     n_out: int,
@@ -173,15 +164,10 @@ def _train_one(
     model = copy.deepcopy(base).to(device)
     set_capacity(model, eval_factor=s.capacity_factor, train_factor=s.capacity_factor)
     gen = torch.Generator().manual_seed(s.seed)
-    head_mod = TaskHead(model.cfg.d_model, n_out, gen).to(device)
+    head_mod = task_head(model.cfg.d_model, n_out, gen).to(device)
     # The trainer's groups: decay on matrices only (model and head, in that order).
     groups = param_groups(nn.ModuleList([model, head_mod]), s.weight_decay)
-    opt = torch.optim.AdamW(
-        groups,
-        lr=lr,
-        betas=(0.9, 0.98),
-        eps=1e-8,
-    )
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-8)
     steps_per_epoch = math.ceil(len(train) / s.batch_size)
     total = steps_per_epoch * s.epochs
     warmup = max(1, int(s.warmup_fraction * total))
@@ -261,7 +247,7 @@ def finetune_task(
     splits = {name: items[:limit] if limit is not None else items for name, items in splits.items()}
     val = splits[task.split]
     t0 = time.perf_counter()
-    grid, best = [], None
+    grid, best, best_rank = [], None, (0.0, 0.0)
     steps = len(s.lrs) * s.epochs * math.ceil(len(train) / s.batch_size)
     with progress_bar(steps, f"finetune {task.name}", progress) as advance:
         for lr in s.lrs:
@@ -271,7 +257,7 @@ def finetune_task(
             args = (head, encode, eot, max_len, device, s.batch_size)
             held_acc, held_loss = evaluate_items(tuned, head_mod, held, *args)
             split_acc = {
-                name: accuracy(tuned, head_mod, its, *args) for name, its in splits.items()
+                name: evaluate_items(tuned, head_mod, its, *args)[0] for name, its in splits.items()
             }
             row = {
                 "lr": lr,
@@ -284,11 +270,8 @@ def finetune_task(
             }
             grid.append(row)
             # a small held-out part often ties on accuracy; the lower held-out loss breaks it
-            if best is None or (held_acc, -held_loss) > (
-                best["heldout_accuracy"],
-                -best["heldout_loss"],
-            ):
-                best = row
+            if best is None or (held_acc, -held_loss) > best_rank:
+                best, best_rank = row, (held_acc, -held_loss)
             del tuned, head_mod
     chance = float(np.mean([1.0 / it.n_candidates for it in val]))
     if head == "classify":  # majority class of the validation split is the stronger baseline
@@ -318,15 +301,9 @@ def finetune_task(
         "majority_class": majority,
         "grid": grid,
         "settings": {
-            "epochs": s.epochs,
-            "batch_size": s.batch_size,
+            **asdict(s),
             "lrs": list(s.lrs),
-            "seed": s.seed,
-            "heldout_fraction": s.heldout_fraction,
-            "weight_decay": s.weight_decay,
-            "warmup_fraction": s.warmup_fraction,
             "max_len": max_len,
-            "capacity_factor": s.capacity_factor,
             "optimizer": "AdamW(0.9, 0.98), linear decay",
         },
         "compute": {

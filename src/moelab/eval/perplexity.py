@@ -10,6 +10,7 @@ UTF-8 bytes of the text, which makes models with different tokenizers comparable
 from __future__ import annotations
 
 import glob as globlib
+import itertools
 import math
 import time
 from collections.abc import Iterator
@@ -70,13 +71,7 @@ def check_options(
 
 
 def _batched(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    while batch := list(itertools.islice(items, size)):
         yield batch
 
 

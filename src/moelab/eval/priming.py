@@ -11,6 +11,7 @@ paradigms).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -104,7 +105,6 @@ def primary_mode(task: Task) -> str:
 def selected_items(task: Task, limit: int | None) -> list[int]:
     """Indices of the evaluated items: the first ``limit`` (all when None), counted per group
     of prefix ``task.limit_per`` when the task sets one (BLiMP: pairs per paradigm)."""
-    check_at_least_one(limit=limit)
     if limit is None:
         return list(range(len(task.items)))
     if not task.limit_per or not task.groups:
@@ -191,30 +191,21 @@ def evaluate_task(
     device = device if device is not None else "cpu"
 
     t0 = time.perf_counter()
+
     # 1) every (seed, item, candidate) request plus one calibration request per candidate
-    pair_ids: dict[tuple[str, str], Request] = {}
-
+    @functools.cache
     def request(pair: tuple[str, str]) -> Request:
-        r = pair_ids.get(pair)
-        if r is None:
-            r = Request(*encode_pair(encode, pair[0], pair[1], prefix_id))
-            pair_ids[pair] = r
-        return r
+        return Request(*encode_pair(encode, pair[0], pair[1], prefix_id))
 
-    plan: list[list[list[Request]]] = []  # [seed][item][candidate]
-    for seed in seed_list:
-        plan.append(
-            [
-                [
-                    request(p)
-                    for p in build_prompts(task, i, shots, seed, separator, fewshot_sampling)
-                ]
-                for i in indices
-            ]
-        )
-    calib = [[request(p) for p in calibration_prompts(task, i)] for i in indices]
-    if task.kind == "last_word":
-        calib = [[] for _ in indices]  # no candidates to compare: nothing to calibrate
+    def prompts(i: int, seed: int) -> list[tuple[str, str]]:
+        return build_prompts(task, i, shots, seed, separator, fewshot_sampling)
+
+    # plan[seed][item][candidate]
+    plan = [[[request(p) for p in prompts(i, seed)] for i in indices] for seed in seed_list]
+    last_word = task.kind == "last_word"  # no candidates to compare: nothing to calibrate
+    calib = [
+        [] if last_word else [request(p) for p in calibration_prompts(task, i)] for i in indices
+    ]
     flat = [r for seed_plan in plan for item in seed_plan for r in item]
     flat += [r for item in calib for r in item]
     unique = list(dict.fromkeys(flat))
@@ -247,7 +238,7 @@ def evaluate_task(
         for n, i in enumerate(indices):
             item = task.items[i]
             reqs = plan[s][n]
-            if task.kind == "last_word":
+            if last_word:
                 sc = scored[reqs[0]]
                 correct["greedy"][s, n] = float(sc.greedy)
                 logprob_sum[s, n] = float(sc.logprobs.sum())
@@ -283,12 +274,7 @@ def evaluate_task(
         }
     score_per_seed = prob[primary].mean(axis=1).tolist()
     score_mean, score_std = mean_std(score_per_seed)
-    sub = [task.items[i] for i in indices]
-    if task.kind == "last_word":
-        chance = score_chance = 0.0
-    else:
-        chance = float(np.mean([it.chance for it in sub]))
-        score_chance = chance  # softmax over indifferent candidates: |correct| / n per item
+    chance = 0.0 if last_word else float(np.mean([task.items[i].chance for i in indices]))
     groups = {}
     if task.groups:
         members: dict[str, list[int]] = {}
@@ -321,7 +307,7 @@ def evaluate_task(
         "score_std": score_std,
         "score_per_seed": score_per_seed,
         "score_ci95": list(bootstrap_ci(prob[primary].mean(axis=0), n_resamples=bootstrap)),
-        "score_chance": score_chance,
+        "score_chance": chance,  # softmax over indifferent candidates: |correct| / n per item
         "chance": chance,
         "metrics": metrics,
         "groups": groups,

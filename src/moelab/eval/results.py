@@ -127,23 +127,8 @@ def priming_rows(results: list[dict[str, Any]]) -> str:
         for mode in ("sum", "mean", "char", "byte", "calibrated"):
             cells.append(_pct(m[mode]["mean"]) if mode in m else "-")
         rows.append(cells)
-    header = [
-        "task",
-        "shots",
-        "seeds",
-        "items",
-        "mode",
-        "acc",
-        "95% CI",
-        "chance",
-        "score",
-        "95% CI",
-        "sum",
-        "mean",
-        "char",
-        "byte",
-        "calib",
-    ]
+    header = ["task", "shots", "seeds", "items", "mode", "acc", "95% CI", "chance", "score"]
+    header += ["95% CI", "sum", "mean", "char", "byte", "calib"]
     text = _table(header, rows) + (
         "\naccuracy in %, under the task's primary scoring mode (column mode); ± is the std over"
         " seeds; score: mean probability given to the correct candidate among the candidates"
@@ -162,8 +147,7 @@ def group_table(result: dict[str, Any]) -> str:
     ref = result.get("reference") or {}
     models = list(ref)
     rows = []
-    overall = {"accuracy": result["accuracy"], "score": result.get("score")}
-    overall.update(accuracy_ci95=result.get("accuracy_ci95"), n_items=result["n_items"])
+    overall = {k: result.get(k) for k in ("accuracy", "accuracy_ci95", "n_items", "score")}
     overall["score_ci95"] = result.get("score_ci95")
     ordered = sorted(result["groups"].items(), key=lambda kv: (not kv[0].startswith("field:"), kv))
     for label, g in [("overall", overall), *ordered]:

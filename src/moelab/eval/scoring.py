@@ -25,14 +25,7 @@ from moelab.eval.shared import score_shared, shared_groups
 
 Encode = Callable[[str], list[int]]
 
-MODES = ("sum", "mean", "char", "byte", "calibrated")
-MODE_HELP = {
-    "sum": "sum of the candidate's token log-probs",
-    "mean": "mean log-prob per token after the candidates' common prefix (paper default)",
-    "char": "sum / characters of the candidate without its delimiter (harness acc_norm)",
-    "byte": "sum / UTF-8 bytes of the candidate without its delimiter",
-    "calibrated": "sum minus the candidate's sum after the task's neutral prompt",
-}
+MODES = ("sum", "mean", "char", "byte", "calibrated")  # each defined in docs/evaluation.md
 
 
 def encode_pair(
