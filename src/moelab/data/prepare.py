@@ -243,6 +243,22 @@ def _check_existing(out: Path, fp: str) -> dict[str, Any] | None:
     return manifest
 
 
+@contextlib.contextmanager
+def _disk_full_is_one_line(out: Path) -> Iterator[None]:
+    """A full disk while writing the folder: one line instead of a Rust or numpy traceback.
+    atomic_dir has removed the partial temporary folder by then, so OUT is as it was."""
+    try:
+        yield
+    except Exception as e:
+        if not no_space_left(e):
+            raise
+        raise MoelabError(
+            f"no space left on the device holding {out.parent}: {out} was not prepared and "
+            "nothing of it is left; free space (the shards take 2 or 4 bytes per token) "
+            "and run the same command again"
+        ) from None
+
+
 def prepare(
     out: str | Path,
     sources: Sequence[SourceSpec | str] = (),
@@ -278,134 +294,95 @@ def prepare(
 
     # One preparation per folder at a time; the lock is held until the folder is complete.
     with folder_lock(out, "prepare"):
-        return _prepare_locked(
-            out,
-            src_specs,
-            heldout_specs,
-            use_builtin,
-            settings,
-            tokenizer,
-            user_tok,
-            workers,
-            progress,
-        )
+        tok_sha = sha256_file(Path(tokenizer)) if tokenizer is not None else None
+        _out_is_free(out)  # refuse a wrong --out before reading any input
+        columns = ("spinner", "{task.description:<28}", "bar", "{task.percentage:>5.1f}%", "speed")
+        with bars(progress, *columns, "elapsed") as prog:
+            domains, builtin_info = _collect_inputs(
+                src_specs, heldout_specs, use_builtin, settings, prog
+            )
+            fp = fingerprint(domains, settings, tok_sha, builtin_info)
+            existing = _check_existing(out, fp)
+            if existing is not None:
+                return PrepareResult(out, existing, created=False)
 
-
-@contextlib.contextmanager
-def _disk_full_is_one_line(out: Path) -> Iterator[None]:
-    """A full disk while writing the folder: one line instead of a Rust or numpy traceback.
-    atomic_dir has removed the partial temporary folder by then, so OUT is as it was."""
-    try:
-        yield
-    except Exception as e:
-        if not no_space_left(e):
-            raise
-        raise MoelabError(
-            f"no space left on the device holding {out.parent}: {out} was not prepared and "
-            "nothing of it is left; free space (the shards take 2 or 4 bytes per token) "
-            "and run the same command again"
-        ) from None
-
-
-def _prepare_locked(
-    out: Path,
-    src_specs: list[SourceSpec],
-    heldout_specs: list[SourceSpec],
-    use_builtin: bool,
-    settings: PrepareSettings,
-    tokenizer: str | Path | None,
-    user_tok: Any,
-    workers: int,
-    progress: bool,
-) -> PrepareResult:
-    vocab_size, seed = settings.vocab_size, settings.seed
-    tok_sha = sha256_file(Path(tokenizer)) if tokenizer is not None else None
-    _out_is_free(out)  # refuse a wrong --out before reading any input
-    columns = ("spinner", "{task.description:<28}", "bar", "{task.percentage:>5.1f}%", "speed")
-    with bars(progress, *columns, "elapsed") as prog:
-        domains, builtin_info = _collect_inputs(
-            src_specs, heldout_specs, use_builtin, settings, prog
-        )
-        fp = fingerprint(domains, settings, tok_sha, builtin_info)
-        existing = _check_existing(out, fp)
-        if existing is not None:
-            return PrepareResult(out, existing, created=False)
-
-        doc_bytes = {n: [len(t.encode("utf-8")) for t in d.docs] for n, d in domains.items()}
-        splits = {n: split_documents(doc_bytes[n], d.role, n, settings) for n, d in domains.items()}
-
-        if user_tok is not None:
-            tok = user_tok
-        else:
-            train_texts = [
-                domains[n].docs[i]
-                for n in domains
-                if domains[n].role == "train"
-                for i in splits[n]["train"]
-            ]
-            total = sum(len(t) for t in train_texts)
-            with task(prog, f"training BPE ({vocab_size})", total):
-                tok = train_bpe(train_texts, vocab_size)
-        eot_id, pad_id = special_ids(tok)
-        vocab = tok.get_vocab_size(with_added_tokens=True)
-        dtype = token_dtype(vocab)
-
-        if out.exists():  # an empty folder the user made: replaced by the complete one
-            out.rmdir()
-        remove_stale_temps(out)  # left by killed runs: we hold the lock, so none is live
-        with (
-            _disk_full_is_one_line(out),
-            atomic_dir(out) as tmp,
-            DocumentEncoder(tok, workers) as encoder,
-        ):
-            tok_path = tmp / "tokenizer.json"
-            tok.save(str(tok_path))
-            domain_records: dict[str, Any] = {}
-            for name, d in domains.items():
-                order = [i for s in splits[name].values() for i in s]
-                chars = sum(len(d.docs[i]) for i in order)
-                with task(prog, f"tokenizing {name}", chars) as advance:
-                    ids = encoder.encode([d.docs[i] for i in order], advance)
-                by_doc = dict(zip(order, ids))
-                split_records = {}
-                for split, idx in splits[name].items():
-                    rec = write_split(tmp, name, split, [by_doc[i] for i in idx], eot_id, dtype)
-                    rec["text_bytes"] = sum(doc_bytes[name][i] for i in idx)
-                    split_records[split] = rec
-                domain_records[name] = {
-                    "role": d.role,
-                    "documents": len(d.docs),
-                    "text_bytes": sum(doc_bytes[name]),
-                    "sources": d.sources,
-                    "splits": split_records,
-                }
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "moelab_version": __version__,
-                "fingerprint": fp,
-                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "python_version": platform.python_version(),
-                "tokenizers_version": tokenizers.__version__,
-                "seed": seed,
-                "settings": asdict(settings),
-                "dtype": dtype.name,
-                "tokenizer": {
-                    "file": {
-                        "name": "tokenizer.json",
-                        "bytes": tok_path.stat().st_size,
-                        "sha256": sha256_file(tok_path),
-                    },
-                    "trained": user_tok is None,
-                    "source": str(Path(tokenizer).resolve()) if tokenizer is not None else None,
-                    "vocab_size": vocab,
-                    "eot_id": eot_id,
-                    "pad_id": pad_id,
-                    "eot_token": tok.id_to_token(eot_id),
-                    "pad_token": tok.id_to_token(pad_id),
-                },
-                "builtin": builtin_info,
-                "domains": domain_records,
+            doc_bytes = {n: [len(t.encode("utf-8")) for t in d.docs] for n, d in domains.items()}
+            splits = {
+                n: split_documents(doc_bytes[n], d.role, n, settings) for n, d in domains.items()
             }
-            atomic_write_json(tmp / "manifest.json", manifest)
-    return PrepareResult(out, manifest, created=True)
+
+            if user_tok is not None:
+                tok = user_tok
+            else:
+                train_texts = [
+                    domains[n].docs[i]
+                    for n in domains
+                    if domains[n].role == "train"
+                    for i in splits[n]["train"]
+                ]
+                total = sum(len(t) for t in train_texts)
+                with task(prog, f"training BPE ({settings.vocab_size})", total):
+                    tok = train_bpe(train_texts, settings.vocab_size)
+            eot_id, pad_id = special_ids(tok)
+            vocab = tok.get_vocab_size(with_added_tokens=True)
+            dtype = token_dtype(vocab)
+
+            if out.exists():  # an empty folder the user made: replaced by the complete one
+                out.rmdir()
+            remove_stale_temps(out)  # left by killed runs: we hold the lock, so none is live
+            with (
+                _disk_full_is_one_line(out),
+                atomic_dir(out) as tmp,
+                DocumentEncoder(tok, workers) as encoder,
+            ):
+                tok_path = tmp / "tokenizer.json"
+                tok.save(str(tok_path))
+                domain_records: dict[str, Any] = {}
+                for name, d in domains.items():
+                    order = [i for s in splits[name].values() for i in s]
+                    chars = sum(len(d.docs[i]) for i in order)
+                    with task(prog, f"tokenizing {name}", chars) as advance:
+                        ids = encoder.encode([d.docs[i] for i in order], advance)
+                    by_doc = dict(zip(order, ids))
+                    split_records = {}
+                    for split, idx in splits[name].items():
+                        rec = write_split(tmp, name, split, [by_doc[i] for i in idx], eot_id, dtype)
+                        rec["text_bytes"] = sum(doc_bytes[name][i] for i in idx)
+                        split_records[split] = rec
+                    domain_records[name] = {
+                        "role": d.role,
+                        "documents": len(d.docs),
+                        "text_bytes": sum(doc_bytes[name]),
+                        "sources": d.sources,
+                        "splits": split_records,
+                    }
+                manifest = {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "moelab_version": __version__,
+                    "fingerprint": fp,
+                    "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "python_version": platform.python_version(),
+                    "tokenizers_version": tokenizers.__version__,
+                    "seed": settings.seed,
+                    "settings": asdict(settings),
+                    "dtype": dtype.name,
+                    "tokenizer": {
+                        "file": {
+                            "name": "tokenizer.json",
+                            "bytes": tok_path.stat().st_size,
+                            "sha256": sha256_file(tok_path),
+                        },
+                        "trained": user_tok is None,
+                        "source": str(Path(tokenizer).resolve()) if tokenizer is not None else None,
+                        "vocab_size": vocab,
+                        "eot_id": eot_id,
+                        "pad_id": pad_id,
+                        "eot_token": tok.id_to_token(eot_id),
+                        "pad_token": tok.id_to_token(pad_id),
+                    },
+                    "builtin": builtin_info,
+                    "domains": domain_records,
+                }
+                atomic_write_json(tmp / "manifest.json", manifest)
+        return PrepareResult(out, manifest, created=True)
