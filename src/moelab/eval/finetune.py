@@ -121,12 +121,6 @@ def _loss(logits, items, head) -> torch.Tensor:
     return torch.stack(losses).mean()
 
 
-def _predict(logits, head) -> list[int]:
-    if head == "classify":
-        return logits.argmax(-1).tolist()
-    return [int(s.argmax()) for s in logits]
-
-
 def evaluate_items(
     model, head_mod, items, head, encode, eot, max_len, device, batch_size
 ) -> tuple[float, float]:
@@ -139,7 +133,9 @@ def evaluate_items(
         for b0 in range(0, len(items), batch_size):
             batch = items[b0 : b0 + batch_size]
             logits, _, _ = _batch_logits(model, head_mod, batch, head, encode, eot, max_len, device)
-            correct += sum(it.is_correct(p) for p, it in zip(_predict(logits, head), batch))
+            # the argmax of each row (classify) or of each item's candidate scores (choice)
+            predicted = [int(scores.argmax()) for scores in logits]
+            correct += sum(it.is_correct(p) for p, it in zip(predicted, batch))
             loss_sum += float(_loss(logits, batch, head)) * len(batch)
     return correct / len(items), loss_sum / len(items)
 
