@@ -29,16 +29,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from moelab.config import ModelConfig, apply_overrides
+from moelab.config import ModelConfig, apply_overrides, from_dict
 from moelab.errors import MoelabError
+from moelab.lock import locked_new_dir
+from moelab.model import build_model
 from moelab.paths import check_can_create
-
-if TYPE_CHECKING:
-    from moelab.train.config import RunConfig
+from moelab.train import checkpoint as ckpt_io
+from moelab.train.config import RunConfig, UpcycledFrom, run_config_from_dict
+from moelab.train.loading import load_model
+from moelab.train.optim import build_optimizer
+from moelab.train.rng import rng_state, seed_everything
+from moelab.train.rundir import CONFIG, TOKENIZER, read_run_config, stored_config
 
 PARITY_TOLERANCE = 1e-4  # max |dense - upcycled| fp32 logits at step 0
 
@@ -85,8 +89,6 @@ def _check_out(out: Path) -> None:
 
 def _moe_config(dense: ModelConfig, raw_model: dict) -> ModelConfig:
     """The MoE model config, refusing a key the copied weights cannot follow."""
-    from moelab.config import from_dict
-
     moe = from_dict(ModelConfig, raw_model, "model")
     for f in dataclasses.fields(ModelConfig):
         if f.name in MOE_KEYS:
@@ -107,7 +109,7 @@ def _moe_config(dense: ModelConfig, raw_model: dict) -> ModelConfig:
     moe.validate()
     # Top-1 with the router probability as weight (moelab's Switch default) scales the copied
     # FFN by ~1/E: not the dense model any more.
-    if moe.top_k == 1 and getattr(moe, "norm_topk", None) is not True:
+    if moe.top_k == 1 and moe.norm_topk is not True:
         raise MoelabError(
             "{key} 1: the chosen expert's weight is its router probability (about 1/E at the "
             "start), so the upcycled model would not compute the dense one; use 2 or more "
@@ -170,8 +172,6 @@ def upcycled_config(
     (``KEY=VALUE``: routing keys of the model, any ``train.*``/``parallel.*`` key) applied.
     ``moelab upcycle`` and a study's upcycled runs (study/plan/estimate.py) both make theirs
     here. ``dense_name`` names the dense run in a refusal."""
-    from moelab.train.config import run_config_from_dict
-
     if dense_cfg.model.is_moe:
         raise MoelabError(
             f"{dense_name}: already an MoE ({dense_cfg.model.n_experts} experts); upcycling "
@@ -209,15 +209,6 @@ def upcycle(
     overrides: list[str] | None = None,
 ) -> UpcycleResult:
     """Write the new run ``out`` from the dense run's newest valid checkpoint (or ``step``)."""
-    from moelab.lock import locked_new_dir
-    from moelab.model import build_model
-    from moelab.train import checkpoint as ckpt_io
-    from moelab.train.config import UpcycledFrom
-    from moelab.train.loading import load_model
-    from moelab.train.optim import build_optimizer
-    from moelab.train.rng import rng_state, seed_everything
-    from moelab.train.rundir import CONFIG, TOKENIZER, read_run_config, stored_config
-
     dense_run, out = Path(dense_run), Path(out)
     _check_out(out)
     dense_cfg = read_run_config(dense_run)

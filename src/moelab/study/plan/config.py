@@ -14,7 +14,6 @@ A study YAML has these sections (all optional; the built-in default fills every 
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,9 +119,9 @@ class StudyConfig:
         if self.data.vocab_size < 16:
             raise MoelabError(f"data.vocab_size: must be >= 16, got {self.data.vocab_size}")
         for key, values in self.grid.items():
-            if not isinstance(values, list) or not values:
+            if not values:
                 raise MoelabError(f"grid.{key}: expected a non-empty list of values, e.g. [1, 2]")
-            if not key or any(not p for p in key.split(".")):
+            if any(not p for p in key.split(".")):
                 raise MoelabError(f"grid: bad key {key!r}; use dotted run-config keys")
         if "model" not in self.base and "model" not in self.grid:
             raise MoelabError("base.model: missing; name a preset in base.model or grid.model")
@@ -148,12 +147,12 @@ class StudyConfig:
                 f"{self.eval.fewshot_sampling!r}"
             )
         for task, n in self.eval.limits.items():
-            if not isinstance(n, int) or n < 1:
+            if n < 1:
                 raise MoelabError(f"eval.limits.{task}: must be an integer >= 1, got {n!r}")
         if self.eval.few_shot and self.eval.shots == 0:
             raise MoelabError("eval.shots: few_shot tasks need shots >= 1")
         for model, settings in self.per_model.items():
-            if not isinstance(settings, dict) or not settings:
+            if not settings:
                 raise MoelabError(
                     f"per_model.{model}: expected a mapping of dotted run-config keys, "
                     "e.g. {train.lr: 0.004}"
@@ -164,7 +163,7 @@ class StudyConfig:
             raise MoelabError("replicates: give both 'seeds' (a list) and 'models' (a list)")
         if self.replicates and ("seed" in self.grid or "train.seed" in self.grid):
             raise MoelabError("replicates: the grid already varies the seed; use one of the two")
-        if not isinstance(self.workers, int) or self.workers < 1:
+        if self.workers < 1:
             raise MoelabError(f"workers: must be an integer >= 1, got {self.workers!r}")
         if self.workers > 1 and self.threads is None:
             # Each worker its share of the cores: oversubscribed OpenMP threads are slower
@@ -172,7 +171,7 @@ class StudyConfig:
             self.threads = job_threads(self.workers)
         if self.threads is not None and self.threads < 1:
             raise MoelabError(f"threads: must be >= 1 or null, got {self.threads}")
-        if not (self.flops_per_second > 0 and math.isfinite(self.flops_per_second)):
+        if not self.flops_per_second > 0:  # from_dict refused a value that is not finite
             raise MoelabError("flops_per_second: must be a positive number")
         return self
 

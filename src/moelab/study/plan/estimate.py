@@ -12,7 +12,7 @@ import yaml
 from moelab.config import ModelConfig
 from moelab.errors import MoelabError
 from moelab.flops import ParamCounts, count_params, train_flops_per_token
-from moelab.study.plan.grid import RunSpec
+from moelab.study.plan.grid import RunSpec, _run_key
 from moelab.train.budget import cooldowns_of, resolve_budget
 from moelab.train.config import RunConfig, run_config_from_dict
 
@@ -113,7 +113,7 @@ def upcycled_run(spec: RunSpec, dense: PlannedRun) -> tuple[RunConfig, dict[str,
             "(train.checkpoint_every): give a multiple below its steps)"
         )
     budget = resolve_budget(dense.run_config)
-    settings = {("train.seed" if k == "seed" else k): v for k, v in u["settings"].items()}
+    settings = {_run_key(k): v for k, v in u["settings"].items()}
     rest = {
         "train.budget_steps": t.budget_steps and t.budget_steps - step,
         "train.budget_tokens": t.budget_tokens and t.budget_tokens - budget.tokens_at(step),
@@ -126,33 +126,25 @@ def upcycled_run(spec: RunSpec, dense: PlannedRun) -> tuple[RunConfig, dict[str,
         f"{k}={yaml.safe_dump([v], default_flow_style=True).strip()[1:-1]}"
         for k, v in {**rest, **settings}.items()
     ]
-    args = {"dense": dense.name, "step": step, "experts": u["experts"], "top_k": u["top_k"]}
+    shape = {"experts": u["experts"], "top_k": u["top_k"]}
     try:
-        cfg = upcycled_config(
-            dense.run_config,
-            dense.name,
-            experts=args["experts"],
-            top_k=args["top_k"],
-            overrides=overrides,
-        )
+        cfg = upcycled_config(dense.run_config, dense.name, overrides=overrides, **shape)
     except MoelabError as e:
         raise MoelabError(f"{where}: {e}") from None
     cfg.upcycled_from = UpcycledFrom(
         "", dense.run_config.config_hash(), step, budget.tokens_at(step), budget.flops_at(step)
     )
-    return cfg, {**args, "overrides": overrides}
+    return cfg, {"dense": dense.name, "step": step, **shape, "overrides": overrides}
 
 
-def measure_flops_per_second(run_cfg: RunConfig, steps: int = 2) -> float | None:
+def measure_flops_per_second(run_cfg: RunConfig, steps: int = 2) -> float:
     """Time a few real training steps (forward, backward, AdamW) of this model on random tokens
-    at the run's micro-batch; None when the model cannot be built here."""
-    try:
-        import torch
+    at the run's micro-batch."""
+    import torch
 
-        from moelab.model import build_model
-        from moelab.train.optim import build_optimizer
-    except ImportError:
-        return None
+    from moelab.model import build_model
+    from moelab.train.optim import build_optimizer
+
     t = run_cfg.train
     torch.manual_seed(0)
     model = build_model(run_cfg.model)
@@ -189,7 +181,7 @@ def make_plan(
     measure: bool,
 ) -> list[PlannedRun]:
     plan: list[PlannedRun] = []
-    measured: dict[str, float | None] = {}
+    measured: dict[str, float] = {}
     sources = {s.upcycle["source"] for s in specs if s.upcycle}
     for spec in specs:
         up = None
@@ -210,8 +202,7 @@ def make_plan(
             key = repr((model, t.batch_size // t.grad_accum, t.seq_len, t.dtype))
             if key not in measured:
                 measured[key] = measure_flops_per_second(run_cfg)
-            if measured[key]:
-                speed, source = measured[key], "measured"
+            speed, source = measured[key], "measured"
         family, preset = family_of(model, spec.family_suffix), None
         if up:  # the label the report shows: the dense run's compute included
             preset, at = spec.upcycle["label"], run_cfg.upcycled_from.train_flops

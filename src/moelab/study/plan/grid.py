@@ -116,11 +116,19 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]:
+def _run_key(key: str) -> str:
+    return "train.seed" if key == "seed" else key  # ``seed``: the trainer's seed key
+
+
+def _key_label(key: str, value: Any) -> str:
+    return f"{_SHORT.get(key, key.split('.')[-1])}={_value_label(value)}"
+
+
+def expand_grid(cfg: StudyConfig) -> list[RunSpec]:
     """Cartesian product over the grid, in the order keys and values are written.
 
-    ``seed`` is an alias for the trainer's seed key. Names join the value of ``model`` (a preset
-    name) with ``short=value`` for every other varied key, so a rerun finds the same folders.
+    Names join the value of ``model`` (a preset name) with ``short=value`` for every other
+    varied key, so a rerun finds the same folders.
     """
     keys = list(cfg.grid)
     value_lists = [cfg.grid[k] for k in keys]
@@ -133,46 +141,36 @@ def expand_grid(cfg: StudyConfig, seed_key: str = "train.seed") -> list[RunSpec]
         if k not in cfg.grid:
             raise MoelabError(f"family_keys: {k!r} is not a grid key; grid keys: {', '.join(keys)}")
     specs: list[RunSpec] = []
-    seen: dict[str, int] = {}
+    seen: set[str] = set()
     for index, combo in enumerate(itertools.product(*value_lists)):
         values = dict(zip(keys, combo))
         model = values.get("model")
         up = model.get("upcycle") if isinstance(model, dict) else None  # made, not configured
         run_config = copy.deepcopy(cfg.base)
-        labels = []
         for key, value in values.items():
             if not (key == "model" and up):
-                set_dotted(run_config, seed_key if key == "seed" else key, value)
-            if key == "model":
-                labels.insert(0, _value_label(value))
-            else:
-                short = _SHORT.get(key, key.split(".")[-1])
-                labels.append(f"{short}={_value_label(value)}")
+                set_dotted(run_config, _run_key(key), value)
         if "model" not in values:
             model = run_config.get("model")
-            base_label = model if isinstance(model, str) else (model or {}).get("preset", "model")
-            labels.insert(0, _value_label(base_label))
-        model_label = labels[0]
+            model = model if isinstance(model, str) else (model or {}).get("preset", "model")
+        model_label = _value_label(model)
         settings = cfg.per_model.get(model_label, {})
         for key, value in {} if up else settings.items():
-            set_dotted(run_config, seed_key if key == "seed" else key, value)
-        name = _safe("__".join(labels))
+            set_dotted(run_config, _run_key(key), value)
+        labels = [_key_label(k, v) for k, v in values.items() if k != "model"]
+        name = _safe("__".join([model_label, *labels]))
         if name in seen:
             raise MoelabError(
                 f"grid: two runs would share the folder name {name!r}; give distinct values"
             )
-        seen[name] = index
-        suffix = "".join(
-            f"-{_SHORT.get(k, k.split('.')[-1])}={_value_label(values[k])}" for k in family_keys
-        )
+        seen.add(name)
+        suffix = "".join(f"-{_key_label(k, values[k])}" for k in family_keys)
         up = {**up, "settings": dict(settings), "label": model_label} if up else None
         specs.append(RunSpec(name, index, values, run_config, suffix, up))
-    if not specs:
-        raise MoelabError("grid: no runs; give at least one model")
     unused = set(cfg.per_model) - {_value_label(s.values.get("model", "")) for s in specs}
     if unused and "model" in cfg.grid:
         raise MoelabError(f"per_model: {', '.join(sorted(unused))} not in grid.model")
-    return _link_upcycled(specs + _replicates(cfg, specs, seed_key, seen))
+    return _link_upcycled(specs + _replicates(cfg, specs, seen))
 
 
 def _link_upcycled(specs: list[RunSpec]) -> list[RunSpec]:
@@ -198,9 +196,7 @@ def _link_upcycled(specs: list[RunSpec]) -> list[RunSpec]:
     return plain + ups
 
 
-def _replicates(
-    cfg: StudyConfig, specs: list[RunSpec], seed_key: str, seen: dict[str, int]
-) -> list[RunSpec]:
+def _replicates(cfg: StudyConfig, specs: list[RunSpec], seen: set[str]) -> list[RunSpec]:
     """Copies of the grid's runs of ``replicates.models`` with each of ``replicates.seeds``."""
     rep = cfg.replicates
     if not rep:
@@ -223,11 +219,11 @@ def _replicates(
                     "give replicate seeds other than the base seed"
                 )
             run_config = copy.deepcopy(spec.run_config)
-            set_dotted(run_config, seed_key, seed)
+            set_dotted(run_config, _run_key("seed"), seed)
             name = _safe(f"{spec.name}__seed={_value_label(seed)}")
             if name in seen:
                 raise MoelabError(f"replicates: run {name!r} twice; give distinct seeds")
-            seen[name] = len(specs) + len(out)
+            seen.add(name)
             out.append(
                 RunSpec(
                     name,

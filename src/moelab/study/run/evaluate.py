@@ -42,14 +42,10 @@ def evaluate_run(
         "in_domains": list(data.train_domains),
         "out_domains": list(data.heldout_domains),
         "checkpoint": run.checkpoint,
-        "zero_shot": {},
-        "zero_shot_detail": {},
-        "few_shot": {},
-        "finetune": {},
-        "eval_loss": {},
-        "tasks": {},
-        "details": {},
     }
+    for part in ("zero_shot", "zero_shot_detail", "few_shot", "finetune", "eval_loss", "tasks"):
+        result[part] = {}
+    result["details"] = {}
     if ev.ppl:
         t0 = time.perf_counter()
         ppl = run_perplexity(path, max_tokens=ev.ppl_max_tokens, opened=run)
@@ -127,17 +123,8 @@ def evaluate_run(
         acc = float(detail["accuracy"])
         result["finetune"][task_label(name)] = acc
         result["details"][f"{task_label(name)}/finetune"] = detail
-        result["tasks"].setdefault(
-            f"finetune:{task_label(name)}",
-            {
-                "chance": detail.get("chance"),
-                "majority_class": detail.get("majority_class"),
-                "n_items": detail.get("n_items"),
-                "n_train": detail.get("n_train"),
-                "split": detail.get("split"),
-                "best_lr": detail.get("best_lr"),
-            },
-        )
+        keep = ("chance", "majority_class", "n_items", "n_train", "split", "best_lr")
+        result["tasks"].setdefault(f"finetune:{task_label(name)}", {k: detail.get(k) for k in keep})
         echo(f"    {name} fine-tuned: {acc:.3f}")
     return result
 

@@ -63,12 +63,10 @@ def device_sets(specs: list[str], jobs: int | None) -> list[list[str]]:
             f"--devices: {len(sets)} device sets for --jobs {jobs}; give one set per job, or "
             "one list to split"
         )
-    seen: set[str] = set()
-    for s in sets:
-        for d in s:
-            if d in seen:
-                raise MoelabError(f"--devices: device {d} is in two sets; a job owns its devices")
-            seen.add(d)
+    flat = [d for s in sets for d in s]
+    for i, d in enumerate(flat):
+        if d in flat[:i]:
+            raise MoelabError(f"--devices: device {d} is in two sets; a job owns its devices")
     return sets
 
 

@@ -50,13 +50,9 @@ def array_script(
         f"#SBATCH --output={dest / 'logs'}/%x-%A_%a.out",
         "#SBATCH --ntasks=1",
         "#SBATCH --open-mode=append",
-    ]
-    lines += [
         f"#SBATCH --gres=gpu:{procs}",
         "# (a CPU-only cluster: delete the --gres line; --sbatch adds lines such as --time=...)",
-    ]
-    lines += [f"#SBATCH {opt}" for opt in extra]
-    lines += [
+        *[f"#SBATCH {opt}" for opt in extra],
         "set -euo pipefail",
         "",
         "RUNS=(",

@@ -108,20 +108,10 @@ class Evaluating:
         )
 
 
-class StudySignals:
-    """In the study process, while workers run: SIGTERM raises TrainingStopped as SIGINT raises
-    KeyboardInterrupt, so one code path stops the workers (:func:`stop_workers`)."""
-
-    def __enter__(self) -> StudySignals:
-        self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._old)
-
-    @staticmethod
-    def _handle(signum: int, frame) -> None:
-        raise TrainingStopped("the study was asked to stop", signum)
+def study_sigterm(signum: int, frame) -> None:
+    """The study process's SIGTERM handler while workers run: it raises TrainingStopped as
+    SIGINT raises KeyboardInterrupt, so one code path stops the workers (:func:`stop_workers`)."""
+    raise TrainingStopped("the study was asked to stop", signum)
 
 
 def stop_workers(processes: list, grace_s: float) -> None:

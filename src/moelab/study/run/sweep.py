@@ -156,17 +156,6 @@ def pending_runs(plan: list[PlannedRun], out_dir: Path, key: str) -> list[tuple[
 MAX_RUN_NAME_BYTES = 255 - len("..lock.break")
 
 
-def check_run_names(plan: list[PlannedRun]) -> None:
-    """Refuse, before anything is written, a run name no filesystem folder can have."""
-    for p in plan:
-        size = len(p.name.encode("utf-8"))
-        if size > MAX_RUN_NAME_BYTES:
-            raise MoelabError(
-                f"run name {p.name[:40]}... is {size} bytes, over the {MAX_RUN_NAME_BYTES} a run "
-                "folder name may have; use shorter grid keys or values"
-            )
-
-
 def start_upcycled(planned: PlannedRun, path: Path) -> None:
     """An upcycled run's folder, before its first training: ``moelab upcycle`` of its dense
     run's checkpoint (study/plan/estimate.py, upcycled_run). A diverged dense run makes the
@@ -219,9 +208,14 @@ def run_study(
     if out.exists() and not out.is_dir():
         raise MoelabError(f"--out {out}: exists and is not a folder")
     checked = build_plan(cfg, out, measure=False)  # validates every run config
-    check_run_names(checked)
+    for p in checked:  # a name no filesystem folder can have
+        size = len(p.name.encode("utf-8"))
+        if size > MAX_RUN_NAME_BYTES:
+            raise MoelabError(
+                f"run name {p.name[:40]}... is {size} bytes, over the {MAX_RUN_NAME_BYTES} a run "
+                "folder name may have; use shorter grid keys or values"
+            )
     for p in checked:
-        p.run_config.data.dir = str(prepared_dir(cfg, out))
         _check_same_config(run_dir(out, p.name), p)
     if plan_only:
         plan = build_plan(cfg, out) if cfg.measure_throughput else checked
@@ -236,7 +230,7 @@ def run_study(
         except OSError as e:
             raise MoelabError(f"--out {out}: cannot create the folder ({e.strerror})") from None
         try:
-            data_dir = prepare_study_data(cfg, prepared_dir(cfg, out), echo)
+            prepare_study_data(cfg, prepared_dir(cfg, out), echo)
         except BaseException:
             if created:  # nothing of this study existed before: leave nothing behind
                 shutil.rmtree(out, ignore_errors=True)
@@ -246,10 +240,10 @@ def run_study(
         if command:  # the report quotes the command line that produced it
             atomic_write_text(out / "command.txt", command + "\n")
         if emit is not None:
-            plan = final_plan(cfg, out, data_dir, measure=False)
+            plan = final_plan(cfg, out, measure=False)
             emit(plan)
             return plan
-        return _run(cfg, out, data_dir, echo, started, devices or [])
+        return _run(cfg, out, echo, started, devices or [])
 
 
 @contextlib.contextmanager
@@ -300,13 +294,9 @@ def record_study_time(cfg: StudyConfig, out: Path, started: tuple[float, float])
     atomic_write_json(f, {"wall_s": total, "invocations": invocations})
 
 
-def final_plan(
-    cfg: StudyConfig, out: Path, data_dir: Path, measure: bool | None = None
-) -> list[PlannedRun]:
-    """The plan with the prepared data in every run config, written to ``plan.json``."""
+def final_plan(cfg: StudyConfig, out: Path, measure: bool | None = None) -> list[PlannedRun]:
+    """The plan (the prepared data in every run config), written to ``plan.json``."""
     plan = build_plan(cfg, out, measure=measure)
-    for p in plan:
-        p.run_config.data.dir = str(data_dir)
     atomic_write_json(out / "plan.json", _plan_json(plan))
     return plan
 
@@ -314,12 +304,11 @@ def final_plan(
 def _run(
     cfg: StudyConfig,
     out: Path,
-    data_dir: Path,
     echo: Echo,
     started: tuple[float, float],
     devices: list[list[str]],
 ) -> list[PlannedRun]:
-    plan = final_plan(cfg, out, data_dir)
+    plan = final_plan(cfg, out)
     echo(format_plan(plan, eval_note(cfg), cfg.workers))
 
     key = eval_key(cfg.eval)
@@ -503,9 +492,9 @@ def _run_parallel(
         initargs=(os.getpid(), slots, stderr_log_level()),
     )
     futures: dict = {}
-    # Entered here and left by hand: the stop path restores SIGTERM before it waits for the
+    # Set here and restored by hand: the stop path restores SIGTERM before it waits for the
     # workers, so a second SIGTERM then ends the study rather than the wait.
-    signals = stopping.StudySignals().__enter__()
+    old_sigterm = signal.signal(signal.SIGTERM, stopping.study_sigterm)
     try:
 
         def submit(i: int, planned: PlannedRun):
@@ -543,11 +532,18 @@ def _run_parallel(
                     echo(line)
             running |= {submit(*ip) for ip in held if waits[ip[1].name] not in left}
             held = [ip for ip in held if waits[ip[1].name] in left]
-    except KeyboardInterrupt as e:
+    except BaseException as e:
+        signal.signal(signal.SIGTERM, old_sigterm)
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        if not isinstance(e, KeyboardInterrupt):
+            # A failed run: stop now. The workers are killed, not waited for (each would start
+            # its next queued run first); every run resumes from its last checkpoint.
+            for proc in procs:
+                proc.kill()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         # Ctrl-C, SIGTERM, or a worker that was signalled: every worker saves its checkpoint
         # and starts nothing new (study/run/stopping.py); every run resumes from there.
-        signals.__exit__()
-        procs = list((getattr(pool, "_processes", None) or {}).values())
         pool.shutdown(wait=False, cancel_futures=True)
         stopping.stop_workers(procs, grace_seconds() + 10)
         for fut, (i, _) in futures.items():
@@ -556,15 +552,7 @@ def _run_parallel(
                 echo(f"[{i}/{n}] {err}")
         signum = getattr(e, "signum", signal.SIGINT)
         raise TrainingStopped(f"study stopped by {signal.Signals(signum).name}", signum) from None
-    except BaseException:
-        # A failed run: stop now. The workers are killed, not waited for (each would start its
-        # next queued run first); every run resumes from its last checkpoint.
-        signals.__exit__()
-        for proc in list((getattr(pool, "_processes", None) or {}).values()):
-            proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    signals.__exit__()
+    signal.signal(signal.SIGTERM, old_sigterm)
     pool.shutdown(wait=True)
 
 

@@ -44,7 +44,6 @@ def run_only(
         names = ", ".join(p.name for p in plan[:6]) + (", ..." if len(plan) > 6 else "")
         raise MoelabError(f"--only {name}: not a run of this study (its runs: {names})")
     planned = found[0]
-    planned.run_config.data.dir = str(data_dir)
     path = run_dir(out, name)
     _check_same_config(path, planned)
     if read_divergence(path) is not None:
