@@ -47,29 +47,25 @@ class ExchangeTimer:
         return total
 
 
+def _exchange(x_ND, out_splits, in_splits, group, timer: ExchangeTimer | None) -> torch.Tensor:
+    x_ND = x_ND.contiguous()
+    out_ND = x_ND.new_empty((sum(out_splits), *x_ND.shape[1:]))
+    with timer.measure(x_ND.device) if timer is not None else contextlib.nullcontext():
+        dist.all_to_all_single(out_ND, x_ND, out_splits, in_splits, group=group)
+    return out_ND
+
+
 class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_ND, out_splits, in_splits, group, timer):  # noqa: D102
         ctx.splits = (out_splits, in_splits)
         ctx.group, ctx.timer = group, timer
-        x_ND = x_ND.contiguous()
-        out_ND = x_ND.new_empty((sum(out_splits), *x_ND.shape[1:]))
-        with _measured(timer, x_ND.device):
-            dist.all_to_all_single(out_ND, x_ND, out_splits, in_splits, group=group)
-        return out_ND
+        return _exchange(x_ND, out_splits, in_splits, group, timer)
 
     @staticmethod
     def backward(ctx, g_ND):  # noqa: D102
-        out_splits, in_splits = ctx.splits
-        g_ND = g_ND.contiguous()
-        gx_ND = g_ND.new_empty((sum(in_splits), *g_ND.shape[1:]))
-        with _measured(ctx.timer, g_ND.device):
-            dist.all_to_all_single(gx_ND, g_ND, in_splits, out_splits, group=ctx.group)
-        return gx_ND, None, None, None, None
-
-
-def _measured(timer: ExchangeTimer | None, device: torch.device):
-    return timer.measure(device) if timer is not None else contextlib.nullcontext()
+        out_splits, in_splits = ctx.splits  # the reverse exchange: splits swapped
+        return _exchange(g_ND, in_splits, out_splits, ctx.group, ctx.timer), None, None, None, None
 
 
 def all_to_all(
