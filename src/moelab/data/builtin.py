@@ -127,9 +127,8 @@ def builtin_corpus(
         "code_heldout": BuiltinDomain("code_heldout", "heldout"),
         "prose_heldout": BuiltinDomain("prose_heldout", "heldout"),
     }
-    caps = {"code": max_bytes, "prose": max_bytes}
-    caps.update(code_heldout=max(1, max_bytes // 4), prose_heldout=max(1, max_bytes // 4))
-    fill = {n: _Filler(d, caps[n], max_doc_bytes) for n, d in domains.items()}
+    caps = {"train": max_bytes, "heldout": max(1, max_bytes // 4)}
+    fill = {n: _Filler(d, caps[d.role], max_doc_bytes) for n, d in domains.items()}
 
     topics = _pydoc_topics()
     for text in topics:

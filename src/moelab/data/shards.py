@@ -173,18 +173,17 @@ class PreparedData:
             raise MoelabError(f"prepared data folder {path} does not exist; run moelab prepare")
         manifest = read_manifest(path)
         verify_folder(path, manifest, full=verify)
-        tok = load_tokenizer(member(path, manifest["tokenizer"]["file"]["name"]))
+        recorded = manifest["tokenizer"]
+        tok = load_tokenizer(member(path, recorded["file"]["name"]))
         vocab = tok.get_vocab_size(with_added_tokens=True)
-        if vocab != manifest["tokenizer"]["vocab_size"]:
+        if vocab != recorded["vocab_size"]:
             raise MoelabError(
-                f"{path}: the manifest's vocab_size {manifest['tokenizer']['vocab_size']} is not "
+                f"{path}: the manifest's vocab_size {recorded['vocab_size']} is not "
                 f"its tokenizer's {vocab} (a crafted or damaged folder); delete it and run "
                 "moelab prepare again"
             )
-        if special_ids(tok, str(path / "tokenizer.json")) != (
-            manifest["tokenizer"]["eot_id"],
-            manifest["tokenizer"]["pad_id"],
-        ):
+        ids = special_ids(tok, str(path / "tokenizer.json"))
+        if ids != (recorded["eot_id"], recorded["pad_id"]):
             raise MoelabError(f"{path}: tokenizer special ids disagree with the manifest")
         data = cls(path, manifest, tok)
         data._ids_checked = verify  # verified: every id was range-checked with the checksums

@@ -9,7 +9,6 @@ as plain text, so a document can never forge a document boundary.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import multiprocessing
 import multiprocessing.pool
@@ -195,19 +194,6 @@ def batches_by_chars(docs: Sequence[str], max_chars: int = BATCH_CHARS) -> Itera
         yield batch
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def _pool_context() -> multiprocessing.context.BaseContext:
     # forkserver: workers start clean (no torch, no rayon threads inherited from training the
     # BPE in this process) and cheaply; spawn where it does not exist.
@@ -224,11 +210,12 @@ class DocumentEncoder:
         self._dtype = token_dtype(tok.get_vocab_size(with_added_tokens=True))
         self.workers = workers
         self._pool: multiprocessing.pool.Pool | None = None
-        self._stack = contextlib.ExitStack()
+        self._parallelism: str | None = None  # the caller's setting, restored on exit
 
     def __enter__(self) -> DocumentEncoder:
         # no rayon threads inside the tokenizer, here or in workers: one process = one core
-        self._stack.enter_context(_env("TOKENIZERS_PARALLELISM", "false"))
+        self._parallelism = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +223,10 @@ class DocumentEncoder:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
-        self._stack.close()
+        if self._parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = self._parallelism
 
     def encode(
         self, docs: Sequence[str], on_batch: Callable[[int], None] | None = None
