@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from moelab.data.globbing import expand
+from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval.runs import forward_flops
 from moelab.eval.scoring import ForwardStats, LogitsAt, model_logits_at
@@ -234,15 +235,8 @@ def sources_from_prepared(
         if len(tokens) < 2:
             continue
         role = IN_DOMAIN if train_domains and domain in train_domains else OUT_OF_DOMAIN
-        out.append(
-            PplSource(
-                domain,
-                tokens,
-                _decoded_bytes(data.tokenizer, tokens, data.eot_id),
-                role,
-                origin or str(data.path),
-            )
-        )
+        n_bytes = _decoded_bytes(data.tokenizer, tokens, data.eot_id)
+        out.append(PplSource(domain, tokens, n_bytes, role, origin or str(data.path)))
     if not out:
         raise MoelabError(f"{data.path}: no domain has a validation split with tokens")
     return out
@@ -355,8 +349,6 @@ def run_perplexity(
                 sources += sources_from_prepared(data, roles, max_tokens, str(path))
             else:
                 sources.append(source_from_text(path, run.tokenizer, max_tokens))
-    from moelab.data.tokenizer import eot_token_id
-
     # The capacity asked for here holds for this call only: the model (which the caller may go
     # on evaluating, as a study does) gets its own factors back afterwards.
     with evaluation_state(run.model, capacity_factor):

@@ -128,13 +128,10 @@ def score_requests(
                 for cont, sc in zip(conts, scored):
                     results[Request(context_ids, cont)] = sc
                 advance(len(conts))
-    for r, sc in zip(
-        packed,
-        _score_packed(
-            packed, logits_at, max_len, device, batch_tokens, max_batch, pad_id, stats, advance
-        ),
-    ):
-        results[r] = sc
+    scored = _score_packed(
+        packed, logits_at, max_len, device, batch_tokens, max_batch, pad_id, stats, advance
+    )
+    results.update(zip(packed, scored))
     return [results[r] for r in requests]
 
 
