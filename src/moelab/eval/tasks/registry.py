@@ -29,10 +29,6 @@ class TaskSpec:
     folder: str  # folder name under the tasks directory
     load: Callable[[Path], Task]
     description: str
-    # The headline scoring mode when the loader sets none (docs/evaluation.md gives each
-    # task's choice and its source; record, openbookqa, mnli and blimp set theirs in the
-    # loader); "mean" is the paper's default (PAPER.md, "Evaluation").
-    primary_mode: str = "mean"
     # Loads a subset named after a colon (``blimp:syntax``); None: the task takes no selector.
     load_selected: Callable[[Path, str], Task] | None = None
 
@@ -97,10 +93,10 @@ def _looks_like_file(name: str) -> bool:
 
 
 def _with_mode(task: Task, spec_name: str) -> Task:
-    """The registry's primary mode on a task whose loader set none."""
-    spec = TASKS.get(spec_name)
-    if task.primary_mode is None and spec is not None:
-        task.primary_mode = spec.primary_mode
+    """A registered task whose loader set no primary mode gets "mean", the paper's default
+    (PAPER.md, "Evaluation"; docs/evaluation.md gives each task's mode and its source)."""
+    if task.primary_mode is None and spec_name in TASKS:
+        task.primary_mode = "mean"
     return task
 
 
