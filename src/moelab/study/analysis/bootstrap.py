@@ -1,25 +1,6 @@
-"""Which runs a bootstrap resample draws: a run is the unit, stratified by preset.
-
-Points of one run are correlated (one initialisation, one data order), so a resample moves whole
-runs. The model sizes are design points chosen by the grid, not samples from a population of
-sizes: a stratified resample keeps every preset and every run, and varies each preset by what a
-seed would change.
-
-The seed-to-seed spread comes from the presets that have replicate seeds: each replicated run's
-mean deviation from its preset's mean (in log loss for losses, in value for bounded scores) over
-the computes all its seeds measured, pooled over presets (and, in a comparison, over both
-families) into one variance with its degrees of freedom (k - 1 per preset of k seeds). The
-assumption: a seed moves a run's whole curve by about the same amount at every size. A resample
-shifts each preset's runs together by an offset drawn from N(0, sd**2 / k) (k: its runs; their
-mean is what the fit sees), with one sd drawn per resample from its posterior given the pool (a
-scaled inverse chi-square). Drawing sd rather than fixing it is what makes few replicates honest:
-with 2-4 degrees of freedom the pooled spread itself is uncertain by a factor of two or more
-(two pairs of seeds that happen to agree closely give a near-zero spread), and resampling runs
-with replacement from 2 or 3 seeds understates even the spread it sees (by (k - 1) / k).
-With no replicated preset there is no noise estimate and no interval.
-
-Without strata (``stratum_of=None``: a plain fit with no grid behind it) a resample draws runs
-with replacement from all of them.
+"""Which runs a bootstrap resample draws: whole runs, stratified by preset, each preset shifted by
+a seed offset drawn from the replicate seeds' pooled spread (``SeedNoise``); without strata, runs
+drawn with replacement. Method: docs/fit.md#bootstrap-intervals-on-every-speedup
 """
 
 from __future__ import annotations
@@ -149,10 +130,8 @@ class RunResampler:
         return SeedNoise(float(sum(o * o for o in offsets)), df, len(offsets))
 
     def draw(self, rng: np.random.Generator, sd: float | None = None) -> list[EvalPoint]:
-        """One resample's points. Stratified: every run, each preset's shifted together by
-        N(0, sd**2 / k) (``sd``: this resample's seed spread; default: drawn from
-        ``noise``). Unstratified: runs drawn with replacement (a run drawn twice appears under
-        two names)."""
+        """One resample's points; ``sd``: its seed spread (default: drawn from ``noise``).
+        Unstratified, a run drawn twice appears under two names."""
         out: list[EvalPoint] = []
         if not self.stratified:
             for runs in self.strata.values():

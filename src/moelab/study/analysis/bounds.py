@@ -1,19 +1,5 @@
-"""Speedup bounds measured without any fit, straight from the evaluation points.
-
-The speedup at quality ``t`` is ``c_dense(t) / c_moe(t)``. Two facts about measured points bound
-it with no curve in between:
-
-* **lower bound**: an MoE run measured ``t`` (or better) at compute ``c``, so ``c_moe(t) <= c``;
-  and no dense point at compute up to ``c'`` reached ``t``, so ``c_dense(t) > c'``. Then
-  ``speedup(t) >= c' / c``.
-* **upper bound** (the mirror): a dense run measured ``t`` at ``c'``, so ``c_dense(t) <= c'``; no
-  MoE point up to ``c`` reached ``t``, so ``c_moe(t) > c``. Then ``speedup(t) <= c' / c``.
-
-"Reached" may be shown by any point, annealed or not (a run really had that loss at that
-compute). "Not reached by ``c``" needs ``c`` to be the compute of a point of the kind the fits use
-(an annealed point under ``frontier: annealed``): a mid-run point of an undecayed schedule lies
-above what a run trained to exactly that compute reaches, so it cannot show that the family
-needs more. Both statements are about the runs trained: a size not in the grid could do better.
+"""Speedup bounds measured straight from the evaluation points, without any fit.
+Method: docs/fit.md#measured-bounds-moelabstudyanalysisbounds
 """
 
 from __future__ import annotations
@@ -28,10 +14,9 @@ LOWER, UPPER = "lower", "upper"
 
 @dataclass(frozen=True)
 class MeasuredBound:
-    """``speedup(quality) >= ratio`` (``kind`` "lower") or ``<= ratio`` ("upper"), shown by one
-    MoE point and one dense point: for a lower bound the MoE point reached ``quality`` and the
-    dense point is the last eligible one before any dense point reached it; for an upper bound
-    the reverse."""
+    """``speedup(quality) >= ratio`` (``kind`` "lower") or ``<= ratio`` ("upper"): for a lower
+    bound the MoE point reached ``quality`` and the dense point is the last eligible one before
+    any dense point reached it; for an upper bound the reverse."""
 
     kind: str
     ratio: float
@@ -58,10 +43,8 @@ class MeasuredBound:
 
 
 def eligible(points: Sequence[EvalPoint], mode: str) -> list[EvalPoint]:
-    """The points that may show "not reached by this compute": only a model whose learning rate
-    had decayed is a fair witness (a mid-run point of a decaying schedule is worse than the
-    annealed model of the same compute), so annealed points when the runs have any, else each
-    run's final point, whatever the fit ``mode``."""
+    """The points that may show "not reached by this compute", whatever the fit ``mode``: the
+    annealed points, else each run's final point (docs/fit.md, "Measured bounds")."""
     annealed = [p for p in points if p.annealed]
     if annealed:
         return annealed

@@ -1,20 +1,6 @@
-"""Quality against training compute: power-law fits, monotone fits and the speedup factor.
-
-Inputs are :class:`EvalPoint` s, one per evaluation of one run: ``(run, compute, value)`` with
-``compute`` the training FLOPs spent so far and ``value`` a loss (lower is better) or an accuracy
-(higher is better). Outputs are plain dataclasses; plotting lives in the report.
-
-* Loss: per family, ``L(C) = E + A * C**-alpha`` fitted on the compute-efficient frontier (the
-  lower envelope of every evaluation point of the family's runs), with a Huber loss on
-  ``log L`` from several starting points, in log-compute space. Parameter uncertainty comes from
-  a bootstrap over *runs*: points of one run are correlated, so resampling them would understate
-  the spread.
-* Accuracy: a power law does not suit a bounded, noisy score, so an increasing isotonic fit in
-  log compute (pool-adjacent-violators, interpolated linearly between the pooled blocks).
-* Speedup at quality ``t``: ``c_dense(t) / c_moe(t)``, with ``c_dense`` the inverted dense fit and
-  ``c_moe`` the compute at which the MoE *measured* ``t`` (interpolated along its frontier).
-  Valid only above the dense fit's irreducible loss and inside the measured dense compute range;
-  anything else is flagged as extrapolated. Accuracies inside the chance interval give none.
+"""Quality against training compute: power-law fits (losses), monotone fits (accuracies, and a
+family's measured frontier) and the speedup factor, on :class:`EvalPoint` s (compute: training
+FLOPs spent so far). Outputs are plain dataclasses. Method: docs/fit.md
 """
 
 from __future__ import annotations
@@ -46,16 +32,9 @@ def select_points(
     higher_is_better: bool = False,
     min_run_fraction: float = 0.0,
 ) -> list[EvalPoint]:
-    """The points a fit uses, sorted by compute.
-
-    ``mode``: ``"envelope"`` keeps the compute-efficient frontier: every point that is strictly
-    better than all points at lower or equal compute, over all runs (lower envelope of a loss,
-    upper envelope of an accuracy). ``"annealed"`` is the same envelope over the annealed points
-    only (a mid-run point of an undecayed schedule sits above the loss a run of that length
-    reaches, so it would bend the frontier). ``"final"`` keeps each run's last (highest-compute)
-    point. ``"all"`` keeps everything. ``min_run_fraction`` first drops each run's points below
-    that fraction of the run's final compute (early-training points that no power law describes).
-    """
+    """The points a fit uses, sorted by compute; the envelopes keep every point strictly better
+    than all points at lower or equal compute. ``mode``, ``min_run_fraction``:
+    docs/fit.md#loss-a-power-law-on-the-compute-efficient-frontier"""
     if mode not in MODES:
         raise MoelabError(f"fit mode {mode!r} is unknown; use one of {', '.join(MODES)}")
     pts = [p for p in points]
@@ -178,11 +157,9 @@ def _polish(
     theta0: np.ndarray,
     max_iter: int = 200,
 ) -> tuple[np.ndarray, float] | None:
-    """The same objective as :func:`_fit_once`, minimised from ``theta0`` by Levenberg-Marquardt
-    on iteratively reweighted Huber residuals (3x3 normal equations; bounds by projection).
-    A bootstrap resample's optimum is close to the full data's, where this converges in a few
-    steps at a fraction of ``least_squares``'s per-call overhead. ``None`` when it does not
-    converge (the caller then runs ``least_squares``)."""
+    """:func:`_fit_once`'s objective by Levenberg-Marquardt on reweighted Huber residuals from
+    ``theta0`` (bounds by projection): near a resample's optimum it converges in a few steps, at
+    a fraction of ``least_squares``'s overhead. ``None``: not converged."""
     lo = np.array([0.0, -1e6, 1e-4])
     hi = np.array([y_min * (1 - 1e-9), 1e6, 10.0])
 
@@ -296,16 +273,9 @@ def fit_power_law(
     seed: int = 0,
     resampler: RunResampler | None = None,
 ) -> PowerLawFit:
-    """Fit ``L(C) = E + A * C**-alpha`` to one family's loss points (see :func:`select_points`
-    for ``mode`` and ``min_run_fraction``).
-
-    The objective is a Huber loss (``huber_delta`` in units of log loss, so 0.01 is 1%) on
-    ``log L``, minimised from several starting points in centred log-compute space.
-    ``n_bootstrap`` resamples of whole runs (the frontier is rebuilt from each) give percentile
-    intervals at level ``ci`` for E, A and alpha: drawn by ``resampler`` (stratified by preset,
-    :mod:`moelab.study.analysis.bootstrap`) when given, else with replacement over all runs once
-    there are at least three.
-    """
+    """Fit ``L(C) = E + A * C**-alpha`` to one family's loss points, with level-``ci`` intervals
+    from ``n_bootstrap`` resamples (``huber_delta`` in log-loss units: 0.01 is 1%). Method:
+    docs/fit.md#loss-a-power-law-on-the-compute-efficient-frontier"""
     all_points = list(points)
     pts = select_points(all_points, mode, min_run_fraction=min_run_fraction)
     runs = sorted({p.run for p in all_points})
@@ -392,14 +362,9 @@ def set_intervals(
 
 @dataclass
 class MonotoneFit:
-    """A monotone curve of value against log compute through its knots; strictly increasing
-    in value when ``higher_is_better``, strictly decreasing otherwise. No extrapolation.
-
-    Between knots it is linear in (log compute, value), or, with ``floor`` set (a loss curve and
-    an irreducible loss below every knot), linear in (log compute, log(value - floor)): exact
-    for ``floor + B * C**-beta``, where linear interpolation in the loss itself overstates the
-    compute between two points of the convex curve (by about 10% midway between points a factor
-    of two apart)."""
+    """A strictly monotone curve of value against log compute through its knots, without
+    extrapolation. Between knots linear in the value, or, with ``floor``, in log(value - floor):
+    exact for a power law (docs/fit.md#speedup-factor)."""
 
     knots_compute: list[float]  # strictly increasing
     knots_value: list[float]  # strictly monotone
@@ -511,12 +476,10 @@ MEASURED_BOUND = "measured bound"
 
 @dataclass(frozen=True)
 class SpeedupPoint:
-    """Speedup at one quality level. ``speedup`` is None where it cannot be measured (``note``
-    says why); ``extrapolated`` marks values that leave the measured dense range or rest on a
-    quality the fit cannot reach. ``lo``/``hi``: bootstrap percentile interval (``None`` without
-    one), from ``n_resamples`` resamples that gave a value. ``lower_bound``/``upper_bound``: the
-    speedup bounds the measured points show at this quality, without any fit
-    (:mod:`moelab.study.analysis.bounds`)."""
+    """Speedup at one quality level; ``speedup`` None where there is none (``note`` says why).
+    ``extrapolated``: outside the measured dense range, or a quality the fit cannot reach
+    (docs/fit.md#three-labels). ``lo``/``hi``: bootstrap interval from ``n_resamples``
+    resamples; ``lower_bound``/``upper_bound``: the measured bounds at this quality."""
 
     quality: float
     c_dense: float | None
@@ -580,10 +543,8 @@ def speedup_at(
     *,
     chance: tuple[float, float] | None = None,
 ) -> SpeedupPoint:
-    """``c_dense(quality) / c_moe(quality)``: the dense family's fitted curve inverted, over the
-    compute at which the MoE family measured that quality (``moe`` from :func:`fit_monotone`).
-    For accuracies, pass ``chance`` (from :func:`chance_interval`): qualities at or below its top
-    give no speedup."""
+    """``c_dense(quality) / c_moe(quality)`` (``moe`` from :func:`fit_monotone`); for accuracies,
+    ``chance`` (:func:`chance_interval`): no speedup at or below its top."""
     if dense.higher_is_better != moe.higher_is_better:
         raise MoelabError("speedup: the dense and MoE curves measure different kinds of quality")
     if chance is not None and moe.higher_is_better and quality <= chance[1]:

@@ -8,11 +8,9 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class EvalPoint:
-    """One evaluation: ``run`` (the unit the bootstrap resamples), training FLOPs so far, and the
-    measured value (a loss, or an accuracy in [0, 1]). ``annealed``: the learning rate had
-    decayed to the schedule's floor when it was measured (a cooldown branch's end, or the final
-    point of a decaying schedule), so the point is what a run trained to exactly this compute
-    would reach; mid-run points of a stable or slowly decaying phase are not."""
+    """One evaluation: ``run`` (the unit the bootstrap resamples), training FLOPs so far, the
+    value (a loss, or an accuracy in [0, 1]), and whether the learning rate had decayed to its
+    floor (``annealed``: docs/fit.md#loss-a-power-law-on-the-compute-efficient-frontier)."""
 
     run: str
     compute: float

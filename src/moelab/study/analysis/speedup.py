@@ -1,9 +1,6 @@
-"""From the results table to fits, speedup factors with intervals, labels and measured bounds.
-
-Everything here reads the table rows (and the table's metadata for chance levels), so every
-number the report states can be traced back to ``results.json``. See docs/fit.md for the
-method: frontier selection, the bootstrap over runs stratified by preset, the three labels and
-the headline rule.
+"""From the results table to fits, speedup factors with intervals, labels and measured bounds;
+everything is read from the table rows (and its metadata for chance levels), so every number
+the report states traces back to ``results.json``. Method: docs/fit.md
 """
 
 from __future__ import annotations
@@ -45,13 +42,8 @@ SEED_KEYS = ("seed", "train.seed")  # grid keys of the trainer's seed
 
 @dataclass(frozen=True)
 class Headline:
-    """The speedup quoted for one setting and MoE family (see :func:`headline`).
-
-    ``label``: ``"interpolated (fit)"``, ``"extrapolated"`` or ``"measured bound"`` (the fit's
-    value was contradicted by a bound the points show; ``bound`` is then ``">="`` or ``"<="``
-    and ``fit_speedup`` keeps the fit's value). ``lo``/``hi``: the bootstrap's 95% interval at
-    this quality (none for a measured bound, which is a fact about these runs, not an estimate).
-    """
+    """The speedup quoted for one setting and MoE family: docs/fit.md#the-headline. ``bound``:
+    ``">="`` or ``"<="`` for a measured bound, the fit's value then in ``fit_speedup``."""
 
     quality: float
     speedup: float
@@ -182,10 +174,8 @@ def moe_frontier_mode(mode: str) -> str:
 def headline(
     points: list[SpeedupPoint], *, higher_is_better: bool = False, edge: float | None = None
 ) -> Headline | None:
-    """The speedup quoted for a setting: at the best quality whose comparison is interpolated
-    (the dense fit inverted inside its measured compute range, the dense range's top edge
-    included); failing that, at the best extrapolated one. A measured bound at that quality
-    that contradicts the fit's value replaces it (label "measured bound")."""
+    """The speedup quoted for a setting (docs/fit.md#the-headline); ``edge``: the quality at
+    the dense range's top edge."""
     valid = [p for p in points if p.speedup is not None and not p.extrapolated]
     pool = valid or [p for p in points if p.speedup is not None]
     if not pool:
@@ -296,12 +286,8 @@ def compare(
     seed: int = 0,
     huber_delta: float = 1e-2,
 ) -> None:
-    """Speedup curve, intervals, measured bounds and headline of ``moe`` against ``dense``.
-
-    Each bootstrap resample draws runs of both families (:class:`RunResampler`, stratified by
-    preset), refits the dense curve and rebuilds the MoE frontier, and evaluates
-    ``c_dense(t) / c_moe(t)`` at the same quality levels as the full-data curve: the MoE
-    frontier's measured qualities and the dense range's top edge."""
+    """Speedup curve, intervals, measured bounds and headline of ``moe`` against ``dense``, into
+    ``ma``. Method: docs/fit.md#bootstrap-intervals-on-every-speedup"""
     hib = ma.higher_is_better
     dense_fit = ma.fits[dense]
     dense_pts, moe_pts = ma.points[dense], ma.points[moe]
@@ -336,11 +322,8 @@ def compare(
     else:
         ma.seed_noise[moe] = noise
         ma.interval[moe] = interval_text(noise, n_bootstrap)
-    # Where each level sits in a resample: a level the MoE frontier measured stays at that MoE
-    # compute (the resample's frontier value there is its quality), the dense range's edge stays
-    # at the largest dense compute. A fixed quality would fall outside a resample's frontier
-    # whenever the seed that reached it is not drawn, leaving the extreme points without an
-    # interval; a fixed compute is inside every resample's measured range.
+    # A resample evaluates each level at a fixed compute, not at its quality, which would fall
+    # outside a resample's frontier whenever the seed that reached it is not drawn (docs/fit.md).
     anchors: list[tuple[str, float] | None] = []
     for q, sp in zip(levels, curve):
         if edge is not None and q == edge:
@@ -502,9 +485,8 @@ def analyse_zero_shot(
     bootstrap: int = 0,
 ) -> MetricAnalysis | None:
     """Mean zero-shot accuracy (``column`` ``zero_shot_mean``) or continuous score
-    (``zero_shot_score_mean``) of each run's final checkpoint: a monotone fit in log compute per
-    family (a power law does not suit a bounded score). Accuracy gives no speedup inside the
-    chance interval; the score, smooth where accuracy is flat, gives one everywhere."""
+    (``zero_shot_score_mean``) of the runs' final checkpoints. Method:
+    docs/fit.md#accuracy-and-the-continuous-score"""
     pts = _points(rows, column)
     if not pts:
         return None
@@ -529,8 +511,7 @@ def analyse_zero_shot(
                 n_bootstrap=bootstrap,
                 min_run_fraction=0.0,
             )
-            # One final point per run and item noise of a few points: a bound at a quality a
-            # chance-level model reaches is noise, not a measurement.
+            # A bound at a quality a chance-level model reaches is noise (docs/fit.md).
             band = ma.chance if not score else _zero_shot_chance(meta, "score_chance")
             if band is not None:
                 ma.bounds[moe] = [b for b in ma.bounds.get(moe, []) if b.quality > band[1]]
