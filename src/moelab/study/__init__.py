@@ -1,12 +1,6 @@
-"""The study: a grid of dense and MoE runs at matched compute, fits of quality against compute,
-speedup factors, and the report.
-
-The notebook API (docs/python-api.md): :func:`load_study` reads a study YAML (None: the
-built-in default) with ``--set``-style overrides into a :class:`StudyConfig`; :func:`run_study`
-checks, trains, evaluates and reports it in a folder (``plan_only=True``: print the plan only);
-:func:`build_report` rebuilds table, fits, plots and report.md from the finished runs;
-:func:`read_results` gives the table's rows and metadata back. The names are imported on first
-use (moelab/lazy.py), so importing ``moelab.study.analysis.fit`` does not import the trainer.
+"""The study: a grid of dense and MoE runs at matched compute, its fits, speedups and report.
+Notebook API (docs/python-api.md; ``run_study(..., plan_only=True)`` prints the plan only),
+imported on first use (moelab/lazy.py) so importing the fits does not import the trainer.
 """
 
 from moelab.lazy import lazy_names

@@ -1,4 +1,4 @@
-"""From the table to the report: power-law and monotone fits (fit, points), bootstrap
-intervals (bootstrap), measured bounds (bounds), speedups and headlines (speedup), the
-report's sections, figures and README snippet (report, sections, plots, snippet, document).
+"""From the table to the report: fits (fit, points, bootstrap, bounds), speedups and headlines
+(speedup), and the report (report, sections, plots, snippet, document, designs). Method:
+docs/fit.md
 """

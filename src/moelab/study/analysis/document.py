@@ -1,7 +1,5 @@
-"""A tiny document model rendered twice: Markdown and a static HTML page with the same content.
-
-The report is built once as a list of blocks; :func:`to_markdown` and :func:`to_html` render it,
-so the two files cannot drift apart. Images are referenced by relative path.
+"""A tiny document model: the report is built once as blocks, and :func:`to_markdown` and
+:func:`to_html` render it, so report.md and report.html cannot drift apart.
 """
 
 from __future__ import annotations

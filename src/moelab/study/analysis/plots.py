@@ -1,7 +1,5 @@
-"""The study's figures as PNG files, drawn with matplotlib's Agg backend (no display needed).
-
-Every function takes plain data (result rows, curves as arrays) and a path, and writes one PNG
-atomically. Nothing here fits or computes a speedup: that is ``moelab.study.analysis.fit``'s job.
+"""The study's figures as PNG files, written atomically from plain data with matplotlib's Agg
+backend (no display needed); nothing here fits.
 """
 
 from __future__ import annotations
@@ -97,10 +95,9 @@ def _flops_label(v: float, _pos: Any = None) -> str:
 
 
 def _compute_axis(axis: Any) -> None:
-    """Compact labels on a log FLOPs axis ("2e13"): over a decade or two matplotlib would
-    otherwise label its minor ticks in full scientific notation, and they overlap. On such a
-    range the ticks are the round values 1, 2, 5 (else 1..9) x 10^k inside it, or evenly
-    spaced ones where fewer than two of those fall inside."""
+    """Compact labels on a log FLOPs axis ("2e13"): over a decade or two matplotlib would label
+    its minor ticks in full scientific notation, and they overlap; there the ticks are round
+    values (1, 2, 5, else 1..9 x 10^k), or evenly spaced where fewer than two fall inside."""
     axis.set_major_formatter(ticker.FuncFormatter(_flops_label))
     axis.set_minor_formatter(ticker.NullFormatter())
     lo, hi = _limits(axis)

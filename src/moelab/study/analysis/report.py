@@ -1,9 +1,6 @@
-"""The study report: results table, fits, plots, and ``report.md`` + ``report.html``.
-
-:func:`build_report` works from finished run folders alone (``moelab report DIR``): it collects
-the runs into the table, writes ``results.csv``/``results.json``, fits and speedups
-(``fits.json``), the PNG figures under ``plots/``, then the report. Every number in the text
-is read from the table or from the fits computed from it.
+"""The study report: :func:`build_report` writes results.csv/json, fits.json, plots/ and
+report.md + report.html from the finished run folders alone (``moelab report DIR``), every
+number read from the table or the fits computed from it (docs/study.md#fits-and-speedups).
 """
 
 from __future__ import annotations

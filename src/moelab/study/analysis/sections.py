@@ -1,9 +1,5 @@
-"""Report sections shared by ``report.md`` and the README snippet: the headline speedups with
-intervals and labels, measured bounds, seed-to-seed spread, the runs table, zero-shot tasks
-against chance, and BLiMP next to its reference models.
-
-Each function returns document blocks built only from the results rows, the table's metadata
-and the analysis computed from them, so the report and the snippet state the same numbers.
+"""Report sections shared by report.md and the README snippet, built only from the rows, the
+table's metadata and the analysis, so both state the same numbers.
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
-"""The README snippet: a markdown block ``moelab report DIR --readme-snippet`` prints (and the
-report writes to ``DIR/readme_snippet.md``) for the README to paste verbatim.
-
-It states the command that produced the study and its wall time, the runs table, the headline
-speedups with intervals and labels (in-domain, out-of-domain mean, per domain, zero-shot
-accuracy and continuous score), the measured bounds, the seed-to-seed spread and BLiMP next to
-its reference models: the same blocks as ``report.md``, built from the same analysis.
+"""The README snippet (``moelab report DIR --readme-snippet``, also ``DIR/readme_snippet.md``):
+the same blocks as report.md, from the same analysis (docs/study.md#the-study-folder).
 """
 
 from __future__ import annotations

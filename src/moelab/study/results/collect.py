@@ -1,7 +1,5 @@
-"""Read finished runs back from disk into the table's points (study/results/table.py).
-
-Only files are read (the run's resolved ``config.yaml``, ``metrics.jsonl``, ``done.json`` and the
-study's ``study_eval.json``), so ``moelab report DIR`` works without the data or a model.
+"""Read finished runs back into the table's points from their files alone (config.yaml,
+metrics.jsonl, done.json, study_eval.json), so ``moelab report DIR`` needs no data or model.
 """
 
 from __future__ import annotations

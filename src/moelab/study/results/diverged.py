@@ -1,10 +1,5 @@
-"""Runs of a study that diverged: recorded, left out of the fits, and not retried each rerun.
-
-A run whose training stops with too many non-finite losses in a row (``TrainingDiverged``)
-would otherwise abort the whole study, and every rerun would train it again into the same
-divergence (training is deterministic). Instead ``RUN/diverged.json`` records the trainer's
-message; the study goes on, later invocations skip the run, and the results leave it out (and
-list it). Deleting the file retries the run (say, after lowering its learning rate).
+"""Runs of a study that diverged: ``RUN/diverged.json`` (the trainer's message) keeps them out of
+the fits and from being retrained each rerun (docs/study.md#locks-preemption-and-diverged-runs).
 """
 
 from __future__ import annotations

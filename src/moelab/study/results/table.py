@@ -1,12 +1,6 @@
-"""The results table: one :class:`CurvePoint` per run and evaluation point, the run's
-:class:`FinalEval` on its final point; written as CSV and JSON.
-
-Each run contributes one point per validation the trainer logged (log-spaced steps, with the
-tokens and training FLOPs spent so far and the validation loss per domain); the final point (the
-main run's last validation) also carries the zero/few-shot accuracies, fine-tuning accuracies,
-the final perplexity evaluation and the wall times. The fits read the table, the report prints
-from it: no number in the report comes from anywhere else. The string column names
-(``loss/DOMAIN``, ``zero_shot/TASK`` ...) exist only here, where the table meets its files.
+"""The results table: a :class:`CurvePoint` per run and validation point, the run's
+:class:`FinalEval` on its final one, written as CSV and JSON; the string column names exist only
+here, where the table meets its files. Columns: docs/study.md#the-results-table
 """
 
 from __future__ import annotations
@@ -32,10 +26,8 @@ class Accuracy:
 
 @dataclass
 class LoadBalance:
-    """An MoE run's routing balance over its last logged training interval (the trainer's
-    metrics.jsonl telemetry): MaxVio (busiest expert's load over the mean, minus 1; Wang et al.
-    2024) averaged over the MoE layers and of the worst layer, and the experts that received no
-    token, summed over the MoE layers."""
+    """An MoE run's routing balance over its last logged training interval: MaxVio (Wang et al.
+    2024) mean over MoE layers and worst layer, dead experts summed (docs/study.md, columns)."""
 
     max_vio: float
     max_vio_max: float
