@@ -1,29 +1,7 @@
 """Capacity planning on paper (``moelab plan``): memory per GPU and step time of a preset on a
-cluster shape, and which layouts fit, before any GPU is rented. docs/plan.md has the method and
-the paper's four MoE models as worked examples.
-
-The layout is moelab's (docs/distributed.md): ``world = nodes * gpus_per_node`` ranks; an MoE
-splits each layer's ``E`` experts over groups of ``ep`` ranks (``E / ep`` per GPU) and shards
-the other ("dense") parameters with FSDP2 over that group, replicated ``world / ep`` times; a
-dense model shards everything over all ranks. Every rank trains ``micro_batch`` sequences of
-``seq_len`` tokens per micro-step. Per GPU:
-
-* parameters: the fp32 master shard (4 bytes per local parameter) plus the working copy FSDP
-  gathers in the compute dtype: the embedding and two blocks' dense parameters (the block in
-  use and the one prefetched);
-* gradients: fp32, same shard (4 bytes); optimizer: AdamW's two fp32 moments (8 bytes);
-* activations (Korthikanti et al. 2022, per token of a layer, 16-bit, attention scores not kept
-  as SDPA recomputes them): attention and norms ``15 h`` bytes; a GELU FFN ``3 h + 4 f``
-  (SwiGLU ``2 h + 6 f``) per token through it; an MoE layer's experts (``f``: the expert width)
-  see ``E * C`` token slots (capacity ``C = ceil(cf * k * ceil(S / E))``; dropless: ``k * S``),
-  its shared experts (``f = n_shared * expert width``) every token. With activation
-  checkpointing each layer keeps only its ``2 h``-byte input and one layer at a time is
-  recomputed in full. fp32 activations count twice. The chunked loss keeps no full logits;
-* all-to-all buffers: one MoE layer's dispatch and return, each a send and a receive buffer of
-  ``E * C`` slots of ``h`` values in the compute dtype.
-
-The step time is the PaLM FLOPs of the step's tokens (moelab.flops.palm_flops_per_token: the
-model's useful work, the number MFU is defined against) over ``world * peak * mfu``.
+cluster shape, and which layouts fit, before any GPU is rented. docs/plan.md is the one account
+of the method (moelab's layout, bytes per part, activations after Korthikanti et al. 2022, the
+step time from PaLM FLOPs, what it leaves out) and works the paper's four MoE models through.
 """
 
 from __future__ import annotations

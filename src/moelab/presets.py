@@ -1,26 +1,13 @@
 """Named model configurations: the paper's ten models and a ladder that trains on a 2-core CPU.
+docs/compute.md (*Presets*) is the one account of the tables (the ``-modern`` and
+``-modern-every2`` pairs included), docs/model.md (*Beyond the paper*) of the ``-g4``,
+``-g4-shared`` and ``-g4-sigmoid`` designs.
 
 Every MoE preset has a dense *compute partner* with the same width and depth (PAPER.md): the MoE
 only adds experts, so its training FLOPs per token are the partner's plus one active FFN per MoE
-layer (top-2). ``get_preset`` returns a fresh copy, so callers may edit what they get.
-
-CPU ladder (vocab 4096, context 256): dense and MoE pairs at about 0.25M, 0.5M, 1M, 2M and 8M
-non-embedding parameters, the MoE with 8 experts every second layer and top-2, like the paper at
-1/64 of the experts. Dropout is 0 there: these runs see each token about once and are far from
-overfitting, where dropout only slows learning. The ``-modern`` pairs use the modern architecture
-(RMSNorm, SwiGLU with ``d_ffn ~ 8/3 d`` so the FFN keeps the GELU model's size, rotary positions,
-no biases) with MoE in every layer, the layout Llama and Mixtral checkpoints use; the
-``-modern-every2`` MoEs put it in every second layer like the paper (same dense partner), so a
-modern study can match the paper's layout and its FLOPs ratio of an MoE token to a dense one. Every
-preset names its initialisation: ``fairseq`` for the paper architecture (what the paper's models
-started from), ``scaled_normal`` for the modern one (docs/model.md).
-
-Designs beyond the paper (issue 17), paper architecture, at 0.5m, 1m and 2m, each with the same
-total expert parameters and the same active FLOPs per token as ``moe-cpu-{tag}`` (8 experts of
-d_ffn, top-2) and the same dense partner: ``-g4`` fine-grained experts (granularity 4: 32
-experts of d_ffn / 4, top-8); ``-g4-shared`` one shared expert plus top-7 of 31 routed
-(DeepSeekMoE's layout); ``-g4-sigmoid`` the same with sigmoid scores and auxiliary-loss-free
-bias balancing (DeepSeek-V3's router).
+layer (top-2). ``get_preset`` returns a fresh copy, so callers may edit what they get. The CPU
+ladder (0.25M to 8M non-embedding parameters) has dropout 0: its runs see each token about once
+and are far from overfitting, where dropout only slows learning.
 """
 
 from __future__ import annotations

@@ -1,21 +1,8 @@
-"""Sigmoid-routed MoE models (DeepSeek-V3's router) <-> ``Glm4MoeForCausalLM``.
-
-DeepSeek-V3's MoE layer is: sigmoid scores of the router logits (float32); the top-k experts
-chosen on ``scores + e_score_correction_bias`` (the auxiliary-loss-free balancing bias, used
-for the choice only); weights the unbiased scores of the chosen experts, renormalised when
-``norm_topk_prob``, times ``routed_scaling_factor``; ``n_shared_experts`` always-on experts (one
-MLP of width n_shared x moe_intermediate_size) added ungated. moelab's ``router_score:
-sigmoid`` with ``balance: bias`` (``score_bias``), ``norm_topk``, ``route_scale`` and
-``n_shared_experts`` is that layer, bias included.
-
-``DeepseekV3ForCausalLM`` itself cannot hold a moelab model: its attention is multi-head latent
-attention (keys and values expanded from one RMS-normalised low-rank latent, one rotary key
-shared by all heads), which no setting turns into moelab's multi-head attention. GLM-4.5's
-``Glm4MoeForCausalLM`` has DeepSeek-V3's router, experts and shared experts verbatim and
-Llama's attention (with ``use_qk_norm = false``, ``attention_bias = false`` and
-``partial_rotary_factor = 1``): moelab's modern arch exactly. Its layers are MoE from
-``first_k_dense_replace`` on, so it expresses ``moe_every = 1`` (``first_k_dense_replace =
-0``); group-limited routing is off (``n_group = topk_group = 1``).
+"""Sigmoid-routed MoE models (DeepSeek-V3's router: selection bias, ``norm_topk``,
+``route_scale``, ungated shared experts) <-> ``Glm4MoeForCausalLM``, which has that router and
+Llama's attention (``DeepseekV3ForCausalLM`` has multi-head latent attention, which moelab's is
+not). docs/interop.md (*Which class*) is the one account of the mapping; the
+selection bias travels as the class's ``e_score_correction_bias``.
 """
 
 from __future__ import annotations

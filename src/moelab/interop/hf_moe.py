@@ -1,28 +1,10 @@
-"""Modern-architecture MoE models <-> ``MixtralForCausalLM`` or ``Qwen2MoeForCausalLM``.
-
-Both classes route like moelab in eval mode: softmax of the router logits in float32, the top-k
-experts, SwiGLU experts, outputs summed with the gate weights, no token dropped. They differ
-in what moelab configs they can express:
-
-- **Mixtral** always renormalises the k chosen gates to sum to 1. moelab does the same for
-  k >= 2; for k = 1 it keeps the raw router probability (Switch) unless ``norm_topk: true``.
-  Mixtral also has an MoE in every layer. So: ``moe_every == 1`` and ``normalizes_topk``.
-- **Qwen2-MoE** has a ``norm_topk_prob`` switch (moelab's ``normalizes_topk``), puts its MoE in
-  every ``decoder_sparse_step``-th layer (1-based, moelab's ``moe_every`` rule), has separate
-  dense and expert widths (``intermediate_size``, ``moe_intermediate_size``: fine-grained
-  experts) and a shared expert gated by ``sigmoid(shared_expert_gate(x))``: moelab's
-  ``n_shared_experts`` experts of width ``d_expert`` are one FFN of width n_shared x d_expert
-  (their outputs add), and its ``shared_expert_gate`` is that gate. Without shared experts the
-  export has ``shared_expert_intermediate_size = 0``: an empty sum, exactly 0. An *ungated*
-  shared expert it cannot express (the sigmoid of a linear map is never exactly 1).
-
-Both score experts with softmax and have no route scale and no selection bias: sigmoid
-routing goes to ``Glm4MoeForCausalLM`` (:mod:`moelab.interop.hf_glm4_moe`).
-
-Neither class drops tokens, so moelab refuses to export a run evaluated with a finite capacity
-factor. Training-time moelab features (capacity dropping, second-expert sampling, z-loss, the
-exact balancing-loss form) do not exist in these classes: the exported model is exact for
-inference and evaluation; fine-tuning it in transformers trains a dropless MoE.
+"""Modern-architecture MoE models <-> ``MixtralForCausalLM`` or ``Qwen2MoeForCausalLM``: both
+route like moelab in eval mode (dropless softmax in float32, top-k, SwiGLU experts) and have no
+route scale or selection bias (sigmoid routing goes to :mod:`moelab.interop.hf_glm4_moe`).
+docs/interop.md (*Which class*) is the one account of which configs each expresses
+exactly (Mixtral: an MoE in every layer, top-k weights renormalised, no shared experts;
+Qwen2-MoE: ``norm_topk_prob``, ``decoder_sparse_step``, a sigmoid-gated shared expert, exported
+with width 0 when there is none) and of what an export leaves out.
 """
 
 from __future__ import annotations

@@ -1,25 +1,10 @@
-"""lm-evaluation-harness over any moelab run: ``MoelabLM``, registered as model ``moelab``.
-
-Python::
-
-    import lm_eval
-    from moelab.interop.lm_eval_adapter import MoelabLM
-
-    lm = MoelabLM(run_dir="runs/moe-15b", batch_size=32)
-    results = lm_eval.simple_evaluate(model=lm, tasks=["hellaswag"])
-
-Command line (lm-eval 0.4.x has no plugin discovery, so this module registers the model and
-then runs the harness's own CLI with the same arguments)::
-
-    python -m moelab.interop.lm_eval_adapter --model moelab \\
-        --model_args run_dir=runs/moe-15b --tasks hellaswag --batch_size 32
-
-The adapter tokenizes exactly like the harness's Hugging Face backend (``TemplateLM``: trailing
-context whitespace moves to the continuation, context + continuation is encoded as one string,
-an empty context becomes the end-of-text token) and scores with moelab's own batched scorer
-(:func:`moelab.eval.scoring.score_requests`: duplicates once, longest first, right padding,
-logits only at scored positions). Any run works, including the paper's MoE that no
-transformers class expresses; MoE layers run dropless unless ``capacity_factor`` is given.
+"""lm-evaluation-harness over any moelab run (the paper's MoE too): ``MoelabLM``, registered
+as model ``moelab``. docs/interop.md (*lm-evaluation-harness*) is the one account of its use
+from Python and the command line (``python -m moelab.interop.lm_eval_adapter`` is the harness's
+CLI with the model registered: lm-eval 0.4.x discovers no models from other packages), of its
+``model_args`` and of what each request type does: the harness's own tokenization
+(``TemplateLM``), scored by :func:`moelab.eval.scoring.score_requests`; MoE layers dropless
+unless ``capacity_factor`` is given.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
-"""Weight initialisation schemes (``ModelConfig.init``), every draw from one seeded generator.
-
-``fairseq`` is what the paper's models started from (fairseq ``moe`` branch):
-
-- q/k/v weights: ``xavier_uniform_(gain=1/sqrt(2))`` (``MultiheadAttention.reset_parameters``,
-  self-attention has q, k, v of the same size); their biases keep nn.Linear's default.
-- out_proj weight: ``xavier_uniform_`` (gain 1); out_proj bias 0.
-- fc1/fc2, the modern FFN's w1/w2/w3, every expert and the router ``wg``: nn.Linear's own
-  default, ``kaiming_uniform_(a=sqrt(5))`` = U(+-1/sqrt(fan_in)), bias U(+-1/sqrt(fan_in)).
-  Stacked expert tensors get exactly that per expert (fan_in = the expert's input size).
-- embedding: N(0, D^-1/2) with the ``padding_idx`` row zero (fairseq's ``Embedding``).
-- norms: weight 1, bias 0.
-
-``scaled_normal`` (the modern arch's default): N(0, init_std) everywhere, residual output
-projections (out_proj, fc2, w2, experts' w2) N(0, init_std / sqrt(2 n_layers)) (GPT-2 style),
-biases 0, norms 1; embedding N(0, D^-1/2) in the paper arch, N(0, init_std) in the modern one.
+"""Weight initialisation schemes (``ModelConfig.init``: ``fairseq``, what the paper's models
+started from, and ``scaled_normal``, GPT-2 style), every draw from one seeded generator;
+docs/model.md (*Initialisation*) is the one table of what each tensor gets.
 
 Each parameter's rule comes from the type of the module holding it (:data:`RULES`: attention,
 dense FFN, stacked experts, nn.Linear, embedding, norms), never from its name, so renaming a

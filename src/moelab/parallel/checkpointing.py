@@ -1,20 +1,11 @@
-"""Activation checkpointing per transformer block (``parallel.activation_checkpointing``).
+"""Activation checkpointing per transformer block (``parallel.activation_checkpointing``);
+docs/distributed.md is the one account of its memory, its cost and why the numbers stay
+bitwise the same (the recomputation restores the forward's random and autocast state).
 
-A checkpointed block keeps only its input for backward and recomputes its forward there (torch's
-non-reentrant ``torch.utils.checkpoint``, as torchtitan's "full" mode): activation memory drops
-from every block's intermediates to one block's plus each block's input, for about one more
-forward per step. The numbers do not change: the recomputation restores the random state the
-forward saw (dropout masks and routing noise are drawn again identically) and the autocast
-state, so losses and gradients equal the run without it (tests/test_parallel_checkpointing.py).
-
-The block's own ``forward`` is replaced on the instance (torch's ``checkpoint_wrapper`` would
-insert a ``_checkpoint_wrapped_module`` level instead): parameter and module names, types and
-the state dict stay exactly those of the plain model, so initialisation, checkpoints,
-optimizer groups and telemetry see the same model with or without it. Applied before
-``fully_shard`` (:func:`moelab.parallel.fsdp.parallelize`), FSDP's hooks stay outside the
-recomputed region, as with torchtitan's wrapper; one process applies it to the built model.
-An expert-parallel layer's all-to-all runs again in the recomputation (its time counts in the
-``all_to_all_s`` telemetry).
+The block's own ``forward`` is replaced on the instance, where torch's ``checkpoint_wrapper``
+would insert a ``_checkpoint_wrapped_module`` level: parameter and module names, types and the
+state dict stay the plain model's, so initialisation, checkpoints, optimizer groups and
+telemetry see the same model with or without it.
 """
 
 from __future__ import annotations

@@ -1,28 +1,15 @@
-"""Expert parallelism: the MoE layer with its experts split over an expert group of ranks.
+"""Expert parallelism: the MoE layer with its experts split over an expert group of ``ep``
+ranks, rank j holding experts ``j * E/ep .. (j+1) * E/ep - 1``. docs/distributed.md (*Layout*)
+is the one account of the exchange, the expert copies and the expert-gradient normalisation.
 
-Each rank of an expert group of ``ep`` ranks holds ``E / ep`` experts (rank j: experts
-``j * E/ep .. (j+1) * E/ep - 1``). A forward pass on rank r:
-
-1. routes its *local* tokens with :func:`moelab.model.moe.route` (capacity from the local batch,
-   as in the paper) and sorts the kept assignments by expert (:func:`plan_dispatch`);
-2. sends every assignment to the rank that owns its expert with ``all_to_all_single``:
-   - dropless: uneven splits; the per-expert counts travel first (one small all-to-all, which
-     also checks that all ranks agree on the model width);
-   - capacity: fixed ``(E, C, D)`` buffers (expert e's kept assignments in its first slots, the
-     rest zeros), equal splits, no count exchange; C is the largest local capacity of the group;
-3. runs its local experts on the received rows grouped by expert (the model's own
-   :class:`~moelab.model.moe.Experts` maths, called with the local weights);
-4. sends the outputs back the same way and combines them into its tokens.
-
-The layer stays a :class:`~moelab.model.moe.MoeFFN`: :func:`expert_parallel` keeps its
-router, slices its experts to this rank's (in place) and sets its ``exchange`` to an
-:class:`ExpertExchange`, which does steps 2-4; routing, the dispatch plan and the combine are
-the layer's own.
-
-Gradients follow the same path backwards. An expert weight's gradient then holds the sum over
-all ranks of the group of d(local loss)/dw; it is summed over the ``edp`` copies of the group
-and divided by ``grad_divisor``: ``world`` gives the gradient of the mean loss over all ranks
-(exact, the same as one process), ``sqrt(world)`` is fairseq's ``sqrt_world_size`` (the paper).
+A forward pass on each rank: (1) routes its local tokens and sorts the kept assignments by
+expert (the layer's own ``route`` and ``plan_dispatch``, capacity from the local batch); (2)
+sends each to the rank owning its expert with ``all_to_all_single`` (dropless: uneven splits,
+the counts first, checking the model width; capacity: fixed ``(E, C, D)`` buffers); (3) runs
+the local experts on what arrives (the model's :class:`~moelab.model.moe.Experts` maths on the
+local weights); (4) sends the outputs back. :func:`expert_parallel` keeps the layer a
+:class:`~moelab.model.moe.MoeFFN` and sets its ``exchange`` to an :class:`ExpertExchange`,
+which does steps 2-4; gradients take the same path backwards (:func:`expert_grad`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,10 @@
-"""Wrap a model for data + expert parallelism: FSDP2 (``fully_shard``) for the dense parts,
-expert parallelism for the MoE layers.
-
-Layout on the ``("edp", "ep")`` mesh (see :mod:`moelab.parallel.launch`):
-
-- MoE layers are made expert-parallel in place (:func:`moelab.parallel.expert_parallel.
-  expert_parallel`: this rank's ``E/ep`` experts, an all-to-all ``exchange``); their expert
-  weights are DTensors of the full ``(E, ...)`` shape, placed ``(Replicate(), Shard(0))``:
-  split by expert over the expert group, one copy per expert group (their gradients are summed
-  over the copies in backward). FSDP ignores them.
-- Dense parameters (embeddings, attention, norms, router, dense FFNs) are sharded by
-  ``fully_shard``, one FSDP unit per block plus the root. A dense model shards them over all
-  ranks. An MoE model uses the same 2-D mesh for them (HSDP: sharded over the expert group,
-  replicated over ``edp``); with the default ``ep == world`` that is plain FSDP over all ranks.
-  Keeping every parameter a DTensor on one mesh lets the gradient norm and the optimizer treat
-  them together.
-
-Gradients: FSDP averages the dense gradients over ranks (each rank's loss is the mean over its
-tokens, so this is the gradient of the global mean); expert gradients are divided by ``world``
-(``expert_grad="exact"``, the same as one process) or ``sqrt(world)`` (``"paper"``).
+"""Wrap a model for data + expert parallelism (:func:`parallelize`): expert parallelism for
+the MoE layers, FSDP2 (``fully_shard``, one unit per block plus the root) for the dense parts.
+docs/distributed.md (*Layout*) is the one account of the layout and of how gradients are
+normalised. Expert weights become DTensors of the full ``(E, ...)`` shape placed
+``(Replicate(), Shard(0))`` on the ``("edp", "ep")`` mesh (split by expert over the group, one
+copy per group), which FSDP ignores; an MoE model's dense parameters use the same mesh (HSDP),
+so the gradient norm and AdamW treat every parameter together.
 """
 
 from __future__ import annotations

@@ -1,22 +1,10 @@
-"""Checkpoints: one folder per step, written atomically, verified by checksums on load.
-
-``RUN_DIR/checkpoints/step_XXXXXXXX/`` holds
-
-- ``model.safetensors``: the weights (tied weights stored once; aliases in the file metadata),
-- ``state.pt``: optimizer state, step, tokens, RNG states, data position (tensors and plain
-  Python only: loaded with ``torch.load(weights_only=True)``),
-- ``meta.json``: step, tokens, FLOPs, config hash, and size + sha256 of the two files.
-
-A run of several processes writes no ``model.safetensors`` and no optimizer state in
-``state.pt``: every rank writes its own shards of the weights and AdamW state into ``sharded/``
-(a torch.distributed.checkpoint folder), and ``meta.json`` records the size of every shard file
-and the sha256 of DCP's small ``.metadata`` (:func:`finish_sharded`), so checking a checkpoint
-reads no shard. Readers load ``sharded/`` directly (:func:`load_weights`); ``moelab
-consolidate`` adds a ``model.safetensors`` to such a checkpoint when one file is wanted.
-
-The folder is built under a temporary name and renamed into place, so a crash leaves either the
-complete checkpoint or none. A checkpoint damaged later (truncated, edited) fails its checksum
-and is skipped in favour of the newest valid one.
+"""Checkpoints: one folder per step, ``RUN_DIR/checkpoints/step_XXXXXXXX/`` with
+``model.safetensors`` (tied weights stored once, their aliases in the file's metadata),
+``state.pt`` and ``meta.json``, built under a temporary name and renamed into place, verified
+by checksums on load: a damaged one (truncated, edited) is skipped in favour of the newest
+valid one. docs/training.md (*Checkpoints and exact resume*) is the one account of what each
+file holds, and docs/distributed.md (*Checkpoints*) of the DCP shards (``sharded/``) a run of
+several processes writes instead of the weights and the optimizer state.
 """
 
 from __future__ import annotations
