@@ -1,15 +1,8 @@
-"""Parameter counts and training FLOPs per token for any ``ModelConfig``, analytically.
-
-Nothing here allocates weights: the counts follow the module inventory that ``moelab.model``
-builds (a test compares them with ``sum(p.numel())`` of a built model).
-
-Two FLOP accountings, for two jobs:
-
-* :func:`train_flops_per_token` is the paper's (Narayanan et al. 2021) accounting, which counts
-  activation recomputation. It is the one that reproduces every compute figure in the paper, so
-  moelab uses it for budgets and for matching dense and MoE models at equal compute.
-* :func:`palm_flops_per_token` is the PaLM (appendix B) estimate ``6 N + 12 L T D`` without
-  recomputation: the useful work per token, the one to divide by peak FLOP/s for MFU.
+"""Parameter counts and training FLOPs per token for any ``ModelConfig``, analytically (no
+weights allocated; a test compares the counts with ``sum(p.numel())`` of a built model).
+docs/compute.md is the one account of the two FLOP accountings: :func:`train_flops_per_token`,
+the paper's (Narayanan et al. 2021, with activation recomputation), for budgets and compute
+matching; :func:`palm_flops_per_token`, PaLM's ``6 N + 12 L T D``, for MFU.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
-"""An exclusive lock per output folder, held for a command's life (train, study, prepare, ...).
-
-The lock is a file beside the folder, ``PARENT/.NAME.lock`` (beside, not inside: ``prepare`` and
-``export`` rename a finished temporary folder into place, and a refused command must leave the
-folder exactly as it was). It holds the holder's host, PID, start time and a heartbeat time that
-a daemon thread refreshes every ``HEARTBEAT_S`` seconds. flock is not used: it is unreliable on
-the network filesystems clusters share between nodes. The file is created atomically (hard link
-of a complete temporary file, or O_CREAT|O_EXCL where links are not supported), so exactly one
-of two racing processes gets it.
-
-A lock is stale, and taken over, when its heartbeat is older than ``STALE_S`` (the holder died
-or lost its node: its PID means nothing on another host), or at once when it was written in this
-PID space (same host name, boot and PID namespace) by a PID that no longer exists. Taking over
-is itself guarded by an O_EXCL ``.break`` file, so two processes cannot both break the same
-stale lock and then both believe they hold the new one.
+"""An exclusive lock per output folder, held for a command's life (train, study, prepare, ...):
+the file ``PARENT/.NAME.lock`` beside the folder, refreshed by a heartbeat thread, taken over
+when stale. docs/training.md (*One process per folder*) is the one account of where it lives,
+how it is created (a hard link, not flock: network filesystems), what it holds and when it is
+stale. Taking over is itself guarded by an O_EXCL ``.break`` file, so two processes cannot both
+break the same stale lock and then both believe they hold the new one.
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
-"""Step-level balancing that needs more than one forward: the trainer's two calls.
-
-- :func:`global_batch_counts` (``balance_scope: global_batch`` with several micro-batches):
-  before a step's micro-batches, count every MoE layer's rank-0 choices over all of them and
-  all ranks, so that each micro-batch's balancing loss uses the whole batch's counts (Qiu et
-  al. 2025) and their mean equals the loss of the concatenated batch. Without accumulation the
-  layer sums its micro-batch's counts over the ranks itself and this call is not needed.
-- :func:`update_balance_bias` (``balance: bias``, Wang et al. 2024): after each optimizer step,
-  move every layer's selection bias by ``rate * sign(mean load - load)``, the loads summed
-  over the step's micro-batches and every rank, so all ranks (expert-parallel ones included)
-  hold the same bias.
+"""Step-level balancing that needs more than one forward: the trainer's two calls, each
+explained in docs/model.md (*Beyond the paper*): :func:`global_batch_counts` (``balance_scope:
+global_batch`` with several micro-batches: the whole step's rank-0 counts before its
+micro-batches, Qiu et al. 2025) and :func:`update_balance_bias` (``balance: bias``, Wang et al.
+2024: after each optimizer step, the selection bias moved by the step's loads summed over every
+rank, so all ranks, expert-parallel ones included, hold the same bias).
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
-"""Expert FFNs over rows grouped by expert: two kernels.
-
-Rows of ``x`` are grouped by expert (``counts[e]`` consecutive rows for expert e).
-
-- **loop** (:func:`grouped_ffn`, :func:`grouped_linear`): one autograd node that loops over the
-  experts with the counts on the host. Forward writes every block's product straight into one
-  output buffer; backward writes the input gradient and each expert's weight (and bias)
-  gradient straight into one stacked buffer. Compared with ``split`` + ``unbind`` + a loop of
-  matmuls + ``cat``, this saves the output concatenation, the split's gradient concatenation and
-  the stacking of E weight gradients (a full copy of the expert weights on every backward),
-  which dominate at many small experts. The CPU default: today's numbers come from it.
-- **grouped_mm** (:func:`grouped_mm_ffn`): ``torch._grouped_mm`` runs every expert in one call
-  from per-expert offsets that stay on the device, forward and backward: no host sync, one
-  kernel instead of E (CUTLASS on sm90/sm100 CUDA in bf16), and it compiles into one graph.
-  :func:`use_grouped_mm` decides which kernel a call gets.
+"""Expert FFNs over rows grouped by expert (``counts[e]`` consecutive rows for expert e): two
+kernels, **loop** (:func:`grouped_ffn`, :func:`grouped_linear`: one autograd node looping over
+the experts with the counts on the host, writing outputs and stacked gradients straight into
+one buffer each; the CPU default, today's numbers come from it) and **grouped_mm**
+(:func:`grouped_mm_ffn`: ``torch._grouped_mm`` from per-expert offsets that stay on the device,
+no host sync). docs/model.md (*Expert kernels*) is the one account of what each saves, which
+one :func:`use_grouped_mm` picks and how closely they agree.
 """
 
 from __future__ import annotations

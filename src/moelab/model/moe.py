@@ -182,26 +182,15 @@ def route(
     bias_E: torch.Tensor | None = None,
     seq_len: int | None = None,
 ) -> Routing:
-    """Top-k routing with capacity, fairseq semantics by default (a pure function of its inputs).
-
-    - ``score="softmax"`` (the paper): probabilities in float32. Expert 0 = argmax of the
-      probabilities; expert r >= 1 = argmax of the logits over the experts not yet chosen (as
-      fairseq's top2gating, also where probabilities underflow to 0); exact ties go to the
-      lowest index. ``score="sigmoid"`` (DeepSeek-V3): scores sigmoid(logits), experts chosen
-      in logit order (the sigmoid's order without its float32 saturation).
-    - ``bias_E`` (auxiliary-loss-free balancing): added to the scores for the choice only (every
-      rank by argmax of scores + bias); the weights come from the unbiased scores.
-    - ``policy`` (k == 2 and ``training`` only, softmax without bias): ``sampling`` picks expert
-      2 by Gumbel-noised logits excluding expert 1; ``random`` keeps expert 2 with probability
-      2 * g2.
-    - capacity: rank-0 assignments take slots first in token order, then rank 1, ...;
-      assignments at slot >= capacity are dropped. ``capacity=None`` keeps everything.
-    - combine weights: the chosen scores, renormalised over the kept assignments of each token
-      when ``norm_topk`` (None: iff k >= 2, the paper's rule; a token with all dropped gets
-      zeros: residual only), times ``route_scale``.
-    - balancing loss E * sum_e me_e * ce_e (me: mean of ``probs_SE``, ce: share of rank-0
-      choices): over all S tokens, or per sequence of ``seq_len`` tokens and averaged
-      (the global-batch scope is :func:`global_batch_loss` of the routing).
+    """Top-k routing with capacity, fairseq semantics by default (a pure function of its inputs;
+    docs/model.md, *The MoE layer* and *Beyond the paper*, is the one account of the choice and
+    its ties, the policies, capacity, combine weights and the balancing loss). ``score``:
+    softmax (the paper) or sigmoid (DeepSeek-V3); ``bias_E``: the balancing bias, added to the
+    scores for the choice only; ``policy``: the second expert's (k == 2 and ``training`` only,
+    softmax without bias); ``capacity``: slots per expert (None keeps everything);
+    ``norm_topk``: renormalise each token's kept weights (None: iff k >= 2), then times
+    ``route_scale``; ``seq_len``: the loss per sequence of that many tokens, averaged (the
+    global-batch scope is :func:`global_batch_loss` of the routing).
     """
     if policy not in POLICIES:
         raise ValueError(f"unknown second-expert policy {policy!r}")

@@ -1,15 +1,10 @@
 """Sharded checkpoints with torch.distributed.checkpoint (DCP), loadable at any world size and
-expert-parallel degree, and consolidation to one safetensors file.
-
-A sharded checkpoint is a DCP folder holding ``model.*`` (every weight under its global name
-and shape: expert weights as full ``(E, ...)`` tensors, however they were split) and optionally
-``optim.*`` (AdamW state keyed the same way). Saving is collective: every rank writes its own
-shards. Loading reads whatever pieces the current layout needs, so a checkpoint written by 8
-ranks with 8-way expert parallelism loads into 2 ranks with 2-way, or into one process (no
-process group needed) - the thing fairseq's per-rank expert files could not do.
-
-No function here gathers full weights or optimizer state onto a rank: :func:`consolidate` (one
-safetensors file, for ``moelab consolidate``) reads one tensor at a time.
+expert-parallel degree, and consolidation to one safetensors file. A DCP folder holds
+``model.*`` (every weight under its global name and shape: expert weights as full ``(E, ...)``
+tensors, however they were split) and optionally ``optim.*`` (AdamW state keyed the same way);
+docs/distributed.md (*Checkpoints*) is the one account of how runs write and read them. No
+function here gathers full weights or optimizer state onto a rank: :func:`consolidate` reads
+one tensor at a time.
 """
 
 from __future__ import annotations

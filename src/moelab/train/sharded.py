@@ -1,13 +1,9 @@
 """Checkpoints of a run of several processes (used by :class:`moelab.train.Trainer` when it
-holds a :class:`~moelab.parallel.launch.Topology`).
-
-Sharded only: every rank writes its own shards of the weights and optimizer state into
-``checkpoints/step_XXXXXXXX/sharded/`` (torch.distributed.checkpoint, in a background thread
-over a process group of its own, while training goes on), and rank 0 adds ``state.pt`` (step,
-RNG, data position; no optimizer state) and ``meta.json`` (shard sizes, the sha256 of DCP's
-metadata) once every shard is written (:func:`moelab.train.checkpoint.finish_sharded`). No rank
-gathers full weights or optimizer state. Resuming on several processes loads ``sharded/`` at
-any world size; a checkpoint of one process (full files) is loaded by every rank.
+holds a :class:`~moelab.parallel.launch.Topology`): every rank writes its own shards of the
+weights and optimizer state into ``sharded/`` in the background, rank 0 adds ``state.pt`` and
+``meta.json`` once every shard is written (:func:`moelab.train.checkpoint.finish_sharded`); no
+rank gathers full weights or optimizer state. docs/distributed.md (*Checkpoints*) is the one
+account of the files, the staging folder and resuming at any world size.
 """
 
 from __future__ import annotations

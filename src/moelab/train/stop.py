@@ -1,13 +1,7 @@
 """SIGTERM and SIGINT during training: finish the step, save a checkpoint, then stop.
-
-SIGTERM is what Slurm and most schedulers send before a preemption's SIGKILL; SIGINT is Ctrl-C.
-Killing the process at once would lose up to ``checkpoint_every`` steps, so the first signal
-only records a request, which the training loop honours at the next step boundary by saving a
-checkpoint there and raising :class:`TrainingStopped`. If the boundary is not reached within
-the grace period (``MOELAB_STOP_GRACE_S``, default 20 s: below Slurm's default 30 s between
-SIGTERM and SIGKILL), it stops there with :class:`TrainingStopped` all the same, without that
-checkpoint; a second signal stops it at once as a plain KeyboardInterrupt would (every
-checkpoint on disk is complete: they are written atomically).
+docs/training.md (*Stopping*) is the one account of the grace period (``MOELAB_STOP_GRACE_S``),
+a second signal and the exit codes. The first signal only records a request, which the
+training loop honours at the next step boundary (:class:`TrainingStopped`).
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
-"""Per-MoE-layer routing telemetry, aggregated over a logging interval (fairseq's set).
-
-Per forward pass (one micro-batch) and layer we reduce the model's :class:`MoeStats` on the
-device, without a host sync, and average over the interval when a metrics row is written:
-
-- ``overflow_pct_1`` / ``overflow_pct_2``: % of first / second choices dropped for capacity,
-- ``gate_entropy``: mean entropy (nats) of the router distribution over tokens,
-- ``top20_share`` / ``bottom20_share``: share of assignments that went to the busiest /
-  idlest 20% of experts (ceil(0.2 E) experts each),
-- ``unused_experts``: experts that received no assignment (mean per forward pass),
-- ``max_over_mean_load``: busiest expert's assignments over the mean,
-- ``tokens_per_expert``: assignments per expert summed over the interval (before dropping),
-  and ``tokens_kept_per_expert`` (after dropping), for load heatmaps;
-- ``max_vio`` (busiest expert's load over the mean, minus 1; Wang et al. 2024) and
-  ``dead_experts`` (experts with no assignment) of the interval's summed loads.
+"""Per-MoE-layer routing telemetry, aggregated over a logging interval (fairseq's set; every
+figure of a metrics row's ``moe`` entry is described in docs/training.md, *RUN_DIR*). Per
+forward pass (one micro-batch) and layer the model's :class:`MoeStats` are reduced on the
+device, without a host sync, and averaged over the interval when a row is written.
 """
 
 from __future__ import annotations
