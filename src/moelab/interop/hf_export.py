@@ -1,14 +1,8 @@
-"""``moelab export RUN_DIR --to hf --out DIR``: a run's checkpoint as a Hugging Face model folder.
-
-The folder holds what ``transformers`` needs offline: ``config.json`` (+ generation config),
-``model.safetensors`` in the class's own on-disk layout (written by its ``save_pretrained``),
-``tokenizer.json`` with ``tokenizer_config.json`` for ``PreTrainedTokenizerFast``, and
-``moelab_export.json`` (where it came from and the measured logit difference).
-
-Before the folder appears, the written model is loaded back with ``from_pretrained`` and its
-logits compared with moelab's on a random batch; anything above 1e-4 aborts the export. The
-folder is built under a temporary name and renamed into place, so a refusal or failure leaves
-nothing behind.
+"""``moelab export RUN_DIR --to hf --out DIR``: a run's checkpoint as a Hugging Face model folder
+(``config.json``, ``model.safetensors`` in the class's own layout by its ``save_pretrained``,
+the tokenizer files, ``moelab_export.json``), loaded back with ``from_pretrained`` and checked
+against moelab's logits (1e-4) before it appears; docs/interop.md (*Export*) is the one
+account of the folder and the check.
 """
 
 from __future__ import annotations

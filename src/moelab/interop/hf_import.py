@@ -1,15 +1,7 @@
-"""``moelab import HF_DIR --out RUN_DIR``: a Hugging Face model folder as a moelab run.
-
-Supported: the classes moelab computes exactly (see :mod:`moelab.interop.hf_classes`), with a
-``tokenizer.json`` next to the weights. ``transformers`` reads the weights (any of its on-disk
-layouts, sharded or not), the key mapping turns them into moelab's names, and the run folder
-gets what ``moelab train`` would leave: ``config.yaml`` (a resolved run config whose ``data.dir``
-is the source folder), ``tokenizer.json`` and ``checkpoints/step_00000000/`` in the trainer's
-checkpoint format, so ``moelab eval``, ``finetune`` and ``generate`` open it like any run.
-
-Before the run folder appears, the imported model's logits are compared with the transformers
-model's on a random batch (1e-4 in fp32); the folder is written under a temporary name and
-renamed into place.
+"""``moelab import HF_DIR --out RUN_DIR``: a Hugging Face model folder (a class moelab computes
+exactly, :mod:`moelab.interop.hf_classes`, with a ``tokenizer.json``) as a moelab run folder
+holding what ``moelab train`` would leave, its logits checked against transformers' (1e-4)
+before it appears; docs/interop.md (*Import*) is the one account of the folder and the check.
 """
 
 from __future__ import annotations

@@ -52,16 +52,9 @@ def _usable_device(device: str | None) -> str | None:
 
 
 class MoelabLM(TemplateLM):
-    """The harness's ``LM`` interface over a moelab run folder (or a model + tokenizer).
-
-    Arguments (all also accepted as ``--model_args key=value``): ``run_dir``; ``step``
-    (checkpoint, default newest valid); ``device`` (default cuda when available, else cpu);
-    ``batch_size`` (sequences per forward; "auto" = 64); ``batch_tokens`` (cap on padded tokens
-    per forward, default 8192); ``max_length`` (default the model's context);
-    ``max_gen_toks`` (default 256); ``capacity_factor`` (MoE eval capacity; default dropless);
-    ``seed`` (for sampled generation). ``model`` and ``tokenizer`` (a ``LanguageModel`` and a
-    ``tokenizers.Tokenizer``) replace ``run_dir`` for in-memory use.
-    """
+    """The harness's ``LM`` interface over a moelab run folder, or over ``model`` and
+    ``tokenizer`` (a ``LanguageModel`` and a ``tokenizers.Tokenizer``) for in-memory use; every
+    argument, also accepted as ``--model_args key=value``, is described in docs/interop.md."""
 
     def __init__(
         self,

@@ -1,12 +1,8 @@
-"""The run config's ``parallel:`` section: how a run is spread over processes.
-
-Two of its keys change what is computed and are part of the config hash (a resume with another
-value is refused): ``expert_grad`` (expert gradients divided by world or sqrt(world)) and the
-FSDP dtypes ``param_dtype`` / ``reduce_dtype``. ``ep``, ``timeout_s`` and
-``activation_checkpointing`` only change how the work is spread, how long a collective may wait
-or what is kept for backward (they may change on resume). The environment variables of earlier
-versions stay as overrides; :meth:`ParallelConfig.with_env` applies them, and the trainer stores
-the result in ``config.yaml``. Light on purpose (no torch import): every run config holds one.
+"""The run config's ``parallel:`` section: how a run is spread over processes. docs/distributed.md
+(*The parallel: section*) is the one account of its keys, which of them enter the config hash
+(:data:`NUMERIC_KEYS`) and the environment variables of earlier versions that stay as overrides
+(:meth:`ParallelConfig.with_env`; the trainer stores the result in ``config.yaml``). Light on
+purpose (no torch import): every run config holds one.
 """
 
 from __future__ import annotations
@@ -52,15 +48,8 @@ _OVERRIDES = {
 
 @dataclass
 class ParallelConfig:
-    """``ep``: expert-parallel degree (null: gcd(world, n_experts)); ``expert_grad``: ``exact``
-    (expert gradients divided by world: the one-process update) or ``paper`` (by sqrt(world),
-    fairseq); ``param_dtype``: the dtype FSDP2 gathers dense weights in and computes with
-    (fp32 master weights stay); ``reduce_dtype``: the dtype FSDP2 reduces gradients in;
-    ``timeout_s``: bound on every collective; ``activation_checkpointing``: every transformer
-    block recomputes its forward in backward instead of keeping its activations
-    (:mod:`moelab.parallel.checkpointing`; same numbers, less memory, about one more forward).
-    ``activation_checkpointing`` applies to every run; the rest to runs of more than one
-    process (one process ignores them)."""
+    """The ``parallel:`` section (docs/distributed.md describes every key):
+    ``activation_checkpointing`` applies to every run, the rest to runs of several processes."""
 
     ep: int | None = None
     expert_grad: str = "exact"
