@@ -1,10 +1,7 @@
-"""Cooldown branches of a WSD run: fork, decay to the floor, evaluate, forget.
-
-At a fork step the trainer copies everything an update changes (weights, optimizer moments and
-step counts, every random generator), trains ``length`` more updates on the data the main run
-will see at those steps with the rate decaying linearly to the floor, validates, and copies
-everything back. The main run continues bitwise as if the branch had never run, and a branch is
-a pure function of the state at its fork, so a resumed run reproduces it exactly.
+"""Cooldown branches of a WSD run: fork, decay to the floor, evaluate, forget. A snapshot holds
+everything an update changes (weights, optimizer moments and step counts, every random
+generator) and is copied back in place after the branch, so the main run continues bitwise as
+if the branch had never run (docs/training.md, *Warmup-stable-decay and cooldown branches*).
 """
 
 from __future__ import annotations

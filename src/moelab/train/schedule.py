@@ -1,14 +1,9 @@
 """Learning-rate schedules: linear warmup, then linear (paper), cosine, constant, or
-warmup-stable-decay (WSD) with cooldown branches.
-
-A pure function of the step, so resuming needs no scheduler state: the step number is enough.
-
-WSD (Hägele et al. 2024, "Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-Durations"): the rate stays at its peak after warmup and decays linearly to the floor over the
-last ``decay_fraction`` of the steps. Because the stable phase does not depend on the run's
-length, a *cooldown branch* forked from it at step ``s`` and decayed over
-``round(s * f / (1 - f))`` steps is exactly the end of a WSD run of ``s / (1 - f)`` steps:
-an annealed point at a smaller budget, for the cost of the cooldown alone.
+warmup-stable-decay (WSD) with cooldown branches; docs/training.md (*Warmup-stable-decay and
+cooldown branches*, after Hägele et al. 2024) is the one account of WSD and the branches. A
+pure function of the step, so resuming needs no scheduler state. A branch forked from the
+stable phase at step ``s`` and decayed over ``round(s * f / (1 - f))`` steps is exactly the end
+of a WSD run of ``s / (1 - f)`` steps.
 """
 
 from __future__ import annotations
