@@ -581,9 +581,7 @@ def _speedup_rows(an: Analysis, columns: list[str]) -> list[list[str]]:
 
 
 def _curve_label(p: SpeedupPoint) -> str:
-    """The point's label, and a warning where a measured bound at its quality contradicts
-    the fit's value (the headline replaces such a value by the bound; the curve keeps the fit
-    and says so)."""
+    """The point's label, saying so where a measured bound contradicts it (docs/fit.md)."""
     if not p.label:
         return "-"
     if p.contradicted == ">=":

@@ -64,9 +64,7 @@ def interval_text(lo: float | None, hi: float | None) -> str:
 
 
 def settings(an: Analysis) -> list[tuple[str, str]]:
-    """(metric column, row name) for every setting with a speedup, in report order: in-domain,
-    out-of-domain mean, each domain (training domains, then held-out ones), zero-shot accuracy,
-    zero-shot continuous score."""
+    """(metric column, row name) for every setting with a speedup, in report order."""
     out = [("loss_in_domain", "in-domain loss")]
     if an.out_domains:
         out.append(("loss_out_of_domain", "out-of-domain loss (mean)"))

@@ -137,9 +137,8 @@ def domain_metric(domain: str) -> str:
 
 
 def metric_value(metric: str) -> Callable[[CurvePoint], float | None]:
-    """What a metric (a key of fits.json's ``metrics``) reads from a point: the mean in-domain
-    or out-of-domain loss, one domain's loss (``loss/DOMAIN``), or a mean of the final
-    evaluation (``zero_shot_mean``, ``zero_shot_score_mean``: final points only)."""
+    """What a metric (a key of fits.json's ``metrics``) reads from a point; the zero-shot means
+    are on final points only."""
     if metric.startswith(domain_metric("")):
         domain = metric.split("/", 1)[1]
         return lambda p: p.loss.get(domain)
@@ -161,9 +160,7 @@ def _points(points: list[CurvePoint], metric: str) -> dict[str, list]:
 
 
 def moe_frontier_mode(mode: str) -> str:
-    """The selection the MoE side of a speedup uses for a dense fit on ``mode``: the same kind of
-    point (annealed points for ``annealed``, final points for ``final``), as a monotone frontier;
-    ``envelope`` for ``envelope`` and ``all`` (a measured frontier is a lower envelope)."""
+    """The MoE frontier's selection for a dense fit on ``mode`` (docs/fit.md#speedup-factor)."""
     return mode if mode in ("annealed", "final") else "envelope"
 
 
@@ -432,8 +429,7 @@ def analyse_loss(
         except MoelabError as e:
             ma.fit_errors.setdefault(moe, str(e))
             continue
-        # Between measured points the MoE frontier follows a power law's curvature: its own
-        # fitted irreducible loss, else the dense one's.
+        # Interpolated in log(L - E): the MoE's own fitted E, else the dense one's (docs/fit.md).
         own = ma.fits.get(moe)
         floor = own.E if isinstance(own, PowerLawFit) else ma.fits[dense].E
         frontier = frontier.with_floor(floor)

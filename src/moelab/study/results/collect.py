@@ -116,10 +116,8 @@ def read_run(path: Path, key: str | None = None) -> tuple[list[CurvePoint], dict
 
 
 def final_load(metrics: list[dict[str, Any]]) -> LoadBalance | None:
-    """The load balance of the main run's last logged MoE telemetry (None for a dense run or
-    one trained without telemetry). Runs trained before the trainer wrote ``max_vio`` and
-    ``dead_experts`` get them from the interval's ``tokens_per_expert``, as the trainer
-    computes them."""
+    """The load balance of the main run's last logged MoE telemetry (None without), computed
+    as the trainer does for runs trained before it wrote ``max_vio`` and ``dead_experts``."""
     from moelab.train.telemetry import with_load_balance
 
     for row in reversed(metrics):
@@ -276,11 +274,9 @@ def _reason(e: BaseException) -> str:
 def read_records(
     out_dir: Path, order: list[str] | None = None, *, key: str | None = None
 ) -> tuple[list[CurvePoint], list[dict[str, Any]]]:
-    """The table's points of a study's runs, every one finished and evaluated, and each run's
-    study_eval.json. ``order``: the plan's run names; each must be finished (else the study is
-    not done and the report refuses) and evaluated with ``key``. Run folders outside the plan
-    (an earlier grid in the same --out) join the table after them when they are finished and
-    evaluated."""
+    """The table's points of a study's runs and each run's study_eval.json: every run of
+    ``order`` (the plan) finished and evaluated with ``key`` or refused, then finished run
+    folders outside the plan (docs/study.md#the-study-folder)."""
     root = runs_dir(out_dir)
     if not root.is_dir():
         raise MoelabError(f"{out_dir}: no runs/ folder; is this a study folder (moelab study)?")
