@@ -1,13 +1,9 @@
-"""Per-rank construction: no rank ever holds the whole model.
-
-:func:`build_parallel_model` builds the model on the meta device (shapes only), applies
-expert parallelism and FSDP2 (:func:`moelab.parallel.fsdp.parallelize`), materialises each
-rank's shards with ``to_empty`` and initialises them with
-:func:`moelab.model.init.init_shards`, which gives every shard the values of the same slice of
-the one-process initialisation (``build_model(cfg, seed)``): the same initial weights at any
-world size and expert-parallel degree for the same seed. Each rank still draws the whole
-random stream (that is what makes the values independent of the layout), holding only its
-shards and a bounded scratch.
+"""Per-rank construction, so no rank ever holds the whole model: :func:`build_parallel_model`
+builds it on the meta device, makes it parallel (:func:`moelab.parallel.fsdp.parallelize`),
+materialises each rank's shards with ``to_empty`` and gives them the values of the same slices
+of the one-process initialisation (:func:`moelab.model.init.init_shards`). docs/distributed.md
+(*Per-rank construction*) is the one account of why the values match at any layout and what
+it costs.
 """
 
 from __future__ import annotations

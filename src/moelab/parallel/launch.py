@@ -1,13 +1,10 @@
-"""Process group and device mesh from torchrun's environment.
-
-``torchrun`` (or SLURM's ``srun`` with the same variables) sets ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; :func:`setup_from_env` turns them into an
-initialised process group (gloo on CPU, NCCL on CUDA) with a short timeout, so a rank that dies
-or a collective that disagrees ends the job with an error instead of a hang.
-
-The mesh is two-dimensional, ``("edp", "ep")``: ranks ``g * ep .. g * ep + ep - 1`` form expert
-group ``g`` (experts are split over it), and the ``edp`` dimension joins the ranks that hold the
-same experts (expert data parallel). With ``ep == world`` there is one expert group.
+"""Process group and device mesh from torchrun's environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``; SLURM's ``srun`` sets the same):
+:func:`setup_from_env` makes the process group (gloo on CPU, NCCL on CUDA) with a timeout on
+every collective, so a rank that dies or disagrees ends the job with one line instead of a hang
+(docs/distributed.md, *Failing fast*). The mesh is ``("edp", "ep")``: ranks
+``g * ep .. g * ep + ep - 1`` form expert group ``g``, and ``edp`` joins the ranks holding the
+same experts (docs/distributed.md, *Layout*).
 """
 
 from __future__ import annotations

@@ -1,15 +1,8 @@
-"""The run config: which model, which prepared data, and how to train it.
-
-A run config has three sections and an optional fourth. ``model`` is a preset name, or a mapping
-of ``ModelConfig`` fields, optionally ``preset: NAME`` plus fields that override the preset.
-``data`` is the prepared data folder (or a mapping with ``dir`` and optional mixture
-``weights``). ``train`` is a :class:`TrainConfig`. ``parallel`` is a
-:class:`~moelab.parallel.options.ParallelConfig` (how a run of several processes is spread; all
-defaults when absent). ``upcycled_from`` (:class:`UpcycledFrom`) is written by ``moelab
-upcycle`` only. Everything is checked up front; errors name the dotted key.
-
-The model's ``vocab_size`` always comes from the prepared data's tokenizer, so a run can never
-disagree with its data about token ids.
+"""The run config: which model, which prepared data, and how to train it. docs/training.md
+(*The run config*) is the one account of its sections (``model``, ``data``, ``train``, the
+optional ``parallel``; ``upcycled_from`` is written by ``moelab upcycle`` only), checked up
+front with errors naming the dotted key. The model's ``vocab_size`` always comes from the
+prepared data's tokenizer, so a run can never disagree with its data about token ids.
 """
 
 from __future__ import annotations
