@@ -1,14 +1,9 @@
-"""The contract every supported Hugging Face class meets (:class:`HFClass`), and the helpers the
-per-family modules (``hf_xglm``, ``hf_llama``, ``hf_moe``) share; :mod:`moelab.interop.hf_classes`
-chooses among those families.
-
-Every supported class is one :class:`HFClass`: a test that says why a moelab config does *not*
-fit (``None`` when it fits), the HF config that reproduces the model, the reverse (an HF config
--> a moelab :class:`ModelConfig`, refusing anything moelab cannot compute exactly) and the key
-mapping between moelab's state dict and the HF module's *in-memory* state dict. The on-disk
-layout of each class (e.g. Mixtral's per-expert tensors) is left to ``transformers``'
-``save_pretrained`` / ``from_pretrained``, so a folder written here loads wherever that class
-loads.
+"""The contract every supported Hugging Face class meets (:class:`HFClass`, one field per part)
+and the helpers the family modules (``hf_xglm``, ``hf_llama``, ``hf_moe``, ``hf_glm4_moe``)
+share; :mod:`moelab.interop.hf_classes` chooses among them. The key mapping is between moelab's
+state dict and the HF module's *in-memory* one: the on-disk layout of each class (e.g.
+Mixtral's per-expert tensors) is left to ``save_pretrained`` / ``from_pretrained``, so a folder
+written here loads wherever that class loads.
 """
 
 from __future__ import annotations

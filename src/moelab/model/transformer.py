@@ -1,10 +1,6 @@
-"""Decoder-only transformer LM: the paper's XGLM-style architecture and a modern variant.
-
-paper  (== transformers' XGLMForCausalLM): token embedding * sqrt(D) + fairseq sinusoidal
-       positions, pre-LayerNorm blocks, GELU FFN with biases, biases on q/k/v/out, final
-       LayerNorm, tied output projection without bias.
-modern (== LlamaForCausalLM with tied embeddings; MixtralForCausalLM for dropless top-2 MoE in
-       every layer): RMSNorm, SwiGLU, rotary positions, no biases, tied embeddings.
+"""Decoder-only transformer LM: the paper's XGLM-style architecture (== transformers'
+``XGLMForCausalLM``) and a modern one (== ``LlamaForCausalLM`` with tied embeddings); each is
+described in docs/model.md (*Architectures*).
 """
 
 from __future__ import annotations
