@@ -1,19 +1,9 @@
-"""Mixture-of-Experts FFN: router, capacity, sorted dispatch over stacked expert weights.
-
-The layer is three steps with plain data between them, so expert parallelism can slot an
-all-to-all between (2) and (3) without touching the maths:
-
-1. :func:`route` — a pure function of the router logits: top-k choice (as fairseq: rank 0 on
-   probabilities, later ranks on logits; ties to the lowest expert index), second-expert
-   policy, capacity slots, dropping, combine weights, balancing and z losses and telemetry.
-   Returns a :class:`Routing`.
-2. :func:`plan_dispatch` — the assignments sorted by expert (slot order inside an expert,
-   dropped ones last): source token, combine weight and count per expert, all on the device
-   (no host sync). :class:`Experts` then runs expert e on its contiguous slice of the gathered
-   tokens.
-3. :func:`combine` — weight each expert output and add it back to its source token.
-
-Semantics follow fairseq's Top2Gate / Top1Gate as used by the paper (see docs/model.md).
+"""Mixture-of-Experts FFN: router, capacity, sorted dispatch over stacked expert weights, in
+three steps with plain data between them, :func:`route` (-> :class:`Routing`),
+:func:`plan_dispatch` (-> :class:`DispatchPlan`, on the device, no host sync) and
+:func:`combine`, so expert parallelism can slot an all-to-all between the last two without
+touching the maths. docs/model.md (*The MoE layer*) is the one account of each step and of the
+fairseq Top2Gate / Top1Gate semantics the defaults follow.
 """
 
 from __future__ import annotations
