@@ -33,10 +33,13 @@ from torch import nn
 from moelab.config import from_dict
 from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError, check_at_least_one
+from moelab.eval.runs import capacity_report, open_run
+from moelab.eval.tasks import get_task
 from moelab.eval.tasks.items import Item, Task
 from moelab.eval.tokens import make_encode
 from moelab.progress import progress_bar
 from moelab.train.optim import param_groups
+from moelab.train.validation import set_capacity
 
 DEFAULT_LRS = (1e-5, 3e-5, 1e-4)
 
@@ -154,8 +157,6 @@ def _train_one(
     advance,
 ) -> tuple[nn.Module, nn.Module, float, int]:
     """Fine-tune a fresh copy of ``base`` at ``lr``; returns (model, head, last loss, tokens)."""
-    from moelab.train.validation import set_capacity
-
     torch.manual_seed(s.seed)  # dropout masks: the same stream for every learning rate
     model = copy.deepcopy(base).to(device)
     set_capacity(model, eval_factor=s.capacity_factor, train_factor=s.capacity_factor)
@@ -327,9 +328,6 @@ def finetune_run(
     The settings come as ``settings`` or as flat keywords (``epochs``, ``batch_size``, ``lrs``,
     ``seed``, ``heldout_fraction``, ``weight_decay``, ``warmup_fraction``, ``max_len``,
     ``capacity_factor``), e.g. from a study config's ``finetune_options`` mapping."""
-    from moelab.eval.runs import capacity_report, open_run
-    from moelab.eval.tasks import get_task
-
     if options:
         if settings is not None:
             raise TypeError("finetune_run: give settings or keyword options, not both")

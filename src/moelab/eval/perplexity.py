@@ -22,10 +22,12 @@ import numpy as np
 import torch
 
 from moelab.data.globbing import expand
+from moelab.data.shards import PreparedData
 from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError, check_at_least_one
-from moelab.eval.runs import forward_flops
+from moelab.eval.runs import capacity_report, forward_flops, open_run
 from moelab.eval.scoring import ForwardStats, LogitsAt, model_logits_at
+from moelab.eval.text_source import probe_text, read_tokens
 from moelab.progress import progress_bar
 from moelab.train.validation import evaluation_state, summed_nll
 
@@ -268,8 +270,6 @@ def check_inputs(paths: list[str]) -> None:
     """Open every ``--ppl`` path far enough to refuse bad input before a model is loaded: a text
     file's first block (binary, unreadable), a prepared folder's manifest, files and validation
     token ids (:mod:`moelab.data.folder_checks`)."""
-    from moelab.data import PreparedData
-    from moelab.eval.text_source import probe_text
 
     for path in expand_paths(paths):
         if not path.is_dir():
@@ -285,7 +285,6 @@ def source_from_text(path: Path, tokenizer: Any, max_tokens: int | None = None) 
     """A text file, tokenized with the run's tokenizer in pieces (:mod:`moelab.eval.text_source`:
     memory does not grow with the file; reading stops at ``max_tokens``). UTF-8, or Latin-1
     when the file is not UTF-8 (several classic corpora are)."""
-    from moelab.eval.text_source import read_tokens
 
     try:
         tokens, n_bytes = read_tokens(path, tokenizer, max_tokens)
@@ -315,8 +314,6 @@ def run_perplexity(
     """Perplexity of a run on every validation domain of its data (no ``paths``) or on the
     named text files, globs and prepared folders. MoE layers are dropless unless
     ``capacity_factor`` is given. ``max_tokens`` caps the tokens scored per source."""
-    from moelab.data import PreparedData
-    from moelab.eval.runs import capacity_report, open_run
 
     check_options(context, stride, batch_size, max_tokens)
     run = opened or open_run(run_dir, step=step, device=device)

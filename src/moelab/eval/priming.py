@@ -22,7 +22,7 @@ from moelab.data.tokenizer import eot_token_id
 from moelab.errors import MoelabError, check_at_least_one
 from moelab.eval.fewshot import check_sampling, sample_shots, shot_prefix
 from moelab.eval.logprobs import BATCH_TOKENS
-from moelab.eval.runs import forward_flops
+from moelab.eval.runs import capacity_report, forward_flops, open_run
 from moelab.eval.scoring import (
     MODES,
     Candidate,
@@ -35,6 +35,7 @@ from moelab.eval.scoring import (
     score_requests,
 )
 from moelab.eval.stats import bootstrap_ci, correct_probability, mean_std
+from moelab.eval.tasks import get_task
 from moelab.eval.tasks.items import Task
 from moelab.eval.tokens import make_encode
 from moelab.progress import progress_bar
@@ -379,8 +380,6 @@ def run_priming(
     :class:`Task`). MoE layers are dropless unless ``capacity_factor`` is given (for these
     evaluations only: the model gets its own factors back). With ``show_prompt`` each result
     carries ``example_prompts`` (the first item, seed 0)."""
-    from moelab.eval.runs import capacity_report, open_run
-    from moelab.eval.tasks import get_task
 
     check_options(shots, seeds, limit, batch_tokens, fewshot_sampling)
     # every task file is checked before any model work
