@@ -49,26 +49,11 @@ PARITY_TOLERANCE = 1e-4  # max |dense - upcycled| fp32 logits at step 0
 # Model keys an upcycled run may set (with --set model.KEY=...): how it routes, balances and
 # regularises. Every other model key is the dense run's: the copied weights fix them.
 MOE_KEYS = frozenset(
-    {
-        "name",
-        "n_experts",
-        "top_k",
-        "moe_every",
-        "capacity_factor",
-        "eval_capacity_factor",
-        "second_expert_policy",
-        "aux_loss_weight",
-        "z_loss_weight",
-        "dropout",
-        "attn_dropout",
-        "activation_dropout",
-        "router_score",
-        "norm_topk",
-        "route_scale",
-        "balance",
-        "balance_scope",
-        "bias_update_rate",
-    }
+    {"name", "n_experts", "top_k", "moe_every"}  # the layout
+    | {"capacity_factor", "eval_capacity_factor", "second_expert_policy"}  # capacity
+    | {"router_score", "norm_topk", "route_scale"}  # scores and weights
+    | {"balance", "balance_scope", "bias_update_rate", "aux_loss_weight", "z_loss_weight"}
+    | {"dropout", "attn_dropout", "activation_dropout"}
 )
 
 
@@ -269,10 +254,4 @@ def upcycle(
         (tmp / CONFIG).write_text(stored_config(run_cfg, out).to_yaml(), encoding="utf-8")
         (tmp / TOKENIZER).write_bytes(tokenizer.read_bytes())
         ckpt_io.save_checkpoint(tmp, 0, model, state, new_meta, keep_last=1)
-    return UpcycleResult(
-        out=out,
-        dense_step=dense_step,
-        dense_flops=flops,
-        moe_layers=moe_cfg.moe_layer_ids(),
-        max_abs_logit_diff=diff,
-    )
+    return UpcycleResult(out, dense_step, flops, moe_cfg.moe_layer_ids(), diff)

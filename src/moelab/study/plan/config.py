@@ -191,8 +191,7 @@ def job_threads(workers: int) -> int:
 def task_label(name: str) -> str:
     """The column name of a task: registered names as they are, a JSONL path by its stem."""
     if name.endswith(".jsonl") or "/" in name:
-        base = name.rstrip("/").rsplit("/", 1)[-1]
-        return base[: -len(".jsonl")] if base.endswith(".jsonl") else base
+        return name.rstrip("/").rsplit("/", 1)[-1].removesuffix(".jsonl")
     return name
 
 

@@ -75,12 +75,7 @@ DEFAULT_STUDY: dict[str, Any] = {
     # A second seed of the cheapest pair: the seed spread's estimate has 2 degrees of freedom,
     # which the bootstrap's interval accounts for (bootstrap.SeedNoise).
     "replicates": {"seeds": [2], "models": ["dense-cpu-0.25m", "moe-cpu-0.25m"]},
-    "eval": {
-        "ppl": False,
-        "zero_shot": ["blimp"],
-        "limits": {"blimp": 20},
-        "optional": ["blimp"],
-    },
+    "eval": {"ppl": False, "zero_shot": ["blimp"], "limits": {"blimp": 20}, "optional": ["blimp"]},
     "fit": {"frontier": "annealed", "bootstrap": 200, "min_run_fraction": 0.2},
 }
 

@@ -152,10 +152,9 @@ def measure_flops_per_second(run_cfg: RunConfig, steps: int = 2) -> float:
     opt = build_optimizer(model, t)  # the trainer's (fused AdamW where it can)
     mb = t.batch_size // t.grad_accum  # sequences per forward pass on one process
     tokens_BT = torch.randint(0, run_cfg.model.vocab_size, (mb, t.seq_len + 1))
-    dtype = torch.bfloat16 if t.dtype == "bf16" else None
 
     def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.dtype == "bf16"):
             # The trainer's path: the model's own chunked loss, no logits.
             out = model(tokens_BT[:, :-1], targets_BT=tokens_BT[:, 1:])
             loss = out.ce_loss + run_cfg.model.aux_loss_weight * out.aux_loss

@@ -224,14 +224,8 @@ def _replicates(cfg: StudyConfig, specs: list[RunSpec], seen: set[str]) -> list[
             if name in seen:
                 raise MoelabError(f"replicates: run {name!r} twice; give distinct seeds")
             seen.add(name)
-            out.append(
-                RunSpec(
-                    name,
-                    len(specs) + len(out),
-                    {**spec.values, "seed": seed},
-                    run_config,
-                    spec.family_suffix,
-                    dict(spec.upcycle) if spec.upcycle else None,
-                )
-            )
+            values = {**spec.values, "seed": seed}
+            up = dict(spec.upcycle) if spec.upcycle else None
+            index = len(specs) + len(out)
+            out.append(RunSpec(name, index, values, run_config, spec.family_suffix, up))
     return out

@@ -67,10 +67,8 @@ def read_study_eval(path: Path) -> dict[str, Any] | None:
 
 def run_state(path: Path, key: str) -> RunState:
     if (path / "done.json").is_file():
-        ev = read_study_eval(path)
-        return (
-            RunState.FINISHED if ev is not None and ev.get("eval_key") == key else RunState.TRAINED
-        )
+        ev = read_study_eval(path) or {}
+        return RunState.FINISHED if ev.get("eval_key") == key else RunState.TRAINED
     if path.is_dir() and any(path.iterdir()):
         return RunState.INTERRUPTED
     return RunState.NEW

@@ -19,15 +19,14 @@ def prepare_study_data(cfg: StudyConfig, out: Path, echo: Callable[[str], None])
     from moelab.data.prepare import PrepareSettings
 
     d = cfg.data
-    if d.prepared:
-        path = Path(d.prepared).expanduser().resolve()
-        if not (path / "manifest.json").is_file():
+    if d.prepared:  # then ``out`` is that folder (sweep.prepared_dir)
+        if not (out / "manifest.json").is_file():
             raise MoelabError(
-                f"data.prepared: {path} is not a prepared data folder; run `moelab prepare` "
+                f"data.prepared: {out} is not a prepared data folder; run `moelab prepare` "
                 "or leave data.prepared empty so the study prepares its sources"
             )
-        PreparedData.open(path)
-        return path
+        PreparedData.open(out)
+        return out
     # DOMAIN=LOCATION strings for prepare(), locations resolved under the data root
     sources = [f"{name}={d.resolve(loc)}" for name, loc in d.sources.items()]
     heldout = [f"{name}={d.resolve(loc)}" for name, loc in d.heldout.items()]

@@ -18,10 +18,7 @@ from moelab.study.plan.config import StudyConfig, task_label
 
 
 def evaluate_run(
-    path: Path,
-    cfg: StudyConfig,
-    echo: Callable[[str], None],
-    tasks: dict[str, Any] | None = None,
+    path: Path, cfg: StudyConfig, echo: Callable[[str], None], tasks: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Evaluate the run in ``path``. ``tasks``: loaded tasks by name, filled as they are read;
     a caller evaluating several runs passes the same dict so each task (BLiMP's 67k pairs) is
@@ -66,12 +63,7 @@ def evaluate_run(
         if name not in tasks:
             tasks[name] = get_task(name, tdir)
         out = evaluate_task(
-            run.model,
-            run.tokenizer,
-            tasks[name],
-            shots=0,
-            seeds=1,
-            limit=_limit(name, ev),
+            run.model, run.tokenizer, tasks[name], shots=0, seeds=1, limit=_limit(name, ev)
         )
         label = task_label(name)
         result["zero_shot"][label] = out["accuracy"]

@@ -103,16 +103,12 @@ def train_command(config: Path, run_dir: Path, nproc: int) -> list[str]:
     ]
 
 
-class LaunchFailed(MoelabError):
-    """A torchrun-launched training ended with an error (its own output says which)."""
-
-
 def run_torchrun(command: list[str], env: dict[str, str] | None = None) -> None:
     """Run ``command`` (from :func:`train_command`), its stderr passed through. A SIGTERM or
     SIGINT this process gets meanwhile is relayed to torchrun, which relays it to its ranks:
     they finish their step and save. Raises ``TrainingDiverged`` with the trainer's message
     when the run diverged, ``TrainingStopped`` when it stopped on a signal, and
-    :class:`LaunchFailed` on any other failure."""
+    MoelabError on any other failure (the run's own output says which)."""
     from moelab.train.stop import TrainingStopped
     from moelab.train.trainer import TrainingDiverged
 
@@ -151,4 +147,4 @@ def run_torchrun(command: list[str], env: dict[str, str] | None = None) -> None:
     run = command[command.index("--out") + 1]
     if noted:
         raise TrainingStopped(f"{run}: stopped by {signal.Signals(noted[0]).name}", noted[0])
-    raise LaunchFailed(f"training {run} under torchrun exited with {proc.returncode} (see above)")
+    raise MoelabError(f"training {run} under torchrun exited with {proc.returncode} (see above)")

@@ -31,13 +31,7 @@ def _q(x: object) -> str:
 
 
 def array_script(
-    plan: list[PlannedRun],
-    study_dir: Path,
-    dest: Path,
-    *,
-    name: str,
-    procs: int,
-    extra: list[str],
+    plan: list[PlannedRun], study_dir: Path, dest: Path, *, name: str, procs: int, extra: list[str]
 ) -> str:
     py = _q(sys.executable)
     lines = [
@@ -76,34 +70,26 @@ def array_script(
 
 
 def report_script(study_dir: Path, dest: Path, *, name: str, extra: list[str]) -> str:
-    return "\n".join(
-        [
-            "#!/bin/bash",
-            f"# moelab study {name}: results table, fits and report once every run has ended",
-            f"#SBATCH --job-name=moelab-{name}-report",
-            f"#SBATCH --output={dest / 'logs'}/%x-%j.out",
-            "#SBATCH --ntasks=1",
-            *[f"#SBATCH {opt}" for opt in extra],
-            "set -euo pipefail",
-            f"exec {_q(sys.executable)} -m moelab report {_q(study_dir)}",
-            "",
-        ]
-    )
+    sbatch = "".join(f"#SBATCH {opt}\n" for opt in extra)
+    return f"""#!/bin/bash
+# moelab study {name}: results table, fits and report once every run has ended
+#SBATCH --job-name=moelab-{name}-report
+#SBATCH --output={dest / "logs"}/%x-%j.out
+#SBATCH --ntasks=1
+{sbatch}set -euo pipefail
+exec {_q(sys.executable)} -m moelab report {_q(study_dir)}
+"""
 
 
 def submit_script(dest: Path) -> str:
-    return "\n".join(
-        [
-            "#!/bin/bash",
-            "# Submit the study's array, then its report job after every array task has ended.",
-            "set -euo pipefail",
-            f"job=$(sbatch --parsable {_q(dest / 'array.sbatch')})",
-            'job="${job%%;*}"  # "ID;CLUSTER" on a multi-cluster setup',
-            f"sbatch --dependency=afterany:$job {_q(dest / 'report.sbatch')}",
-            'echo "array job $job submitted; the report follows it"',
-            "",
-        ]
-    )
+    return f"""#!/bin/bash
+# Submit the study's array, then its report job after every array task has ended.
+set -euo pipefail
+job=$(sbatch --parsable {_q(dest / "array.sbatch")})
+job="${{job%%;*}}"  # "ID;CLUSTER" on a multi-cluster setup
+sbatch --dependency=afterany:$job {_q(dest / "report.sbatch")}
+echo "array job $job submitted; the report follows it"
+"""
 
 
 def emit_slurm(

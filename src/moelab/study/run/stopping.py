@@ -7,7 +7,7 @@ case each worker that is training must finish its step and save a checkpoint (tr
 and no worker may start another run. So:
 
 - a worker takes a duplicate signal as a duplicate (``REPEAT_STOPS_AT_ONCE = False``), notes a
-  signal that arrives outside training (:func:`stop_signal`) and starts no run after one, and
+  signal that arrives outside training and starts no run after one (:func:`start_nothing_new`), and
   stops an evaluation at once (nothing to save: a rerun evaluates the saved run);
 - the study relays the signal it got to every worker, waits for them to save (bounded by their
   grace period), and ends with one line naming the signal.
@@ -15,6 +15,7 @@ and no worker may start another run. So:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -35,10 +36,8 @@ def init_worker(parent: int) -> None:
     if sys.platform.startswith("linux"):
         import ctypes
 
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
     _study_pid = parent
     train_stop.REPEAT_STOPS_AT_ONCE = False
     for sig in train_stop.SIGNALS:
@@ -72,13 +71,10 @@ def stopped_by(exc: KeyboardInterrupt) -> None:
     _signal = _signal or getattr(exc, "signum", None) or signal.SIGTERM
 
 
-def stop_signal() -> int | None:
-    """The stop signal this worker has had (None: none)."""
-    return _signal
-
-
-def not_started(name: str) -> TrainingStopped:
-    return TrainingStopped(f"{name}: not started", _signal or signal.SIGTERM)
+def start_nothing_new(name: str) -> None:
+    """Refuse to start run ``name`` after this worker has had a stop signal."""
+    if _signal is not None:
+        raise TrainingStopped(f"{name}: not started", _signal)
 
 
 class Evaluating:
@@ -119,10 +115,8 @@ def stop_workers(processes: list, grace_s: float) -> None:
     then kill what is left (a checkpoint on disk is complete: they are written atomically)."""
     for proc in processes:
         if proc.is_alive():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
     deadline = time.monotonic() + grace_s
     for proc in processes:
         proc.join(timeout=max(0.0, deadline - time.monotonic()))

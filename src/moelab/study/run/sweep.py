@@ -3,9 +3,8 @@ finished runs and resuming interrupted ones, and finally write table, fits and r
 
 The unit of work is one run directory, and each run only reads the shared prepared data, so
 runs go one after another in this process or several at once in worker processes (``workers``,
-``moelab study --jobs N``), each job owning one device set when given (study/run/launch.py).
-:func:`pending_runs` says which runs are left; a Slurm array (study/run/slurm.py) runs each of
-them as its own task instead.
+``moelab study --jobs N``), each job owning one device set when given (study/run/launch.py), or
+each as its own task of a Slurm array (study/run/slurm.py).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from moelab.io import atomic_write_json, atomic_write_text
 from moelab.lock import folder_lock
 from moelab.progress import log_to_stderr, stderr_log_level
 from moelab.study.plan.config import StudyConfig, study_to_dict
-from moelab.study.plan.estimate import PlannedRun, fmt_seconds, format_plan, make_plan
+from moelab.study.plan.estimate import PlannedRun, fmt_seconds, format_plan, make_plan, makespan
 from moelab.study.plan.grid import expand_grid
 from moelab.study.plan.layout import (
     STUDY_EVAL,
@@ -140,17 +139,6 @@ def _check_same_config(path: Path, planned: PlannedRun) -> None:
         )
 
 
-def pending_runs(plan: list[PlannedRun], out_dir: Path, key: str) -> list[tuple[int, PlannedRun]]:
-    """Runs that still need training or evaluation, with their 1-based index in the plan
-    (a run recorded as diverged is not retried: it would diverge the same way)."""
-    return [
-        (i, p)
-        for i, p in enumerate(plan, 1)
-        if run_state(run_dir(out_dir, p.name), key) is not RunState.FINISHED
-        and read_divergence(run_dir(out_dir, p.name)) is None
-    ]
-
-
 # A run folder's name plus its lock file's longest suffix (".NAME.lock.break") must fit the
 # 255-byte file name limit of common filesystems.
 MAX_RUN_NAME_BYTES = 255 - len("..lock.break")
@@ -175,9 +163,8 @@ def start_upcycled(planned: PlannedRun, path: Path) -> None:
             f"{planned.name}: its dense run {dense} has no checkpoint at step {up['step']} "
             "(yet): train the dense run first, then this one"
         )
-    args = {k: v for k, v in up.items() if k != "dense"}
     try:
-        upcycle(dense, path, **args)
+        upcycle(dense, path, **{k: v for k, v in up.items() if k != "dense"})
     except MoelabError as e:
         raise MoelabError(f"{planned.name}: upcycling {dense} at step {up['step']}: {e}") from None
 
@@ -235,8 +222,7 @@ def run_study(
             if created:  # nothing of this study existed before: leave nothing behind
                 shutil.rmtree(out, ignore_errors=True)
             raise
-        text = yaml.safe_dump(study_to_dict(cfg), sort_keys=False)
-        atomic_write_text(out / "study.yaml", text)
+        atomic_write_text(out / "study.yaml", yaml.safe_dump(study_to_dict(cfg), sort_keys=False))
         if command:  # the report quotes the command line that produced it
             atomic_write_text(out / "command.txt", command + "\n")
         if emit is not None:
@@ -302,11 +288,7 @@ def final_plan(cfg: StudyConfig, out: Path, measure: bool | None = None) -> list
 
 
 def _run(
-    cfg: StudyConfig,
-    out: Path,
-    echo: Echo,
-    started: tuple[float, float],
-    devices: list[list[str]],
+    cfg: StudyConfig, out: Path, echo: Echo, started: tuple[float, float], devices: list[list[str]]
 ) -> list[PlannedRun]:
     plan = final_plan(cfg, out)
     echo(format_plan(plan, eval_note(cfg), cfg.workers))
@@ -316,7 +298,11 @@ def _run(
         _check_same_config(run_dir(out, p.name), p)
     names = [p.name for p in plan]
     earlier = diverged_runs(runs_dir(out), names)
-    todo = pending_runs(plan, out, key)
+    todo = [  # with their 1-based index in the plan; a diverged run would diverge again
+        (i, p)
+        for i, p in enumerate(plan, 1)
+        if run_state(run_dir(out, p.name), key) is not RunState.FINISHED and p.name not in earlier
+    ]
     n = len(plan)
     if len(todo) < n - len(earlier):
         echo(f"{n - len(todo) - len(earlier)} of {n} runs already finished; skipping them")
@@ -429,8 +415,7 @@ def _train_and_evaluate(
 
     torch.set_num_threads(cfg.threads or 1)  # validate() sets a share when workers > 1
     stopping.exit_if_orphaned()
-    if stopping.stop_signal() is not None:  # the study is stopping: start nothing new
-        raise stopping.not_started(planned.name)
+    stopping.start_nothing_new(planned.name)
     lines: list[str] = []
     train_s = 0.0
     if train:
@@ -470,8 +455,6 @@ def _run_parallel(
         if dense in chain:
             chain[dense] += chain[name]
     order = sorted(todo, key=lambda ip: -chain[ip[1].name])
-    from moelab.study.plan.estimate import makespan
-
     total_est = makespan([p.est_seconds for _, p in todo], cfg.workers)
     where = "; devices " + " | ".join(",".join(d) for d in devices) if devices else ""
     echo(
@@ -512,20 +495,18 @@ def _run_parallel(
         left = set(chain)  # runs not done yet: an upcycled run waits for its dense run
         held = [ip for ip in order if waits.get(ip[1].name) in left]
         running = {submit(*ip) for ip in order if waits.get(ip[1].name) not in left}
-        done = 0
         while running:
             finished, running = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for fut in finished:
                 i, planned = futures[fut]
                 train_s, eval_s, lines, diverged = fut.result()  # other errors stop the study
                 left.discard(planned.name)
-                done += 1
                 if diverged:
                     echo(f"[{i}/{n}] " + lines[0])
                     continue
                 echo(
                     f"[{i}/{n}] finished {planned.name}: training {fmt_seconds(train_s)}, "
-                    f"evaluation {fmt_seconds(eval_s)} ({done}/{len(todo)} done, "
+                    f"evaluation {fmt_seconds(eval_s)} ({len(todo) - len(left)}/{len(todo)} done, "
                     f"{fmt_seconds(time.perf_counter() - start)} elapsed)"
                 )
                 for line in lines:

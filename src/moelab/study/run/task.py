@@ -39,11 +39,10 @@ def run_only(
             "(moelab study ... --emit slurm DIR prepares it)"
         )
     plan = build_plan(cfg, out, measure=False)
-    found = [p for p in plan if p.name == name]
-    if not found:
+    planned = next((p for p in plan if p.name == name), None)
+    if planned is None:
         names = ", ".join(p.name for p in plan[:6]) + (", ..." if len(plan) > 6 else "")
         raise MoelabError(f"--only {name}: not a run of this study (its runs: {names})")
-    planned = found[0]
     path = run_dir(out, name)
     _check_same_config(path, planned)
     if read_divergence(path) is not None:
