@@ -8,8 +8,11 @@ from typing import Any
 
 import torch
 
+from moelab.data.tokenizer import load_tokenizer
 from moelab.devices import pick_device
 from moelab.errors import MoelabError
+from moelab.flops import palm_flops_per_token
+from moelab.train import load_model
 from moelab.train.validation import moe_layers
 
 
@@ -37,9 +40,6 @@ def weights_sha256(meta: dict[str, Any]) -> str | None:
 
 def open_run(run_dir: str | Path, step: int | None = None, device: str | None = None) -> OpenedRun:
     """Load the newest valid checkpoint of ``run_dir`` (or ``step``) and the run's tokenizer."""
-    from moelab.data.tokenizer import load_tokenizer
-    from moelab.train import load_model
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise MoelabError(f"run folder {run_dir} does not exist")
@@ -82,7 +82,5 @@ def forward_flops(model: torch.nn.Module, tokens: int, sequences: int) -> float 
     cfg = getattr(model, "cfg", None) if model is not None else None
     if cfg is None or tokens <= 0:
         return None
-    from moelab.flops import palm_flops_per_token
-
     mean_len = max(1, round(tokens / max(sequences, 1)))
     return palm_flops_per_token(cfg, seq_len=mean_len) / 3.0 * tokens

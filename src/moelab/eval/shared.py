@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from moelab.eval.logprobs import ForwardStats, Request, Scored, split_scores
+from moelab.model import KVCache
 
 
 def shared_groups(
@@ -38,8 +39,6 @@ def shared_groups(
 
 def _repeat_cache(cache, cfg, copies: int, device):
     """A new cache holding ``copies`` rows of the batch-1 ``cache``."""
-    from moelab.model import KVCache
-
     head_dim = cfg.d_model // cfg.n_heads
     # Appending zero new positions returns views of everything cached (KVCache.append).
     none_1H0d = torch.empty((1, cfg.n_heads, 0, head_dim), device=device)
@@ -80,8 +79,6 @@ def score_shared(
 ) -> list[Scored]:
     """Scores of every continuation after ``context_ids``: the context runs once, then the
     continuations in batches of at most ``batch_tokens`` (:func:`continuation_batches`)."""
-    from moelab.model import KVCache
-
     cache = KVCache()
     ctx_1T = torch.tensor([list(context_ids)], dtype=torch.long, device=device)
     out = model(ctx_1T, kv_cache=cache, return_hidden=True, return_logits=False)

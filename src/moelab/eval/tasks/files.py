@@ -19,6 +19,7 @@ from typing import Any
 from moelab.data.textfile import json_lines
 from moelab.errors import MoelabError
 from moelab.eval.tasks.items import Item, Task
+from moelab.hub import load_hf_dataset
 
 
 class Row:
@@ -107,8 +108,6 @@ HUB_PREFIX = "hf:"  # task names that load the official hub splits: "hf:piqa" (t
 def hub_split(task: str, dataset: str, config: str | None, split: str, source: str, local: str):
     """One split of a hub dataset for ``task``; a failure names ``local``, the files that can be
     given with ``--tasks-dir`` instead."""
-    from moelab.hub import load_hf_dataset
-
     return load_hf_dataset(
         dataset,
         config,
