@@ -7,6 +7,7 @@ a 200-line YAML file is one clear line, not a late crash.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -366,8 +367,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings (values parsed as YAML scalars) to a nested dict copy."""
-    import copy
-
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:

@@ -23,10 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from moelab.interop.hf_export import export_hf
 
     res = export_hf(args.run_dir, args.out, step=args.step, verify=not args.no_verify)
-    check = (
-        f"logits match moelab's (max |diff| {res.max_abs_logit_diff:.2g})"
-        if res.max_abs_logit_diff is not None
-        else "not verified"
-    )
+    check = "not verified"
+    if res.max_abs_logit_diff is not None:
+        check = f"logits match moelab's (max |diff| {res.max_abs_logit_diff:.2g})"
     print(f"exported step {res.step} as {res.hf_class} to {res.out}; {check}")
     return 0

@@ -19,10 +19,8 @@ def run(args: argparse.Namespace) -> int:
     from moelab.interop.hf_import import import_hf
 
     res = import_hf(args.hf_dir, args.out, verify=not args.no_verify)
-    check = (
-        f"logits match (max |diff| {res.max_abs_logit_diff:.2g})"
-        if res.max_abs_logit_diff is not None
-        else "not verified"
-    )
+    check = "not verified"
+    if res.max_abs_logit_diff is not None:
+        check = f"logits match (max |diff| {res.max_abs_logit_diff:.2g})"
     print(f"imported {res.hf_class} into {res.out}; {check}")
     return 0

@@ -59,10 +59,9 @@ class _GroupedLinear(torch.autograd.Function):
             for e, n in enumerate(counts):
                 rows = slice(start, start + n)
                 if n == 0:
-                    if gw_EIO is not None:
-                        gw_EIO[e].zero_()
-                    if gb_EO is not None:
-                        gb_EO[e].zero_()
+                    for g in (gw_EIO, gb_EO):
+                        if g is not None:
+                            g[e].zero_()
                     continue
                 gy = gy_NO[rows]
                 if gx_NI is not None:
