@@ -1,4 +1,3 @@
-"""From the table to the report: fits (fit, points, bootstrap, bounds), speedups and headlines
-(speedup), and the report (report, sections, plots, snippet, document, designs). Method:
-docs/fit.md
+"""From the table to the report: fits (fit, points, bootstrap, bounds; method: docs/fit.md),
+speedups and headlines (speedup), the report (report, sections, plots, snippet, document, designs).
 """
