@@ -79,14 +79,6 @@ def _design_label(model: ModelConfig) -> str:
     return out
 
 
-def preset_of(raw_model: Any, model: ModelConfig) -> str:
-    if isinstance(raw_model, str):
-        return raw_model
-    if isinstance(raw_model, dict) and isinstance(raw_model.get("preset"), str):
-        return raw_model["preset"]
-    return model.name
-
-
 def resolve_run(spec: RunSpec, data_dir: str | None, vocab_size: int) -> RunConfig:
     """The trainer's RunConfig for a run, without opening the data (plan before prepare)."""
     raw = dict(spec.run_config)
@@ -202,7 +194,9 @@ def make_plan(
             if key not in measured:
                 measured[key] = measure_flops_per_second(run_cfg)
             speed, source = measured[key], "measured"
-        family, preset = family_of(model, spec.family_suffix), None
+        family, preset = family_of(model, spec.family_suffix), spec.run_config.get("model")
+        if isinstance(preset, dict):  # a preset with changes, or a model of its own
+            preset = preset.get("preset")
         if up:  # the label the report shows: the dense run's compute included
             preset, at = spec.upcycle["label"], run_cfg.upcycled_from.train_flops
             family += f" upcycled from {spec.upcycle['from']} at {at:.3g} FLOPs"
@@ -210,7 +204,7 @@ def make_plan(
             PlannedRun(
                 spec=spec,
                 family=family,
-                preset=preset or preset_of(spec.run_config.get("model"), model),
+                preset=preset if isinstance(preset, str) else model.name,
                 run_config=run_cfg,
                 params=count_params(model),
                 flops_per_token=budget.flops_per_token,

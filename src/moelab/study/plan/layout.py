@@ -56,12 +56,9 @@ def eval_key(ev: StudyEval) -> str:
 
 
 def read_study_eval(path: Path) -> dict[str, Any] | None:
-    f = path / STUDY_EVAL
-    if not f.is_file():
-        return None
     try:
-        return json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, OSError):
+        return json.loads((path / STUDY_EVAL).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, OSError):  # none yet, or damaged
         return None
 
 

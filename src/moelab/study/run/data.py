@@ -27,7 +27,6 @@ def prepare_study_data(cfg: StudyConfig, out: Path, echo: Callable[[str], None])
             )
         PreparedData.open(out)
         return out
-    # DOMAIN=LOCATION strings for prepare(), locations resolved under the data root
     sources = [f"{name}={d.resolve(loc)}" for name, loc in d.sources.items()]
     heldout = [f"{name}={d.resolve(loc)}" for name, loc in d.heldout.items()]
     # prepare()'s settings but the vocabulary (data.vocab_size), and two of its arguments

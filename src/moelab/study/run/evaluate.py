@@ -140,22 +140,9 @@ def task_available(name: str, tasks_dir: str) -> bool:
 
 def _brief(out: dict[str, Any]) -> dict[str, Any]:
     keep = (
-        "shots",
-        "seeds",
-        "n_items",
-        "accuracy",
-        "accuracy_std",
-        "chance",
-        "primary_mode",
-        "split",
-        "shots_from",
-        "score",
-        "score_ci95",
-        "score_chance",
-        "accuracy_ci95",
-        "fewshot_sampling",
-        "limit_per",
-    )
+        "shots seeds n_items accuracy accuracy_std chance primary_mode split shots_from score "
+        "score_ci95 score_chance accuracy_ci95 fewshot_sampling limit_per"
+    ).split()
     brief = {k: out.get(k) for k in keep}
     brief["ci95"] = out["metrics"][out["primary_mode"]]["ci95"]
     brief["seconds"] = out["compute"]["seconds"]

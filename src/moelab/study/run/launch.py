@@ -87,20 +87,9 @@ def train_command(config: Path, run_dir: Path, nproc: int) -> list[str]:
     ``python -m torch.distributed.run``, the same program, found through this interpreter)
     around ``moelab train``. ``--standalone`` picks a free rendezvous port, so several such
     jobs can share a node."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        "-m",
-        "moelab",
-        "train",
-        str(config),
-        "--out",
-        str(run_dir),
-        "--no-progress",
-    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    train = ["-m", "moelab", "train", str(config), "--out", str(run_dir), "--no-progress"]
+    return [*torchrun, f"--nproc-per-node={nproc}", *train]
 
 
 def run_torchrun(command: list[str], env: dict[str, str] | None = None) -> None:

@@ -116,10 +116,7 @@ def emit_slurm(
         "report.sbatch": report_script(study_dir, dest, name=name, extra=extra),
         "submit.sh": submit_script(dest),
     }
-    out = []
     for fname, text in files.items():
-        path = dest / fname
-        atomic_write_text(path, text)
-        os.chmod(path, 0o755)
-        out.append(path)
-    return out
+        atomic_write_text(dest / fname, text)
+        os.chmod(dest / fname, 0o755)
+    return [dest / fname for fname in files]

@@ -45,6 +45,7 @@ from moelab.study.results.diverged import (
 )
 from moelab.study.run import stopping
 from moelab.study.run.data import prepare_study_data
+from moelab.study.run.evaluate import evaluate_run
 from moelab.train.stop import TrainingStopped, grace_seconds
 from moelab.train.trainer import TrainingDiverged
 
@@ -548,8 +549,6 @@ def _evaluate_one(
 ) -> float:
     """Evaluate one trained run, write its ``study_eval.json``; return the seconds it took.
     ``tasks``: the loaded tasks to reuse (study/run/evaluate.py)."""
-    from moelab.study.run.evaluate import evaluate_run
-
     start = time.perf_counter()
     with _torch_threads(cfg.threads):
         result = evaluate_run(path, cfg, echo, tasks)
