@@ -229,9 +229,7 @@ def finetune_task(
     device = device if device is not None else next(model.parameters()).device
     max_len = s.max_len or model.cfg.max_seq_len
     rng = np.random.default_rng(s.seed)
-    pool = [task.train_items[i] for i in rng.permutation(len(task.train_items))]
-    if train_limit is not None:
-        pool = pool[:train_limit]
+    pool = [task.train_items[i] for i in rng.permutation(len(task.train_items))][:train_limit]
     n_held = max(1, int(round(s.heldout_fraction * len(pool))))
     if len(pool) - n_held < 1:
         raise MoelabError(
@@ -241,7 +239,7 @@ def finetune_task(
     # the evaluated split first, then any further labelled split (MNLI: dev_mismatched); all
     # are scored by the same tuned model, and ``limit`` caps each of them
     splits = {task.split: task.items, **task.extra_splits}
-    splits = {name: items[:limit] if limit is not None else items for name, items in splits.items()}
+    splits = {name: items[:limit] for name, items in splits.items()}
     val = splits[task.split]
     t0 = time.perf_counter()
     grid, best, best_rank = [], None, (0.0, 0.0)

@@ -231,9 +231,7 @@ def sources_from_prepared(
     for domain in data.domains:
         if "val" not in data.splits(domain):
             continue
-        tokens = np.asarray(data.tokens(domain, "val"))
-        if max_tokens is not None:
-            tokens = tokens[:max_tokens]
+        tokens = np.asarray(data.tokens(domain, "val"))[:max_tokens]
         if len(tokens) < 2:
             continue
         role = IN_DOMAIN if train_domains and domain in train_domains else OUT_OF_DOMAIN

@@ -84,7 +84,6 @@ def calibration_prompts(task: Task, index: int) -> list[tuple[str, str]]:
 
 
 def task_modes(task: Task) -> tuple[str, ...]:
-    """The scoring modes reported for ``task``."""
     if task.kind == "last_word":
         return ("greedy",)
     return tuple(m for m in MODES if m != "calibrated" or task.neutral_prompt is not None)
@@ -265,12 +264,11 @@ def evaluate_task(
     for mode in modes:
         per_seed = correct[mode].mean(axis=1).tolist()
         mean, std = mean_std(per_seed)
-        lo, hi = bootstrap_ci(correct[mode].mean(axis=0), n_resamples=bootstrap)
         metrics[mode] = {
             "per_seed": per_seed,
             "mean": mean,
             "std": std,
-            "ci95": [lo, hi],
+            "ci95": list(bootstrap_ci(correct[mode].mean(axis=0), n_resamples=bootstrap)),
             "score": float(prob[mode].mean()),
         }
     score_per_seed = prob[primary].mean(axis=1).tolist()

@@ -182,8 +182,6 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 
 @dataclass
 class Candidate:
-    """One candidate of an item with its scored tokens."""
-
     request: Request
     scored: Scored
     target: str  # the candidate text without its delimiter (for per-char/byte normalisation)
