@@ -1,27 +1,8 @@
 """``moelab upcycle DENSE_RUN --experts E --out NEW_RUN``: sparse upcycling (Komatsuzaki et al.
-2022, "Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints").
-
-The new run is the dense run's model with an MoE FFN (``E`` experts, top-``K``) in every
-``moe_every``-th layer; it is what ``moelab train --out NEW_RUN`` then trains:
-
-- every parameter is copied from the dense checkpoint; each expert of an MoE layer is a copy
-  of that layer's dense FFN (the paper's Figure 1); the layers between keep their dense FFN;
-- the router, which the dense model does not have, is newly initialised as a new run's would
-  be (the model's own init rule, from the new run's ``train.seed``): random, so that tokens
-  spread over the experts from the first step instead of all tying at the lowest indices;
-- with top-k weights renormalised to sum to 1 (the paper's top-2 gate, fairseq's top2gating)
-  the identical experts make the MoE layer compute exactly the dense FFN, whatever the router
-  says: the step-0 model gives the dense run's logits. That is checked (1e-4, fp32, eval mode)
-  before the folder is written; a configuration that breaks it (top-1 with the router
-  probability as weight, a route scale, a capacity-limited evaluation) is refused;
-- the optimizer state starts empty (AdamW moments of the dense FFN would have to be copied
-  per expert, and the router has none; the paper makes copying optional), the step count,
-  learning-rate schedule and budget are the new run's own (``train.*`` of the dense run unless
-  ``--set``), and its data stream uses ``train.seed`` = the dense seed + 1 unless set: the same
-  seed would replay the dense run's batches exactly.
-
-The new run's config records ``upcycled_from`` (dense run, its config hash, step, tokens and
-training FLOPs to that step) so that a study can count the dense compute. See docs/upcycle.md.
+2022, "Sparse Upcycling: Training Mixture-of-Experts from Dense Checkpoints"). Every expert a
+copy of its layer's dense FFN, the router new, the optimizer reset; the step-0 logits are
+checked equal to the dense run's (1e-4) before the folder is written, and the config records
+``upcycled_from``. docs/upcycle.md is the one account of what is copied, drawn and recorded.
 """
 
 from __future__ import annotations
