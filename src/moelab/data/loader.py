@@ -135,7 +135,7 @@ def eval_windows(
     """
     if seq_len < 1 or batch_size < 1:
         raise MoelabError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")
-    stream = np.asarray(tokens[:max_tokens] if max_tokens is not None else tokens)
+    stream = np.asarray(tokens[:max_tokens])
     if bos_id is None:
         inputs, targets = stream[:-1], stream[1:]
     else:

@@ -316,7 +316,6 @@ def run_perplexity(
     check_options(context, stride, batch_size, max_tokens)
     run = opened or open_run(run_dir, step=step, device=device)
     run_data_dir = Path(run.run_cfg.data.dir)
-    train_domains: set[str] = set()
     sources: list[PplSource] = []
     run_tok = run.run_dir / "tokenizer.json"
     if not paths:
@@ -327,8 +326,7 @@ def run_perplexity(
                 "was trained with; pass the text files as {key} (tokenized with the run's)",
                 key="paths",
             )
-        train_domains = set(data.train_domains)
-        sources = sources_from_prepared(data, train_domains, max_tokens)
+        sources = sources_from_prepared(data, set(data.train_domains), max_tokens)
     else:
         for path in expand_paths(paths):
             if path.is_dir():

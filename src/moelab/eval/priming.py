@@ -105,10 +105,8 @@ def primary_mode(task: Task) -> str:
 def selected_items(task: Task, limit: int | None) -> list[int]:
     """Indices of the evaluated items: the first ``limit`` (all when None), counted per group
     of prefix ``task.limit_per`` when the task sets one (BLiMP: pairs per paradigm)."""
-    if limit is None:
-        return list(range(len(task.items)))
-    if not task.limit_per or not task.groups:
-        return list(range(min(limit, len(task.items))))
+    if limit is None or not task.limit_per or not task.groups:
+        return list(range(len(task.items)))[:limit]
     prefix = task.limit_per + ":"
     taken: dict[str | None, int] = {}
     out = []
