@@ -316,3 +316,17 @@ def test_shipped_design_study_compares_four_families_at_matched_compute():
     for key in ("eval", "fit", "workers", "threads", "data"):
         assert designs[key] == default[key], key
     assert designs["base"] == default["base"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"grid": {"model": "dense-cpu-0.5m"}}, "grid.model: expected a non-empty list"),
+        ({"workers": "2"}, "workers: must be an integer"),
+        ({"flops_per_second": float("inf")}, "flops_per_second: expected a finite number"),
+        ({"per_model": {"x": "lr"}}, "per_model.x: expected a mapping"),
+    ],
+)
+def test_validate_checks_types_of_a_config_built_in_python(kwargs, needle):
+    with pytest.raises(MoelabError, match=needle):
+        StudyConfig(base={"model": "dense-cpu-0.5m"}, **kwargs).validate()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from moelab.config import apply_overrides, from_dict, load_yaml, to_dict
+from moelab.config import apply_overrides, check_finite, from_dict, load_yaml, to_dict
 from moelab.errors import MoelabError
 
 
@@ -119,7 +119,7 @@ class StudyConfig:
         if self.data.vocab_size < 16:
             raise MoelabError(f"data.vocab_size: must be >= 16, got {self.data.vocab_size}")
         for key, values in self.grid.items():
-            if not values:
+            if not isinstance(values, list) or not values:
                 raise MoelabError(f"grid.{key}: expected a non-empty list of values, e.g. [1, 2]")
             if any(not p for p in key.split(".")):
                 raise MoelabError(f"grid: bad key {key!r}; use dotted run-config keys")
@@ -152,7 +152,7 @@ class StudyConfig:
         if self.eval.few_shot and self.eval.shots == 0:
             raise MoelabError("eval.shots: few_shot tasks need shots >= 1")
         for model, settings in self.per_model.items():
-            if not settings:
+            if not isinstance(settings, dict) or not settings:
                 raise MoelabError(
                     f"per_model.{model}: expected a mapping of dotted run-config keys, "
                     "e.g. {train.lr: 0.004}"
@@ -163,7 +163,7 @@ class StudyConfig:
             raise MoelabError("replicates: give both 'seeds' (a list) and 'models' (a list)")
         if self.replicates and ("seed" in self.grid or "train.seed" in self.grid):
             raise MoelabError("replicates: the grid already varies the seed; use one of the two")
-        if self.workers < 1:
+        if not isinstance(self.workers, int) or self.workers < 1:
             raise MoelabError(f"workers: must be an integer >= 1, got {self.workers!r}")
         if self.workers > 1 and self.threads is None:
             # Each worker its share of the cores: oversubscribed OpenMP threads are slower
@@ -171,7 +171,8 @@ class StudyConfig:
             self.threads = job_threads(self.workers)
         if self.threads is not None and self.threads < 1:
             raise MoelabError(f"threads: must be >= 1 or null, got {self.threads}")
-        if not self.flops_per_second > 0:  # from_dict refused a value that is not finite
+        check_finite(self, "study")  # flops_per_second
+        if not self.flops_per_second > 0:
             raise MoelabError("flops_per_second: must be a positive number")
         return self
 
