@@ -131,3 +131,22 @@ def test_eval_fewshot_sampling_flag(eval_run, tmp_path, capsys):
     assert 0.0 <= result["score"] <= 1.0 and result["score_chance"] == 0.5
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["results"][0]["fewshot_sampling"] == "per_item"
+
+
+@pytest.mark.slow
+def test_eval_registered_lambada_scores_greedy(eval_run, tmp_path, capsys):
+    # A registered last-word task once got the registry's default mode "mean" and every
+    # `moelab eval --task lambada` stopped with "'mean' is not one of its modes (greedy)".
+    folder = tmp_path / "tasks" / "lambada"
+    folder.mkdir(parents=True)
+    texts = ["the cat sat on the mat", "the dog ran in the park", "a bird sang in the tree"]
+    (folder / "lambada_openai.jsonl").write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8"
+    )
+    argv = ["eval", str(eval_run), "--task", "lambada", "--tasks-dir", str(tmp_path / "tasks")]
+    code = main([*argv, "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    (result,) = json.loads(captured.out)["results"]
+    assert result["task"] == "lambada" and result["primary_mode"] == "greedy"
+    assert result["n_items"] == 3 and 0.0 <= result["accuracy"] <= 1.0

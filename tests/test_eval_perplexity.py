@@ -87,3 +87,11 @@ def test_checkpoint_identity_of_one_file_and_of_shards():
     shards = {"step": 4, "sharded": {".metadata": {"bytes": 9, "sha256": "b" * 64}}}
     assert weights_sha256(one) == "a" * 64 and weights_sha256(shards) == "b" * 64
     assert weights_sha256({"step": 4}) is None
+
+
+def test_batched_takes_lists_and_generators():
+    from moelab.eval.perplexity import _batched
+
+    expected = [[1, 2], [3, 4], [5]]
+    assert list(_batched([1, 2, 3, 4, 5], 2)) == expected  # a list once looped forever
+    assert list(_batched((i for i in range(1, 6)), 2)) == expected

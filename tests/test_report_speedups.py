@@ -139,6 +139,7 @@ def test_measured_bounds_and_seed_spread_sections(built):
     assert cells[1:3] == ["dense", "1, 2, 3"]
     spread = next(s for s in an.seed_spread if s["preset"] == "dense-0")["loss_in_domain"]
     assert _numbers(cells[3]) == [round(spread["mean"], 4), round(spread["std"], 4)]
+    assert "±" in cells[3]  # mean ± sd, not two bare numbers
     assert "bitwise identical" in md and "1 thread(s)" in md
 
 

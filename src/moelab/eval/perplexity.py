@@ -13,7 +13,7 @@ import glob as globlib
 import itertools
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,8 @@ def check_options(
     check_at_least_one(context=context, stride=stride, batch_size=batch_size, max_tokens=max_tokens)
 
 
-def _batched(items: Iterator, size: int) -> Iterator[list]:
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    items = iter(items)  # islice on a list would restart at its first item every time
     while batch := list(itertools.islice(items, size)):
         yield batch
 

@@ -92,22 +92,13 @@ def _looks_like_file(name: str) -> bool:
     return name.endswith(".jsonl") or os.sep in name or "/" in name
 
 
-def _with_mode(task: Task, spec_name: str) -> Task:
-    """A registered task whose loader set no primary mode gets "mean", the paper's default
-    (PAPER.md, "Evaluation"; docs/evaluation.md gives each task's mode and its source)."""
-    if task.primary_mode is None and spec_name in TASKS:
-        task.primary_mode = "mean"
-    return task
-
-
 def get_task(name_or_path: str, tasks_dir: str | Path | None = None) -> Task:
     """Load a registered task by name (``blimp:SELECTION`` for a subset of a task that takes
     one), its official hub splits (``hf:NAME``), or a generic JSONL task from a path."""
     if name_or_path.startswith("hf:"):
         from moelab.eval.tasks.hf import load_hub_task  # imports datasets only when asked
 
-        spec_name = name_or_path.removeprefix("hf:").partition(":")[0]
-        return _with_mode(load_hub_task(name_or_path), spec_name)
+        return load_hub_task(name_or_path)
     spec_name, colon, selector = name_or_path.partition(":")
     if colon and spec_name in TASKS and TASKS[spec_name].load_selected is None:
         raise MoelabError(f"task {spec_name!r} takes no ':' selection, got {name_or_path!r}")
@@ -130,8 +121,8 @@ def get_task(name_or_path: str, tasks_dir: str | Path | None = None) -> Task:
                 key="tasks_dir",
             )
         if colon and spec.load_selected is not None:
-            return _with_mode(spec.load_selected(folder, selector), spec.name)
-        return _with_mode(spec.load(folder), spec.name)
+            return spec.load_selected(folder, selector)
+        return spec.load(folder)
     if _looks_like_file(name_or_path) or Path(name_or_path).is_file():
         return load_generic(name_or_path)
     close = difflib.get_close_matches(name_or_path, list(TASKS), n=3)
