@@ -191,3 +191,17 @@ def test_an_array_task_of_the_upcycled_run_before_its_dense_run_is_refused(tmp_p
     rc, _, err = run_cli(capsys, ["study", path, "--out", out, "--only", UP])
     assert rc == 2 and err.count("\n") == 1 and "train the dense run first" in err, err
     assert not (out / "runs").exists()
+
+
+def test_the_upcycled_run_keeps_the_base_keep_last_not_the_dense_runs_raised_one(tmp_path):
+    """The dense run keeps every checkpoint; its upcycled run the grid's keep_last, unless its
+    per_model sets one."""
+    path = _study(tmp_path, per_model={})
+    dense, up = build_plan(load_study(path), tmp_path / "o", measure=False)
+    assert dense.run_config.train.keep_last >= 32
+    assert up.run_config.train.keep_last == 2 and "train.keep_last=2" in up.upcycle["overrides"]
+    path = _study(tmp_path)  # per_model: {UP: {train.keep_last: 100}}
+    assert (
+        build_plan(load_study(path), tmp_path / "o", measure=False)[1].run_config.train.keep_last
+        == 100
+    )

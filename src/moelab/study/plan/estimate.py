@@ -14,7 +14,7 @@ from moelab.errors import MoelabError
 from moelab.flops import ParamCounts, count_params, train_flops_per_token
 from moelab.study.plan.grid import RunSpec, _run_key
 from moelab.train.budget import cooldowns_of, resolve_budget
-from moelab.train.config import RunConfig, run_config_from_dict
+from moelab.train.config import RunConfig, TrainConfig, run_config_from_dict
 
 
 @dataclass
@@ -113,6 +113,9 @@ def upcycled_run(spec: RunSpec, dense: PlannedRun) -> tuple[RunConfig, dict[str,
     }
     if set(rest) & set(settings):  # its own budget: the others unset
         rest = {k: None for k in rest}
+    # the base/grid's keep_last, not the one the dense run's raised to keep every checkpoint
+    own = spec.run_config.get("train") or {}
+    rest["train.keep_last"] = own.get("keep_last", TrainConfig.keep_last)
     # as --set strings (YAML flow values: 1.0e+16 stays a float)
     overrides = [
         f"{k}={yaml.safe_dump([v], default_flow_style=True).strip()[1:-1]}"
