@@ -205,3 +205,22 @@ def test_the_upcycled_run_keeps_the_base_keep_last_not_the_dense_runs_raised_one
         build_plan(load_study(path), tmp_path / "o", measure=False)[1].run_config.train.keep_last
         == 100
     )
+
+
+def test_a_dense_checkpoint_rotated_away_is_refused_before_anything_starts(
+    finished, tmp_path, capsys
+):
+    """A dense run trained before the entry was added kept its last two checkpoints only: the
+    study (two workers) refuses in one line, naming keep_last and the steps there are."""
+    import shutil
+
+    out = tmp_path / "out"
+    dense = out / "runs" / "tiny-dense-a"
+    shutil.copytree(finished / "runs" / "tiny-dense-a", dense)
+    for step in (0, 8, 16):
+        shutil.rmtree(dense / "checkpoints" / f"step_{step:08d}", ignore_errors=True)
+    before = snapshot(out)
+    rc, _, err = run_cli(capsys, ["study", _study(tmp_path, workers=2), "--out", out])
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "keep_last rotated it away; it has steps 24, 32): delete" in err
+    assert snapshot(out) == before

@@ -140,6 +140,26 @@ def _check_same_config(path: Path, planned: PlannedRun) -> None:
         )
 
 
+def _check_kept(out: Path, planned: PlannedRun) -> None:
+    """An upcycled run not made yet whose dense run is done, or past its step N, without
+    checkpoint N (trained before the entry: keep_last rotated it away) is refused up front."""
+    from moelab.train.checkpoint import list_checkpoints, step_dir
+    from moelab.train.rundir import DONE
+
+    up = planned.upcycle
+    dense = run_dir(out, up["dense"]) if up else None
+    if not dense or run_dir(out, planned.name).exists() or step_dir(dense, up["step"]).is_dir():
+        return
+    kept = [c.step for c in list_checkpoints(dense)]
+    if (dense / DONE).is_file() or (kept and kept[-1] > up["step"]):
+        raise MoelabError(
+            f"{planned.name}: its dense run {dense} no longer has its checkpoint at step "
+            f"{up['step']} (train.keep_last rotated it away; it has steps "
+            f"{', '.join(map(str, kept)) or 'none'}): delete {dense} to train it again, "
+            "or upcycle at a step it has"
+        )
+
+
 # A run folder's name plus its lock file's longest suffix (".NAME.lock.break") must fit the
 # 255-byte file name limit of common filesystems.
 MAX_RUN_NAME_BYTES = 255 - len("..lock.break")
@@ -205,6 +225,7 @@ def run_study(
             )
     for p in checked:
         _check_same_config(run_dir(out, p.name), p)
+        _check_kept(out, p)
     if plan_only:
         plan = build_plan(cfg, out) if cfg.measure_throughput else checked
         echo(format_plan(plan, eval_note(cfg), cfg.workers))
