@@ -307,11 +307,6 @@ def check_finite(obj: Any, section: str) -> None:
                 raise MoelabError(f"{section}.{f.name}: expected a finite number, got {value!r}")
 
 
-def _printable(key: object) -> str:
-    text = str(key)
-    return text if text.isprintable() else repr(text)  # keep the error on one line
-
-
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise MoelabError
     naming the dotted key (e.g. ``train.lr: expected a number, got 'fast'``)."""
@@ -323,7 +318,8 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     if unknown:
         where = f"{prefix}." if prefix else ""
         valid = ", ".join(sorted(names))
-        bad = _printable(unknown[0])
+        bad = str(unknown[0])
+        bad = bad if bad.isprintable() else repr(bad)  # keep the error on one line
         raise MoelabError(f"unknown config key {where}{bad}; valid keys: {valid}")
     kwargs = {}
     for name, value in data.items():

@@ -45,10 +45,6 @@ def holds_lock(folder: str | Path) -> bool:
     return lock is not None and not lock.lost
 
 
-def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def _read(path: Path) -> dict[str, Any] | None:
     """The lock's record; None if it is gone; {} if it is unreadable or half-written."""
     try:
@@ -115,7 +111,9 @@ def describe(path: Path, record: dict[str, Any]) -> str:
         return f"an unreadable lock file {path}"
     what = record.get("command") or "moelab"
     since = record.get("since")
-    since_s = _iso(since) if isinstance(since, int | float) else "?"
+    since_s = "?"
+    if isinstance(since, int | float):
+        since_s = dt.datetime.fromtimestamp(since, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return (
         f"moelab {what} (pid {record.get('pid')} on host {record.get('host')}, since {since_s}, "
         f"last heartbeat {_age(path, record):.0f} s ago)"

@@ -257,13 +257,11 @@ def config_differences(old: RunConfig, new: RunConfig) -> list[str]:
     """Keys (dotted) whose values differ and matter for the results, as 'key: old -> new'.
     Where the data lives (LOCATION_KEYS) does not count: its fingerprint says if it is the same."""
     a, b = flatten(old.to_dict()), flatten(new.to_dict())
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        if key in OPERATIONAL_KEYS or key in LOCATION_KEYS:
-            continue
-        if a.get(key) != b.get(key):
-            diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
-    return diffs
+    return [
+        f"{key}: {a.get(key)!r} -> {b.get(key)!r}"
+        for key in sorted(set(a) | set(b))
+        if key not in OPERATIONAL_KEYS | LOCATION_KEYS and a.get(key) != b.get(key)
+    ]
 
 
 def _resolve_model(spec: Any) -> tuple[ModelConfig, dict[str, Any], str | None]:
@@ -380,10 +378,7 @@ def load_run_config(
 ) -> RunConfig:
     """Load a run config from a YAML file or a dict, apply ``key.sub=value`` overrides,
     validate it and resolve the model (preset, vocab size from the data)."""
-    if isinstance(path_or_dict, dict):
-        raw = copy.deepcopy(path_or_dict)
-    else:
-        raw = load_yaml(path_or_dict)
+    raw = copy.deepcopy(path_or_dict) if isinstance(path_or_dict, dict) else load_yaml(path_or_dict)
     if overrides:
         # An override like model.n_layers=4 on `model: NAME` means "that preset, with this".
         if isinstance(raw.get("model"), str) and any(o.startswith("model.") for o in overrides):
