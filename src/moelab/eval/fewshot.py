@@ -1,18 +1,7 @@
 """Few-shot prompts: k solved examples before the evaluated item, separated by a newline.
 
-Shots come from the task's training split when it has one, else from the evaluated split with
-the item itself left out. Two ways to draw them (``sampling``):
-
-- ``per_item`` (the default): for seed ``s`` and item ``i`` the examples are drawn from a
-  generator seeded with ``(s, i)``, so every item gets its own draw;
-- ``per_run``: one draw per seed, used for every item, as fairseq's few-shot evaluation does
-  (each trial takes one random subset of the training set and primes every evaluated item with
-  it). The items run through one permutation of the pool seeded with ``s``; each item takes the
-  first k distinct examples of it that are not the item itself, so every item gets the same k
-  examples except an item that is one of them (it takes the next example instead).
-
-Either way the same seed always gives the same prompts, and the k examples are distinct from
-each other and from the evaluated item (also when a split holds duplicate items).
+Where shots come from and the ``per_item`` / ``per_run`` draws: docs/evaluation.md,
+"Prompts and few-shot sampling".
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Full-parameter fine-tuning with a task head, the paper's third evaluation.
 
-Every weight trains (embeddings, attention, routers and experts included) plus a new head:
-
-- classification tasks (SST-2, RTE, CB, BoolQ, MRPC, MNLI): a linear layer D -> classes on the
-  final hidden state of the prompt's last token (as Hugging Face's GPT-2 sequence classifier does);
-- multiple-choice tasks (COPA, PIQA, StoryCloze, HellaSwag, WinoGrande, OpenBookQA, generic
-  JSONL): a linear layer D -> 1 scores the last token of each ``context + candidate``; a softmax
-  over the candidates gives the loss.
-
-The learning rate comes from a grid that is the same for every model (so neither family is
-tuned more than the other): each rate trains a fresh copy of the pretrained weights on the
-train split minus a held-out part, the rate with the best held-out accuracy wins (ties: the
-lower held-out cross-entropy), and its model's accuracy on the task's validation split is the
-result; a task with further labelled splits (MNLI: dev_mismatched next to dev_matched) has each
-scored by that same model in ``result["splits"]``. MoE layers are dropless while fine-tuning and
-evaluating unless a capacity factor is given; the balancing loss keeps its pretraining weight.
+Heads, learning-rate grid and selection, reported splits: docs/evaluation.md, "Fine-tuning".
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
 """Perplexity per domain: loss in nats per token, perplexity and bits per byte.
 
-Windows of ``context`` tokens advance by ``stride`` tokens; each token is scored once, in the
-first window that predicts it, so with ``stride < context`` every scored token after the first
-window sees at least ``context - stride`` tokens of history (sliding evaluation) and with
-``stride == context`` the windows do not overlap. Bits per byte divide the summed loss by the
-UTF-8 bytes of the text, which makes models with different tokenizers comparable.
+Windows, stride and bits per byte: docs/evaluation.md, "Perplexity per domain".
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
 """Zero- and few-shot priming: score every candidate of every item and seed in one pass.
 
-``evaluate_task`` builds all prompts (k shots per item and seed, plus the neutral calibration
-prompt per candidate), tokenizes them the harness's way, scores the unique sequences in batches
-and reports accuracy under every scoring mode, per seed, with mean/std over seeds, a bootstrap
-95% interval over items and the task's chance level; and, under the task's primary mode, the
-continuous score (the probability the model gives the correct candidate among the candidates),
-with the same statistics, for the whole task and for each of its groups (BLiMP's fields and
-paradigms).
+Prompts, scoring modes, statistics and the continuous score: docs/evaluation.md, "Priming".
 """
 
 from __future__ import annotations
@@ -157,16 +151,11 @@ def evaluate_task(
     ``tokenizer`` is a ``tokenizers.Tokenizer`` (or a ``str -> ids`` callable, then give
     ``prefix_id``). ``logits_at`` replaces the model for scoring (then ``model`` may be None and
     ``max_len`` is required). With ``keep_scores`` the result holds ``scores[seed][item]``: every
-    mode's score per candidate (LAMBADA: the last word's log-prob and greedy hit). Returns a
-    plain dict (see docs/evaluation.md). ``share_contexts`` runs a context shared by several
-    candidates once into a KV cache when that saves at least ``min_shared_tokens`` tokens
-    (moelab models only; the scores are the same). Below that, one packed batch of full
-    sequences is faster: a forward call per context costs more than the tokens it saves.
-
-    ``limit`` keeps the first N items (per paradigm for BLiMP, ``Task.limit_per``).
-    ``fewshot_sampling``: "per_item" draws each item's shots apart, "per_run" one set per seed
-    for every item (:mod:`moelab.eval.fewshot`). The model is left as it was given (train/eval
-    flags, MoE capacity)."""
+    mode's score per candidate (LAMBADA: the last word's log-prob and greedy hit).
+    ``limit`` keeps the first N items (per paradigm for BLiMP, ``Task.limit_per``). The model is
+    left as it was given (train/eval flags, MoE capacity). Returns a plain dict; its fields,
+    ``share_contexts`` and ``fewshot_sampling``: docs/evaluation.md, "Priming".
+    """
     n_seeds = check_options(shots, seeds, limit, batch_tokens, fewshot_sampling)
     primary = primary_mode(task)
     modes = task_modes(task)

@@ -1,14 +1,7 @@
 """Log-probabilities of continuations given contexts, batched, and the scores built from them.
 
-Tokenization follows lm-evaluation-harness's ``_encode_pair`` for causal models, so scores can
-be compared with the harness later: trailing whitespace of the context moves to the start of
-the continuation, ``context + continuation`` is encoded as one string, and the continuation's
-tokens are what follows the length of the separately encoded context. An empty context is
-replaced by the end-of-text token, as the harness does with its prefix token.
-
-One pass over the model gives, per request, the log-probability of every continuation token and
-whether greedy decoding would reproduce it; :func:`candidate_scores` turns those into every
-scoring mode at once.
+Tokenization follows lm-evaluation-harness's ``_encode_pair`` so scores compare with the
+harness; the rules and the modes: docs/evaluation.md, "Scoring: every mode in one pass".
 """
 
 from __future__ import annotations
@@ -99,10 +92,9 @@ def score_requests(
     """Score every request once (duplicates are computed once). Each sequence is
     ``(context + continuation)[:-1]``, truncated on the left to ``max_len`` tokens, right-padded
     in its batch; padding sits after every real token, so causal attention never sees it.
-
-    With ``shared_model`` (a moelab LanguageModel), requests that share a context with others
-    run the context once into a KV cache and all their continuations from it
-    (:mod:`moelab.eval.shared`) when that saves at least ``min_shared_tokens`` tokens."""
+    ``shared_model`` (a moelab LanguageModel) enables the shared-context path
+    (:mod:`moelab.eval.shared`).
+    """
     stats = stats if stats is not None else ForwardStats()
     advance = progress or (lambda n: None)
     unique: dict[Request, int] = {}

@@ -1,13 +1,8 @@
 """Shared contexts: run a context once into a KV cache, then all of its continuations from it.
 
-Multiple-choice items score several candidates after the same context (and few-shot prompts
-make that context long). Instead of one full sequence per candidate, the context runs once with
-batch 1, its cached keys/values are repeated for the candidates, and the continuations run as
-right-padded batches (of at most ``batch_tokens`` positions, cache included) that attend to the
-cache. The logits are the same as those of the
-full sequences (the model numbers positions from the cache length), so the scores agree with
-the packed path to float rounding; MoE layers must be dropless for that (capacity would depend
-on the batch).
+The logits equal those of the full sequences (the model numbers positions from the cache
+length) only while MoE layers are dropless: a capacity would depend on the batch.
+When this path is used: docs/evaluation.md, "Batching".
 """
 
 from __future__ import annotations

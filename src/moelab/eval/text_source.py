@@ -1,21 +1,8 @@
 """A text file as token ids for perplexity, read and tokenized in pieces.
 
-Tokenizing a whole file at once costs ~180 bytes of memory per input byte (Hugging Face
-``Encoding`` objects keep offsets and token strings), so a 100 MB file needed more than 10 GB.
-Here the file is decoded block by block (the reader ``prepare`` uses: .gz/.bz2/.xz decompressed,
-binary refused, universal newlines), each piece of about ``piece_chars`` characters is tokenized
-alone and only its ids are kept, in the smallest integer type; reading stops once ``max_tokens``
-ids are in hand. Memory is then a few MB plus 2 or 4 bytes per kept token, whatever the file's
-size.
-
-Pieces end where the byte-level pre-tokenizer splits anyway (:data:`CUT_AT`, then before a
-space that follows a non-space), so for byte-level BPE tokenizers (moelab's, GPT-2's) the ids are
-exactly those of the whole text; a piece with neither (over ``4 * piece_chars`` characters without
-a line break or a space) is cut where it is, the only place ids can differ. A tokenizer whose
-ids could change at such a cut (a normalizer, a SentencePiece-style pre-tokenizer that adds a
-prefix space to every encode call: Llama, Mixtral or XGLM runs made by ``moelab import``;
-:func:`moelab.data.tokenizer.can_cut_documents`) gets the whole text in one piece: exact ids,
-at the old memory cost.
+Whole-file tokenizing cost ~180 bytes per input byte; here memory is a few MB plus 2 or 4 bytes
+per kept token. Where pieces are cut and why the ids stay exact: docs/evaluation.md,
+"Perplexity per domain".
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """BLiMP (Warstadt et al., TACL 2020): 67 paradigms of grammatical / ungrammatical sentence pairs.
 
-A pair is one item with two candidates, ``sentence_good`` (correct) and ``sentence_bad``, each a
-whole sentence scored with no context: the scored sequence is the end-of-text token followed by
-the sentence, so its first word is predicted from the start of a document, as the official
-evaluation and lm-evaluation-harness's ``blimp`` tasks (loglikelihood of ``""`` + sentence)
-do. The primary mode is ``sum`` (total log-probability); there is no calibration prompt.
-
-Files: the official per-paradigm JSONL (``<UID>.jsonl``; fields ``sentence_good``,
-``sentence_bad``, ``field``, ``UID``, ``linguistics_term``, ...) in the ``blimp`` folder of the
-tasks directory, or ``hf:blimp`` (the ``nyu-mll/blimp`` hub dataset, one config per paradigm).
-The reference models' per-paradigm accuracies are read from ``models_summary.jsonl.ref`` next
-to the paradigm files when present (the BLiMP repository's ``models_summary.jsonl``).
-
-Selection (after ``blimp:``, comma-separated; default every paradigm): a paradigm UID
-(``blimp:adjunct_island``), a field (``blimp:syntax``), or the explicit ``paradigm=UID`` /
-``field=NAME``. ``limit`` counts pairs per paradigm (``Task.limit_per``).
+Scoring, files, selection, ``limit`` per paradigm and reference accuracies: docs/evaluation.md,
+"BLiMP: grammatical vs ungrammatical sentences".
 """
 
 from __future__ import annotations

@@ -1,16 +1,7 @@
 """Loaders for the classification tasks (fine-tuning and priming): BoolQ, SST-2, RTE, CB, MRPC.
 
-For priming, each class is a candidate answer word after a question template (the usual GPT-3 /
-lm-evaluation-harness style); for fine-tuning, the same prompt without an answer is the input
-and a classification head reads the last token. Templates:
-
-- BoolQ: ``passage + "\\nQuestion: " + question + "?\\nAnswer:"`` -> ``" no"`` / ``" yes"``
-- SST-2: ``sentence + "\\nQuestion: Is this sentence positive or negative?\\nAnswer:"``
-  -> ``" negative"`` / ``" positive"``
-- RTE: ``premise + "\\nQuestion: " + hypothesis + " True or False?\\nAnswer:"`` -> True / False
-- CB: ``premise + "\\nQuestion: " + hypothesis + " True, False, or Neither?\\nAnswer:"``
-- MRPC: ``"Sentence 1: " + s1 + "\\nSentence 2: " + s2 + "\\nQuestion: Do both sentences mean
-  the same thing?\\nAnswer:"`` -> no / yes
+Priming scores each class's answer word after the prompt; fine-tuning reads the prompt's last
+token. Templates: docs/evaluation.md, "Tasks and where they are read from".
 """
 
 from __future__ import annotations

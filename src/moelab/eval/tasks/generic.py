@@ -1,16 +1,6 @@
 """The generic JSONL task schema any user can write.
 
-One JSON object per line, in one of three shapes:
-
-- multiple choice: ``{"context": str, "choices": [str, ...], "label": int}``
-- partial scoring: ``{"contexts": [str, ...], "continuation": str, "label": int}`` (each context
-  is one candidate; the shared continuation is what gets scored, as in WinoGrande)
-- last word: ``{"context": str, "continuation": str}`` (correct when greedy decoding reproduces
-  the continuation, as in LAMBADA)
-
-A space is put between context and choice unless the context is empty or ends with whitespace,
-or a choice starts with whitespace. Shots come from ``NAME.train.jsonl`` next to ``NAME.jsonl``
-when that file exists, else from the evaluated file itself (never the evaluated item).
+Shapes, delimiter and shots: docs/evaluation.md, "Your own task: generic JSONL".
 """
 
 from __future__ import annotations

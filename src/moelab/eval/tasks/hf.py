@@ -1,31 +1,7 @@
-"""Official splits from the Hugging Face hub: ``--task hf:piqa`` (needs ``datasets`` and network,
-or the dataset in the local HF cache).
+"""Official splits from the Hugging Face hub: ``--task hf:piqa``, a converter per dataset schema.
 
-Each supported task names the dataset the harness uses (lm-evaluation-harness 0.4 task YAMLs)
-and a pure converter from one record of that dataset's schema to an :class:`Item`. The
-converters reuse the local loaders' row parsers wherever the official schema is the one the
-local files use, so both paths give the same prompts:
-
-- hellaswag: Rowan/hellaswag, validation (shots: train); activity_label, ctx_a, ctx_b,
-  endings, label ("0"-"3")
-- piqa: baber/piqa, validation (train); goal, sol1, sol2, label (0/1)
-- winogrande: allenai/winogrande config winogrande_xl, validation (train); sentence, option1,
-  option2, answer ("1"/"2")
-- copa: aps/super_glue config copa, validation (train); premise, choice1, choice2, question
-  ("cause"/"effect"), label
-- boolq: aps/super_glue config boolq, validation (train); question, passage, label (0/1)
-- lambada: EleutherAI/lambada_openai config default, test; text
-- record: aps/super_glue config record, validation (no shots split: the train split holds 100k
-  queries and ReCoRD is zero-shot); passage (with "@highlight" markers), query, entities,
-  answers (see tasks/record.py for the template and the alias matching)
-- openbookqa: allenai/openbookqa config main, test (train); question_stem, choices {text,
-  label}, answerKey
-- mnli: nyu-mll/glue config mnli, validation_matched, with validation_mismatched also scored
-  when fine-tuning (train); premise, hypothesis, label (0 entailment, 1 neutral, 2
-  contradiction); mnli_mismatched: validation_mismatched (train)
-
-StoryCloze is not offered: its hub copy (LSDSem/story_cloze) holds no data and asks for the
-files from a manual request form; give the local CSVs instead.
+Datasets, splits, fields and labels: docs/evaluation.md, "Official splits from the Hugging
+Face hub".
 """
 
 from __future__ import annotations

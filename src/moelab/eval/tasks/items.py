@@ -1,16 +1,8 @@
 """What a task is made of: items (one question with its candidates) and the task around them.
 
-An item is a list of candidates, each a ``(context, continuation)`` pair of strings. Two shapes
-cover every task here:
-
-- multiple choice: one shared context and one target per candidate
-  (HellaSwag, PIQA, COPA, StoryCloze, BoolQ, ...);
-- partial scoring: one context per candidate and one shared target (WinoGrande: the blank is
-  filled by each option and only the rest of the sentence is scored).
-
-A candidate's continuation is ``delimiter + target``; the per-character and per-byte scores
-divide by the length of ``target`` alone (the delimiter excluded), as lm-evaluation-harness's
-``acc_norm`` does.
+A candidate is a ``(context, continuation)`` pair; the continuation is ``delimiter + target``
+and the per-character/per-byte scores divide by ``target`` alone (harness ``acc_norm``).
+Multiple choice and partial scoring: docs/evaluation.md, "Tasks and where they are read from".
 """
 
 from __future__ import annotations

@@ -1,23 +1,7 @@
-"""MNLI (GLUE): 3-way entailment, a fine-tuning task in the paper, matched and mismatched.
+"""MNLI (GLUE): 3-way entailment, matched (``mnli``) and mismatched (``mnli_mismatched``).
 
-Official GLUE files (``MNLI/``): ``train.tsv``, ``dev_matched.tsv``, ``dev_mismatched.tsv``, tab
-separated with a header line (``index promptID pairID genre sentence1_binary_parse
-sentence2_binary_parse sentence1_parse sentence2_parse sentence1 sentence2 label1 [label2 ...
-label5] gold_label``) and no quoting. Read here: ``sentence1`` (premise), ``sentence2``
-(hypothesis), ``gold_label``. Rows whose gold label is ``-`` (annotators without a majority,
-present in the original MultiNLI release but not in GLUE's copy) are skipped; any other label is
-an error.
-
-Two task names share the folder:
-
-- ``mnli``: evaluated on dev_matched; fine-tuning also scores dev_mismatched from the same tuned
-  model (``Task.extra_splits``), so ``moelab finetune RUN --task mnli`` reports both accuracies
-  (``result["splits"]``) while ``accuracy`` is the matched one, GLUE's headline MNLI-m;
-- ``mnli_mismatched``: evaluated on dev_mismatched (priming the mismatched split on its own).
-
-Classes in the hub's order: entailment, neutral, contradiction. Priming template (the harness's
-``mnli``): ``premise + "\\nQuestion: " + hypothesis (a period added unless it ends with one) +
-" True, False or Neither?\\nAnswer:"`` -> ``" True"`` / ``" Neither"`` / ``" False"``.
+Files, skipped rows, template and the two dev sets: docs/evaluation.md, "ReCoRD, OpenBookQA
+and MNLI".
 """
 
 from __future__ import annotations

@@ -1,21 +1,6 @@
 """OpenBookQA: elementary science questions with 4 answers, few-shot in the paper.
 
-The official release (``OpenBookQA-V1-Sep2018/Data/Main``) holds each split twice:
-
-- ``train.jsonl`` / ``dev.jsonl`` / ``test.jsonl``: ``{"id", "question": {"stem", "choices":
-  [{"text", "label"}, ...]}, "answerKey"}`` (``Data/Additional/*_complete.jsonl`` adds fact1,
-  humanScore, ... and reads the same way);
-- ``train.tsv`` / ``dev.tsv`` / ``test.tsv``: a header line, then one question per line with the
-  columns ``Question Stem``, ``Choices`` (``"(A) text (B) text ..."``) and ``Answer Key``
-  (header names are matched ignoring case, spaces and underscores; when ``Choices`` is absent
-  the choices are read from ``Complete Question``, the stem followed by the same ``(A) ...``
-  list).
-
-The loader takes the folder itself, its ``Main/``, ``Data/Main/`` or
-``OpenBookQA-V1-Sep2018/Data/Main/``, and prefers a split's JSONL over its TSV. The evaluated
-split is ``test`` (labelled; GPT-3 and lm-evaluation-harness report it), shots come from
-``train``. Template (the harness's): the stem, then ``" " + choice``. Choices keep the file's
-order; the answer key is looked up by label, so files listing labels out of order still work.
+Folders, JSONL/TSV formats, splits and template: docs/evaluation.md, "ReCoRD, OpenBookQA and MNLI".
 """
 
 from __future__ import annotations

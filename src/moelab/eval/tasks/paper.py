@@ -1,16 +1,5 @@
-"""Loaders for the paper's priming tasks and their templates (PAPER.md, "Evaluation").
-
-Each loader takes the task's folder (e.g. ``../shared/data/piqa``) and accepts both the format
-staged there and the official release format where they differ. Templates:
-
-- HellaSwag: ``activity_label + ": " + ctx_a + " " + ctx_b`` then ``" " + ending``
-- PIQA: ``goal`` then ``" " + solution``
-- StoryCloze: the four sentences joined by spaces, then ``" " + ending``
-- WinoGrande: ``_`` replaced by each option (one context per option), the rest of the sentence
-  scored (partial scoring)
-- COPA: the premise without its final period + ``" because"`` / ``" therefore"``, then the
-  choice with a lower-cased first letter (GPT-3's template)
-- LAMBADA: the passage without its last word, then ``" " + last word`` (greedy last-word accuracy)
+"""Loaders for the paper's priming tasks; each takes the task's folder and reads both the staged
+and the official format. Templates: docs/evaluation.md, "Tasks and where they are read from".
 """
 
 from __future__ import annotations

@@ -1,26 +1,7 @@
 """ReCoRD (SuperGLUE): cloze questions over news passages, zero-shot in the paper.
 
-Official SuperGLUE JSONL (``ReCoRD/val.jsonl``), one passage per line::
-
-    {"passage": {"text": str, "entities": [{"start": int, "end": int}, ...]},
-     "qas": [{"query": str with "@placeholder", "answers": [{"start", "end", "text"}, ...]}, ...]}
-
-Entity spans include their ``end`` character (``text[start:end + 1]``), as the SuperGLUE reader
-of the hub's ``super_glue`` script slices them. Each query is one item:
-
-- context: the passage before its first ``@highlight`` marker, a blank line, then each highlight
-  as ``"  - " + highlight + ".\\n"`` (lm-evaluation-harness's ``record`` template);
-- candidates: the passage's distinct entity strings in sorted order (the harness and the hub copy
-  both deduplicate and sort), each put in place of ``@placeholder`` in ``"  - " + query``, with
-  no delimiter (the context already ends with a newline);
-- correct: every candidate equal to one of the gold answers after the official scorer's
-  normalisation (lower case, punctuation and the articles a/an/the removed, whitespace
-  collapsed): the official exact match takes the maximum over the answer aliases, so picking any
-  matching entity scores 1. ``label`` is the first such candidate (the one shown in shots).
-
-Only the evaluated split is read: the train file (100k queries over 65k passages) would make
-every zero-shot evaluation load hundreds of MB for nothing; shots, if asked for, come from the
-evaluated split minus the item.
+File format, template, candidates and alias matching: docs/evaluation.md, "ReCoRD, OpenBookQA
+and MNLI".
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Task names -> loaders, and where task files are looked up.
 
-``get_task("piqa")`` loads ``<tasks dir>/piqa``; ``get_task("hf:piqa")`` fetches its official
-splits from the Hugging Face hub (tasks/hf.py); ``get_task("my/file.jsonl")`` loads a generic
-JSONL file. The tasks directory is an explicit setting: the ``tasks_dir`` argument
-(``--tasks-dir``; a study passes its ``eval.tasks_dir`` or ``data.root``), else the
-``MOELAB_TASKS_DIR`` environment variable; without either a registered name is refused.
+``get_task("piqa")``, ``get_task("hf:piqa")`` or ``get_task("my/file.jsonl")``; the tasks
+directory is explicit (``tasks_dir`` or ``MOELAB_TASKS_DIR``): docs/evaluation.md, "Tasks and
+where they are read from".
 """
 
 from __future__ import annotations
