@@ -1,10 +1,7 @@
 """Data: text sources -> tokenizer + per-domain token shards -> training and evaluation batches.
 
-``prepare`` writes a folder; ``PreparedData.open`` reads it; ``TrainStream`` and ``eval_windows``
-turn it into batches. See docs/data.md.
-
-The loader (which needs torch) is imported on first use, so tokenizer worker processes and
-``moelab prepare`` start without importing torch.
+See docs/data.md. The loader (which needs torch) is imported on first use, so tokenizer worker
+processes and ``moelab prepare`` start without importing torch.
 """
 
 from __future__ import annotations

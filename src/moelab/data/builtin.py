@@ -1,17 +1,6 @@
 """The built-in corpus: text that every machine with Python already has (the standard library).
 
-Domains (each capped at ``max_bytes`` of UTF-8 text, held-out ones at a quarter of it):
-
-- ``code`` (train): ``.py`` source files, one document per file (cut at ``max_doc_bytes``).
-- ``prose`` (train): English prose: the ``pydoc_data`` help topics (one document each), then the
-  docstrings of each module (one document per module: its docstrings joined by blank lines).
-- ``code_heldout`` / ``prose_heldout`` (held-out): the same two kinds of text from a disjoint set
-  of packages about the web and data formats (:data:`HELDOUT_PACKAGES`), never seen in training.
-
-Files are visited in a fixed order (sorted by the SHA-256 of their relative path, which spreads
-the byte cap over the whole library instead of the alphabet's first letters), so a given Python
-version always yields the same corpus. Tests, ``site-packages``, bundled wheels and the codec
-tables in ``encodings`` are left out. The manifest records the Python version and every file used.
+Domains, file order and what is left out: docs/data.md, "The built-in corpus".
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """What a prepared folder's manifest may claim, checked before any file it names is opened.
 
-A manifest is data from disk: a crafted or damaged one used to make moelab open files outside
-the folder (``"name": "../outside/secret.bin"``), index the embedding with ids beyond the
-vocabulary (an IndexError traceback) or size a model from a forged ``vocab_size`` (10^12 tried to
-allocate 384 TB). Here every file name must be a plain name that resolves inside the folder, the
-schema must hold the types the readers use, and token ids must lie below the vocabulary: checked
-in the same pass as the checksums when a folder is verified, else on the first read of a split.
+A manifest is data from disk (a crafted one used to read files outside the folder or size a
+384 TB embedding): docs/data.md, "A folder is data, not instructions".
 """
 
 from __future__ import annotations

@@ -1,18 +1,7 @@
 """User paths to files: literal names first, then globs whose ``**`` never enters a symlink.
 
-Python's ``glob(recursive=True)`` follows symlinked folders under ``**``: one loop back to a
-parent turned 2 files into 82 inputs (validation documents landing in training), two loops never
-returned. Here:
-
-- a path that exists is taken as it is, even when it holds glob characters, so ``file[1].txt``
-  reads that file (glob would read ``file1.txt``); in a pattern, ``[[]`` matches a literal ``[``
-  (``[*]``, ``[?]`` likewise), as in Python's ``glob.escape``;
-- ``*``, ``?`` and ``[...]`` match within one path component, and names starting with ``.`` only
-  when the pattern's component does, as in ``glob``;
-- ``**`` as a whole component matches zero or more folders, walked with
-  ``os.walk(followlinks=False)``: a symlinked folder below the pattern's fixed part is listed,
-  never entered, so no link can repeat files or loop. A symlink the user names (in the fixed
-  part, or as a file) is followed.
+Python's ``glob(recursive=True)`` follows symlinked folders under ``**`` (one loop back to a
+parent turned 2 files into 82 inputs). The rules: docs/data.md, "Paths, globs and links".
 """
 
 from __future__ import annotations

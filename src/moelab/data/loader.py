@@ -1,12 +1,5 @@
 """Batches for training (a seeded, weighted mixture of domains) and for evaluation (every token of
-a split exactly once).
-
-Training: the global batch of step ``s`` is a pure function of ``(seed, s)``: for each of its
-``batch_size`` rows a domain is drawn with probability proportional to its weight, then a start
-position uniformly in that domain's train tokens, and the row is the ``seq_len + 1`` tokens from
-there (windows may cross document boundaries; documents are separated by ``<|endoftext|>``).
-Rank ``r`` of ``W`` takes rows ``r::W``, so any world size trains on exactly the same data and a
-resumed run continues the same stream.
+a split exactly once): docs/data.md, "Training batches" and "Evaluation batches".
 """
 
 from __future__ import annotations
@@ -24,8 +17,7 @@ from moelab.errors import MoelabError
 class TrainStream:
     """Fixed-length training sequences from a weighted mixture of the training domains.
 
-    ``weights``: ``{domain: weight}`` over training domains (missing ones get 0; they need not
-    sum to 1); default: proportional to each domain's train tokens.
+    ``weights``: ``{domain: weight}``, unnormalised, missing = 0; default: by train tokens.
     """
 
     def __init__(
@@ -125,13 +117,10 @@ def eval_windows(
     bos_id: int | None = None,
     pad_id: int = 0,
 ) -> Iterator[EvalBatch]:
-    """Cover a split once with non-overlapping windows of ``seq_len`` predictions.
+    """Cover ``tokens[:max_tokens]`` once with non-overlapping windows of ``seq_len`` predictions.
 
-    The stream is ``tokens[:max_tokens]``. Every position of it is a target exactly once, except
-    the very first token when ``bos_id`` is None (nothing precedes it). Pass
-    ``bos_id=data.eot_id`` to predict the first token too, after an end-of-document token as in
-    training (splits start at a document start). The last window is padded (``pad_id``, mask
-    False) and the last batch may have fewer than ``batch_size`` rows.
+    The first token is a target only with ``bos_id``; the last window is padded (``pad_id``, mask
+    False). Details: docs/data.md, "Evaluation batches".
     """
     if seq_len < 1 or batch_size < 1:
         raise MoelabError(f"seq_len and batch_size must be >= 1, got {seq_len}, {batch_size}")

@@ -1,13 +1,6 @@
 """``prepare``: text sources -> tokenizer + per-domain token shards + manifest, idempotently.
 
-Steps: read every source into documents; fingerprint the inputs and settings; stop if the output
-already holds exactly this preparation (after verifying it) and refuse if it holds another one;
-split each domain into train/val by documents with a fixed seed; train (or load) the tokenizer on
-the training split of the training domains only; encode in worker processes; write everything
-into a temporary folder that is renamed to the output when complete.
-
-All of one run's text is held in memory (the study's corpora are tens of MB); tokens are written
-one domain at a time.
+Splits, fingerprint, the temporary folder and memory use: docs/data.md, "The prepared folder".
 """
 
 from __future__ import annotations
@@ -273,11 +266,9 @@ def prepare(
 ) -> PrepareResult:
     """Prepare ``out`` from ``sources`` (training domains) and ``heldout`` (evaluation-only
     domains), each a ``DOMAIN=PATH_OR_GLOB[:options]`` string or a :class:`SourceSpec`.
-    ``builtin`` adds the built-in standard-library corpus; by default it is used when no
-    ``sources`` are given. ``tokenizer``: a tokenizer.json to use instead of training a BPE of
-    ``vocab_size``. The :class:`PrepareSettings` come as ``settings`` or as flat keywords
-    (``vocab_size=8192``). Re-running with the same inputs returns the existing folder
-    untouched."""
+    Arguments and defaults: docs/data.md, "Quick start". Re-running with the same inputs returns
+    the existing folder untouched.
+    """
     if settings is not None and options:
         raise TypeError("prepare: give settings or keyword settings, not both")
     settings = (settings or from_dict(PrepareSettings, options)).validate()

@@ -1,19 +1,6 @@
 """The prepared folder on disk: writing token shards, and :class:`PreparedData` to read them.
 
-Layout of a prepared folder::
-
-    manifest.json                      what is here and how it was made (see docs/data.md)
-    tokenizer.json                     the tokenizer every later step loads
-    <domain>.<split>.tokens.bin        token ids, uint16 if the vocabulary fits, else uint32
-    <domain>.<split>.offsets.bin       int64, n_docs + 1 entries: document i is
-                                       tokens[offsets[i]:offsets[i+1]] and ends with <|endoftext|>
-
-Training domains have splits ``train`` and ``val``; held-out domains only ``val``.
-The whole folder is built under a temporary name and renamed when complete, so a folder named
-like the output is never half-written. On open, the manifest's schema and file names are
-checked (every file it names must lie in the folder), every file's size against the manifest
-(cheap, always) and, with ``verify=True`` (the default), its SHA-256 and the range of its token
-ids (same pass) too; unverified, a split's ids are range-checked when it is first read.
+Layout, atomic writing and the checks on open: docs/data.md, "The prepared folder".
 """
 
 from __future__ import annotations

@@ -1,18 +1,6 @@
 """Text sources: parse ``DOMAIN=LOCATION[:key=value...]`` specs and read them into documents.
 
-What counts as one document (each is followed by an end-of-document token in the shards):
-
-- plain text, ``docs=file`` (default): one file, cut at paragraph (then line) boundaries into pieces
-  of at most ``max_doc_bytes`` UTF-8 bytes, so that one long book still splits into train/val and
-  no sampled window straddles a whole corpus. The pieces concatenate back to the file's text.
-- plain text, ``docs=blank``: each block of non-blank lines (whitespace-only lines separate blocks),
-  e.g. one article per block in Reuters; over-long blocks are cut like files.
-- plain text, ``docs=line``: each non-blank line.
-- JSONL: each row's ``field`` (default ``text``; dotted names reach into nested objects).
-- Hugging Face ``datasets``: each row's ``field`` of the chosen split.
-
-Documents that are empty or whitespace-only are skipped. Line endings are normalised to ``\\n``
-(text is read with universal newlines); a UTF-8 byte-order mark is dropped.
+What one document is per kind, cutting and normalisation: docs/data.md, "Source specs".
 """
 
 from __future__ import annotations

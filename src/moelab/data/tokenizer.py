@@ -1,10 +1,7 @@
 """Byte-level BPE: train one with Hugging Face ``tokenizers`` or load a user's ``tokenizer.json``,
 and encode documents in batches across worker processes.
 
-A trained tokenizer has the special tokens ``<|endoftext|>`` (id 0, between documents) and
-``<|pad|>`` (id 1), then the 256 byte symbols, then merges. Byte-level means any text round-trips:
-``decode(encode(text)) == text``. Special-token strings that occur inside a document are encoded
-as plain text, so a document can never forge a document boundary.
+Special tokens, round-trip and boundary safety: docs/data.md, "The prepared folder" (Tokenizer).
 """
 
 from __future__ import annotations
