@@ -138,7 +138,7 @@ def verify_folder(path: Path, manifest: dict[str, Any], full: bool) -> None:
 
 
 class PreparedData:
-    """A prepared folder, opened for reading. See the module docstring for the layout."""
+    """A prepared folder, opened for reading (layout: docs/data.md, "The prepared folder")."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], tokenizer: Tokenizer):
         self.path = path

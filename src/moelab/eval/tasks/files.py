@@ -42,14 +42,12 @@ class Row:
         return child
 
     def obj(self, field: str) -> Row:
-        """A nested JSON object."""
         value = self._get(field)
         if not isinstance(value, dict):
             raise self.error(field, f"expected an object, got {_show(value)}")
         return self._child(value, field)
 
     def objs(self, field: str, min_len: int = 1) -> list[Row]:
-        """A list of nested JSON objects."""
         value = self._get(field)
         if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
             raise self.error(field, f"expected a list of objects, got {_show(value)}")
