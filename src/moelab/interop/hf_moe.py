@@ -48,11 +48,7 @@ def _softmax_misfit(cfg: ModelConfig) -> str | None:
 
 def experts_to_hf(state: State, layer: int, prefix: str) -> State:
     p = f"layers.{layer}.ffn."
-    w1_EDF, w3_EDF, w2_EFD = (
-        state[p + "experts.w1"],
-        state[p + "experts.w3"],
-        state[p + "experts.w2"],
-    )
+    w1_EDF, w3_EDF, w2_EFD = (state[f"{p}experts.{w}"] for w in ("w1", "w3", "w2"))
     return {
         prefix + "gate.weight": state[p + "gate.weight"],
         prefix + "experts.gate_up_proj": torch.cat([w1_EDF, w3_EDF], dim=2)

@@ -119,14 +119,6 @@ def _model_entries(folder: Path) -> dict[str, TensorStorageMetadata]:
     return entries
 
 
-def read_tensor(folder: str | Path, name: str, md: TensorStorageMetadata) -> torch.Tensor:
-    """One full model weight of DCP folder ``folder``, read alone (only its pieces)."""
-    t = torch.empty(tuple(md.size), dtype=md.properties.dtype)
-    with _quiet_single_process():
-        dcp.load({f"{MODEL}.{name}": t}, storage_reader=FileSystemReader(str(folder)), no_dist=True)
-    return t
-
-
 # safetensors' names of torch dtypes
 _SAFETENSORS_DTYPE = {
     torch.float64: "F64",
@@ -171,8 +163,11 @@ def consolidate(folder: str | Path, out_file: str | Path) -> dict[str, Any]:
             digest.update(chunk)
 
         write(struct.pack("<Q", len(blob)) + blob)
-        for name, md in sorted(entries.items()):
-            t = read_tensor(folder, name, md).contiguous()
+        for name, md in sorted(entries.items()):  # each weight read alone (only its pieces)
+            t = torch.empty(tuple(md.size), dtype=md.properties.dtype)
+            reader = FileSystemReader(str(folder))
+            with _quiet_single_process():
+                dcp.load({f"{MODEL}.{name}": t}, storage_reader=reader, no_dist=True)
             write(t.reshape(-1).view(torch.uint8).numpy().tobytes())
             del t
     return {"bytes": out.stat().st_size, "sha256": digest.hexdigest()}
