@@ -153,6 +153,13 @@ def test_the_upcycled_run_starts_as_the_dense_checkpoint_and_counts_its_flops(fi
     assert label in (finished / "report.md").read_text()
 
 
+def test_the_report_counts_the_dense_compute_to_the_checkpoint_once(finished):
+    """The report's total training FLOPs are the plan's: the upcycled run's own, not again the
+    dense run's to step 16 that its FLOPs columns add."""
+    total = sum(r["train_flops"] for r in json.loads((finished / "plan.json").read_text()))
+    assert f"{total:.3g} training FLOPs in all" in (finished / "report.md").read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups, /proc")
 def test_a_parallel_study_killed_after_the_dense_run_resumes_to_the_same_table(finished, tmp_path):

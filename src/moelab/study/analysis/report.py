@@ -412,7 +412,7 @@ def compose(
 
 def _setup(doc: Document, study: dict, finals: list[CurvePoint], meta: dict, an: Analysis) -> None:
     train = (study.get("base") or {}).get("train", {})
-    total_flops = sum(p.train_flops for p in finals)
+    total_flops = sum(p.train_flops - p.upcycled_flops for p in finals)  # the dense part once
     train_wall = sum(p.evaluation.train_wall_s or 0 for p in finals)
     eval_wall = sum(p.evaluation.eval_wall_s or 0 for p in finals)
     doc.add(Heading("Setup"))

@@ -174,6 +174,7 @@ def curve(
                     for k, v in (ev.get("values") or {}).items()
                 },
                 evaluation=final_eval(path, ev) if i == last else None,
+                upcycled_flops=prior,
             )
         )
     return out

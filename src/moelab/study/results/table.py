@@ -76,6 +76,8 @@ class CurvePoint:
     loss: dict[str, float | None] = field(default_factory=dict)  # validation loss per domain
     grid: dict[str, Any] = field(default_factory=dict)  # the grid values that made the run
     evaluation: FinalEval | None = None
+    # of train_flops, the dense run's to the checkpoint an upcycled run started from (no column)
+    upcycled_flops: float = 0.0
 
     @property
     def final(self) -> bool:
