@@ -153,6 +153,17 @@ def test_the_upcycled_run_starts_as_the_dense_checkpoint_and_counts_its_flops(fi
     assert label in (finished / "report.md").read_text()
 
 
+def test_the_upcycled_runs_seed_column_is_its_dense_runs(finished):
+    """It trains with the dense seed + 1 but belongs to the dense seed's replicate: the table
+    and the report show the grid's one seed."""
+    seeds = {
+        r["run"]: r["seed"] for r in json.loads((finished / "results.json").read_text())["rows"]
+    }
+    config = yaml.safe_load((finished / "runs" / UP / "config.yaml").read_text())
+    assert seeds[UP] == seeds["tiny-dense-a"] == config["train"]["seed"] - 1
+    assert "(one per configuration: no run-to-run noise" in (finished / "report.md").read_text()
+
+
 def test_the_report_counts_the_dense_compute_to_the_checkpoint_once(finished):
     """The report's total training FLOPs are the plan's: the upcycled run's own, not again the
     dense run's to step 16 that its FLOPs columns add."""

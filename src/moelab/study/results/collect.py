@@ -16,6 +16,7 @@ from moelab.flops import count_params
 from moelab.study.plan.layout import STUDY_EVAL, runs_dir
 from moelab.study.results.diverged import read_divergence
 from moelab.study.results.table import Accuracy, CurvePoint, FinalEval, LoadBalance
+from moelab.train.config import load_run_config
 from moelab.train.metrics import METRICS
 from moelab.train.rundir import read_done
 
@@ -81,8 +82,6 @@ def read_run(path: Path, key: str | None = None) -> tuple[list[CurvePoint], dict
     """A finished and evaluated run's points on the table, and its study_eval.json. Anything
     missing or damaged is refused with one line naming the file and the fix: a report is never
     built from part of a run. ``key``: the study's evaluation key the run must match."""
-    from moelab.train.config import load_run_config
-
     rerun = f"moelab study CONFIG --out {path.parent.parent}"
     if not (path / "done.json").is_file():
         what = "has no run folder" if not path.is_dir() else "is not finished (no done.json)"
@@ -150,7 +149,11 @@ def curve(
     last = main[-1] if main else len(points) - 1
     # An upcycled run (moelab upcycle) started from a dense checkpoint: its compute includes
     # the dense run's to that checkpoint (docs/upcycle.md), its own metrics count only its own.
-    prior = float(cfg.upcycled_from.train_flops) if cfg.upcycled_from is not None else 0.0
+    up, seed = cfg.upcycled_from, cfg.train.seed
+    prior = float(up.train_flops) if up else 0.0
+    dense = path.parent / Path(up.run).name / "config.yaml" if up else None
+    if dense and dense.is_file():  # its seed column: its dense run's, the replicate it is of
+        seed = load_run_config(dense, check_data=False).train.seed
     out = []
     for i, p in enumerate(points):
         val = p["val"]
@@ -161,7 +164,7 @@ def curve(
                 run=ev["run"],
                 family=ev["family"],
                 preset=ev["preset"],
-                seed=cfg.train.seed,
+                seed=seed,
                 **fields,
                 params_total=counts.total,
                 params_active=counts.active,
