@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.errors import MoelabError
-from moelab.io import no_space_left
+from moelab.io import atomic_dir, no_space_left
 from moelab.paths import check_can_create
 
 log = logging.getLogger(__name__)
@@ -344,8 +344,6 @@ def locked_new_dir(out: str | Path, command: str, check) -> Iterator[Path]:
     holding its lock: ``check(out)`` runs again under the lock (another process may have made
     ``out`` since the caller's first check), and the temporaries of killed earlier attempts
     are removed first (export and import leave ``.NAME.tmp-PID`` when killed)."""
-    from moelab.io import atomic_dir
-
     with folder_lock(out, command):
         check(Path(out))
         remove_stale_temps(out)

@@ -6,7 +6,7 @@ import json
 
 from moelab.commands import add_settings, settings_of
 from moelab.errors import MoelabError
-from moelab.eval.finetune import FinetuneSettings
+from moelab.eval.finetune import FinetuneSettings, finetune_run
 
 
 def _lrs(value: str | tuple[float, ...]) -> tuple[float, ...]:
@@ -65,7 +65,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from moelab.commands.eval import loaded_line
-    from moelab.eval.finetune import finetune_run
     from moelab.eval.results import check_eval_dir, finetune_table, write_result
     from moelab.eval.runs import parse_capacity
     from moelab.eval.tasks import get_task

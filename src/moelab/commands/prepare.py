@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from moelab.commands import add_settings, settings_of
-from moelab.data.prepare import PrepareSettings
+from moelab.data.prepare import PrepareSettings, prepare
 from moelab.data.sources import SPEC_SYNTAX
 
 # The library's names of arguments whose flag is called otherwise (the CLI shows the flag).
@@ -58,8 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from moelab.data.prepare import prepare
-
     result = prepare(
         args.out,
         args.source,

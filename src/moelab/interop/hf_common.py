@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from moelab.data.tokenizer import load_tokenizer, special_ids
 from moelab.errors import MoelabError
 from moelab.paths import check_can_create
 
@@ -71,8 +72,6 @@ def hf_tokenizer(tokenizer_json: Path, max_len: int) -> tuple[Any, int, int]:
     inside text are split like plain text, as moelab encodes them, so both sides produce the
     same ids for any string. No post-processor: nothing is added to encoded text."""
     from transformers import PreTrainedTokenizerFast
-
-    from moelab.data.tokenizer import load_tokenizer, special_ids
 
     tok = load_tokenizer(tokenizer_json)
     eot, pad = special_ids(tok, where=str(tokenizer_json))

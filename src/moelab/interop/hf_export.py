@@ -27,6 +27,7 @@ from moelab.interop.hf_common import (
     require_transformers,
 )
 from moelab.lock import locked_new_dir
+from moelab.train import load_model, read_run_config
 
 EXPORT_INFO = "moelab_export.json"
 
@@ -66,8 +67,6 @@ def export_hf(
     """Export the newest valid checkpoint of ``run_dir`` (or ``step``) to folder ``out``."""
     require_transformers("export")
     from transformers import AutoModelForCausalLM
-
-    from moelab.train import load_model, read_run_config
 
     run_dir, out = Path(run_dir), Path(out)
     check_new_folder(out)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from moelab.data.tokenizer import load_tokenizer, special_ids
 from moelab.errors import MoelabError
 from moelab.interop.hf_classes import class_for_hf_config
 from moelab.interop.hf_common import (
@@ -23,6 +24,11 @@ from moelab.interop.hf_common import (
     require_transformers,
 )
 from moelab.lock import locked_new_dir
+from moelab.model import build_model
+from moelab.train import checkpoint as ckpt_io
+from moelab.train.config import DataSection, RunConfig, TrainConfig
+from moelab.train.loading import load_model
+from moelab.train.rundir import CONFIG
 
 
 @dataclass
@@ -37,9 +43,6 @@ def write_run_files(
 ) -> None:
     """What the trainer leaves in a run folder, for a model that was not trained here:
     ``config.yaml``, ``tokenizer.json`` and checkpoint ``meta["step"]`` (trainer format)."""
-    from moelab.train import checkpoint as ckpt_io
-    from moelab.train.rundir import CONFIG
-
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG).write_text(run_cfg.to_yaml(), encoding="utf-8")
     (folder / TOKENIZER).write_bytes(tokenizer_json)
@@ -77,11 +80,6 @@ def _load_hf(hf_dir: Path):
 
 def import_hf(hf_dir: str | Path, out: str | Path, verify: bool = True) -> ImportResult:
     """Import the model folder ``hf_dir`` into a new moelab run folder ``out``."""
-    from moelab.data.tokenizer import load_tokenizer, special_ids
-    from moelab.model import build_model
-    from moelab.train.config import DataSection, RunConfig, TrainConfig
-    from moelab.train.loading import load_model
-
     require_transformers("import")
     hf_dir, out = Path(hf_dir), Path(out)
     if not (hf_dir / HF_CONFIG).is_file():

@@ -20,10 +20,14 @@ from lm_eval.api.registry import model_registry
 from lm_eval.models.utils import normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from moelab.data.tokenizer import eot_token_id
+from moelab.devices import pick_device
 from moelab.errors import MoelabError
 from moelab.eval.logprobs import BATCH_TOKENS
+from moelab.eval.runs import open_run, parse_capacity
 from moelab.eval.scoring import Request, model_logits_at, score_requests
 from moelab.model import KVCache
+from moelab.train.validation import set_capacity
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +79,6 @@ class MoelabLM(TemplateLM):
     ) -> None:
         super().__init__()
         device = _usable_device(device)
-        from moelab.data.tokenizer import eot_token_id
-        from moelab.devices import pick_device
-        from moelab.eval.runs import open_run, parse_capacity
-        from moelab.train.validation import set_capacity
-
         if model is None:
             if run_dir is None:
                 raise MoelabError("MoelabLM needs run_dir=RUN_DIR (or model= and tokenizer=)")
@@ -196,7 +195,6 @@ class MoelabLM(TemplateLM):
         no padding mask, so only equal lengths share a batch)."""
         eos = self.tokenizer.id_to_token(self._eot)
         groups: dict[tuple, list[tuple[int, list[int]]]] = {}
-        settings: dict[tuple, dict[str, Any]] = {}
         for i, req in enumerate(requests):
             context, gen_kwargs = req.args
             kw = normalize_gen_kwargs(dict(gen_kwargs or {}), self.max_gen_toks)
@@ -214,7 +212,6 @@ class MoelabLM(TemplateLM):
                 int(kw.get("top_k", 0) or 0),
                 float(kw.get("top_p", 1.0) or 1.0),
             )
-            settings[key] = {"until": until, "n_new": n_new}
             groups.setdefault(key, []).append((i, ids))
         results: list[str] = [""] * len(requests)
         for key, members in groups.items():

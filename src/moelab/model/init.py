@@ -19,6 +19,7 @@ from torch import nn
 
 from moelab.model.attention import Attention
 from moelab.model.moe import Experts, MoeFFN
+from moelab.model.positions import sinusoidal_table
 from moelab.model.rms_norm import RMSNorm
 from moelab.model.transformer import FeedForward, LanguageModel
 
@@ -222,8 +223,6 @@ def init_buffers(model: LanguageModel, device: torch.device) -> None:
     ``to_empty`` (which leaves them uninitialised): the paper arch's sinusoidal position table;
     an MoE layer's selection bias and its load counts (``balance: bias``) start at zero (a
     checkpoint then loads the bias it trained)."""
-    from moelab.model.positions import sinusoidal_table
-
     cfg = model.cfg
     if cfg.arch == "paper":
         rows = model.pos_table.shape[0]

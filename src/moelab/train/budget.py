@@ -14,6 +14,7 @@ import numpy as np
 
 from moelab.flops import train_flops_per_token
 from moelab.train.config import RunConfig
+from moelab.train.schedule import LrSchedule, cooldown_plan
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,6 @@ def resolve_budget(cfg: RunConfig) -> Budget:
 
 def schedule_of(cfg: RunConfig, budget: Budget):
     """The run's learning-rate schedule (a pure function of the step)."""
-    from moelab.train.schedule import LrSchedule
-
     t = cfg.train
     return LrSchedule(
         t.lr, budget.warmup_steps, budget.total_steps, t.schedule, t.min_lr_ratio, t.decay_fraction
@@ -74,8 +73,6 @@ def schedule_of(cfg: RunConfig, budget: Budget):
 
 def cooldowns_of(cfg: RunConfig, budget: Budget):
     """The run's cooldown branches (``moelab.train.schedule.Cooldown``), in fork order."""
-    from moelab.train.schedule import cooldown_plan
-
     return cooldown_plan(schedule_of(cfg, budget), cfg.train.cooldowns)
 
 

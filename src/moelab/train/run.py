@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from moelab.parallel.launch import env_world
+from moelab.parallel.launch import env_world, fail_fast, setup_from_env, teardown
 from moelab.train.config import RunConfig, with_parallel_env
 from moelab.train.trainer import Trainer
 
@@ -24,9 +24,6 @@ def train(run_cfg: RunConfig, run_dir: str | Path, *, progress: bool = True) -> 
     run_cfg = with_parallel_env(run_cfg)
     if env_world() == 1:
         return Trainer(run_cfg, run_dir, progress=progress).run()
-    # imported here so that a one-process run does not pay for importing FSDP and DCP
-    from moelab.parallel.launch import fail_fast, setup_from_env, teardown
-
     par = run_cfg.parallel
     topo = setup_from_env(
         run_cfg.model.n_experts, ep=par.ep, device=run_cfg.train.device, timeout_s=par.timeout_s
