@@ -39,15 +39,13 @@ def offline_requested() -> bool:
 def hub_offline(offline: bool) -> Iterator[None]:
     """Offline mode for this call only: the hub reads HF_HUB_OFFLINE once, at import, so the
     imported constants are switched and switched back afterwards."""
-    patched = []
-    if offline:
-        modules = []
-        for module_name in ("huggingface_hub.constants", "datasets.config"):
-            with contextlib.suppress(ImportError):  # import all before patching any
-                modules.append(importlib.import_module(module_name))
-        for module in modules:
-            patched.append((module, module.HF_HUB_OFFLINE))
-            module.HF_HUB_OFFLINE = True
+    modules = []
+    for module_name in ("huggingface_hub.constants", "datasets.config") if offline else ():
+        with contextlib.suppress(ImportError):  # import all before patching any
+            modules.append(importlib.import_module(module_name))
+    patched = [(module, module.HF_HUB_OFFLINE) for module in modules]
+    for module in modules:
+        module.HF_HUB_OFFLINE = True
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def _layers(model: nn.Module) -> list[MoeFFN]:
+def moe_layers(model: nn.Module) -> list[MoeFFN]:
     return [m for m in model.modules() if isinstance(m, MoeFFN)]
 
 
@@ -32,13 +32,13 @@ def _plain_forward(model: nn.Module, tokens_BT: torch.Tensor) -> object:
 def clear_global_counts(model: nn.Module) -> None:
     """Forget the counts :func:`global_batch_counts` set: they belong to one step only (a
     later step of one micro-batch sums its own over the ranks)."""
-    for m in _layers(model):
+    for m in moe_layers(model):
         m.balance_counts_E = None
 
 
 def needs_global_counts(model: nn.Module) -> bool:
     """Whether the model has a layer with the global-batch balancing scope."""
-    return any(m.cfg.balance_scope == "global_batch" for m in _layers(model))
+    return any(m.cfg.balance_scope == "global_batch" for m in moe_layers(model))
 
 
 @torch.no_grad()
@@ -57,7 +57,7 @@ def global_batch_counts(
     draws the same masks in the real pass and the counts are the ones it routes by.
     ``forward(model, tokens_BT)`` runs the model (default ``model(tokens_BT)``; give the
     trainer's autocast around it)."""
-    layers = [m for m in _layers(model) if m.cfg.balance_scope == "global_batch"]
+    layers = [m for m in moe_layers(model) if m.cfg.balance_scope == "global_batch"]
     micro_inputs = list(micro_inputs)
     if not layers or not micro_inputs:
         return
@@ -93,7 +93,7 @@ def update_balance_bias(
     each rank keeps the whole router and bias). ``step_taken=False`` (the step was skipped as
     non-finite) only clears the counts, as the weights did not move either. Collective when
     distributed: every rank calls it."""
-    for m in _layers(model):
+    for m in moe_layers(model):
         if m.score_bias is None:
             continue
         if not step_taken:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moelab.model import MoeFFN
+from moelab.model.balance import moe_layers
 
 B = TypeVar("B")
 
@@ -53,10 +53,6 @@ def build_eval_sets(data, seq_len: int, eval_tokens: int, batch_size: int) -> di
         if batches:
             sets[domain] = batches
     return sets
-
-
-def moe_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, MoeFFN)]
 
 
 def set_capacity(
