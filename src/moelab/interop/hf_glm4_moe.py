@@ -36,8 +36,7 @@ BIAS = "e_score_correction_bias"
 
 
 def _misfit(cfg: ModelConfig) -> str | None:
-    why = moe_misfit(cfg)
-    if why:
+    if why := moe_misfit(cfg):
         return why
     if cfg.router_score != "sigmoid":
         return f"scores experts with sigmoid; this model with {cfg.router_score}"

@@ -29,8 +29,7 @@ def moe_misfit(cfg: ModelConfig) -> str | None:
 
 def _softmax_misfit(cfg: ModelConfig) -> str | None:
     """What a softmax-gated class without route scale or selection bias cannot express."""
-    why = moe_misfit(cfg)
-    if why:
+    if why := moe_misfit(cfg):
         return why
     if cfg.router_score != "softmax":
         return f"scores experts with softmax; this model with {cfg.router_score}"
@@ -144,8 +143,7 @@ def moe_model_config(fields: dict[str, Any], **moe: Any) -> ModelConfig:
 
 
 def _mixtral_misfit(cfg: ModelConfig) -> str | None:
-    why = _softmax_misfit(cfg)
-    if why:
+    if why := _softmax_misfit(cfg):
         return why
     if cfg.moe_every != 1:
         return f"has an MoE in every layer; this model has one every {cfg.moe_every} layers"
@@ -231,8 +229,7 @@ def _qwen_config(cfg: ModelConfig, ids: SpecialIds) -> Any:
 
 
 def _qwen_misfit(cfg: ModelConfig) -> str | None:
-    why = _softmax_misfit(cfg)
-    if why:
+    if why := _softmax_misfit(cfg):
         return why
     if cfg.n_shared_experts and not cfg.shared_expert_gate:
         return (

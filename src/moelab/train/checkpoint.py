@@ -148,9 +148,7 @@ def _write_state_and_meta(
         name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
         for name in hashed
     }
-    record = {**meta, "step": step, "files": files}
-    if sharded:
-        record[SHARDED] = sharded
+    record = {**meta, "step": step, "files": files} | ({SHARDED: sharded} if sharded else {})
     (folder / META).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 

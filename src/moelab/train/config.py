@@ -339,8 +339,7 @@ def run_config_from_dict(raw: dict[str, Any], *, check_data: bool = True) -> Run
     if preset_name:
         notes.append(f"model: preset {preset_name}" + (" with overrides" if explicit else ""))
     if train.dropout is not None:
-        model.dropout = train.dropout
-        model.attn_dropout = train.dropout
+        model.dropout = model.attn_dropout = train.dropout
     if check_data:
         data.dir = str(Path(data.dir).expanduser().resolve())
         prepared = open_prepared(data.dir)
