@@ -65,9 +65,7 @@ def parallelize(model: nn.Module, topo: Topology, cfg: ParallelConfig) -> nn.Mod
         )
     if layers:
         _distribute_experts(layers, topo)
-        mesh = topo.mesh
-    else:
-        mesh = topo.flat_mesh
+    mesh = topo.mesh if layers else topo.flat_mesh
     ignored = set(expert_parameters(model))
     param_dtype = None if cfg.param_dtype == "fp32" else _DTYPES[cfg.param_dtype]
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=_DTYPES[cfg.reduce_dtype])
